@@ -1,0 +1,207 @@
+"""Branches: parsing the ``BRANCHES`` string, glob expansion, and branch facts.
+
+A :class:`Branches` snapshot is immutable; reconfiguration builds a new one and
+swaps it in, so an operation that read the snapshot once at its top sees one
+consistent branch set. :class:`Probe` is the only place that asks the branch
+filesystems about existence, space and read-only state (policies get it
+injected, which keeps them pure).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import NamedTuple
+
+MODES = ("RW", "RO", "NC")
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([BKMGT]?)\s*$", re.IGNORECASE)
+_SIZE_MULT = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``SIZE`` value: integer with optional B/K/M/G/T suffix (powers of 1024)."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise ValueError(f"invalid size {text!r}")
+    return int(m.group(1)) * _SIZE_MULT[m.group(2).upper()]
+
+
+def format_size(value: int) -> str:
+    """Shortest exact spelling of a size (4294967296 -> ``4G``)."""
+    for suffix in ("T", "G", "M", "K"):
+        mult = _SIZE_MULT[suffix]
+        if value and value % mult == 0:
+            return f"{value // mult}{suffix}"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class BranchSpec:
+    """One ``PATH[=MODE[,MINFREESPACE]]`` entry as the user wrote it (PATH may be a glob)."""
+
+    pattern: str
+    mode: str = "RW"
+    minfreespace: int | None = None  # None: use the global minfreespace
+
+    def format(self) -> str:
+        text = f"{self.pattern}={self.mode}"
+        if self.minfreespace is not None:
+            text += f",{format_size(self.minfreespace)}"
+        return text
+
+
+def parse_branch_spec(entry: str) -> BranchSpec:
+    """Parse one branch entry; raises ValueError with a user-facing message."""
+    if not entry:
+        raise ValueError("empty branch entry")
+    path, sep, rest = entry.rpartition("=")
+    if not sep or not path:
+        return BranchSpec(entry)
+    mode_text, _, mfs_text = rest.partition(",")
+    mode = mode_text.strip().upper()
+    if mode not in MODES:
+        # '=' may legitimately appear in a path: only treat it as a mode marker
+        # when what follows looks like one.
+        if "," not in rest and not mode_text.isalpha():
+            return BranchSpec(entry)
+        raise ValueError(f"invalid branch mode {mode_text!r} in {entry!r}")
+    mfs = parse_size(mfs_text) if mfs_text else None
+    return BranchSpec(path, mode, mfs)
+
+
+def parse_branches(text: str) -> list[BranchSpec]:
+    """``:``-separated branch list (empty entries ignored)."""
+    return [parse_branch_spec(e) for e in text.split(":") if e.strip()]
+
+
+def format_branches(specs: list[BranchSpec]) -> str:
+    return ":".join(s.format() for s in specs)
+
+
+@dataclass(frozen=True)
+class Branch:
+    """A concrete branch root after glob expansion.
+
+    ``minfreespace`` is resolved (per-branch value or the global one) when the
+    snapshot is built, so policies need no config.
+    """
+
+    path: str
+    mode: str = "RW"
+    minfreespace: int = 4 << 30
+
+    def full(self, relpath: str) -> str:
+        """Absolute path of ``relpath`` (``/``-prefixed, relative to the pool root) on this branch."""
+        if relpath == "/":
+            return self.path
+        return relpath if self.path == "/" else self.path + relpath
+
+    @property
+    def ro(self) -> bool:
+        return self.mode == "RO"
+
+    @property
+    def nc(self) -> bool:
+        return self.mode == "NC"
+
+
+def _normalize(path: str) -> str:
+    path = os.path.abspath(path)
+    return path.rstrip("/") or "/"
+
+
+def expand(specs: list[BranchSpec], global_minfreespace: int) -> tuple[Branch, ...]:
+    """Expand globs (sorted; a pattern matching nothing contributes nothing).
+
+    A plain path that does not exist is kept: it simply answers ENOENT until the
+    disk appears, which is what a NAS with a late disk needs.
+    """
+    out: list[Branch] = []
+    seen: set[str] = set()
+    for spec in specs:
+        if glob.has_magic(spec.pattern):
+            paths = sorted(p for p in glob.glob(spec.pattern) if os.path.isdir(p))
+        else:
+            paths = [spec.pattern]
+        mfs = global_minfreespace if spec.minfreespace is None else spec.minfreespace
+        for p in paths:
+            p = _normalize(p)
+            if p not in seen:
+                seen.add(p)
+                out.append(Branch(p, spec.mode, mfs))
+    return tuple(out)
+
+
+def invalid_branches(branches: tuple[Branch, ...]) -> list[str]:
+    """Human-readable problems with branch roots (missing, not a directory)."""
+    problems = []
+    for b in branches:
+        if not os.path.exists(b.path):
+            problems.append(f"branch {b.path} does not exist")
+        elif not os.path.isdir(b.path):
+            problems.append(f"branch {b.path} is not a directory")
+    return problems
+
+
+class SpaceInfo(NamedTuple):
+    """statvfs facts about one branch filesystem, in bytes."""
+
+    available: int  # f_bavail * f_frsize: what an unprivileged writer can use
+    used: int  # (f_blocks - f_bfree) * f_frsize
+    total: int  # f_blocks * f_frsize
+    readonly: bool  # mounted read-only (ST_RDONLY)
+
+
+class Probe:
+    """Branch facts from the real filesystems, as seen by the calling thread's identity.
+
+    ``space`` results may be cached for ``cache.statfs`` seconds (0 = never).
+    """
+
+    def __init__(self, statfs_cache_seconds: float = 0, rng: random.Random | None = None) -> None:
+        self.ttl = statfs_cache_seconds
+        self._cache: dict[str, tuple[float, SpaceInfo]] = {}
+        self._lock = threading.Lock()
+        self._rng = rng or random.Random()
+
+    def exists(self, branch: Branch, relpath: str) -> bool:
+        try:
+            os.lstat(branch.full(relpath))
+        except OSError:
+            return False
+        return True
+
+    def space(self, branch: Branch) -> SpaceInfo:
+        """Raises OSError if the branch cannot be queried (missing disk)."""
+        if self.ttl > 0:
+            now = time.monotonic()
+            with self._lock:
+                hit = self._cache.get(branch.path)
+            if hit and now - hit[0] < self.ttl:
+                return hit[1]
+        st = os.statvfs(branch.path)
+        info = SpaceInfo(
+            st.f_bavail * st.f_frsize,
+            (st.f_blocks - st.f_bfree) * st.f_frsize,
+            st.f_blocks * st.f_frsize,
+            bool(st.f_flag & os.ST_RDONLY),
+        )
+        if self.ttl > 0:
+            with self._lock:
+                self._cache[branch.path] = (time.monotonic(), info)
+        return info
+
+    def mtime(self, branch: Branch, relpath: str) -> float | None:
+        try:
+            return os.lstat(branch.full(relpath)).st_mtime
+        except OSError:
+            return None
+
+    def random(self) -> float:
+        return self._rng.random()
