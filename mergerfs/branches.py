@@ -169,6 +169,12 @@ class Probe:
         self._cache: dict[str, tuple[float, SpaceInfo]] = {}
         self._lock = threading.Lock()
         self._rng = rng or random.Random()
+        self._marked_ro: frozenset[str] = frozenset()
+
+    def mark_readonly(self, branch: Branch) -> None:
+        """A create failed with EROFS: treat the branch as read-only from now on."""
+        with self._lock:
+            self._marked_ro = self._marked_ro | {branch.path}
 
     def exists(self, branch: Branch, relpath: str) -> bool:
         try:
@@ -190,7 +196,7 @@ class Probe:
             st.f_bavail * st.f_frsize,
             (st.f_blocks - st.f_bfree) * st.f_frsize,
             st.f_blocks * st.f_frsize,
-            bool(st.f_flag & os.ST_RDONLY),
+            bool(st.f_flag & os.ST_RDONLY) or branch.path in self._marked_ro,
         )
         if self.ttl > 0:
             with self._lock:

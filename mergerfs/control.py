@@ -1,0 +1,116 @@
+"""The runtime control interface: ``MOUNTPOINT/.mergerfs`` and ``user.mergerfs.*`` xattrs.
+
+Config keys come straight from the option table (:mod:`mergerfs.options`),
+so every option is readable here in the text form ``-o`` accepts. A change is
+applied to a copy of the config and swapped in whole, or not at all.
+Per-path keys (basepath, relpath, fullpath, allpaths) work on any pool path.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+
+from mergerfs import COMPAT_VERSION, options
+from mergerfs.branches import format_branches, parse_branches
+from mergerfs.errors import oserror
+
+NAME = ".mergerfs"
+PREFIX = "user.mergerfs."
+PATH_KEYS = ("basepath", "relpath", "fullpath", "allpaths")
+COMMANDS = ("cmd.gc", "cmd.gc1", "cmd.invalidate-all-nodes")
+
+
+class Control:
+    def __init__(self, fs, invalidate_all=None) -> None:
+        self.fs = fs
+        self._invalidate_all = invalidate_all or (lambda: None)
+        self._lock = threading.Lock()  # one reconfiguration at a time
+
+    # ------------------------------------------------------------- the file
+    def listxattr(self) -> list[str]:
+        cfg = self.fs.snap.cfg
+        return [PREFIX + k for k in cfg.keys()] + [PREFIX + k for k in ("version", "pid", "mount")]
+
+    def getxattr(self, name: str) -> bytes:
+        key = self._key(name)
+        cfg = self.fs.snap.cfg
+        if key == "version":
+            return COMPAT_VERSION.encode()
+        if key == "pid":
+            return str(os.getpid()).encode()
+        if key == "mount":
+            return os.fsencode(cfg.mountpoint or "")
+        if key in COMMANDS:
+            raise oserror(errno.ENODATA)
+        try:
+            opt = options.lookup(key)
+        except options.OptionError:
+            raise oserror(errno.ENODATA) from None
+        return cfg.format(opt.name).encode("utf-8", "surrogateescape")
+
+    def setxattr(self, name: str, value: bytes) -> None:
+        key = self._key(name)
+        text = value.decode("utf-8", "surrogateescape").rstrip("\0")
+        if key in COMMANDS:
+            if key == "cmd.invalidate-all-nodes":
+                self._invalidate_all()
+            return  # gc: Python's allocator needs no nudging
+        if key in ("version", "pid", "mount"):
+            raise oserror(errno.EROFS)
+        try:
+            opt = options.lookup(key)
+        except options.OptionError:
+            raise oserror(errno.ENODATA) from None
+        if not opt.runtime:
+            raise oserror(errno.EROFS)
+        with self._lock:
+            cfg = self.fs.snap.cfg.copy()
+            try:
+                if opt.name == "branches":
+                    text = _edit_branches(cfg.format("branches"), text)
+                cfg.apply(opt.name, text)
+            except (options.OptionError, ValueError):
+                raise oserror(errno.EINVAL) from None
+            self.fs.reconfigure(cfg)
+
+    @staticmethod
+    def _key(name: str) -> str:
+        if not name.startswith(PREFIX):
+            raise oserror(errno.ENODATA)
+        return name[len(PREFIX):]
+
+    # ------------------------------------------------------ per-path keys
+    def path_getxattr(self, relpath: str, name: str) -> bytes:
+        """``user.mergerfs.{basepath,relpath,fullpath,allpaths}`` of a pool path."""
+        key = self._key(name)
+        if key not in PATH_KEYS:
+            raise oserror(errno.ENODATA)
+        if key == "relpath":
+            return os.fsencode(relpath)
+        base, holders = self.fs.basepaths(relpath)
+        if key == "basepath":
+            return os.fsencode(base.path)
+        if key == "fullpath":
+            return os.fsencode(base.full(relpath))
+        return b"\0".join(os.fsencode(b.full(relpath)) for b in holders)
+
+
+def _edit_branches(current: str, text: str) -> str:
+    """Apply the ``+<`` ``+>`` ``+`` ``-`` ``-<`` ``->`` forms to the branch list."""
+    specs = parse_branches(current)
+    if text.startswith("+<"):
+        return format_branches(parse_branches(text[2:]) + specs)
+    if text.startswith("+>"):
+        return format_branches(specs + parse_branches(text[2:]))
+    if text.startswith("+"):
+        return format_branches(specs + parse_branches(text[1:]))
+    if text == "-<":
+        return format_branches(specs[1:])
+    if text == "->":
+        return format_branches(specs[:-1])
+    if text.startswith("-"):
+        drop = {s.pattern.rstrip("/") or "/" for s in parse_branches(text[1:])}
+        return format_branches([s for s in specs if (s.pattern.rstrip("/") or "/") not in drop])
+    return text

@@ -1,0 +1,428 @@
+"""The llfuse protocol adapter: the only module that imports llfuse.
+
+Nodeids and file handles in, relpaths and :class:`~mergerfs.fs.Handle` objects
+out to :mod:`mergerfs.fs`; ``OSError`` back as ``FUSEError``. Threading: llfuse
+calls every handler under its global lock; each handler here releases that
+lock for the whole operation (so requests run concurrently and a slow disk
+blocks only its own request) after switching the worker thread to the
+caller's identity. The inode and handle tables have their own locks.
+An unexpected exception is a bug: logged with its traceback, answered EIO,
+and the mount stays up.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import logging
+import os
+import stat as S
+import threading
+
+import llfuse
+
+from mergerfs import control as control_mod
+from mergerfs import fs as fs_mod
+from mergerfs import inodes, ugid
+from mergerfs.errors import oserror
+
+log = logging.getLogger("mergerfs")
+
+#: Nodeid of ``/.mergerfs``; inodes.calc never yields it for a real entry in practice
+#: (a 1-in-2**64 hash collision), and the table is checked before use.
+CONTROL_INO = 0xFFFF_FFFF_FFFF_FFF0
+#: cache.files modes whose page cache must not survive a new open.
+_DROP_AT_OPEN = frozenset({"off", "partial", "libfuse", "per-process"})
+
+
+def _handler(fn):
+    """Release llfuse's lock, act as the caller, translate errors."""
+
+    @functools.wraps(fn)
+    def wrapper(self, *args):
+        ctx = args[-1] if args and isinstance(args[-1], llfuse.RequestContext) else None
+        try:
+            with llfuse.lock_released:
+                if ctx is not None:
+                    ugid.switch(ctx.uid, ctx.gid)
+                return fn(self, *args)
+        except OSError as e:
+            raise llfuse.FUSEError(e.errno or errno.EIO) from None
+        except llfuse.FUSEError:
+            raise
+        except Exception:
+            log.exception("unexpected error in %s%r", fn.__name__, args[:-1] if ctx else args)
+            raise llfuse.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+class Operations(llfuse.Operations):
+    def __init__(self, fs: fs_mod.FileSystem) -> None:
+        super().__init__()
+        self.fs = fs
+        self.table = inodes.InodeTable()
+        self.control = control_mod.Control(fs, self._invalidate_all)
+        self._fh_lock = threading.Lock()
+        self._fh_ids = itertools.count(1)
+        self._files: dict[int, tuple[int, fs_mod.Handle]] = {}  # fh -> (nodeid, handle)
+        self._dirs: dict[int, fs_mod.DirHandle] = {}
+
+    # ------------------------------------------------------------ helpers
+    def _rel(self, ino: int) -> str:
+        return self.table.relpath(ino)
+
+    def _child(self, parent: int, name: bytes) -> str:
+        return fs_mod.join(self._rel(parent), os.fsdecode(name))
+
+    def _attr(self, st: os.stat_result, ino: int) -> llfuse.EntryAttributes:
+        cfg = self.fs.snap.cfg
+        e = llfuse.EntryAttributes()
+        e.st_ino = ino
+        e.generation = 0
+        e.entry_timeout = cfg["cache.entry"]
+        e.attr_timeout = cfg["cache.attr"]
+        e.st_mode = st.st_mode
+        e.st_nlink = st.st_nlink
+        e.st_uid = st.st_uid
+        e.st_gid = st.st_gid
+        e.st_rdev = st.st_rdev
+        e.st_size = st.st_size
+        e.st_blksize = st.st_blksize
+        e.st_blocks = st.st_blocks
+        e.st_atime_ns = st.st_atime_ns
+        e.st_mtime_ns = st.st_mtime_ns
+        e.st_ctime_ns = st.st_ctime_ns
+        return e
+
+    def _entry(self, relpath: str, st: os.stat_result) -> llfuse.EntryAttributes:
+        """Reply to a lookup-like request: count the kernel's reference."""
+        ino, replaced = self.table.remember(self.fs.inode_of(relpath, st), relpath,
+                                            (st.st_dev, st.st_ino))
+        if replaced:
+            llfuse.invalidate_inode(ino)
+        self._saw(ino, st)
+        return self._attr(st, ino)
+
+    def _saw(self, ino: int, st: os.stat_result, ours: bool = False) -> None:
+        """Record the (size, mtime) the kernel now has for a regular file; if it
+        changed behind the kernel's back, drop the kernel's cached pages."""
+        if not S.S_ISREG(st.st_mode):
+            return
+        node = self.table._nodes.get(ino)
+        if node is None:
+            return
+        current = (st.st_size, st.st_mtime_ns)
+        if not ours and node.seen is not None and node.seen != current:
+            llfuse.invalidate_inode(ino)
+        node.seen = current
+
+    def _lookup_entry(self, relpath: str) -> llfuse.EntryAttributes:
+        return self._entry(relpath, self.fs.getattr(relpath))
+
+    def _control_attr(self) -> llfuse.EntryAttributes:
+        st = os.stat_result((S.S_IFREG | 0o444, 0, 0, 1, 0, 0, 0, 0, 0, 0))
+        return self._attr(st, CONTROL_INO)
+
+    def _invalidate_all(self) -> None:
+        for ino in list(self.table._nodes):
+            if ino != inodes.ROOT:
+                llfuse.invalidate_inode(ino)
+
+    def _file(self, fh: int) -> tuple[int, fs_mod.Handle]:
+        try:
+            return self._files[fh]
+        except KeyError:
+            raise oserror(errno.EBADF) from None
+
+    # ------------------------------------------------------------- lookup
+    @_handler
+    def lookup(self, parent_inode, name, ctx):
+        if parent_inode == llfuse.ROOT_INODE and name == control_mod.NAME.encode():
+            return self._control_attr()
+        if name == b".":
+            relpath = self._rel(parent_inode)
+        elif name == b"..":
+            relpath = fs_mod.dirname(self._rel(parent_inode))
+        else:
+            relpath = self._child(parent_inode, name)
+        try:
+            return self._lookup_entry(relpath)
+        except OSError as e:
+            neg = self.fs.snap.cfg["cache.negative-entry"]
+            if e.errno == errno.ENOENT and neg:
+                entry = llfuse.EntryAttributes()
+                entry.st_ino = 0
+                entry.entry_timeout = neg
+                return entry
+            raise
+
+    def forget(self, inode_list):
+        for ino, n in inode_list:
+            self.table.forget(ino, n)
+
+    @_handler
+    def getattr(self, inode, ctx):
+        if inode == CONTROL_INO:
+            return self._control_attr()
+        try:
+            st = self.fs.getattr(self._rel(inode))
+        except OSError as e:
+            fh = self.table.any_fh(inode) if e.errno == errno.ENOENT else None
+            if fh is None:
+                raise
+            st = self.fs.fgetattr(self._file(fh)[1])
+        self._saw(inode, st)
+        return self._attr(st, inode)
+
+    @_handler
+    def setattr(self, inode, attr, fields, fh, ctx):
+        if inode == CONTROL_INO:
+            raise oserror(errno.EPERM)
+        if fh is None:
+            fh = self._open_fh_if_unlinked(inode)
+        fs = self.fs
+        atime = attr.st_atime_ns if fields.update_atime else None
+        mtime = attr.st_mtime_ns if fields.update_mtime else None
+        if fh is not None:
+            h = self._file(fh)[1]
+            if fields.update_mode:
+                fs.fchmod(h, S.S_IMODE(attr.st_mode))
+            if fields.update_uid or fields.update_gid:
+                fs.fchown(h, attr.st_uid if fields.update_uid else -1,
+                          attr.st_gid if fields.update_gid else -1)
+            if fields.update_size:
+                fs.ftruncate(h, attr.st_size)
+            if atime is not None or mtime is not None:
+                fs.futimens(h, atime, mtime)
+            st = fs.fgetattr(h)
+        else:
+            rel = self._rel(inode)
+            if fields.update_mode:
+                fs.chmod(rel, S.S_IMODE(attr.st_mode))
+            if fields.update_uid or fields.update_gid:
+                fs.chown(rel, attr.st_uid if fields.update_uid else -1,
+                         attr.st_gid if fields.update_gid else -1)
+            if fields.update_size:
+                fs.truncate(rel, attr.st_size)
+            if atime is not None or mtime is not None:
+                fs.utimens(rel, atime, mtime)
+            st = fs.getattr(rel)
+        self._saw(inode, st, ours=True)
+        return self._attr(st, inode)
+
+    def _open_fh_if_unlinked(self, inode: int) -> int | None:
+        """Metadata calls on an unlinked-but-open file go to its open fd."""
+        fh = self.table.any_fh(inode)
+        if fh is None:
+            return None
+        try:
+            self.fs.getattr(self._rel(inode))
+        except OSError:
+            return fh
+        return None
+
+    @_handler
+    def readlink(self, inode, ctx):
+        return os.fsencode(self.fs.readlink(self._rel(inode)))
+
+    @_handler
+    def access(self, inode, mode, ctx):
+        if inode == CONTROL_INO:
+            return True
+        self.fs.access(self._rel(inode), mode)
+        return True
+
+    # ------------------------------------------------------------- create
+    @_handler
+    def mknod(self, parent_inode, name, mode, rdev, ctx):
+        rel = self._child(parent_inode, name)
+        self.fs.mknod(rel, mode, rdev)
+        return self._lookup_entry(rel)
+
+    @_handler
+    def mkdir(self, parent_inode, name, mode, ctx):
+        rel = self._child(parent_inode, name)
+        self.fs.mkdir(rel, mode)
+        return self._lookup_entry(rel)
+
+    @_handler
+    def symlink(self, parent_inode, name, target, ctx):
+        rel = self._child(parent_inode, name)
+        self.fs.symlink(os.fsdecode(target), rel)
+        return self._lookup_entry(rel)
+
+    @_handler
+    def create(self, parent_inode, name, mode, flags, ctx):
+        rel = self._child(parent_inode, name)
+        h = self.fs.create(rel, flags, mode)
+        try:
+            entry = self._entry(rel, self.fs.fgetattr(h))
+        except BaseException:
+            self.fs.release(h)
+            raise
+        return self._new_fh(entry.st_ino, h), entry
+
+    def _new_fh(self, ino: int, h: fs_mod.Handle) -> int:
+        with self._fh_lock:
+            fh = next(self._fh_ids)
+            self._files[fh] = (ino, h)
+        self.table.add_fh(ino, fh)
+        return fh
+
+    # ------------------------------------------------------------- action
+    @_handler
+    def unlink(self, parent_inode, name, ctx):
+        self.fs.unlink(self._child(parent_inode, name))
+
+    @_handler
+    def rmdir(self, parent_inode, name, ctx):
+        self.fs.rmdir(self._child(parent_inode, name))
+
+    @_handler
+    def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, ctx):
+        old = self._child(parent_inode_old, name_old)
+        new = self._child(parent_inode_new, name_new)
+        if control_mod.NAME in (old[1:], new[1:]):
+            raise oserror(errno.EPERM)
+        self.fs.rename(old, new)
+        self.table.renamed(old, new)
+
+    @_handler
+    def link(self, inode, new_parent_inode, new_name, ctx):
+        new = self._child(new_parent_inode, new_name)
+        self.fs.link(self._rel(inode), new)
+        return self._lookup_entry(new)
+
+    # ------------------------------------------------------------- files
+    @_handler
+    def open(self, inode, flags, ctx):
+        if inode == CONTROL_INO:
+            raise oserror(errno.EACCES) if flags & os.O_ACCMODE else oserror(errno.EOPNOTSUPP)
+        h = self.fs.open(self._rel(inode), flags)
+        try:
+            self._freshen(inode, h)
+        except BaseException:
+            self.fs.release(h)
+            raise
+        return self._new_fh(inode, h)
+
+    def _freshen(self, inode: int, h: fs_mod.Handle) -> None:
+        """Drop the kernel's cached pages of this file at open when ``cache.files``
+        says so, or when the branch file changed behind the kernel's back."""
+        st = self.fs.fgetattr(h)
+        node = self.table.node(inode)
+        current = (st.st_size, st.st_mtime_ns)
+        if current != node.seen or self.fs.snap.cfg["cache.files"] in _DROP_AT_OPEN:
+            llfuse.invalidate_inode(inode)
+        node.seen = current
+
+    @_handler
+    def read(self, fh, off, size):
+        return self.fs.read(self._file(fh)[1], off, size)
+
+    @_handler
+    def write(self, fh, off, buf):
+        ino, h = self._file(fh)
+        n = self.fs.write(h, off, buf)
+        # The kernel saw this change (it sent it): keep its cache, track the new state.
+        self._saw(ino, self.fs.fgetattr(h), ours=True)
+        return n
+
+    @_handler
+    def flush(self, fh):
+        self.fs.flush(self._file(fh)[1])
+
+    @_handler
+    def release(self, fh):
+        with self._fh_lock:
+            ino, h = self._files.pop(fh)
+        self.table.drop_fh(ino, fh)
+        if self.fs.snap.cfg["cache.files"] == "off":
+            llfuse.invalidate_inode(ino)
+        self.fs.release(h)
+
+    @_handler
+    def fsync(self, fh, datasync):
+        self.fs.fsync(self._file(fh)[1], bool(datasync))
+
+    # ------------------------------------------------------------- dirs
+    @_handler
+    def opendir(self, inode, ctx):
+        dh = self.fs.opendir(self._rel(inode))
+        with self._fh_lock:
+            fh = next(self._fh_ids)
+            self._dirs[fh] = dh
+        return fh
+
+    @_handler
+    def _entries(self, fh, off):
+        dh = self._dirs[fh]
+        if dh.entries is None or off == 0:
+            dh.entries = self.fs.readdir(dh)
+        return dh.entries
+
+    def readdir(self, fh, off):
+        entries = self._entries(fh, off)
+        for i in range(off, len(entries)):
+            name, dtype, ino = entries[i]
+            e = llfuse.EntryAttributes()
+            e.st_ino = ino
+            e.st_mode = dtype << 12
+            yield name, e, i + 1
+
+    def releasedir(self, fh):
+        with self._fh_lock:
+            self._dirs.pop(fh, None)
+
+    @_handler
+    def fsyncdir(self, fh, datasync):
+        dh = self._dirs[fh]
+        snap = self.fs.snap
+        for b in snap.branches:
+            try:
+                fd = os.open(b.full(dh.relpath), os.O_RDONLY | os.O_DIRECTORY)
+            except OSError:
+                continue
+            try:
+                (os.fdatasync if datasync else os.fsync)(fd)
+            finally:
+                os.close(fd)
+
+    @_handler
+    def statfs(self, ctx):
+        out = llfuse.StatvfsData()
+        for k, v in self.fs.statfs("/").items():
+            setattr(out, k, v)
+        return out
+
+    # ------------------------------------------------------------- xattrs
+    @_handler
+    def getxattr(self, inode, name, ctx):
+        key = os.fsdecode(name)
+        if inode == CONTROL_INO:
+            return self.control.getxattr(key)
+        rel = self._rel(inode)
+        if key.startswith(control_mod.PREFIX) and key[len(control_mod.PREFIX):] in control_mod.PATH_KEYS:
+            return self.control.path_getxattr(rel, key)
+        return self.fs.getxattr(rel, key)
+
+    @_handler
+    def setxattr(self, inode, name, value, ctx):
+        key = os.fsdecode(name)
+        if inode == CONTROL_INO:
+            return self.control.setxattr(key, value)
+        self.fs.setxattr(self._rel(inode), key, value)
+
+    @_handler
+    def listxattr(self, inode, ctx):
+        if inode == CONTROL_INO:
+            return [os.fsencode(k) for k in self.control.listxattr()]
+        return [os.fsencode(k) for k in self.fs.listxattr(self._rel(inode))]
+
+    @_handler
+    def removexattr(self, inode, name, ctx):
+        if inode == CONTROL_INO:
+            raise oserror(errno.ENOTSUP)
+        self.fs.removexattr(self._rel(inode), os.fsdecode(name))

@@ -1,0 +1,260 @@
+"""Mount lifecycle: checks, daemonising, the FUSE loop, signals, unmount.
+
+Without ``-f`` the process forks; the parent waits on a pipe and exits 0 only
+after the child's mount has answered a ``stat`` (so ``mount -a`` and scripts
+can use the pool right away), or prints the child's one-line error and exits
+1. The FUSE loop runs in a helper thread so the main thread stays free for
+signals: SIGTERM/SIGINT unmount (the loop then ends and we exit 0), SIGUSR1
+re-expands branch globs, SIGHUP is ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from mergerfs.branches import expand, invalid_branches
+
+log = logging.getLogger("mergerfs")
+
+DEFAULT_THREADS = 16  # llfuse workers when threads=0: I/O bound, the GIL is dropped per syscall
+
+
+class MountError(Exception):
+    """A problem that stops the mount; its text is the one line the user sees."""
+
+
+def _mountinfo_points() -> set[str]:
+    points = set()
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            field = line.split()[4].decode("utf-8", "surrogateescape")
+            points.add(field.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\"))
+    return points
+
+
+def is_mountpoint(path: str) -> bool:
+    return os.path.realpath(path) in _mountinfo_points()
+
+
+def check(cfg) -> None:
+    """Everything that can be refused before forking, as MountError."""
+    mnt = cfg.mountpoint
+    if not mnt:
+        raise MountError("no mountpoint given")
+    if not os.path.exists(mnt):
+        raise MountError(f"mountpoint {mnt} does not exist")
+    if not os.path.isdir(mnt):
+        raise MountError(f"mountpoint {mnt} is not a directory")
+    if is_mountpoint(mnt) and not cfg["lazy-umount-mountpoint"]:
+        raise MountError(f"mountpoint {mnt} is already a mount point")
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("/dev/fuse does not exist (is the fuse module loaded?)")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK) and not _have_fusermount():
+        raise MountError("permission denied opening /dev/fuse")
+
+
+def _have_fusermount() -> bool:
+    return any(os.access(os.path.join(d, "fusermount"), os.X_OK)
+               for d in os.environ.get("PATH", "/usr/bin:/bin").split(":"))
+
+
+def _fsname(cfg, branches) -> str:
+    name = cfg["fsname"]
+    if name:
+        return name
+    return ":".join(os.path.basename(b.path) or b.path for b in branches) or "mergerfs"
+
+
+def fuse_options(cfg, branches) -> set[str]:
+    opts = set(cfg.fuse_options)
+    opts.discard("use_ino")
+    if not any(o.startswith("fsname=") for o in opts):
+        opts.add("fsname=" + _fsname(cfg, branches).replace(",", "\\,"))
+    if not any(o.startswith("subtype=") for o in opts):
+        opts.add("subtype=mergerfs")
+    # The reference mounts over non-empty directories (a NAS's empty pool dir
+    # often has a stray file); libfuse 2 refuses unless told.
+    opts.add("nonempty")
+    opts.add("big_writes")
+    return opts
+
+
+def _wait_for_branches(cfg, branches) -> None:
+    """branches-mount-timeout: wait for each branch to be its own mounted filesystem."""
+    timeout = cfg["branches-mount-timeout"]
+    if not timeout:
+        return
+    mnt_dev = os.stat(os.path.dirname(os.path.abspath(cfg.mountpoint))).st_dev
+    deadline = time.monotonic() + timeout
+    while True:
+        pending = []
+        for b in branches:
+            try:
+                if os.stat(b.path).st_dev == mnt_dev:
+                    pending.append(b.path)
+            except OSError:
+                pending.append(b.path)
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            msg = f"branches not mounted after {timeout}s: {', '.join(pending)}"
+            if cfg["branches-mount-timeout-fail"]:
+                raise MountError(msg)
+            log.warning(msg)
+            return
+        time.sleep(0.5)
+
+
+def _setup_logging(foreground: bool, debug: bool) -> None:
+    root = logging.getLogger("mergerfs")
+    root.handlers.clear()
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    if foreground:
+        h: logging.Handler = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("mergerfs: %(levelname)s: %(message)s"))
+    elif os.path.exists("/dev/log"):
+        h = logging.handlers.SysLogHandler("/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        h.setFormatter(logging.Formatter("mergerfs[%(process)d]: %(message)s"))
+    else:
+        h = logging.NullHandler()
+    root.addHandler(h)
+
+
+def run(cfg, foreground: bool = False, debug: bool = False) -> int:
+    """Mount and serve until unmounted. Returns the process exit code."""
+    try:
+        check(cfg)
+        branches = expand(cfg["branches"], cfg["minfreespace"])
+        for problem in invalid_branches(branches):
+            print(f"mergerfs: warning: {problem}", file=sys.stderr)
+        if not branches or len(invalid_branches(branches)) == len(branches):
+            print("mergerfs: warning: no valid branch found; the pool shows an error entry",
+                  file=sys.stderr)
+    except MountError as e:
+        print(f"mergerfs: {e}", file=sys.stderr)
+        return 1
+    if foreground:
+        _setup_logging(True, debug)
+        return _serve(cfg, lambda msg: None if msg == "ok" else print(f"mergerfs: {msg}", file=sys.stderr))
+    return _daemonize(cfg, debug)
+
+
+def _daemonize(cfg, debug: bool) -> int:
+    r, w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        os.close(w)
+        chunks = []
+        while chunk := os.read(r, 4096):
+            chunks.append(chunk)
+        os.close(r)
+        msg = b"".join(chunks).decode(errors="replace").strip()
+        if msg == "ok":
+            return 0
+        os.waitpid(pid, 0)
+        print(f"mergerfs: {msg or 'mount failed'}", file=sys.stderr)
+        return 1
+    os.close(r)
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    _setup_logging(False, debug)
+
+    def notify(msg: str) -> None:
+        nonlocal w
+        if w >= 0:
+            os.write(w, msg.encode())
+            os.close(w)
+            w = -1
+
+    code = _serve(cfg, notify)
+    os._exit(code)
+
+
+def _serve(cfg, notify) -> int:
+    """Mount, report readiness through ``notify('ok')`` (or the error), run the loop."""
+    import llfuse  # noqa: PLC0415 - keep `mergerfs -h` fast and llfuse-free
+
+    from mergerfs.fs import FileSystem
+    from mergerfs.fuse_adapter import Operations
+
+    os.umask(0)  # modes from the kernel already carry the caller's umask
+    mnt = os.path.abspath(cfg.mountpoint)
+    try:
+        if cfg["lazy-umount-mountpoint"] and is_mountpoint(mnt):
+            _unmount(mnt)
+        fs = FileSystem(cfg)
+        _wait_for_branches(cfg, fs.snap.branches)
+        ops = Operations(fs)
+        llfuse.init(ops, mnt, fuse_options(cfg, fs.snap.branches))
+    except (MountError, RuntimeError, OSError) as e:
+        notify(str(e) if isinstance(e, MountError) else f"mount failed: {e}")
+        return 1
+
+    threads = cfg["threads"] or DEFAULT_THREADS
+    failure: list[BaseException] = []
+
+    def loop() -> None:
+        try:
+            llfuse.main(workers=max(threads, 2), handle_signals=False)
+        except BaseException as e:  # noqa: BLE001 - reported below, the mount is torn down
+            failure.append(e)
+
+    t = threading.Thread(target=loop, name="fuse-loop", daemon=True)
+    t.start()
+    threading.Thread(target=_report_ready, args=(mnt, notify, t), daemon=True).start()
+
+    def stop(signum, frame) -> None:
+        log.info("signal %d: unmounting %s", signum, mnt)
+        _unmount(mnt)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, lambda s, f: fs.refresh())
+    while t.is_alive():
+        t.join(0.2)
+    llfuse.close(unmount=True)
+    if failure:
+        log.error("FUSE loop failed: %r", failure[0])
+        notify(f"FUSE loop failed: {failure[0]}")
+        return 1
+    log.info("unmounted %s", mnt)
+    return 0
+
+
+def _report_ready(mnt: str, notify, loop: threading.Thread) -> None:
+    """Tell the waiting parent we're live once the mount answers a stat."""
+    for _ in range(600):
+        if not loop.is_alive():
+            return
+        try:
+            if os.stat(mnt).st_ino and is_mountpoint(mnt):
+                notify("ok")
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    notify("mount did not answer within 30s")
+
+
+def _unmount(mnt: str) -> None:
+    """Lazy unmount: the kernel ends our session; open files keep working until closed."""
+    for cmd in (["fusermount", "-u", "-z", mnt], ["umount", "-l", mnt]):
+        try:
+            if subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
+                return
+        except OSError:
+            continue
