@@ -336,10 +336,11 @@ class FileSystem:
     def truncate(self, relpath: str, size: int) -> None:
         self._acting(self.snap, "truncate", relpath, lambda p: os.truncate(p, size))
 
-    def utimens(self, relpath: str, atime_ns: int | None, mtime_ns: int | None) -> None:
+    def utimens(self, relpath: str, atime_ns: int | None, mtime_ns: int | None,
+                now_hint: bool = False) -> None:
         """Set times; ``None`` leaves that time unchanged (UTIME_OMIT)."""
         self._acting(self.snap, "utimens", relpath,
-                     lambda p: _utimens(p, atime_ns, mtime_ns))
+                     lambda p: _utimens(p, atime_ns, mtime_ns, now_hint))
 
     # --------------------------------------------------------- rename / link
     def rename(self, old: str, new: str) -> None:
@@ -657,8 +658,9 @@ class FileSystem:
     def ftruncate(self, h: Handle, size: int) -> None:
         os.ftruncate(h.fd, size)
 
-    def futimens(self, h: Handle, atime_ns: int | None, mtime_ns: int | None) -> None:
-        _utimens(h.fd, atime_ns, mtime_ns)
+    def futimens(self, h: Handle, atime_ns: int | None, mtime_ns: int | None,
+                 now_hint: bool = False) -> None:
+        _utimens(h.fd, atime_ns, mtime_ns, now_hint)
 
 
 # ------------------------------------------------------------------ helpers
@@ -667,16 +669,24 @@ def _synthetic(mode: int, nlink: int = 1) -> os.stat_result:
     return os.stat_result((mode, 0, 0, nlink, os.getuid(), os.getgid(), 0, now, now, now))
 
 
-def _utimens(target, atime_ns: int | None, mtime_ns: int | None) -> None:
-    """utimens with UTIME_OMIT for a ``None`` time (kept from the current stat)."""
+def _utimens(target, atime_ns: int | None, mtime_ns: int | None, now_hint: bool = False) -> None:
+    """utimens; a ``None`` time is UTIME_OMIT (kept from the current stat).
+
+    ``now_hint``: the request may have been UTIME_NOW for both times (llfuse
+    hands us the clock reading instead). If explicit times are refused to a
+    non-owner, retry as "now", which only needs write access, as natively.
+    """
     if atime_ns is None or mtime_ns is None:
         st = os.stat(target) if isinstance(target, int) else os.lstat(target)
         atime_ns = st.st_atime_ns if atime_ns is None else atime_ns
         mtime_ns = st.st_mtime_ns if mtime_ns is None else mtime_ns
-    if isinstance(target, int):
-        os.utime(target, ns=(atime_ns, mtime_ns))
-    else:
-        os.utime(target, ns=(atime_ns, mtime_ns), follow_symlinks=False)
+    follow = isinstance(target, int)
+    try:
+        os.utime(target, ns=(atime_ns, mtime_ns), follow_symlinks=follow)
+    except PermissionError:
+        if not now_hint:
+            raise
+        os.utime(target, None, follow_symlinks=follow)
 
 
 def copy_xattrs(src: str, dst: str) -> None:

@@ -19,6 +19,7 @@ import logging
 import os
 import stat as S
 import threading
+import time
 
 import llfuse
 
@@ -56,6 +57,18 @@ def _handler(fn):
             raise llfuse.FUSEError(errno.EIO) from None
 
     return wrapper
+
+
+def _times(attr, fields) -> tuple:
+    """(atime, mtime, now_hint) for fs.utimens; a time is ns or None (omit).
+
+    llfuse turns UTIME_NOW into the current clock reading: both times equal and
+    within a second of now may be that (see fs._utimens for why it matters).
+    """
+    atime = attr.st_atime_ns if fields.update_atime else None
+    mtime = attr.st_mtime_ns if fields.update_mtime else None
+    hint = atime is not None and atime == mtime and abs(time.time_ns() - atime) < 1_000_000_000
+    return atime, mtime, hint
 
 
 class Operations(llfuse.Operations):
@@ -99,7 +112,7 @@ class Operations(llfuse.Operations):
     def _entry(self, relpath: str, st: os.stat_result) -> llfuse.EntryAttributes:
         """Reply to a lookup-like request: count the kernel's reference."""
         ino, replaced = self.table.remember(self.fs.inode_of(relpath, st), relpath,
-                                            (st.st_dev, st.st_ino))
+                                            (st.st_dev, st.st_ino), S.S_ISDIR(st.st_mode))
         if replaced:
             llfuse.invalidate_inode(ino)
         self._saw(ino, st)
@@ -110,7 +123,7 @@ class Operations(llfuse.Operations):
         changed behind the kernel's back, drop the kernel's cached pages."""
         if not S.S_ISREG(st.st_mode):
             return
-        node = self.table._nodes.get(ino)
+        node = self.table.get(ino)
         if node is None:
             return
         current = (st.st_size, st.st_mtime_ns)
@@ -126,7 +139,7 @@ class Operations(llfuse.Operations):
         return self._attr(st, CONTROL_INO)
 
     def _invalidate_all(self) -> None:
-        for ino in list(self.table._nodes):
+        for ino in self.table.nodeids():
             if ino != inodes.ROOT:
                 llfuse.invalidate_inode(ino)
 
@@ -183,8 +196,7 @@ class Operations(llfuse.Operations):
         if fh is None:
             fh = self._open_fh_if_unlinked(inode)
         fs = self.fs
-        atime = attr.st_atime_ns if fields.update_atime else None
-        mtime = attr.st_mtime_ns if fields.update_mtime else None
+        atime, mtime, now_hint = _times(attr, fields)
         if fh is not None:
             h = self._file(fh)[1]
             if fields.update_mode:
@@ -195,7 +207,7 @@ class Operations(llfuse.Operations):
             if fields.update_size:
                 fs.ftruncate(h, attr.st_size)
             if atime is not None or mtime is not None:
-                fs.futimens(h, atime, mtime)
+                fs.futimens(h, atime, mtime, now_hint)
             st = fs.fgetattr(h)
         else:
             rel = self._rel(inode)
@@ -207,7 +219,7 @@ class Operations(llfuse.Operations):
             if fields.update_size:
                 fs.truncate(rel, attr.st_size)
             if atime is not None or mtime is not None:
-                fs.utimens(rel, atime, mtime)
+                fs.utimens(rel, atime, mtime, now_hint)
             st = fs.getattr(rel)
         self._saw(inode, st, ours=True)
         return self._attr(st, inode)
@@ -274,11 +286,15 @@ class Operations(llfuse.Operations):
     # ------------------------------------------------------------- action
     @_handler
     def unlink(self, parent_inode, name, ctx):
-        self.fs.unlink(self._child(parent_inode, name))
+        rel = self._child(parent_inode, name)
+        self.fs.unlink(rel)
+        self.table.unlinked(rel)
 
     @_handler
     def rmdir(self, parent_inode, name, ctx):
-        self.fs.rmdir(self._child(parent_inode, name))
+        rel = self._child(parent_inode, name)
+        self.fs.rmdir(rel)
+        self.table.unlinked(rel)
 
     @_handler
     def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, ctx):

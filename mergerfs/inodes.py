@@ -48,20 +48,23 @@ def calc(mode: str, relpath: str, st_mode: int, dev: int, ino: int) -> int:
 
 
 class Node:
-    __slots__ = ("relpath", "nlookup", "ident", "seen", "fhs")
+    __slots__ = ("paths", "nlookup", "ident", "isdir", "seen", "fhs")
 
-    def __init__(self, relpath: str, ident: tuple[int, int] | None) -> None:
-        self.relpath = relpath
+    def __init__(self, relpath: str, ident: tuple[int, int] | None, isdir: bool) -> None:
+        self.paths = [relpath]  # newest first; several when hard links were looked up
         self.nlookup = 0
         self.ident = ident  # (st_dev, st_ino) on the branch: tells a reused number apart
+        self.isdir = isdir
         self.seen: tuple[int, int] | None = None  # (size, mtime_ns) last told to the kernel
         self.fhs: set[int] = set()  # open file handles, for ops on unlinked files
 
 
 class InodeTable:
     def __init__(self) -> None:
-        self._nodes: dict[int, Node] = {ROOT: Node("/", None)}
-        self._nodes[ROOT].nlookup = 1 << 62  # the root is never forgotten
+        root = Node("/", None, True)
+        root.nlookup = 1 << 62  # the root is never forgotten
+        self._nodes: dict[int, Node] = {ROOT: root}
+        self._by_path: dict[str, int] = {"/": ROOT}
         self._lock = threading.Lock()
 
     def node(self, ino: int) -> Node:
@@ -71,10 +74,18 @@ class InodeTable:
             raise OSError(errno.ESTALE, "stale inode")
         return n
 
-    def relpath(self, ino: int) -> str:
-        return self.node(ino).relpath
+    def get(self, ino: int) -> Node | None:
+        return self._nodes.get(ino)
 
-    def remember(self, ino: int, relpath: str, ident: tuple[int, int] | None) -> tuple[int, bool]:
+    def relpath(self, ino: int) -> str:
+        return self.node(ino).paths[0]
+
+    def nodeids(self) -> list[int]:
+        with self._lock:
+            return list(self._nodes)
+
+    def remember(self, ino: int, relpath: str, ident: tuple[int, int] | None,
+                 isdir: bool = False) -> tuple[int, bool]:
         """Count one kernel lookup of ``relpath`` answered with ``ino``.
 
         Returns ``(nodeid, replaced)``. If ``ino`` is held for a *different*
@@ -90,20 +101,40 @@ class InodeTable:
             while True:
                 n = self._nodes.get(ino)
                 if n is None:
-                    n = self._nodes[ino] = Node(relpath, ident)
+                    n = self._nodes[ino] = Node(relpath, ident, isdir)
                     break
-                if n.ident == ident or ino == ROOT:
+                if n.ident == ident:
                     break
-                if n.relpath == relpath:
+                if relpath in n.paths:
                     n.ident = ident
+                    n.isdir = isdir
                     n.seen = None
                     replaced = True
                     break
                 salt += 1
                 ino = _fix(_fastpath.hash64(f"{relpath}\0{salt}".encode("utf-8", "surrogateescape")))
-            n.relpath = relpath
+            self._bind(ino, n, relpath)
             n.nlookup += 1
             return ino, replaced
+
+    def _bind(self, ino: int, n: Node, relpath: str) -> None:
+        """Make ``relpath`` name node ``ino`` (newest first), unbinding its old owner."""
+        old = self._by_path.get(relpath)
+        if old is not None and old != ino:
+            self._unbind(relpath)
+        if n.paths[0] != relpath:
+            if relpath in n.paths:
+                n.paths.remove(relpath)
+            n.paths.insert(0, relpath)
+        self._by_path[relpath] = ino
+
+    def _unbind(self, relpath: str) -> None:
+        """``relpath`` no longer names its node; a node keeps its last path so
+        fd-backed calls on an unlinked open file still find it."""
+        ino = self._by_path.pop(relpath, None)
+        n = self._nodes.get(ino) if ino is not None else None
+        if n is not None and len(n.paths) > 1 and relpath in n.paths:
+            n.paths.remove(relpath)
 
     def forget(self, ino: int, count: int) -> None:
         with self._lock:
@@ -112,17 +143,40 @@ class InodeTable:
                 return
             n.nlookup -= count
             if n.nlookup <= 0 and not n.fhs:
-                del self._nodes[ino]
+                self._drop(ino, n)
+
+    def _drop(self, ino: int, n: Node) -> None:
+        del self._nodes[ino]
+        for p in n.paths:
+            if self._by_path.get(p) == ino:
+                del self._by_path[p]
+
+    def unlinked(self, relpath: str) -> None:
+        with self._lock:
+            self._unbind(relpath)
 
     def renamed(self, old: str, new: str) -> None:
-        """Point every node at or below ``old`` to its new relpath."""
-        prefix = old + "/"
+        """Point the node at ``old`` (and, for a directory, all below it) to ``new``."""
         with self._lock:
-            for n in self._nodes.values():
-                if n.relpath == old:
-                    n.relpath = new
-                elif n.relpath.startswith(prefix):
-                    n.relpath = new + n.relpath[len(old):]
+            ino = self._by_path.get(old)
+            if ino is None:
+                self._unbind(new)  # whatever was at the target is gone
+                return
+            n = self._nodes[ino]
+            self._by_path.pop(old)
+            n.paths = [new if p == old else p for p in n.paths]
+            self._bind(ino, n, new)
+            if not n.isdir:
+                return
+            prefix = old + "/"
+            moved = [(p, i) for p, i in self._by_path.items() if p.startswith(prefix)]
+            for p, i in moved:
+                del self._by_path[p]
+            for p, i in moved:
+                child = self._nodes[i]
+                q = new + p[len(old):]
+                child.paths = [q if x == p else x for x in child.paths]
+                self._by_path[q] = i
 
     def add_fh(self, ino: int, fh: int) -> None:
         with self._lock:
@@ -134,7 +188,7 @@ class InodeTable:
             if n is not None:
                 n.fhs.discard(fh)
                 if n.nlookup <= 0 and not n.fhs:
-                    del self._nodes[ino]
+                    self._drop(ino, n)
 
     def any_fh(self, ino: int) -> int | None:
         with self._lock:

@@ -66,10 +66,16 @@ def _have_fusermount() -> bool:
 
 
 def _fsname(cfg, branches) -> str:
+    """Explicit ``fsname``, else the branch paths minus their common prefix,
+    as the reference does (``/srv/disk1:/srv/disk2`` -> ``disk1:disk2``)."""
     name = cfg["fsname"]
     if name:
         return name
-    return ":".join(os.path.basename(b.path) or b.path for b in branches) or "mergerfs"
+    paths = [b.path for b in branches]
+    if len(paths) < 2:
+        return paths[0] if paths else "mergerfs"
+    cut = len(os.path.commonprefix(paths))
+    return ":".join(p[cut:] for p in paths)
 
 
 def fuse_options(cfg, branches) -> set[str]:

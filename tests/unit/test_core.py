@@ -1,0 +1,133 @@
+"""Pure logic of the core: error precedence, aggregation, branch parsing,
+inode numbering and the nodeid table, branch-list edits of the control file."""
+
+import errno
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mergerfs import inodes
+from mergerfs.branches import (Branch, BranchSpec, format_branches, format_size, parse_branch_spec,
+                               parse_branches, parse_size)
+from mergerfs.control import _edit_branches
+from mergerfs.errors import Aggregate, rank, worse
+
+
+def test_error_precedence_order():
+    assert rank(errno.ENOENT) < rank(errno.ENOSPC) < rank(errno.EROFS) < rank(errno.EIO)
+    assert worse(None, errno.ENOENT) == errno.ENOENT
+    assert worse(errno.ENOSPC, errno.ENOENT) == errno.ENOSPC
+    assert worse(errno.EROFS, errno.EACCES) == errno.EACCES
+    assert worse(errno.EACCES, errno.EPERM) == errno.EACCES  # first of equals wins
+
+
+def test_aggregate_any_success_wins_else_first_error():
+    agg = Aggregate()
+    agg.failure(errno.EACCES)
+    agg.failure(errno.EPERM)
+    with pytest.raises(OSError) as e:
+        agg.raise_if_failed()
+    assert e.value.errno == errno.EACCES
+    agg.success()
+    agg.raise_if_failed()
+    with pytest.raises(OSError) as e:
+        Aggregate().raise_if_failed()
+    assert e.value.errno == errno.ENOENT
+
+
+@pytest.mark.parametrize("text,value", [("0", 0), ("10", 10), ("1K", 1024), ("4G", 4 << 30),
+                                        ("2t", 2 << 40), ("7B", 7)])
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("bad", ["", "G", "-1", "1.5G", "1X"])
+def test_parse_size_rejects(bad):
+    with pytest.raises(ValueError):
+        parse_size(bad)
+
+
+@given(st.integers(min_value=0, max_value=1 << 50))
+def test_size_round_trip(n):
+    assert parse_size(format_size(n)) == n
+
+
+def test_branch_spec_forms():
+    assert parse_branch_spec("/a") == BranchSpec("/a", "RW", None)
+    assert parse_branch_spec("/a=ro") == BranchSpec("/a", "RO", None)
+    assert parse_branch_spec("/a=NC,10G") == BranchSpec("/a", "NC", 10 << 30)
+    with pytest.raises(ValueError):
+        parse_branch_spec("/a=XX,1G")
+    specs = parse_branches("/a=RW:/b=RO,1M::/c")
+    assert parse_branches(format_branches(specs)) == specs
+
+
+def test_branch_full_path():
+    assert Branch("/srv/d1").full("/") == "/srv/d1"
+    assert Branch("/srv/d1").full("/x/y") == "/srv/d1/x/y"
+    assert Branch("/").full("/x") == "/x"
+
+
+@pytest.mark.parametrize("calc", inodes.CALCS)
+def test_inodecalc_never_root_or_zero(calc):
+    for ino in (0, 1, 2, 12345):
+        v = inodes.calc(calc, "/p", 0o100644, 7, ino)
+        assert v > inodes.ROOT
+        if calc.endswith("32"):
+            assert v < 2**32 + 2
+
+
+def test_hybrid_hash_dirs_by_path_files_by_devino():
+    d1 = inodes.calc("hybrid-hash", "/d", 0o040755, 1, 10)
+    d2 = inodes.calc("hybrid-hash", "/d", 0o040755, 2, 99)
+    assert d1 == d2  # same path, any branch: one directory
+    f1 = inodes.calc("hybrid-hash", "/a", 0o100644, 1, 10)
+    f2 = inodes.calc("hybrid-hash", "/b", 0o100644, 1, 10)
+    assert f1 == f2  # hard links share an inode
+    assert f1 != inodes.calc("hybrid-hash", "/a", 0o100644, 2, 10)
+
+
+def test_table_rename_moves_subtree_and_forget_drops():
+    t = inodes.InodeTable()
+    a, _ = t.remember(100, "/a", (1, 1), isdir=True)
+    b, _ = t.remember(101, "/a/b", (1, 2))
+    t.renamed("/a", "/z")
+    assert t.relpath(a) == "/z" and t.relpath(b) == "/z/b"
+    t.forget(b, 1)
+    with pytest.raises(OSError) as e:
+        t.relpath(b)
+    assert e.value.errno == errno.ESTALE
+
+
+def test_table_hard_links_survive_unlink_of_one_name():
+    t = inodes.InodeTable()
+    a, _ = t.remember(100, "/a", (1, 1))
+    b, _ = t.remember(100, "/b", (1, 1))
+    assert a == b == 100
+    t.unlinked("/b")
+    assert t.relpath(a) == "/a"
+    t.renamed("/c", "/a")  # something unknown replaced /a: the node keeps its last name
+    assert t.relpath(a) == "/a"
+
+
+def test_table_never_merges_two_objects():
+    t = inodes.InodeTable()
+    a, _ = t.remember(100, "/a", (1, 1))
+    b, replaced = t.remember(100, "/b", (1, 2))  # same number, other object, other path
+    assert a == 100 and b != 100 and not replaced
+    c, replaced = t.remember(100, "/a", (1, 3))  # same path now holds another object
+    assert c == 100 and replaced
+
+
+@pytest.mark.parametrize("edit,expect", [
+    ("/x", "/x=RW"),
+    ("+/x", "/a=RW:/b=RO:/x=RW"),
+    ("+>/x", "/a=RW:/b=RO:/x=RW"),
+    ("+</x", "/x=RW:/a=RW:/b=RO"),
+    ("-/a", "/b=RO"),
+    ("-<", "/b=RO"),
+    ("->", "/a=RW"),
+])
+def test_control_branch_edits(edit, expect):
+    assert format_branches(parse_branches(_edit_branches("/a=RW:/b=RO", edit))) == expect
