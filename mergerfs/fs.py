@@ -58,11 +58,17 @@ class RequestProbe:
     needs the very stat that answered it. Memoising avoids a second syscall.
     """
 
-    __slots__ = ("_base", "_stats")
+    __slots__ = ("_base", "_stats", "_errors")
 
     def __init__(self, base: Probe) -> None:
         self._base = base
         self._stats: dict[tuple[str, str], os.stat_result | None] = {}
+        self._errors: dict[str, int] = {}  # relpath -> first errno other than ENOENT
+
+    def why_missing(self, relpath: str) -> int:
+        """Why ``relpath`` was not found: EACCES, ENAMETOOLONG... beat ENOENT,
+        so a denied lookup answers like native, not as a missing file."""
+        return self._errors.get(relpath, errno.ENOENT)
 
     def lstat(self, branch: Branch, relpath: str) -> os.stat_result | None:
         key = (branch.path, relpath)
@@ -72,8 +78,10 @@ class RequestProbe:
             pass
         try:
             st: os.stat_result | None = os.lstat(branch.full(relpath))
-        except OSError:
+        except OSError as e:
             st = None
+            if e.errno != errno.ENOENT:
+                self._errors.setdefault(relpath, e.errno)
         self._stats[key] = st
         return st
 
@@ -109,9 +117,13 @@ class Handle:
 
 
 class DirHandle:
-    __slots__ = ("relpath", "entries")
+    """An open pool directory. ``fd`` is the directory on the first branch that
+    has it: fstat/fchmod on a removed-but-open directory keep working."""
 
-    def __init__(self, relpath: str) -> None:
+    __slots__ = ("fd", "relpath", "entries")
+
+    def __init__(self, fd: int, relpath: str) -> None:
+        self.fd = fd
         self.relpath = relpath
         self.entries: list[tuple[bytes, int, int]] | None = None
 
@@ -149,11 +161,17 @@ class FileSystem:
     def _found(self, snap: Snapshot, func: str, relpath: str,
                probe: RequestProbe) -> tuple[Branch, os.stat_result]:
         """First branch the search policy of ``func`` picks, with its lstat."""
-        for b in self._select(snap, "search", func, relpath, probe):
+        try:
+            picked = self._select(snap, "search", func, relpath, probe)
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                raise oserror(probe.why_missing(relpath)) from None
+            raise
+        for b in picked:
             st = probe.lstat(b, relpath)
             if st is not None:
                 return b, st
-        raise oserror(errno.ENOENT)
+        raise oserror(probe.why_missing(relpath))
 
     def _creating(self, snap: Snapshot, func: str, relpath: str, attempt) -> list:
         """Run ``attempt(branch, probe)`` on each branch the create policy picks.
@@ -224,9 +242,9 @@ class FileSystem:
             b, st = self._found(snap, "getattr", relpath, probe)
         except OSError as e:
             if relpath == "/" and e.errno == errno.ENOENT:
-                return _synthetic(S.S_IFDIR | 0o755, nlink=2)
+                return synthetic_stat(S.S_IFDIR | 0o755, nlink=2)
             if relpath == "/" + ERROR_ENTRY and not self._any_branch_root(snap):
-                return _synthetic(S.S_IFREG | 0o444)
+                return synthetic_stat(S.S_IFREG | 0o444)
             raise
         return self._present(snap, b, relpath, st)
 
@@ -257,7 +275,7 @@ class FileSystem:
 
     @staticmethod
     def _symlinkified(cfg, st: os.stat_result) -> bool:
-        return time.time() - st.st_mtime >= cfg["symlinkify_timeout"]
+        return time.time() - st.st_mtime >= cfg["symlinkify-timeout"]
 
     def inode_of(self, relpath: str, st: os.stat_result) -> int:
         return inodes.calc(self.snap.cfg["inodecalc"], relpath, st.st_mode, st.st_dev, st.st_ino)
@@ -324,7 +342,18 @@ class FileSystem:
         self._acting(self.snap, "unlink", relpath, os.unlink)
 
     def rmdir(self, relpath: str) -> None:
-        self._acting(self.snap, "rmdir", relpath, os.rmdir)
+        """Refuse with ENOTEMPTY if the directory has entries on any branch we
+        would remove it from: removing only the empty copies would report
+        success while the directory is still there (native says ENOTEMPTY)."""
+        snap = self.snap
+        for b in self._select(snap, "action", "rmdir", relpath, RequestProbe(self.probe)):
+            try:
+                with os.scandir(b.full(relpath)) as it:
+                    if next(it, None) is not None:
+                        raise oserror(errno.ENOTEMPTY)
+            except (NotADirectoryError, FileNotFoundError):
+                pass
+        self._acting(snap, "rmdir", relpath, os.rmdir)
 
     def chmod(self, relpath: str, mode: int) -> None:
         self._acting(self.snap, "chmod", relpath, lambda p: os.chmod(p, mode))
@@ -482,10 +511,21 @@ class FileSystem:
 
     # ---------------------------------------------------------------- readdir
     def opendir(self, relpath: str) -> DirHandle:
-        st = self.getattr(relpath)
+        snap = self.snap
+        try:
+            b, st = self._found(snap, "getattr", relpath, RequestProbe(self.probe))
+        except OSError as e:
+            if relpath == "/" and e.errno == errno.ENOENT:  # no branch: the error entry
+                return DirHandle(-1, relpath)
+            raise
         if not S.S_ISDIR(st.st_mode):
             raise oserror(errno.ENOTDIR)
-        return DirHandle(relpath)
+        return DirHandle(os.open(b.full(relpath), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC),
+                         relpath)
+
+    def releasedir(self, dh: DirHandle) -> None:
+        if dh.fd >= 0:
+            os.close(dh.fd)
 
     def readdir(self, dh: DirHandle) -> list[tuple[bytes, int, int]]:
         """Merged listing ``(name, d_type, ino)``: each name once, first branch wins."""
@@ -664,9 +704,14 @@ class FileSystem:
 
 
 # ------------------------------------------------------------------ helpers
-def _synthetic(mode: int, nlink: int = 1) -> os.stat_result:
-    now = int(time.time())
-    return os.stat_result((mode, 0, 0, nlink, os.getuid(), os.getgid(), 0, now, now, now))
+def synthetic_stat(mode: int, nlink: int = 1) -> os.stat_result:
+    """A stat for entries that live on no branch (the root with no branch, errors)."""
+    now = time.time_ns()
+    return os.stat_result(
+        (mode, 0, 0, nlink, 0, 0, 0, now // 10**9, now // 10**9, now // 10**9),
+        {"st_atime_ns": now, "st_mtime_ns": now, "st_ctime_ns": now, "st_blksize": 4096,
+         "st_blocks": 0, "st_rdev": 0},
+    )
 
 
 def _utimens(target, atime_ns: int | None, mtime_ns: int | None, now_hint: bool = False) -> None:

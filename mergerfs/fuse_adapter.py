@@ -46,7 +46,7 @@ def _handler(fn):
         try:
             with llfuse.lock_released:
                 if ctx is not None:
-                    ugid.switch(ctx.uid, ctx.gid)
+                    ugid.switch(ctx.uid, ctx.gid, ctx.pid)
                 return fn(self, *args)
         except OSError as e:
             raise llfuse.FUSEError(e.errno or errno.EIO) from None
@@ -79,8 +79,8 @@ class Operations(llfuse.Operations):
         self.control = control_mod.Control(fs, self._invalidate_all)
         self._fh_lock = threading.Lock()
         self._fh_ids = itertools.count(1)
-        self._files: dict[int, tuple[int, fs_mod.Handle]] = {}  # fh -> (nodeid, handle)
-        self._dirs: dict[int, fs_mod.DirHandle] = {}
+        # fh -> (nodeid, Handle or DirHandle): one numbering for files and dirs
+        self._files: dict[int, tuple[int, fs_mod.Handle | fs_mod.DirHandle]] = {}
 
     # ------------------------------------------------------------ helpers
     def _rel(self, ino: int) -> str:
@@ -135,8 +135,7 @@ class Operations(llfuse.Operations):
         return self._entry(relpath, self.fs.getattr(relpath))
 
     def _control_attr(self) -> llfuse.EntryAttributes:
-        st = os.stat_result((S.S_IFREG | 0o444, 0, 0, 1, 0, 0, 0, 0, 0, 0))
-        return self._attr(st, CONTROL_INO)
+        return self._attr(fs_mod.synthetic_stat(S.S_IFREG | 0o444), CONTROL_INO)
 
     def _invalidate_all(self) -> None:
         for ino in self.table.nodeids():
@@ -179,13 +178,13 @@ class Operations(llfuse.Operations):
     def getattr(self, inode, ctx):
         if inode == CONTROL_INO:
             return self._control_attr()
-        try:
-            st = self.fs.getattr(self._rel(inode))
-        except OSError as e:
-            fh = self.table.any_fh(inode) if e.errno == errno.ENOENT else None
-            if fh is None:
-                raise
+        fh = self.table.any_fh(inode)
+        if fh is not None:
+            # An open file is the kernel's inode even if its path was unlinked
+            # or renamed over: its fd is the truth.
             st = self.fs.fgetattr(self._file(fh)[1])
+        else:
+            st = self.fs.getattr(self._rel(inode))
         self._saw(inode, st)
         return self._attr(st, inode)
 
@@ -194,7 +193,7 @@ class Operations(llfuse.Operations):
         if inode == CONTROL_INO:
             raise oserror(errno.EPERM)
         if fh is None:
-            fh = self._open_fh_if_unlinked(inode)
+            fh = self._fh_if_path_moved_on(inode)
         fs = self.fs
         atime, mtime, now_hint = _times(attr, fields)
         if fh is not None:
@@ -224,16 +223,18 @@ class Operations(llfuse.Operations):
         self._saw(inode, st, ours=True)
         return self._attr(st, inode)
 
-    def _open_fh_if_unlinked(self, inode: int) -> int | None:
-        """Metadata calls on an unlinked-but-open file go to its open fd."""
+    def _fh_if_path_moved_on(self, inode: int) -> int | None:
+        """An fh to use for metadata calls on an open file whose path no longer
+        names it (unlinked, renamed over); None to act on the path as usual."""
         fh = self.table.any_fh(inode)
         if fh is None:
             return None
+        mine = self.fs.fgetattr(self._file(fh)[1])
         try:
-            self.fs.getattr(self._rel(inode))
+            there = self.fs.getattr(self._rel(inode))
         except OSError:
             return fh
-        return None
+        return None if (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino) else fh
 
     @_handler
     def readlink(self, inode, ctx):
@@ -276,7 +277,7 @@ class Operations(llfuse.Operations):
             raise
         return self._new_fh(entry.st_ino, h), entry
 
-    def _new_fh(self, ino: int, h: fs_mod.Handle) -> int:
+    def _new_fh(self, ino: int, h) -> int:
         with self._fh_lock:
             fh = next(self._fh_ids)
             self._files[fh] = (ino, h)
@@ -366,15 +367,11 @@ class Operations(llfuse.Operations):
     # ------------------------------------------------------------- dirs
     @_handler
     def opendir(self, inode, ctx):
-        dh = self.fs.opendir(self._rel(inode))
-        with self._fh_lock:
-            fh = next(self._fh_ids)
-            self._dirs[fh] = dh
-        return fh
+        return self._new_fh(inode, self.fs.opendir(self._rel(inode)))
 
     @_handler
     def _entries(self, fh, off):
-        dh = self._dirs[fh]
+        dh = self._file(fh)[1]
         if dh.entries is None or off == 0:
             dh.entries = self.fs.readdir(dh)
         return dh.entries
@@ -388,13 +385,16 @@ class Operations(llfuse.Operations):
             e.st_mode = dtype << 12
             yield name, e, i + 1
 
+    @_handler
     def releasedir(self, fh):
         with self._fh_lock:
-            self._dirs.pop(fh, None)
+            ino, dh = self._files.pop(fh)
+        self.table.drop_fh(ino, fh)
+        self.fs.releasedir(dh)
 
     @_handler
     def fsyncdir(self, fh, datasync):
-        dh = self._dirs[fh]
+        dh = self._file(fh)[1]
         snap = self.fs.snap
         for b in snap.branches:
             try:
@@ -415,7 +415,7 @@ class Operations(llfuse.Operations):
 
     # ------------------------------------------------------------- xattrs
     @_handler
-    def getxattr(self, inode, name, ctx):
+    def getxattr(self, inode, name, ctx=None):  # llfuse omits ctx for XATTR_CREATE checks
         key = os.fsdecode(name)
         if inode == CONTROL_INO:
             return self.control.getxattr(key)

@@ -10,6 +10,7 @@ re-expands branch globs, SIGHUP is ignored.
 
 from __future__ import annotations
 
+import errno
 import logging
 import logging.handlers
 import os
@@ -246,12 +247,16 @@ def _report_ready(mnt: str, notify, loop: threading.Thread) -> None:
     for _ in range(600):
         if not loop.is_alive():
             return
-        try:
-            if os.stat(mnt).st_ino and is_mountpoint(mnt):
-                notify("ok")
-                return
-        except OSError:
-            pass
+        if is_mountpoint(mnt):
+            try:
+                os.stat(mnt)
+            except OSError as e:
+                # Any errno but "not connected" is an answer (func.getattr=erofs...).
+                if e.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+                    time.sleep(0.05)
+                    continue
+            notify("ok")
+            return
         time.sleep(0.05)
     notify("mount did not answer within 30s")
 

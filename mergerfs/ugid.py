@@ -42,24 +42,56 @@ def groups_of(uid: int, gid: int) -> tuple[int, ...]:
     return groups
 
 
-def current() -> tuple[int, int]:
-    return getattr(_local, "creds", (0, 0))
+_PROC_TTL = 1.0  # seconds a caller's /proc groups are reused (same pid, same request burst)
+_proc: dict[int, tuple[float, tuple[int, ...]]] = {}
 
 
-def switch(uid: int, gid: int) -> None:
-    """Make this thread act as ``uid:gid`` (with its groups) for filesystem calls."""
-    if getattr(_local, "creds", None) == (uid, gid):
-        return
-    _fastpath.set_creds(uid, gid, groups_of(uid, gid))
-    _local.creds = (uid, gid)
+def caller_groups(pid: int, uid: int, gid: int) -> tuple[int, ...]:
+    """The calling process's real supplementary groups (``Groups:`` in
+    /proc/PID/status), as the kernel would use them natively; the user
+    database if the process is gone."""
+    now = time.monotonic()
+    hit = _proc.get(pid)
+    if hit and now - hit[0] < _PROC_TTL:
+        return hit[1]
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Groups:"):
+                    groups = tuple(int(g) for g in line.split()[1:])
+                    break
+            else:
+                raise OSError("no Groups line")
+    except (OSError, ValueError):
+        groups = groups_of(uid, gid)
+    if len(_proc) > 4096:
+        _proc.clear()
+    _proc[pid] = (now, groups)
+    return groups
+
+
+def current() -> tuple[int, int, tuple[int, ...]]:
+    return getattr(_local, "creds", (0, 0, (0,)))
+
+
+def _set(creds: tuple[int, int, tuple[int, ...]]) -> None:
+    if getattr(_local, "creds", None) != creds:
+        _fastpath.set_creds(*creds)
+        _local.creds = creds
+
+
+def switch(uid: int, gid: int, pid: int = 0) -> None:
+    """Make this thread act as the caller ``uid:gid`` (with its groups)."""
+    groups = caller_groups(pid, uid, gid) if pid and uid else groups_of(uid, gid)
+    _set((uid, gid, groups))
 
 
 @contextmanager
 def as_root():
     """Temporarily act as root (clone-path, moveonenospc copy) and switch back."""
     prev = current()
-    switch(0, 0)
+    _set((0, 0, (0,)))
     try:
         yield
     finally:
-        switch(*prev)
+        _set(prev)

@@ -1,0 +1,421 @@
+"""The option table: one :class:`Option` per option drives everything.
+
+``-o`` parsing, config files, the control file's ``user.mergerfs.*`` keys,
+``--help`` and the README's option table all read :data:`OPTIONS`; there is
+no other list of option names. :class:`Config` holds parsed values by
+canonical name and is copied, changed and swapped whole (never edited live).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from mergerfs import policies
+from mergerfs.branches import format_branches, parse_branches, parse_size
+
+
+class OptionError(ValueError):
+    """A bad option or value; the text is the one line shown to the user."""
+
+
+# --------------------------------------------------------------- value types
+@dataclass(frozen=True)
+class Kind:
+    """How a value is parsed and formatted, and how --help spells its type."""
+
+    name: str
+    parse: Callable[[str], Any]
+    format: Callable[[Any], str] = str
+
+
+def _bool(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("true", "1", "yes", "on"):
+        return True
+    if t in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def _uint(text: str) -> int:
+    value = int(text.strip(), 10)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def _int(text: str) -> int:
+    return int(text.strip(), 10)
+
+
+def _enum(*values: str) -> Kind:
+    def parse(text: str) -> str:
+        if text not in values:
+            raise ValueError(text)
+        return text
+
+    return Kind("|".join(values), parse)
+
+
+def _policy(text: str) -> str:
+    if text not in policies.NAMES:
+        raise ValueError(text)
+    return text
+
+
+def _moveonenospc(text: str) -> str:
+    t = text.strip().lower()
+    if t in ("true", "false"):
+        return t
+    return _policy(t)
+
+
+BOOL = Kind("BOOL", _bool, lambda v: "true" if v else "false")
+UINT = Kind("UINT", _uint)
+INT = Kind("INT", _int)
+SIZE = Kind("SIZE", parse_size)
+STR = Kind("STR", str)
+POLICY = Kind("POLICY", _policy)
+BRANCHES = Kind("BRANCHES", parse_branches, format_branches)
+
+#: Functions per category (spec section 3).
+FUNCS = {
+    "action": ("chmod", "chown", "link", "removexattr", "rename", "rmdir", "setxattr",
+               "truncate", "unlink", "utimens"),
+    "create": ("create", "mkdir", "mknod", "symlink"),
+    "search": ("access", "getattr", "getxattr", "listxattr", "open", "readlink"),
+}
+CATEGORY_DEFAULTS = {"action": "epall", "create": "pfrd", "search": "ff"}
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    kind: Kind
+    default: Any
+    doc: str
+    runtime: bool = True
+    aliases: tuple[str, ...] = ()
+    #: Turns a parsed value into {canonical name: value} (deprecated and category options).
+    expand: Callable[[Any], dict[str, Any]] | None = None
+    #: Shown by getxattr/listxattr on the control file.
+    listed: bool = True
+
+    def parse(self, text: str | None) -> Any:
+        if text is None:
+            if self.kind is BOOL:
+                return True
+            raise OptionError(f"option '{self.name}' needs a value")
+        try:
+            return self.kind.parse(text)
+        except (ValueError, TypeError):
+            raise OptionError(f"invalid value for option '{self.name}': '{text}'") from None
+
+
+def _o(name, kind, default, doc, **kw) -> Option:
+    return Option(name, kind, default, doc, **kw)
+
+
+def _cache_files_alias(mode: str):
+    return lambda on: {"cache.files": mode if on else "libfuse"}
+
+
+_OPTION_LIST = [
+    _o("branches", BRANCHES, [], "':'-separated branch paths or globs, each PATH[=RW|RO|NC[,MINFREESPACE]]",
+       aliases=("srcmounts",)),
+    _o("mountpoint", STR, None, "where the pool is mounted", runtime=False, listed=False),
+    _o("config", STR, None, "read options from FILE (key=value per line)", runtime=False, listed=False),
+    _o("minfreespace", SIZE, 4 << 30, "minimum available space for create policies (per branch overridable)"),
+    _o("moveonenospc", Kind("true|false|POLICY", _moveonenospc), "pfrd",
+       "on ENOSPC/EDQUOT during write move the file to a branch the policy picks (true = mfs)"),
+    _o("dropcacheonclose", BOOL, False, "posix_fadvise(DONTNEED) branch files on close"),
+    _o("symlinkify", BOOL, False, "report files unmodified for symlinkify-timeout as symlinks to their branch path"),
+    _o("symlinkify-timeout", UINT, 3600, "seconds before symlinkify applies", aliases=("symlinkify_timeout",)),
+    _o("nullrw", BOOL, False, "reads return zeros, writes are discarded (benchmarking)"),
+    _o("ignorepponrename", BOOL, False, "ignore path preservation on rename and link"),
+    _o("link-cow", BOOL, False, "break hard links (copy) when a linked file is opened for writing",
+       aliases=("link_cow",)),
+    _o("nfsopenhack", _enum("off", "git", "all"), "off",
+       "create-for-write with a read-only mode still opens (NFS export quirk)"),
+    _o("security-capability", BOOL, True, "pass security.capability through (false: answer ENOATTR)",
+       aliases=("security_capability",)),
+    _o("xattr", _enum("passthrough", "noattr", "nosys"), "passthrough", "xattr handling"),
+    _o("statfs", _enum("base", "full"), "base", "statfs over all branches, or only those holding the path"),
+    _o("statfs-ignore", _enum("none", "ro", "nc"), "none", "leave RO or NC branches' free space out of statfs",
+       aliases=("statfs_ignore",)),
+    _o("posix-acl", BOOL, False, "enable POSIX ACLs", runtime=False, aliases=("posix_acl",)),
+    _o("async-read", BOOL, True, "allow concurrent reads of one file (accepted; kernel default)",
+       runtime=False, aliases=("async_read",)),
+    _o("inodecalc", _enum("passthrough", "path-hash", "path-hash32", "devino-hash", "devino-hash32",
+                          "hybrid-hash", "hybrid-hash32"), "hybrid-hash", "how st_ino is calculated"),
+    _o("cache.files", _enum("libfuse", "off", "partial", "full", "auto-full", "per-process"), "off",
+       "page caching of file data"),
+    _o("cache.files.process-names", STR, "rtorrent|qbittorrent-nox",
+       "'|'-separated process names given partial caching under cache.files=per-process"),
+    _o("cache.entry", UINT, 1, "seconds the kernel caches name lookups"),
+    _o("cache.attr", UINT, 1, "seconds the kernel caches attributes"),
+    _o("cache.negative-entry", UINT, 0, "seconds the kernel caches failed lookups",
+       aliases=("cache.negative_entry",)),
+    _o("cache.statfs", UINT, 0, "seconds branch statvfs results are reused by policies"),
+    _o("cache.symlinks", BOOL, False, "kernel symlink caching (accepted; not carried by libfuse 2)",
+       runtime=False),
+    _o("cache.readdir", BOOL, False, "kernel readdir caching (accepted; not carried by libfuse 2)",
+       runtime=False),
+    _o("cache.writeback", BOOL, False, "kernel writeback caching (accepted; not carried by llfuse)",
+       runtime=False),
+    _o("cache.open", UINT, 0, "seconds open policy results are cached (accepted)"),
+    _o("rename-exdev", _enum("passthrough", "rel-symlink", "abs-symlink"), "passthrough",
+       "what rename does on EXDEV"),
+    _o("link-exdev", _enum("passthrough", "rel-symlink", "abs-base-symlink", "abs-pool-symlink"),
+       "passthrough", "what link does on EXDEV"),
+    _o("follow-symlinks", _enum("never", "directory", "regular", "all"), "never",
+       "report symlinks as their targets"),
+    _o("export-support", BOOL, True, "tell the kernel the pool may be exported over NFS", runtime=False),
+    _o("kernel-permissions-check", BOOL, True, "kernel checks mode bits (default_permissions)",
+       runtime=False),
+    _o("lazy-umount-mountpoint", BOOL, False, "lazily unmount whatever is mounted at the mountpoint first",
+       runtime=False),
+    _o("threads", INT, 0, "worker threads (0 = default)", runtime=False),
+    _o("read-thread-count", INT, 0, "worker threads reading requests (mapped onto threads)",
+       runtime=False),
+    _o("process-thread-count", INT, -1, "worker threads processing requests (mapped onto threads)",
+       runtime=False),
+    _o("fuse-msg-size", UINT, 256, "max FUSE message size in pages (libfuse 2: 128 KiB max)",
+       runtime=False, aliases=("fuse_msg_size",)),
+    _o("branches-mount-timeout", UINT, 0, "seconds to wait at start for branches to be mounted",
+       runtime=False),
+    _o("branches-mount-timeout-fail", BOOL, False, "exit if branches are still not mounted after the timeout",
+       runtime=False),
+    _o("func.readdir", _enum("seq", "cosr", "cor"), "seq", "readdir concurrency (listing is the same)"),
+    _o("fsname", STR, "", "filesystem name shown in /proc/mounts (default: from branches)",
+       runtime=False),
+    _o("readdirplus", BOOL, False, "accepted; not carried by libfuse 2", runtime=False),
+    _o("log.metrics", BOOL, False, "accepted for compatibility"),
+    _o("use_ino", BOOL, True, "accepted; inode numbers always come from inodecalc", runtime=False,
+       listed=False),
+    _o("direct_io", BOOL, False, "deprecated: cache.files=off", runtime=False, listed=False,
+       expand=_cache_files_alias("off")),
+    _o("kernel_cache", BOOL, False, "deprecated: cache.files=full", runtime=False, listed=False,
+       expand=_cache_files_alias("full")),
+    _o("auto_cache", BOOL, False, "deprecated: cache.files=auto-full", runtime=False, listed=False,
+       expand=_cache_files_alias("auto-full")),
+]
+for _cat, _funcs in FUNCS.items():
+    _OPTION_LIST.append(_o(f"category.{_cat}", POLICY, CATEGORY_DEFAULTS[_cat],
+                           f"policy of every {_cat} function",
+                           expand=(lambda fs: lambda p: {f"func.{f}": p for f in fs})(_funcs)))
+    for _f in _funcs:
+        _OPTION_LIST.append(_o(f"func.{_f}", POLICY, CATEGORY_DEFAULTS[_cat], f"policy of {_f} ({_cat})"))
+
+OPTIONS: dict[str, Option] = {o.name: o for o in _OPTION_LIST}
+_ALIASES: dict[str, str] = {}
+for _opt in _OPTION_LIST:
+    for _k in (_opt.name, *_opt.aliases):
+        _ALIASES[_k] = _opt.name
+        _ALIASES[_k.replace("-", "_")] = _opt.name
+        _ALIASES[_k.replace("_", "-")] = _opt.name
+
+# Generic mount options fstab/mount(8) hand us. Values: pass to FUSE as-is,
+# or None: accepted and ignored (the kernel mount flags libfuse 2 sets itself,
+# or options only mount(8) cares about).
+_FUSE_PASS = {"allow_other", "allow_root", "default_permissions", "ro", "rw", "nosuid", "nodev",
+              "noexec", "suid", "dev", "exec", "sync", "async", "dirsync", "atime", "noatime"}
+_IGNORED = {"defaults", "nonempty", "nofail", "noauto", "auto", "user", "users", "nouser", "owner",
+            "group", "_netdev", "relatime", "norelatime", "strictatime", "nostrictatime",
+            "lazytime", "nolazytime", "diratime", "nodiratime", "hard_remove", "large_read",
+            "big_writes", "splice_read", "splice_write", "splice_move", "auto_unmount",
+            "atomic_o_trunc", "no_remote_lock", "dropcacheonclose_", "iversion", "noiversion",
+            "silent", "loud", "blkdev"}
+_FUSE_VALUED = {"fsname", "subtype", "max_read", "max_write", "max_readahead", "uid", "gid", "umask",
+                "blksize", "max_background", "congestion_threshold"}
+_IGNORED_PREFIXES = ("x-", "comment=", "context=", "fscontext=", "defcontext=", "rootcontext=",
+                     "helper=")
+
+
+def lookup(key: str) -> Option:
+    """The option named ``key`` (any accepted spelling); OptionError if unknown."""
+    name = _ALIASES.get(key)
+    if name is None:
+        raise OptionError(f"invalid option '{key}'")
+    return OPTIONS[name]
+
+
+# -------------------------------------------------------------------- config
+class Config:
+    """Parsed option values by canonical name, plus the generic FUSE options."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.fuse_options: list[str] = []
+        self.mountpoint: str | None = None
+
+    @classmethod
+    def defaults(cls) -> "Config":
+        cfg = cls()
+        for opt in _OPTION_LIST:
+            if opt.expand is None:
+                cfg.values[opt.name] = list(opt.default) if isinstance(opt.default, list) else opt.default
+        return cfg
+
+    def copy(self) -> "Config":
+        c = Config()
+        c.values = dict(self.values)
+        c.fuse_options = list(self.fuse_options)
+        c.mountpoint = self.mountpoint
+        return c
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    def policy(self, func: str) -> str:
+        return self.values[f"func.{func}"]
+
+    def apply(self, key: str, value: str | None) -> None:
+        """Apply ``key[=value]``; on error raise OptionError and change nothing."""
+        key = key.strip()
+        if key in _IGNORED or key.startswith(_IGNORED_PREFIXES):
+            return
+        if key in _FUSE_PASS and value is None:
+            self._fuse(key)
+            return
+        if key in _FUSE_VALUED and key != "fsname":
+            if value is None:
+                raise OptionError(f"option '{key}' needs a value")
+            self._fuse(f"{key}={value}")
+            return
+        opt = lookup(key)
+        parsed = opt.parse(value)
+        if opt.name == "mountpoint":
+            self.mountpoint = parsed
+            return
+        if opt.name == "config":
+            for k, v in load_config_file(parsed):
+                self.apply(k, v)
+            return
+        if opt.expand is not None:
+            self.values.update(opt.expand(parsed))
+        else:
+            self.values[opt.name] = parsed
+
+    def _fuse(self, opt: str) -> None:
+        name = opt.partition("=")[0]
+        self.fuse_options = [o for o in self.fuse_options if o.partition("=")[0] != name] + [opt]
+
+    def format(self, name: str) -> str:
+        opt = OPTIONS[name]
+        if name.startswith("category."):
+            found = dict.fromkeys(self.values[f"func.{f}"] for f in FUNCS[name.split(".", 1)[1]])
+            return ",".join(found)
+        if opt.expand is not None:
+            return opt.kind.format(False)
+        if name == "mountpoint":
+            return self.mountpoint or ""
+        value = self.values.get(name)
+        return "" if value is None else opt.kind.format(value)
+
+    def keys(self) -> list[str]:
+        """Control-file keys in listing order."""
+        return [o.name for o in _OPTION_LIST if o.listed] + ["srcmounts"]
+
+
+# ------------------------------------------------------------------ parsing
+def parse_o(text: str) -> list[tuple[str, str | None]]:
+    """Split one ``-o`` argument into (key, value|None) pairs.
+
+    A bare size after a branch entry (``branches=/a=RW,10G``) belongs to that
+    entry's minfreespace, not to a new option.
+    """
+    out: list[tuple[str, str | None]] = []
+    for token in _split_commas(text):
+        if not token:
+            continue
+        key, sep, value = token.partition("=")
+        if (out and not sep and _looks_like_size(token) and out[-1][0] in ("branches", "srcmounts")
+                and out[-1][1] and re.search(r"=(RW|RO|NC)$", out[-1][1], re.IGNORECASE)):
+            out[-1] = (out[-1][0], f"{out[-1][1]},{token}")
+            continue
+        out.append((key.strip(), value if sep else None))
+    return out
+
+
+def _split_commas(text: str) -> list[str]:
+    parts, cur, escape = [], [], False
+    for ch in text:
+        if escape:
+            cur.append(ch)
+            escape = False
+        elif ch == "\\":
+            escape = True
+        elif ch == ",":
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return parts
+
+
+def _looks_like_size(token: str) -> bool:
+    try:
+        parse_size(token)
+    except ValueError:
+        return False
+    return True
+
+
+def load_config_file(path: str) -> list[tuple[str, str | None]]:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise OptionError(f"cannot read config file '{path}': {e.strerror}") from None
+    out: list[tuple[str, str | None]] = []
+    for line in lines:
+        line = line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
+        if not line:
+            continue
+        key, sep, value = line.partition("=")
+        out.append((key.strip(), value.strip() if sep else None))
+    return out
+
+
+# --------------------------------------------------------------- docs/help
+def help_text() -> str:
+    lines = []
+    for o in _OPTION_LIST:
+        if o.name.startswith("func.") and o.name != "func.readdir":
+            continue
+        default = Config.defaults().format(o.name) if o.expand is None or o.name.startswith("category.") else ""
+        lines.append(f"    -o {o.name}={o.kind.name}\n        {o.doc}"
+                     + (f" (default: {default})" if default else ""))
+    lines.append("    -o func.FUNC=POLICY\n        policy of one function (FUNC: "
+                 + ", ".join(f for fs in FUNCS.values() for f in fs) + ")")
+    lines.append("    POLICY: " + ", ".join(policies.NAMES))
+    return "\n".join(lines)
+
+
+def markdown_table() -> str:
+    defaults = Config.defaults()
+    rows = ["| option | values | default | runtime | description |", "|---|---|---|---|---|"]
+    for o in _OPTION_LIST:
+        if o.name.startswith("func.") and o.name != "func.readdir":
+            continue
+        default = defaults.format(o.name) if o.expand is None or o.name.startswith("category.") else ""
+        names = ", ".join(f"`{n}`" for n in (o.name, *o.aliases))
+        kind = o.kind.name.replace("|", "&#124;")
+        shown = default.replace("|", "&#124;")
+        rows.append(f"| {names} | {kind} | {shown} | {'yes' if o.runtime else 'no'} | {o.doc} |")
+    rows.append("| `func.FUNC` | POLICY | per category | yes | one function's policy: "
+                + ", ".join(f for fs in FUNCS.values() for f in fs) + " |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    if "--markdown" in sys.argv:
+        print(markdown_table())
+    else:
+        print(help_text())

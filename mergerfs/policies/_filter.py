@@ -1,0 +1,145 @@
+"""Shared by every policy: which branches qualify for a category, and why not.
+
+``eligible`` walks the branches in order and returns those that pass the
+category's filter, remembering the most significant reason any was dropped
+(see :func:`mergerfs.errors.worse`); ``none_left`` raises it.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from mergerfs.errors import oserror, worse
+
+
+class Candidates(list):
+    """Eligible branches in order, with space facts, plus the reason others failed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.error: int | None = None
+        self.space: dict[str, object] = {}
+
+    def drop(self, err: int) -> None:
+        self.error = worse(self.error, err)
+
+    def none_left(self):
+        raise oserror(self.error if self.error is not None else errno.ENOENT)
+
+
+def eligible(category: str, branches, relpath: str, probe, existing: bool) -> Candidates:
+    """Branches that qualify for ``category``; ``existing``: relpath must exist there."""
+    out = Candidates()
+    for b in branches:
+        if category != "search" and (b.mode == "RO" or (category == "create" and b.mode == "NC")):
+            out.drop(errno.EROFS)
+            continue
+        if existing and not probe.exists(b, relpath):
+            out.drop(errno.ENOENT)
+            continue
+        if category != "search":
+            try:
+                info = probe.space(b)
+            except OSError as e:
+                out.drop(e.errno or errno.ENOENT)
+                continue
+            if info.readonly:
+                out.drop(errno.EROFS)
+                continue
+            if category == "create" and info.available < b.minfreespace:
+                out.drop(errno.ENOSPC)
+                continue
+            out.space[b.path] = info
+        out.append(b)
+    return out
+
+
+def _facts(c: Candidates, b, probe):
+    info = c.space.get(b.path)
+    if info is None:  # search: no filtering happened, ask now
+        try:
+            info = c.space[b.path] = probe.space(b)
+        except OSError:
+            return None
+    return info
+
+
+def best(c: Candidates, probe, key) -> list:
+    """The single branch minimising ``key(info)``; ties keep branch order."""
+    chosen, chosen_key = None, None
+    for b in c:
+        info = _facts(c, b, probe)
+        if info is None:
+            continue
+        k = key(info)
+        if chosen is None or k < chosen_key:
+            chosen, chosen_key = b, k
+    if chosen is None:
+        c.none_left()
+    return [chosen]
+
+
+def first(c: Candidates) -> list:
+    if not c:
+        c.none_left()
+    return c[:1]
+
+
+def every(c: Candidates) -> list:
+    if not c:
+        c.none_left()
+    return list(c)
+
+
+def random_one(c: Candidates, probe) -> list:
+    if not c:
+        c.none_left()
+    return [c[min(int(probe.random() * len(c)), len(c) - 1)]]
+
+
+def weighted_by_free(c: Candidates, probe) -> list:
+    """pfrd: random, each branch weighted by its available space."""
+    if not c:
+        c.none_left()
+    avail = []
+    for b in c:
+        info = _facts(c, b, probe)
+        avail.append(info.available if info is not None else 0)
+    total = sum(avail)
+    if total <= 0:
+        return c[:1]
+    point = probe.random() * total
+    acc = 0
+    for b, a in zip(c, avail):
+        acc += a
+        if point < acc:
+            return [b]
+    return [c[-1]]
+
+
+def newest(c: Candidates, relpath: str, probe) -> list:
+    chosen, when = None, None
+    for b in c:
+        m = probe.mtime(b, relpath)
+        if m is not None and (chosen is None or m > when):
+            chosen, when = b, m
+    if chosen is None:
+        c.none_left()
+    return [chosen]
+
+
+# Keys for best(): smaller is better.
+def most_free(info):
+    return -info.available
+
+
+def least_free(info):
+    return info.available
+
+
+def least_used(info):
+    return info.used
+
+
+def least_used_pct(info):
+    return info.used / info.total if info.total else 1.0
