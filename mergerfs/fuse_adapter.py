@@ -309,8 +309,18 @@ class Operations(llfuse.Operations):
     @_handler
     def link(self, inode, new_parent_inode, new_name, ctx):
         new = self._child(new_parent_inode, new_name)
-        self.fs.link(self._rel(inode), new)
-        return self._lookup_entry(new)
+        old = self._rel(inode)
+        self.fs.link(old, new)
+        st = self.fs.getattr(new)
+        if not S.S_ISLNK(st.st_mode) or S.S_ISLNK(self.fs.getattr(old).st_mode):
+            return self._entry(new, st)
+        # link-exdev made a symlink: the kernel insists a link reply has the
+        # source's type (else EIO), so answer with the source, uncached; the
+        # next lookup of the new name finds the symlink.
+        entry = self._lookup_entry(old)
+        entry.entry_timeout = 0
+        entry.attr_timeout = 0
+        return entry
 
     # ------------------------------------------------------------- files
     @_handler

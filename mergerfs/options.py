@@ -398,6 +398,10 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "&#124;")
+
+
 def markdown_table() -> str:
     defaults = Config.defaults()
     rows = ["| option | values | default | runtime | description |", "|---|---|---|---|---|"]
@@ -406,9 +410,8 @@ def markdown_table() -> str:
             continue
         default = defaults.format(o.name) if o.expand is None or o.name.startswith("category.") else ""
         names = ", ".join(f"`{n}`" for n in (o.name, *o.aliases))
-        kind = o.kind.name.replace("|", "&#124;")
-        shown = default.replace("|", "&#124;")
-        rows.append(f"| {names} | {kind} | {shown} | {'yes' if o.runtime else 'no'} | {o.doc} |")
+        rows.append(f"| {names} | {_cell(o.kind.name)} | {_cell(default)} | "
+                    f"{'yes' if o.runtime else 'no'} | {_cell(o.doc)} |")
     rows.append("| `func.FUNC` | POLICY | per category | yes | one function's policy: "
                 + ", ".join(f for fs in FUNCS.values() for f in fs) + " |")
     return "\n".join(rows)

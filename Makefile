@@ -1,0 +1,60 @@
+# Quick start on a fresh Debian 12 machine, as root:
+#   make demo   # installs what is missing, builds, mounts a demo pool
+#   make test   # installs what is missing, builds, runs the whole suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+APT_PKGS := fuse3 libfuse-dev pkg-config gcc python3-venv python3-dev attr mergerfs fio
+EXT := $(wildcard mergerfs/_fastpath*.so)
+
+.PHONY: all deps venv build test unit demo wheel bench readme clean
+
+all: build
+
+deps:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing </dev/null; \
+	fi
+	@test -e /dev/fuse || modprobe fuse || true
+
+$(VENV)/.stamp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip setuptools wheel
+	$(VPY) -m pip install -q cython pytest hypothesis llfuse
+	touch $@
+
+venv: deps $(VENV)/.stamp
+
+# The extension is built in place and the package installed editable, so the
+# venv's `mergerfs` command and the tests run this checkout.
+$(VENV)/.built: $(VENV)/.stamp setup.py mergerfs/_fastpath.pyx
+	$(VPY) setup.py -q build_ext --inplace
+	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+build: venv $(VENV)/.built
+
+test: build
+	$(VPY) -m pytest
+
+unit: build
+	$(VPY) -m pytest tests/unit
+
+demo: build
+	@MERGERFS="$(abspath $(VENV))/bin/mergerfs" bash scripts/demo.sh
+
+wheel: build
+	$(VPY) -m pip wheel -q --no-deps --no-build-isolation -w wheels .
+	@ls -1 wheels/*.whl
+
+bench: build
+	$(VPY) benchmarks/run.py
+
+readme: build
+	$(VPY) scripts/readme_options.py
+
+clean:
+	rm -rf build dist *.egg-info mergerfs/_fastpath.c mergerfs/_fastpath*.so $(VENV)/.built
