@@ -8,9 +8,8 @@ Syscall-shaped on purpose: no policy or config here. errno is turned into
 OSError once, at the ``def`` boundary.
 """
 
-from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, _PyBytes_Resize
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
-from cpython.object cimport PyObject
 from libc.errno cimport errno, EINTR
 from libc.stdint cimport uint64_t, uint8_t
 from posix.types cimport off_t, uid_t, gid_t
