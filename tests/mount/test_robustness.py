@@ -1,0 +1,57 @@
+"""A bug in a handler (an unexpected Python exception) must answer EIO, be
+logged with its traceback, and leave the mount serving everything else."""
+
+import errno
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from .helpers import REPO, cmd_env, is_pool_mounted, is_reference, unmount, wait_until
+
+pytestmark = [pytest.mark.mount,
+              pytest.mark.skipif(is_reference(), reason="injects a bug into our code")]
+
+INJECT = textwrap.dedent("""
+    import sys
+    from mergerfs import fs
+    real = fs.FileSystem.getattr
+    def getattr(self, relpath):
+        if relpath.endswith("boom"):
+            raise ZeroDivisionError("injected bug")
+        return real(self, relpath)
+    fs.FileSystem.getattr = getattr
+    from mergerfs.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_handler_bug_is_eio_and_mount_survives(tmp_path):
+    b = tmp_path / "b"
+    mnt = tmp_path / "mnt"
+    b.mkdir()
+    mnt.mkdir()
+    (b / "boom").write_text("x")
+    (b / "fine").write_text("ok")
+    log_path = tmp_path / "log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-c", INJECT, "-f", str(b), str(mnt)],
+                                stderr=log, env=cmd_env(), cwd=REPO)
+    try:
+        assert wait_until(lambda: is_pool_mounted(str(mnt)), 20)
+        for _ in range(3):
+            with pytest.raises(OSError) as e:
+                os.stat(mnt / "boom")
+            assert e.value.errno == errno.EIO
+        assert (mnt / "fine").read_text() == "ok"
+        (mnt / "new").write_text("still writable")
+        assert (b / "new").read_text() == "still writable"
+        assert proc.poll() is None
+    finally:
+        unmount(str(mnt))
+        proc.wait(timeout=20)
+    assert proc.returncode == 0
+    text = log_path.read_text()
+    assert "Traceback" in text and "ZeroDivisionError: injected bug" in text
