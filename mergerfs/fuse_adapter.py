@@ -71,6 +71,18 @@ def _times(attr, fields) -> tuple:
     return atime, mtime, hint
 
 
+def _forced_attrs(fuse_options: list[str]) -> tuple | None:
+    """``uid=``, ``gid=``, ``umask=`` mount options: reported owner and mode
+    overrides (libfuse's high-level options, which llfuse's low level lacks)."""
+    opts = dict(o.partition("=")[::2] for o in fuse_options)
+    if not any(k in opts for k in ("uid", "gid", "umask")):
+        return None
+    uid = int(opts["uid"]) if "uid" in opts else None
+    gid = int(opts["gid"]) if "gid" in opts else None
+    umask = int(opts["umask"], 8) if "umask" in opts else None
+    return uid, gid, umask
+
+
 class Operations(llfuse.Operations):
     def __init__(self, fs: fs_mod.FileSystem) -> None:
         super().__init__()
@@ -78,6 +90,7 @@ class Operations(llfuse.Operations):
         self.table = inodes.InodeTable()
         self.control = control_mod.Control(fs, self._invalidate_all)
         self._fh_lock = threading.Lock()
+        self._force = _forced_attrs(fs.snap.cfg.fuse_options)
         self._fh_ids = itertools.count(1)
         # fh -> (nodeid, Handle or DirHandle): one numbering for files and dirs
         self._files: dict[int, tuple[int, fs_mod.Handle | fs_mod.DirHandle]] = {}
@@ -100,6 +113,14 @@ class Operations(llfuse.Operations):
         e.st_nlink = st.st_nlink
         e.st_uid = st.st_uid
         e.st_gid = st.st_gid
+        if self._force:
+            uid, gid, umask = self._force
+            if uid is not None:
+                e.st_uid = uid
+            if gid is not None:
+                e.st_gid = gid
+            if umask is not None:  # as libfuse: every entry gets 0777 & ~umask
+                e.st_mode = S.S_IFMT(st.st_mode) | (0o777 & ~umask)
         e.st_rdev = st.st_rdev
         e.st_size = st.st_size
         e.st_blksize = st.st_blksize

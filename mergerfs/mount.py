@@ -80,8 +80,13 @@ def _fsname(cfg, branches) -> str:
 
 
 def fuse_options(cfg, branches) -> set[str]:
-    opts = set(cfg.fuse_options)
+    # uid=/gid=/umask= are libfuse's high-level options: the adapter applies them.
+    opts = {o for o in cfg.fuse_options if o.partition("=")[0] not in ("uid", "gid", "umask")}
     opts.discard("use_ino")
+    if cfg["kernel-permissions-check"]:
+        opts.add("default_permissions")
+    else:
+        opts.discard("default_permissions")
     if not any(o.startswith("fsname=") for o in opts):
         opts.add("fsname=" + _fsname(cfg, branches).replace(",", "\\,"))
     if not any(o.startswith("subtype=") for o in opts):

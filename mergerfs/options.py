@@ -232,6 +232,8 @@ _IGNORED = {"defaults", "nonempty", "nofail", "noauto", "auto", "user", "users",
             "silent", "loud", "blkdev"}
 _FUSE_VALUED = {"fsname", "subtype", "max_read", "max_write", "max_readahead", "uid", "gid", "umask",
                 "blksize", "max_background", "congestion_threshold"}
+_NUMERIC = {"uid", "gid", "umask", "max_read", "max_write", "max_readahead", "blksize",
+            "max_background", "congestion_threshold"}
 _IGNORED_PREFIXES = ("x-", "comment=", "context=", "fscontext=", "defcontext=", "rootcontext=",
                      "helper=")
 
@@ -285,6 +287,11 @@ class Config:
         if key in _FUSE_VALUED and key != "fsname":
             if value is None:
                 raise OptionError(f"option '{key}' needs a value")
+            try:
+                if key in _NUMERIC:
+                    _uint(value) if key != "umask" else int(value, 8)
+            except ValueError:
+                raise OptionError(f"invalid value for option '{key}': '{value}'") from None
             self._fuse(f"{key}={value}")
             return
         opt = lookup(key)

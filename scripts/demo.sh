@@ -8,7 +8,8 @@ mkdir -p "$base"/disk1 "$base"/disk2 "$base"/disk3 "$base"/pool
 # Something already on a disk, as on a real NAS: the pool shows it merged.
 mkdir -p "$base"/disk2/photos && echo "from disk2" > "$base"/disk2/photos/old.jpg
 
-"$MERGERFS" -o category.create=mfs,minfreespace=1M,fsname=demo \
+# The default create policy (pfrd) spreads new files over the disks by free space.
+"$MERGERFS" -o minfreespace=1M,fsname=demo \
     "$base/disk1:$base/disk2:$base/disk3" "$base/pool"
 echo "mounted pool: $base/pool  (branches: $base/disk{1,2,3})"
 grep " $base/pool " /proc/mounts
