@@ -20,6 +20,7 @@ import os
 import stat as S
 import threading
 import time
+from contextlib import contextmanager
 
 import llfuse
 
@@ -94,6 +95,10 @@ class Operations(llfuse.Operations):
         self._fh_ids = itertools.count(1)
         # fh -> (nodeid, Handle or DirHandle): one numbering for files and dirs
         self._files: dict[int, tuple[int, fs_mod.Handle | fs_mod.DirHandle]] = {}
+        # fh -> borrowers: getattr/setattr reach an inode's handle without the
+        # kernel pinning it, so its release defers the close to the last borrower
+        self._borrowed: dict[int, int] = {}
+        self._closing: dict[int, fs_mod.Handle | fs_mod.DirHandle] = {}
 
     # ------------------------------------------------------------ helpers
     def _rel(self, ino: int) -> str:
@@ -169,6 +174,44 @@ class Operations(llfuse.Operations):
         except KeyError:
             raise oserror(errno.EBADF) from None
 
+    @contextmanager
+    def _open_handle(self, inode: int):
+        """Some open handle of ``inode`` (or None), kept open for the block: a
+        RELEASE may race with a GETATTR that was not sent through that fh."""
+        with self._fh_lock:
+            fh = self.table.any_fh(inode)
+            h = self._files.get(fh, (0, None))[1] if fh is not None else None
+            if h is not None:
+                self._borrowed[fh] = self._borrowed.get(fh, 0) + 1
+        try:
+            yield h
+        finally:
+            if h is not None:
+                with self._fh_lock:
+                    self._borrowed[fh] -= 1
+                    last = self._borrowed[fh] == 0
+                    if last:
+                        del self._borrowed[fh]
+                    late = self._closing.pop(fh, None) if last else None
+                if late is not None:
+                    self._close(late)
+
+    def _forget_fh(self, fh: int):
+        """Unregister fh; the handle to close now, or None if a borrower will."""
+        with self._fh_lock:
+            ino, h = self._files.pop(fh)
+            if fh in self._borrowed:
+                self._closing[fh] = h
+                h = None
+        self.table.drop_fh(ino, fh)
+        return ino, h
+
+    def _close(self, h) -> None:
+        if isinstance(h, fs_mod.DirHandle):
+            self.fs.releasedir(h)
+        else:
+            self.fs.release(h)
+
     # ------------------------------------------------------------- lookup
     @_handler
     def lookup(self, parent_inode, name, ctx):
@@ -199,13 +242,10 @@ class Operations(llfuse.Operations):
     def getattr(self, inode, ctx):
         if inode == CONTROL_INO:
             return self._control_attr()
-        fh = self.table.any_fh(inode)
-        if fh is not None:
+        with self._open_handle(inode) as h:
             # An open file is the kernel's inode even if its path was unlinked
             # or renamed over: its fd is the truth.
-            st = self.fs.fgetattr(self._file(fh)[1])
-        else:
-            st = self.fs.getattr(self._rel(inode))
+            st = self.fs.fgetattr(h) if h is not None else self.fs.getattr(self._rel(inode))
         self._saw(inode, st)
         return self._attr(st, inode)
 
@@ -213,49 +253,54 @@ class Operations(llfuse.Operations):
     def setattr(self, inode, attr, fields, fh, ctx):
         if inode == CONTROL_INO:
             raise oserror(errno.EPERM)
-        if fh is None:
-            fh = self._fh_if_path_moved_on(inode)
-        fs = self.fs
-        atime, mtime, now_hint = _times(attr, fields)
         if fh is not None:
-            h = self._file(fh)[1]
-            if fields.update_mode:
-                fs.fchmod(h, S.S_IMODE(attr.st_mode))
-            if fields.update_uid or fields.update_gid:
-                fs.fchown(h, attr.st_uid if fields.update_uid else -1,
-                          attr.st_gid if fields.update_gid else -1)
-            if fields.update_size:
-                fs.ftruncate(h, attr.st_size)
-            if atime is not None or mtime is not None:
-                fs.futimens(h, atime, mtime, now_hint)
-            st = fs.fgetattr(h)
+            st = self._setattr_fd(self._file(fh)[1], attr, fields)
         else:
-            rel = self._rel(inode)
-            if fields.update_mode:
-                fs.chmod(rel, S.S_IMODE(attr.st_mode))
-            if fields.update_uid or fields.update_gid:
-                fs.chown(rel, attr.st_uid if fields.update_uid else -1,
-                         attr.st_gid if fields.update_gid else -1)
-            if fields.update_size:
-                fs.truncate(rel, attr.st_size)
-            if atime is not None or mtime is not None:
-                fs.utimens(rel, atime, mtime, now_hint)
-            st = fs.getattr(rel)
+            with self._open_handle(inode) as h:
+                if h is not None and self._path_moved_on(inode, h):
+                    st = self._setattr_fd(h, attr, fields)
+                else:
+                    st = self._setattr_path(self._rel(inode), attr, fields)
         self._saw(inode, st, ours=True)
         return self._attr(st, inode)
 
-    def _fh_if_path_moved_on(self, inode: int) -> int | None:
-        """An fh to use for metadata calls on an open file whose path no longer
-        names it (unlinked, renamed over); None to act on the path as usual."""
-        fh = self.table.any_fh(inode)
-        if fh is None:
-            return None
-        mine = self.fs.fgetattr(self._file(fh)[1])
+    def _setattr_fd(self, h, attr, fields) -> os.stat_result:
+        fs = self.fs
+        atime, mtime, now_hint = _times(attr, fields)
+        if fields.update_mode:
+            fs.fchmod(h, S.S_IMODE(attr.st_mode))
+        if fields.update_uid or fields.update_gid:
+            fs.fchown(h, attr.st_uid if fields.update_uid else -1,
+                      attr.st_gid if fields.update_gid else -1)
+        if fields.update_size:
+            fs.ftruncate(h, attr.st_size)
+        if atime is not None or mtime is not None:
+            fs.futimens(h, atime, mtime, now_hint)
+        return fs.fgetattr(h)
+
+    def _setattr_path(self, rel: str, attr, fields) -> os.stat_result:
+        fs = self.fs
+        atime, mtime, now_hint = _times(attr, fields)
+        if fields.update_mode:
+            fs.chmod(rel, S.S_IMODE(attr.st_mode))
+        if fields.update_uid or fields.update_gid:
+            fs.chown(rel, attr.st_uid if fields.update_uid else -1,
+                     attr.st_gid if fields.update_gid else -1)
+        if fields.update_size:
+            fs.truncate(rel, attr.st_size)
+        if atime is not None or mtime is not None:
+            fs.utimens(rel, atime, mtime, now_hint)
+        return fs.getattr(rel)
+
+    def _path_moved_on(self, inode: int, h) -> bool:
+        """True when the open file's path no longer names it (unlinked, renamed
+        over): metadata calls then go to the fd, not to whatever the path is now."""
+        mine = self.fs.fgetattr(h)
         try:
             there = self.fs.getattr(self._rel(inode))
         except OSError:
-            return fh
-        return None if (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino) else fh
+            return True
+        return (there.st_dev, there.st_ino) != (mine.st_dev, mine.st_ino)
 
     @_handler
     def readlink(self, inode, ctx):
@@ -384,12 +429,11 @@ class Operations(llfuse.Operations):
 
     @_handler
     def release(self, fh):
-        with self._fh_lock:
-            ino, h = self._files.pop(fh)
-        self.table.drop_fh(ino, fh)
+        ino, h = self._forget_fh(fh)
         if self.fs.snap.cfg["cache.files"] == "off":
             llfuse.invalidate_inode(ino)
-        self.fs.release(h)
+        if h is not None:
+            self._close(h)
 
     @_handler
     def fsync(self, fh, datasync):
@@ -418,10 +462,9 @@ class Operations(llfuse.Operations):
 
     @_handler
     def releasedir(self, fh):
-        with self._fh_lock:
-            ino, dh = self._files.pop(fh)
-        self.table.drop_fh(ino, fh)
-        self.fs.releasedir(dh)
+        h = self._forget_fh(fh)[1]
+        if h is not None:
+            self._close(h)
 
     @_handler
     def fsyncdir(self, fh, datasync):
