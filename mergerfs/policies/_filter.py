@@ -2,7 +2,9 @@
 
 ``eligible`` walks the branches in order and returns those that pass the
 category's filter, remembering the most significant reason any was dropped
-(see :func:`mergerfs.errors.worse`); ``none_left`` raises it.
+(see :func:`mergerfs.errors.worse`); ``none_left`` raises it. A *pick*
+chooses among the candidates; the builders at the end turn a pick into a
+policy's three functions, so each policy module is one line of intent.
 """
 
 from __future__ import annotations
@@ -64,40 +66,45 @@ def _facts(c: Candidates, b, probe):
     return info
 
 
-def best(c: Candidates, probe, key) -> list:
-    """The single branch minimising ``key(info)``; ties keep branch order."""
-    chosen, chosen_key = None, None
-    for b in c:
-        info = _facts(c, b, probe)
-        if info is None:
-            continue
-        k = key(info)
-        if chosen is None or k < chosen_key:
-            chosen, chosen_key = b, k
-    if chosen is None:
-        c.none_left()
-    return [chosen]
+# Picks: choose from the candidates, ``pick(c, relpath, probe) -> list``.
+def lowest(key):
+    """A pick: the single branch minimising ``key(space info)``; ties keep branch order."""
+
+    def pick(c: Candidates, relpath: str, probe) -> list:
+        chosen, chosen_key = None, None
+        for b in c:
+            info = _facts(c, b, probe)
+            if info is None:
+                continue
+            k = key(info)
+            if chosen is None or k < chosen_key:
+                chosen, chosen_key = b, k
+        if chosen is None:
+            c.none_left()
+        return [chosen]
+
+    return pick
 
 
-def first(c: Candidates) -> list:
+def first(c: Candidates, relpath: str, probe) -> list:
     if not c:
         c.none_left()
     return c[:1]
 
 
-def every(c: Candidates) -> list:
+def every(c: Candidates, relpath: str, probe) -> list:
     if not c:
         c.none_left()
     return list(c)
 
 
-def random_one(c: Candidates, probe) -> list:
+def random_one(c: Candidates, relpath: str, probe) -> list:
     if not c:
         c.none_left()
     return [c[min(int(probe.random() * len(c)), len(c) - 1)]]
 
 
-def weighted_by_free(c: Candidates, probe) -> list:
+def weighted_by_free(c: Candidates, relpath: str, probe) -> list:
     """pfrd: random, each branch weighted by its available space."""
     if not c:
         c.none_left()
@@ -118,6 +125,7 @@ def weighted_by_free(c: Candidates, probe) -> list:
 
 
 def newest(c: Candidates, relpath: str, probe) -> list:
+    """The branch whose entry has the largest mtime (first of equals)."""
     chosen, when = None, None
     for b in c:
         m = probe.mtime(b, relpath)
@@ -128,18 +136,45 @@ def newest(c: Candidates, relpath: str, probe) -> list:
     return [chosen]
 
 
-# Keys for best(): smaller is better.
-def most_free(info):
-    return -info.available
+most_free = lowest(lambda info: -info.available)
+least_free = lowest(lambda info: info.available)
+least_used = lowest(lambda info: info.used)
+least_used_pct = lowest(lambda info: info.used / info.total if info.total else 1.0)
 
 
-def least_free(info):
-    return info.available
+# Policy builders: the three functions (action, create, search) of a policy.
+def path_preserving(pick) -> tuple:
+    """An ``ep`` policy: ``pick`` among qualifying branches where the path exists."""
+
+    def bind(category):
+        def run(branches, relpath: str, probe) -> list:
+            return pick(eligible(category, branches, relpath, probe, existing=True), relpath, probe)
+        return run
+
+    return bind("action"), bind("create"), bind("search")
 
 
-def least_used(info):
-    return info.used
+def anywhere(ep, pick) -> tuple:
+    """The non-``ep`` twin of ``ep``: create picks among all qualifying
+    branches; action and search are the ``ep`` policy's."""
+
+    def create(branches, relpath: str, probe) -> list:
+        return pick(eligible("create", branches, relpath, probe, existing=False), relpath, probe)
+
+    return ep.action, create, ep.search
 
 
-def least_used_pct(info):
-    return info.used / info.total if info.total else 1.0
+def most_shared_path(ep) -> tuple:
+    """``msp*``: ``ep``'s create, but if no branch has the path, its parent,
+    and so on up to the root. Action and search are the ``ep`` policy's."""
+
+    def create(branches, relpath: str, probe) -> list:
+        while True:
+            try:
+                return ep.create(branches, relpath, probe)
+            except OSError as e:
+                if e.errno != errno.ENOENT or relpath == "/":
+                    raise
+            relpath = relpath.rpartition("/")[0] or "/"
+
+    return ep.action, create, ep.search

@@ -1,20 +1,5 @@
 """``epall``: Every qualifying branch where the path exists."""
 
-from mergerfs.policies._filter import eligible, every
+from mergerfs.policies._filter import path_preserving, every
 
-
-def _pick(category, branches, relpath, probe):
-    c = eligible(category, branches, relpath, probe, existing=True)
-    return every(c)
-
-
-def action(branches, relpath, probe):
-    return _pick("action", branches, relpath, probe)
-
-
-def create(branches, relpath, probe):
-    return _pick("create", branches, relpath, probe)
-
-
-def search(branches, relpath, probe):
-    return _pick("search", branches, relpath, probe)
+action, create, search = path_preserving(every)

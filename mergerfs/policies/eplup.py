@@ -1,20 +1,5 @@
 """``eplup``: Of qualifying branches where the path exists, the least used percentage."""
 
-from mergerfs.policies._filter import eligible, best, least_used_pct
+from mergerfs.policies._filter import path_preserving, least_used_pct
 
-
-def _pick(category, branches, relpath, probe):
-    c = eligible(category, branches, relpath, probe, existing=True)
-    return best(c, probe, least_used_pct)
-
-
-def action(branches, relpath, probe):
-    return _pick("action", branches, relpath, probe)
-
-
-def create(branches, relpath, probe):
-    return _pick("create", branches, relpath, probe)
-
-
-def search(branches, relpath, probe):
-    return _pick("search", branches, relpath, probe)
+action, create, search = path_preserving(least_used_pct)

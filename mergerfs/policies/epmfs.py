@@ -1,20 +1,5 @@
 """``epmfs``: Of qualifying branches where the path exists, the most available space."""
 
-from mergerfs.policies._filter import eligible, best, most_free
+from mergerfs.policies._filter import path_preserving, most_free
 
-
-def _pick(category, branches, relpath, probe):
-    c = eligible(category, branches, relpath, probe, existing=True)
-    return best(c, probe, most_free)
-
-
-def action(branches, relpath, probe):
-    return _pick("action", branches, relpath, probe)
-
-
-def create(branches, relpath, probe):
-    return _pick("create", branches, relpath, probe)
-
-
-def search(branches, relpath, probe):
-    return _pick("search", branches, relpath, probe)
+action, create, search = path_preserving(most_free)

@@ -1,20 +1,5 @@
 """``eppfrd``: Of qualifying branches where the path exists, one at random weighted by available space."""
 
-from mergerfs.policies._filter import eligible, weighted_by_free
+from mergerfs.policies._filter import path_preserving, weighted_by_free
 
-
-def _pick(category, branches, relpath, probe):
-    c = eligible(category, branches, relpath, probe, existing=True)
-    return weighted_by_free(c, probe)
-
-
-def action(branches, relpath, probe):
-    return _pick("action", branches, relpath, probe)
-
-
-def create(branches, relpath, probe):
-    return _pick("create", branches, relpath, probe)
-
-
-def search(branches, relpath, probe):
-    return _pick("search", branches, relpath, probe)
+action, create, search = path_preserving(weighted_by_free)

@@ -1,19 +1,7 @@
-"""``msplfs``: ``eplfs``, but if no branch has the path, try its parent, and so on
+"""``msplfs``: ``eplfs``, but if no branch has the path, its parent, and so on
 up to the root ("most shared path"). Action and search: ``eplfs``."""
 
-import errno
-
 from mergerfs.policies import eplfs
+from mergerfs.policies._filter import most_shared_path
 
-action = eplfs.action
-search = eplfs.search
-
-
-def create(branches, relpath, probe):
-    while True:
-        try:
-            return eplfs.create(branches, relpath, probe)
-        except OSError as e:
-            if e.errno != errno.ENOENT or relpath == "/":
-                raise
-        relpath = relpath.rpartition("/")[0] or "/"
+action, create, search = most_shared_path(eplfs)

@@ -1,19 +1,7 @@
-"""``msplus``: ``eplus``, but if no branch has the path, try its parent, and so on
+"""``msplus``: ``eplus``, but if no branch has the path, its parent, and so on
 up to the root ("most shared path"). Action and search: ``eplus``."""
 
-import errno
-
 from mergerfs.policies import eplus
+from mergerfs.policies._filter import most_shared_path
 
-action = eplus.action
-search = eplus.search
-
-
-def create(branches, relpath, probe):
-    while True:
-        try:
-            return eplus.create(branches, relpath, probe)
-        except OSError as e:
-            if e.errno != errno.ENOENT or relpath == "/":
-                raise
-        relpath = relpath.rpartition("/")[0] or "/"
+action, create, search = most_shared_path(eplus)

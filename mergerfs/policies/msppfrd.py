@@ -1,19 +1,7 @@
-"""``msppfrd``: ``eppfrd``, but if no branch has the path, try its parent, and so on
+"""``msppfrd``: ``eppfrd``, but if no branch has the path, its parent, and so on
 up to the root ("most shared path"). Action and search: ``eppfrd``."""
 
-import errno
-
 from mergerfs.policies import eppfrd
+from mergerfs.policies._filter import most_shared_path
 
-action = eppfrd.action
-search = eppfrd.search
-
-
-def create(branches, relpath, probe):
-    while True:
-        try:
-            return eppfrd.create(branches, relpath, probe)
-        except OSError as e:
-            if e.errno != errno.ENOENT or relpath == "/":
-                raise
-        relpath = relpath.rpartition("/")[0] or "/"
+action, create, search = most_shared_path(eppfrd)
