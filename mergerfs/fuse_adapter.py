@@ -254,43 +254,33 @@ class Operations(llfuse.Operations):
         if inode == CONTROL_INO:
             raise oserror(errno.EPERM)
         if fh is not None:
-            st = self._setattr_fd(self._file(fh)[1], attr, fields)
+            st = self._setattr_on(self._file(fh)[1], self._FD_OPS, attr, fields)
         else:
             with self._open_handle(inode) as h:
                 if h is not None and self._path_moved_on(inode, h):
-                    st = self._setattr_fd(h, attr, fields)
+                    st = self._setattr_on(h, self._FD_OPS, attr, fields)
                 else:
-                    st = self._setattr_path(self._rel(inode), attr, fields)
+                    st = self._setattr_on(self._rel(inode), self._PATH_OPS, attr, fields)
         self._saw(inode, st, ours=True)
         return self._attr(st, inode)
 
-    def _setattr_fd(self, h, attr, fields) -> os.stat_result:
-        fs = self.fs
-        atime, mtime, now_hint = _times(attr, fields)
-        if fields.update_mode:
-            fs.fchmod(h, S.S_IMODE(attr.st_mode))
-        if fields.update_uid or fields.update_gid:
-            fs.fchown(h, attr.st_uid if fields.update_uid else -1,
-                      attr.st_gid if fields.update_gid else -1)
-        if fields.update_size:
-            fs.ftruncate(h, attr.st_size)
-        if atime is not None or mtime is not None:
-            fs.futimens(h, atime, mtime, now_hint)
-        return fs.fgetattr(h)
+    #: fs methods for setattr on an open handle and on a path, in the same order.
+    _FD_OPS = ("fchmod", "fchown", "ftruncate", "futimens", "fgetattr")
+    _PATH_OPS = ("chmod", "chown", "truncate", "utimens", "getattr")
 
-    def _setattr_path(self, rel: str, attr, fields) -> os.stat_result:
-        fs = self.fs
+    def _setattr_on(self, target, ops, attr, fields) -> os.stat_result:
+        chmod, chown, truncate, utimens, stat = (getattr(self.fs, n) for n in ops)
         atime, mtime, now_hint = _times(attr, fields)
         if fields.update_mode:
-            fs.chmod(rel, S.S_IMODE(attr.st_mode))
+            chmod(target, S.S_IMODE(attr.st_mode))
         if fields.update_uid or fields.update_gid:
-            fs.chown(rel, attr.st_uid if fields.update_uid else -1,
-                     attr.st_gid if fields.update_gid else -1)
+            chown(target, attr.st_uid if fields.update_uid else -1,
+                  attr.st_gid if fields.update_gid else -1)
         if fields.update_size:
-            fs.truncate(rel, attr.st_size)
+            truncate(target, attr.st_size)
         if atime is not None or mtime is not None:
-            fs.utimens(rel, atime, mtime, now_hint)
-        return fs.getattr(rel)
+            utimens(target, atime, mtime, now_hint)
+        return stat(target)
 
     def _path_moved_on(self, inode: int, h) -> bool:
         """True when the open file's path no longer names it (unlinked, renamed

@@ -10,15 +10,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 
-REFERENCE = "/usr/bin/mergerfs"
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+try:
+    from .helpers import REFERENCE, REPO, cmd_env, err_of, is_reference, pool_cmd, unmount
+except ImportError:  # rootdir-less collection
+    from helpers import REFERENCE, REPO, cmd_env, err_of, is_reference, pool_cmd, unmount
+
 MiB = 1024 * 1024
 
 
@@ -26,33 +28,11 @@ class MountError(RuntimeError):
     """The pool command exited non-zero (e.g. rejected an option); carries its stderr."""
 
 
-def pool_cmd() -> list[str]:
-    """The command under test: env MERGERFS_CMD, default ``python -m mergerfs`` from this repo."""
-    raw = os.environ.get("MERGERFS_CMD", "python -m mergerfs")
-    cmd = shlex.split(raw)
-    if cmd and cmd[0] == "python":
-        # The bare name means "the interpreter running the tests" (the venv).
-        cmd[0] = sys.executable
-    return cmd
-
-
-def is_reference(cmd: Sequence[str] | None = None) -> bool:
-    """True when the command is the installed C++ mergerfs (2.33.5)."""
-    cmd = pool_cmd() if cmd is None else cmd
-    return os.path.basename(cmd[0]) == "mergerfs"
-
-
 def ours_importable() -> bool:
     """Whether ``python -m mergerfs -v`` from the repo works yet."""
-    r = subprocess.run([sys.executable, "-m", "mergerfs", "-v"], env=_env(),
+    r = subprocess.run([sys.executable, "-m", "mergerfs", "-v"], env=cmd_env(),
                        capture_output=True, timeout=30)
     return r.returncode == 0
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
 
 
 def _mounted(path: str) -> str | None:
@@ -155,7 +135,7 @@ def mount_pool_cmd(cmd: Sequence[str], branches: Sequence[str], mnt: str,
     os.makedirs(mnt, exist_ok=True)
     opts = options if isinstance(options, str) else ",".join(o for o in options if o)
     argv = list(cmd) + (["-o", opts] if opts else []) + [":".join(branches), mnt]
-    r = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(argv, env=cmd_env(), capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         if _mounted(mnt):
             unmount(mnt)
@@ -173,20 +153,6 @@ def mount_pool_cmd(cmd: Sequence[str], branches: Sequence[str], mnt: str,
         time.sleep(0.02)
     unmount(mnt)
     raise MountError(f"{' '.join(argv)}: mount did not appear within {timeout}s")
-
-
-def unmount(mnt: str) -> None:
-    """Unmount a pool; lazy as a last resort. Never raises."""
-    for _ in range(100):
-        if not (_mounted(mnt) or "").startswith("fuse"):
-            return
-        r = subprocess.run(["fusermount", "-u", mnt], capture_output=True)
-        if r.returncode == 0:
-            break
-        time.sleep(0.05)
-    else:
-        subprocess.run(["fusermount", "-uz", mnt], capture_output=True)
-    # The daemon exits on its own once the kernel drops the connection.
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ import dataclasses
 import errno
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -16,17 +17,32 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 FSTYPE = "fuse.mergerfs"
 
 
+REFERENCE = "/usr/bin/mergerfs"
+
+
 def pool_cmd() -> list[str]:
-    """The command under test: env MERGERFS_CMD (shell-split), default ``python -m mergerfs``."""
-    raw = os.environ.get("MERGERFS_CMD")
-    if not raw:
-        return [sys.executable, "-m", "mergerfs"]
-    return shlex.split(raw)
+    """The command under test: env MERGERFS_CMD (shell-split), default ``python -m mergerfs``
+    run by the interpreter running the tests (a bare ``python`` means that one too)."""
+    cmd = shlex.split(os.environ.get("MERGERFS_CMD") or "python -m mergerfs")
+    if cmd[0] == "python":
+        cmd[0] = sys.executable
+    return cmd
 
 
-def is_reference() -> bool:
-    """True when the command under test is the installed C++ mergerfs."""
-    return os.path.basename(pool_cmd()[0]) == "mergerfs"
+def is_reference(cmd: Sequence[str] | None = None) -> bool:
+    """True when the command (default: the one under test) is the installed C++ mergerfs."""
+    exe = (pool_cmd() if cmd is None else cmd)[0]
+    exe = shutil.which(exe) or exe
+    return os.path.realpath(exe) == os.path.realpath(REFERENCE)
+
+
+def err_of(fn: Callable[..., Any], *args: Any) -> int:
+    """The errno ``fn(*args)`` fails with; 0 if it succeeds."""
+    try:
+        fn(*args)
+    except OSError as e:
+        return e.errno or 0
+    return 0
 
 
 def cmd_env() -> dict[str, str]:

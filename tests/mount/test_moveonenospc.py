@@ -83,16 +83,19 @@ def test_moveonenospc_moves_file(br, value):
     assert os.statvfs(br[0]).f_bfree * os.statvfs(br[0]).f_frsize > 3 * MiB
 
 
+def assert_write_hits_enospc(path):
+    fd = os.open(path, os.O_RDWR)
+    try:
+        with pytest.raises(OSError) as exc:
+            write_past_capacity(fd)
+        assert exc.value.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
 def test_moveonenospc_false_enospc(br):
     with pool(br, f"{BASE},moveonenospc=false") as m:
-        p = prepare(m, br)
-        fd = os.open(p, os.O_RDWR)
-        try:
-            with pytest.raises(OSError) as exc:
-                write_past_capacity(fd)
-            assert exc.value.errno == errno.ENOSPC
-        finally:
-            os.close(fd)
+        assert_write_hits_enospc(prepare(m, br))
     assert where(br, "f") == [0]
 
 
@@ -119,12 +122,5 @@ def test_moveonenospc_nowhere_to_go(br):
     """If no other branch has room, the write still fails with ENOSPC and the file stays."""
     spec = [br[0], br[1] + "=NC"]
     with pool(spec, f"{BASE},moveonenospc=true") as m:
-        p = prepare(m, br)
-        fd = os.open(p, os.O_RDWR)
-        try:
-            with pytest.raises(OSError) as exc:
-                write_past_capacity(fd)
-            assert exc.value.errno == errno.ENOSPC
-        finally:
-            os.close(fd)
+        assert_write_hits_enospc(prepare(m, br))
     assert where(br, "f") == [0]

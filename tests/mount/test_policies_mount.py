@@ -16,9 +16,9 @@ import time
 import pytest
 
 try:
-    from .branchfs import fill, is_reference, pool, remount_ro, tmpfs_branches, where
+    from .branchfs import err_of, fill, is_reference, pool, remount_ro, tmpfs_branches, where
 except ImportError:  # tests/mount is not a package
-    from branchfs import fill, is_reference, pool, remount_ro, tmpfs_branches, where
+    from branchfs import err_of, fill, is_reference, pool, remount_ro, tmpfs_branches, where
 
 pytestmark = pytest.mark.mount
 
@@ -53,13 +53,6 @@ def touch(path, data=b""):
     with open(path, "wb") as f:
         f.write(data)
 
-
-def err_of(fn, *a):
-    try:
-        fn(*a)
-    except OSError as e:
-        return e.errno
-    return 0
 
 
 UPSTREAM_ONLY = {"lup", "eplup"}

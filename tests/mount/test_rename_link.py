@@ -12,9 +12,9 @@ import os
 import pytest
 
 try:
-    from .branchfs import is_reference, pool, tmpfs_branches, where
+    from .branchfs import err_of, is_reference, pool, tmpfs_branches, where
 except ImportError:  # tests/mount is not a package
-    from branchfs import is_reference, pool, tmpfs_branches, where
+    from branchfs import err_of, is_reference, pool, tmpfs_branches, where
 
 pytestmark = pytest.mark.mount
 
@@ -35,13 +35,6 @@ def put(br, i, rel, data=b"data"):
     with open(p, "wb") as f:
         f.write(data)
 
-
-def err_of(fn, *a):
-    try:
-        fn(*a)
-    except OSError as e:
-        return e.errno
-    return 0
 
 
 def read(p):
