@@ -657,14 +657,15 @@ class FileSystem:
             finally:
                 if src >= 0:
                     os.close(src)
+            # Under the lock: a concurrent release must not close (and an open
+            # reuse) an fd number between our listing it and dup2 onto it.
             with self._handles_lock:
-                moving = [x for x in self.handles.values()
-                          if x.branch.path == h.branch.path and x.relpath == rel]
-            for x in moving:
-                fd = os.open(dst_path, (x.flags & ~(_OPEN_STRIP | os.O_TRUNC)) | os.O_CLOEXEC)
-                os.dup2(fd, x.fd)
-                os.close(fd)
-                x.branch = dst
+                for x in self.handles.values():
+                    if x.branch.path == h.branch.path and x.relpath == rel:
+                        fd = os.open(dst_path, (x.flags & ~(_OPEN_STRIP | os.O_TRUNC)) | os.O_CLOEXEC)
+                        os.dup2(fd, x.fd)
+                        os.close(fd)
+                        x.branch = dst
             _remove_quietly(src_path)
         log.info("moveonenospc: moved %s from %s to %s", rel, h.branch.path, dst.path)
 
@@ -677,14 +678,14 @@ class FileSystem:
         (os.fdatasync if datasync else os.fsync)(h.fd)
 
     def release(self, h: Handle) -> None:
-        with self._handles_lock:
-            self.handles.pop(h.fd, None)
         if self.snap.cfg["dropcacheonclose"]:
             try:
                 os.posix_fadvise(h.fd, 0, 0, os.POSIX_FADV_DONTNEED)
             except OSError:
                 pass
-        os.close(h.fd)
+        with self._handles_lock:  # see _move: the fd number must not be reused mid-switch
+            self.handles.pop(h.fd, None)
+            os.close(h.fd)
 
     def fgetattr(self, h: Handle) -> os.stat_result:
         return os.fstat(h.fd)
