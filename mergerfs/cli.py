@@ -23,11 +23,15 @@ def _fail(msg: str) -> int:
 
 
 def parse_argv(argv: list[str]) -> tuple[Config, bool, bool, str | None]:
-    """(config, foreground, debug, action) where action is 'help'/'version'/None."""
+    """(config, foreground, debug, action) where action is 'help'/'version'/None.
+
+    Arguments apply in order, as libfuse's parser feeds the reference: the
+    first positional is the branches unless branches are already set (by an
+    earlier ``-o branches=``/``config=``), the next the mountpoint.
+    """
     cfg = Config.defaults()
-    positionals: list[str] = []
-    pending: list[tuple[str, str | None]] = []
     foreground = debug = False
+    branches_given = False
     it = iter(argv)
     for arg in it:
         if arg in ("-h", "--help"):
@@ -40,27 +44,22 @@ def parse_argv(argv: list[str]) -> tuple[Config, bool, bool, str | None]:
             foreground = debug = True
         elif arg == "-s":
             pass  # single-threaded: accepted, threads stay as configured
-        elif arg == "-o":
-            try:
-                pending.extend(parse_o(next(it)))
-            except StopIteration:
-                raise OptionError("missing argument after -o") from None
-        elif arg.startswith("-o"):
-            pending.extend(parse_o(arg[2:]))
+        elif arg == "-o" or arg.startswith("-o"):
+            text = arg[2:] if arg != "-o" else next(it, None)
+            if text is None:
+                raise OptionError("missing argument after -o")
+            for key, value in parse_o(text):
+                cfg.apply(key, value)
+                branches_given |= bool(cfg["branches"])
         elif arg.startswith("-") and arg != "-":
             raise OptionError(f"invalid option '{arg}'")
+        elif not branches_given:
+            cfg.apply("branches", arg)
+            branches_given = True
+        elif cfg.mountpoint is None:
+            cfg.mountpoint = arg
         else:
-            positionals.append(arg)
-    if len(positionals) > 2:
-        raise OptionError(f"too many arguments: {' '.join(positionals)}")
-    # Positional branches first, so -o branches=/config= given explicitly win.
-    if len(positionals) == 2:
-        cfg.apply("branches", positionals[0])
-        cfg.mountpoint = positionals[1]
-    elif len(positionals) == 1:
-        cfg.mountpoint = positionals[0]
-    for key, value in pending:
-        cfg.apply(key, value)
+            raise OptionError(f"too many arguments: '{arg}'")
     if cfg.mountpoint:
         cfg.mountpoint = os.path.abspath(cfg.mountpoint)
     return cfg, foreground, debug, None

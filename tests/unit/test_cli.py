@@ -1,0 +1,162 @@
+"""The command line as users and mount(8) call it: help, version, and a table
+of bad invocations, each of which must exit non-zero with exactly one clear
+line on stderr and leave nothing mounted."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mergerfs import COMPAT_VERSION, __version__
+from mergerfs.cli import mount_helper
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, "-m", "mergerfs", *args], capture_output=True,
+                          text=True, timeout=30, env=env, cwd=cwd)
+
+
+def fuse_mounts(under) -> set[str]:
+    """Pools mounted below ``under`` (other pools on the machine are not ours to judge)."""
+    with open("/proc/self/mounts") as f:
+        return {line.split()[1] for line in f
+                if line.split()[2].startswith("fuse") and line.split()[1].startswith(str(under))}
+
+
+@pytest.fixture(scope="module")
+def area(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    for name in ("b1", "b2", "mnt"):
+        (d / name).mkdir()
+    (d / "file").write_text("not a dir")
+    (d / "bad.conf").write_text("branches=b1\nno_such_key=1\n")
+    (d / "badval.conf").write_text("cache.attr=-3\n")
+    (d / "binary.conf").write_bytes(b"\xff\xfe=\x00\x01\n")
+    return d
+
+
+def test_help():
+    r = run("-h")
+    assert r.returncode == 0 and "usage: mergerfs" in r.stdout and "category.create" in r.stdout
+
+
+@pytest.mark.parametrize("flag", ["-v", "-V", "--version"])
+def test_version(flag):
+    r = run(flag)
+    assert r.returncode == 0
+    assert COMPAT_VERSION in r.stdout and __version__ in r.stdout
+
+
+#: (argv with {d} = the test area, text that must appear in the error line)
+BAD = [
+    # options
+    (["-o", "nosuchoption", "{d}/b1", "{d}/mnt"], "nosuchoption"),
+    (["-o", "nosuch=1", "{d}/b1", "{d}/mnt"], "nosuch"),
+    (["-o", "10G:/x", "{d}/b1", "{d}/mnt"], "10G:/x"),
+    (["-x", "{d}/b1", "{d}/mnt"], "-x"),
+    (["--frobnicate", "{d}/b1", "{d}/mnt"], "--frobnicate"),
+    (["{d}/b1", "{d}/mnt", "-o"], "-o"),
+    # bad values, one per kind
+    (["-o", "minfreespace=ten", "{d}/b1", "{d}/mnt"], "minfreespace"),
+    (["-o", "minfreespace=-1G", "{d}/b1", "{d}/mnt"], "minfreespace"),
+    (["-o", "minfreespace=1Q", "{d}/b1", "{d}/mnt"], "minfreespace"),
+    (["-o", "minfreespace", "{d}/b1", "{d}/mnt"], "minfreespace"),
+    (["-o", "cache.attr=-1", "{d}/b1", "{d}/mnt"], "cache.attr"),
+    (["-o", "cache.attr=1.5", "{d}/b1", "{d}/mnt"], "cache.attr"),
+    (["-o", "cache.entry=", "{d}/b1", "{d}/mnt"], "cache.entry"),
+    (["-o", "cache.statfs=99999999999999999999999999x", "{d}/b1", "{d}/mnt"], "cache.statfs"),
+    (["-o", "symlinkify-timeout=abc", "{d}/b1", "{d}/mnt"], "symlinkify-timeout"),
+    (["-o", "dropcacheonclose=maybe", "{d}/b1", "{d}/mnt"], "dropcacheonclose"),
+    (["-o", "nullrw=2", "{d}/b1", "{d}/mnt"], "nullrw"),
+    (["-o", "category.create=best", "{d}/b1", "{d}/mnt"], "category.create"),
+    (["-o", "category.bogus=mfs", "{d}/b1", "{d}/mnt"], "category.bogus"),
+    (["-o", "func.create=MFS", "{d}/b1", "{d}/mnt"], "func.create"),
+    (["-o", "func.frob=mfs", "{d}/b1", "{d}/mnt"], "func.frob"),
+    (["-o", "moveonenospc=sideways", "{d}/b1", "{d}/mnt"], "moveonenospc"),
+    (["-o", "cache.files=on", "{d}/b1", "{d}/mnt"], "cache.files"),
+    (["-o", "inodecalc=md5", "{d}/b1", "{d}/mnt"], "inodecalc"),
+    (["-o", "statfs-ignore=rw", "{d}/b1", "{d}/mnt"], "statfs-ignore"),
+    (["-o", "xattr=none", "{d}/b1", "{d}/mnt"], "xattr"),
+    (["-o", "follow-symlinks=yes", "{d}/b1", "{d}/mnt"], "follow-symlinks"),
+    (["-o", "rename-exdev=copy", "{d}/b1", "{d}/mnt"], "rename-exdev"),
+    (["-o", "link-exdev=copy", "{d}/b1", "{d}/mnt"], "link-exdev"),
+    (["-o", "nfsopenhack=some", "{d}/b1", "{d}/mnt"], "nfsopenhack"),
+    (["-o", "uid=bob", "{d}/b1", "{d}/mnt"], "uid"),
+    (["-o", "umask=999", "{d}/b1", "{d}/mnt"], "umask"),
+    (["-o", "max_write=big", "{d}/b1", "{d}/mnt"], "max_write"),
+    # branch specs
+    (["{d}/b1=XX", "{d}/mnt"], "XX"),
+    (["{d}/b1=RW,lots", "{d}/mnt"], "lots"),
+    (["-o", "branches={d}/b1=rw\\,1Z", "{d}/mnt"], "1Z"),
+    # config files
+    (["-o", "config={d}/missing.conf", "{d}/mnt"], "missing.conf"),
+    (["-o", "config={d}/bad.conf", "{d}/mnt"], "no_such_key"),
+    (["-o", "config={d}/badval.conf", "{d}/b1", "{d}/mnt"], "cache.attr"),
+    (["-o", "config={d}/binary.conf", "{d}/b1", "{d}/mnt"], "invalid option"),
+    (["-o", "config={d}", "{d}/b1", "{d}/mnt"], "config"),
+    # positionals and the mountpoint
+    ([], "usage"),
+    (["{d}/b1"], "mountpoint"),
+    (["{d}/b1", "{d}/b2", "{d}/mnt"], "too many arguments"),
+    (["{d}/b1", "{d}/nope"], "nope"),
+    (["{d}/b1", "{d}/file"], "file"),
+    (["-o", "branches={d}/b1"], "mountpoint"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", BAD, ids=[" ".join(a) or "(none)" for a, _ in BAD])
+def test_bad_invocation_is_one_line_and_nonzero(area, argv, needle):
+    before = fuse_mounts(area)
+    r = run(*(a.replace("{d}", str(area)) for a in argv))
+    try:
+        lines = r.stderr.splitlines()
+        assert r.returncode != 0, r.stderr
+        assert len(lines) == 1, r.stderr
+        assert lines[0].startswith("mergerfs: ")
+        assert needle.replace("{d}", str(area)) in lines[0]
+        assert "Traceback" not in r.stderr
+    finally:
+        for m in fuse_mounts(area) - before:  # a case that wrongly mounted must not linger
+            subprocess.run(["fusermount", "-u", m], capture_output=True)
+    assert fuse_mounts(area) == before
+
+
+def test_bad_table_is_large_enough():
+    assert len(BAD) >= 40
+
+
+def test_mountpoint_already_a_pool(area):
+    """Refuses a mountpoint that is already mounted, and leaves the first pool alone."""
+    mnt = str(area / "mnt")
+    r = run(f"{area}/b1", mnt)
+    assert r.returncode == 0, r.stderr
+    try:
+        r2 = run(f"{area}/b2", mnt)
+        assert r2.returncode != 0 and len(r2.stderr.splitlines()) == 1
+        assert "mergerfs: " in r2.stderr and mnt in r2.stderr
+        assert os.path.exists(os.path.join(mnt, ".mergerfs"))
+    finally:
+        subprocess.run(["fusermount", "-u", mnt], capture_output=True)
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["/a:/b", "/pool", "-o", "rw,allow_other"], ["/a:/b", "/pool", "-o", "rw,allow_other"]),
+    (["/a:/b", "/pool", "-o", "rw", "-n", "-v", "-s"], ["/a:/b", "/pool", "-o", "rw"]),
+    (["/a:/b", "/pool", "-orw"], ["/a:/b", "/pool", "-orw"]),
+])
+def test_mount_helper_translates_mount8_arguments(monkeypatch, argv, expect):
+    seen = []
+    monkeypatch.setattr("mergerfs.cli.main", lambda a: seen.append(a) or 0)
+    assert mount_helper(argv) == 0
+    assert seen == [expect]
+
+
+def test_mount_helper_fake_mount_does_nothing(monkeypatch):
+    monkeypatch.setattr("mergerfs.cli.main", lambda a: pytest.fail("must not mount"))
+    assert mount_helper(["/a", "/pool", "-f", "-o", "rw"]) == 0
