@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -23,9 +22,11 @@ import textwrap
 import pytest
 
 try:
-    from .helpers import is_reference, pool_cmd, wait_until
+    from .helpers import is_reference, pool_cmd
+    from .nsutil import kill_leftovers, run_private
 except ImportError:
-    from helpers import is_reference, pool_cmd, wait_until
+    from helpers import is_reference, pool_cmd
+    from nsutil import kill_leftovers, run_private
 
 pytestmark = pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1)")
 
@@ -56,19 +57,7 @@ def layout(tmp_path):
                 f"mergerfs#{t}/disk1:{t}/disk2  {t}/pool2  fuse  defaults,allow_other  0 0\n"
                 f"{t}/disk1:{t}/disk2  {t}/pool3  mergerfs  defaults,noauto  0 0\n")
     yield t
-    _kill_leftovers(t)
-
-
-def _kill_leftovers(t: str) -> None:
-    """Daemons we started in a namespace that a failed run left behind (ours only: by path)."""
-    r = subprocess.run(["pgrep", "-f", "--", f"{t}/pool"], capture_output=True, text=True)
-    for pid in (int(p) for p in r.stdout.split()):
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        if not wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 5):
-            os.kill(pid, signal.SIGKILL)
+    kill_leftovers(f"{t}/pool")
 
 
 def in_namespace(t: str, body: str, timeout: float = 90) -> str:
@@ -85,10 +74,7 @@ def in_namespace(t: str, body: str, timeout: float = 90) -> str:
         opt() {{ getfattr --absolute-names --only-values -n "user.mergerfs.$2" "$1/.mergerfs"; echo; }}
         types() {{ awk -v t={t}/ 'index($5, t) == 1 {{print $5, $(NF-2)}}' /proc/self/mountinfo | sort; }}
         """) + textwrap.dedent(body)
-    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", script],
-                       capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, f"rc={r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
-    return r.stdout
+    return run_private(["bash", "-c", script], timeout)
 
 
 def _install(t: str) -> str:
