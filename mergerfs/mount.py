@@ -56,11 +56,13 @@ def check(cfg) -> None:
     mnt = cfg.mountpoint
     if not mnt:
         raise MountError("no mountpoint given")
-    if not os.path.exists(mnt):
+    if cfg["lazy-umount-mountpoint"] and is_mountpoint(mnt):
+        pass  # unmounted before we mount, even if dead (a crashed daemon's answers ENOTCONN)
+    elif not os.path.exists(mnt):
         raise MountError(f"mountpoint {mnt} does not exist")
-    if not os.path.isdir(mnt):
+    elif not os.path.isdir(mnt):
         raise MountError(f"mountpoint {mnt} is not a directory")
-    if is_mountpoint(mnt) and not cfg["lazy-umount-mountpoint"]:
+    elif is_mountpoint(mnt):
         raise MountError(f"mountpoint {mnt} is already a mount point")
     if not os.path.exists("/dev/fuse"):
         raise MountError("/dev/fuse does not exist (is the fuse module loaded?)")
