@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+from helpers import pid_alive  # this script runs with tests/mount as sys.path[0]
+
 DEVICES = {"null": (1, 3), "zero": (1, 5), "random": (1, 8), "urandom": (1, 9), "fuse": (10, 229)}
 
 
@@ -27,14 +29,6 @@ def private_dev() -> socket.socket:
     sock.bind("/dev/log")
     sock.settimeout(0.3)
     return sock
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def drain(sock: socket.socket) -> list[str]:
@@ -63,9 +57,9 @@ def main() -> None:
                 os.listdir(mnt)
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + 15
-            while alive(pid) and time.monotonic() < deadline:
+            while pid_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            result["exited"] = not alive(pid)
+            result["exited"] = not pid_alive(pid)
             result["pid"] = pid
     finally:
         subprocess.run(["umount", "-l", mnt], capture_output=True)
