@@ -116,26 +116,33 @@ def _normalize(path: str) -> str:
     return path.rstrip("/") or "/"
 
 
-def expand(specs: list[BranchSpec], global_minfreespace: int) -> tuple[Branch, ...]:
-    """Expand globs (sorted; a pattern matching nothing contributes nothing).
+def expand_specs(specs: list[BranchSpec]) -> list[BranchSpec]:
+    """One spec per concrete branch: globs expanded (sorted; a pattern matching
+    nothing contributes nothing), duplicates dropped, per-branch settings kept.
 
     A plain path that does not exist is kept: it simply answers ENOENT until the
     disk appears, which is what a NAS with a late disk needs.
     """
-    out: list[Branch] = []
+    out: list[BranchSpec] = []
     seen: set[str] = set()
     for spec in specs:
         if glob.has_magic(spec.pattern):
             paths = sorted(p for p in glob.glob(spec.pattern) if os.path.isdir(p))
         else:
             paths = [spec.pattern]
-        mfs = global_minfreespace if spec.minfreespace is None else spec.minfreespace
         for p in paths:
             p = _normalize(p)
             if p not in seen:
                 seen.add(p)
-                out.append(Branch(p, spec.mode, mfs))
-    return tuple(out)
+                out.append(BranchSpec(p, spec.mode, spec.minfreespace))
+    return out
+
+
+def expand(specs: list[BranchSpec], global_minfreespace: int) -> tuple[Branch, ...]:
+    """The concrete branches, each with its minfreespace resolved."""
+    return tuple(Branch(s.pattern, s.mode,
+                        global_minfreespace if s.minfreespace is None else s.minfreespace)
+                 for s in expand_specs(specs))
 
 
 def invalid_branches(branches: tuple[Branch, ...]) -> list[str]:

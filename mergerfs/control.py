@@ -13,7 +13,7 @@ import os
 import threading
 
 from mergerfs import COMPAT_VERSION, options
-from mergerfs.branches import format_branches, parse_branches
+from mergerfs.branches import expand_specs, format_branches, parse_branches
 from mergerfs.errors import oserror
 
 NAME = ".mergerfs"
@@ -48,7 +48,13 @@ class Control:
             opt = options.lookup(key)
         except options.OptionError:
             raise oserror(errno.ENODATA) from None
-        return cfg.format(opt.name).encode("utf-8", "surrogateescape")
+        if opt.name == "branches":  # as the reference: the expanded list
+            specs = expand_specs(cfg["branches"])
+            text = (":".join(s.pattern for s in specs) if key == "srcmounts"
+                    else format_branches(specs))
+        else:
+            text = cfg.format(opt.name)
+        return text.encode("utf-8", "surrogateescape")
 
     def setxattr(self, name: str, value: bytes) -> None:
         key = self._key(name)
@@ -69,7 +75,7 @@ class Control:
             cfg = self.fs.snap.cfg.copy()
             try:
                 if opt.name == "branches":
-                    text = _edit_branches(cfg.format("branches"), text)
+                    text = _edit_branches(format_branches(expand_specs(cfg["branches"])), text)
                 cfg.apply(opt.name, text)
             except (options.OptionError, ValueError):
                 raise oserror(errno.EINVAL) from None

@@ -151,3 +151,18 @@ def test_per_path_keys(mount_pool):
     assert os.getxattr(p.path("d"), P + "relpath").decode() == "/d"
     # not listed on ordinary files
     assert not [k for k in os.listxattr(f) if k.startswith(P)]
+
+
+def test_glob_branches_read_back_expanded(mount_pool, tmp_path):
+    """Scripts read the branch list to find the disks: a glob reads back as the
+    disks it matched (srcmounts: paths only), as the reference does."""
+    for d in ("disk2", "disk1", "other"):
+        (tmp_path / d).mkdir()
+    pattern = str(tmp_path / "disk*")
+    p = mount_pool(branches=[pattern + "=RW", str(tmp_path / "other") + "=NC"])
+    d1, d2, o = (str(tmp_path / n) for n in ("disk1", "disk2", "other"))
+    assert get(p, "branches") == f"{d1}=RW:{d2}=RW:{o}=NC"
+    assert get(p, "srcmounts") == f"{d1}:{d2}:{o}"
+    # an edit names one of the expanded disks
+    os.setxattr(ctl(p), P + "branches", f"-{d1}".encode())
+    assert get(p, "branches") == f"{d2}=RW:{o}=NC"
