@@ -20,6 +20,7 @@ NAME = ".mergerfs"
 PREFIX = "user.mergerfs."
 PATH_KEYS = ("basepath", "relpath", "fullpath", "allpaths")
 COMMANDS = ("cmd.gc", "cmd.gc1", "cmd.invalidate-all-nodes")
+XATTR_SIZE_MAX = 65536  # the kernel's limit: a longer value could never be read back
 
 
 class Control:
@@ -48,7 +49,10 @@ class Control:
             opt = options.lookup(key)
         except options.OptionError:
             raise oserror(errno.ENODATA) from None
-        return cfg.format(opt.name).encode("utf-8", "surrogateescape")
+        text = cfg.format(opt.name)
+        if key == "srcmounts":  # the reference lists the paths alone under this old name
+            text = ":".join(s.pattern for s in parse_branches(text))
+        return text.encode("utf-8", "surrogateescape")
 
     def setxattr(self, name: str, value: bytes) -> None:
         key = self._key(name)
@@ -71,6 +75,8 @@ class Control:
                 if opt.name == "branches":
                     text = _edit_branches(cfg.format("branches"), text)
                 cfg.apply(opt.name, text)
+                if len(cfg.format(opt.name).encode("utf-8", "surrogateescape")) > XATTR_SIZE_MAX:
+                    raise ValueError("would not fit in an xattr value: unreadable afterwards")
             except (options.OptionError, ValueError):
                 raise oserror(errno.EINVAL) from None
             self.fs.reconfigure(cfg)
