@@ -296,19 +296,20 @@ def avail(branch: str) -> int:
 
 
 # ------------------------------------------------------------- the mover
-_FAULT = os.environ.get("MERGERFS_TOOLS_FAULT", "")  # tests: "STEP:N" kills us at the Nth STEP
+# tests: "STEP:N[:SIGNAL]" sends us SIGNAL (default KILL) at the Nth time we reach STEP
+_FAULT = os.environ.get("MERGERFS_TOOLS_FAULT", "")
 _fault_count: dict[str, int] = {}
 
 
 def _crashpoint(step: str) -> None:
-    """Fault injection for the crash-safety tests: SIGKILL ourselves at a chosen step."""
+    """Fault injection for the crash-safety tests: a signal to ourselves at a chosen step."""
     if not _FAULT:
         return
-    want, _, nth = _FAULT.partition(":")
+    want, nth, sig = (_FAULT.split(":") + ["1", "KILL"])[:3]
     if want == step:
         _fault_count[step] = _fault_count.get(step, 0) + 1
-        if _fault_count[step] == int(nth or 1):
-            os.kill(os.getpid(), signal.SIGKILL)
+        if _fault_count[step] == int(nth):
+            os.kill(os.getpid(), getattr(signal, "SIG" + sig))
 
 
 def _fsync_dir(path: str) -> None:

@@ -8,6 +8,7 @@ with known SHA-256 must end up exactly once (or N times) with that content.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -223,6 +224,28 @@ def test_balance_killed_at_each_step(step):
             assert r.returncode == 0, r.stderr
             assert_once(br, expect)
             _no_tool_files(br)
+
+
+@pytest.mark.parametrize("step", ["copy", "renamed"])
+def test_balance_ctrl_c_cleans_up_at_once(step):
+    """SIGINT mid-move: exit 130, the move undone or completed, nothing left behind."""
+    with tmpfs_branches([16, 16]) as br:
+        expect = _seed_balance(br, 12, 256 * 1024)
+        with pool(br, NOCACHE) as mnt:
+            r = tool("balance", mnt, "-p", "3", env={"MERGERFS_TOOLS_FAULT": f"{step}:2:INT"})
+            assert r.returncode == 130 and "interrupted" in r.stderr, (r.returncode, r.stderr)
+            assert_once(br, expect)
+
+
+def test_mover_on_a_full_disk_leaves_the_source():
+    from mergerfs.tools.common import JOURNAL, transfer
+    with tmpfs_branches([8, 1]) as br:
+        h = put(br[0], "d/big", 2 * MiB, 5)
+        with pytest.raises(OSError) as ei:
+            transfer(br[0], br[1], "/d/big", move=True)
+        assert ei.value.errno == errno.ENOSPC
+        assert files_on(br) == {"d/big": [h]}  # no temp, no journal, source intact
+        assert not os.path.exists(os.path.join(br[1], JOURNAL))
 
 
 # --------------------------------------------------------- dup and dedup
