@@ -12,8 +12,8 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from mergerfs.tools.common import (Progress, ToolError, add_filters, find_pool, full, human, parser,
-                                   pool_lock, recover, run, say, selected, transfer, walk_files)
+from mergerfs.tools.common import (add_filters, find_pool, full, human, parser, pool_lock, recover, run,
+                                   say, selected, transfer_all, walk_files)
 
 PROG = "mergerfs-balance"
 
@@ -103,24 +103,12 @@ def main(argv: list[str] | None = None) -> int:
             if not args.dry_run:
                 recover([b.path for b in branches if b.mode != "RO"], say)
             moves = plan(branches, args)
-            verb = "would move" if args.dry_run else "moved"
+            failed = transfer_all(PROG, moves, True, not args.dry_run, args.quiet)
+            size = human(sum(m[3] for m in moves))
             if args.dry_run:
-                for rel, src, dst, size in moves:
-                    say(f"{verb} {rel} {src} -> {dst} ({human(size)})")
-                say(f"{len(moves)} files, {human(sum(m[3] for m in moves))} to move")
-                return 0
-            prog = Progress(sum(m[3] for m in moves), "balancing", args.quiet)
-            failed = 0
-            for rel, src, dst, size in moves:
-                try:
-                    transfer(src, dst, rel, move=True)
-                    say(f"{verb} {rel} {src} -> {dst} ({human(size)})")
-                except (OSError, ToolError) as e:
-                    failed += 1
-                    sys.stderr.write(f"{PROG}: {rel}: {e}\n")
-                prog.advance(size)
-            prog.close()
-            say(f"{len(moves) - failed} files moved, {failed} failed")
+                say(f"{len(moves)} files, {size} to move")
+            else:
+                say(f"{len(moves) - failed} files moved, {failed} failed")
             return 1 if failed else 0
     return run(PROG, body)
 

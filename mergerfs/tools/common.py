@@ -305,7 +305,8 @@ def _crashpoint(step: str) -> None:
     """Fault injection for the crash-safety tests: a signal to ourselves at a chosen step."""
     if not _FAULT:
         return
-    want, nth, sig = (_FAULT.split(":") + ["1", "KILL"])[:3]
+    parts = _FAULT.split(":")
+    want, nth, sig = parts[0], (parts[1:2] or ["1"])[0], (parts[2:3] or ["KILL"])[0]
     if want == step:
         _fault_count[step] = _fault_count.get(step, 0) + 1
         if _fault_count[step] == int(nth):
@@ -449,3 +450,23 @@ def holders_of(branches: Sequence[Branch], reldir: str) -> dict[str, list[tuple[
         for rel, st in walk_files(b.path, reldir):
             out.setdefault(rel, []).append((b.path, st))
     return out
+
+
+def transfer_all(prog: str, work: Sequence[tuple[str, str, str, int]], move: bool, execute: bool,
+                 quiet: bool = False) -> int:
+    """Run (or, not ``execute``, only print) [(rel, src, dst, size)] transfers; returns failures."""
+    verb = ("moved" if move else "copied") if execute else ("would move" if move else "would copy")
+    bar_ = Progress(sum(w[3] for w in work), "moving" if move else "copying", quiet or not execute)
+    failed = 0
+    for rel, src, dst, size in work:
+        if execute:
+            try:
+                transfer(src, dst, rel, move=move)
+            except (OSError, ToolError) as e:
+                failed += 1
+                sys.stderr.write(f"{prog}: {rel}: {e}\n")
+                continue
+            bar_.advance(size)
+        say(f"{verb} {rel} {src} -> {dst} ({human(size)})")
+    bar_.close()
+    return failed

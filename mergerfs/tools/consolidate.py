@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
-from mergerfs.tools.common import (Progress, ToolError, avail, execute_flag, find_pool, holders_of,
-                                   human, parser, pool_lock, recover, run, say, transfer)
+from mergerfs.tools.common import (ToolError, avail, execute_flag, find_pool, holders_of, human, parser,
+                                   pool_lock, recover, run, say, transfer_all)
 
 PROG = "mergerfs-consolidate"
 
@@ -58,19 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             need = sum(w[2] for w in work)
             if need > avail(target):
                 raise ToolError(f"{target}: {human(avail(target))} free, {human(need)} needed", 1)
-            prog = Progress(need, "consolidating", args.quiet)
-            failed = 0
-            for rel, src, size in work:
-                if args.execute:
-                    try:
-                        transfer(src, target, rel, move=True)
-                    except (OSError, ToolError) as e:
-                        failed += 1
-                        sys.stderr.write(f"{PROG}: {rel}: {e}\n")
-                        continue
-                    prog.advance(size)
-                say(f"{'moved' if args.execute else 'would move'} {rel} {src} -> {target} ({human(size)})")
-            prog.close()
+            failed = transfer_all(PROG, [(r, s, target, n) for r, s, n in work], True, args.execute, args.quiet)
             say(f"{len(work) - failed} files onto {target}, {skipped} skipped, {failed} failed")
             return 1 if failed else 0
     return run(PROG, body)

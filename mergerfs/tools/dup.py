@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from mergerfs.tools.common import (Progress, ToolError, avail, execute_flag, find_pool, holders_of,
-                                   human, parser, pool_lock, recover, run, say, transfer)
+from mergerfs.tools.common import (ToolError, avail, execute_flag, find_pool, holders_of, parser,
+                                   pool_lock, recover, run, say, transfer_all)
 
 PROG = "mergerfs-dup"
 
@@ -39,19 +39,7 @@ def main(argv: list[str] | None = None) -> int:
                 if len(dests) < missing:
                     sys.stderr.write(f"{PROG}: {rel}: only {len(have) + len(dests)} branches can hold it\n")
                 work += [(rel, src, d, st.st_size) for d in dests]
-            prog = Progress(sum(w[3] for w in work), "copying", args.quiet)
-            failed = 0
-            for rel, src, dst, size in work:
-                if args.execute:
-                    try:
-                        transfer(src, dst, rel, move=False)
-                    except (OSError, ToolError) as e:
-                        failed += 1
-                        sys.stderr.write(f"{PROG}: {rel}: {e}\n")
-                        continue
-                    prog.advance(size)
-                say(f"{'copied' if args.execute else 'would copy'} {rel} {src} -> {dst} ({human(size)})")
-            prog.close()
+            failed = transfer_all(PROG, work, False, args.execute, args.quiet)
             return 1 if failed else 0
     return run(PROG, body)
 
