@@ -142,12 +142,19 @@ def pool_lock(pool: Pool) -> Iterator[None]:
     """One modifying tool at a time per pool: the journal recovery relies on it."""
     name = hashlib.sha1(os.fsencode(pool.mnt)).hexdigest()[:16]
     d = "/run/lock" if os.access("/run/lock", os.W_OK) else "/tmp"
-    with open(os.path.join(d, f"mergerfs-tools.{name}.lock"), "w") as f:
+    path = os.path.join(d, f"mergerfs-tools.{name}.lock")
+    with open(path, "w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            if os.fstat(f.fileno()).st_ino != os.stat(path).st_ino:
+                raise BlockingIOError  # its holder just finished and removed it: someone else won
+        except (BlockingIOError, FileNotFoundError):
             raise ToolError(f"{pool.mnt}: another mergerfs tool is working on this pool") from None
-        yield
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # while still holding it, so no one can lock the old file
 
 
 # ------------------------------------------------------------------- output

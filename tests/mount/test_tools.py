@@ -95,6 +95,16 @@ def test_refuses_what_is_not_a_pool(name, tmp_path):
     assert os.listdir(target) == []
 
 
+def test_one_tool_at_a_time(tmp_path):
+    from mergerfs.tools.common import find_pool, pool_lock
+    with tmpfs_branches([4, 4]) as br, pool(br, NOCACHE) as mnt:
+        put(br[0], "f", 1000, 1)
+        with pool_lock(find_pool(mnt, exact=True)):
+            r = tool("dedup", mnt, "--execute")
+            assert r.returncode == 2 and "another mergerfs tool" in r.stderr
+        assert tool("dedup", mnt, "--execute").returncode == 0
+
+
 # --------------------------------------------------------------------- ctl
 def test_ctl(cmd, tmp_path):
     extra = tmp_path / "extra"
