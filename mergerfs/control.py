@@ -20,6 +20,7 @@ NAME = ".mergerfs"
 PREFIX = "user.mergerfs."
 PATH_KEYS = ("basepath", "relpath", "fullpath", "allpaths")
 COMMANDS = ("cmd.gc", "cmd.gc1", "cmd.invalidate-all-nodes")
+XATTR_SIZE_MAX = 65536  # the kernel's limit: a longer value could never be read back
 
 
 class Control:
@@ -77,6 +78,8 @@ class Control:
                 if opt.name == "branches":
                     text = _edit_branches(format_branches(expand_specs(cfg["branches"])), text)
                 cfg.apply(opt.name, text)
+                if len(cfg.format(opt.name).encode("utf-8", "surrogateescape")) > XATTR_SIZE_MAX:
+                    raise ValueError("would not fit in an xattr value: unreadable afterwards")
             except (options.OptionError, ValueError):
                 raise oserror(errno.EINVAL) from None
             self.fs.reconfigure(cfg)
