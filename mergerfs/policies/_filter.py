@@ -165,16 +165,20 @@ def anywhere(ep, pick) -> tuple:
 
 
 def most_shared_path(ep) -> tuple:
-    """``msp*``: ``ep``'s create, but if no branch has the path, its parent,
-    and so on up to the root. Action and search are the ``ep`` policy's."""
+    """``msp*``: ``ep``'s create, but if no branch qualifies for the path (it
+    is missing, or every branch holding it is read-only, no-create or too
+    full), its parent, and so on up to the root; the error is the most
+    significant reason seen on the way. Action and search are the ``ep`` policy's."""
 
     def create(branches, relpath: str, probe) -> list:
+        err = None
         while True:
             try:
                 return ep.create(branches, relpath, probe)
             except OSError as e:
-                if e.errno != errno.ENOENT or relpath == "/":
-                    raise
+                err = worse(err, e.errno or errno.ENOENT)
+                if relpath == "/":
+                    raise oserror(err) from None
             relpath = relpath.rpartition("/")[0] or "/"
 
     return ep.action, create, ep.search

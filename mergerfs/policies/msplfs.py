@@ -1,4 +1,4 @@
-"""``msplfs``: ``eplfs``, but if no branch has the path, its parent, and so on
+"""``msplfs``: ``eplfs``, but if no branch qualifies for the path, its parent, and so on
 up to the root ("most shared path"). Action and search: ``eplfs``."""
 
 from mergerfs.policies import eplfs

@@ -1,4 +1,4 @@
-"""``msplus``: ``eplus``, but if no branch has the path, its parent, and so on
+"""``msplus``: ``eplus``, but if no branch qualifies for the path, its parent, and so on
 up to the root ("most shared path"). Action and search: ``eplus``."""
 
 from mergerfs.policies import eplus

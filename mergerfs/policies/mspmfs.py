@@ -1,4 +1,4 @@
-"""``mspmfs``: ``epmfs``, but if no branch has the path, its parent, and so on
+"""``mspmfs``: ``epmfs``, but if no branch qualifies for the path, its parent, and so on
 up to the root ("most shared path"). Action and search: ``epmfs``."""
 
 from mergerfs.policies import epmfs

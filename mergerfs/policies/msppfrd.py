@@ -1,4 +1,4 @@
-"""``msppfrd``: ``eppfrd``, but if no branch has the path, its parent, and so on
+"""``msppfrd``: ``eppfrd``, but if no branch qualifies for the path, its parent, and so on
 up to the root ("most shared path"). Action and search: ``eppfrd``."""
 
 from mergerfs.policies import eppfrd
