@@ -41,15 +41,29 @@ def _bool(text: str) -> bool:
     raise ValueError(text)
 
 
-def _uint(text: str) -> int:
-    value = int(text.strip(), 10)
-    if value < 0:
+def _ranged(lo: int, hi: int, base: int = 10) -> Callable[[str], int]:
+    """An integer parser refusing what the reference's C type cannot hold."""
+
+    def parse(text: str) -> int:
+        value = int(text.strip(), base)
+        if not lo <= value <= hi:
+            raise ValueError(text)
+        return value
+
+    return parse
+
+
+_uint = _ranged(0, 2**64 - 1)  # uint64_t
+_int = _ranged(-2**31, 2**31 - 1)  # int
+#: Generic FUSE options with a number: libfuse reads them as unsigned int (umask: octal mode).
+_FUSE_NUMBER = {"umask": _ranged(0, 0o7777, 8)}
+
+
+def _size(text: str) -> int:
+    value = parse_size(text)
+    if value > 2**64 - 1:
         raise ValueError(text)
     return value
-
-
-def _int(text: str) -> int:
-    return int(text.strip(), 10)
 
 
 def _enum(*values: str) -> Kind:
@@ -77,7 +91,7 @@ def _moveonenospc(text: str) -> str:
 BOOL = Kind("BOOL", _bool, lambda v: "true" if v else "false")
 UINT = Kind("UINT", _uint)
 INT = Kind("INT", _int)
-SIZE = Kind("SIZE", parse_size)
+SIZE = Kind("SIZE", _size)
 STR = Kind("STR", str)
 POLICY = Kind("POLICY", _policy)
 BRANCHES = Kind("BRANCHES", parse_branches, format_branches)
@@ -292,7 +306,7 @@ class Config:
                 raise OptionError(f"option '{key}' needs a value")
             try:
                 if key in _NUMERIC:
-                    _uint(value) if key != "umask" else int(value, 8)
+                    _FUSE_NUMBER.get(key, _ranged(0, 2**32 - 1))(value)
             except ValueError:
                 raise OptionError(f"invalid value for option '{key}': '{value}'") from None
             self._fuse(f"{key}={value}")
