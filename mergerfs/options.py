@@ -296,7 +296,7 @@ class Config:
     def apply(self, key: str, value: str | None) -> None:
         """Apply ``key[=value]``; on error raise OptionError and change nothing."""
         key = key.strip()
-        if key in _IGNORED or key.startswith(_IGNORED_PREFIXES):
+        if key in _IGNORED or (key + ("" if value is None else "=")).startswith(_IGNORED_PREFIXES):
             return
         if key in _FUSE_PASS and value is None:
             self._fuse(key)
