@@ -311,14 +311,19 @@ class Config:
                 raise OptionError(f"invalid value for option '{key}': '{value}'") from None
             self._fuse(f"{key}={value}")
             return
+        if not key:
+            raise OptionError(f"missing option name in '={value or ''}'")
         opt = lookup(key)
         parsed = opt.parse(value)
         if opt.name == "mountpoint":
             self.mountpoint = parsed
             return
         if opt.name == "config":
-            for k, v in load_config_file(parsed):
-                self.apply(k, v)
+            for lineno, (k, v) in load_config_file(parsed):
+                try:
+                    self.apply(k, v)
+                except OptionError as e:
+                    raise OptionError(f"{parsed}:{lineno}: {e}") from None
             return
         if opt.expand is not None:
             self.values.update(opt.expand(parsed))
@@ -391,19 +396,20 @@ def _looks_like_size(token: str) -> bool:
     return True
 
 
-def load_config_file(path: str) -> list[tuple[str, str | None]]:
+def load_config_file(path: str) -> list[tuple[int, tuple[str, str | None]]]:
+    """(line number, (key, value|None)) for each setting in a config file."""
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
             lines = f.read().splitlines()
     except OSError as e:
         raise OptionError(f"cannot read config file '{path}': {e.strerror}") from None
-    out: list[tuple[str, str | None]] = []
-    for line in lines:
+    out: list[tuple[int, tuple[str, str | None]]] = []
+    for lineno, line in enumerate(lines, 1):
         line = line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
         if not line:
             continue
         key, sep, value = line.partition("=")
-        out.append((key.strip(), value.strip() if sep else None))
+        out.append((lineno, (key.strip(), value.strip() if sep else None)))
     return out
 
 
