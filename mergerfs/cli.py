@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(USAGE)
     if not cfg.mountpoint:
         return _fail("no mountpoint given")
+    if not cfg["branches"]:
+        return _fail("no branches given")
     from mergerfs import mount  # noqa: PLC0415 - keeps -h/-v free of llfuse
 
     return mount.run(cfg, foreground=foreground, debug=debug)

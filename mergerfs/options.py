@@ -41,15 +41,29 @@ def _bool(text: str) -> bool:
     raise ValueError(text)
 
 
-def _uint(text: str) -> int:
-    value = int(text.strip(), 10)
-    if value < 0:
+def _ranged(lo: int, hi: int, base: int = 10) -> Callable[[str], int]:
+    """An integer parser refusing what the reference's C type cannot hold."""
+
+    def parse(text: str) -> int:
+        value = int(text.strip(), base)
+        if not lo <= value <= hi:
+            raise ValueError(text)
+        return value
+
+    return parse
+
+
+_uint = _ranged(0, 2**64 - 1)  # uint64_t
+_int = _ranged(-2**31, 2**31 - 1)  # int
+#: Generic FUSE options with a number: libfuse reads them as unsigned int (umask: octal mode).
+_FUSE_NUMBER = {"umask": _ranged(0, 0o7777, 8)}
+
+
+def _size(text: str) -> int:
+    value = parse_size(text)
+    if value > 2**64 - 1:
         raise ValueError(text)
     return value
-
-
-def _int(text: str) -> int:
-    return int(text.strip(), 10)
 
 
 def _enum(*values: str) -> Kind:
@@ -77,7 +91,7 @@ def _moveonenospc(text: str) -> str:
 BOOL = Kind("BOOL", _bool, lambda v: "true" if v else "false")
 UINT = Kind("UINT", _uint)
 INT = Kind("INT", _int)
-SIZE = Kind("SIZE", parse_size)
+SIZE = Kind("SIZE", _size)
 STR = Kind("STR", str)
 POLICY = Kind("POLICY", _policy)
 BRANCHES = Kind("BRANCHES", parse_branches, format_branches)
@@ -282,7 +296,7 @@ class Config:
     def apply(self, key: str, value: str | None) -> None:
         """Apply ``key[=value]``; on error raise OptionError and change nothing."""
         key = key.strip()
-        if key in _IGNORED or key.startswith(_IGNORED_PREFIXES):
+        if key in _IGNORED or (key + ("" if value is None else "=")).startswith(_IGNORED_PREFIXES):
             return
         if key in _FUSE_PASS and value is None:
             self._fuse(key)
@@ -292,19 +306,24 @@ class Config:
                 raise OptionError(f"option '{key}' needs a value")
             try:
                 if key in _NUMERIC:
-                    _uint(value) if key != "umask" else int(value, 8)
+                    _FUSE_NUMBER.get(key, _ranged(0, 2**32 - 1))(value)
             except ValueError:
                 raise OptionError(f"invalid value for option '{key}': '{value}'") from None
             self._fuse(f"{key}={value}")
             return
+        if not key:
+            raise OptionError(f"missing option name in '={value or ''}'")
         opt = lookup(key)
         parsed = opt.parse(value)
         if opt.name == "mountpoint":
             self.mountpoint = parsed
             return
         if opt.name == "config":
-            for k, v in load_config_file(parsed):
-                self.apply(k, v)
+            for lineno, (k, v) in load_config_file(parsed):
+                try:
+                    self.apply(k, v)
+                except OptionError as e:
+                    raise OptionError(f"{parsed}:{lineno}: {e}") from None
             return
         if opt.expand is not None:
             self.values.update(opt.expand(parsed))
@@ -377,19 +396,20 @@ def _looks_like_size(token: str) -> bool:
     return True
 
 
-def load_config_file(path: str) -> list[tuple[str, str | None]]:
+def load_config_file(path: str) -> list[tuple[int, tuple[str, str | None]]]:
+    """(line number, (key, value|None)) for each setting in a config file."""
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
             lines = f.read().splitlines()
     except OSError as e:
         raise OptionError(f"cannot read config file '{path}': {e.strerror}") from None
-    out: list[tuple[str, str | None]] = []
-    for line in lines:
+    out: list[tuple[int, tuple[str, str | None]]] = []
+    for lineno, line in enumerate(lines, 1):
         line = line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
         if not line:
             continue
         key, sep, value = line.partition("=")
-        out.append((key.strip(), value.strip() if sep else None))
+        out.append((lineno, (key.strip(), value.strip() if sep else None)))
     return out
 
 

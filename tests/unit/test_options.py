@@ -53,6 +53,46 @@ SPEC = {
     "category.create": ("pfrd", "mfs", "best"),
     "category.search": ("ff", "newest", "best"),
 }
+#: Every other option the spec names, with its default (as it reads back) and the
+#: values the spec lists; upstream-current defaults where 2.33.5 differs (spec
+#: section 1 header, docs/DIFFERENCES.md). Plain text: an oracle independent of options.py.
+SPEC_MORE = {
+    "cache.files.process-names": ("rtorrent|qbittorrent-nox", ["rtorrent", "a|b|c"]),
+    # spec 9 says "0 in 2.33.5, 1 upstream"; ours and the reference both read back 0
+    "cache.negative-entry": ("0", ["0", "1", "3600"]),
+    "cache.symlinks": ("false", ["true", "false"]),
+    "cache.readdir": ("false", ["true", "false"]),
+    "cache.writeback": ("false", ["true", "false"]),
+    "cache.open": ("0", ["0", "30"]),
+    "async-read": ("true", ["true", "false"]),
+    "threads": ("0", ["0", "4", "-2"]),
+    "read-thread-count": ("0", ["0", "2", "-1"]),
+    "process-thread-count": ("-1", ["-1", "0", "8"]),
+    "fuse-msg-size": ("256", ["32", "256"]),
+    "branches-mount-timeout-fail": ("false", ["true", "false"]),
+    "fsname": ("", ["pool", "disk1:disk2"]),
+    "branches": ("", ["/a=RW:/b=RO:/c=NC", "/d=RW,1G"]),
+    "use_ino": ("true", ["true", "false"]),  # spec 1: accepted
+    "log-level": ("info", ["debug", "info", "warning", "error"]),  # DIFFERENCES.md (issue 6)
+}
+#: In the option table without a spec default: accepted for compatibility, or not values.
+UNSPECIFIED = {"mountpoint", "config", "readdirplus", "log.metrics"}
+#: Each enum the spec spells out, complete (section numbers in the spec).
+SPEC_ENUMS = {
+    "nfsopenhack": "off git all",
+    "xattr": "passthrough noattr nosys",
+    "statfs": "base full",
+    "statfs-ignore": "none ro nc",
+    "inodecalc": "passthrough path-hash path-hash32 devino-hash devino-hash32 hybrid-hash "
+                 "hybrid-hash32",
+    "cache.files": "libfuse off partial full auto-full per-process",
+    "follow-symlinks": "never directory regular all",
+    "func.readdir": "seq cosr cor",
+    "rename-exdev": "passthrough rel-symlink abs-symlink",
+    "link-exdev": "passthrough rel-symlink abs-base-symlink abs-pool-symlink",
+}
+SPEC_POLICIES = ("all epall ff epff mfs epmfs lfs eplfs lus eplus lup eplup rand eprand pfrd "
+                 "eppfrd newest mspmfs msplfs msplus msppfrd erofs").split()
 FUNCS = {
     "action": "chmod chown link removexattr rename rmdir setxattr truncate unlink utimens",
     "create": "create mkdir mknod symlink",
@@ -66,9 +106,11 @@ ALIASES = {  # old spelling -> canonical, spec section 1
 }
 GENERIC = ["defaults", "rw", "ro", "allow_other", "default_permissions", "nonempty", "nofail",
            "noauto", "auto", "_netdev", "x-systemd.requires=zfs.target",
-           "x-systemd.mount-timeout=30", "nosuid", "nodev", "noexec", "suid", "dev", "exec",
-           "atime", "noatime", "relatime", "strictatime", "nodiratime", "fsname=pool",
-           "subtype=mergerfs", "uid=1000", "gid=100", "umask=022", "use_ino"]
+           "x-systemd.mount-timeout=30", "x-systemd.automount", "x-systemd.device-timeout=5s",
+           "nosuid", "nodev", "noexec", "suid", "dev", "exec", "user", "nouser", "users",
+           "atime", "noatime", "relatime", "norelatime", "strictatime", "nostrictatime",
+           "diratime", "nodiratime", "lazytime", "fsname=pool", "subtype=mergerfs",
+           "uid=1000", "gid=100", "umask=022", "umask=0", "use_ino", "comment=x-gvfs-hide"]
 
 
 def apply_all(text: str) -> Config:
@@ -116,8 +158,9 @@ def test_every_func_accepts_every_policy():
 
 def test_defaults_are_the_documented_ones():
     cfg = Config.defaults()
-    assert cfg.policy("getattr") == "ff" and cfg.policy("unlink") == "epall"
-    assert cfg.policy("create") == "pfrd"  # current upstream (2.33.5: epmfs)
+    # spec 3: action epall, create pfrd (current upstream; 2.33.5: epmfs), search ff
+    for cat, policy in (("action", "epall"), ("create", "pfrd"), ("search", "ff")):
+        assert all(cfg.policy(f) == policy for f in FUNCS[cat].split())
     assert cfg["minfreespace"] == 4 * G
 
 
@@ -141,7 +184,84 @@ def test_bare_bool_means_true():
 
 @pytest.mark.parametrize("opt", GENERIC)
 def test_generic_mount_options_accepted(opt):
-    apply_all(opt)
+    cfg = apply_all(opt)
+    if not opt.startswith("fsname="):  # fsname is also a mergerfs option
+        assert cfg.values == Config.defaults().values
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_MORE))
+def test_more_spec_options_default_and_values(name):
+    default, values = SPEC_MORE[name]
+    assert Config.defaults().format(name) == default
+    for v in values:
+        assert apply_all(f"{name}={v}".replace(",", "\\,")).format(name) == v
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_ENUMS))
+def test_enum_values_are_exactly_the_spec_ones(name):
+    for v in SPEC_ENUMS[name].split():
+        assert apply_all(f"{name}={v}")[name] == v
+    for v in ("", v.upper(), v + "x", "none-such"):
+        with pytest.raises(OptionError):
+            apply_all(f"{name}={v}")
+
+
+def test_policy_names_are_the_spec_ones():
+    assert sorted(policies.NAMES) == sorted(SPEC_POLICIES)
+    for p in SPEC_POLICIES:
+        cfg = apply_all(f"category.create={p},moveonenospc={p}")
+        assert cfg.policy("mkdir") == p and cfg["moveonenospc"] == p
+
+
+def test_every_table_option_has_an_expectation_here():
+    """A new option in the table must get its default and values written down above."""
+    covered = (set(SPEC) | set(SPEC_MORE) | UNSPECIFIED | {"direct_io", "kernel_cache", "auto_cache"}
+               | {f"func.{f}" for fs in FUNCS.values() for f in fs.split()})
+    assert set(options.OPTIONS) - covered == set()
+
+
+def test_every_spec_name_is_an_option():
+    """Every option the spec names is accepted (the option table may hold more)."""
+    named = (set(SPEC) | set(SPEC_MORE) | set(ALIASES) | {"direct_io", "kernel_cache", "auto_cache"}
+             | {f"func.{f}" for fs in FUNCS.values() for f in fs.split()})
+    for n in named:
+        options.lookup(n)
+
+
+@pytest.mark.parametrize("text,ok", [
+    # uint64: what the reference's C type holds
+    ("cache.attr=18446744073709551615", True), ("cache.attr=18446744073709551616", False),
+    ("cache.attr=-0", True), ("cache.attr=-1", False), ("cache.attr=0x10", False),
+    # int (threads): signed 32 bit
+    ("threads=-2147483648", True), ("threads=2147483647", True),
+    ("threads=2147483648", False), ("threads=-2147483649", False),
+    # SIZE: uint64 bytes, suffixes only B K M G T
+    ("minfreespace=16777215T", True), ("minfreespace=16777216T", False),
+    ("minfreespace=1P", False), ("minfreespace=1.5G", False), ("minfreespace=-1", False),
+    ("minfreespace=1g", True),
+    # generic FUSE numbers: uid_t/gid_t, octal umask
+    ("uid=4294967295", True), ("uid=4294967296", False), ("gid=-1", False),
+    ("umask=7777", True), ("umask=10000", False), ("umask=8", False), ("umask=-1", False),
+])
+def test_number_ranges(text, ok):
+    if ok:
+        apply_all(text)
+    else:
+        with pytest.raises(OptionError, match=re.escape(text.split("=")[0])):
+            apply_all(text)
+
+
+def test_later_options_override_earlier_across_o_and_config(tmp_path):
+    f = tmp_path / "c.conf"
+    f.write_text("cache.attr=5\ncategory.search=newest\n")
+    cfg = apply_all(f"cache.attr=1,func.getattr=epff,config={f},func.open=lfs")
+    assert cfg["cache.attr"] == 5  # the file came later
+    assert cfg.policy("getattr") == "newest" and cfg.policy("open") == "lfs"
+    assert apply_all(f"config={f},cache.attr=9")["cache.attr"] == 9
+    # aliases share the canonical slot
+    assert apply_all("symlinkify_timeout=5,symlinkify-timeout=7")["symlinkify-timeout"] == 7
+    assert apply_all("srcmounts=/a,branches=/b").format("branches") == "/b=RW"
+    assert apply_all("direct_io,cache.files=full")["cache.files"] == "full"
 
 
 def test_unknown_option_names_itself():
@@ -160,21 +280,28 @@ def test_branches_with_modes_and_minfreespace_in_o():
 
 def test_config_file(tmp_path):
     f = tmp_path / "pool.conf"
-    f.write_text("# a pool\n\nbranches=/a:/b\nmountpoint=/pool\n  category.create = mfs \n"
-                 "dropcacheonclose  # bare bool, trailing comment\n")
+    f.write_text("# a pool\n\n   \n\t# indented comment\nbranches=/a:/b\nmountpoint=/pool\n"
+                 "  category.create = mfs \ndropcacheonclose  # bare bool, trailing comment\n"
+                 "allow_other\nx-systemd.automount\n")
     cfg = apply_all(f"minfreespace=1G,config={f},cache.attr=7")
     assert cfg.format("branches") == "/a=RW:/b=RW" and cfg.mountpoint == "/pool"
     assert cfg.policy("mkdir") == "mfs" and cfg["dropcacheonclose"] is True
     assert cfg["cache.attr"] == 7 and cfg["minfreespace"] == G
+    assert "allow_other" in cfg.fuse_options
 
 
 @pytest.mark.parametrize("body,needle", [("bogus=1\n", "bogus"), ("cache.attr=soon\n", "soon"),
-                                         ("category.create=\n", "category.create")])
+                                         ("category.create=\n", "category.create"),
+                                         ("# fine\n\nminfreespace\n", "minfreespace"),
+                                         ("=5\n", "missing option name"), ("cache.attr 5\n", "cache.attr 5"),
+                                         ("branches=/a=XX\n", "XX")])
 def test_config_file_bad_line(tmp_path, body, needle):
     f = tmp_path / "bad.conf"
     f.write_text(body)
-    with pytest.raises(OptionError, match=re.escape(needle)):
+    with pytest.raises(OptionError, match=re.escape(needle)) as e:
         apply_all(f"config={f}")
+    line = body.count("\n")  # the bad line is the last one
+    assert str(e.value).startswith(f"{f}:{line}: ")
 
 
 def test_config_file_missing(tmp_path):
@@ -195,13 +322,13 @@ def test_control_keys_cover_the_spec():
 
 
 # ------------------------------------------------------------- round trips
-SIZES = st.integers(0, 1 << 44)
+SIZES = st.integers(0, 2**64 - 1)
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, database=None)
 
 
 @SETTINGS
 @given(st.sampled_from([n for n, o in options.OPTIONS.items()
-                        if o.expand is None and o.name not in ("mountpoint", "config")]),
+                        if o.expand is None and o.name not in ("mountpoint", "config", "branches")]),
        st.data())
 def test_format_parses_back(name, data):
     """Whatever a key reads back as, set again, reads back the same (control file contract)."""
@@ -210,25 +337,13 @@ def test_format_parses_back(name, data):
     if kind is options.BOOL:
         value = data.draw(st.booleans())
     elif kind in (options.UINT,):
-        value = data.draw(st.integers(0, 2**40))
+        value = data.draw(st.integers(0, 2**64 - 1))
     elif kind is options.INT:
-        value = data.draw(st.integers(-2**40, 2**40))
+        value = data.draw(st.integers(-2**31, 2**31 - 1))
     elif kind is options.SIZE:
         value = data.draw(SIZES)
     elif kind is options.POLICY:
         value = data.draw(st.sampled_from(policies.NAMES))
-    elif kind is options.BRANCHES:
-        value = data.draw(st.lists(st.tuples(st.sampled_from(["/a", "/srv/d1", "/x y"]),
-                                             st.sampled_from(["RW", "RO", "NC"]),
-                                             st.one_of(st.none(), SIZES)), max_size=4))
-        text = ":".join(p + "=" + m + ("" if s is None else f",{s}") for p, m, s in value)
-        cfg = Config.defaults()
-        cfg.apply(name, text)
-        again = Config.defaults()
-        again.apply(name, cfg.format(name))
-        assert again.format(name) == cfg.format(name)
-        assert again[name] == cfg[name]
-        return
     elif kind is options.STR:
         value = data.draw(st.text(st.characters(blacklist_characters=",\\\n\0",
                                                 blacklist_categories=("Cs",)), max_size=20))
@@ -244,11 +359,33 @@ def test_format_parses_back(name, data):
 
 
 @SETTINGS
-@given(SIZES)
+@given(st.data())
+def test_branches_round_trip(data):
+    """Branch lists with modes and per-branch minfreespace read back as written."""
+    name = "branches"
+    paths = st.text("abcXYZ019 ._-*", min_size=1, max_size=8).map(lambda t: "/" + t)
+    value = data.draw(st.lists(st.tuples(paths, st.sampled_from(["RW", "RO", "NC", "rw", "nc"]),
+                                         st.one_of(st.none(), SIZES)), max_size=4))
+    text = ":".join(p + "=" + m + ("" if s is None else f",{s}") for p, m, s in value)
+    cfg = Config.defaults()
+    cfg.apply(name, text)
+    # independent model of what was written: path, upper-cased mode, bytes
+    assert [(b.pattern, b.mode, b.minfreespace) for b in cfg[name]] == \
+        [(p, m.upper(), s) for p, m, s in value]
+    again = Config.defaults()
+    again.apply(name, cfg.format(name))  # control file: setxattr takes the text as is
+    assert again[name] == cfg[name]
+    via_o = apply_all(f"{name}=" + cfg.format(name).replace(",", "\\,"))  # -o: commas escaped
+    assert via_o[name] == cfg[name]
+
+
+@SETTINGS
+@given(st.integers(0, 2**24 - 1))
 def test_size_suffixes(n):
     for suffix, mult in (("", 1), ("B", 1), ("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30),
                          ("T", 1 << 40)):
-        assert apply_all(f"minfreespace={n}{suffix}")["minfreespace"] == n * mult
+        for s in (suffix, suffix.lower()):
+            assert apply_all(f"minfreespace={n}{s}")["minfreespace"] == n * mult
 
 
 @SETTINGS
