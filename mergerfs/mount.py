@@ -32,6 +32,16 @@ from mergerfs.branches import expand, invalid_branches
 log = logging.getLogger("mergerfs")
 
 DEFAULT_THREADS = 16  # llfuse workers when threads=0: I/O bound, the GIL is dropped per syscall
+MAX_THREADS = 256  # each worker is an OS thread with its own stack: no runaway values
+
+
+def worker_count(threads: int) -> int:
+    """llfuse workers for ``threads``: 0 = default, -N = cores / N (as upstream), capped."""
+    if threads == 0:
+        return DEFAULT_THREADS
+    if threads < 0:
+        threads = (os.cpu_count() or 1) // -threads
+    return min(max(threads, 2), MAX_THREADS)
 
 
 class MountError(Exception):
@@ -237,12 +247,12 @@ def _serve(cfg, notify, debug: bool = False) -> int:
         notify(str(e) if isinstance(e, MountError) else f"mount failed: {e}")
         return 1
 
-    threads = cfg["threads"] or DEFAULT_THREADS
+    threads = worker_count(cfg["threads"])
     failure: list[BaseException] = []
 
     def loop() -> None:
         try:
-            llfuse.main(workers=max(threads, 2), handle_signals=False)
+            llfuse.main(workers=threads, handle_signals=False)
         except BaseException as e:  # noqa: BLE001 - reported below, the mount is torn down
             failure.append(e)
 

@@ -131,3 +131,14 @@ def test_table_never_merges_two_objects():
 ])
 def test_control_branch_edits(edit, expect):
     assert format_branches(parse_branches(_edit_branches("/a=RW:/b=RO", edit))) == expect
+
+
+def test_worker_count_default_negative_and_cap():
+    import os
+
+    from mergerfs.mount import DEFAULT_THREADS, MAX_THREADS, worker_count
+    assert worker_count(0) == DEFAULT_THREADS
+    assert worker_count(1) == 2 and worker_count(8) == 8
+    assert worker_count(2**31 - 1) == MAX_THREADS
+    assert worker_count(-1) == max(2, os.cpu_count() or 1)
+    assert worker_count(-1000) == 2
