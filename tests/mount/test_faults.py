@@ -227,50 +227,54 @@ def _write_all(fd: int, data: bytes, step: int) -> int:
     return done
 
 
-def test_fill_moveonenospc_keeps_every_byte():
-    data = _pattern(1, 6 * MiB + 12345)
+@contextlib.contextmanager
+def _filling(moveonenospc: str):
+    """A 4 MiB first branch (ff creates there, with a neighbour file) and a 64 MiB one."""
     with tmpfs_branches([4, 64]) as br:
         _put(os.path.join(br[0], "neighbour"), b"n" * 5000)
-        with pool(br, "minfreespace=1M,category.create=ff,moveonenospc=true," + NOCACHE) as m:
-            p = os.path.join(m, "big")
-            fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o644)
-            try:
-                assert where(br, "big") == [0]
-                assert _write_all(fd, data, 131071) == len(data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            assert where(br, "big") == [1]
-            digest = hashlib.sha256(data).hexdigest()
-            assert hashlib.sha256(_get(p)).hexdigest() == digest
-            assert hashlib.sha256(_get(os.path.join(br[1], "big"))).hexdigest() == digest
-            assert _get(os.path.join(m, "neighbour")) == b"n" * 5000
+        with pool(br, f"minfreespace=1M,category.create=ff,moveonenospc={moveonenospc}," + NOCACHE) as m:
+            yield br, m
             _alive(m)
+
+
+def test_fill_moveonenospc_keeps_every_byte():
+    data = _pattern(1, 6 * MiB + 12345)
+    with _filling("true") as (br, m):
+        p = os.path.join(m, "big")
+        fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o644)
+        try:
+            assert where(br, "big") == [0]
+            assert _write_all(fd, data, 131071) == len(data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        assert where(br, "big") == [1]
+        digest = hashlib.sha256(data).hexdigest()
+        assert hashlib.sha256(_get(p)).hexdigest() == digest
+        assert hashlib.sha256(_get(os.path.join(br[1], "big"))).hexdigest() == digest
+        assert _get(os.path.join(m, "neighbour")) == b"n" * 5000
 
 
 def test_fill_without_moveonenospc_loses_nothing_written():
     data = _pattern(2, 8 * MiB)
-    with tmpfs_branches([4, 64]) as br:
-        _put(os.path.join(br[0], "neighbour"), b"n" * 5000)
-        with pool(br, "minfreespace=1M,category.create=ff,moveonenospc=false," + NOCACHE) as m:
-            p = os.path.join(m, "big")
-            fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o644)
-            try:
-                with pytest.raises(OSError) as exc:
-                    _write_all(fd, data, 65536)
-                assert exc.value.errno == errno.ENOSPC
-                done = exc.value.done  # type: ignore[attr-defined]
-                assert 2 * MiB < done < 4 * MiB
-                # the writer can keep going after making room, nothing before is lost
-                os.unlink(os.path.join(m, "neighbour"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            assert where(br, "big") == [0]
-            got = _get(p)
-            assert len(got) == done and got == data[:done]
-            assert _get(os.path.join(br[0], "big")) == data[:done]
-            _alive(m)
+    with _filling("false") as (br, m):
+        p = os.path.join(m, "big")
+        fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o644)
+        try:
+            with pytest.raises(OSError) as exc:
+                _write_all(fd, data, 65536)
+            assert exc.value.errno == errno.ENOSPC
+            done = exc.value.done  # type: ignore[attr-defined]
+            assert 2 * MiB < done < 4 * MiB
+            # the writer can keep going after making room, nothing before is lost
+            os.unlink(os.path.join(m, "neighbour"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        assert where(br, "big") == [0]
+        got = _get(p)
+        assert len(got) == done and got == data[:done]
+        assert _get(os.path.join(br[0], "big")) == data[:done]
 
 
 # -- SIGKILL mid-write --------------------------------------------------------

@@ -26,8 +26,8 @@ except ImportError:
 pytestmark = pytest.mark.slow
 
 PROCS = 16
-WARMUP_S = 4
-RUN_S = int(os.environ.get("STRESS_S", "22"))
+WARMUP_S = 6
+RUN_S = int(os.environ.get("STRESS_S", "26"))
 OPTS = "category.create=rand,cache.attr=0,cache.entry=0"
 
 WORKER = r"""
