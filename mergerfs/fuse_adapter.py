@@ -138,7 +138,7 @@ class Operations(llfuse.Operations):
     def _entry(self, relpath: str, st: os.stat_result) -> llfuse.EntryAttributes:
         """Reply to a lookup-like request: count the kernel's reference."""
         ino, replaced = self.table.remember(self.fs.inode_of(relpath, st), relpath,
-                                            (st.st_dev, st.st_ino), S.S_ISDIR(st.st_mode))
+                                            inodes.identity(st.st_dev, st.st_ino), S.S_ISDIR(st.st_mode))
         if replaced:
             llfuse.invalidate_inode(ino)
         self._saw(ino, st)
@@ -152,7 +152,7 @@ class Operations(llfuse.Operations):
         node = self.table.get(ino)
         if node is None:
             return
-        current = (st.st_size, st.st_mtime_ns)
+        current = inodes.stamp(st)
         if not ours and node.seen is not None and node.seen != current:
             llfuse.invalidate_inode(ino)
         node.seen = current
@@ -414,7 +414,7 @@ class Operations(llfuse.Operations):
         says so, or when the branch file changed behind the kernel's back."""
         st = self.fs.fgetattr(h)
         node = self.table.node(inode)
-        current = (st.st_size, st.st_mtime_ns)
+        current = inodes.stamp(st)
         if current != node.seen or self.fs.snap.cfg["cache.files"] in _DROP_AT_OPEN:
             llfuse.invalidate_inode(inode)
         node.seen = current

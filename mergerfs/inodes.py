@@ -48,15 +48,29 @@ def calc(mode: str, relpath: str, st_mode: int, dev: int, ino: int) -> int:
 
 
 class Node:
+    """One nodeid the kernel holds. Kept small (a walk of 100k files holds 100k
+    of these): a tuple of paths, ints for identity and cache stamp, no set until
+    a file is opened."""
+
     __slots__ = ("paths", "nlookup", "ident", "isdir", "seen", "fhs")
 
-    def __init__(self, relpath: str, ident: tuple[int, int] | None, isdir: bool) -> None:
-        self.paths = [relpath]  # newest first; several when hard links were looked up
+    def __init__(self, relpath: str, ident: int | None, isdir: bool) -> None:
+        self.paths: tuple[str, ...] = (relpath,)  # newest first; several for hard links
         self.nlookup = 0
-        self.ident = ident  # (st_dev, st_ino) on the branch: tells a reused number apart
+        self.ident = ident  # identity() on the branch: tells a reused number apart
         self.isdir = isdir
-        self.seen: tuple[int, int] | None = None  # (size, mtime_ns) last told to the kernel
-        self.fhs: set[int] = set()  # open file handles, for ops on unlinked files
+        self.seen: int | None = None  # stamp() last told to the kernel
+        self.fhs: set[int] | None = None  # open file handles, for ops on unlinked files
+
+
+def identity(dev: int, ino: int) -> int:
+    """(st_dev, st_ino) as one int."""
+    return (dev << 64) | (ino & (2**64 - 1))
+
+
+def stamp(st) -> int:
+    """What tells the kernel's cached pages of a regular file stale: size and mtime."""
+    return hash((st.st_size, st.st_mtime_ns))
 
 
 class InodeTable:
@@ -84,7 +98,7 @@ class InodeTable:
         with self._lock:
             return list(self._nodes)
 
-    def remember(self, ino: int, relpath: str, ident: tuple[int, int] | None,
+    def remember(self, ino: int, relpath: str, ident: int | None,
                  isdir: bool = False) -> tuple[int, bool]:
         """Count one kernel lookup of ``relpath`` answered with ``ino``.
 
@@ -123,9 +137,7 @@ class InodeTable:
         if old is not None and old != ino:
             self._unbind(relpath)
         if n.paths[0] != relpath:
-            if relpath in n.paths:
-                n.paths.remove(relpath)
-            n.paths.insert(0, relpath)
+            n.paths = (relpath, *(p for p in n.paths if p != relpath))
         self._by_path[relpath] = ino
 
     def _unbind(self, relpath: str) -> None:
@@ -134,7 +146,7 @@ class InodeTable:
         ino = self._by_path.pop(relpath, None)
         n = self._nodes.get(ino) if ino is not None else None
         if n is not None and len(n.paths) > 1 and relpath in n.paths:
-            n.paths.remove(relpath)
+            n.paths = tuple(p for p in n.paths if p != relpath)
 
     def forget(self, ino: int, count: int) -> None:
         with self._lock:
@@ -164,7 +176,7 @@ class InodeTable:
                 return
             n = self._nodes[ino]
             self._by_path.pop(old)
-            n.paths = [new if p == old else p for p in n.paths]
+            n.paths = tuple(new if p == old else p for p in n.paths)
             self._bind(ino, n, new)
             if not n.isdir:
                 return
@@ -175,22 +187,27 @@ class InodeTable:
             for p, i in moved:
                 child = self._nodes[i]
                 q = new + p[len(old):]
-                child.paths = [q if x == p else x for x in child.paths]
+                child.paths = tuple(q if x == p else x for x in child.paths)
                 self._by_path[q] = i
 
     def add_fh(self, ino: int, fh: int) -> None:
         with self._lock:
-            self.node(ino).fhs.add(fh)
+            n = self.node(ino)
+            if n.fhs is None:
+                n.fhs = set()
+            n.fhs.add(fh)
 
     def drop_fh(self, ino: int, fh: int) -> None:
         with self._lock:
             n = self._nodes.get(ino)
-            if n is not None:
+            if n is not None and n.fhs is not None:
                 n.fhs.discard(fh)
+                if not n.fhs:
+                    n.fhs = None
                 if n.nlookup <= 0 and not n.fhs:
                     self._drop(ino, n)
 
     def any_fh(self, ino: int) -> int | None:
         with self._lock:
             n = self._nodes.get(ino)
-            return next(iter(n.fhs), None) if n else None
+            return next(iter(n.fhs)) if n is not None and n.fhs else None

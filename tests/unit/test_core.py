@@ -90,8 +90,8 @@ def test_hybrid_hash_dirs_by_path_files_by_devino():
 
 def test_table_rename_moves_subtree_and_forget_drops():
     t = inodes.InodeTable()
-    a, _ = t.remember(100, "/a", (1, 1), isdir=True)
-    b, _ = t.remember(101, "/a/b", (1, 2))
+    a, _ = t.remember(100, "/a", inodes.identity(1, 1), isdir=True)
+    b, _ = t.remember(101, "/a/b", inodes.identity(1, 2))
     t.renamed("/a", "/z")
     assert t.relpath(a) == "/z" and t.relpath(b) == "/z/b"
     t.forget(b, 1)
@@ -102,8 +102,8 @@ def test_table_rename_moves_subtree_and_forget_drops():
 
 def test_table_hard_links_survive_unlink_of_one_name():
     t = inodes.InodeTable()
-    a, _ = t.remember(100, "/a", (1, 1))
-    b, _ = t.remember(100, "/b", (1, 1))
+    a, _ = t.remember(100, "/a", inodes.identity(1, 1))
+    b, _ = t.remember(100, "/b", inodes.identity(1, 1))
     assert a == b == 100
     t.unlinked("/b")
     assert t.relpath(a) == "/a"
@@ -113,10 +113,10 @@ def test_table_hard_links_survive_unlink_of_one_name():
 
 def test_table_never_merges_two_objects():
     t = inodes.InodeTable()
-    a, _ = t.remember(100, "/a", (1, 1))
-    b, replaced = t.remember(100, "/b", (1, 2))  # same number, other object, other path
+    a, _ = t.remember(100, "/a", inodes.identity(1, 1))
+    b, replaced = t.remember(100, "/b", inodes.identity(1, 2))  # same number, other object, other path
     assert a == 100 and b != 100 and not replaced
-    c, replaced = t.remember(100, "/a", (1, 3))  # same path now holds another object
+    c, replaced = t.remember(100, "/a", inodes.identity(1, 3))  # same path now holds another object
     assert c == 100 and replaced
 
 
