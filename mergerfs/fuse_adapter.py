@@ -272,7 +272,17 @@ class Operations(llfuse.Operations):
         chmod, chown, truncate, utimens, stat = (getattr(self.fs, n) for n in ops)
         atime, mtime, now_hint = _times(attr, fields)
         if fields.update_mode:
-            chmod(target, S.S_IMODE(attr.st_mode))
+            mode = S.S_IMODE(attr.st_mode)
+            try:
+                chmod(target, mode)
+            except PermissionError:
+                if not self._drops_setid_only(stat(target), mode):
+                    raise
+                # The kernel clearing S_ISUID/S_ISGID because a non-owner writes
+                # or truncates (it already checked the caller may do that): native
+                # does it regardless of ownership, so do it as the owner would.
+                with ugid.as_root():
+                    chmod(target, mode)
         if fields.update_uid or fields.update_gid:
             chown(target, attr.st_uid if fields.update_uid else -1,
                   attr.st_gid if fields.update_gid else -1)
@@ -281,6 +291,14 @@ class Operations(llfuse.Operations):
         if atime is not None or mtime is not None:
             utimens(target, atime, mtime, now_hint)
         return stat(target)
+
+    def _drops_setid_only(self, st: os.stat_result, mode: int) -> bool:
+        """``mode`` is the current mode minus some setuid/setgid bits, and the
+        kernel checks permissions (so it, not a user's chmod, asked for it)."""
+        old = S.S_IMODE(st.st_mode)
+        setid = S.S_ISUID | S.S_ISGID
+        return (bool(self.fs.snap.cfg["kernel-permissions-check"]) and mode != old
+                and mode & ~setid == old & ~setid and not mode & setid & ~old)
 
     def _path_moved_on(self, inode: int, h) -> bool:
         """True when the open file's path no longer names it (unlinked, renamed

@@ -248,6 +248,8 @@ def _serve(cfg, notify, debug: bool = False) -> int:
         return 1
 
     threads = worker_count(cfg["threads"])
+    # The control file reads back what the mount resolved, as the reference's does.
+    cfg.values.update(fsname=_fsname(cfg, fs.snap.branches), threads=threads)
     failure: list[BaseException] = []
 
     def loop() -> None:

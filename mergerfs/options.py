@@ -118,6 +118,14 @@ class Option:
     expand: Callable[[Any], dict[str, Any]] | None = None
     #: Shown by getxattr/listxattr on the control file.
     listed: bool = True
+    #: The control file's name where 2.33.5 spells it differently (scripts parse
+    #: its listing); also accepted as an alias.
+    key: str = ""
+
+    @property
+    def spellings(self) -> tuple[str, ...]:
+        """Every name this option is written as (canonical first)."""
+        return (self.name, *self.aliases, *((self.key,) if self.key else ()))
 
     def parse(self, text: str | None) -> Any:
         if text is None:
@@ -148,22 +156,22 @@ _OPTION_LIST = [
        "on ENOSPC/EDQUOT during write move the file to a branch the policy picks (true = mfs)"),
     _o("dropcacheonclose", BOOL, False, "posix_fadvise(DONTNEED) branch files on close"),
     _o("symlinkify", BOOL, False, "report files unmodified for symlinkify-timeout as symlinks to their branch path"),
-    _o("symlinkify-timeout", UINT, 3600, "seconds before symlinkify applies", aliases=("symlinkify_timeout",)),
-    _o("nullrw", BOOL, False, "reads return zeros, writes are discarded (benchmarking)"),
+    _o("symlinkify-timeout", UINT, 3600, "seconds before symlinkify applies", key="symlinkify_timeout"),
+    _o("nullrw", BOOL, False, "reads return zeros, writes are discarded (benchmarking)", runtime=False),
     _o("ignorepponrename", BOOL, False, "ignore path preservation on rename and link"),
     _o("link-cow", BOOL, False, "break hard links (copy) when a linked file is opened for writing",
-       aliases=("link_cow",)),
+       key="link_cow"),
     _o("nfsopenhack", _enum("off", "git", "all"), "off",
        "create-for-write with a read-only mode still opens (NFS export quirk)"),
     _o("security-capability", BOOL, True, "pass security.capability through (false: answer ENOATTR)",
-       aliases=("security_capability",)),
+       key="security_capability"),
     _o("xattr", _enum("passthrough", "noattr", "nosys"), "passthrough", "xattr handling"),
     _o("statfs", _enum("base", "full"), "base", "statfs over all branches, or only those holding the path"),
     _o("statfs-ignore", _enum("none", "ro", "nc"), "none", "leave RO or NC branches' free space out of statfs",
-       aliases=("statfs_ignore",)),
-    _o("posix-acl", BOOL, False, "enable POSIX ACLs", runtime=False, aliases=("posix_acl",)),
+       key="statfs_ignore"),
+    _o("posix-acl", BOOL, False, "enable POSIX ACLs", runtime=False, key="posix_acl"),
     _o("async-read", BOOL, True, "allow concurrent reads of one file (accepted; kernel default)",
-       runtime=False, aliases=("async_read",)),
+       runtime=False, key="async_read"),
     _o("inodecalc", _enum("passthrough", "path-hash", "path-hash32", "devino-hash", "devino-hash32",
                           "hybrid-hash", "hybrid-hash32"), "hybrid-hash", "how st_ino is calculated"),
     _o("cache.files", _enum("libfuse", "off", "partial", "full", "auto-full", "per-process"), "off",
@@ -173,12 +181,11 @@ _OPTION_LIST = [
     _o("cache.entry", UINT, 1, "seconds the kernel caches name lookups"),
     _o("cache.attr", UINT, 1, "seconds the kernel caches attributes"),
     _o("cache.negative-entry", UINT, 0, "seconds the kernel caches failed lookups",
-       aliases=("cache.negative_entry",)),
+       key="cache.negative_entry"),
     _o("cache.statfs", UINT, 0, "seconds branch statvfs results are reused by policies"),
     _o("cache.symlinks", BOOL, False, "kernel symlink caching (accepted; not carried by libfuse 2)",
        runtime=False),
-    _o("cache.readdir", BOOL, False, "kernel readdir caching (accepted; not carried by libfuse 2)",
-       runtime=False),
+    _o("cache.readdir", BOOL, False, "kernel readdir caching (accepted; not carried by libfuse 2)"),
     _o("cache.writeback", BOOL, False, "kernel writeback caching (accepted; not carried by llfuse)",
        runtime=False),
     _o("cache.open", UINT, 0, "seconds open policy results are cached (accepted)"),
@@ -199,7 +206,7 @@ _OPTION_LIST = [
     _o("process-thread-count", INT, -1, "worker threads processing requests (mapped onto threads)",
        runtime=False),
     _o("fuse-msg-size", UINT, 256, "max FUSE message size in pages (libfuse 2: 128 KiB max)",
-       runtime=False, aliases=("fuse_msg_size",)),
+       runtime=False, key="fuse_msg_size"),
     _o("branches-mount-timeout", UINT, 0, "seconds to wait at start for branches to be mounted",
        runtime=False),
     _o("branches-mount-timeout-fail", BOOL, False, "exit if branches are still not mounted after the timeout",
@@ -214,11 +221,11 @@ _OPTION_LIST = [
        runtime=False),
     _o("use_ino", BOOL, True, "accepted; inode numbers always come from inodecalc", runtime=False,
        listed=False),
-    _o("direct_io", BOOL, False, "deprecated: cache.files=off", runtime=False, listed=False,
+    _o("direct_io", BOOL, False, "deprecated: cache.files=off", runtime=False,
        expand=_cache_files_alias("off")),
-    _o("kernel_cache", BOOL, False, "deprecated: cache.files=full", runtime=False, listed=False,
+    _o("kernel_cache", BOOL, False, "deprecated: cache.files=full", runtime=False,
        expand=_cache_files_alias("full")),
-    _o("auto_cache", BOOL, False, "deprecated: cache.files=auto-full", runtime=False, listed=False,
+    _o("auto_cache", BOOL, False, "deprecated: cache.files=auto-full", runtime=False,
        expand=_cache_files_alias("auto-full")),
 ]
 for _cat, _funcs in FUNCS.items():
@@ -231,7 +238,7 @@ for _cat, _funcs in FUNCS.items():
 OPTIONS: dict[str, Option] = {o.name: o for o in _OPTION_LIST}
 _ALIASES: dict[str, str] = {}
 for _opt in _OPTION_LIST:
-    for _k in (_opt.name, *_opt.aliases):
+    for _k in _opt.spellings:
         _ALIASES[_k] = _opt.name
         _ALIASES[_k.replace("-", "_")] = _opt.name
         _ALIASES[_k.replace("_", "-")] = _opt.name
@@ -348,7 +355,7 @@ class Config:
 
     def keys(self) -> list[str]:
         """Control-file keys in listing order."""
-        return [o.name for o in _OPTION_LIST if o.listed] + ["srcmounts"]
+        return [o.key or o.name for o in _OPTION_LIST if o.listed] + ["srcmounts"]
 
 
 # ------------------------------------------------------------------ parsing
@@ -439,7 +446,7 @@ def markdown_table() -> str:
         if o.name.startswith("func.") and o.name != "func.readdir":
             continue
         default = defaults.format(o.name) if o.expand is None or o.name.startswith("category.") else ""
-        names = ", ".join(f"`{n}`" for n in (o.name, *o.aliases))
+        names = ", ".join(f"`{n}`" for n in o.spellings)
         rows.append(f"| {names} | {_cell(o.kind.name)} | {_cell(default)} | "
                     f"{'yes' if o.runtime else 'no'} | {_cell(o.doc)} |")
     rows.append("| `func.FUNC` | POLICY | per category | yes | one function's policy: "
