@@ -26,6 +26,11 @@ cdef extern from "<sys/syscall.h>":
     long SYS_setfsgid
     long SYS_setgroups
 
+cdef extern from "<malloc.h>" nogil:
+    int malloc_trim(size_t pad)
+    int mallopt(int param, int value)
+    int M_ARENA_MAX
+
 cdef extern from "<dirent.h>" nogil:
     ctypedef struct DIR
     struct dirent:
@@ -188,3 +193,15 @@ def hash64(bytes data):
         h *= 0xc4ceb9fe1a85ec53ULL
         h ^= h >> 33
     return h
+
+
+def limit_malloc_arenas(int n):
+    """Cap glibc's per-thread malloc arenas: 16 llfuse workers would otherwise
+    each keep freed memory of their own (a daemon meant to run for months)."""
+    mallopt(M_ARENA_MAX, n)
+
+
+def trim_heap():
+    """Give freed heap memory back to the kernel (after a big inode-table shrink)."""
+    with nogil:
+        malloc_trim(0)

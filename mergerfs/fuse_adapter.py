@@ -247,9 +247,9 @@ class Operations(llfuse.Operations):
             with self._open_handle(inode) as h:
                 # An open file is the kernel's inode even if its path was unlinked
                 # or renamed over: its fd is the truth.
-                st = self.fs.fgetattr(h) if h is not None else self.fs.getattr(node.paths[0])
+                st = self.fs.fgetattr(h) if h is not None else self.fs.getattr(node.path)
         else:  # the common case, without the borrowing (a read of fhs is atomic)
-            st = self.fs.getattr(node.paths[0])
+            st = self.fs.getattr(node.path)
         self._saw(inode, st)
         return self._attr(st, inode)
 
@@ -431,11 +431,8 @@ class Operations(llfuse.Operations):
     def write(self, fh, off, buf):
         ino, h = self._file(fh)
         n = self.fs.write(h, off, buf)
-        # The kernel sent this change, so its cache holds it: forget the old stamp
-        # (the next getattr records the new one without invalidating; no fstat here).
-        node = self.table.get(ino)
-        if node is not None:
-            node.seen = None
+        # The kernel saw this change (it sent it): keep its cache, track the new state.
+        self._saw(ino, self.fs.fgetattr(h), ours=True)
         return n
 
     @_handler

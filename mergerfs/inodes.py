@@ -49,18 +49,30 @@ def calc(mode: str, relpath: str, st_mode: int, dev: int, ino: int) -> int:
 
 class Node:
     """One nodeid the kernel holds. Kept small (a walk of 100k files holds 100k
-    of these): a tuple of paths, ints for identity and cache stamp, no set until
-    a file is opened."""
+    of these): the newest path plus a tuple of other hard-link names (usually
+    the shared empty one), ints for identity and cache stamp, no fh set until
+    the file is opened."""
 
-    __slots__ = ("paths", "nlookup", "ident", "isdir", "seen", "fhs")
+    __slots__ = ("path", "links", "nlookup", "ident", "isdir", "seen", "fhs")
 
     def __init__(self, relpath: str, ident: int | None, isdir: bool) -> None:
-        self.paths: tuple[str, ...] = (relpath,)  # newest first; several for hard links
+        self.path = relpath  # newest name
+        self.links: tuple[str, ...] = ()  # older names of a hard-linked file, newest first
         self.nlookup = 0
         self.ident = ident  # identity() on the branch: tells a reused number apart
         self.isdir = isdir
         self.seen: int | None = None  # stamp() last told to the kernel
         self.fhs: set[int] | None = None  # open file handles, for ops on unlinked files
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Every name, newest first (never empty)."""
+        return (self.path, *self.links)
+
+    @paths.setter
+    def paths(self, names) -> None:
+        self.path, *rest = names
+        self.links = tuple(rest)
 
 
 def identity(dev: int, ino: int) -> int:
@@ -80,6 +92,7 @@ class InodeTable:
         self._nodes: dict[int, Node] = {ROOT: root}
         self._by_path: dict[str, int] = {"/": ROOT}
         self._lock = threading.Lock()
+        self._peak = 1  # most nodes held since the last shrink
 
     def node(self, ino: int) -> Node:
         n = self._nodes.get(ino)
@@ -92,7 +105,7 @@ class InodeTable:
         return self._nodes.get(ino)
 
     def relpath(self, ino: int) -> str:
-        return self.node(ino).paths[0]
+        return self.node(ino).path
 
     def nodeids(self) -> list[int]:
         with self._lock:
@@ -116,6 +129,7 @@ class InodeTable:
                 n = self._nodes.get(ino)
                 if n is None:
                     n = self._nodes[ino] = Node(relpath, ident, isdir)
+                    self._peak = max(self._peak, len(self._nodes))
                     break
                 if n.ident == ident:
                     break
@@ -136,7 +150,7 @@ class InodeTable:
         old = self._by_path.get(relpath)
         if old is not None and old != ino:
             self._unbind(relpath)
-        if n.paths[0] != relpath:
+        if n.path != relpath:
             n.paths = (relpath, *(p for p in n.paths if p != relpath))
         self._by_path[relpath] = ino
 
@@ -145,7 +159,7 @@ class InodeTable:
         fd-backed calls on an unlinked open file still find it."""
         ino = self._by_path.pop(relpath, None)
         n = self._nodes.get(ino) if ino is not None else None
-        if n is not None and len(n.paths) > 1 and relpath in n.paths:
+        if n is not None and n.links and relpath in n.paths:
             n.paths = tuple(p for p in n.paths if p != relpath)
 
     def forget(self, ino: int, count: int) -> None:
@@ -162,6 +176,16 @@ class InodeTable:
         for p in n.paths:
             if self._by_path.get(p) == ino:
                 del self._by_path[p]
+        if self._peak > 4096 and len(self._nodes) < self._peak // 4:
+            self._shrink()
+
+    def _shrink(self) -> None:
+        """After the kernel forgot most of a big walk: dicts never shrink on
+        delete, so copy them to right-sized ones and hand the heap back."""
+        self._nodes = dict(self._nodes)
+        self._by_path = dict(self._by_path)
+        self._peak = len(self._nodes)
+        _fastpath.trim_heap()
 
     def unlinked(self, relpath: str) -> None:
         with self._lock:

@@ -228,10 +228,12 @@ def _serve(cfg, notify, debug: bool = False) -> int:
     """Mount, report readiness through ``notify('ok')`` (or the error), run the loop."""
     import llfuse  # noqa: PLC0415 - keep `mergerfs -h` fast and llfuse-free
 
+    from mergerfs import _fastpath
     from mergerfs.fs import FileSystem
     from mergerfs.fuse_adapter import Operations
 
     os.umask(0)  # modes from the kernel already carry the caller's umask
+    _fastpath.limit_malloc_arenas(2)  # before the workers start
     mnt = os.path.abspath(cfg.mountpoint)
     try:
         if cfg["lazy-umount-mountpoint"] and is_mountpoint(mnt):

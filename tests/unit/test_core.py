@@ -111,6 +111,17 @@ def test_table_hard_links_survive_unlink_of_one_name():
     assert t.relpath(a) == "/a"
 
 
+def test_table_shrinks_after_a_big_walk_is_forgotten():
+    t = inodes.InodeTable()
+    inos = [t.remember(1000 + i, f"/d/f{i}", inodes.identity(1, i))[0] for i in range(10000)]
+    for ino in inos[:9000]:
+        t.forget(ino, 1)
+    assert len(t.nodeids()) == 1 + 1000  # root and the ones still held
+    assert [t.relpath(i) for i in inos[9000:]] == [f"/d/f{i}" for i in range(9000, 10000)]
+    t.renamed("/d/f9999", "/d/g")  # the path index survived the shrink
+    assert t.relpath(inos[-1]) == "/d/g"
+
+
 def test_table_never_merges_two_objects():
     t = inodes.InodeTable()
     a, _ = t.remember(100, "/a", inodes.identity(1, 1))
