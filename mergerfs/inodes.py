@@ -71,7 +71,8 @@ class Node:
 
     @paths.setter
     def paths(self, names) -> None:
-        self.path, *rest = names
+        # a rename between two names of one file can repeat a name: keep each once
+        self.path, *rest = dict.fromkeys(names)
         self.links = tuple(rest)
 
 
@@ -156,11 +157,19 @@ class InodeTable:
 
     def _unbind(self, relpath: str) -> None:
         """``relpath`` no longer names its node; a node keeps its last path so
-        fd-backed calls on an unlinked open file still find it."""
+        fd-backed calls on an unlinked open file still find it. A node that lost
+        its last name forgets its identity: filesystems reuse inode numbers at
+        once, and the next file with this (st_dev, st_ino) is another object
+        (it must not inherit the kernel's cached pages and size)."""
         ino = self._by_path.pop(relpath, None)
         n = self._nodes.get(ino) if ino is not None else None
-        if n is not None and n.links and relpath in n.paths:
-            n.paths = tuple(p for p in n.paths if p != relpath)
+        if n is None:
+            return
+        rest = tuple(p for p in n.paths if p != relpath)
+        if rest:
+            n.paths = rest
+        elif relpath == n.path:
+            n.ident = None
 
     def forget(self, ino: int, count: int) -> None:
         with self._lock:

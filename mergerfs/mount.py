@@ -31,7 +31,11 @@ from mergerfs.branches import expand, invalid_branches
 
 log = logging.getLogger("mergerfs")
 
-DEFAULT_THREADS = 16  # llfuse workers when threads=0: I/O bound, the GIL is dropped per syscall
+#: llfuse workers when threads=0. Python code runs on one core whatever the core
+#: count, so more workers only fight over the GIL: 4 KiB O_DIRECT reads from 4
+#: jobs ran 42k IOPS with 16 workers, 80-95k with 4 (reference 115k); 4 still
+#: overlaps blocking I/O on different disks. benchmarks/README.md has the numbers.
+DEFAULT_THREADS = 4
 MAX_THREADS = 256  # each worker is an OS thread with its own stack: no runaway values
 
 

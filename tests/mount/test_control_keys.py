@@ -84,7 +84,7 @@ def test_settable_keys_match_reference(tmp_path):
             seen.append((snap, {k: try_set(mnt, k, v) for k, v in snap.items()}))
     (ours, our_rc), (ref, ref_rc) = seen
     # threads: both read back the resolved count; 2.33.5 resolves 0 to the cores, ours
-    # to DEFAULT_THREADS (I/O bound workers, the GIL is dropped per syscall)
+    # to DEFAULT_THREADS (the GIL makes the optimum independent of the cores)
     common = (set(ours) & set(ref)) - {P + "version", P + "mount", P + "threads"}
     assert {k: ours[k] for k in common} == {k: ref[k] for k in common}
     # Mount flags: 2.33.5 takes a runtime write that changes nothing but the value it

@@ -122,6 +122,26 @@ def test_table_shrinks_after_a_big_walk_is_forgotten():
     assert t.relpath(inos[-1]) == "/d/g"
 
 
+def test_table_rename_between_two_names_of_one_file():
+    t = inodes.InodeTable()
+    a, _ = t.remember(100, "/a", inodes.identity(1, 1))
+    t.remember(100, "/b", inodes.identity(1, 1))  # hard link
+    t.renamed("/a", "/b")  # POSIX: a no-op, both names stay
+    t.unlinked("/b")
+    t.unlinked("/a")  # the node keeps a name for its open fds
+    assert t.relpath(a) in ("/a", "/b")
+
+
+def test_table_reused_inode_number_is_a_new_object():
+    t = inodes.InodeTable()
+    a, _ = t.remember(100, "/a", inodes.identity(1, 7))
+    t.unlinked("/a")  # ext4 hands inode 7 to the next file at once
+    b, replaced = t.remember(100, "/b", inodes.identity(1, 7))
+    assert b != a and not replaced  # a fresh kernel inode: no stale pages or size
+    c, replaced = t.remember(100, "/a", inodes.identity(1, 7))  # same name again
+    assert c == a and replaced  # the caller invalidates the kernel's data
+
+
 def test_table_never_merges_two_objects():
     t = inodes.InodeTable()
     a, _ = t.remember(100, "/a", inodes.identity(1, 1))
