@@ -40,6 +40,15 @@ cdef extern from "<dirent.h>" nogil:
     DIR *opendir(const char *name)
     dirent *readdir(DIR *dirp)
     int closedir(DIR *dirp)
+    int dirfd(DIR *dirp)
+
+cdef extern from "<sys/stat.h>" nogil:
+    struct stat:
+        unsigned int st_mode
+    int fstatat(int dirfd, const char *pathname, stat *buf, int flags)
+
+cdef extern from "<fcntl.h>" nogil:
+    int AT_SYMLINK_NOFOLLOW
 
 
 def pread(int fd, size_t size, off_t offset):
@@ -121,6 +130,9 @@ def readdir_merge(paths):
     cdef int idx
     cdef const char *cpath
     cdef list batch
+    cdef stat st
+    cdef int rv
+    cdef unsigned char dtype
     for idx, path in enumerate(paths):
         bpath = os.fsencode(path)
         cpath = bpath
@@ -142,8 +154,15 @@ def readdir_merge(paths):
                 name = ent.d_name
                 if name in seen:
                     continue
+                dtype = ent.d_type
+                if dtype == 0:  # DT_UNKNOWN (some filesystems): ask the branch
+                    with nogil:
+                        rv = fstatat(dirfd(d), ent.d_name, &st, AT_SYMLINK_NOFOLLOW)
+                    if rv != 0:
+                        continue  # vanished meanwhile
+                    dtype = (st.st_mode & 0o170000) >> 12
                 seen.add(name)
-                out.append((name, ent.d_type, ent.d_ino, idx))
+                out.append((name, dtype, ent.d_ino, idx))
         finally:
             closedir(d)
     if not opened:
@@ -178,21 +197,87 @@ def set_creds(uid_t uid, gid_t gid, groups):
         raise OSError(1, "setfsuid failed")
 
 
+cdef inline uint64_t _fnv(const uint8_t *p, size_t n) noexcept nogil:
+    """FNV-1a 64 with a final avalanche mix."""
+    cdef uint64_t h = 0xcbf29ce484222325ULL
+    cdef size_t i
+    for i in range(n):
+        h ^= p[i]
+        h *= 0x100000001b3ULL
+    h ^= h >> 33
+    h *= 0xff51afd7ed558ccdULL
+    h ^= h >> 33
+    h *= 0xc4ceb9fe1a85ec53ULL
+    h ^= h >> 33
+    return h
+
+
+cdef inline uint64_t _fix(uint64_t v) noexcept nogil:
+    # 0 is invalid and 1 is the root's nodeid: never hand those out.
+    return v if v > 1 else v + 2
+
+
+cpdef enum:
+    # inodecalc modes as codes; | CALC_32 for the 32-bit variants
+    CALC_PASSTHROUGH = 0
+    CALC_PATH = 1
+    CALC_DEVINO = 2
+    CALC_HYBRID = 3
+    CALC_32 = 4
+
+
+cdef uint64_t _calc(int mode, const uint8_t *path, size_t plen, bint isdir,
+                    uint64_t dev, uint64_t ino) noexcept nogil:
+    """The st_ino rule of every inodecalc mode (the one place it is written)."""
+    cdef uint8_t buf[16]
+    cdef int i
+    cdef int base = mode & 3
+    cdef uint64_t v
+    if base == CALC_PASSTHROUGH:
+        return _fix(ino)
+    if base == CALC_PATH or (base == CALC_HYBRID and isdir):
+        v = _fix(_fnv(path, plen))
+    else:
+        for i in range(8):  # little-endian (st_dev, st_ino): stable across machines
+            buf[i] = (dev >> (8 * i)) & 0xFF
+            buf[8 + i] = (ino >> (8 * i)) & 0xFF
+        v = _fix(_fnv(buf, 16))
+    return _fix(v & 0xFFFFFFFFULL) if mode & CALC_32 else v
+
+
 def hash64(bytes data):
     """FNV-1a 64 with a final avalanche mix: stable across runs and machines."""
-    cdef uint64_t h = 0xcbf29ce484222325ULL
     cdef const uint8_t *p = <const uint8_t *>PyBytes_AS_STRING(data)
-    cdef Py_ssize_t i, n = len(data)
+    cdef size_t n = len(data)
+    cdef uint64_t h
     with nogil:
-        for i in range(n):
-            h ^= p[i]
-            h *= 0x100000001b3ULL
-        h ^= h >> 33
-        h *= 0xff51afd7ed558ccdULL
-        h ^= h >> 33
-        h *= 0xc4ceb9fe1a85ec53ULL
-        h ^= h >> 33
+        h = _fnv(p, n)
     return h
+
+
+def inode_calc(int mode, bytes relpath, bint isdir, uint64_t dev, uint64_t ino):
+    """st_ino for one entry (``mode``: a CALC_* code)."""
+    return _calc(mode, <const uint8_t *>PyBytes_AS_STRING(relpath), len(relpath), isdir, dev, ino)
+
+
+def readdir_inodes(list rows, bytes parent, list devs, int mode):
+    """readdir_merge rows -> ``[(name, d_type, st_ino)]`` under ``mode``.
+
+    ``parent`` is the directory's relpath as bytes, ``devs`` each branch's
+    st_dev (path-hashed names are ``parent/name``)."""
+    cdef list out = []
+    cdef bytes path
+    cdef bytes prefix = b"/" if parent == b"/" else parent + b"/"
+    cdef unsigned char dtype
+    cdef uint64_t ino
+    for name, dtype, dino, idx in rows:
+        if (mode & 3) == CALC_PATH or ((mode & 3) == CALC_HYBRID and dtype == 4):  # DT_DIR
+            path = prefix + name
+            ino = _calc(mode, <const uint8_t *>PyBytes_AS_STRING(path), len(path), dtype == 4, 0, 0)
+        else:
+            ino = _calc(mode, NULL, 0, False, devs[idx], dino)
+        out.append((name, dtype, ino))
+    return out
 
 
 def limit_malloc_arenas(int n):

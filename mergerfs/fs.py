@@ -539,27 +539,16 @@ class FileSystem:
             if rel == "/" and not self._any_branch_root(snap):
                 return [(os.fsencode(ERROR_ENTRY), S.S_IFREG >> 12, 2)]
             raise
-        devs: dict[int, int] = {}
-        out = []
-        hidden = {b".mergerfs", EXDEV_DIR.encode()} if rel == "/" else ()
-        for name, dtype, dino, idx in raw:
-            if name in hidden:
-                continue
-            if dtype == 0:  # DT_UNKNOWN: ask the branch
-                try:
-                    dtype = S.S_IFMT(os.lstat(os.path.join(os.fsencode(branches[idx].full(rel)), name)).st_mode) >> 12
-                except OSError:
-                    continue
-            if calc == "passthrough":
-                ino = inodes._fix(dino)
-            elif calc.startswith("path-hash") or (calc.startswith("hybrid") and dtype == S.S_IFDIR >> 12):
-                ino = inodes.calc(calc, join(rel, os.fsdecode(name)), S.S_IFDIR, 0, 0)
-            else:
-                dev = devs.get(idx)
-                if dev is None:
-                    dev = devs[idx] = os.stat(branches[idx].full(rel)).st_dev
-                ino = inodes.calc(calc, "", S.S_IFREG, dev, dino)
-            out.append((name, dtype, ino))
+        devs = []
+        for b in branches:  # devino numbers need st_dev of the directory listed
+            try:
+                devs.append(os.stat(b.full(rel)).st_dev)
+            except OSError:
+                devs.append(0)  # nothing listed from it
+        out = _fastpath.readdir_inodes(raw, os.fsencode(rel), devs, inodes.mode_code(calc))
+        if rel == "/":
+            hidden = {b".mergerfs", EXDEV_DIR.encode()}
+            out = [e for e in out if e[0] not in hidden]
         return out
 
     # ----------------------------------------------------------------- statfs

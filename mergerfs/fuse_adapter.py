@@ -465,10 +465,11 @@ class Operations(llfuse.Operations):
 
     def readdir(self, fh, off):
         entries = self._entries(fh, off)
+        # llfuse copies each entry into the reply before asking for the next,
+        # so one attributes object serves them all (20k allocations saved on a 20k listing)
+        e = llfuse.EntryAttributes()
         for i in range(off, len(entries)):
-            name, dtype, ino = entries[i]
-            e = llfuse.EntryAttributes()
-            e.st_ino = ino
+            name, dtype, e.st_ino = entries[i]
             e.st_mode = dtype << 12
             yield name, e, i + 1
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import stat as S
-import struct
 import threading
 
 from mergerfs import _fastpath
@@ -19,7 +18,6 @@ from mergerfs import _fastpath
 ROOT = 1  # llfuse.ROOT_INODE; kept here so this module stays llfuse-free
 CALCS = ("passthrough", "path-hash", "path-hash32", "devino-hash", "devino-hash32",
          "hybrid-hash", "hybrid-hash32")
-_DEVINO = struct.Struct("<QQ")
 
 
 def _fix(value: int) -> int:
@@ -27,24 +25,17 @@ def _fix(value: int) -> int:
     return value if value > ROOT else value + 2
 
 
-def path_hash(relpath: str) -> int:
-    return _fix(_fastpath.hash64(relpath.encode("utf-8", "surrogateescape")))
-
-
-def devino_hash(dev: int, ino: int) -> int:
-    return _fix(_fastpath.hash64(_DEVINO.pack(dev & (2**64 - 1), ino & (2**64 - 1))))
+def mode_code(mode: str) -> int:
+    """An ``inodecalc`` value as the code ``_fastpath`` computes with."""
+    base = {"passthrough": _fastpath.CALC_PASSTHROUGH, "path-hash": _fastpath.CALC_PATH,
+            "devino-hash": _fastpath.CALC_DEVINO, "hybrid-hash": _fastpath.CALC_HYBRID}
+    return base[mode.removesuffix("32")] | (_fastpath.CALC_32 if mode.endswith("32") else 0)
 
 
 def calc(mode: str, relpath: str, st_mode: int, dev: int, ino: int) -> int:
     """The ``st_ino`` mergerfs reports for an entry, per ``inodecalc`` ``mode``."""
-    if mode == "passthrough":
-        return _fix(ino)
-    base = mode.removesuffix("32")
-    if base == "path-hash" or (base == "hybrid-hash" and S.S_ISDIR(st_mode)):
-        value = path_hash(relpath)
-    else:
-        value = devino_hash(dev, ino)
-    return _fix(value & 0xFFFFFFFF) if mode.endswith("32") else value
+    return _fastpath.inode_calc(mode_code(mode), relpath.encode("utf-8", "surrogateescape"),
+                                S.S_ISDIR(st_mode), dev & (2**64 - 1), ino & (2**64 - 1))
 
 
 class Node:

@@ -3,10 +3,13 @@
 import errno
 import os
 import shutil
+import struct
 import tempfile
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mergerfs import _fastpath
 
@@ -117,3 +120,36 @@ def test_set_creds_is_per_thread():
         assert os.stat(os.path.join(d, "by_main")).st_uid == 0  # the main thread is still root
     finally:
         shutil.rmtree(d)
+
+
+# ------------------------------------------------------------ inodecalc
+# An independent model of the inodecalc rules, written from the spec.
+def _model(mode: str, relpath: bytes, isdir: bool, dev: int, ino: int) -> int:
+    def fix(v):
+        return v if v > 1 else v + 2
+    if mode == "passthrough":
+        return fix(ino)
+    base = mode.removesuffix("32")
+    if base == "path-hash" or (base == "hybrid-hash" and isdir):
+        v = fix(_fastpath.hash64(relpath))
+    else:
+        v = fix(_fastpath.hash64(struct.pack("<QQ", dev, ino)))
+    return fix(v & 0xFFFFFFFF) if mode.endswith("32") else v
+
+
+MODES = ("passthrough", "path-hash", "path-hash32", "devino-hash", "devino-hash32",
+         "hybrid-hash", "hybrid-hash32")
+
+
+@settings(max_examples=300, deadline=None)
+@given(mode=st.sampled_from(MODES), name=st.binary(min_size=1, max_size=40).filter(lambda b: b"/" not in b),
+       parent=st.sampled_from([b"/", b"/d", b"/d/\xff\xfe"]), isdir=st.booleans(),
+       dev=st.integers(0, 2**64 - 1), ino=st.integers(0, 2**64 - 1))
+def test_inode_rules_match_the_model(mode, name, parent, isdir, dev, ino):
+    from mergerfs import inodes
+    path = (b"" if parent == b"/" else parent) + b"/" + name
+    want = _model(mode, path, isdir, dev, ino)
+    assert inodes.calc(mode, os.fsdecode(path), 0o40755 if isdir else 0o100644, dev, ino) == want
+    row = [(name, 4 if isdir else 8, ino, 1)]
+    assert _fastpath.readdir_inodes(row, parent, [0, dev], inodes.mode_code(mode)) == \
+        [(name, 4 if isdir else 8, want)]
