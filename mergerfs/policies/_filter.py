@@ -29,10 +29,15 @@ class Candidates(list):
         raise oserror(self.error if self.error is not None else errno.ENOENT)
 
 
-def eligible(category: str, branches, relpath: str, probe, existing: bool) -> Candidates:
-    """Branches that qualify for ``category``; ``existing``: relpath must exist there."""
+def eligible(category: str, branches, relpath: str, probe, existing: bool,
+             enough: int = 0) -> Candidates:
+    """Branches that qualify for ``category``; ``existing``: relpath must exist
+    there. ``enough``: stop once that many qualify (``first`` needs one: a
+    lookup on a 6-disk pool then probes only up to the disk that has it)."""
     out = Candidates()
     for b in branches:
+        if enough and len(out) >= enough:
+            break
         if category != "search" and (b.mode == "RO" or (category == "create" and b.mode == "NC")):
             out.drop(errno.EROFS)
             continue
@@ -146,9 +151,12 @@ least_used_pct = lowest(lambda info: info.used / info.total if info.total else 1
 def path_preserving(pick) -> tuple:
     """An ``ep`` policy: ``pick`` among qualifying branches where the path exists."""
 
+    enough = 1 if pick is first else 0
+
     def bind(category):
         def run(branches, relpath: str, probe) -> list:
-            return pick(eligible(category, branches, relpath, probe, existing=True), relpath, probe)
+            return pick(eligible(category, branches, relpath, probe, existing=True, enough=enough),
+                        relpath, probe)
         return run
 
     return bind("action"), bind("create"), bind("search")
@@ -158,8 +166,11 @@ def anywhere(ep, pick) -> tuple:
     """The non-``ep`` twin of ``ep``: create picks among all qualifying
     branches; action and search are the ``ep`` policy's."""
 
+    enough = 1 if pick is first else 0
+
     def create(branches, relpath: str, probe) -> list:
-        return pick(eligible("create", branches, relpath, probe, existing=False), relpath, probe)
+        return pick(eligible("create", branches, relpath, probe, existing=False, enough=enough),
+                    relpath, probe)
 
     return ep.action, create, ep.search
 
