@@ -492,9 +492,9 @@ def write_markdown(path, args, results, rss, walks, png_name, elapsed):
          f"run took {elapsed / 60:.1f} min.", "",
          "Branches: two tmpfs mounts; native = a third tmpfs (physical limit). "
          "ratio = ref_time / our_time (> 1: we are faster).", "",
-         "**Load caveat:** the machine was shared with other sessions' builds and test "
-         "runs during this run; absolute numbers are noisy, the interleaving keeps "
-         "the ratios comparable but single workloads can swing by ±20 %.", "",
+         "**Noise:** a shared VM; absolute times drift between runs and single "
+         "workloads swing by ±20 % (sequential read the most); the interleaving keeps "
+         "the ratios of one run comparable.", "",
          f"![ratios]({png_name})", "",
          "Chart: one group per workload in table order (k tick marks under group k); "
          "blue = cache.files=partial, orange = cache.files=off; dashed red line = 1.0.", ""]
