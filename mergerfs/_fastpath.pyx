@@ -197,19 +197,26 @@ def set_creds(uid_t uid, gid_t gid, groups):
         raise OSError(1, "setfsuid failed")
 
 
-cdef inline uint64_t _fnv(const uint8_t *p, size_t n) noexcept nogil:
-    """FNV-1a 64 with a final avalanche mix."""
-    cdef uint64_t h = 0xcbf29ce484222325ULL
+cdef inline uint64_t _fnv_feed(uint64_t h, const uint8_t *p, size_t n) noexcept nogil:
+    """FNV-1a 64 over ``p``, continuing from state ``h`` (so a path hashes in pieces)."""
     cdef size_t i
     for i in range(n):
         h ^= p[i]
         h *= 0x100000001b3ULL
+    return h
+
+
+cdef inline uint64_t _fnv_mix(uint64_t h) noexcept nogil:
+    """The final avalanche mix."""
     h ^= h >> 33
     h *= 0xff51afd7ed558ccdULL
     h ^= h >> 33
     h *= 0xc4ceb9fe1a85ec53ULL
     h ^= h >> 33
     return h
+
+
+cdef uint64_t _FNV_BASIS = 0xcbf29ce484222325ULL
 
 
 cdef inline uint64_t _fix(uint64_t v) noexcept nogil:
@@ -226,9 +233,11 @@ cpdef enum:
     CALC_32 = 4
 
 
-cdef uint64_t _calc(int mode, const uint8_t *path, size_t plen, bint isdir,
-                    uint64_t dev, uint64_t ino) noexcept nogil:
-    """The st_ino rule of every inodecalc mode (the one place it is written)."""
+cdef uint64_t _calc(int mode, const uint8_t *head, size_t hlen, const uint8_t *tail, size_t tlen,
+                    bint isdir, uint64_t dev, uint64_t ino) noexcept nogil:
+    """The st_ino rule of every inodecalc mode (the one place it is written).
+    The relpath is ``head`` + ``tail``: a listing hashes its prefix and each
+    name without joining them."""
     cdef uint8_t buf[16]
     cdef int i
     cdef int base = mode & 3
@@ -236,12 +245,12 @@ cdef uint64_t _calc(int mode, const uint8_t *path, size_t plen, bint isdir,
     if base == CALC_PASSTHROUGH:
         return _fix(ino)
     if base == CALC_PATH or (base == CALC_HYBRID and isdir):
-        v = _fix(_fnv(path, plen))
+        v = _fix(_fnv_mix(_fnv_feed(_fnv_feed(_FNV_BASIS, head, hlen), tail, tlen)))
     else:
         for i in range(8):  # little-endian (st_dev, st_ino): stable across machines
             buf[i] = (dev >> (8 * i)) & 0xFF
             buf[8 + i] = (ino >> (8 * i)) & 0xFF
-        v = _fix(_fnv(buf, 16))
+        v = _fix(_fnv_mix(_fnv_feed(_FNV_BASIS, buf, 16)))
     return _fix(v & 0xFFFFFFFFULL) if mode & CALC_32 else v
 
 
@@ -251,13 +260,13 @@ def hash64(bytes data):
     cdef size_t n = len(data)
     cdef uint64_t h
     with nogil:
-        h = _fnv(p, n)
+        h = _fnv_mix(_fnv_feed(_FNV_BASIS, p, n))
     return h
 
 
 def inode_calc(int mode, bytes relpath, bint isdir, uint64_t dev, uint64_t ino):
     """st_ino for one entry (``mode``: a CALC_* code)."""
-    return _calc(mode, <const uint8_t *>PyBytes_AS_STRING(relpath), len(relpath), isdir, dev, ino)
+    return _calc(mode, <const uint8_t *>PyBytes_AS_STRING(relpath), len(relpath), NULL, 0, isdir, dev, ino)
 
 
 def readdir_inodes(list rows, bytes parent, list devs, int mode):
@@ -266,17 +275,14 @@ def readdir_inodes(list rows, bytes parent, list devs, int mode):
     ``parent`` is the directory's relpath as bytes, ``devs`` each branch's
     st_dev (path-hashed names are ``parent/name``)."""
     cdef list out = []
-    cdef bytes path
     cdef bytes prefix = b"/" if parent == b"/" else parent + b"/"
+    cdef bytes bname
     cdef unsigned char dtype
     cdef uint64_t ino
-    for name, dtype, dino, idx in rows:
-        if (mode & 3) == CALC_PATH or ((mode & 3) == CALC_HYBRID and dtype == 4):  # DT_DIR
-            path = prefix + name
-            ino = _calc(mode, <const uint8_t *>PyBytes_AS_STRING(path), len(path), dtype == 4, 0, 0)
-        else:
-            ino = _calc(mode, NULL, 0, False, devs[idx], dino)
-        out.append((name, dtype, ino))
+    for bname, dtype, dino, idx in rows:
+        ino = _calc(mode, <const uint8_t *>PyBytes_AS_STRING(prefix), len(prefix),
+                    <const uint8_t *>PyBytes_AS_STRING(bname), len(bname), dtype == 4, devs[idx], dino)  # 4: DT_DIR
+        out.append((bname, dtype, ino))
     return out
 
 

@@ -16,8 +16,14 @@ import threading
 from mergerfs import _fastpath
 
 ROOT = 1  # llfuse.ROOT_INODE; kept here so this module stays llfuse-free
-CALCS = ("passthrough", "path-hash", "path-hash32", "devino-hash", "devino-hash32",
-         "hybrid-hash", "hybrid-hash32")
+#: ``inodecalc`` values and the codes ``_fastpath`` computes with.
+_CODES = {
+    "passthrough": _fastpath.CALC_PASSTHROUGH,
+    "path-hash": _fastpath.CALC_PATH, "path-hash32": _fastpath.CALC_PATH | _fastpath.CALC_32,
+    "devino-hash": _fastpath.CALC_DEVINO, "devino-hash32": _fastpath.CALC_DEVINO | _fastpath.CALC_32,
+    "hybrid-hash": _fastpath.CALC_HYBRID, "hybrid-hash32": _fastpath.CALC_HYBRID | _fastpath.CALC_32,
+}
+CALCS = tuple(_CODES)
 
 
 def _fix(value: int) -> int:
@@ -27,9 +33,7 @@ def _fix(value: int) -> int:
 
 def mode_code(mode: str) -> int:
     """An ``inodecalc`` value as the code ``_fastpath`` computes with."""
-    base = {"passthrough": _fastpath.CALC_PASSTHROUGH, "path-hash": _fastpath.CALC_PATH,
-            "devino-hash": _fastpath.CALC_DEVINO, "hybrid-hash": _fastpath.CALC_HYBRID}
-    return base[mode.removesuffix("32")] | (_fastpath.CALC_32 if mode.endswith("32") else 0)
+    return _CODES[mode]
 
 
 def calc(mode: str, relpath: str, st_mode: int, dev: int, ino: int) -> int:
@@ -159,7 +163,7 @@ class InodeTable:
         rest = tuple(p for p in n.paths if p != relpath)
         if rest:
             n.paths = rest
-        elif relpath == n.path:
+        else:  # relpath was its only name
             n.ident = None
 
     def forget(self, ino: int, count: int) -> None:
