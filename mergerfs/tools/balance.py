@@ -12,7 +12,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from mergerfs.tools.common import (add_filters, find_pool, full, human, parser, pool_lock, recover, run,
+from mergerfs.tools.common import (add_filters, find_pool, full, human, locked_branches, parser, run,
                                    say, selected, transfer_all, walk_files)
 
 PROG = "mergerfs-balance"
@@ -98,10 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         pool = find_pool(args.mount, exact=True)
-        with pool_lock(pool):
-            branches = pool.branches()
-            if not args.dry_run:
-                recover([b.path for b in branches if b.mode != "RO"], say)
+        with locked_branches(pool, not args.dry_run) as branches:
             moves = plan(branches, args)
             failed = transfer_all(PROG, moves, True, not args.dry_run, args.quiet)
             size = human(sum(m[3] for m in moves))

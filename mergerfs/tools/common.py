@@ -157,6 +157,17 @@ def pool_lock(pool: Pool) -> Iterator[None]:
                 os.unlink(path)  # while still holding it, so no one can lock the old file
 
 
+@contextlib.contextmanager
+def locked_branches(pool: Pool, acting: bool) -> Iterator[list[Branch]]:
+    """The pool's branches under the tools' lock; a tool that will move files
+    first finishes or undoes any move a killed tool left (the journal)."""
+    with pool_lock(pool):
+        branches = pool.branches()
+        if acting:
+            recover([b.path for b in branches if b.mode != "RO"], say)
+        yield branches
+
+
 # ------------------------------------------------------------------- output
 def human(n: float) -> str:
     """1536 -> '1.5K' (powers of 1024, like df -h)."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
-from mergerfs.tools.common import (ToolError, avail, execute_flag, find_pool, holders_of, human, parser,
-                                   pool_lock, recover, run, say, transfer_all)
+from mergerfs.tools.common import (ToolError, avail, execute_flag, find_pool, holders_of, human,
+                                   locked_branches, parser, run, say, transfer_all)
 
 PROG = "mergerfs-consolidate"
 
@@ -23,10 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         pool = find_pool(args.path)
         if not os.path.isdir(args.path):
             raise ToolError(f"{args.path}: not a directory")
-        with pool_lock(pool):
-            branches = pool.branches()
-            if args.execute:
-                recover([b.path for b in branches if b.mode != "RO"], say)
+        with locked_branches(pool, args.execute) as branches:
             rw = [b.path for b in branches if b.mode == "RW"]
             files = holders_of(branches, pool.relpath(args.path))
             if args.branch:

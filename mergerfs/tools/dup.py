@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from mergerfs.tools.common import (ToolError, avail, execute_flag, find_pool, holders_of, parser,
-                                   pool_lock, recover, run, say, transfer_all)
+from mergerfs.tools.common import (ToolError, avail, execute_flag, find_pool, holders_of, locked_branches,
+                                   parser, run, transfer_all)
 
 PROG = "mergerfs-dup"
 
@@ -22,10 +22,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.count < 1:
             raise ToolError("--count must be at least 1")
         pool = find_pool(args.path)
-        with pool_lock(pool):
-            branches = pool.branches()
-            if args.execute:
-                recover([b.path for b in branches if b.mode != "RO"], say)
+        with locked_branches(pool, args.execute) as branches:
             rw = [b.path for b in branches if b.mode == "RW"]
             files = holders_of(branches, pool.relpath(args.path))
             work = []
