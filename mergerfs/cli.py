@@ -44,7 +44,7 @@ def parse_argv(argv: list[str]) -> tuple[Config, bool, bool, str | None]:
             foreground = debug = True
         elif arg == "-s":
             pass  # single-threaded: accepted, threads stay as configured
-        elif arg == "-o" or arg.startswith("-o"):
+        elif arg.startswith("-o"):
             text = arg[2:] if arg != "-o" else next(it, None)
             if text is None:
                 raise OptionError("missing argument after -o")

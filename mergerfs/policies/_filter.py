@@ -147,16 +147,19 @@ least_used = lowest(lambda info: info.used)
 least_used_pct = lowest(lambda info: info.used / info.total if info.total else 1.0)
 
 
+def _choose(pick, category: str, branches, relpath: str, probe, existing: bool) -> list:
+    """``pick`` among the qualifying branches (``first`` needs only one found)."""
+    c = eligible(category, branches, relpath, probe, existing, enough=1 if pick is first else 0)
+    return pick(c, relpath, probe)
+
+
 # Policy builders: the three functions (action, create, search) of a policy.
 def path_preserving(pick) -> tuple:
     """An ``ep`` policy: ``pick`` among qualifying branches where the path exists."""
 
-    enough = 1 if pick is first else 0
-
     def bind(category):
         def run(branches, relpath: str, probe) -> list:
-            return pick(eligible(category, branches, relpath, probe, existing=True, enough=enough),
-                        relpath, probe)
+            return _choose(pick, category, branches, relpath, probe, existing=True)
         return run
 
     return bind("action"), bind("create"), bind("search")
@@ -166,11 +169,8 @@ def anywhere(ep, pick) -> tuple:
     """The non-``ep`` twin of ``ep``: create picks among all qualifying
     branches; action and search are the ``ep`` policy's."""
 
-    enough = 1 if pick is first else 0
-
     def create(branches, relpath: str, probe) -> list:
-        return pick(eligible("create", branches, relpath, probe, existing=False, enough=enough),
-                    relpath, probe)
+        return _choose(pick, "create", branches, relpath, probe, existing=False)
 
     return ep.action, create, ep.search
 
