@@ -74,6 +74,15 @@ SPEC_MORE = {
     "branches": ("", ["/a=RW:/b=RO:/c=NC", "/d=RW,1G"]),
     "use_ino": ("true", ["true", "false"]),  # spec 1: accepted
     "log-level": ("info", ["debug", "info", "warning", "error"]),  # DIFFERENCES.md (issue 6)
+    # 2.42's kernel-facing options, defaults as its control file reads them back
+    "passthrough.io": ("off", ["off", "ro", "wo", "rw"]),
+    "passthrough.max-stack-depth": ("1", ["1", "2"]),
+    "direct-io-allow-mmap": ("true", ["true", "false"]),
+    "parallel-direct-writes": ("true", ["true", "false"]),
+    "handle-killpriv": ("true", ["true", "false"]),
+    "handle-killpriv-v2": ("true", ["true", "false"]),
+    "flush-on-close": ("opened-for-write", ["never", "always", "opened-for-write"]),
+    "fuse-binding": ("kernel", ["kernel", "llfuse"]),  # extension: the transport
 }
 #: In the option table without a spec default: accepted for compatibility, or not values.
 UNSPECIFIED = {"mountpoint", "config", "readdirplus", "log.metrics"}
