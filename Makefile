@@ -30,7 +30,7 @@ venv: deps $(VENV)/.stamp
 
 # The extension is built in place and the package installed editable, so the
 # venv's `mergerfs` command and the tests run this checkout.
-$(VENV)/.built: $(VENV)/.stamp setup.py mergerfs/_fastpath.pyx
+$(VENV)/.built: $(VENV)/.stamp setup.py mergerfs/_fastpath.pyx mergerfs/_kernel.pyx
 	$(VPY) setup.py -q build_ext --inplace
 	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
@@ -62,4 +62,4 @@ readme: build
 	$(VPY) scripts/readme_options.py
 
 clean:
-	rm -rf build dist *.egg-info wheels/*.whl wheels/.stamp mergerfs/_fastpath.c mergerfs/_fastpath*.so $(VENV)/.built
+	rm -rf build dist *.egg-info wheels/*.whl wheels/.stamp mergerfs/_fastpath.c mergerfs/_fastpath*.so mergerfs/_kernel.c mergerfs/_kernel*.so $(VENV)/.built

@@ -296,3 +296,53 @@ def trim_heap():
     """Give freed heap memory back to the kernel (after a big inode-table shrink)."""
     with nogil:
         malloc_trim(0)
+
+
+cdef extern from "<fcntl.h>" nogil:
+    int c_fallocate "fallocate"(int fd, int mode, off_t offset, off_t len)
+    int AT_FDCWD
+
+cdef extern from "<stdio.h>" nogil:
+    int c_renameat2 "renameat2"(int olddirfd, const char *oldpath, int newdirfd, const char *newpath,
+                                unsigned int flags)
+
+cdef extern from "<unistd.h>" nogil:
+    int c_syncfs "syncfs"(int fd)
+
+
+cdef _check(int rv, int err):
+    if rv != 0:
+        raise OSError(err, os.strerror(err))
+
+
+def fallocate(int fd, int mode, off_t offset, off_t length):
+    """fallocate(2) with every mode (os.posix_fallocate knows only mode 0)."""
+    cdef int rv
+    cdef int err = 0
+    with nogil:
+        while True:
+            rv = c_fallocate(fd, mode, offset, length)
+            if rv == 0 or errno != EINTR:
+                err = errno
+                break
+    _check(rv, err)
+
+
+def renameat2(old, new, unsigned int flags):
+    """renameat2(2) with RENAME_NOREPLACE / RENAME_EXCHANGE (os.rename has no flags)."""
+    cdef bytes bold = os.fsencode(old)
+    cdef bytes bnew = os.fsencode(new)
+    cdef const char *cold = bold
+    cdef const char *cnew = bnew
+    cdef int rv
+    with nogil:
+        rv = c_renameat2(AT_FDCWD, cold, AT_FDCWD, cnew, flags)
+    _check(rv, errno)
+
+
+def syncfs(int fd):
+    """syncfs(2): flush the whole filesystem holding ``fd``."""
+    cdef int rv
+    with nogil:
+        rv = c_syncfs(fd)
+    _check(rv, errno)

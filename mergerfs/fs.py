@@ -31,6 +31,10 @@ ERROR_ENTRY = "error: no valid mergerfs branch found, check config"
 #: Hidden per-branch directory used by ``rename-exdev`` symlink modes.
 EXDEV_DIR = ".mergerfs_rename_exdev"
 
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2  # renameat2(2) flags
+#: ioctls passed to the branch file (the inode-flag family chattr/lsattr use);
+#: anything else answers ENOTTY as on a filesystem without them.
+IOCTLS = frozenset({0x80086601, 0x40086602, 0x80087601, 0x40087602, 0x801C581F, 0x401C5820})
 _OPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
 _ACCMODE = os.O_ACCMODE
 
@@ -372,11 +376,18 @@ class FileSystem:
                      lambda p: _utimens(p, atime_ns, mtime_ns, now_hint))
 
     # --------------------------------------------------------- rename / link
-    def rename(self, old: str, new: str) -> None:
+    def rename(self, old: str, new: str, flags: int = 0) -> None:
+        """rename(2), or renameat2(2) with RENAME_NOREPLACE / RENAME_EXCHANGE."""
         snap = self.snap
         cfg = snap.cfg
         probe = RequestProbe(self.probe)
         sources = self._select(snap, "action", "rename", old, probe)
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
+            raise oserror(errno.EINVAL)
+        if flags & RENAME_EXCHANGE:
+            return self._exchange(snap, probe, sources, old, new)
+        if flags & RENAME_NOREPLACE and any(probe.exists(b, new) for b in snap.branches):
+            raise oserror(errno.EEXIST)  # anywhere in the pool, not only where old lives
         src_paths = {b.path for b in sources}
         newparent = dirname(new)
         preserve = cfg.policy("create") in policies.PATH_PRESERVING and not cfg["ignorepponrename"]
@@ -388,7 +399,10 @@ class FileSystem:
                 continue
             try:
                 self._place_on(snap, probe, b, newparent, preserve, "rename")
-                os.rename(b.full(old), b.full(new))
+                if flags:
+                    _fastpath.renameat2(b.full(old), b.full(new), flags)
+                else:
+                    os.rename(b.full(old), b.full(new))
                 agg.success()
             except OSError as e:
                 agg.failure(e.errno or errno.EIO)
@@ -398,6 +412,20 @@ class FileSystem:
         agg.raise_if_failed()
         for path in remove:
             _remove_quietly(path)
+
+    def _exchange(self, snap: Snapshot, probe: RequestProbe, sources: list[Branch], old: str,
+                  new: str) -> None:
+        """RENAME_EXCHANGE on every branch holding both names; a pool where no
+        branch holds both cannot swap them atomically: EXDEV."""
+        both = [b for b in sources if probe.exists(b, new)]
+        if not both:
+            if not any(probe.exists(b, new) for b in snap.branches):
+                raise oserror(errno.ENOENT)
+            raise oserror(errno.EXDEV)
+        agg = Aggregate()
+        for b in both:
+            agg.run(lambda p: _fastpath.renameat2(p, b.full(new), RENAME_EXCHANGE), b.full(old))
+        agg.raise_if_failed()
 
     def _place_on(self, snap: Snapshot, probe: RequestProbe, b: Branch, parent: str,
                   preserve: bool, func: str) -> None:
@@ -675,6 +703,59 @@ class FileSystem:
         with self._handles_lock:  # see _move: the fd number must not be reused mid-switch
             self.handles.pop(h.fd, None)
             os.close(h.fd)
+
+    def fallocate(self, h: Handle, mode: int, off: int, length: int) -> None:
+        try:
+            _fastpath.fallocate(h.fd, mode, off, length)
+        except OSError as e:
+            policy = _moveonenospc_policy(self.snap.cfg["moveonenospc"])
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT) or policy is None or mode & 0x02:
+                raise  # (punching a hole frees space: nothing to move for)
+            with h.lock:
+                self._move(h, policy)
+            _fastpath.fallocate(h.fd, mode, off, length)
+
+    def lseek(self, h: Handle, off: int, whence: int) -> int:
+        return os.lseek(h.fd, off, whence)
+
+    def copy_file_range(self, src: Handle, off_in: int, dst: Handle, off_out: int,
+                        length: int, flags: int) -> int:
+        if flags:
+            raise oserror(errno.EINVAL)
+        return os.copy_file_range(src.fd, dst.fd, length, off_in, off_out)
+
+    def ioctl(self, h: Handle, cmd: int, arg: bytes, out_size: int) -> tuple[int, bytes]:
+        """One of :data:`IOCTLS` on the branch file: (result, bytes to copy out)."""
+        import fcntl  # noqa: PLC0415 - rare
+
+        if cmd not in IOCTLS:
+            raise oserror(errno.ENOTTY)
+        buf = bytearray(arg.ljust(max(len(arg), out_size, 4), b"\0"))
+        result = fcntl.ioctl(h.fd, cmd, buf, True)
+        return result, bytes(buf[:out_size])
+
+    def fsyncdir(self, relpath: str, datasync: bool) -> None:
+        for b in self.snap.branches:
+            try:
+                fd = os.open(b.full(relpath), os.O_RDONLY | os.O_DIRECTORY)
+            except OSError:
+                continue
+            try:
+                (os.fdatasync if datasync else os.fsync)(fd)
+            finally:
+                os.close(fd)
+
+    def syncfs(self) -> None:
+        """syncfs(2) of every branch's filesystem."""
+        for b in self.snap.branches:
+            try:
+                fd = os.open(b.path, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError:
+                continue
+            try:
+                _fastpath.syncfs(fd)
+            finally:
+                os.close(fd)
 
     def fgetattr(self, h: Handle) -> os.stat_result:
         return os.fstat(h.fd)

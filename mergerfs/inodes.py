@@ -195,6 +195,17 @@ class InodeTable:
         with self._lock:
             self._unbind(relpath)
 
+    def get_path(self, ino: int, default: str) -> str:
+        n = self._nodes.get(ino)
+        return n.path if n is not None else default
+
+    def exchanged(self, a: str, b: str) -> None:
+        """RENAME_EXCHANGE swapped what ``a`` and ``b`` name (subtrees included)."""
+        tmp = "\0exchange"  # no relpath contains NUL
+        self.renamed(a, tmp)
+        self.renamed(b, a)
+        self.renamed(tmp, b)
+
     def renamed(self, old: str, new: str) -> None:
         """Point the node at ``old`` (and, for a directory, all below it) to ``new``."""
         with self._lock:

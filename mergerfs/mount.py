@@ -114,10 +114,6 @@ def fuse_options(cfg, branches) -> set[str]:
         opts.add("fsname=" + _fsname(cfg, branches).replace(",", "\\,"))
     if not any(o.startswith("subtype=") for o in opts):
         opts.add("subtype=mergerfs")
-    # The reference mounts over non-empty directories (a NAS's empty pool dir
-    # often has a stray file); libfuse 2 refuses unless told.
-    opts.add("nonempty")
-    opts.add("big_writes")
     return opts
 
 
@@ -228,27 +224,35 @@ def _daemonize(cfg, level: str) -> int:
     os._exit(code)
 
 
+def transport_for(cfg, fs):
+    """The transport ``fuse-binding`` names: nothing else knows which one is in use."""
+    if cfg["fuse-binding"] == "llfuse":
+        from mergerfs.llfuse_transport import Transport  # noqa: PLC0415 - only when chosen
+
+        return Transport(fs)
+    from mergerfs.kernel import KernelTransport  # noqa: PLC0415
+
+    return KernelTransport(fs)
+
+
 def _serve(cfg, notify, debug: bool = False) -> int:
     """Mount, report readiness through ``notify('ok')`` (or the error), run the loop."""
-    import llfuse  # noqa: PLC0415 - keep `mergerfs -h` fast and llfuse-free
-
-    from mergerfs import _fastpath
-    from mergerfs.fs import FileSystem
-    from mergerfs.fuse_adapter import Operations
+    from mergerfs import _fastpath  # noqa: PLC0415 - keep `mergerfs -h` fast
+    from mergerfs.fs import FileSystem  # noqa: PLC0415
 
     os.umask(0)  # modes from the kernel already carry the caller's umask
     _fastpath.limit_malloc_arenas(2)  # before the workers start
     mnt = os.path.abspath(cfg.mountpoint)
     try:
         if cfg["lazy-umount-mountpoint"] and is_mountpoint(mnt):
-            _unmount(mnt)
+            unmount(mnt)
         fs = FileSystem(cfg)
         _wait_for_branches(cfg, fs.snap.branches)
-        ops = Operations(fs)
+        transport = transport_for(cfg, fs)
         opts = fuse_options(cfg, fs.snap.branches)
         if debug:
             opts.add("debug")  # libfuse's per-request trace on stderr, like the reference's -d
-        llfuse.init(ops, mnt, opts)
+        transport.mount(mnt, opts)
     except (MountError, RuntimeError, OSError) as e:
         notify(str(e) if isinstance(e, MountError) else f"mount failed: {e}")
         return 1
@@ -260,7 +264,7 @@ def _serve(cfg, notify, debug: bool = False) -> int:
 
     def loop() -> None:
         try:
-            llfuse.main(workers=threads, handle_signals=False)
+            transport.serve(threads)
         except BaseException as e:  # noqa: BLE001 - reported below, the mount is torn down
             failure.append(e)
 
@@ -270,7 +274,7 @@ def _serve(cfg, notify, debug: bool = False) -> int:
 
     def stop(signum, frame) -> None:
         log.info("signal %d: unmounting %s", signum, mnt)
-        _unmount(mnt)
+        unmount(mnt)
 
     def refresh(signum, frame) -> None:
         # llfuse itself pthread_kill()s its workers with SIGUSR1 when the session
@@ -286,7 +290,7 @@ def _serve(cfg, notify, debug: bool = False) -> int:
     signal.signal(signal.SIGUSR1, refresh)
     while t.is_alive():
         t.join(0.2)
-    llfuse.close(unmount=True)
+    transport.close()
     if failure:
         log.error("FUSE loop failed: %r", failure[0])
         notify(f"FUSE loop failed: {failure[0]}")
@@ -315,9 +319,9 @@ def _report_ready(mnt: str, notify, loop: threading.Thread) -> None:
     notify("mount did not answer within 30s")
 
 
-def _unmount(mnt: str) -> None:
+def unmount(mnt: str) -> None:
     """Lazy unmount: the kernel ends our session; open files keep working until closed."""
-    for cmd in (["fusermount", "-u", "-z", mnt], ["umount", "-l", mnt]):
+    for cmd in (["fusermount3", "-u", "-z", mnt], ["fusermount", "-u", "-z", mnt], ["umount", "-l", mnt]):
         try:
             if subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
                 return

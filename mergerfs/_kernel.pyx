@@ -1,0 +1,363 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The FUSE kernel session's compiled core: the worker loop on ``/dev/fuse``
+and the requests it answers without the GIL.
+
+Each worker thread owns one (cloned) ``/dev/fuse`` fd and one request buffer,
+reused for every request and its reply. READ, WRITE and FLUSH of an open file
+are answered here from the handle table (kernel fh -> branch fd) with the GIL
+released for the whole request; every other request is handed, as bytes, to
+the Python session (:mod:`mergerfs.kernel`), which decides and replies. The
+handle table is changed only under the GIL (open/release run in Python) and
+read without it: the kernel sends no READ/WRITE on a handle after RELEASE.
+Protocol facts: FUSE 7.45 (declared here, not taken from the installed header).
+"""
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.errno cimport errno, EINTR, EAGAIN, ENOENT, ENODEV, ENOSPC, EDQUOT
+from libc.stdint cimport uint16_t, uint32_t, uint64_t, int32_t
+from libc.stdlib cimport malloc, free, calloc
+from posix.types cimport off_t
+
+import logging
+import os
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t c_read "read"(int fd, void *buf, size_t count)
+    ssize_t c_write "write"(int fd, const void *buf, size_t count)
+    ssize_t c_pread "pread"(int fd, void *buf, size_t count, off_t offset)
+    ssize_t c_pwrite "pwrite"(int fd, const void *buf, size_t count, off_t offset)
+    int c_dup "dup"(int fd)
+    int c_close "close"(int fd)
+
+cdef extern from "<sys/ioctl.h>" nogil:
+    int c_ioctl "ioctl"(int fd, unsigned long request, ...)
+
+cdef extern from "<sys/mount.h>" nogil:
+    int c_mount "mount"(const char *source, const char *target, const char *fstype,
+                        unsigned long flags, const void *data)
+
+log = logging.getLogger("mergerfs")
+
+# ---------------------------------------------------------------- protocol
+cdef struct fuse_in_header:
+    uint32_t len
+    uint32_t opcode
+    uint64_t unique
+    uint64_t nodeid
+    uint32_t uid
+    uint32_t gid
+    uint32_t pid
+    uint16_t total_extlen
+    uint16_t padding
+
+cdef struct fuse_out_header:
+    uint32_t len
+    int32_t error
+    uint64_t unique
+
+cdef struct fuse_read_in:
+    uint64_t fh
+    uint64_t offset
+    uint32_t size
+    uint32_t read_flags
+    uint64_t lock_owner
+    uint32_t flags
+    uint32_t padding
+
+cdef struct fuse_write_in:
+    uint64_t fh
+    uint64_t offset
+    uint32_t size
+    uint32_t write_flags
+    uint64_t lock_owner
+    uint32_t flags
+    uint32_t padding
+
+cdef struct fuse_write_out:
+    uint32_t size
+    uint32_t padding
+
+cdef struct fuse_flush_in:
+    uint64_t fh
+    uint32_t unused
+    uint32_t padding
+    uint64_t lock_owner
+
+cdef struct fuse_backing_map:
+    int32_t fd
+    uint32_t flags
+    uint64_t padding
+
+cdef enum:
+    FUSE_READ = 15
+    FUSE_WRITE = 16
+    FUSE_FLUSH = 25
+    IN_HDR = 40   # sizeof(fuse_in_header)
+    OUT_HDR = 16  # sizeof(fuse_out_header)
+
+# _IOR/_IOW(229, nr, size): the FUSE device ioctls
+cdef unsigned long IOC_CLONE = 0x8004E500          # _IOR(229, 0, uint32_t)
+cdef unsigned long IOC_BACKING_OPEN = 0x4010E501   # _IOW(229, 1, struct fuse_backing_map)
+cdef unsigned long IOC_BACKING_CLOSE = 0x4004E502  # _IOW(229, 2, uint32_t)
+
+cdef enum:
+    MAX_SLOTS = 1 << 20  # handles open at once (virtual memory only until used)
+
+cdef struct write_reply:
+    fuse_out_header h
+    fuse_write_out w
+
+cdef struct Slot:
+    int fd          # branch fd answered in C; -1: the Python session answers
+    int backing     # passthrough backing id, 0 if none
+    uint64_t pyfh   # the request layer's handle number
+
+
+cdef class Session:
+    """One mounted FUSE connection: the handle table and the worker loop.
+
+    ``slow`` is called (with the GIL) as ``slow(fd, request_bytes)`` for every
+    request the C path does not answer; it must reply itself and never raise.
+    """
+
+    cdef readonly int devfd
+    cdef readonly size_t bufsize
+    cdef size_t write_in_size
+    cdef Slot *slots
+    cdef uint32_t *free_slots
+    cdef uint32_t nfree
+    cdef uint32_t next_slot
+    cdef public object slow
+
+    def __cinit__(self, int devfd):
+        self.devfd = devfd
+        self.bufsize = 1 << 17
+        self.write_in_size = sizeof(fuse_write_in)
+        self.slots = <Slot *>calloc(MAX_SLOTS, sizeof(Slot))
+        self.free_slots = <uint32_t *>calloc(MAX_SLOTS, sizeof(uint32_t))
+        if self.slots == NULL or self.free_slots == NULL:
+            raise MemoryError()
+        self.next_slot = 1  # fh 0 is never handed out
+        self.nfree = 0
+
+    def __dealloc__(self):
+        free(self.slots)
+        free(self.free_slots)
+
+    def configure(self, size_t max_write, int minor):
+        """After INIT: buffers hold the largest request, WRITE's header has its minor's size."""
+        self.bufsize = max(<size_t>(1 << 13), IN_HDR + sizeof(fuse_write_in) + max_write + 4096)
+        self.write_in_size = sizeof(fuse_write_in) if minor >= 9 else 24
+
+    # ------------------------------------------------------------ handles
+    def add(self, uint64_t pyfh, int fd, int backing=0):
+        """A new kernel fh for request-layer handle ``pyfh`` (``fd`` -1: no C path)."""
+        cdef uint32_t i
+        if self.nfree:
+            self.nfree -= 1
+            i = self.free_slots[self.nfree]
+        elif self.next_slot < MAX_SLOTS:
+            i = self.next_slot
+            self.next_slot += 1
+        else:
+            raise OSError(23, "too many open files in the pool")  # ENFILE
+        self.slots[i].fd = fd
+        self.slots[i].backing = backing
+        self.slots[i].pyfh = pyfh
+        return i
+
+    def pyfh(self, uint64_t fh):
+        """The request-layer handle of kernel fh ``fh`` (0 if none)."""
+        if fh == 0 or fh >= self.next_slot:
+            return 0
+        return self.slots[fh].pyfh
+
+    def remove(self, uint64_t fh):
+        """Free kernel fh ``fh``: (request-layer handle, passthrough backing id)."""
+        if fh == 0 or fh >= self.next_slot or self.slots[fh].pyfh == 0:
+            return 0, 0
+        out = (self.slots[fh].pyfh, self.slots[fh].backing)
+        self.slots[fh].fd = -1
+        self.slots[fh].pyfh = 0
+        self.slots[fh].backing = 0
+        self.free_slots[self.nfree] = <uint32_t>fh
+        self.nfree += 1
+        return out
+
+    # ------------------------------------------------------------ the loop
+    def serve(self, int fd):
+        """Answer requests on ``fd`` until the connection ends (unmount: ENODEV)."""
+        cdef char *buf = <char *>malloc(self.bufsize)
+        cdef ssize_t n = 0
+        cdef int err = 0
+        if buf == NULL:
+            raise MemoryError()
+        try:
+            with nogil:
+                while True:
+                    n = c_read(fd, buf, self.bufsize)
+                    if n < 0:
+                        err = errno
+                        if err == EINTR or err == EAGAIN or err == ENOENT:
+                            continue  # ENOENT: the request was interrupted before we read it
+                        break
+                    if n < <ssize_t>IN_HDR or self._hot(fd, buf, n):
+                        continue
+                    with gil:
+                        self._python(fd, buf, n)
+        finally:
+            free(buf)
+        if err != ENODEV:
+            raise OSError(err, os.strerror(err))
+
+    cdef void _python(self, int fd, char *buf, ssize_t n) noexcept:
+        try:
+            self.slow(fd, PyBytes_FromStringAndSize(buf, n))
+        except BaseException:
+            log.exception("request dispatch failed")
+
+    cdef bint _hot(self, int fd, char *buf, ssize_t n) noexcept nogil:
+        cdef fuse_in_header *h = <fuse_in_header *>buf
+        if h.opcode == FUSE_READ:
+            return self._read(fd, buf, h.unique)
+        if h.opcode == FUSE_WRITE:
+            return self._write(fd, buf, n, h.unique)
+        if h.opcode == FUSE_FLUSH:
+            return self._flush(fd, buf, h.unique)
+        return False
+
+    cdef inline int _fd(self, uint64_t fh) noexcept nogil:
+        if fh == 0 or fh >= self.next_slot:
+            return -1
+        return self.slots[fh].fd
+
+    cdef bint _read(self, int fd, char *buf, uint64_t unique) noexcept nogil:
+        cdef fuse_read_in *r = <fuse_read_in *>(buf + IN_HDR)
+        cdef int bfd = self._fd(r.fh)
+        cdef size_t size = r.size
+        cdef off_t off = <off_t>r.offset
+        cdef size_t done = 0
+        cdef ssize_t got
+        cdef int err = 0
+        if bfd < 0 or size + OUT_HDR > self.bufsize:
+            return False
+        # the request is consumed: its buffer takes the reply
+        cdef char *data = buf + OUT_HDR
+        while done < size:
+            got = c_pread(bfd, data + done, size - done, off + <off_t>done)
+            if got > 0:
+                done += <size_t>got
+            elif got == 0:
+                break
+            elif errno == EINTR:
+                continue
+            else:
+                err = errno
+                break
+        if err and done == 0:
+            _reply_error(fd, unique, err)
+            return True
+        cdef fuse_out_header *o = <fuse_out_header *>buf
+        o.len = <uint32_t>(OUT_HDR + done)
+        o.error = 0
+        o.unique = unique
+        c_write(fd, buf, OUT_HDR + done)
+        return True
+
+    cdef bint _write(self, int fd, char *buf, ssize_t n, uint64_t unique) noexcept nogil:
+        cdef fuse_write_in *w = <fuse_write_in *>(buf + IN_HDR)
+        cdef int bfd = self._fd(w.fh)
+        cdef const char *data = buf + IN_HDR + self.write_in_size
+        cdef size_t size = w.size
+        cdef off_t off = <off_t>w.offset
+        cdef size_t done = 0
+        cdef ssize_t put
+        cdef int err = 0
+        if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n:
+            return False
+        while done < size:
+            put = c_pwrite(bfd, data + done, size - done, off + <off_t>done)
+            if put > 0:
+                done += <size_t>put
+            elif put == 0:
+                break
+            elif errno == EINTR:
+                continue
+            else:
+                err = errno
+                break
+        if err and done == 0:
+            if err == ENOSPC or err == EDQUOT:
+                return False  # moveonenospc is a decision: the Python session's
+            _reply_error(fd, unique, err)
+            return True
+        cdef write_reply out
+        out.h.len = sizeof(write_reply)
+        out.h.error = 0
+        out.h.unique = unique
+        out.w.size = <uint32_t>done
+        out.w.padding = 0
+        c_write(fd, &out, sizeof(write_reply))
+        return True
+
+    cdef bint _flush(self, int fd, char *buf, uint64_t unique) noexcept nogil:
+        cdef fuse_flush_in *f = <fuse_flush_in *>(buf + IN_HDR)
+        cdef int bfd = self._fd(f.fh)
+        cdef int d
+        cdef int err = 0
+        if bfd < 0:
+            return False
+        # close() of a duplicate reports deferred write errors (NFS) and keeps our fd
+        d = c_dup(bfd)
+        if d < 0 or c_close(d) < 0:
+            err = errno
+        _reply_error(fd, unique, err)
+        return True
+
+
+cdef void _reply_error(int fd, uint64_t unique, int err) noexcept nogil:
+    cdef fuse_out_header o
+    o.len = OUT_HDR
+    o.error = -err
+    o.unique = unique
+    c_write(fd, &o, OUT_HDR)
+
+
+# ---------------------------------------------------------------- device calls
+def clone_fd(int devfd):
+    """A new ``/dev/fuse`` fd reading requests of ``devfd``'s connection."""
+    cdef int fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    cdef uint32_t master = <uint32_t>devfd
+    if c_ioctl(fd, IOC_CLONE, &master) != 0:
+        err = errno
+        os.close(fd)
+        raise OSError(err, os.strerror(err))
+    return fd
+
+
+def backing_open(int devfd, int fd):
+    """Register branch ``fd`` for passthrough: its backing id (EPERM as non-root)."""
+    cdef fuse_backing_map m
+    m.fd = fd
+    m.flags = 0
+    m.padding = 0
+    cdef int rv = c_ioctl(devfd, IOC_BACKING_OPEN, &m)
+    if rv < 0:
+        raise OSError(errno, os.strerror(errno))
+    return rv
+
+
+def backing_close(int devfd, int backing):
+    cdef uint32_t b = <uint32_t>backing
+    if c_ioctl(devfd, IOC_BACKING_CLOSE, &b) != 0:
+        raise OSError(errno, os.strerror(errno))
+
+
+def mount(source, target, fstype, unsigned long flags, data):
+    """mount(2) (the FUSE connection is named by ``fd=`` in ``data``)."""
+    cdef bytes s = os.fsencode(source)
+    cdef bytes t = os.fsencode(target)
+    cdef bytes f = os.fsencode(fstype)
+    cdef bytes d = os.fsencode(data)
+    if c_mount(s, t, f, flags, <const char *>d) != 0:
+        raise OSError(errno, os.strerror(errno))
