@@ -3,7 +3,7 @@
 Parses argv the way the reference (libfuse's option parser) does: options and
 positionals in any order, ``-o`` repeatable, later settings winning. Turns the
 result into a :class:`~mergerfs.options.Config` and hands it to
-:func:`mergerfs.mount.run`. Every refusal is one line on stderr and exit 1.
+:func:`mergerfs.lifecycle.run`. Every refusal is one line on stderr and exit 1.
 """
 
 from __future__ import annotations
@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("no mountpoint given")
     if not cfg["branches"]:
         return _fail("no branches given")
-    from mergerfs import mount  # noqa: PLC0415 - keeps -h/-v free of llfuse
+    from mergerfs import lifecycle  # noqa: PLC0415 - keeps -h/-v fast
 
-    return mount.run(cfg, foreground=foreground, debug=debug)
+    return lifecycle.run(cfg, foreground=foreground, debug=debug)
 
 
 def mount_helper(argv: list[str] | None = None) -> int:

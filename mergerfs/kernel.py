@@ -322,7 +322,7 @@ class KernelTransport:
     def close(self) -> None:
         self.notifier.stop()
         if self.mnt and _mounted(self.mnt, self.devfd):
-            from mergerfs.mount import unmount  # noqa: PLC0415 - mount imports us
+            from mergerfs.lifecycle import unmount  # noqa: PLC0415 - mount imports us
 
             unmount(self.mnt)
         if self.devfd >= 0:
@@ -705,6 +705,6 @@ def _max_pages_limit() -> int:
 
 
 def _mounted(mnt: str, devfd: int) -> bool:
-    from mergerfs.mount import is_mountpoint  # noqa: PLC0415 - mount imports us
+    from mergerfs.lifecycle import is_mountpoint  # noqa: PLC0415 - mount imports us
 
     return devfd >= 0 and is_mountpoint(mnt)

@@ -36,6 +36,11 @@ def is_reference(cmd: Sequence[str] | None = None) -> bool:
     return os.path.realpath(exe) == os.path.realpath(REFERENCE)
 
 
+def is_llfuse() -> bool:
+    """True when ours runs on the llfuse transport (``-o fuse-binding=llfuse`` in MERGERFS_CMD)."""
+    return not is_reference() and "fuse-binding=llfuse" in os.environ.get("MERGERFS_CMD", "")
+
+
 def err_of(fn: Callable[..., Any], *args: Any) -> int:
     """The errno ``fn(*args)`` fails with; 0 if it succeeds."""
     try:

@@ -167,7 +167,7 @@ def test_control_branch_edits(edit, expect):
 def test_worker_count_default_negative_and_cap():
     import os
 
-    from mergerfs.mount import DEFAULT_THREADS, MAX_THREADS, worker_count
+    from mergerfs.lifecycle import DEFAULT_THREADS, MAX_THREADS, worker_count
     assert worker_count(0) == DEFAULT_THREADS
     assert worker_count(1) == 2 and worker_count(8) == 8
     assert worker_count(2**31 - 1) == MAX_THREADS
