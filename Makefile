@@ -37,8 +37,13 @@ $(VENV)/.built: $(VENV)/.stamp setup.py mergerfs/_fastpath.pyx mergerfs/_kernel.
 
 build: venv $(VENV)/.built
 
+# The whole suite runs on the default kernel session; the llfuse transport
+# (fuse-binding=llfuse) runs the parity, lifecycle and control tests again.
+LLFUSE_TESTS := tests/mount/test_parity.py tests/mount/test_lifecycle.py \
+	tests/mount/test_control_keys.py tests/mount/test_xattr_control.py tests/mount/test_statfs.py
 test: build
 	$(VPY) -m pytest
+	MERGERFS_CMD="python -m mergerfs -o fuse-binding=llfuse" $(VPY) -m pytest -q $(LLFUSE_TESTS)
 
 unit: build
 	$(VPY) -m pytest tests/unit

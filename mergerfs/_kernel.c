@@ -1693,7 +1693,7 @@ struct __pyx_t_8mergerfs_7_kernel_fuse_backing_map;
 struct __pyx_t_8mergerfs_7_kernel_write_reply;
 struct __pyx_t_8mergerfs_7_kernel_Slot;
 
-/* "mergerfs/_kernel.pyx":91
+/* "mergerfs/_kernel.pyx":92
  *     uint64_t padding
  * 
  * cdef enum:             # <<<<<<<<<<<<<<
@@ -1708,7 +1708,7 @@ enum  {
   __pyx_e_8mergerfs_7_kernel_OUT_HDR = 16
 };
 
-/* "mergerfs/_kernel.pyx":103
+/* "mergerfs/_kernel.pyx":104
  * cdef unsigned long IOC_BACKING_CLOSE = 0x4004E502  # _IOW(229, 2, uint32_t)
  * 
  * cdef enum:             # <<<<<<<<<<<<<<
@@ -1717,7 +1717,7 @@ enum  {
 */
 enum  {
 
-  /* "mergerfs/_kernel.pyx":104
+  /* "mergerfs/_kernel.pyx":105
  * 
  * cdef enum:
  *     MAX_SLOTS = 1 << 20  # handles open at once (virtual memory only until used)             # <<<<<<<<<<<<<<
@@ -1727,7 +1727,7 @@ enum  {
   __pyx_e_8mergerfs_7_kernel_MAX_SLOTS = (1 << 20)
 };
 
-/* "mergerfs/_kernel.pyx":42
+/* "mergerfs/_kernel.pyx":43
  * 
  * # ---------------------------------------------------------------- protocol
  * cdef struct fuse_in_header:             # <<<<<<<<<<<<<<
@@ -1746,7 +1746,7 @@ struct __pyx_t_8mergerfs_7_kernel_fuse_in_header {
   uint16_t padding;
 };
 
-/* "mergerfs/_kernel.pyx":53
+/* "mergerfs/_kernel.pyx":54
  *     uint16_t padding
  * 
  * cdef struct fuse_out_header:             # <<<<<<<<<<<<<<
@@ -1759,7 +1759,7 @@ struct __pyx_t_8mergerfs_7_kernel_fuse_out_header {
   uint64_t unique;
 };
 
-/* "mergerfs/_kernel.pyx":58
+/* "mergerfs/_kernel.pyx":59
  *     uint64_t unique
  * 
  * cdef struct fuse_read_in:             # <<<<<<<<<<<<<<
@@ -1776,7 +1776,7 @@ struct __pyx_t_8mergerfs_7_kernel_fuse_read_in {
   uint32_t padding;
 };
 
-/* "mergerfs/_kernel.pyx":67
+/* "mergerfs/_kernel.pyx":68
  *     uint32_t padding
  * 
  * cdef struct fuse_write_in:             # <<<<<<<<<<<<<<
@@ -1793,7 +1793,7 @@ struct __pyx_t_8mergerfs_7_kernel_fuse_write_in {
   uint32_t padding;
 };
 
-/* "mergerfs/_kernel.pyx":76
+/* "mergerfs/_kernel.pyx":77
  *     uint32_t padding
  * 
  * cdef struct fuse_write_out:             # <<<<<<<<<<<<<<
@@ -1805,7 +1805,7 @@ struct __pyx_t_8mergerfs_7_kernel_fuse_write_out {
   uint32_t padding;
 };
 
-/* "mergerfs/_kernel.pyx":80
+/* "mergerfs/_kernel.pyx":81
  *     uint32_t padding
  * 
  * cdef struct fuse_flush_in:             # <<<<<<<<<<<<<<
@@ -1819,7 +1819,7 @@ struct __pyx_t_8mergerfs_7_kernel_fuse_flush_in {
   uint64_t lock_owner;
 };
 
-/* "mergerfs/_kernel.pyx":86
+/* "mergerfs/_kernel.pyx":87
  *     uint64_t lock_owner
  * 
  * cdef struct fuse_backing_map:             # <<<<<<<<<<<<<<
@@ -1832,7 +1832,7 @@ struct __pyx_t_8mergerfs_7_kernel_fuse_backing_map {
   uint64_t padding;
 };
 
-/* "mergerfs/_kernel.pyx":106
+/* "mergerfs/_kernel.pyx":107
  *     MAX_SLOTS = 1 << 20  # handles open at once (virtual memory only until used)
  * 
  * cdef struct write_reply:             # <<<<<<<<<<<<<<
@@ -1844,7 +1844,7 @@ struct __pyx_t_8mergerfs_7_kernel_write_reply {
   struct __pyx_t_8mergerfs_7_kernel_fuse_write_out w;
 };
 
-/* "mergerfs/_kernel.pyx":110
+/* "mergerfs/_kernel.pyx":111
  *     fuse_write_out w
  * 
  * cdef struct Slot:             # <<<<<<<<<<<<<<
@@ -1857,7 +1857,7 @@ struct __pyx_t_8mergerfs_7_kernel_Slot {
   uint64_t pyfh;
 };
 
-/* "mergerfs/_kernel.pyx":116
+/* "mergerfs/_kernel.pyx":117
  * 
  * 
  * cdef class Session:             # <<<<<<<<<<<<<<
@@ -1880,7 +1880,7 @@ struct __pyx_obj_8mergerfs_7_kernel_Session {
 
 
 struct __pyx_vtabstruct_8mergerfs_7_kernel_Session {
-  void (*_python)(struct __pyx_obj_8mergerfs_7_kernel_Session *, int, char *, Py_ssize_t);
+  Py_ssize_t (*_python)(struct __pyx_obj_8mergerfs_7_kernel_Session *, char *, Py_ssize_t);
   int (*_hot)(struct __pyx_obj_8mergerfs_7_kernel_Session *, int, char *, Py_ssize_t);
   int (*_fd)(struct __pyx_obj_8mergerfs_7_kernel_Session *, uint64_t);
   int (*_read)(struct __pyx_obj_8mergerfs_7_kernel_Session *, int, char *, uint64_t);
@@ -2869,7 +2869,7 @@ static int __Pyx_State_RemoveModule(void*);
 #define __PYX_ABI_MODULE_NAME "_cython_" CYTHON_ABI
 #define __PYX_TYPE_MODULE_PREFIX __PYX_ABI_MODULE_NAME "."
 
-static void __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8mergerfs_7_kernel_Session *__pyx_v_self, int __pyx_v_fd, char *__pyx_v_buf, Py_ssize_t __pyx_v_n); /* proto*/
+static Py_ssize_t __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8mergerfs_7_kernel_Session *__pyx_v_self, char *__pyx_v_buf, Py_ssize_t __pyx_v_n); /* proto*/
 static int __pyx_f_8mergerfs_7_kernel_7Session__hot(struct __pyx_obj_8mergerfs_7_kernel_Session *__pyx_v_self, int __pyx_v_fd, char *__pyx_v_buf, Py_ssize_t __pyx_v_n); /* proto*/
 static CYTHON_INLINE int __pyx_f_8mergerfs_7_kernel_7Session__fd(struct __pyx_obj_8mergerfs_7_kernel_Session *__pyx_v_self, uint64_t __pyx_v_fh); /* proto*/
 static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_7_kernel_Session *__pyx_v_self, int __pyx_v_fd, char *__pyx_v_buf, uint64_t __pyx_v_unique); /* proto*/
@@ -2986,7 +2986,7 @@ namespace {
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_values;
     PyObject *__pyx_tuple[3];
     PyObject *__pyx_codeobj_tab[11];
-    PyObject *__pyx_string_tab[100];
+    PyObject *__pyx_string_tab[102];
     PyObject *__pyx_number_tab[2];
 /* #### Code section: module_state_contents ### */
 /* CommonTypesMetaclass.module_state_decls */
@@ -3040,97 +3040,99 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_kp_u_isenabled __pyx_string_tab[6]
 #define __pyx_kp_u_mergerfs__kernel_pyx __pyx_string_tab[7]
 #define __pyx_kp_u_no_default___reduce___due_to_non __pyx_string_tab[8]
-#define __pyx_kp_u_request_dispatch_failed __pyx_string_tab[9]
-#define __pyx_kp_u_too_many_open_files_in_the_pool __pyx_string_tab[10]
-#define __pyx_n_u_O_CLOEXEC __pyx_string_tab[11]
-#define __pyx_n_u_O_RDWR __pyx_string_tab[12]
-#define __pyx_n_u_Session __pyx_string_tab[13]
-#define __pyx_n_u_Session___reduce_cython __pyx_string_tab[14]
-#define __pyx_n_u_Session___setstate_cython __pyx_string_tab[15]
-#define __pyx_n_u_Session_add __pyx_string_tab[16]
-#define __pyx_n_u_Session_configure __pyx_string_tab[17]
-#define __pyx_n_u_Session_pyfh __pyx_string_tab[18]
-#define __pyx_n_u_Session_remove __pyx_string_tab[19]
-#define __pyx_n_u_Session_serve __pyx_string_tab[20]
-#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[21]
-#define __pyx_n_u_annotate __pyx_string_tab[22]
-#define __pyx_n_u_func __pyx_string_tab[23]
-#define __pyx_n_u_getstate __pyx_string_tab[24]
-#define __pyx_n_u_main __pyx_string_tab[25]
-#define __pyx_n_u_module __pyx_string_tab[26]
-#define __pyx_n_u_name __pyx_string_tab[27]
-#define __pyx_n_u_pyx_state __pyx_string_tab[28]
-#define __pyx_n_u_pyx_vtable __pyx_string_tab[29]
-#define __pyx_n_u_qualname __pyx_string_tab[30]
-#define __pyx_n_u_reduce __pyx_string_tab[31]
-#define __pyx_n_u_reduce_cython __pyx_string_tab[32]
-#define __pyx_n_u_reduce_ex __pyx_string_tab[33]
-#define __pyx_n_u_set_name __pyx_string_tab[34]
-#define __pyx_n_u_setstate __pyx_string_tab[35]
-#define __pyx_n_u_setstate_cython __pyx_string_tab[36]
-#define __pyx_n_u_test __pyx_string_tab[37]
-#define __pyx_n_u_is_coroutine __pyx_string_tab[38]
-#define __pyx_n_u_add __pyx_string_tab[39]
-#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[40]
-#define __pyx_n_u_b __pyx_string_tab[41]
-#define __pyx_n_u_backing __pyx_string_tab[42]
-#define __pyx_n_u_backing_close __pyx_string_tab[43]
-#define __pyx_n_u_backing_open __pyx_string_tab[44]
-#define __pyx_n_u_buf __pyx_string_tab[45]
-#define __pyx_n_u_cline_in_traceback __pyx_string_tab[46]
-#define __pyx_n_u_clone_fd __pyx_string_tab[47]
-#define __pyx_n_u_close __pyx_string_tab[48]
-#define __pyx_n_u_configure __pyx_string_tab[49]
-#define __pyx_n_u_d __pyx_string_tab[50]
-#define __pyx_n_u_data __pyx_string_tab[51]
-#define __pyx_n_u_devfd __pyx_string_tab[52]
-#define __pyx_n_u_err __pyx_string_tab[53]
-#define __pyx_n_u_exception __pyx_string_tab[54]
-#define __pyx_n_u_f __pyx_string_tab[55]
-#define __pyx_n_u_fd __pyx_string_tab[56]
-#define __pyx_n_u_fh __pyx_string_tab[57]
-#define __pyx_n_u_flags __pyx_string_tab[58]
-#define __pyx_n_u_fsencode __pyx_string_tab[59]
-#define __pyx_n_u_fstype __pyx_string_tab[60]
-#define __pyx_n_u_getLogger __pyx_string_tab[61]
-#define __pyx_n_u_i __pyx_string_tab[62]
-#define __pyx_n_u_items __pyx_string_tab[63]
-#define __pyx_n_u_log __pyx_string_tab[64]
-#define __pyx_n_u_logging __pyx_string_tab[65]
-#define __pyx_n_u_m __pyx_string_tab[66]
-#define __pyx_n_u_master __pyx_string_tab[67]
-#define __pyx_n_u_max_write __pyx_string_tab[68]
-#define __pyx_n_u_mergerfs __pyx_string_tab[69]
-#define __pyx_n_u_mergerfs__kernel __pyx_string_tab[70]
-#define __pyx_n_u_minor __pyx_string_tab[71]
-#define __pyx_n_u_mount __pyx_string_tab[72]
-#define __pyx_n_u_n __pyx_string_tab[73]
-#define __pyx_n_u_open __pyx_string_tab[74]
-#define __pyx_n_u_os __pyx_string_tab[75]
-#define __pyx_n_u_out __pyx_string_tab[76]
-#define __pyx_n_u_pop __pyx_string_tab[77]
-#define __pyx_n_u_pyfh __pyx_string_tab[78]
-#define __pyx_n_u_remove __pyx_string_tab[79]
-#define __pyx_n_u_rv __pyx_string_tab[80]
-#define __pyx_n_u_s __pyx_string_tab[81]
-#define __pyx_n_u_self __pyx_string_tab[82]
-#define __pyx_n_u_serve __pyx_string_tab[83]
-#define __pyx_n_u_setdefault __pyx_string_tab[84]
-#define __pyx_n_u_source __pyx_string_tab[85]
-#define __pyx_n_u_strerror __pyx_string_tab[86]
-#define __pyx_n_u_t __pyx_string_tab[87]
-#define __pyx_n_u_target __pyx_string_tab[88]
-#define __pyx_n_u_values __pyx_string_tab[89]
-#define __pyx_kp_b_iso88591_Q __pyx_string_tab[90]
-#define __pyx_kp_b_iso88591_j_waw_S_gQgRy __pyx_string_tab[91]
-#define __pyx_kp_b_iso88591_E_r_2Q_Q_wat_axs_a_gQe2Yaq_1 __pyx_string_tab[92]
-#define __pyx_kp_b_iso88591_2Yaq_2Yaq_2Yaq_2Yaq_was_S_S_1_g __pyx_string_tab[93]
-#define __pyx_kp_b_iso88591_V1_Ya_31A_s_A_gQgRy_1 __pyx_string_tab[94]
-#define __pyx_kp_b_iso88591_A_3c_3c_D_1_t6_Q __pyx_string_tab[95]
-#define __pyx_kp_b_iso88591_A_3c_3c_D_3d_F_Q_3a_t6_WD_as_F_3 __pyx_string_tab[96]
-#define __pyx_kp_b_iso88591_A_N_hgR7MRzY_6fCwa __pyx_string_tab[97]
-#define __pyx_kp_b_iso88591_A_q_A_q_4s_at5_A_r_1_a_4s_4s_D_1 __pyx_string_tab[98]
-#define __pyx_kp_b_iso88591_5Q_4q_Kq_A_Ba_A_a_a_F_2V1_F_2_F __pyx_string_tab[99]
+#define __pyx_kp_u_reply_of_d_bytes_exceeds_the_buf __pyx_string_tab[9]
+#define __pyx_kp_u_request_dispatch_failed __pyx_string_tab[10]
+#define __pyx_kp_u_too_many_open_files_in_the_pool __pyx_string_tab[11]
+#define __pyx_n_u_O_CLOEXEC __pyx_string_tab[12]
+#define __pyx_n_u_O_RDWR __pyx_string_tab[13]
+#define __pyx_n_u_Session __pyx_string_tab[14]
+#define __pyx_n_u_Session___reduce_cython __pyx_string_tab[15]
+#define __pyx_n_u_Session___setstate_cython __pyx_string_tab[16]
+#define __pyx_n_u_Session_add __pyx_string_tab[17]
+#define __pyx_n_u_Session_configure __pyx_string_tab[18]
+#define __pyx_n_u_Session_pyfh __pyx_string_tab[19]
+#define __pyx_n_u_Session_remove __pyx_string_tab[20]
+#define __pyx_n_u_Session_serve __pyx_string_tab[21]
+#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[22]
+#define __pyx_n_u_annotate __pyx_string_tab[23]
+#define __pyx_n_u_func __pyx_string_tab[24]
+#define __pyx_n_u_getstate __pyx_string_tab[25]
+#define __pyx_n_u_main __pyx_string_tab[26]
+#define __pyx_n_u_module __pyx_string_tab[27]
+#define __pyx_n_u_name __pyx_string_tab[28]
+#define __pyx_n_u_pyx_state __pyx_string_tab[29]
+#define __pyx_n_u_pyx_vtable __pyx_string_tab[30]
+#define __pyx_n_u_qualname __pyx_string_tab[31]
+#define __pyx_n_u_reduce __pyx_string_tab[32]
+#define __pyx_n_u_reduce_cython __pyx_string_tab[33]
+#define __pyx_n_u_reduce_ex __pyx_string_tab[34]
+#define __pyx_n_u_set_name __pyx_string_tab[35]
+#define __pyx_n_u_setstate __pyx_string_tab[36]
+#define __pyx_n_u_setstate_cython __pyx_string_tab[37]
+#define __pyx_n_u_test __pyx_string_tab[38]
+#define __pyx_n_u_is_coroutine __pyx_string_tab[39]
+#define __pyx_n_u_add __pyx_string_tab[40]
+#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[41]
+#define __pyx_n_u_b __pyx_string_tab[42]
+#define __pyx_n_u_backing __pyx_string_tab[43]
+#define __pyx_n_u_backing_close __pyx_string_tab[44]
+#define __pyx_n_u_backing_open __pyx_string_tab[45]
+#define __pyx_n_u_buf __pyx_string_tab[46]
+#define __pyx_n_u_cline_in_traceback __pyx_string_tab[47]
+#define __pyx_n_u_clone_fd __pyx_string_tab[48]
+#define __pyx_n_u_close __pyx_string_tab[49]
+#define __pyx_n_u_configure __pyx_string_tab[50]
+#define __pyx_n_u_d __pyx_string_tab[51]
+#define __pyx_n_u_data __pyx_string_tab[52]
+#define __pyx_n_u_devfd __pyx_string_tab[53]
+#define __pyx_n_u_err __pyx_string_tab[54]
+#define __pyx_n_u_error __pyx_string_tab[55]
+#define __pyx_n_u_exception __pyx_string_tab[56]
+#define __pyx_n_u_f __pyx_string_tab[57]
+#define __pyx_n_u_fd __pyx_string_tab[58]
+#define __pyx_n_u_fh __pyx_string_tab[59]
+#define __pyx_n_u_flags __pyx_string_tab[60]
+#define __pyx_n_u_fsencode __pyx_string_tab[61]
+#define __pyx_n_u_fstype __pyx_string_tab[62]
+#define __pyx_n_u_getLogger __pyx_string_tab[63]
+#define __pyx_n_u_i __pyx_string_tab[64]
+#define __pyx_n_u_items __pyx_string_tab[65]
+#define __pyx_n_u_log __pyx_string_tab[66]
+#define __pyx_n_u_logging __pyx_string_tab[67]
+#define __pyx_n_u_m __pyx_string_tab[68]
+#define __pyx_n_u_master __pyx_string_tab[69]
+#define __pyx_n_u_max_write __pyx_string_tab[70]
+#define __pyx_n_u_mergerfs __pyx_string_tab[71]
+#define __pyx_n_u_mergerfs__kernel __pyx_string_tab[72]
+#define __pyx_n_u_minor __pyx_string_tab[73]
+#define __pyx_n_u_mount __pyx_string_tab[74]
+#define __pyx_n_u_n __pyx_string_tab[75]
+#define __pyx_n_u_open __pyx_string_tab[76]
+#define __pyx_n_u_os __pyx_string_tab[77]
+#define __pyx_n_u_out __pyx_string_tab[78]
+#define __pyx_n_u_pop __pyx_string_tab[79]
+#define __pyx_n_u_pyfh __pyx_string_tab[80]
+#define __pyx_n_u_remove __pyx_string_tab[81]
+#define __pyx_n_u_rv __pyx_string_tab[82]
+#define __pyx_n_u_s __pyx_string_tab[83]
+#define __pyx_n_u_self __pyx_string_tab[84]
+#define __pyx_n_u_serve __pyx_string_tab[85]
+#define __pyx_n_u_setdefault __pyx_string_tab[86]
+#define __pyx_n_u_source __pyx_string_tab[87]
+#define __pyx_n_u_strerror __pyx_string_tab[88]
+#define __pyx_n_u_t __pyx_string_tab[89]
+#define __pyx_n_u_target __pyx_string_tab[90]
+#define __pyx_n_u_values __pyx_string_tab[91]
+#define __pyx_kp_b_iso88591_Q __pyx_string_tab[92]
+#define __pyx_kp_b_iso88591_j_waw_S_gQgRy __pyx_string_tab[93]
+#define __pyx_kp_b_iso88591_E_r_2Q_Q_wat_axs_a_gQe2Yaq_1 __pyx_string_tab[94]
+#define __pyx_kp_b_iso88591_2Yaq_2Yaq_2Yaq_2Yaq_was_S_S_1_g __pyx_string_tab[95]
+#define __pyx_kp_b_iso88591_V1_Ya_31A_s_A_gQgRy_1 __pyx_string_tab[96]
+#define __pyx_kp_b_iso88591_A_3c_3c_D_1_t6_Q __pyx_string_tab[97]
+#define __pyx_kp_b_iso88591_A_3c_3c_D_3d_F_Q_3a_t6_WD_as_F_3 __pyx_string_tab[98]
+#define __pyx_kp_b_iso88591_A_N_hgR7MRzY_6fCwa __pyx_string_tab[99]
+#define __pyx_kp_b_iso88591_A_q_A_q_4s_at5_A_r_1_a_4s_4s_D_1 __pyx_string_tab[100]
+#define __pyx_kp_b_iso88591_5Q_4q_Kq_A_Ba_A_a_a_F_2V1_F_2_F __pyx_string_tab[101]
 #define __pyx_int_0 __pyx_number_tab[0]
 #define __pyx_int_23 __pyx_number_tab[1]
 /* #### Code section: module_state_clear ### */
@@ -3155,7 +3157,7 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_values.method);
   for (int i=0; i<3; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
   for (int i=0; i<11; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<100; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<102; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<2; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_clear_contents ### */
 /* CommonTypesMetaclass.module_state_clear */
@@ -3187,7 +3189,7 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_values.method);
   for (int i=0; i<3; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
   for (int i=0; i<11; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<100; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<102; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<2; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_traverse_contents ### */
 /* CommonTypesMetaclass.module_state_traverse */
@@ -3202,7 +3204,7 @@ return 0;
 #endif
 /* #### Code section: module_code ### */
 
-/* "mergerfs/_kernel.pyx":132
+/* "mergerfs/_kernel.pyx":134
  *     cdef public object slow
  * 
  *     def __cinit__(self, int devfd):             # <<<<<<<<<<<<<<
@@ -3248,32 +3250,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_devfd,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL_TPNEW(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 132, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 134, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 132, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 134, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__cinit__", 0) < (0)) __PYX_ERR(0, 132, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__cinit__", 0) < (0)) __PYX_ERR(0, 134, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__cinit__", 1, 1, 1, i); __PYX_ERR(0, 132, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__cinit__", 1, 1, 1, i); __PYX_ERR(0, 134, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 132, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 134, __pyx_L3_error)
     }
-    __pyx_v_devfd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_devfd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 132, __pyx_L3_error)
+    __pyx_v_devfd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_devfd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 134, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__cinit__", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 132, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__cinit__", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 134, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -3303,7 +3305,7 @@ static int __pyx_pf_8mergerfs_7_kernel_7Session___cinit__(struct __pyx_obj_8merg
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "mergerfs/_kernel.pyx":133
+  /* "mergerfs/_kernel.pyx":135
  * 
  *     def __cinit__(self, int devfd):
  *         self.devfd = devfd             # <<<<<<<<<<<<<<
@@ -3312,7 +3314,7 @@ static int __pyx_pf_8mergerfs_7_kernel_7Session___cinit__(struct __pyx_obj_8merg
 */
   __pyx_v_self->devfd = __pyx_v_devfd;
 
-  /* "mergerfs/_kernel.pyx":134
+  /* "mergerfs/_kernel.pyx":136
  *     def __cinit__(self, int devfd):
  *         self.devfd = devfd
  *         self.bufsize = 1 << 17             # <<<<<<<<<<<<<<
@@ -3321,7 +3323,7 @@ static int __pyx_pf_8mergerfs_7_kernel_7Session___cinit__(struct __pyx_obj_8merg
 */
   __pyx_v_self->bufsize = 0x20000;
 
-  /* "mergerfs/_kernel.pyx":135
+  /* "mergerfs/_kernel.pyx":137
  *         self.devfd = devfd
  *         self.bufsize = 1 << 17
  *         self.write_in_size = sizeof(fuse_write_in)             # <<<<<<<<<<<<<<
@@ -3330,7 +3332,7 @@ static int __pyx_pf_8mergerfs_7_kernel_7Session___cinit__(struct __pyx_obj_8merg
 */
   __pyx_v_self->write_in_size = (sizeof(struct __pyx_t_8mergerfs_7_kernel_fuse_write_in));
 
-  /* "mergerfs/_kernel.pyx":136
+  /* "mergerfs/_kernel.pyx":138
  *         self.bufsize = 1 << 17
  *         self.write_in_size = sizeof(fuse_write_in)
  *         self.slots = <Slot *>calloc(MAX_SLOTS, sizeof(Slot))             # <<<<<<<<<<<<<<
@@ -3339,7 +3341,7 @@ static int __pyx_pf_8mergerfs_7_kernel_7Session___cinit__(struct __pyx_obj_8merg
 */
   __pyx_v_self->slots = ((struct __pyx_t_8mergerfs_7_kernel_Slot *)calloc(__pyx_e_8mergerfs_7_kernel_MAX_SLOTS, (sizeof(struct __pyx_t_8mergerfs_7_kernel_Slot))));
 
-  /* "mergerfs/_kernel.pyx":137
+  /* "mergerfs/_kernel.pyx":139
  *         self.write_in_size = sizeof(fuse_write_in)
  *         self.slots = <Slot *>calloc(MAX_SLOTS, sizeof(Slot))
  *         self.free_slots = <uint32_t *>calloc(MAX_SLOTS, sizeof(uint32_t))             # <<<<<<<<<<<<<<
@@ -3348,7 +3350,7 @@ static int __pyx_pf_8mergerfs_7_kernel_7Session___cinit__(struct __pyx_obj_8merg
 */
   __pyx_v_self->free_slots = ((uint32_t *)calloc(__pyx_e_8mergerfs_7_kernel_MAX_SLOTS, (sizeof(uint32_t))));
 
-  /* "mergerfs/_kernel.pyx":138
+  /* "mergerfs/_kernel.pyx":140
  *         self.slots = <Slot *>calloc(MAX_SLOTS, sizeof(Slot))
  *         self.free_slots = <uint32_t *>calloc(MAX_SLOTS, sizeof(uint32_t))
  *         if self.slots == NULL or self.free_slots == NULL:             # <<<<<<<<<<<<<<
@@ -3374,16 +3376,16 @@ static int __pyx_pf_8mergerfs_7_kernel_7Session___cinit__(struct __pyx_obj_8merg
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "mergerfs/_kernel.pyx":139
+    /* "mergerfs/_kernel.pyx":141
  *         self.free_slots = <uint32_t *>calloc(MAX_SLOTS, sizeof(uint32_t))
  *         if self.slots == NULL or self.free_slots == NULL:
  *             raise MemoryError()             # <<<<<<<<<<<<<<
  *         self.next_slot = 1  # fh 0 is never handed out
  *         self.nfree = 0
 */
-    PyErr_NoMemory(); __PYX_ERR(0, 139, __pyx_L1_error)
+    PyErr_NoMemory(); __PYX_ERR(0, 141, __pyx_L1_error)
 
-    /* "mergerfs/_kernel.pyx":138
+    /* "mergerfs/_kernel.pyx":140
  *         self.slots = <Slot *>calloc(MAX_SLOTS, sizeof(Slot))
  *         self.free_slots = <uint32_t *>calloc(MAX_SLOTS, sizeof(uint32_t))
  *         if self.slots == NULL or self.free_slots == NULL:             # <<<<<<<<<<<<<<
@@ -3392,7 +3394,7 @@ static int __pyx_pf_8mergerfs_7_kernel_7Session___cinit__(struct __pyx_obj_8merg
 */
   }
 
-  /* "mergerfs/_kernel.pyx":140
+  /* "mergerfs/_kernel.pyx":142
  *         if self.slots == NULL or self.free_slots == NULL:
  *             raise MemoryError()
  *         self.next_slot = 1  # fh 0 is never handed out             # <<<<<<<<<<<<<<
@@ -3401,7 +3403,7 @@ static int __pyx_pf_8mergerfs_7_kernel_7Session___cinit__(struct __pyx_obj_8merg
 */
   __pyx_v_self->next_slot = 1;
 
-  /* "mergerfs/_kernel.pyx":141
+  /* "mergerfs/_kernel.pyx":143
  *             raise MemoryError()
  *         self.next_slot = 1  # fh 0 is never handed out
  *         self.nfree = 0             # <<<<<<<<<<<<<<
@@ -3410,7 +3412,7 @@ static int __pyx_pf_8mergerfs_7_kernel_7Session___cinit__(struct __pyx_obj_8merg
 */
   __pyx_v_self->nfree = 0;
 
-  /* "mergerfs/_kernel.pyx":132
+  /* "mergerfs/_kernel.pyx":134
  *     cdef public object slow
  * 
  *     def __cinit__(self, int devfd):             # <<<<<<<<<<<<<<
@@ -3429,7 +3431,7 @@ static int __pyx_pf_8mergerfs_7_kernel_7Session___cinit__(struct __pyx_obj_8merg
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":143
+/* "mergerfs/_kernel.pyx":145
  *         self.nfree = 0
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -3452,7 +3454,7 @@ static void __pyx_pw_8mergerfs_7_kernel_7Session_3__dealloc__(PyObject *__pyx_v_
 
 static void __pyx_pf_8mergerfs_7_kernel_7Session_2__dealloc__(struct __pyx_obj_8mergerfs_7_kernel_Session *__pyx_v_self) {
 
-  /* "mergerfs/_kernel.pyx":144
+  /* "mergerfs/_kernel.pyx":146
  * 
  *     def __dealloc__(self):
  *         free(self.slots)             # <<<<<<<<<<<<<<
@@ -3461,7 +3463,7 @@ static void __pyx_pf_8mergerfs_7_kernel_7Session_2__dealloc__(struct __pyx_obj_8
 */
   free(__pyx_v_self->slots);
 
-  /* "mergerfs/_kernel.pyx":145
+  /* "mergerfs/_kernel.pyx":147
  *     def __dealloc__(self):
  *         free(self.slots)
  *         free(self.free_slots)             # <<<<<<<<<<<<<<
@@ -3470,7 +3472,7 @@ static void __pyx_pf_8mergerfs_7_kernel_7Session_2__dealloc__(struct __pyx_obj_8
 */
   free(__pyx_v_self->free_slots);
 
-  /* "mergerfs/_kernel.pyx":143
+  /* "mergerfs/_kernel.pyx":145
  *         self.nfree = 0
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -3482,7 +3484,7 @@ static void __pyx_pf_8mergerfs_7_kernel_7Session_2__dealloc__(struct __pyx_obj_8
 
 }
 
-/* "mergerfs/_kernel.pyx":147
+/* "mergerfs/_kernel.pyx":149
  *         free(self.free_slots)
  * 
  *     def configure(self, size_t max_write, int minor):             # <<<<<<<<<<<<<<
@@ -3531,39 +3533,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_max_write,&__pyx_mstate_global->__pyx_n_u_minor,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 147, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 149, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 147, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 149, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 147, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 149, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "configure", 0) < (0)) __PYX_ERR(0, 147, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "configure", 0) < (0)) __PYX_ERR(0, 149, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("configure", 1, 2, 2, i); __PYX_ERR(0, 147, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("configure", 1, 2, 2, i); __PYX_ERR(0, 149, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 147, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 149, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 147, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 149, __pyx_L3_error)
     }
-    __pyx_v_max_write = __Pyx_PyLong_As_size_t(values[0]); if (unlikely((__pyx_v_max_write == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 147, __pyx_L3_error)
-    __pyx_v_minor = __Pyx_PyLong_As_int(values[1]); if (unlikely((__pyx_v_minor == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 147, __pyx_L3_error)
+    __pyx_v_max_write = __Pyx_PyLong_As_size_t(values[0]); if (unlikely((__pyx_v_max_write == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 149, __pyx_L3_error)
+    __pyx_v_minor = __Pyx_PyLong_As_int(values[1]); if (unlikely((__pyx_v_minor == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 149, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("configure", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 147, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("configure", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 149, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -3595,7 +3597,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_4configure(struct __pyx_ob
   int __pyx_t_4;
   __Pyx_RefNannySetupContext("configure", 0);
 
-  /* "mergerfs/_kernel.pyx":149
+  /* "mergerfs/_kernel.pyx":151
  *     def configure(self, size_t max_write, int minor):
  *         """After INIT: buffers hold the largest request, WRITE's header has its minor's size."""
  *         self.bufsize = max(<size_t>(1 << 13), IN_HDR + sizeof(fuse_write_in) + max_write + 4096)             # <<<<<<<<<<<<<<
@@ -3619,7 +3621,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_4configure(struct __pyx_ob
   __pyx_v_self->bufsize = __pyx_t_3;
 
 
-  /* "mergerfs/_kernel.pyx":150
+  /* "mergerfs/_kernel.pyx":152
  *         """After INIT: buffers hold the largest request, WRITE's header has its minor's size."""
  *         self.bufsize = max(<size_t>(1 << 13), IN_HDR + sizeof(fuse_write_in) + max_write + 4096)
  *         self.write_in_size = sizeof(fuse_write_in) if minor >= 9 else 24             # <<<<<<<<<<<<<<
@@ -3638,7 +3640,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_4configure(struct __pyx_ob
 
   __pyx_v_self->write_in_size = __pyx_t_3;
 
-  /* "mergerfs/_kernel.pyx":147
+  /* "mergerfs/_kernel.pyx":149
  *         free(self.free_slots)
  * 
  *     def configure(self, size_t max_write, int minor):             # <<<<<<<<<<<<<<
@@ -3653,7 +3655,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_4configure(struct __pyx_ob
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":153
+/* "mergerfs/_kernel.pyx":155
  * 
  *     # ------------------------------------------------------------ handles
  *     def add(self, uint64_t pyfh, int fd, int backing=0):             # <<<<<<<<<<<<<<
@@ -3703,55 +3705,55 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_pyfh,&__pyx_mstate_global->__pyx_n_u_fd,&__pyx_mstate_global->__pyx_n_u_backing,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 153, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 155, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 153, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 155, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 153, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 155, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 153, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 155, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "add", 0) < (0)) __PYX_ERR(0, 153, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "add", 0) < (0)) __PYX_ERR(0, 155, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("add", 0, 2, 3, i); __PYX_ERR(0, 153, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("add", 0, 2, 3, i); __PYX_ERR(0, 155, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 153, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 155, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 153, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 155, __pyx_L3_error)
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 153, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 155, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
     }
-    __pyx_v_pyfh = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_pyfh == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 153, __pyx_L3_error)
-    __pyx_v_fd = __Pyx_PyLong_As_int(values[1]); if (unlikely((__pyx_v_fd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 153, __pyx_L3_error)
+    __pyx_v_pyfh = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_pyfh == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 155, __pyx_L3_error)
+    __pyx_v_fd = __Pyx_PyLong_As_int(values[1]); if (unlikely((__pyx_v_fd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 155, __pyx_L3_error)
     if (values[2]) {
-      __pyx_v_backing = __Pyx_PyLong_As_int(values[2]); if (unlikely((__pyx_v_backing == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 153, __pyx_L3_error)
+      __pyx_v_backing = __Pyx_PyLong_As_int(values[2]); if (unlikely((__pyx_v_backing == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 155, __pyx_L3_error)
     } else {
       __pyx_v_backing = ((int)0);
     }
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("add", 0, 2, 3, __pyx_nargs); __PYX_ERR(0, 153, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("add", 0, 2, 3, __pyx_nargs); __PYX_ERR(0, 155, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -3787,7 +3789,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("add", 0);
 
-  /* "mergerfs/_kernel.pyx":156
+  /* "mergerfs/_kernel.pyx":158
  *         """A new kernel fh for request-layer handle ``pyfh`` (``fd`` -1: no C path)."""
  *         cdef uint32_t i
  *         if self.nfree:             # <<<<<<<<<<<<<<
@@ -3799,7 +3801,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
   if (__pyx_t_1) {
 
 
-    /* "mergerfs/_kernel.pyx":157
+    /* "mergerfs/_kernel.pyx":159
  *         cdef uint32_t i
  *         if self.nfree:
  *             self.nfree -= 1             # <<<<<<<<<<<<<<
@@ -3808,7 +3810,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
 */
     __pyx_v_self->nfree = (__pyx_v_self->nfree - 1);
 
-    /* "mergerfs/_kernel.pyx":158
+    /* "mergerfs/_kernel.pyx":160
  *         if self.nfree:
  *             self.nfree -= 1
  *             i = self.free_slots[self.nfree]             # <<<<<<<<<<<<<<
@@ -3817,7 +3819,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
 */
     __pyx_v_i = (__pyx_v_self->free_slots[__pyx_v_self->nfree]);
 
-    /* "mergerfs/_kernel.pyx":156
+    /* "mergerfs/_kernel.pyx":158
  *         """A new kernel fh for request-layer handle ``pyfh`` (``fd`` -1: no C path)."""
  *         cdef uint32_t i
  *         if self.nfree:             # <<<<<<<<<<<<<<
@@ -3827,7 +3829,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
     goto __pyx_L3;
   }
 
-  /* "mergerfs/_kernel.pyx":159
+  /* "mergerfs/_kernel.pyx":161
  *             self.nfree -= 1
  *             i = self.free_slots[self.nfree]
  *         elif self.next_slot < MAX_SLOTS:             # <<<<<<<<<<<<<<
@@ -3839,7 +3841,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
   if (likely(__pyx_t_1)) {
 
 
-    /* "mergerfs/_kernel.pyx":160
+    /* "mergerfs/_kernel.pyx":162
  *             i = self.free_slots[self.nfree]
  *         elif self.next_slot < MAX_SLOTS:
  *             i = self.next_slot             # <<<<<<<<<<<<<<
@@ -3850,7 +3852,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
 
     __pyx_v_i = __pyx_t_2;
 
-    /* "mergerfs/_kernel.pyx":161
+    /* "mergerfs/_kernel.pyx":163
  *         elif self.next_slot < MAX_SLOTS:
  *             i = self.next_slot
  *             self.next_slot += 1             # <<<<<<<<<<<<<<
@@ -3859,7 +3861,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
 */
     __pyx_v_self->next_slot = (__pyx_v_self->next_slot + 1);
 
-    /* "mergerfs/_kernel.pyx":159
+    /* "mergerfs/_kernel.pyx":161
  *             self.nfree -= 1
  *             i = self.free_slots[self.nfree]
  *         elif self.next_slot < MAX_SLOTS:             # <<<<<<<<<<<<<<
@@ -3869,7 +3871,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
     goto __pyx_L3;
   }
 
-  /* "mergerfs/_kernel.pyx":163
+  /* "mergerfs/_kernel.pyx":165
  *             self.next_slot += 1
  *         else:
  *             raise OSError(23, "too many open files in the pool")  # ENFILE             # <<<<<<<<<<<<<<
@@ -3877,15 +3879,15 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
  *         self.slots[i].backing = backing
 */
   /*else*/ {
-    __pyx_t_3 = __Pyx_PyObject_Call(((PyObject *)(((PyTypeObject*)PyExc_OSError))), __pyx_mstate_global->__pyx_tuple[0], NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 163, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_Call(((PyObject *)(((PyTypeObject*)PyExc_OSError))), __pyx_mstate_global->__pyx_tuple[0], NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 165, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 163, __pyx_L1_error)
+    __PYX_ERR(0, 165, __pyx_L1_error)
   }
   __pyx_L3:;
 
-  /* "mergerfs/_kernel.pyx":164
+  /* "mergerfs/_kernel.pyx":166
  *         else:
  *             raise OSError(23, "too many open files in the pool")  # ENFILE
  *         self.slots[i].fd = fd             # <<<<<<<<<<<<<<
@@ -3894,7 +3896,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
 */
   (__pyx_v_self->slots[__pyx_v_i]).fd = __pyx_v_fd;
 
-  /* "mergerfs/_kernel.pyx":165
+  /* "mergerfs/_kernel.pyx":167
  *             raise OSError(23, "too many open files in the pool")  # ENFILE
  *         self.slots[i].fd = fd
  *         self.slots[i].backing = backing             # <<<<<<<<<<<<<<
@@ -3903,7 +3905,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
 */
   (__pyx_v_self->slots[__pyx_v_i]).backing = __pyx_v_backing;
 
-  /* "mergerfs/_kernel.pyx":166
+  /* "mergerfs/_kernel.pyx":168
  *         self.slots[i].fd = fd
  *         self.slots[i].backing = backing
  *         self.slots[i].pyfh = pyfh             # <<<<<<<<<<<<<<
@@ -3912,14 +3914,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
 */
   (__pyx_v_self->slots[__pyx_v_i]).pyfh = __pyx_v_pyfh;
 
-  /* "mergerfs/_kernel.pyx":167
+  /* "mergerfs/_kernel.pyx":169
  *         self.slots[i].backing = backing
  *         self.slots[i].pyfh = pyfh
  *         return i             # <<<<<<<<<<<<<<
  * 
  *     def pyfh(self, uint64_t fh):
 */
-  __pyx_t_3 = __Pyx_PyLong_From_uint32_t(__pyx_v_i); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 167, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_uint32_t(__pyx_v_i); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 169, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   {
     PyObject *__pyx_temp;
@@ -3932,7 +3934,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
   __pyx_t_3 = 0;
   goto __pyx_L0;
 
-  /* "mergerfs/_kernel.pyx":153
+  /* "mergerfs/_kernel.pyx":155
  * 
  *     # ------------------------------------------------------------ handles
  *     def add(self, uint64_t pyfh, int fd, int backing=0):             # <<<<<<<<<<<<<<
@@ -3952,7 +3954,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":169
+/* "mergerfs/_kernel.pyx":171
  *         return i
  * 
  *     def pyfh(self, uint64_t fh):             # <<<<<<<<<<<<<<
@@ -4000,32 +4002,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_fh,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 169, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 171, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 169, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 171, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "pyfh", 0) < (0)) __PYX_ERR(0, 169, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "pyfh", 0) < (0)) __PYX_ERR(0, 171, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("pyfh", 1, 1, 1, i); __PYX_ERR(0, 169, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("pyfh", 1, 1, 1, i); __PYX_ERR(0, 171, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 169, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 171, __pyx_L3_error)
     }
-    __pyx_v_fh = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_fh == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 169, __pyx_L3_error)
+    __pyx_v_fh = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_fh == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 171, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("pyfh", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 169, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("pyfh", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 171, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -4058,7 +4060,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_8pyfh(struct __pyx_obj_8me
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("pyfh", 0);
 
-  /* "mergerfs/_kernel.pyx":171
+  /* "mergerfs/_kernel.pyx":173
  *     def pyfh(self, uint64_t fh):
  *         """The request-layer handle of kernel fh ``fh`` (0 if none)."""
  *         if fh == 0 or fh >= self.next_slot:             # <<<<<<<<<<<<<<
@@ -4084,7 +4086,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_8pyfh(struct __pyx_obj_8me
   if (__pyx_t_1) {
 
 
-    /* "mergerfs/_kernel.pyx":172
+    /* "mergerfs/_kernel.pyx":174
  *         """The request-layer handle of kernel fh ``fh`` (0 if none)."""
  *         if fh == 0 or fh >= self.next_slot:
  *             return 0             # <<<<<<<<<<<<<<
@@ -4102,7 +4104,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_8pyfh(struct __pyx_obj_8me
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":171
+    /* "mergerfs/_kernel.pyx":173
  *     def pyfh(self, uint64_t fh):
  *         """The request-layer handle of kernel fh ``fh`` (0 if none)."""
  *         if fh == 0 or fh >= self.next_slot:             # <<<<<<<<<<<<<<
@@ -4111,14 +4113,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_8pyfh(struct __pyx_obj_8me
 */
   }
 
-  /* "mergerfs/_kernel.pyx":173
+  /* "mergerfs/_kernel.pyx":175
  *         if fh == 0 or fh >= self.next_slot:
  *             return 0
  *         return self.slots[fh].pyfh             # <<<<<<<<<<<<<<
  * 
  *     def remove(self, uint64_t fh):
 */
-  __pyx_t_3 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->slots[__pyx_v_fh]).pyfh); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 173, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->slots[__pyx_v_fh]).pyfh); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 175, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   {
     PyObject *__pyx_temp;
@@ -4131,7 +4133,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_8pyfh(struct __pyx_obj_8me
   __pyx_t_3 = 0;
   goto __pyx_L0;
 
-  /* "mergerfs/_kernel.pyx":169
+  /* "mergerfs/_kernel.pyx":171
  *         return i
  * 
  *     def pyfh(self, uint64_t fh):             # <<<<<<<<<<<<<<
@@ -4150,7 +4152,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_8pyfh(struct __pyx_obj_8me
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":175
+/* "mergerfs/_kernel.pyx":177
  *         return self.slots[fh].pyfh
  * 
  *     def remove(self, uint64_t fh):             # <<<<<<<<<<<<<<
@@ -4198,32 +4200,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_fh,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 175, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 177, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 175, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 177, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "remove", 0) < (0)) __PYX_ERR(0, 175, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "remove", 0) < (0)) __PYX_ERR(0, 177, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("remove", 1, 1, 1, i); __PYX_ERR(0, 175, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("remove", 1, 1, 1, i); __PYX_ERR(0, 177, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 175, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 177, __pyx_L3_error)
     }
-    __pyx_v_fh = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_fh == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 175, __pyx_L3_error)
+    __pyx_v_fh = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_fh == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 177, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("remove", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 175, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("remove", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 177, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -4259,7 +4261,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_10remove(struct __pyx_obj_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("remove", 0);
 
-  /* "mergerfs/_kernel.pyx":177
+  /* "mergerfs/_kernel.pyx":179
  *     def remove(self, uint64_t fh):
  *         """Free kernel fh ``fh``: (request-layer handle, passthrough backing id)."""
  *         if fh == 0 or fh >= self.next_slot or self.slots[fh].pyfh == 0:             # <<<<<<<<<<<<<<
@@ -4295,7 +4297,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_10remove(struct __pyx_obj_
   if (__pyx_t_1) {
 
 
-    /* "mergerfs/_kernel.pyx":178
+    /* "mergerfs/_kernel.pyx":180
  *         """Free kernel fh ``fh``: (request-layer handle, passthrough backing id)."""
  *         if fh == 0 or fh >= self.next_slot or self.slots[fh].pyfh == 0:
  *             return 0, 0             # <<<<<<<<<<<<<<
@@ -4313,7 +4315,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_10remove(struct __pyx_obj_
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":177
+    /* "mergerfs/_kernel.pyx":179
  *     def remove(self, uint64_t fh):
  *         """Free kernel fh ``fh``: (request-layer handle, passthrough backing id)."""
  *         if fh == 0 or fh >= self.next_slot or self.slots[fh].pyfh == 0:             # <<<<<<<<<<<<<<
@@ -4322,29 +4324,29 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_10remove(struct __pyx_obj_
 */
   }
 
-  /* "mergerfs/_kernel.pyx":179
+  /* "mergerfs/_kernel.pyx":181
  *         if fh == 0 or fh >= self.next_slot or self.slots[fh].pyfh == 0:
  *             return 0, 0
  *         out = (self.slots[fh].pyfh, self.slots[fh].backing)             # <<<<<<<<<<<<<<
  *         self.slots[fh].fd = -1
  *         self.slots[fh].pyfh = 0
 */
-  __pyx_t_3 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->slots[__pyx_v_fh]).pyfh); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 179, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->slots[__pyx_v_fh]).pyfh); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 181, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyLong_From_int((__pyx_v_self->slots[__pyx_v_fh]).backing); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 179, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_int((__pyx_v_self->slots[__pyx_v_fh]).backing); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 181, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = PyTuple_New(2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 179, __pyx_L1_error)
+  __pyx_t_5 = PyTuple_New(2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 181, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_GIVEREF(__pyx_t_3);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 0, __pyx_t_3) != (0)) __PYX_ERR(0, 179, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 0, __pyx_t_3) != (0)) __PYX_ERR(0, 181, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_4);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 1, __pyx_t_4) != (0)) __PYX_ERR(0, 179, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 1, __pyx_t_4) != (0)) __PYX_ERR(0, 181, __pyx_L1_error);
   __pyx_t_3 = 0;
   __pyx_t_4 = 0;
   __pyx_v_out = ((PyObject*)__pyx_t_5);
   __pyx_t_5 = 0;
 
-  /* "mergerfs/_kernel.pyx":180
+  /* "mergerfs/_kernel.pyx":182
  *             return 0, 0
  *         out = (self.slots[fh].pyfh, self.slots[fh].backing)
  *         self.slots[fh].fd = -1             # <<<<<<<<<<<<<<
@@ -4353,7 +4355,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_10remove(struct __pyx_obj_
 */
   (__pyx_v_self->slots[__pyx_v_fh]).fd = -1;
 
-  /* "mergerfs/_kernel.pyx":181
+  /* "mergerfs/_kernel.pyx":183
  *         out = (self.slots[fh].pyfh, self.slots[fh].backing)
  *         self.slots[fh].fd = -1
  *         self.slots[fh].pyfh = 0             # <<<<<<<<<<<<<<
@@ -4362,7 +4364,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_10remove(struct __pyx_obj_
 */
   (__pyx_v_self->slots[__pyx_v_fh]).pyfh = 0;
 
-  /* "mergerfs/_kernel.pyx":182
+  /* "mergerfs/_kernel.pyx":184
  *         self.slots[fh].fd = -1
  *         self.slots[fh].pyfh = 0
  *         self.slots[fh].backing = 0             # <<<<<<<<<<<<<<
@@ -4371,7 +4373,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_10remove(struct __pyx_obj_
 */
   (__pyx_v_self->slots[__pyx_v_fh]).backing = 0;
 
-  /* "mergerfs/_kernel.pyx":183
+  /* "mergerfs/_kernel.pyx":185
  *         self.slots[fh].pyfh = 0
  *         self.slots[fh].backing = 0
  *         self.free_slots[self.nfree] = <uint32_t>fh             # <<<<<<<<<<<<<<
@@ -4380,7 +4382,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_10remove(struct __pyx_obj_
 */
   (__pyx_v_self->free_slots[__pyx_v_self->nfree]) = ((uint32_t)__pyx_v_fh);
 
-  /* "mergerfs/_kernel.pyx":184
+  /* "mergerfs/_kernel.pyx":186
  *         self.slots[fh].backing = 0
  *         self.free_slots[self.nfree] = <uint32_t>fh
  *         self.nfree += 1             # <<<<<<<<<<<<<<
@@ -4389,7 +4391,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_10remove(struct __pyx_obj_
 */
   __pyx_v_self->nfree = (__pyx_v_self->nfree + 1);
 
-  /* "mergerfs/_kernel.pyx":185
+  /* "mergerfs/_kernel.pyx":187
  *         self.free_slots[self.nfree] = <uint32_t>fh
  *         self.nfree += 1
  *         return out             # <<<<<<<<<<<<<<
@@ -4407,7 +4409,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_10remove(struct __pyx_obj_
   }
   goto __pyx_L0;
 
-  /* "mergerfs/_kernel.pyx":175
+  /* "mergerfs/_kernel.pyx":177
  *         return self.slots[fh].pyfh
  * 
  *     def remove(self, uint64_t fh):             # <<<<<<<<<<<<<<
@@ -4429,7 +4431,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_10remove(struct __pyx_obj_
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":188
+/* "mergerfs/_kernel.pyx":190
  * 
  *     # ------------------------------------------------------------ the loop
  *     def serve(self, int fd):             # <<<<<<<<<<<<<<
@@ -4477,32 +4479,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_fd,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 188, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 190, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 188, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 190, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "serve", 0) < (0)) __PYX_ERR(0, 188, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "serve", 0) < (0)) __PYX_ERR(0, 190, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("serve", 1, 1, 1, i); __PYX_ERR(0, 188, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("serve", 1, 1, 1, i); __PYX_ERR(0, 190, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 188, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 190, __pyx_L3_error)
     }
-    __pyx_v_fd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_fd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 188, __pyx_L3_error)
+    __pyx_v_fd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_fd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 190, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("serve", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 188, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("serve", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 190, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -4545,7 +4547,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("serve", 0);
 
-  /* "mergerfs/_kernel.pyx":190
+  /* "mergerfs/_kernel.pyx":192
  *     def serve(self, int fd):
  *         """Answer requests on ``fd`` until the connection ends (unmount: ENODEV)."""
  *         cdef char *buf = <char *>malloc(self.bufsize)             # <<<<<<<<<<<<<<
@@ -4554,7 +4556,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
   __pyx_v_buf = ((char *)malloc(__pyx_v_self->bufsize));
 
-  /* "mergerfs/_kernel.pyx":191
+  /* "mergerfs/_kernel.pyx":193
  *         """Answer requests on ``fd`` until the connection ends (unmount: ENODEV)."""
  *         cdef char *buf = <char *>malloc(self.bufsize)
  *         cdef ssize_t n = 0             # <<<<<<<<<<<<<<
@@ -4563,7 +4565,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
   __pyx_v_n = 0;
 
-  /* "mergerfs/_kernel.pyx":192
+  /* "mergerfs/_kernel.pyx":194
  *         cdef char *buf = <char *>malloc(self.bufsize)
  *         cdef ssize_t n = 0
  *         cdef int err = 0             # <<<<<<<<<<<<<<
@@ -4572,7 +4574,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
   __pyx_v_err = 0;
 
-  /* "mergerfs/_kernel.pyx":193
+  /* "mergerfs/_kernel.pyx":195
  *         cdef ssize_t n = 0
  *         cdef int err = 0
  *         if buf == NULL:             # <<<<<<<<<<<<<<
@@ -4584,16 +4586,16 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "mergerfs/_kernel.pyx":194
+    /* "mergerfs/_kernel.pyx":196
  *         cdef int err = 0
  *         if buf == NULL:
  *             raise MemoryError()             # <<<<<<<<<<<<<<
  *         try:
  *             with nogil:
 */
-    PyErr_NoMemory(); __PYX_ERR(0, 194, __pyx_L1_error)
+    PyErr_NoMemory(); __PYX_ERR(0, 196, __pyx_L1_error)
 
-    /* "mergerfs/_kernel.pyx":193
+    /* "mergerfs/_kernel.pyx":195
  *         cdef ssize_t n = 0
  *         cdef int err = 0
  *         if buf == NULL:             # <<<<<<<<<<<<<<
@@ -4602,7 +4604,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
   }
 
-  /* "mergerfs/_kernel.pyx":195
+  /* "mergerfs/_kernel.pyx":197
  *         if buf == NULL:
  *             raise MemoryError()
  *         try:             # <<<<<<<<<<<<<<
@@ -4611,7 +4613,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
   /*try:*/ {
 
-    /* "mergerfs/_kernel.pyx":196
+    /* "mergerfs/_kernel.pyx":198
  *             raise MemoryError()
  *         try:
  *             with nogil:             # <<<<<<<<<<<<<<
@@ -4624,7 +4626,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
         __Pyx_FastGIL_Remember();
         /*try:*/ {
 
-          /* "mergerfs/_kernel.pyx":197
+          /* "mergerfs/_kernel.pyx":199
  *         try:
  *             with nogil:
  *                 while True:             # <<<<<<<<<<<<<<
@@ -4633,7 +4635,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
           while (1) {
 
-            /* "mergerfs/_kernel.pyx":198
+            /* "mergerfs/_kernel.pyx":200
  *             with nogil:
  *                 while True:
  *                     n = c_read(fd, buf, self.bufsize)             # <<<<<<<<<<<<<<
@@ -4642,7 +4644,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
             __pyx_v_n = read(__pyx_v_fd, __pyx_v_buf, __pyx_v_self->bufsize);
 
-            /* "mergerfs/_kernel.pyx":199
+            /* "mergerfs/_kernel.pyx":201
  *                 while True:
  *                     n = c_read(fd, buf, self.bufsize)
  *                     if n < 0:             # <<<<<<<<<<<<<<
@@ -4654,7 +4656,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
             if (__pyx_t_1) {
 
 
-              /* "mergerfs/_kernel.pyx":200
+              /* "mergerfs/_kernel.pyx":202
  *                     n = c_read(fd, buf, self.bufsize)
  *                     if n < 0:
  *                         err = errno             # <<<<<<<<<<<<<<
@@ -4663,7 +4665,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
               __pyx_v_err = errno;
 
-              /* "mergerfs/_kernel.pyx":201
+              /* "mergerfs/_kernel.pyx":203
  *                     if n < 0:
  *                         err = errno
  *                         if err == EINTR or err == EAGAIN or err == ENOENT:             # <<<<<<<<<<<<<<
@@ -4675,7 +4677,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
                 case EAGAIN:
                 case ENOENT:
 
-                /* "mergerfs/_kernel.pyx":202
+                /* "mergerfs/_kernel.pyx":204
  *                         err = errno
  *                         if err == EINTR or err == EAGAIN or err == ENOENT:
  *                             continue  # ENOENT: the request was interrupted before we read it             # <<<<<<<<<<<<<<
@@ -4684,7 +4686,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
                 goto __pyx_L10_continue;
 
-                /* "mergerfs/_kernel.pyx":201
+                /* "mergerfs/_kernel.pyx":203
  *                     if n < 0:
  *                         err = errno
  *                         if err == EINTR or err == EAGAIN or err == ENOENT:             # <<<<<<<<<<<<<<
@@ -4695,7 +4697,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
                 default: break;
               }
 
-              /* "mergerfs/_kernel.pyx":203
+              /* "mergerfs/_kernel.pyx":205
  *                         if err == EINTR or err == EAGAIN or err == ENOENT:
  *                             continue  # ENOENT: the request was interrupted before we read it
  *                         break             # <<<<<<<<<<<<<<
@@ -4704,7 +4706,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
               goto __pyx_L11_break;
 
-              /* "mergerfs/_kernel.pyx":199
+              /* "mergerfs/_kernel.pyx":201
  *                 while True:
  *                     n = c_read(fd, buf, self.bufsize)
  *                     if n < 0:             # <<<<<<<<<<<<<<
@@ -4713,7 +4715,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
             }
 
-            /* "mergerfs/_kernel.pyx":204
+            /* "mergerfs/_kernel.pyx":206
  *                             continue  # ENOENT: the request was interrupted before we read it
  *                         break
  *                     if n < <ssize_t>IN_HDR or self._hot(fd, buf, n):             # <<<<<<<<<<<<<<
@@ -4739,16 +4741,16 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
             if (__pyx_t_1) {
 
 
-              /* "mergerfs/_kernel.pyx":205
+              /* "mergerfs/_kernel.pyx":207
  *                         break
  *                     if n < <ssize_t>IN_HDR or self._hot(fd, buf, n):
  *                         continue             # <<<<<<<<<<<<<<
  *                     with gil:
- *                         self._python(fd, buf, n)
+ *                         n = self._python(buf, n)
 */
               goto __pyx_L10_continue;
 
-              /* "mergerfs/_kernel.pyx":204
+              /* "mergerfs/_kernel.pyx":206
  *                             continue  # ENOENT: the request was interrupted before we read it
  *                         break
  *                     if n < <ssize_t>IN_HDR or self._hot(fd, buf, n):             # <<<<<<<<<<<<<<
@@ -4757,33 +4759,33 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
             }
 
-            /* "mergerfs/_kernel.pyx":206
+            /* "mergerfs/_kernel.pyx":208
  *                     if n < <ssize_t>IN_HDR or self._hot(fd, buf, n):
  *                         continue
  *                     with gil:             # <<<<<<<<<<<<<<
- *                         self._python(fd, buf, n)
- *         finally:
+ *                         n = self._python(buf, n)
+ *                     if n > 0:  # the reply, written without the GIL
 */
             {
                 PyGILState_STATE __pyx_gilstate_save = __Pyx_PyGILState_Ensure();
                 /*try:*/ {
 
-                  /* "mergerfs/_kernel.pyx":207
+                  /* "mergerfs/_kernel.pyx":209
  *                         continue
  *                     with gil:
- *                         self._python(fd, buf, n)             # <<<<<<<<<<<<<<
- *         finally:
- *             free(buf)
+ *                         n = self._python(buf, n)             # <<<<<<<<<<<<<<
+ *                     if n > 0:  # the reply, written without the GIL
+ *                         c_write(fd, buf, <size_t>n)
 */
-                  ((struct __pyx_vtabstruct_8mergerfs_7_kernel_Session *)__pyx_v_self->__pyx_vtab)->_python(__pyx_v_self, __pyx_v_fd, __pyx_v_buf, __pyx_v_n);
+                  __pyx_v_n = ((struct __pyx_vtabstruct_8mergerfs_7_kernel_Session *)__pyx_v_self->__pyx_vtab)->_python(__pyx_v_self, __pyx_v_buf, __pyx_v_n);
                 }
 
-                /* "mergerfs/_kernel.pyx":206
+                /* "mergerfs/_kernel.pyx":208
  *                     if n < <ssize_t>IN_HDR or self._hot(fd, buf, n):
  *                         continue
  *                     with gil:             # <<<<<<<<<<<<<<
- *                         self._python(fd, buf, n)
- *         finally:
+ *                         n = self._python(buf, n)
+ *                     if n > 0:  # the reply, written without the GIL
 */
                 /*finally:*/ {
                   /*normal exit:*/{
@@ -4793,12 +4795,42 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
                   __pyx_L20:;
                 }
             }
+
+            /* "mergerfs/_kernel.pyx":210
+ *                     with gil:
+ *                         n = self._python(buf, n)
+ *                     if n > 0:  # the reply, written without the GIL             # <<<<<<<<<<<<<<
+ *                         c_write(fd, buf, <size_t>n)
+ *         finally:
+*/
+            __pyx_t_1 = (__pyx_v_n > 0);
+
+            if (__pyx_t_1) {
+
+
+              /* "mergerfs/_kernel.pyx":211
+ *                         n = self._python(buf, n)
+ *                     if n > 0:  # the reply, written without the GIL
+ *                         c_write(fd, buf, <size_t>n)             # <<<<<<<<<<<<<<
+ *         finally:
+ *             free(buf)
+*/
+              (void)(write(__pyx_v_fd, __pyx_v_buf, ((size_t)__pyx_v_n)));
+
+              /* "mergerfs/_kernel.pyx":210
+ *                     with gil:
+ *                         n = self._python(buf, n)
+ *                     if n > 0:  # the reply, written without the GIL             # <<<<<<<<<<<<<<
+ *                         c_write(fd, buf, <size_t>n)
+ *         finally:
+*/
+            }
             __pyx_L10_continue:;
           }
           __pyx_L11_break:;
         }
 
-        /* "mergerfs/_kernel.pyx":196
+        /* "mergerfs/_kernel.pyx":198
  *             raise MemoryError()
  *         try:
  *             with nogil:             # <<<<<<<<<<<<<<
@@ -4816,8 +4848,8 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
     }
   }
 
-  /* "mergerfs/_kernel.pyx":209
- *                         self._python(fd, buf, n)
+  /* "mergerfs/_kernel.pyx":213
+ *                         c_write(fd, buf, <size_t>n)
  *         finally:
  *             free(buf)             # <<<<<<<<<<<<<<
  *         if err != ENODEV:
@@ -4831,7 +4863,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
     __pyx_L6:;
   }
 
-  /* "mergerfs/_kernel.pyx":210
+  /* "mergerfs/_kernel.pyx":214
  *         finally:
  *             free(buf)
  *         if err != ENODEV:             # <<<<<<<<<<<<<<
@@ -4843,23 +4875,23 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "mergerfs/_kernel.pyx":211
+    /* "mergerfs/_kernel.pyx":215
  *             free(buf)
  *         if err != ENODEV:
  *             raise OSError(err, os.strerror(err))             # <<<<<<<<<<<<<<
  * 
- *     cdef void _python(self, int fd, char *buf, ssize_t n) noexcept:
+ *     cdef ssize_t _python(self, char *buf, ssize_t n) noexcept:
 */
     __pyx_t_4 = NULL;
-    __pyx_t_5 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 211, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 215, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __pyx_t_7 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 211, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 215, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
-    __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 211, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 215, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-    __pyx_t_8 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 211, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 215, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __pyx_t_10 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -4879,7 +4911,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
       __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
       __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 211, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 215, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     __pyx_t_10 = 1;
@@ -4889,14 +4921,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 211, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 215, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 211, __pyx_L1_error)
+    __PYX_ERR(0, 215, __pyx_L1_error)
 
-    /* "mergerfs/_kernel.pyx":210
+    /* "mergerfs/_kernel.pyx":214
  *         finally:
  *             free(buf)
  *         if err != ENODEV:             # <<<<<<<<<<<<<<
@@ -4905,7 +4937,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
   }
 
-  /* "mergerfs/_kernel.pyx":188
+  /* "mergerfs/_kernel.pyx":190
  * 
  *     # ------------------------------------------------------------ the loop
  *     def serve(self, int fd):             # <<<<<<<<<<<<<<
@@ -4935,15 +4967,19 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":213
+/* "mergerfs/_kernel.pyx":217
  *             raise OSError(err, os.strerror(err))
  * 
- *     cdef void _python(self, int fd, char *buf, ssize_t n) noexcept:             # <<<<<<<<<<<<<<
- *         try:
- *             self.slow(fd, PyBytes_FromStringAndSize(buf, n))
+ *     cdef ssize_t _python(self, char *buf, ssize_t n) noexcept:             # <<<<<<<<<<<<<<
+ *         """Hand the request to the Python session; its reply is copied back
+ *         into ``buf`` (the GIL is not needed again to send it). Returns its size."""
 */
 
-static void __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8mergerfs_7_kernel_Session *__pyx_v_self, int __pyx_v_fd, char *__pyx_v_buf, Py_ssize_t __pyx_v_n) {
+static Py_ssize_t __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8mergerfs_7_kernel_Session *__pyx_v_self, char *__pyx_v_buf, Py_ssize_t __pyx_v_n) {
+  char const *__pyx_v_p;
+  Py_ssize_t __pyx_v_size;
+  PyObject *__pyx_v_reply = NULL;
+  Py_ssize_t __pyx_r;
   __Pyx_RefNannyDeclarations
   PyObject *__pyx_t_1 = NULL;
   PyObject *__pyx_t_2 = NULL;
@@ -4952,22 +4988,24 @@ static void __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8merger
   PyObject *__pyx_t_5 = NULL;
   PyObject *__pyx_t_6 = NULL;
   PyObject *__pyx_t_7 = NULL;
-  PyObject *__pyx_t_8 = NULL;
-  size_t __pyx_t_9;
-  int __pyx_t_10;
-  PyObject *__pyx_t_11 = NULL;
+  size_t __pyx_t_8;
+  int __pyx_t_9;
+  Py_ssize_t __pyx_t_10;
+  int __pyx_t_11;
   PyObject *__pyx_t_12 = NULL;
+  PyObject *__pyx_t_13 = NULL;
+  PyObject *__pyx_t_14 = NULL;
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_python", 0);
 
-  /* "mergerfs/_kernel.pyx":214
- * 
- *     cdef void _python(self, int fd, char *buf, ssize_t n) noexcept:
+  /* "mergerfs/_kernel.pyx":222
+ *         cdef const char *p
+ *         cdef Py_ssize_t size
  *         try:             # <<<<<<<<<<<<<<
- *             self.slow(fd, PyBytes_FromStringAndSize(buf, n))
- *         except BaseException:
+ *             reply = self.slow(PyBytes_FromStringAndSize(buf, n))
+ *             if reply is None:
 */
   {
     __Pyx_PyThreadState_declare
@@ -4978,21 +5016,19 @@ static void __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8merger
     __Pyx_XGOTREF(__pyx_t_3);
     /*try:*/ {
 
-      /* "mergerfs/_kernel.pyx":215
- *     cdef void _python(self, int fd, char *buf, ssize_t n) noexcept:
+      /* "mergerfs/_kernel.pyx":223
+ *         cdef Py_ssize_t size
  *         try:
- *             self.slow(fd, PyBytes_FromStringAndSize(buf, n))             # <<<<<<<<<<<<<<
- *         except BaseException:
- *             log.exception("request dispatch failed")
+ *             reply = self.slow(PyBytes_FromStringAndSize(buf, n))             # <<<<<<<<<<<<<<
+ *             if reply is None:
+ *                 return 0
 */
       __pyx_t_5 = NULL;
       __Pyx_INCREF(__pyx_v_self->slow);
       __pyx_t_6 = __pyx_v_self->slow; 
-      __pyx_t_7 = __Pyx_PyLong_From_int(__pyx_v_fd); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 215, __pyx_L3_error)
+      __pyx_t_7 = PyBytes_FromStringAndSize(__pyx_v_buf, __pyx_v_n); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 223, __pyx_L3_error)
       __Pyx_GOTREF(__pyx_t_7);
-      __pyx_t_8 = PyBytes_FromStringAndSize(__pyx_v_buf, __pyx_v_n); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 215, __pyx_L3_error)
-      __Pyx_GOTREF(__pyx_t_8);
-      __pyx_t_9 = 1;
+      __pyx_t_8 = 1;
       #if CYTHON_UNPACK_METHODS
       if (likely(PyMethod_Check(__pyx_t_6))) {
         __pyx_t_5 = PyMethod_GET_SELF(__pyx_t_6);
@@ -5001,102 +5037,259 @@ static void __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8merger
         __Pyx_INCREF(__pyx_t_5);
         __Pyx_INCREF(__pyx__function);
         __Pyx_DECREF_SET(__pyx_t_6, __pyx__function);
-        __pyx_t_9 = 0;
+        __pyx_t_8 = 0;
       }
       #endif
       {
-        PyObject *__pyx_callargs[3] = {__pyx_t_5, __pyx_t_7, __pyx_t_8};
-        __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_9, (3-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+        PyObject *__pyx_callargs[2] = {__pyx_t_5, __pyx_t_7};
+        __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-        __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 215, __pyx_L3_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 223, __pyx_L3_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
-      __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+      __pyx_v_reply = __pyx_t_4;
+      __pyx_t_4 = 0;
 
-      /* "mergerfs/_kernel.pyx":214
- * 
- *     cdef void _python(self, int fd, char *buf, ssize_t n) noexcept:
- *         try:             # <<<<<<<<<<<<<<
- *             self.slow(fd, PyBytes_FromStringAndSize(buf, n))
+      /* "mergerfs/_kernel.pyx":224
+ *         try:
+ *             reply = self.slow(PyBytes_FromStringAndSize(buf, n))
+ *             if reply is None:             # <<<<<<<<<<<<<<
+ *                 return 0
+ *             size = len(<bytes>reply)
+*/
+      __pyx_t_9 = (__pyx_v_reply == Py_None);
+      if (__pyx_t_9) {
+
+
+        /* "mergerfs/_kernel.pyx":225
+ *             reply = self.slow(PyBytes_FromStringAndSize(buf, n))
+ *             if reply is None:
+ *                 return 0             # <<<<<<<<<<<<<<
+ *             size = len(<bytes>reply)
+ *             if <size_t>size > self.bufsize:
+*/
+        {
+
+          __pyx_r = 0;
+        }
+        goto __pyx_L7_try_return;
+
+        /* "mergerfs/_kernel.pyx":224
+ *         try:
+ *             reply = self.slow(PyBytes_FromStringAndSize(buf, n))
+ *             if reply is None:             # <<<<<<<<<<<<<<
+ *                 return 0
+ *             size = len(<bytes>reply)
+*/
+      }
+
+      /* "mergerfs/_kernel.pyx":226
+ *             if reply is None:
+ *                 return 0
+ *             size = len(<bytes>reply)             # <<<<<<<<<<<<<<
+ *             if <size_t>size > self.bufsize:
+ *                 log.error("reply of %d bytes exceeds the buffer: dropped", size)
+*/
+      if (unlikely(__pyx_v_reply == Py_None)) {
+        PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
+        __PYX_ERR(0, 226, __pyx_L3_error)
+      }
+      __pyx_t_10 = __Pyx_PyBytes_GET_SIZE(((PyObject*)__pyx_v_reply)); if (unlikely(__pyx_t_10 == ((Py_ssize_t)-1))) __PYX_ERR(0, 226, __pyx_L3_error)
+      __pyx_v_size = __pyx_t_10;
+
+      /* "mergerfs/_kernel.pyx":227
+ *                 return 0
+ *             size = len(<bytes>reply)
+ *             if <size_t>size > self.bufsize:             # <<<<<<<<<<<<<<
+ *                 log.error("reply of %d bytes exceeds the buffer: dropped", size)
+ *                 return 0
+*/
+      __pyx_t_9 = (((size_t)__pyx_v_size) > __pyx_v_self->bufsize);
+
+      if (__pyx_t_9) {
+
+
+        /* "mergerfs/_kernel.pyx":228
+ *             size = len(<bytes>reply)
+ *             if <size_t>size > self.bufsize:
+ *                 log.error("reply of %d bytes exceeds the buffer: dropped", size)             # <<<<<<<<<<<<<<
+ *                 return 0
+ *             p = PyBytes_AS_STRING(reply)
+*/
+        __pyx_t_6 = NULL;
+        __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_log); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 228, __pyx_L3_error)
+        __Pyx_GOTREF(__pyx_t_7);
+        __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_error); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 228, __pyx_L3_error)
+        __Pyx_GOTREF(__pyx_t_5);
+        __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+        __pyx_t_7 = PyLong_FromSsize_t(__pyx_v_size); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 228, __pyx_L3_error)
+        __Pyx_GOTREF(__pyx_t_7);
+        __pyx_t_8 = 1;
+        #if CYTHON_UNPACK_METHODS
+        if (unlikely(PyMethod_Check(__pyx_t_5))) {
+          __pyx_t_6 = PyMethod_GET_SELF(__pyx_t_5);
+          assert(__pyx_t_6);
+          PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_5);
+          __Pyx_INCREF(__pyx_t_6);
+          __Pyx_INCREF(__pyx__function);
+          __Pyx_DECREF_SET(__pyx_t_5, __pyx__function);
+          __pyx_t_8 = 0;
+        }
+        #endif
+        {
+          PyObject *__pyx_callargs[3] = {__pyx_t_6, __pyx_mstate_global->__pyx_kp_u_reply_of_d_bytes_exceeds_the_buf, __pyx_t_7};
+          __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_8, (3-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+          __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
+          __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+          __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+          if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 228, __pyx_L3_error)
+          __Pyx_GOTREF(__pyx_t_4);
+        }
+        __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+        /* "mergerfs/_kernel.pyx":229
+ *             if <size_t>size > self.bufsize:
+ *                 log.error("reply of %d bytes exceeds the buffer: dropped", size)
+ *                 return 0             # <<<<<<<<<<<<<<
+ *             p = PyBytes_AS_STRING(reply)
+ *             memcpy(buf, p, size)
+*/
+        {
+
+          __pyx_r = 0;
+        }
+        goto __pyx_L7_try_return;
+
+        /* "mergerfs/_kernel.pyx":227
+ *                 return 0
+ *             size = len(<bytes>reply)
+ *             if <size_t>size > self.bufsize:             # <<<<<<<<<<<<<<
+ *                 log.error("reply of %d bytes exceeds the buffer: dropped", size)
+ *                 return 0
+*/
+      }
+
+      /* "mergerfs/_kernel.pyx":230
+ *                 log.error("reply of %d bytes exceeds the buffer: dropped", size)
+ *                 return 0
+ *             p = PyBytes_AS_STRING(reply)             # <<<<<<<<<<<<<<
+ *             memcpy(buf, p, size)
+ *             return size
+*/
+      __pyx_v_p = PyBytes_AS_STRING(__pyx_v_reply);
+
+      /* "mergerfs/_kernel.pyx":231
+ *                 return 0
+ *             p = PyBytes_AS_STRING(reply)
+ *             memcpy(buf, p, size)             # <<<<<<<<<<<<<<
+ *             return size
  *         except BaseException:
 */
+      (void)(memcpy(__pyx_v_buf, __pyx_v_p, __pyx_v_size));
+
+      /* "mergerfs/_kernel.pyx":232
+ *             p = PyBytes_AS_STRING(reply)
+ *             memcpy(buf, p, size)
+ *             return size             # <<<<<<<<<<<<<<
+ *         except BaseException:
+ *             log.exception("request dispatch failed")
+*/
+      {
+
+        __pyx_r = __pyx_v_size;
+      }
+      goto __pyx_L7_try_return;
+
+      /* "mergerfs/_kernel.pyx":222
+ *         cdef const char *p
+ *         cdef Py_ssize_t size
+ *         try:             # <<<<<<<<<<<<<<
+ *             reply = self.slow(PyBytes_FromStringAndSize(buf, n))
+ *             if reply is None:
+*/
     }
-    __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-    goto __pyx_L8_try_end;
     __pyx_L3_error:;
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
-    __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
 
-    /* "mergerfs/_kernel.pyx":216
- *         try:
- *             self.slow(fd, PyBytes_FromStringAndSize(buf, n))
+    /* "mergerfs/_kernel.pyx":233
+ *             memcpy(buf, p, size)
+ *             return size
  *         except BaseException:             # <<<<<<<<<<<<<<
  *             log.exception("request dispatch failed")
- * 
+ *             return 0
 */
-    __pyx_t_10 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_BaseException))));
-    if (__pyx_t_10) {
+    __pyx_t_11 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_BaseException))));
+    if (__pyx_t_11) {
       __Pyx_AddTraceback("mergerfs._kernel.Session._python", __pyx_clineno, __pyx_lineno, __pyx_filename);
-      if (__Pyx_GetException(&__pyx_t_4, &__pyx_t_6, &__pyx_t_8) < 0) __PYX_ERR(0, 216, __pyx_L5_except_error)
+      if (__Pyx_GetException(&__pyx_t_4, &__pyx_t_5, &__pyx_t_7) < 0) __PYX_ERR(0, 233, __pyx_L5_except_error)
       __Pyx_XGOTREF(__pyx_t_4);
-      __Pyx_XGOTREF(__pyx_t_6);
-      __Pyx_XGOTREF(__pyx_t_8);
+      __Pyx_XGOTREF(__pyx_t_5);
+      __Pyx_XGOTREF(__pyx_t_7);
 
-      /* "mergerfs/_kernel.pyx":217
- *             self.slow(fd, PyBytes_FromStringAndSize(buf, n))
+      /* "mergerfs/_kernel.pyx":234
+ *             return size
  *         except BaseException:
  *             log.exception("request dispatch failed")             # <<<<<<<<<<<<<<
+ *             return 0
  * 
- *     cdef bint _hot(self, int fd, char *buf, ssize_t n) noexcept nogil:
 */
-      __pyx_t_5 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_log); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 217, __pyx_L5_except_error)
-      __Pyx_GOTREF(__pyx_t_11);
-      __pyx_t_12 = __Pyx_PyObject_GetAttrStr(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_exception); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 217, __pyx_L5_except_error)
-      __Pyx_GOTREF(__pyx_t_12);
-      __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-      __pyx_t_9 = 1;
+      __pyx_t_12 = NULL;
+      __Pyx_GetModuleGlobalName(__pyx_t_13, __pyx_mstate_global->__pyx_n_u_log); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 234, __pyx_L5_except_error)
+      __Pyx_GOTREF(__pyx_t_13);
+      __pyx_t_14 = __Pyx_PyObject_GetAttrStr(__pyx_t_13, __pyx_mstate_global->__pyx_n_u_exception); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 234, __pyx_L5_except_error)
+      __Pyx_GOTREF(__pyx_t_14);
+      __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
+      __pyx_t_8 = 1;
       #if CYTHON_UNPACK_METHODS
-      if (unlikely(PyMethod_Check(__pyx_t_12))) {
-        __pyx_t_5 = PyMethod_GET_SELF(__pyx_t_12);
-        assert(__pyx_t_5);
-        PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_12);
-        __Pyx_INCREF(__pyx_t_5);
+      if (unlikely(PyMethod_Check(__pyx_t_14))) {
+        __pyx_t_12 = PyMethod_GET_SELF(__pyx_t_14);
+        assert(__pyx_t_12);
+        PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_14);
+        __Pyx_INCREF(__pyx_t_12);
         __Pyx_INCREF(__pyx__function);
-        __Pyx_DECREF_SET(__pyx_t_12, __pyx__function);
-        __pyx_t_9 = 0;
+        __Pyx_DECREF_SET(__pyx_t_14, __pyx__function);
+        __pyx_t_8 = 0;
       }
       #endif
       {
-        PyObject *__pyx_callargs[2] = {__pyx_t_5, __pyx_mstate_global->__pyx_kp_u_request_dispatch_failed};
-        __pyx_t_7 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_12, __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-        __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
-        __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
-        if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 217, __pyx_L5_except_error)
-        __Pyx_GOTREF(__pyx_t_7);
+        PyObject *__pyx_callargs[2] = {__pyx_t_12, __pyx_mstate_global->__pyx_kp_u_request_dispatch_failed};
+        __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_14, __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+        __Pyx_XDECREF(__pyx_t_12); __pyx_t_12 = 0;
+        __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
+        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 234, __pyx_L5_except_error)
+        __Pyx_GOTREF(__pyx_t_6);
       }
+      __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+
+      /* "mergerfs/_kernel.pyx":235
+ *         except BaseException:
+ *             log.exception("request dispatch failed")
+ *             return 0             # <<<<<<<<<<<<<<
+ * 
+ *     cdef bint _hot(self, int fd, char *buf, ssize_t n) noexcept nogil:
+*/
+      {
+
+        __pyx_r = 0;
+      }
+      __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+      __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-      __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-      __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
-      goto __pyx_L4_exception_handled;
+      goto __pyx_L6_except_return;
     }
     goto __pyx_L5_except_error;
 
-    /* "mergerfs/_kernel.pyx":214
- * 
- *     cdef void _python(self, int fd, char *buf, ssize_t n) noexcept:
+    /* "mergerfs/_kernel.pyx":222
+ *         cdef const char *p
+ *         cdef Py_ssize_t size
  *         try:             # <<<<<<<<<<<<<<
- *             self.slow(fd, PyBytes_FromStringAndSize(buf, n))
- *         except BaseException:
+ *             reply = self.slow(PyBytes_FromStringAndSize(buf, n))
+ *             if reply is None:
 */
     __pyx_L5_except_error:;
     __Pyx_XGIVEREF(__pyx_t_1);
@@ -5104,40 +5297,50 @@ static void __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8merger
     __Pyx_XGIVEREF(__pyx_t_3);
     __Pyx_ExceptionReset(__pyx_t_1, __pyx_t_2, __pyx_t_3);
     goto __pyx_L1_error;
-    __pyx_L4_exception_handled:;
+    __pyx_L7_try_return:;
     __Pyx_XGIVEREF(__pyx_t_1);
     __Pyx_XGIVEREF(__pyx_t_2);
     __Pyx_XGIVEREF(__pyx_t_3);
     __Pyx_ExceptionReset(__pyx_t_1, __pyx_t_2, __pyx_t_3);
-    __pyx_L8_try_end:;
+    goto __pyx_L0;
+    __pyx_L6_except_return:;
+    __Pyx_XGIVEREF(__pyx_t_1);
+    __Pyx_XGIVEREF(__pyx_t_2);
+    __Pyx_XGIVEREF(__pyx_t_3);
+    __Pyx_ExceptionReset(__pyx_t_1, __pyx_t_2, __pyx_t_3);
+    goto __pyx_L0;
   }
 
-  /* "mergerfs/_kernel.pyx":213
+  /* "mergerfs/_kernel.pyx":217
  *             raise OSError(err, os.strerror(err))
  * 
- *     cdef void _python(self, int fd, char *buf, ssize_t n) noexcept:             # <<<<<<<<<<<<<<
- *         try:
- *             self.slow(fd, PyBytes_FromStringAndSize(buf, n))
+ *     cdef ssize_t _python(self, char *buf, ssize_t n) noexcept:             # <<<<<<<<<<<<<<
+ *         """Hand the request to the Python session; its reply is copied back
+ *         into ``buf`` (the GIL is not needed again to send it). Returns its size."""
 */
 
   /* function exit code */
-  goto __pyx_L0;
   __pyx_L1_error:;
   __Pyx_XDECREF(__pyx_t_4);
   __Pyx_XDECREF(__pyx_t_5);
   __Pyx_XDECREF(__pyx_t_6);
   __Pyx_XDECREF(__pyx_t_7);
-  __Pyx_XDECREF(__pyx_t_8);
-  __Pyx_XDECREF(__pyx_t_11);
   __Pyx_XDECREF(__pyx_t_12);
+  __Pyx_XDECREF(__pyx_t_13);
+  __Pyx_XDECREF(__pyx_t_14);
   __Pyx_WriteUnraisable("mergerfs._kernel.Session._python", __pyx_clineno, __pyx_lineno, __pyx_filename, 1, 0);
+  __pyx_r = 0;
   __pyx_L0:;
 
+
+  __Pyx_XDECREF(__pyx_v_reply);
+
   __Pyx_RefNannyFinishContext();
+  return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":219
- *             log.exception("request dispatch failed")
+/* "mergerfs/_kernel.pyx":237
+ *             return 0
  * 
  *     cdef bint _hot(self, int fd, char *buf, ssize_t n) noexcept nogil:             # <<<<<<<<<<<<<<
  *         cdef fuse_in_header *h = <fuse_in_header *>buf
@@ -5149,7 +5352,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__hot(struct __pyx_obj_8mergerfs_7
   int __pyx_r;
   int __pyx_t_1;
 
-  /* "mergerfs/_kernel.pyx":220
+  /* "mergerfs/_kernel.pyx":238
  * 
  *     cdef bint _hot(self, int fd, char *buf, ssize_t n) noexcept nogil:
  *         cdef fuse_in_header *h = <fuse_in_header *>buf             # <<<<<<<<<<<<<<
@@ -5158,7 +5361,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__hot(struct __pyx_obj_8mergerfs_7
 */
   __pyx_v_h = ((struct __pyx_t_8mergerfs_7_kernel_fuse_in_header *)__pyx_v_buf);
 
-  /* "mergerfs/_kernel.pyx":221
+  /* "mergerfs/_kernel.pyx":239
  *     cdef bint _hot(self, int fd, char *buf, ssize_t n) noexcept nogil:
  *         cdef fuse_in_header *h = <fuse_in_header *>buf
  *         if h.opcode == FUSE_READ:             # <<<<<<<<<<<<<<
@@ -5170,7 +5373,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__hot(struct __pyx_obj_8mergerfs_7
   if (__pyx_t_1) {
 
 
-    /* "mergerfs/_kernel.pyx":222
+    /* "mergerfs/_kernel.pyx":240
  *         cdef fuse_in_header *h = <fuse_in_header *>buf
  *         if h.opcode == FUSE_READ:
  *             return self._read(fd, buf, h.unique)             # <<<<<<<<<<<<<<
@@ -5183,7 +5386,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__hot(struct __pyx_obj_8mergerfs_7
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":221
+    /* "mergerfs/_kernel.pyx":239
  *     cdef bint _hot(self, int fd, char *buf, ssize_t n) noexcept nogil:
  *         cdef fuse_in_header *h = <fuse_in_header *>buf
  *         if h.opcode == FUSE_READ:             # <<<<<<<<<<<<<<
@@ -5192,7 +5395,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__hot(struct __pyx_obj_8mergerfs_7
 */
   }
 
-  /* "mergerfs/_kernel.pyx":223
+  /* "mergerfs/_kernel.pyx":241
  *         if h.opcode == FUSE_READ:
  *             return self._read(fd, buf, h.unique)
  *         if h.opcode == FUSE_WRITE:             # <<<<<<<<<<<<<<
@@ -5204,7 +5407,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__hot(struct __pyx_obj_8mergerfs_7
   if (__pyx_t_1) {
 
 
-    /* "mergerfs/_kernel.pyx":224
+    /* "mergerfs/_kernel.pyx":242
  *             return self._read(fd, buf, h.unique)
  *         if h.opcode == FUSE_WRITE:
  *             return self._write(fd, buf, n, h.unique)             # <<<<<<<<<<<<<<
@@ -5217,7 +5420,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__hot(struct __pyx_obj_8mergerfs_7
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":223
+    /* "mergerfs/_kernel.pyx":241
  *         if h.opcode == FUSE_READ:
  *             return self._read(fd, buf, h.unique)
  *         if h.opcode == FUSE_WRITE:             # <<<<<<<<<<<<<<
@@ -5226,7 +5429,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__hot(struct __pyx_obj_8mergerfs_7
 */
   }
 
-  /* "mergerfs/_kernel.pyx":225
+  /* "mergerfs/_kernel.pyx":243
  *         if h.opcode == FUSE_WRITE:
  *             return self._write(fd, buf, n, h.unique)
  *         if h.opcode == FUSE_FLUSH:             # <<<<<<<<<<<<<<
@@ -5238,7 +5441,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__hot(struct __pyx_obj_8mergerfs_7
   if (__pyx_t_1) {
 
 
-    /* "mergerfs/_kernel.pyx":226
+    /* "mergerfs/_kernel.pyx":244
  *             return self._write(fd, buf, n, h.unique)
  *         if h.opcode == FUSE_FLUSH:
  *             return self._flush(fd, buf, h.unique)             # <<<<<<<<<<<<<<
@@ -5251,7 +5454,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__hot(struct __pyx_obj_8mergerfs_7
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":225
+    /* "mergerfs/_kernel.pyx":243
  *         if h.opcode == FUSE_WRITE:
  *             return self._write(fd, buf, n, h.unique)
  *         if h.opcode == FUSE_FLUSH:             # <<<<<<<<<<<<<<
@@ -5260,7 +5463,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__hot(struct __pyx_obj_8mergerfs_7
 */
   }
 
-  /* "mergerfs/_kernel.pyx":227
+  /* "mergerfs/_kernel.pyx":245
  *         if h.opcode == FUSE_FLUSH:
  *             return self._flush(fd, buf, h.unique)
  *         return False             # <<<<<<<<<<<<<<
@@ -5273,8 +5476,8 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__hot(struct __pyx_obj_8mergerfs_7
   }
   goto __pyx_L0;
 
-  /* "mergerfs/_kernel.pyx":219
- *             log.exception("request dispatch failed")
+  /* "mergerfs/_kernel.pyx":237
+ *             return 0
  * 
  *     cdef bint _hot(self, int fd, char *buf, ssize_t n) noexcept nogil:             # <<<<<<<<<<<<<<
  *         cdef fuse_in_header *h = <fuse_in_header *>buf
@@ -5287,7 +5490,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__hot(struct __pyx_obj_8mergerfs_7
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":229
+/* "mergerfs/_kernel.pyx":247
  *         return False
  * 
  *     cdef inline int _fd(self, uint64_t fh) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -5300,7 +5503,7 @@ static CYTHON_INLINE int __pyx_f_8mergerfs_7_kernel_7Session__fd(struct __pyx_ob
   int __pyx_t_1;
   int __pyx_t_2;
 
-  /* "mergerfs/_kernel.pyx":230
+  /* "mergerfs/_kernel.pyx":248
  * 
  *     cdef inline int _fd(self, uint64_t fh) noexcept nogil:
  *         if fh == 0 or fh >= self.next_slot:             # <<<<<<<<<<<<<<
@@ -5326,7 +5529,7 @@ static CYTHON_INLINE int __pyx_f_8mergerfs_7_kernel_7Session__fd(struct __pyx_ob
   if (__pyx_t_1) {
 
 
-    /* "mergerfs/_kernel.pyx":231
+    /* "mergerfs/_kernel.pyx":249
  *     cdef inline int _fd(self, uint64_t fh) noexcept nogil:
  *         if fh == 0 or fh >= self.next_slot:
  *             return -1             # <<<<<<<<<<<<<<
@@ -5339,7 +5542,7 @@ static CYTHON_INLINE int __pyx_f_8mergerfs_7_kernel_7Session__fd(struct __pyx_ob
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":230
+    /* "mergerfs/_kernel.pyx":248
  * 
  *     cdef inline int _fd(self, uint64_t fh) noexcept nogil:
  *         if fh == 0 or fh >= self.next_slot:             # <<<<<<<<<<<<<<
@@ -5348,7 +5551,7 @@ static CYTHON_INLINE int __pyx_f_8mergerfs_7_kernel_7Session__fd(struct __pyx_ob
 */
   }
 
-  /* "mergerfs/_kernel.pyx":232
+  /* "mergerfs/_kernel.pyx":250
  *         if fh == 0 or fh >= self.next_slot:
  *             return -1
  *         return self.slots[fh].fd             # <<<<<<<<<<<<<<
@@ -5361,7 +5564,7 @@ static CYTHON_INLINE int __pyx_f_8mergerfs_7_kernel_7Session__fd(struct __pyx_ob
   }
   goto __pyx_L0;
 
-  /* "mergerfs/_kernel.pyx":229
+  /* "mergerfs/_kernel.pyx":247
  *         return False
  * 
  *     cdef inline int _fd(self, uint64_t fh) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -5374,7 +5577,7 @@ static CYTHON_INLINE int __pyx_f_8mergerfs_7_kernel_7Session__fd(struct __pyx_ob
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":234
+/* "mergerfs/_kernel.pyx":252
  *         return self.slots[fh].fd
  * 
  *     cdef bint _read(self, int fd, char *buf, uint64_t unique) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -5397,7 +5600,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
   int __pyx_t_2;
   int __pyx_t_3;
 
-  /* "mergerfs/_kernel.pyx":235
+  /* "mergerfs/_kernel.pyx":253
  * 
  *     cdef bint _read(self, int fd, char *buf, uint64_t unique) noexcept nogil:
  *         cdef fuse_read_in *r = <fuse_read_in *>(buf + IN_HDR)             # <<<<<<<<<<<<<<
@@ -5406,7 +5609,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   __pyx_v_r = ((struct __pyx_t_8mergerfs_7_kernel_fuse_read_in *)(__pyx_v_buf + __pyx_e_8mergerfs_7_kernel_IN_HDR));
 
-  /* "mergerfs/_kernel.pyx":236
+  /* "mergerfs/_kernel.pyx":254
  *     cdef bint _read(self, int fd, char *buf, uint64_t unique) noexcept nogil:
  *         cdef fuse_read_in *r = <fuse_read_in *>(buf + IN_HDR)
  *         cdef int bfd = self._fd(r.fh)             # <<<<<<<<<<<<<<
@@ -5415,7 +5618,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   __pyx_v_bfd = __pyx_f_8mergerfs_7_kernel_7Session__fd(__pyx_v_self, __pyx_v_r->fh);
 
-  /* "mergerfs/_kernel.pyx":237
+  /* "mergerfs/_kernel.pyx":255
  *         cdef fuse_read_in *r = <fuse_read_in *>(buf + IN_HDR)
  *         cdef int bfd = self._fd(r.fh)
  *         cdef size_t size = r.size             # <<<<<<<<<<<<<<
@@ -5426,7 +5629,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 
   __pyx_v_size = __pyx_t_1;
 
-  /* "mergerfs/_kernel.pyx":238
+  /* "mergerfs/_kernel.pyx":256
  *         cdef int bfd = self._fd(r.fh)
  *         cdef size_t size = r.size
  *         cdef off_t off = <off_t>r.offset             # <<<<<<<<<<<<<<
@@ -5435,7 +5638,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   __pyx_v_off = ((off_t)__pyx_v_r->offset);
 
-  /* "mergerfs/_kernel.pyx":239
+  /* "mergerfs/_kernel.pyx":257
  *         cdef size_t size = r.size
  *         cdef off_t off = <off_t>r.offset
  *         cdef size_t done = 0             # <<<<<<<<<<<<<<
@@ -5444,7 +5647,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   __pyx_v_done = 0;
 
-  /* "mergerfs/_kernel.pyx":241
+  /* "mergerfs/_kernel.pyx":259
  *         cdef size_t done = 0
  *         cdef ssize_t got
  *         cdef int err = 0             # <<<<<<<<<<<<<<
@@ -5453,7 +5656,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   __pyx_v_err = 0;
 
-  /* "mergerfs/_kernel.pyx":242
+  /* "mergerfs/_kernel.pyx":260
  *         cdef ssize_t got
  *         cdef int err = 0
  *         if bfd < 0 or size + OUT_HDR > self.bufsize:             # <<<<<<<<<<<<<<
@@ -5479,7 +5682,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
   if (__pyx_t_2) {
 
 
-    /* "mergerfs/_kernel.pyx":243
+    /* "mergerfs/_kernel.pyx":261
  *         cdef int err = 0
  *         if bfd < 0 or size + OUT_HDR > self.bufsize:
  *             return False             # <<<<<<<<<<<<<<
@@ -5492,7 +5695,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":242
+    /* "mergerfs/_kernel.pyx":260
  *         cdef ssize_t got
  *         cdef int err = 0
  *         if bfd < 0 or size + OUT_HDR > self.bufsize:             # <<<<<<<<<<<<<<
@@ -5501,7 +5704,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   }
 
-  /* "mergerfs/_kernel.pyx":245
+  /* "mergerfs/_kernel.pyx":263
  *             return False
  *         # the request is consumed: its buffer takes the reply
  *         cdef char *data = buf + OUT_HDR             # <<<<<<<<<<<<<<
@@ -5510,7 +5713,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   __pyx_v_data = (__pyx_v_buf + __pyx_e_8mergerfs_7_kernel_OUT_HDR);
 
-  /* "mergerfs/_kernel.pyx":246
+  /* "mergerfs/_kernel.pyx":264
  *         # the request is consumed: its buffer takes the reply
  *         cdef char *data = buf + OUT_HDR
  *         while done < size:             # <<<<<<<<<<<<<<
@@ -5523,7 +5726,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 
     if (!__pyx_t_2) break;
 
-    /* "mergerfs/_kernel.pyx":247
+    /* "mergerfs/_kernel.pyx":265
  *         cdef char *data = buf + OUT_HDR
  *         while done < size:
  *             got = c_pread(bfd, data + done, size - done, off + <off_t>done)             # <<<<<<<<<<<<<<
@@ -5532,7 +5735,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
     __pyx_v_got = pread(__pyx_v_bfd, (__pyx_v_data + __pyx_v_done), (__pyx_v_size - __pyx_v_done), (__pyx_v_off + ((off_t)__pyx_v_done)));
 
-    /* "mergerfs/_kernel.pyx":248
+    /* "mergerfs/_kernel.pyx":266
  *         while done < size:
  *             got = c_pread(bfd, data + done, size - done, off + <off_t>done)
  *             if got > 0:             # <<<<<<<<<<<<<<
@@ -5544,7 +5747,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
     if (__pyx_t_2) {
 
 
-      /* "mergerfs/_kernel.pyx":249
+      /* "mergerfs/_kernel.pyx":267
  *             got = c_pread(bfd, data + done, size - done, off + <off_t>done)
  *             if got > 0:
  *                 done += <size_t>got             # <<<<<<<<<<<<<<
@@ -5553,7 +5756,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
       __pyx_v_done = (__pyx_v_done + ((size_t)__pyx_v_got));
 
-      /* "mergerfs/_kernel.pyx":248
+      /* "mergerfs/_kernel.pyx":266
  *         while done < size:
  *             got = c_pread(bfd, data + done, size - done, off + <off_t>done)
  *             if got > 0:             # <<<<<<<<<<<<<<
@@ -5563,7 +5766,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
       goto __pyx_L8;
     }
 
-    /* "mergerfs/_kernel.pyx":250
+    /* "mergerfs/_kernel.pyx":268
  *             if got > 0:
  *                 done += <size_t>got
  *             elif got == 0:             # <<<<<<<<<<<<<<
@@ -5575,7 +5778,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
     if (__pyx_t_2) {
 
 
-      /* "mergerfs/_kernel.pyx":251
+      /* "mergerfs/_kernel.pyx":269
  *                 done += <size_t>got
  *             elif got == 0:
  *                 break             # <<<<<<<<<<<<<<
@@ -5584,7 +5787,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
       goto __pyx_L7_break;
 
-      /* "mergerfs/_kernel.pyx":250
+      /* "mergerfs/_kernel.pyx":268
  *             if got > 0:
  *                 done += <size_t>got
  *             elif got == 0:             # <<<<<<<<<<<<<<
@@ -5593,7 +5796,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
     }
 
-    /* "mergerfs/_kernel.pyx":252
+    /* "mergerfs/_kernel.pyx":270
  *             elif got == 0:
  *                 break
  *             elif errno == EINTR:             # <<<<<<<<<<<<<<
@@ -5605,7 +5808,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
     if (__pyx_t_2) {
 
 
-      /* "mergerfs/_kernel.pyx":253
+      /* "mergerfs/_kernel.pyx":271
  *                 break
  *             elif errno == EINTR:
  *                 continue             # <<<<<<<<<<<<<<
@@ -5614,7 +5817,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
       goto __pyx_L6_continue;
 
-      /* "mergerfs/_kernel.pyx":252
+      /* "mergerfs/_kernel.pyx":270
  *             elif got == 0:
  *                 break
  *             elif errno == EINTR:             # <<<<<<<<<<<<<<
@@ -5623,7 +5826,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
     }
 
-    /* "mergerfs/_kernel.pyx":255
+    /* "mergerfs/_kernel.pyx":273
  *                 continue
  *             else:
  *                 err = errno             # <<<<<<<<<<<<<<
@@ -5633,7 +5836,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
     /*else*/ {
       __pyx_v_err = errno;
 
-      /* "mergerfs/_kernel.pyx":256
+      /* "mergerfs/_kernel.pyx":274
  *             else:
  *                 err = errno
  *                 break             # <<<<<<<<<<<<<<
@@ -5647,7 +5850,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
   }
   __pyx_L7_break:;
 
-  /* "mergerfs/_kernel.pyx":257
+  /* "mergerfs/_kernel.pyx":275
  *                 err = errno
  *                 break
  *         if err and done == 0:             # <<<<<<<<<<<<<<
@@ -5673,7 +5876,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
   if (__pyx_t_2) {
 
 
-    /* "mergerfs/_kernel.pyx":258
+    /* "mergerfs/_kernel.pyx":276
  *                 break
  *         if err and done == 0:
  *             _reply_error(fd, unique, err)             # <<<<<<<<<<<<<<
@@ -5682,7 +5885,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
     __pyx_f_8mergerfs_7_kernel__reply_error(__pyx_v_fd, __pyx_v_unique, __pyx_v_err);
 
-    /* "mergerfs/_kernel.pyx":259
+    /* "mergerfs/_kernel.pyx":277
  *         if err and done == 0:
  *             _reply_error(fd, unique, err)
  *             return True             # <<<<<<<<<<<<<<
@@ -5695,7 +5898,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":257
+    /* "mergerfs/_kernel.pyx":275
  *                 err = errno
  *                 break
  *         if err and done == 0:             # <<<<<<<<<<<<<<
@@ -5704,7 +5907,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   }
 
-  /* "mergerfs/_kernel.pyx":260
+  /* "mergerfs/_kernel.pyx":278
  *             _reply_error(fd, unique, err)
  *             return True
  *         cdef fuse_out_header *o = <fuse_out_header *>buf             # <<<<<<<<<<<<<<
@@ -5713,7 +5916,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   __pyx_v_o = ((struct __pyx_t_8mergerfs_7_kernel_fuse_out_header *)__pyx_v_buf);
 
-  /* "mergerfs/_kernel.pyx":261
+  /* "mergerfs/_kernel.pyx":279
  *             return True
  *         cdef fuse_out_header *o = <fuse_out_header *>buf
  *         o.len = <uint32_t>(OUT_HDR + done)             # <<<<<<<<<<<<<<
@@ -5722,7 +5925,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   __pyx_v_o->len = ((uint32_t)(__pyx_e_8mergerfs_7_kernel_OUT_HDR + __pyx_v_done));
 
-  /* "mergerfs/_kernel.pyx":262
+  /* "mergerfs/_kernel.pyx":280
  *         cdef fuse_out_header *o = <fuse_out_header *>buf
  *         o.len = <uint32_t>(OUT_HDR + done)
  *         o.error = 0             # <<<<<<<<<<<<<<
@@ -5731,7 +5934,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   __pyx_v_o->error = 0;
 
-  /* "mergerfs/_kernel.pyx":263
+  /* "mergerfs/_kernel.pyx":281
  *         o.len = <uint32_t>(OUT_HDR + done)
  *         o.error = 0
  *         o.unique = unique             # <<<<<<<<<<<<<<
@@ -5740,7 +5943,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   __pyx_v_o->unique = __pyx_v_unique;
 
-  /* "mergerfs/_kernel.pyx":264
+  /* "mergerfs/_kernel.pyx":282
  *         o.error = 0
  *         o.unique = unique
  *         c_write(fd, buf, OUT_HDR + done)             # <<<<<<<<<<<<<<
@@ -5749,7 +5952,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   (void)(write(__pyx_v_fd, __pyx_v_buf, (__pyx_e_8mergerfs_7_kernel_OUT_HDR + __pyx_v_done)));
 
-  /* "mergerfs/_kernel.pyx":265
+  /* "mergerfs/_kernel.pyx":283
  *         o.unique = unique
  *         c_write(fd, buf, OUT_HDR + done)
  *         return True             # <<<<<<<<<<<<<<
@@ -5762,7 +5965,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
   }
   goto __pyx_L0;
 
-  /* "mergerfs/_kernel.pyx":234
+  /* "mergerfs/_kernel.pyx":252
  *         return self.slots[fh].fd
  * 
  *     cdef bint _read(self, int fd, char *buf, uint64_t unique) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -5784,7 +5987,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":267
+/* "mergerfs/_kernel.pyx":285
  *         return True
  * 
  *     cdef bint _write(self, int fd, char *buf, ssize_t n, uint64_t unique) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -5807,7 +6010,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
   int __pyx_t_2;
   int __pyx_t_3;
 
-  /* "mergerfs/_kernel.pyx":268
+  /* "mergerfs/_kernel.pyx":286
  * 
  *     cdef bint _write(self, int fd, char *buf, ssize_t n, uint64_t unique) noexcept nogil:
  *         cdef fuse_write_in *w = <fuse_write_in *>(buf + IN_HDR)             # <<<<<<<<<<<<<<
@@ -5816,7 +6019,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_w = ((struct __pyx_t_8mergerfs_7_kernel_fuse_write_in *)(__pyx_v_buf + __pyx_e_8mergerfs_7_kernel_IN_HDR));
 
-  /* "mergerfs/_kernel.pyx":269
+  /* "mergerfs/_kernel.pyx":287
  *     cdef bint _write(self, int fd, char *buf, ssize_t n, uint64_t unique) noexcept nogil:
  *         cdef fuse_write_in *w = <fuse_write_in *>(buf + IN_HDR)
  *         cdef int bfd = self._fd(w.fh)             # <<<<<<<<<<<<<<
@@ -5825,7 +6028,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_bfd = __pyx_f_8mergerfs_7_kernel_7Session__fd(__pyx_v_self, __pyx_v_w->fh);
 
-  /* "mergerfs/_kernel.pyx":270
+  /* "mergerfs/_kernel.pyx":288
  *         cdef fuse_write_in *w = <fuse_write_in *>(buf + IN_HDR)
  *         cdef int bfd = self._fd(w.fh)
  *         cdef const char *data = buf + IN_HDR + self.write_in_size             # <<<<<<<<<<<<<<
@@ -5834,7 +6037,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_data = ((__pyx_v_buf + __pyx_e_8mergerfs_7_kernel_IN_HDR) + __pyx_v_self->write_in_size);
 
-  /* "mergerfs/_kernel.pyx":271
+  /* "mergerfs/_kernel.pyx":289
  *         cdef int bfd = self._fd(w.fh)
  *         cdef const char *data = buf + IN_HDR + self.write_in_size
  *         cdef size_t size = w.size             # <<<<<<<<<<<<<<
@@ -5845,7 +6048,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 
   __pyx_v_size = __pyx_t_1;
 
-  /* "mergerfs/_kernel.pyx":272
+  /* "mergerfs/_kernel.pyx":290
  *         cdef const char *data = buf + IN_HDR + self.write_in_size
  *         cdef size_t size = w.size
  *         cdef off_t off = <off_t>w.offset             # <<<<<<<<<<<<<<
@@ -5854,7 +6057,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_off = ((off_t)__pyx_v_w->offset);
 
-  /* "mergerfs/_kernel.pyx":273
+  /* "mergerfs/_kernel.pyx":291
  *         cdef size_t size = w.size
  *         cdef off_t off = <off_t>w.offset
  *         cdef size_t done = 0             # <<<<<<<<<<<<<<
@@ -5863,7 +6066,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_done = 0;
 
-  /* "mergerfs/_kernel.pyx":275
+  /* "mergerfs/_kernel.pyx":293
  *         cdef size_t done = 0
  *         cdef ssize_t put
  *         cdef int err = 0             # <<<<<<<<<<<<<<
@@ -5872,7 +6075,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_err = 0;
 
-  /* "mergerfs/_kernel.pyx":276
+  /* "mergerfs/_kernel.pyx":294
  *         cdef ssize_t put
  *         cdef int err = 0
  *         if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n:             # <<<<<<<<<<<<<<
@@ -5898,7 +6101,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
   if (__pyx_t_2) {
 
 
-    /* "mergerfs/_kernel.pyx":277
+    /* "mergerfs/_kernel.pyx":295
  *         cdef int err = 0
  *         if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n:
  *             return False             # <<<<<<<<<<<<<<
@@ -5911,7 +6114,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":276
+    /* "mergerfs/_kernel.pyx":294
  *         cdef ssize_t put
  *         cdef int err = 0
  *         if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n:             # <<<<<<<<<<<<<<
@@ -5920,7 +6123,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   }
 
-  /* "mergerfs/_kernel.pyx":278
+  /* "mergerfs/_kernel.pyx":296
  *         if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n:
  *             return False
  *         while done < size:             # <<<<<<<<<<<<<<
@@ -5933,7 +6136,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 
     if (!__pyx_t_2) break;
 
-    /* "mergerfs/_kernel.pyx":279
+    /* "mergerfs/_kernel.pyx":297
  *             return False
  *         while done < size:
  *             put = c_pwrite(bfd, data + done, size - done, off + <off_t>done)             # <<<<<<<<<<<<<<
@@ -5942,7 +6145,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
     __pyx_v_put = pwrite(__pyx_v_bfd, (__pyx_v_data + __pyx_v_done), (__pyx_v_size - __pyx_v_done), (__pyx_v_off + ((off_t)__pyx_v_done)));
 
-    /* "mergerfs/_kernel.pyx":280
+    /* "mergerfs/_kernel.pyx":298
  *         while done < size:
  *             put = c_pwrite(bfd, data + done, size - done, off + <off_t>done)
  *             if put > 0:             # <<<<<<<<<<<<<<
@@ -5954,7 +6157,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
     if (__pyx_t_2) {
 
 
-      /* "mergerfs/_kernel.pyx":281
+      /* "mergerfs/_kernel.pyx":299
  *             put = c_pwrite(bfd, data + done, size - done, off + <off_t>done)
  *             if put > 0:
  *                 done += <size_t>put             # <<<<<<<<<<<<<<
@@ -5963,7 +6166,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
       __pyx_v_done = (__pyx_v_done + ((size_t)__pyx_v_put));
 
-      /* "mergerfs/_kernel.pyx":280
+      /* "mergerfs/_kernel.pyx":298
  *         while done < size:
  *             put = c_pwrite(bfd, data + done, size - done, off + <off_t>done)
  *             if put > 0:             # <<<<<<<<<<<<<<
@@ -5973,7 +6176,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
       goto __pyx_L8;
     }
 
-    /* "mergerfs/_kernel.pyx":282
+    /* "mergerfs/_kernel.pyx":300
  *             if put > 0:
  *                 done += <size_t>put
  *             elif put == 0:             # <<<<<<<<<<<<<<
@@ -5985,7 +6188,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
     if (__pyx_t_2) {
 
 
-      /* "mergerfs/_kernel.pyx":283
+      /* "mergerfs/_kernel.pyx":301
  *                 done += <size_t>put
  *             elif put == 0:
  *                 break             # <<<<<<<<<<<<<<
@@ -5994,7 +6197,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
       goto __pyx_L7_break;
 
-      /* "mergerfs/_kernel.pyx":282
+      /* "mergerfs/_kernel.pyx":300
  *             if put > 0:
  *                 done += <size_t>put
  *             elif put == 0:             # <<<<<<<<<<<<<<
@@ -6003,7 +6206,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
     }
 
-    /* "mergerfs/_kernel.pyx":284
+    /* "mergerfs/_kernel.pyx":302
  *             elif put == 0:
  *                 break
  *             elif errno == EINTR:             # <<<<<<<<<<<<<<
@@ -6015,7 +6218,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
     if (__pyx_t_2) {
 
 
-      /* "mergerfs/_kernel.pyx":285
+      /* "mergerfs/_kernel.pyx":303
  *                 break
  *             elif errno == EINTR:
  *                 continue             # <<<<<<<<<<<<<<
@@ -6024,7 +6227,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
       goto __pyx_L6_continue;
 
-      /* "mergerfs/_kernel.pyx":284
+      /* "mergerfs/_kernel.pyx":302
  *             elif put == 0:
  *                 break
  *             elif errno == EINTR:             # <<<<<<<<<<<<<<
@@ -6033,7 +6236,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
     }
 
-    /* "mergerfs/_kernel.pyx":287
+    /* "mergerfs/_kernel.pyx":305
  *                 continue
  *             else:
  *                 err = errno             # <<<<<<<<<<<<<<
@@ -6043,7 +6246,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
     /*else*/ {
       __pyx_v_err = errno;
 
-      /* "mergerfs/_kernel.pyx":288
+      /* "mergerfs/_kernel.pyx":306
  *             else:
  *                 err = errno
  *                 break             # <<<<<<<<<<<<<<
@@ -6057,7 +6260,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
   }
   __pyx_L7_break:;
 
-  /* "mergerfs/_kernel.pyx":289
+  /* "mergerfs/_kernel.pyx":307
  *                 err = errno
  *                 break
  *         if err and done == 0:             # <<<<<<<<<<<<<<
@@ -6083,7 +6286,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
   if (__pyx_t_2) {
 
 
-    /* "mergerfs/_kernel.pyx":290
+    /* "mergerfs/_kernel.pyx":308
  *                 break
  *         if err and done == 0:
  *             if err == ENOSPC or err == EDQUOT:             # <<<<<<<<<<<<<<
@@ -6094,7 +6297,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
       case ENOSPC:
       case EDQUOT:
 
-      /* "mergerfs/_kernel.pyx":291
+      /* "mergerfs/_kernel.pyx":309
  *         if err and done == 0:
  *             if err == ENOSPC or err == EDQUOT:
  *                 return False  # moveonenospc is a decision: the Python session's             # <<<<<<<<<<<<<<
@@ -6107,7 +6310,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
       }
       goto __pyx_L0;
 
-      /* "mergerfs/_kernel.pyx":290
+      /* "mergerfs/_kernel.pyx":308
  *                 break
  *         if err and done == 0:
  *             if err == ENOSPC or err == EDQUOT:             # <<<<<<<<<<<<<<
@@ -6118,7 +6321,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
       default: break;
     }
 
-    /* "mergerfs/_kernel.pyx":292
+    /* "mergerfs/_kernel.pyx":310
  *             if err == ENOSPC or err == EDQUOT:
  *                 return False  # moveonenospc is a decision: the Python session's
  *             _reply_error(fd, unique, err)             # <<<<<<<<<<<<<<
@@ -6127,7 +6330,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
     __pyx_f_8mergerfs_7_kernel__reply_error(__pyx_v_fd, __pyx_v_unique, __pyx_v_err);
 
-    /* "mergerfs/_kernel.pyx":293
+    /* "mergerfs/_kernel.pyx":311
  *                 return False  # moveonenospc is a decision: the Python session's
  *             _reply_error(fd, unique, err)
  *             return True             # <<<<<<<<<<<<<<
@@ -6140,7 +6343,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":289
+    /* "mergerfs/_kernel.pyx":307
  *                 err = errno
  *                 break
  *         if err and done == 0:             # <<<<<<<<<<<<<<
@@ -6149,7 +6352,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   }
 
-  /* "mergerfs/_kernel.pyx":295
+  /* "mergerfs/_kernel.pyx":313
  *             return True
  *         cdef write_reply out
  *         out.h.len = sizeof(write_reply)             # <<<<<<<<<<<<<<
@@ -6158,7 +6361,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_out.h.len = (sizeof(struct __pyx_t_8mergerfs_7_kernel_write_reply));
 
-  /* "mergerfs/_kernel.pyx":296
+  /* "mergerfs/_kernel.pyx":314
  *         cdef write_reply out
  *         out.h.len = sizeof(write_reply)
  *         out.h.error = 0             # <<<<<<<<<<<<<<
@@ -6167,7 +6370,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_out.h.error = 0;
 
-  /* "mergerfs/_kernel.pyx":297
+  /* "mergerfs/_kernel.pyx":315
  *         out.h.len = sizeof(write_reply)
  *         out.h.error = 0
  *         out.h.unique = unique             # <<<<<<<<<<<<<<
@@ -6176,7 +6379,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_out.h.unique = __pyx_v_unique;
 
-  /* "mergerfs/_kernel.pyx":298
+  /* "mergerfs/_kernel.pyx":316
  *         out.h.error = 0
  *         out.h.unique = unique
  *         out.w.size = <uint32_t>done             # <<<<<<<<<<<<<<
@@ -6185,7 +6388,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_out.w.size = ((uint32_t)__pyx_v_done);
 
-  /* "mergerfs/_kernel.pyx":299
+  /* "mergerfs/_kernel.pyx":317
  *         out.h.unique = unique
  *         out.w.size = <uint32_t>done
  *         out.w.padding = 0             # <<<<<<<<<<<<<<
@@ -6194,7 +6397,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_out.w.padding = 0;
 
-  /* "mergerfs/_kernel.pyx":300
+  /* "mergerfs/_kernel.pyx":318
  *         out.w.size = <uint32_t>done
  *         out.w.padding = 0
  *         c_write(fd, &out, sizeof(write_reply))             # <<<<<<<<<<<<<<
@@ -6203,7 +6406,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   (void)(write(__pyx_v_fd, (&__pyx_v_out), (sizeof(struct __pyx_t_8mergerfs_7_kernel_write_reply))));
 
-  /* "mergerfs/_kernel.pyx":301
+  /* "mergerfs/_kernel.pyx":319
  *         out.w.padding = 0
  *         c_write(fd, &out, sizeof(write_reply))
  *         return True             # <<<<<<<<<<<<<<
@@ -6216,7 +6419,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
   }
   goto __pyx_L0;
 
-  /* "mergerfs/_kernel.pyx":267
+  /* "mergerfs/_kernel.pyx":285
  *         return True
  * 
  *     cdef bint _write(self, int fd, char *buf, ssize_t n, uint64_t unique) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -6238,7 +6441,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":303
+/* "mergerfs/_kernel.pyx":321
  *         return True
  * 
  *     cdef bint _flush(self, int fd, char *buf, uint64_t unique) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -6255,7 +6458,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
   int __pyx_t_1;
   int __pyx_t_2;
 
-  /* "mergerfs/_kernel.pyx":304
+  /* "mergerfs/_kernel.pyx":322
  * 
  *     cdef bint _flush(self, int fd, char *buf, uint64_t unique) noexcept nogil:
  *         cdef fuse_flush_in *f = <fuse_flush_in *>(buf + IN_HDR)             # <<<<<<<<<<<<<<
@@ -6264,7 +6467,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
 */
   __pyx_v_f = ((struct __pyx_t_8mergerfs_7_kernel_fuse_flush_in *)(__pyx_v_buf + __pyx_e_8mergerfs_7_kernel_IN_HDR));
 
-  /* "mergerfs/_kernel.pyx":305
+  /* "mergerfs/_kernel.pyx":323
  *     cdef bint _flush(self, int fd, char *buf, uint64_t unique) noexcept nogil:
  *         cdef fuse_flush_in *f = <fuse_flush_in *>(buf + IN_HDR)
  *         cdef int bfd = self._fd(f.fh)             # <<<<<<<<<<<<<<
@@ -6273,7 +6476,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
 */
   __pyx_v_bfd = __pyx_f_8mergerfs_7_kernel_7Session__fd(__pyx_v_self, __pyx_v_f->fh);
 
-  /* "mergerfs/_kernel.pyx":307
+  /* "mergerfs/_kernel.pyx":325
  *         cdef int bfd = self._fd(f.fh)
  *         cdef int d
  *         cdef int err = 0             # <<<<<<<<<<<<<<
@@ -6282,7 +6485,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
 */
   __pyx_v_err = 0;
 
-  /* "mergerfs/_kernel.pyx":308
+  /* "mergerfs/_kernel.pyx":326
  *         cdef int d
  *         cdef int err = 0
  *         if bfd < 0:             # <<<<<<<<<<<<<<
@@ -6294,7 +6497,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
   if (__pyx_t_1) {
 
 
-    /* "mergerfs/_kernel.pyx":309
+    /* "mergerfs/_kernel.pyx":327
  *         cdef int err = 0
  *         if bfd < 0:
  *             return False             # <<<<<<<<<<<<<<
@@ -6307,7 +6510,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":308
+    /* "mergerfs/_kernel.pyx":326
  *         cdef int d
  *         cdef int err = 0
  *         if bfd < 0:             # <<<<<<<<<<<<<<
@@ -6316,7 +6519,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
 */
   }
 
-  /* "mergerfs/_kernel.pyx":311
+  /* "mergerfs/_kernel.pyx":329
  *             return False
  *         # close() of a duplicate reports deferred write errors (NFS) and keeps our fd
  *         d = c_dup(bfd)             # <<<<<<<<<<<<<<
@@ -6325,7 +6528,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
 */
   __pyx_v_d = dup(__pyx_v_bfd);
 
-  /* "mergerfs/_kernel.pyx":312
+  /* "mergerfs/_kernel.pyx":330
  *         # close() of a duplicate reports deferred write errors (NFS) and keeps our fd
  *         d = c_dup(bfd)
  *         if d < 0 or c_close(d) < 0:             # <<<<<<<<<<<<<<
@@ -6351,7 +6554,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
   if (__pyx_t_1) {
 
 
-    /* "mergerfs/_kernel.pyx":313
+    /* "mergerfs/_kernel.pyx":331
  *         d = c_dup(bfd)
  *         if d < 0 or c_close(d) < 0:
  *             err = errno             # <<<<<<<<<<<<<<
@@ -6360,7 +6563,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
 */
     __pyx_v_err = errno;
 
-    /* "mergerfs/_kernel.pyx":312
+    /* "mergerfs/_kernel.pyx":330
  *         # close() of a duplicate reports deferred write errors (NFS) and keeps our fd
  *         d = c_dup(bfd)
  *         if d < 0 or c_close(d) < 0:             # <<<<<<<<<<<<<<
@@ -6369,7 +6572,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
 */
   }
 
-  /* "mergerfs/_kernel.pyx":314
+  /* "mergerfs/_kernel.pyx":332
  *         if d < 0 or c_close(d) < 0:
  *             err = errno
  *         _reply_error(fd, unique, err)             # <<<<<<<<<<<<<<
@@ -6378,7 +6581,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
 */
   __pyx_f_8mergerfs_7_kernel__reply_error(__pyx_v_fd, __pyx_v_unique, __pyx_v_err);
 
-  /* "mergerfs/_kernel.pyx":315
+  /* "mergerfs/_kernel.pyx":333
  *             err = errno
  *         _reply_error(fd, unique, err)
  *         return True             # <<<<<<<<<<<<<<
@@ -6391,7 +6594,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
   }
   goto __pyx_L0;
 
-  /* "mergerfs/_kernel.pyx":303
+  /* "mergerfs/_kernel.pyx":321
  *         return True
  * 
  *     cdef bint _flush(self, int fd, char *buf, uint64_t unique) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -6408,7 +6611,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":123
+/* "mergerfs/_kernel.pyx":125
  *     """
  * 
  *     cdef readonly int devfd             # <<<<<<<<<<<<<<
@@ -6447,7 +6650,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_5devfd___get__(struct __py
       __Pyx_INCREF(__pyx_t_1);
       __Pyx_PyCriticalSection_Begin(&__pyx_cs, (PyObject*)__pyx_t_1);
       /*try:*/ {
-        __pyx_t_2 = __Pyx_PyLong_From_int(__pyx_v_self->devfd); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 123, __pyx_L4_error)
+        __pyx_t_2 = __Pyx_PyLong_From_int(__pyx_v_self->devfd); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 125, __pyx_L4_error)
         __Pyx_GOTREF(__pyx_t_2);
         {
           PyObject *__pyx_temp;
@@ -6490,7 +6693,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_5devfd___get__(struct __py
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":124
+/* "mergerfs/_kernel.pyx":126
  * 
  *     cdef readonly int devfd
  *     cdef readonly size_t bufsize             # <<<<<<<<<<<<<<
@@ -6529,7 +6732,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_7bufsize___get__(struct __
       __Pyx_INCREF(__pyx_t_1);
       __Pyx_PyCriticalSection_Begin(&__pyx_cs, (PyObject*)__pyx_t_1);
       /*try:*/ {
-        __pyx_t_2 = __Pyx_PyLong_FromSize_t(__pyx_v_self->bufsize); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 124, __pyx_L4_error)
+        __pyx_t_2 = __Pyx_PyLong_FromSize_t(__pyx_v_self->bufsize); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 126, __pyx_L4_error)
         __Pyx_GOTREF(__pyx_t_2);
         {
           PyObject *__pyx_temp;
@@ -6572,7 +6775,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_7bufsize___get__(struct __
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":130
+/* "mergerfs/_kernel.pyx":132
  *     cdef uint32_t nfree
  *     cdef uint32_t next_slot
  *     cdef public object slow             # <<<<<<<<<<<<<<
@@ -6939,7 +7142,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_16__setstate_cython__(CYTH
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":318
+/* "mergerfs/_kernel.pyx":336
  * 
  * 
  * cdef void _reply_error(int fd, uint64_t unique, int err) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -6950,7 +7153,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_16__setstate_cython__(CYTH
 static void __pyx_f_8mergerfs_7_kernel__reply_error(int __pyx_v_fd, uint64_t __pyx_v_unique, int __pyx_v_err) {
   struct __pyx_t_8mergerfs_7_kernel_fuse_out_header __pyx_v_o;
 
-  /* "mergerfs/_kernel.pyx":320
+  /* "mergerfs/_kernel.pyx":338
  * cdef void _reply_error(int fd, uint64_t unique, int err) noexcept nogil:
  *     cdef fuse_out_header o
  *     o.len = OUT_HDR             # <<<<<<<<<<<<<<
@@ -6959,7 +7162,7 @@ static void __pyx_f_8mergerfs_7_kernel__reply_error(int __pyx_v_fd, uint64_t __p
 */
   __pyx_v_o.len = __pyx_e_8mergerfs_7_kernel_OUT_HDR;
 
-  /* "mergerfs/_kernel.pyx":321
+  /* "mergerfs/_kernel.pyx":339
  *     cdef fuse_out_header o
  *     o.len = OUT_HDR
  *     o.error = -err             # <<<<<<<<<<<<<<
@@ -6968,7 +7171,7 @@ static void __pyx_f_8mergerfs_7_kernel__reply_error(int __pyx_v_fd, uint64_t __p
 */
   __pyx_v_o.error = (-__pyx_v_err);
 
-  /* "mergerfs/_kernel.pyx":322
+  /* "mergerfs/_kernel.pyx":340
  *     o.len = OUT_HDR
  *     o.error = -err
  *     o.unique = unique             # <<<<<<<<<<<<<<
@@ -6977,7 +7180,7 @@ static void __pyx_f_8mergerfs_7_kernel__reply_error(int __pyx_v_fd, uint64_t __p
 */
   __pyx_v_o.unique = __pyx_v_unique;
 
-  /* "mergerfs/_kernel.pyx":323
+  /* "mergerfs/_kernel.pyx":341
  *     o.error = -err
  *     o.unique = unique
  *     c_write(fd, &o, OUT_HDR)             # <<<<<<<<<<<<<<
@@ -6986,7 +7189,7 @@ static void __pyx_f_8mergerfs_7_kernel__reply_error(int __pyx_v_fd, uint64_t __p
 */
   (void)(write(__pyx_v_fd, (&__pyx_v_o), __pyx_e_8mergerfs_7_kernel_OUT_HDR));
 
-  /* "mergerfs/_kernel.pyx":318
+  /* "mergerfs/_kernel.pyx":336
  * 
  * 
  * cdef void _reply_error(int fd, uint64_t unique, int err) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -6998,7 +7201,7 @@ static void __pyx_f_8mergerfs_7_kernel__reply_error(int __pyx_v_fd, uint64_t __p
 
 }
 
-/* "mergerfs/_kernel.pyx":327
+/* "mergerfs/_kernel.pyx":345
  * 
  * # ---------------------------------------------------------------- device calls
  * def clone_fd(int devfd):             # <<<<<<<<<<<<<<
@@ -7046,32 +7249,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_devfd,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 327, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 345, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 327, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 345, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "clone_fd", 0) < (0)) __PYX_ERR(0, 327, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "clone_fd", 0) < (0)) __PYX_ERR(0, 345, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("clone_fd", 1, 1, 1, i); __PYX_ERR(0, 327, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("clone_fd", 1, 1, 1, i); __PYX_ERR(0, 345, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 327, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 345, __pyx_L3_error)
     }
-    __pyx_v_devfd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_devfd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 327, __pyx_L3_error)
+    __pyx_v_devfd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_devfd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 345, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("clone_fd", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 327, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("clone_fd", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 345, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -7114,7 +7317,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("clone_fd", 0);
 
-  /* "mergerfs/_kernel.pyx":329
+  /* "mergerfs/_kernel.pyx":347
  * def clone_fd(int devfd):
  *     """A new ``/dev/fuse`` fd reading requests of ``devfd``'s connection."""
  *     cdef int fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)             # <<<<<<<<<<<<<<
@@ -7122,22 +7325,22 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
  *     if c_ioctl(fd, IOC_CLONE, &master) != 0:
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 329, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 347, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_open); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 329, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_open); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 347, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 329, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 347, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_O_RDWR); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 329, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_O_RDWR); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 347, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 329, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 347, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_O_CLOEXEC); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 329, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_O_CLOEXEC); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 347, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyNumber_Or_object_object(__pyx_t_5, __pyx_t_6); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 329, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyNumber_Or_object_object(__pyx_t_5, __pyx_t_6); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 347, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
@@ -7159,14 +7362,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 329, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 347, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  __pyx_t_8 = __Pyx_PyLong_As_int(__pyx_t_1); if (unlikely((__pyx_t_8 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 329, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyLong_As_int(__pyx_t_1); if (unlikely((__pyx_t_8 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 347, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_fd = __pyx_t_8;
 
-  /* "mergerfs/_kernel.pyx":330
+  /* "mergerfs/_kernel.pyx":348
  *     """A new ``/dev/fuse`` fd reading requests of ``devfd``'s connection."""
  *     cdef int fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
  *     cdef uint32_t master = <uint32_t>devfd             # <<<<<<<<<<<<<<
@@ -7175,7 +7378,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
 */
   __pyx_v_master = ((uint32_t)__pyx_v_devfd);
 
-  /* "mergerfs/_kernel.pyx":331
+  /* "mergerfs/_kernel.pyx":349
  *     cdef int fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
  *     cdef uint32_t master = <uint32_t>devfd
  *     if c_ioctl(fd, IOC_CLONE, &master) != 0:             # <<<<<<<<<<<<<<
@@ -7187,7 +7390,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
   if (unlikely(__pyx_t_9)) {
 
 
-    /* "mergerfs/_kernel.pyx":332
+    /* "mergerfs/_kernel.pyx":350
  *     cdef uint32_t master = <uint32_t>devfd
  *     if c_ioctl(fd, IOC_CLONE, &master) != 0:
  *         err = errno             # <<<<<<<<<<<<<<
@@ -7196,7 +7399,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
 */
     __pyx_v_err = errno;
 
-    /* "mergerfs/_kernel.pyx":333
+    /* "mergerfs/_kernel.pyx":351
  *     if c_ioctl(fd, IOC_CLONE, &master) != 0:
  *         err = errno
  *         os.close(fd)             # <<<<<<<<<<<<<<
@@ -7204,12 +7407,12 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
  *     return fd
 */
     __pyx_t_4 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 333, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 351, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_close); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 333, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_close); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 351, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __pyx_t_3 = __Pyx_PyLong_From_int(__pyx_v_fd); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 333, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyLong_From_int(__pyx_v_fd); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 351, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __pyx_t_7 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -7229,12 +7432,12 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 333, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 351, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-    /* "mergerfs/_kernel.pyx":334
+    /* "mergerfs/_kernel.pyx":352
  *         err = errno
  *         os.close(fd)
  *         raise OSError(err, os.strerror(err))             # <<<<<<<<<<<<<<
@@ -7242,15 +7445,15 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
  * 
 */
     __pyx_t_2 = NULL;
-    __pyx_t_3 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 334, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 352, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __pyx_t_6 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 334, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 352, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 334, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 352, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    __pyx_t_5 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 334, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 352, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __pyx_t_7 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -7270,7 +7473,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 334, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 352, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __pyx_t_7 = 1;
@@ -7280,14 +7483,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 334, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 352, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 334, __pyx_L1_error)
+    __PYX_ERR(0, 352, __pyx_L1_error)
 
-    /* "mergerfs/_kernel.pyx":331
+    /* "mergerfs/_kernel.pyx":349
  *     cdef int fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
  *     cdef uint32_t master = <uint32_t>devfd
  *     if c_ioctl(fd, IOC_CLONE, &master) != 0:             # <<<<<<<<<<<<<<
@@ -7296,14 +7499,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
 */
   }
 
-  /* "mergerfs/_kernel.pyx":335
+  /* "mergerfs/_kernel.pyx":353
  *         os.close(fd)
  *         raise OSError(err, os.strerror(err))
  *     return fd             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_fd); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 335, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_fd); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 353, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -7316,7 +7519,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "mergerfs/_kernel.pyx":327
+  /* "mergerfs/_kernel.pyx":345
  * 
  * # ---------------------------------------------------------------- device calls
  * def clone_fd(int devfd):             # <<<<<<<<<<<<<<
@@ -7344,7 +7547,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":338
+/* "mergerfs/_kernel.pyx":356
  * 
  * 
  * def backing_open(int devfd, int fd):             # <<<<<<<<<<<<<<
@@ -7393,39 +7596,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_devfd,&__pyx_mstate_global->__pyx_n_u_fd,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 338, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 356, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 338, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 356, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 338, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 356, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "backing_open", 0) < (0)) __PYX_ERR(0, 338, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "backing_open", 0) < (0)) __PYX_ERR(0, 356, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("backing_open", 1, 2, 2, i); __PYX_ERR(0, 338, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("backing_open", 1, 2, 2, i); __PYX_ERR(0, 356, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 338, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 356, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 338, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 356, __pyx_L3_error)
     }
-    __pyx_v_devfd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_devfd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 338, __pyx_L3_error)
-    __pyx_v_fd = __Pyx_PyLong_As_int(values[1]); if (unlikely((__pyx_v_fd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 338, __pyx_L3_error)
+    __pyx_v_devfd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_devfd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 356, __pyx_L3_error)
+    __pyx_v_fd = __Pyx_PyLong_As_int(values[1]); if (unlikely((__pyx_v_fd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 356, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("backing_open", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 338, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("backing_open", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 356, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -7467,7 +7670,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("backing_open", 0);
 
-  /* "mergerfs/_kernel.pyx":341
+  /* "mergerfs/_kernel.pyx":359
  *     """Register branch ``fd`` for passthrough: its backing id (EPERM as non-root)."""
  *     cdef fuse_backing_map m
  *     m.fd = fd             # <<<<<<<<<<<<<<
@@ -7476,7 +7679,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
 */
   __pyx_v_m.fd = __pyx_v_fd;
 
-  /* "mergerfs/_kernel.pyx":342
+  /* "mergerfs/_kernel.pyx":360
  *     cdef fuse_backing_map m
  *     m.fd = fd
  *     m.flags = 0             # <<<<<<<<<<<<<<
@@ -7485,7 +7688,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
 */
   __pyx_v_m.flags = 0;
 
-  /* "mergerfs/_kernel.pyx":343
+  /* "mergerfs/_kernel.pyx":361
  *     m.fd = fd
  *     m.flags = 0
  *     m.padding = 0             # <<<<<<<<<<<<<<
@@ -7494,7 +7697,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
 */
   __pyx_v_m.padding = 0;
 
-  /* "mergerfs/_kernel.pyx":344
+  /* "mergerfs/_kernel.pyx":362
  *     m.flags = 0
  *     m.padding = 0
  *     cdef int rv = c_ioctl(devfd, IOC_BACKING_OPEN, &m)             # <<<<<<<<<<<<<<
@@ -7503,7 +7706,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
 */
   __pyx_v_rv = ioctl(__pyx_v_devfd, __pyx_v_8mergerfs_7_kernel_IOC_BACKING_OPEN, (&__pyx_v_m));
 
-  /* "mergerfs/_kernel.pyx":345
+  /* "mergerfs/_kernel.pyx":363
  *     m.padding = 0
  *     cdef int rv = c_ioctl(devfd, IOC_BACKING_OPEN, &m)
  *     if rv < 0:             # <<<<<<<<<<<<<<
@@ -7515,7 +7718,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "mergerfs/_kernel.pyx":346
+    /* "mergerfs/_kernel.pyx":364
  *     cdef int rv = c_ioctl(devfd, IOC_BACKING_OPEN, &m)
  *     if rv < 0:
  *         raise OSError(errno, os.strerror(errno))             # <<<<<<<<<<<<<<
@@ -7523,15 +7726,15 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
  * 
 */
     __pyx_t_3 = NULL;
-    __pyx_t_4 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 346, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 364, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_6 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 346, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 364, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 346, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 364, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    __pyx_t_7 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 346, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 364, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __pyx_t_9 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -7551,7 +7754,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 346, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 364, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
     __pyx_t_9 = 1;
@@ -7561,14 +7764,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 346, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 364, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 346, __pyx_L1_error)
+    __PYX_ERR(0, 364, __pyx_L1_error)
 
-    /* "mergerfs/_kernel.pyx":345
+    /* "mergerfs/_kernel.pyx":363
  *     m.padding = 0
  *     cdef int rv = c_ioctl(devfd, IOC_BACKING_OPEN, &m)
  *     if rv < 0:             # <<<<<<<<<<<<<<
@@ -7577,14 +7780,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
 */
   }
 
-  /* "mergerfs/_kernel.pyx":347
+  /* "mergerfs/_kernel.pyx":365
  *     if rv < 0:
  *         raise OSError(errno, os.strerror(errno))
  *     return rv             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_2 = __Pyx_PyLong_From_int(__pyx_v_rv); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 347, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From_int(__pyx_v_rv); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 365, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   {
     PyObject *__pyx_temp;
@@ -7597,7 +7800,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "mergerfs/_kernel.pyx":338
+  /* "mergerfs/_kernel.pyx":356
  * 
  * 
  * def backing_open(int devfd, int fd):             # <<<<<<<<<<<<<<
@@ -7624,7 +7827,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":350
+/* "mergerfs/_kernel.pyx":368
  * 
  * 
  * def backing_close(int devfd, int backing):             # <<<<<<<<<<<<<<
@@ -7672,39 +7875,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_devfd,&__pyx_mstate_global->__pyx_n_u_backing,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 350, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 368, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 350, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 368, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 350, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 368, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "backing_close", 0) < (0)) __PYX_ERR(0, 350, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "backing_close", 0) < (0)) __PYX_ERR(0, 368, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("backing_close", 1, 2, 2, i); __PYX_ERR(0, 350, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("backing_close", 1, 2, 2, i); __PYX_ERR(0, 368, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 350, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 368, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 350, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 368, __pyx_L3_error)
     }
-    __pyx_v_devfd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_devfd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 350, __pyx_L3_error)
-    __pyx_v_backing = __Pyx_PyLong_As_int(values[1]); if (unlikely((__pyx_v_backing == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 350, __pyx_L3_error)
+    __pyx_v_devfd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_devfd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 368, __pyx_L3_error)
+    __pyx_v_backing = __Pyx_PyLong_As_int(values[1]); if (unlikely((__pyx_v_backing == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 368, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("backing_close", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 350, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("backing_close", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 368, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -7745,7 +7948,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_4backing_close(CYTHON_UNUSED PyObje
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("backing_close", 0);
 
-  /* "mergerfs/_kernel.pyx":351
+  /* "mergerfs/_kernel.pyx":369
  * 
  * def backing_close(int devfd, int backing):
  *     cdef uint32_t b = <uint32_t>backing             # <<<<<<<<<<<<<<
@@ -7754,7 +7957,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_4backing_close(CYTHON_UNUSED PyObje
 */
   __pyx_v_b = ((uint32_t)__pyx_v_backing);
 
-  /* "mergerfs/_kernel.pyx":352
+  /* "mergerfs/_kernel.pyx":370
  * def backing_close(int devfd, int backing):
  *     cdef uint32_t b = <uint32_t>backing
  *     if c_ioctl(devfd, IOC_BACKING_CLOSE, &b) != 0:             # <<<<<<<<<<<<<<
@@ -7766,7 +7969,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_4backing_close(CYTHON_UNUSED PyObje
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "mergerfs/_kernel.pyx":353
+    /* "mergerfs/_kernel.pyx":371
  *     cdef uint32_t b = <uint32_t>backing
  *     if c_ioctl(devfd, IOC_BACKING_CLOSE, &b) != 0:
  *         raise OSError(errno, os.strerror(errno))             # <<<<<<<<<<<<<<
@@ -7774,15 +7977,15 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_4backing_close(CYTHON_UNUSED PyObje
  * 
 */
     __pyx_t_3 = NULL;
-    __pyx_t_4 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 353, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 371, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_6 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 353, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 371, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 353, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 371, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    __pyx_t_7 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 353, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 371, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __pyx_t_9 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -7802,7 +8005,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_4backing_close(CYTHON_UNUSED PyObje
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 353, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 371, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
     __pyx_t_9 = 1;
@@ -7812,14 +8015,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_4backing_close(CYTHON_UNUSED PyObje
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 353, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 371, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 353, __pyx_L1_error)
+    __PYX_ERR(0, 371, __pyx_L1_error)
 
-    /* "mergerfs/_kernel.pyx":352
+    /* "mergerfs/_kernel.pyx":370
  * def backing_close(int devfd, int backing):
  *     cdef uint32_t b = <uint32_t>backing
  *     if c_ioctl(devfd, IOC_BACKING_CLOSE, &b) != 0:             # <<<<<<<<<<<<<<
@@ -7828,7 +8031,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_4backing_close(CYTHON_UNUSED PyObje
 */
   }
 
-  /* "mergerfs/_kernel.pyx":350
+  /* "mergerfs/_kernel.pyx":368
  * 
  * 
  * def backing_close(int devfd, int backing):             # <<<<<<<<<<<<<<
@@ -7856,7 +8059,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_4backing_close(CYTHON_UNUSED PyObje
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":356
+/* "mergerfs/_kernel.pyx":374
  * 
  * 
  * def mount(source, target, fstype, unsigned long flags, data):             # <<<<<<<<<<<<<<
@@ -7908,60 +8111,60 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_source,&__pyx_mstate_global->__pyx_n_u_target,&__pyx_mstate_global->__pyx_n_u_fstype,&__pyx_mstate_global->__pyx_n_u_flags,&__pyx_mstate_global->__pyx_n_u_data,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 356, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 374, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 356, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 374, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 356, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 374, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 356, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 374, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 356, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 374, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 356, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 374, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "mount", 0) < (0)) __PYX_ERR(0, 356, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "mount", 0) < (0)) __PYX_ERR(0, 374, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 5; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("mount", 1, 5, 5, i); __PYX_ERR(0, 356, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("mount", 1, 5, 5, i); __PYX_ERR(0, 374, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 5)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 356, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 374, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 356, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 374, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 356, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 374, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 356, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 374, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 356, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 374, __pyx_L3_error)
     }
     __pyx_v_source = values[0];
     __pyx_v_target = values[1];
     __pyx_v_fstype = values[2];
-    __pyx_v_flags = __Pyx_PyLong_As_unsigned_long(values[3]); if (unlikely((__pyx_v_flags == (unsigned long)-1) && PyErr_Occurred())) __PYX_ERR(0, 356, __pyx_L3_error)
+    __pyx_v_flags = __Pyx_PyLong_As_unsigned_long(values[3]); if (unlikely((__pyx_v_flags == (unsigned long)-1) && PyErr_Occurred())) __PYX_ERR(0, 374, __pyx_L3_error)
     __pyx_v_data = values[4];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("mount", 1, 5, 5, __pyx_nargs); __PYX_ERR(0, 356, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("mount", 1, 5, 5, __pyx_nargs); __PYX_ERR(0, 374, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -8008,7 +8211,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("mount", 0);
 
-  /* "mergerfs/_kernel.pyx":358
+  /* "mergerfs/_kernel.pyx":376
  * def mount(source, target, fstype, unsigned long flags, data):
  *     """mount(2) (the FUSE connection is named by ``fd=`` in ``data``)."""
  *     cdef bytes s = os.fsencode(source)             # <<<<<<<<<<<<<<
@@ -8016,9 +8219,9 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
  *     cdef bytes f = os.fsencode(fstype)
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 358, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 376, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 358, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 376, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -8038,14 +8241,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 358, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 376, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(PyBytes_CheckExact(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_1))) __PYX_ERR(0, 358, __pyx_L1_error)
+  if (!(likely(PyBytes_CheckExact(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_1))) __PYX_ERR(0, 376, __pyx_L1_error)
   __pyx_v_s = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "mergerfs/_kernel.pyx":359
+  /* "mergerfs/_kernel.pyx":377
  *     """mount(2) (the FUSE connection is named by ``fd=`` in ``data``)."""
  *     cdef bytes s = os.fsencode(source)
  *     cdef bytes t = os.fsencode(target)             # <<<<<<<<<<<<<<
@@ -8053,9 +8256,9 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
  *     cdef bytes d = os.fsencode(data)
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 359, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 377, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 359, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 377, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_t_5 = 1;
@@ -8075,14 +8278,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_3, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 359, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 377, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(PyBytes_CheckExact(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_1))) __PYX_ERR(0, 359, __pyx_L1_error)
+  if (!(likely(PyBytes_CheckExact(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_1))) __PYX_ERR(0, 377, __pyx_L1_error)
   __pyx_v_t = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "mergerfs/_kernel.pyx":360
+  /* "mergerfs/_kernel.pyx":378
  *     cdef bytes s = os.fsencode(source)
  *     cdef bytes t = os.fsencode(target)
  *     cdef bytes f = os.fsencode(fstype)             # <<<<<<<<<<<<<<
@@ -8090,9 +8293,9 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
  *     if c_mount(s, t, f, flags, <const char *>d) != 0:
 */
   __pyx_t_3 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 360, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 378, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 360, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 378, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_t_5 = 1;
@@ -8112,14 +8315,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_2, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 360, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 378, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(PyBytes_CheckExact(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_1))) __PYX_ERR(0, 360, __pyx_L1_error)
+  if (!(likely(PyBytes_CheckExact(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_1))) __PYX_ERR(0, 378, __pyx_L1_error)
   __pyx_v_f = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "mergerfs/_kernel.pyx":361
+  /* "mergerfs/_kernel.pyx":379
  *     cdef bytes t = os.fsencode(target)
  *     cdef bytes f = os.fsencode(fstype)
  *     cdef bytes d = os.fsencode(data)             # <<<<<<<<<<<<<<
@@ -8127,9 +8330,9 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
  *         raise OSError(errno, os.strerror(errno))
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 361, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 379, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 361, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 379, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -8149,14 +8352,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 361, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 379, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(PyBytes_CheckExact(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_1))) __PYX_ERR(0, 361, __pyx_L1_error)
+  if (!(likely(PyBytes_CheckExact(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_1))) __PYX_ERR(0, 379, __pyx_L1_error)
   __pyx_v_d = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "mergerfs/_kernel.pyx":362
+  /* "mergerfs/_kernel.pyx":380
  *     cdef bytes f = os.fsencode(fstype)
  *     cdef bytes d = os.fsencode(data)
  *     if c_mount(s, t, f, flags, <const char *>d) != 0:             # <<<<<<<<<<<<<<
@@ -8164,24 +8367,24 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
 */
   if (unlikely(__pyx_v_s == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "expected bytes, NoneType found");
-    __PYX_ERR(0, 362, __pyx_L1_error)
+    __PYX_ERR(0, 380, __pyx_L1_error)
   }
-  __pyx_t_6 = __Pyx_PyBytes_AsString(__pyx_v_s); if (unlikely((!__pyx_t_6) && PyErr_Occurred())) __PYX_ERR(0, 362, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyBytes_AsString(__pyx_v_s); if (unlikely((!__pyx_t_6) && PyErr_Occurred())) __PYX_ERR(0, 380, __pyx_L1_error)
   if (unlikely(__pyx_v_t == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "expected bytes, NoneType found");
-    __PYX_ERR(0, 362, __pyx_L1_error)
+    __PYX_ERR(0, 380, __pyx_L1_error)
   }
-  __pyx_t_7 = __Pyx_PyBytes_AsString(__pyx_v_t); if (unlikely((!__pyx_t_7) && PyErr_Occurred())) __PYX_ERR(0, 362, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyBytes_AsString(__pyx_v_t); if (unlikely((!__pyx_t_7) && PyErr_Occurred())) __PYX_ERR(0, 380, __pyx_L1_error)
   if (unlikely(__pyx_v_f == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "expected bytes, NoneType found");
-    __PYX_ERR(0, 362, __pyx_L1_error)
+    __PYX_ERR(0, 380, __pyx_L1_error)
   }
-  __pyx_t_8 = __Pyx_PyBytes_AsString(__pyx_v_f); if (unlikely((!__pyx_t_8) && PyErr_Occurred())) __PYX_ERR(0, 362, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyBytes_AsString(__pyx_v_f); if (unlikely((!__pyx_t_8) && PyErr_Occurred())) __PYX_ERR(0, 380, __pyx_L1_error)
   if (unlikely(__pyx_v_d == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "expected bytes, NoneType found");
-    __PYX_ERR(0, 362, __pyx_L1_error)
+    __PYX_ERR(0, 380, __pyx_L1_error)
   }
-  __pyx_t_9 = __Pyx_PyBytes_AsString(__pyx_v_d); if (unlikely((!__pyx_t_9) && PyErr_Occurred())) __PYX_ERR(0, 362, __pyx_L1_error)
+  __pyx_t_9 = __Pyx_PyBytes_AsString(__pyx_v_d); if (unlikely((!__pyx_t_9) && PyErr_Occurred())) __PYX_ERR(0, 380, __pyx_L1_error)
   __pyx_t_10 = (mount(__pyx_t_6, __pyx_t_7, __pyx_t_8, __pyx_v_flags, ((char const *)__pyx_t_9)) != 0);
 
 
@@ -8191,21 +8394,21 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
   if (unlikely(__pyx_t_10)) {
 
 
-    /* "mergerfs/_kernel.pyx":363
+    /* "mergerfs/_kernel.pyx":381
  *     cdef bytes d = os.fsencode(data)
  *     if c_mount(s, t, f, flags, <const char *>d) != 0:
  *         raise OSError(errno, os.strerror(errno))             # <<<<<<<<<<<<<<
 */
     __pyx_t_4 = NULL;
-    __pyx_t_2 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 363, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 381, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __pyx_t_11 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 363, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 381, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
-    __pyx_t_13 = __Pyx_PyObject_GetAttrStr(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 363, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyObject_GetAttrStr(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 381, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_13);
     __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
-    __pyx_t_12 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 363, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 381, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __pyx_t_5 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -8225,7 +8428,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
       __Pyx_XDECREF(__pyx_t_11); __pyx_t_11 = 0;
       __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
       __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 363, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 381, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __pyx_t_5 = 1;
@@ -8235,14 +8438,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 363, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 381, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 363, __pyx_L1_error)
+    __PYX_ERR(0, 381, __pyx_L1_error)
 
-    /* "mergerfs/_kernel.pyx":362
+    /* "mergerfs/_kernel.pyx":380
  *     cdef bytes f = os.fsencode(fstype)
  *     cdef bytes d = os.fsencode(data)
  *     if c_mount(s, t, f, flags, <const char *>d) != 0:             # <<<<<<<<<<<<<<
@@ -8250,7 +8453,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
 */
   }
 
-  /* "mergerfs/_kernel.pyx":356
+  /* "mergerfs/_kernel.pyx":374
  * 
  * 
  * def mount(source, target, fstype, unsigned long flags, data):             # <<<<<<<<<<<<<<
@@ -8441,7 +8644,7 @@ static struct PyGetSetDef __pyx_getsets_8mergerfs_7_kernel_Session[] = {
 #if CYTHON_USE_TYPE_SPECS
 static PyType_Slot __pyx_type_8mergerfs_7_kernel_Session_slots[] = {
   {Py_tp_dealloc, (void *)__pyx_tp_dealloc_8mergerfs_7_kernel_Session},
-  {Py_tp_doc, (void *)PyDoc_STR("One mounted FUSE connection: the handle table and the worker loop.\n\n    ``slow`` is called (with the GIL) as ``slow(fd, request_bytes)`` for every\n    request the C path does not answer; it must reply itself and never raise.\n    ")},
+  {Py_tp_doc, (void *)PyDoc_STR("One mounted FUSE connection: the handle table and the worker loop.\n\n    ``slow`` is called (with the GIL) as ``slow(request_bytes)`` for every\n    request the C path does not answer; it returns the whole reply (bytes) or\n    None (no reply), and never raises.\n    ")},
   {Py_tp_traverse, (void *)__pyx_tp_traverse_8mergerfs_7_kernel_Session},
   {Py_tp_clear, (void *)__pyx_tp_clear_8mergerfs_7_kernel_Session},
   {Py_tp_methods, (void *)__pyx_methods_8mergerfs_7_kernel_Session},
@@ -8484,7 +8687,7 @@ static PyTypeObject __pyx_type_8mergerfs_7_kernel_Session = {
   0, /*tp_setattro*/
   0, /*tp_as_buffer*/
   Py_TPFLAGS_DEFAULT|Py_TPFLAGS_HAVE_VERSION_TAG|Py_TPFLAGS_BASETYPE|Py_TPFLAGS_HAVE_GC, /*tp_flags*/
-  PyDoc_STR("One mounted FUSE connection: the handle table and the worker loop.\n\n    ``slow`` is called (with the GIL) as ``slow(fd, request_bytes)`` for every\n    request the C path does not answer; it must reply itself and never raise.\n    "), /*tp_doc*/
+  PyDoc_STR("One mounted FUSE connection: the handle table and the worker loop.\n\n    ``slow`` is called (with the GIL) as ``slow(request_bytes)`` for every\n    request the C path does not answer; it returns the whole reply (bytes) or\n    None (no reply), and never raises.\n    "), /*tp_doc*/
   __pyx_tp_traverse_8mergerfs_7_kernel_Session, /*tp_traverse*/
   __pyx_tp_clear_8mergerfs_7_kernel_Session, /*tp_clear*/
   0, /*tp_richcompare*/
@@ -8595,21 +8798,21 @@ static int __Pyx_modinit_Exttype___pyx_obj_8mergerfs_7_kernel_Session(__pyx_msta
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_8mergerfs_7_kernel_Session", 0);
   /*--- Exttype __pyx_obj_8mergerfs_7_kernel_Session ---*/
   __pyx_vtabptr_8mergerfs_7_kernel_Session = &__pyx_vtable_8mergerfs_7_kernel_Session;
-  __pyx_vtable_8mergerfs_7_kernel_Session._python = (void (*)(struct __pyx_obj_8mergerfs_7_kernel_Session *, int, char *, Py_ssize_t))__pyx_f_8mergerfs_7_kernel_7Session__python;
+  __pyx_vtable_8mergerfs_7_kernel_Session._python = (Py_ssize_t (*)(struct __pyx_obj_8mergerfs_7_kernel_Session *, char *, Py_ssize_t))__pyx_f_8mergerfs_7_kernel_7Session__python;
   __pyx_vtable_8mergerfs_7_kernel_Session._hot = (int (*)(struct __pyx_obj_8mergerfs_7_kernel_Session *, int, char *, Py_ssize_t))__pyx_f_8mergerfs_7_kernel_7Session__hot;
   __pyx_vtable_8mergerfs_7_kernel_Session._fd = (int (*)(struct __pyx_obj_8mergerfs_7_kernel_Session *, uint64_t))__pyx_f_8mergerfs_7_kernel_7Session__fd;
   __pyx_vtable_8mergerfs_7_kernel_Session._read = (int (*)(struct __pyx_obj_8mergerfs_7_kernel_Session *, int, char *, uint64_t))__pyx_f_8mergerfs_7_kernel_7Session__read;
   __pyx_vtable_8mergerfs_7_kernel_Session._write = (int (*)(struct __pyx_obj_8mergerfs_7_kernel_Session *, int, char *, Py_ssize_t, uint64_t))__pyx_f_8mergerfs_7_kernel_7Session__write;
   __pyx_vtable_8mergerfs_7_kernel_Session._flush = (int (*)(struct __pyx_obj_8mergerfs_7_kernel_Session *, int, char *, uint64_t))__pyx_f_8mergerfs_7_kernel_7Session__flush;
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_8mergerfs_7_kernel_Session = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_8mergerfs_7_kernel_Session_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_8mergerfs_7_kernel_Session)) __PYX_ERR(0, 116, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_8mergerfs_7_kernel_Session = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_8mergerfs_7_kernel_Session_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_8mergerfs_7_kernel_Session)) __PYX_ERR(0, 117, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_8mergerfs_7_kernel_Session = &__pyx_type_8mergerfs_7_kernel_Session;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_8mergerfs_7_kernel_Session) < (0)) __PYX_ERR(0, 116, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_8mergerfs_7_kernel_Session) < (0)) __PYX_ERR(0, 117, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_8mergerfs_7_kernel_Session);
@@ -8619,9 +8822,9 @@ static int __Pyx_modinit_Exttype___pyx_obj_8mergerfs_7_kernel_Session(__pyx_msta
     __pyx_mstate->__pyx_ptype_8mergerfs_7_kernel_Session->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_8mergerfs_7_kernel_Session, __pyx_vtabptr_8mergerfs_7_kernel_Session) < (0)) __PYX_ERR(0, 116, __pyx_L1_error)
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Session, (PyObject *) __pyx_mstate->__pyx_ptype_8mergerfs_7_kernel_Session) < (0)) __PYX_ERR(0, 116, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_8mergerfs_7_kernel_Session) < (0)) __PYX_ERR(0, 116, __pyx_L1_error)
+  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_8mergerfs_7_kernel_Session, __pyx_vtabptr_8mergerfs_7_kernel_Session) < (0)) __PYX_ERR(0, 117, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Session, (PyObject *) __pyx_mstate->__pyx_ptype_8mergerfs_7_kernel_Session) < (0)) __PYX_ERR(0, 117, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_8mergerfs_7_kernel_Session) < (0)) __PYX_ERR(0, 117, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -8961,33 +9164,33 @@ __Pyx_RefNannySetupContext("PyInit__kernel", 0);
   if (__Pyx_InitAfterSharedUtility() < (0)) __PYX_ERR(0, 1, __pyx_L1_error)
   /*--- Execution code ---*/
 
-  /* "mergerfs/_kernel.pyx":21
+  /* "mergerfs/_kernel.pyx":22
  * from posix.types cimport off_t
  * 
  * import logging             # <<<<<<<<<<<<<<
  * import os
  * 
 */
-  __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_logging, 0, 0, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 21, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_logging, 0, 0, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 22, __pyx_L1_error)
   __pyx_t_2 = __pyx_t_1;
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_logging, __pyx_t_2) < (0)) __PYX_ERR(0, 21, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_logging, __pyx_t_2) < (0)) __PYX_ERR(0, 22, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "mergerfs/_kernel.pyx":22
+  /* "mergerfs/_kernel.pyx":23
  * 
  * import logging
  * import os             # <<<<<<<<<<<<<<
  * 
  * cdef extern from "<unistd.h>" nogil:
 */
-  __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_os, 0, 0, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 22, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_os, 0, 0, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 23, __pyx_L1_error)
   __pyx_t_2 = __pyx_t_1;
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_os, __pyx_t_2) < (0)) __PYX_ERR(0, 22, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_os, __pyx_t_2) < (0)) __PYX_ERR(0, 23, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "mergerfs/_kernel.pyx":39
+  /* "mergerfs/_kernel.pyx":40
  *                         unsigned long flags, const void *data)
  * 
  * log = logging.getLogger("mergerfs")             # <<<<<<<<<<<<<<
@@ -8995,9 +9198,9 @@ __Pyx_RefNannySetupContext("PyInit__kernel", 0);
  * # ---------------------------------------------------------------- protocol
 */
   __pyx_t_3 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_logging); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 39, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_logging); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 40, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_getLogger); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 39, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_getLogger); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 40, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_t_6 = 1;
@@ -9006,13 +9209,13 @@ __Pyx_RefNannySetupContext("PyInit__kernel", 0);
     __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 39, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 40, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_log, __pyx_t_2) < (0)) __PYX_ERR(0, 39, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_log, __pyx_t_2) < (0)) __PYX_ERR(0, 40, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "mergerfs/_kernel.pyx":99
+  /* "mergerfs/_kernel.pyx":100
  * 
  * # _IOR/_IOW(229, nr, size): the FUSE device ioctls
  * cdef unsigned long IOC_CLONE = 0x8004E500          # _IOR(229, 0, uint32_t)             # <<<<<<<<<<<<<<
@@ -9021,7 +9224,7 @@ __Pyx_RefNannySetupContext("PyInit__kernel", 0);
 */
   __pyx_v_8mergerfs_7_kernel_IOC_CLONE = 0x8004E500;
 
-  /* "mergerfs/_kernel.pyx":100
+  /* "mergerfs/_kernel.pyx":101
  * # _IOR/_IOW(229, nr, size): the FUSE device ioctls
  * cdef unsigned long IOC_CLONE = 0x8004E500          # _IOR(229, 0, uint32_t)
  * cdef unsigned long IOC_BACKING_OPEN = 0x4010E501   # _IOW(229, 1, struct fuse_backing_map)             # <<<<<<<<<<<<<<
@@ -9030,7 +9233,7 @@ __Pyx_RefNannySetupContext("PyInit__kernel", 0);
 */
   __pyx_v_8mergerfs_7_kernel_IOC_BACKING_OPEN = 0x4010E501;
 
-  /* "mergerfs/_kernel.pyx":101
+  /* "mergerfs/_kernel.pyx":102
  * cdef unsigned long IOC_CLONE = 0x8004E500          # _IOR(229, 0, uint32_t)
  * cdef unsigned long IOC_BACKING_OPEN = 0x4010E501   # _IOW(229, 1, struct fuse_backing_map)
  * cdef unsigned long IOC_BACKING_CLOSE = 0x4004E502  # _IOW(229, 2, uint32_t)             # <<<<<<<<<<<<<<
@@ -9039,80 +9242,80 @@ __Pyx_RefNannySetupContext("PyInit__kernel", 0);
 */
   __pyx_v_8mergerfs_7_kernel_IOC_BACKING_CLOSE = 0x4004E502;
 
-  /* "mergerfs/_kernel.pyx":147
+  /* "mergerfs/_kernel.pyx":149
  *         free(self.free_slots)
  * 
  *     def configure(self, size_t max_write, int minor):             # <<<<<<<<<<<<<<
  *         """After INIT: buffers hold the largest request, WRITE's header has its minor's size."""
  *         self.bufsize = max(<size_t>(1 << 13), IN_HDR + sizeof(fuse_write_in) + max_write + 4096)
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_7Session_5configure, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Session_configure, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 147, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_7Session_5configure, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Session_configure, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 149, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8mergerfs_7_kernel_Session, __pyx_mstate_global->__pyx_n_u_configure, __pyx_t_2) < (0)) __PYX_ERR(0, 147, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8mergerfs_7_kernel_Session, __pyx_mstate_global->__pyx_n_u_configure, __pyx_t_2) < (0)) __PYX_ERR(0, 149, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "mergerfs/_kernel.pyx":153
+  /* "mergerfs/_kernel.pyx":155
  * 
  *     # ------------------------------------------------------------ handles
  *     def add(self, uint64_t pyfh, int fd, int backing=0):             # <<<<<<<<<<<<<<
  *         """A new kernel fh for request-layer handle ``pyfh`` (``fd`` -1: no C path)."""
  *         cdef uint32_t i
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_7Session_7add, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Session_add, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 153, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_7Session_7add, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Session_add, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 155, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_2, __pyx_mstate_global->__pyx_tuple[2]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8mergerfs_7_kernel_Session, __pyx_mstate_global->__pyx_n_u_add, __pyx_t_2) < (0)) __PYX_ERR(0, 153, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8mergerfs_7_kernel_Session, __pyx_mstate_global->__pyx_n_u_add, __pyx_t_2) < (0)) __PYX_ERR(0, 155, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "mergerfs/_kernel.pyx":169
+  /* "mergerfs/_kernel.pyx":171
  *         return i
  * 
  *     def pyfh(self, uint64_t fh):             # <<<<<<<<<<<<<<
  *         """The request-layer handle of kernel fh ``fh`` (0 if none)."""
  *         if fh == 0 or fh >= self.next_slot:
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_7Session_9pyfh, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Session_pyfh, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 169, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_7Session_9pyfh, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Session_pyfh, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 171, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8mergerfs_7_kernel_Session, __pyx_mstate_global->__pyx_n_u_pyfh, __pyx_t_2) < (0)) __PYX_ERR(0, 169, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8mergerfs_7_kernel_Session, __pyx_mstate_global->__pyx_n_u_pyfh, __pyx_t_2) < (0)) __PYX_ERR(0, 171, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "mergerfs/_kernel.pyx":175
+  /* "mergerfs/_kernel.pyx":177
  *         return self.slots[fh].pyfh
  * 
  *     def remove(self, uint64_t fh):             # <<<<<<<<<<<<<<
  *         """Free kernel fh ``fh``: (request-layer handle, passthrough backing id)."""
  *         if fh == 0 or fh >= self.next_slot or self.slots[fh].pyfh == 0:
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_7Session_11remove, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Session_remove, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[3])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 175, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_7Session_11remove, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Session_remove, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[3])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 177, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8mergerfs_7_kernel_Session, __pyx_mstate_global->__pyx_n_u_remove, __pyx_t_2) < (0)) __PYX_ERR(0, 175, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8mergerfs_7_kernel_Session, __pyx_mstate_global->__pyx_n_u_remove, __pyx_t_2) < (0)) __PYX_ERR(0, 177, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "mergerfs/_kernel.pyx":188
+  /* "mergerfs/_kernel.pyx":190
  * 
  *     # ------------------------------------------------------------ the loop
  *     def serve(self, int fd):             # <<<<<<<<<<<<<<
  *         """Answer requests on ``fd`` until the connection ends (unmount: ENODEV)."""
  *         cdef char *buf = <char *>malloc(self.bufsize)
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_7Session_13serve, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Session_serve, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[4])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 188, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_7Session_13serve, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Session_serve, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[4])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 190, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8mergerfs_7_kernel_Session, __pyx_mstate_global->__pyx_n_u_serve, __pyx_t_2) < (0)) __PYX_ERR(0, 188, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8mergerfs_7_kernel_Session, __pyx_mstate_global->__pyx_n_u_serve, __pyx_t_2) < (0)) __PYX_ERR(0, 190, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
   /* "(tree fragment)":1
@@ -9142,64 +9345,64 @@ __Pyx_RefNannySetupContext("PyInit__kernel", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_2) < (0)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "mergerfs/_kernel.pyx":327
+  /* "mergerfs/_kernel.pyx":345
  * 
  * # ---------------------------------------------------------------- device calls
  * def clone_fd(int devfd):             # <<<<<<<<<<<<<<
  *     """A new ``/dev/fuse`` fd reading requests of ``devfd``'s connection."""
  *     cdef int fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_1clone_fd, 0, __pyx_mstate_global->__pyx_n_u_clone_fd, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[7])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 327, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_1clone_fd, 0, __pyx_mstate_global->__pyx_n_u_clone_fd, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[7])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 345, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_clone_fd, __pyx_t_2) < (0)) __PYX_ERR(0, 327, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_clone_fd, __pyx_t_2) < (0)) __PYX_ERR(0, 345, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "mergerfs/_kernel.pyx":338
+  /* "mergerfs/_kernel.pyx":356
  * 
  * 
  * def backing_open(int devfd, int fd):             # <<<<<<<<<<<<<<
  *     """Register branch ``fd`` for passthrough: its backing id (EPERM as non-root)."""
  *     cdef fuse_backing_map m
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_3backing_open, 0, __pyx_mstate_global->__pyx_n_u_backing_open, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[8])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 338, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_3backing_open, 0, __pyx_mstate_global->__pyx_n_u_backing_open, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[8])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 356, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_backing_open, __pyx_t_2) < (0)) __PYX_ERR(0, 338, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_backing_open, __pyx_t_2) < (0)) __PYX_ERR(0, 356, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "mergerfs/_kernel.pyx":350
+  /* "mergerfs/_kernel.pyx":368
  * 
  * 
  * def backing_close(int devfd, int backing):             # <<<<<<<<<<<<<<
  *     cdef uint32_t b = <uint32_t>backing
  *     if c_ioctl(devfd, IOC_BACKING_CLOSE, &b) != 0:
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_5backing_close, 0, __pyx_mstate_global->__pyx_n_u_backing_close, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[9])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 350, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_5backing_close, 0, __pyx_mstate_global->__pyx_n_u_backing_close, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[9])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 368, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_backing_close, __pyx_t_2) < (0)) __PYX_ERR(0, 350, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_backing_close, __pyx_t_2) < (0)) __PYX_ERR(0, 368, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "mergerfs/_kernel.pyx":356
+  /* "mergerfs/_kernel.pyx":374
  * 
  * 
  * def mount(source, target, fstype, unsigned long flags, data):             # <<<<<<<<<<<<<<
  *     """mount(2) (the FUSE connection is named by ``fd=`` in ``data``)."""
  *     cdef bytes s = os.fsencode(source)
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_7mount, 0, __pyx_mstate_global->__pyx_n_u_mount, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 356, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_7mount, 0, __pyx_mstate_global->__pyx_n_u_mount, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 374, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_mount, __pyx_t_2) < (0)) __PYX_ERR(0, 356, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_mount, __pyx_t_2) < (0)) __PYX_ERR(0, 374, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
   /* "mergerfs/_kernel.pyx":1
@@ -9271,7 +9474,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   CYTHON_UNUSED_VAR(__pyx_mstate);
   __Pyx_RefNannySetupContext("__Pyx_InitCachedConstants", 0);
 
-  /* "mergerfs/_kernel.pyx":163
+  /* "mergerfs/_kernel.pyx":165
  *             self.next_slot += 1
  *         else:
  *             raise OSError(23, "too many open files in the pool")  # ENFILE             # <<<<<<<<<<<<<<
@@ -9280,12 +9483,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_int_23, __pyx_mstate_global->__pyx_kp_u_too_many_open_files_in_the_pool};
-    __pyx_mstate_global->__pyx_tuple[0] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[0])) __PYX_ERR(0, 163, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[0] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[0])) __PYX_ERR(0, 165, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[0]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[0]);
 
-  /* "mergerfs/_kernel.pyx":178
+  /* "mergerfs/_kernel.pyx":180
  *         """Free kernel fh ``fh``: (request-layer handle, passthrough backing id)."""
  *         if fh == 0 or fh >= self.next_slot or self.slots[fh].pyfh == 0:
  *             return 0, 0             # <<<<<<<<<<<<<<
@@ -9294,12 +9497,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_int_0, __pyx_mstate_global->__pyx_int_0};
-    __pyx_mstate_global->__pyx_tuple[1] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[1])) __PYX_ERR(0, 178, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[1] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[1])) __PYX_ERR(0, 180, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[1]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[1]);
 
-  /* "mergerfs/_kernel.pyx":153
+  /* "mergerfs/_kernel.pyx":155
  * 
  *     # ------------------------------------------------------------ handles
  *     def add(self, uint64_t pyfh, int fd, int backing=0):             # <<<<<<<<<<<<<<
@@ -9308,7 +9511,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_int_0};
-    __pyx_mstate_global->__pyx_tuple[2] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[2])) __PYX_ERR(0, 153, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[2] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[2])) __PYX_ERR(0, 155, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[2]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[2]);
@@ -9349,41 +9552,41 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
-    const struct { const unsigned int length: 6; } str_length_index[] = {{15},{9},{1},{7},{6},{2},{9},{20},{50},{23},{31},{9},{6},{7},{25},{27},{11},{17},{12},{14},{13},{20},{12},{8},{12},{8},{10},{8},{11},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{3},{18},{1},{7},{13},{12},{3},{18},{8},{5},{9},{1},{4},{5},{3},{9},{1},{2},{2},{5},{8},{6},{9},{1},{5},{3},{7},{1},{6},{9},{8},{16},{5},{5},{1},{4},{2},{3},{3},{4},{6},{2},{1},{4},{5},{10},{6},{8},{1},{6},{6}};
-    const struct { const unsigned int length: 8; } bytes_length_index[] = {{9},{46},{85},{86},{72},{39},{133},{47},{183},{112}};
+    const struct { const unsigned int length: 6; } str_length_index[] = {{15},{9},{1},{7},{6},{2},{9},{20},{50},{45},{23},{31},{9},{6},{7},{25},{27},{11},{17},{12},{14},{13},{20},{12},{8},{12},{8},{10},{8},{11},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{3},{18},{1},{7},{13},{12},{3},{18},{8},{5},{9},{1},{4},{5},{3},{5},{9},{1},{2},{2},{5},{8},{6},{9},{1},{5},{3},{7},{1},{6},{9},{8},{16},{5},{5},{1},{4},{2},{3},{3},{4},{6},{2},{1},{4},{5},{10},{6},{8},{1},{6},{6}};
+    const struct { const unsigned int length: 8; } bytes_length_index[] = {{9},{46},{85},{86},{72},{39},{133},{47},{205},{112}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (1024 bytes) */
-static const char cstring[] = "x\332\205RMo\333F\020\255`\305ql%\215\344\324\221\353\270\240\342\306nP\304\206l\047E\233C\241\332N\213$\215+\271Hb\270\000\261&\227\024cjW\332]\312R\017\205\217<\356q\217<\362\310\243\216:\346\250#\217\376\t\375\t\235\325\227\0038@\t\211\263;\363\370f\346\315|\047\030\306\206\303\220\333\300D<\336\262q{\313\t8\376\331\3668:\3651&\372\355Z\036\037\235\354\006f.f\016\3372\3170#\330\337lv;\204\0326vP\340\013\3034\031\266\003\013\233\246a\007\330\020\324 \224<\021\314k{\310\207\250\345\021OhP+\300\\\030\220\245\211\204U7\034\344\001\271\240\324h \3225h\023\023\303\001\0277<b\210:6\232\224\372\207\346\336\353\303\203\367\007{\207fm\377]\355\010s\356Q26\233\323\324VW\324)1\315\253\000\307\202\013$\256\207\220mO\216\026%\216\347\006\014O\034\315\256S\237\234\031n\320\3664\3021kC\207\177t;\360\337\367,a\276\301\035Q\303\216i\"B\3500\023<N@,m\335Ivx\032\310#CK\355\300\037z\010j\014-\350h\216a\372\330\026Zn\035h\005\310\237\200&\342^\353u\352\300\035}\201\206\247\304\374\223\364\327\2040M\001s\000\343q\323\242\214\006\302#\030TA\274K,\217nN}\374\364\024Yg\036q\307\306\264|\312\361\344\242\347u\0328\226\017H\023:\024\014Y\303 \240\300\343\330C\364Tb\340\027\010V\315\2611c\270c\341\246\000]\035\307v\352\216\217\\\356\300\266Y\024v\212\213n\023\203~\257\251\013[\347y\0027\270O]\370\271\220\266\321@\\`\326@\035\363\234\351\330x7\047vs\274\243\r\217P\326\240\001\021D\027J9\264\324\244M=\340\321`Y\233s\354;\303\271\202D\343e\006\030\263@\035\006ER&\004\002V\321F>l\356E&\315\316\207\337\313\252>,\311\017\021\230\233\027\347!\n\317\007K\217\343|\274\026\037%\231t\356N\350\312\252tUMu\343L\234\277\310\\f\013\362\241<Py\365$bq1)$\333I5\315\256\250\237\242\352\204B\310\347\n\251N\304\343\222f@\351\334|\270.32?\341\303j[\035G(j\245\331\205\260\254I\027\345\266<\206\217\300\363\277\307Q\022.\327\344\221\272\251\376\201Bg\222\362gJ\375w\366\213\033\263\027o\303r\232\275qq\014e\2009\221\320hAn@\375\033\203\322NRN*\232\220\207\017\303\3125\212Qu\225\313\271\205p\047\264dA\356HK-\252}\020+""\267(!\345\227\320\3523\240ZS\325\317\301\026\342\235\330N\326{\231\336b\357E\177\255_\325\237\355H\364\351\207\357\242\375x6F1O@\253\\\370B\226\000\341\252\352\325\245\256\320\325\345,\312\353\313+\331RY\3652\372\240g\224\013_\2168[\272\210\\\370F\225\324\363\250\036\273Im\360\303\357\037k\037\377\036\034\237\014N\376\002\344 \267:X}\2268\275\275\336y\037i\370\262*FKQ+\316\306\320\377\262\002\366\373\262\225B+\273\240p)\315\335N\347n\245\371Bz7\237\336+\252Y\230\200\210\236\016\321\367\356K\246\n\252\234\026\277\201\n\213+jW\361h=\236\211w\241\231\rhy\277?\323/\247\017V\323\342\362\004\374c\364\353P\223GI\253\227\355\035\364\363:\266\374uZ|\240~\213*\321\237\361W1\272\314\335\035\355\312\264\206\321\274\036)\026-\307\245\270<\310>M\2520\334[9\000\264R\200\317\253\2226Y\371J\265\242lTIo\347\345\212\372\005\312\032z+\332\334Q\300<b\372\366J\321m\371\026:\230^N\242\314\325\345\275\236\002\250\372\037t;\207B";
-    PyObject *data = __Pyx_DecompressString(cstring, 1024, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (1065 bytes) */
+static const char cstring[] = "x\332\205RMo\333F\020\255`\305ql%\215\344\324\221\353\270\245\342\332nP\304\206l\047E\223C\341\332N\201$\215+\031Hb\270\000\261&\227\024c\222+\355.e\251\207\302G\036\367\270G\036y\344QG\035s\324\221G\377\204\376\204\316R\0376\340\000%(\315\356\314\343\233\2317\363#\247\030k\026E\266\207}\376d\323\304\355M+`\370W\323a\350\324\305\330W\377\266\341\260\341\311\3640\2651\265\330\246~\206\251\217\335\215f\267\343\023\315\304\026\n\\\256\351:\305f``]\327\314\000k\234h>\361\237r\352\264\035\344B\324p|\207+P\323\355j\304\322VM\355\264\3131\323p\307\300\330d\032o`\3554\260,L_h&%\315&6)n\005\230q\rJj\"n44\0139P\t\047D\363\220\0174M\354k\026\270\230\346\370\031A\223\020\367P\337{{x\360\361`\357P\257\357\177\250\037a\306\034\342\217\314\306\244N\243\313\033\304\327\365\253\000\303\234q\304o\206\220i\216\217\006\361-\307\016(\036;\232]\2531>S\354\221\366$\3020m\203\034\177v;\360\333w\014\256\277\303\035^\307\226\256#\337\047Y&x\254\3007\224\265\307\331\341\361\220\343g\226\230\201\233y|\344e\026D\327G0uls5\033\025h\005\310\035\203\306\223\270\321\353\304\201;\352\002\rO\210\331\265\3647\204\320u\230\024LOw\230n\020J\002\356\370\030TA\254\353\033\016\331\230\370\330\351)2\316\034\337\036\031\335p\t\303\343\213\232\027\214\330p\001\251C\207\234\"#\013\002\n<\226\231\241\047\022\003?G\260\227\226\211)\205\227P\265+M\016\342Z\226i5,\027\331\314\202\3754\010l!\343\335&\006\021\337\022\033\366\324q8\366\230Klxm\310\355y\210qL=\324\321\317\251\212\215\266yl7F[\3559>\241\036\t|\356\253j\t\203\276\232\260\2140\345\341ti\2331\354Z\331pA\247\321\372\003\214\032 \321\260L\316\021\260\3626ra}/ri~6\374I\324\324aA|\212\300\334\2768\017Qx>Xx\022\027\343\225\370(\311\2453\367B[\324\204-\353\262\033\347\342\342E\3562_\022\217\305\201,\312\247\021\215\313I)\331Jji~I\276\210jc\n.^J$;\021\213+\212\001\2453\263\341\232\310\211\342\230\017\313-y\034\241\250\225\346\347\302\252\"\235\027[\342\030>\002\317\377\036\207I\230X\021G\362\266\374\007\n\235J\252_(\365\337\351\257nM_\274\017\253i\376\326\3051""\224\001\346D@\243%\261\016\365\257\017*\333I5\331U\204,|\034\356\336\240\030V\267{93\027n\207\206(\211ma\310y\271\017b\025\346\005\244\374\032Z}\016T+\262\366%\330\\\274\035\233\311Z/\327\233\357\275\352\257\364k\352\263m\201\256\177\370!\332\217\247c\024\263\004\264*\204\257D\005\020\266\254]]\032\022]]\316\242\242\272\274\021-\231\227\257\243OjF\205\360\365\220\263\245\212(\204\357dE\276\214\032\261\235\324\007?\377\361\271\376\371\357\301\361\311\340\344/@\016\n\313\203\345\347\211\325\333\353\235\367\221\202/\312r\264\020\265\342|\014\375/J`\177(Z)\264\262\003\nW\322\302\335t\346NZ,\245\367\213\351\203\262\234\206\t\360\350Y\206~\360PPY\222\325\264\374\035TX^\222;\222Ek\361T\274\003\315\254C\313\373\375\251~5}\264\234\226\027\307\340_\242\3373MV\223V/\337;\350\027Ul\361\333\264\374\010\344\232\001\315\277\211\3215\342\357e+\312G\007\260f\305\313\302\375\341\006M*\033NqU\322h1\256\304\325A\376YR\203\221\337)\000\240\225\002|VV\224\311\2137\031\315nz\267(\226\344oPl\346\335U\346\236D\227#\246\037\256t\336\022\357!\375\344r\022\345\256.\037\325l@\353\377\000\3376\241\323";
+    PyObject *data = __Pyx_DecompressString(cstring, 1065, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (1296 bytes) */
-static const char cstring[] = "\377(tree fr\377agment)/\377dev/fuse\377?disable{en\002\001gcis\004\003\377dmergerf\377s/_kerne\377l.pyxno \377default \377__reduce\377__ due t\377o non-tr\337ivial\033\000ci\367nit!\001ques\373t c\000patch\377 failedt\377oo many \277open f\020\000s\377 in the \377poolO_CL\377OEXECO_R\377DWRSessi\353on\000\004.r\006cyt\337hon__\017\007se\177tstate_\013\r\367add7\005conf\337igureH\005py\373fhT\005remov\336\021\006serv\337\000Py\377x_PyDict\377_NextRef\277__annoe\002_\277__func\004\000_\271gv\005\021\000mai\227\000_\277_modul\243 _O_nam\003\002\305 _\237\003\315_\007\001vt\373!;\001qu\303al\035\005\325%\333\016\357&ex\310o\001\356\000P\006st\010\370\016__\371t\205@\252\000is_co\177routine\223 \377asyncio.\376\013\006sbbacki\373ng\000\004_clos\371e\005\005\254Abufclz;\000_\337\000trac\030\002>#\000ne_fd)\002\332&\337ddata\350`fd\377errexcep\375t\306@ffdfhf\337lagsf\353`co\276\321`stype\275 L\373og\363`iitem\257slog\000\000g\210\000m\377masterma\217x_wr\030\001\225\204\004\234\204\005.\376\235\204\004minormoountn\325aos\344\000\347pop\335A\323Crvs\017self\323B\251`\306\204\004$\000\277rcestr\242\000o\337rttar\307@va\377lues\200\001\330\004\337\n\210+\220Q\005\001\026\220\373j\240\r\000\007\200w\210a\377\210w\320\026)\250\021\250\377#\250S\260\001\330\010\016\377\210g\220Q\220g\230R\377\230y\250\001\250\021\200\001\377\340\004\022\220\"\220E\230\377\021\230-\240r\250\030\260\377\022\2602\260Q\330\004\033\347\230:\240\004\000=\003t\220;\377\230a\230x\240s\250!\376>\001a\330\010\n\210&\220\367\001\220\021H\005e\2302\230\377Y\240a\240q\330\004\013\373\2101Q\001\023\2202\220Y\3402\000\017\000\000\010\000\023\242\003s\220#\277\220S\230\007\230~\246\000\003\373\2601\230\020\360\006\000\005\006\377\200V\2101\330\004\005\200\267Y\210a\003\001[\220\366\000\022\373\220\047\275\000\047\320!3\260\3771\260A\330\004\007\200s\317\210\"\210A\335\016\230\003A\340\377\010\013\2103\210c\220\022\377\2203\220c\230\023\230D\356\252 \014\023\220p\000\017\210t{\2206\210 #\230Q\200\024\020\377""\013\2503\250d\260&\270\377\001\270\023\270F\300#\300\233Q\3304\0003\220\215 /\007W\377\240D\250\006\250a\250s}\260\251 \014\210F\220!c\000\337g\230Q\330\010\005\005h\230\355a\003\007k\240\302 \014\210K\377\220q\230\004\230J\240j\256\240A\014\210JN\003q\201\001\014\377\210N\230!\230;\240h\377\250g\260R\3207M\310\377R\310z\320Y[\320[\375\\P\000\320\014\035\320\0356\377\260f\270C\270w\300a\376\260\001\031\230\030\240\026\240q\267\250\004\250\375\000\031\230\240@\027\367\220q\330\357\0004\210s\220\377!\330\014\r\330\010\t\330\377\021\022\330\020\021\330\024\030\273\230\006\325@t\2405)\002\024\377\027\220r\230\022\2301\330\373\030\036\237\000\030\033\2304\230\177s\240&\250\003\2504\312\000\375\047\360\000D\300\003\3001\330\277\034\035\330\030\031\330&\0049\373\240G\217\"%\260q\270\004\357\270E\300\021\030\001\031\032\330\377\030\034\230H\240A\240T\177\250\025\250a\340\014\020\246c\363\013\210}\004\252C%\230r\240\377\031\250!\2501\320\0045\333\260Q\332@\t\014\036\000q\330\366,\000\n\230\247\000\020\220\004\220\377K\230q\240\004\240A\330?\r\021\220\033\230B\266 I\0007\004\220A \001\016\230W\000\364C\235$\310\0472\220V\277\000\345$2\357\220[\240\001\361%2\220X\016\202A\017\210q";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 1296, 1635);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (1355 bytes) */
+static const char cstring[] = "\377(tree fr\377agment)/\377dev/fuse\377?disable{en\002\001gcis\004\003\377dmergerf\377s/_kerne\377l.pyxno \377default \377__reduce\377__ due t\377o non-tr\337ivial\033\000ci\367nit!\001ply \377of %d by\377tes exce\377eds the \377buffer: \377droppedr\177equest \220\000\377patch fa\377iledtoo \367manD\000pen \275f\020\000s in<\002p\377oolO_CLO\377EXECO_RD\377WRSessio\365n\000\004.\237\006cyth\357on__\017\007set\277state_\013\ra\373dd7\005confi\357gureH\005pyf}hT\005remov\021\006\357serv\214 Pyx\377_PyDict_\377NextRef_\337_annoe\002__\337_func\004\000_g\334v\005\021\000mai\227\000__\337modul\320 __\247nam\003\002\362 _\237\003_\346\007\001vt\250A;\001quaal\035\005\202E\333\016\234Fexo\001d\356\000P\006st\010\370\016__\247@\376\273@_is_cor\277outine\223 a\177syncio.\013\006\377sbbackin\375g\000\004_close\262\005\005o\255@\340@cl;\000_\236\337\000trac\030\002#\000n\317e_fd)\002\332&dd\377atadevfd\267err\000\000or\250ap\375t\313@ffdfhf\377lagsfsen\377codefsty\373pe\302 Logge\377riitemsl\353og\000\000g\215\000mma\377stermax_\243wr\030\001\307\204\004\316\204\005.\317\204\004m\377inormoun\333tn\252\001os\351\000po\371p\342A\330Crvsse\303lf\330B\256`\370\204\004$\000rc\367est\241\003ttar\376\314@values\200\377\001\330\004\n\210+\220Q\336\005\001\026\220j\240\r\000\007\200\377w\210a\210w\320\026)\377\250\021\250#\250S\260\001\377\330\010\016\210g\220Q\220\377g\230R\230y\250\001\250\377\021\200\001\340\004\022\220\"\377\220E\230\021\230-\240r\377\250\030\260\022\2602\260Q?\330\004\033\230:\240\004\000=\003\377t\220;\230a\230x\240\367s\250!>\001a\330\010\n\277\210&\220\001\220\021H\005e\377\2302\230Y\240a\240q\337\330\004\013\2101Q\001\023\220\0072\220Y2\000\017\000\000\010\000\023\242\003\377s\220#\220S\230\007\230\335~\246\000\003\2601\230\020\360\006\377\000\005\006\200V\2101\330\277\004\005\200Y\210a\003\001[\335\220\366\000\022\220\047\275\000\047\320\377!3\2601\260A\330\004\177\007\200s\210\"\210A\335\016\376\230\003A\340\010\013\2103\210\377c\220\022\2203\220c\230w\023""\230D\252 \014\023\220p\000\337\017\210t\2206\210 #\230\373Q\200\024\020\013\2503\250d\377\260&\270\001\270\023\270F\337\300#\300Q\3304\0003\220\374\215 /\007W\240D\250\006\250\357a\250s\260\251 \014\210F\373\220!c\000g\230Q\330\010n\005\005h\230a\003\007k\240\302 \377\014\210K\220q\230\004\230wJ\240j\240A\014\210JN\003\375q\201\001\014\210N\230!\230\377;\240h\250g\260R\320\3777M\310R\310z\320Y\357[\320[\\P\000\320\014\035\377\320\0356\260f\270C\270\367w\300a\260\001\031\230\030\240\277\026\240q\250\004\250\375\000\031\275\230\240@\027\220q\330\357\0004\377\210s\220!\330\014\r\330\377\010\t\330\021\022\330\020\021\337\330\024\030\230\006\325@t\240\3755)\002\024\027\220r\230\022\337\2301\330\030\036\237\000\030\033\377\2304\230s\240&\250\003\353\2504\312\000\047\360\000D\300\003\377\3001\330\034\035\330\030\031\335\330&\0049\240G\217\"%\260\177q\270\004\270E\300\021\030\001_\031\032\330\030\034\323 \010\337`\357\025\250a\330O\007\037\230q\357\240\004\240E\344`\021\340\014\315\020\274c\013\210\223\004\300C%\230\377r\240\031\250!\2501\320o\0045\260Q\360@\t\014\036\000\333q\330,\000\n\230\275\000\020\220\367\004\220KB\002A\330\r\021\317\220\033\230B\314 I\000\004\220}A \001\016\230a\340\014\212c\235$\336\0472\220V\325\000\373$2\357\220[\240\001\207E2\220X\016\230A\017\210q";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 1355, 1707);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (1635 bytes) */
-static const char bytes[] = "(tree fragment)/dev/fuse?disableenablegcisenabledmergerfs/_kernel.pyxno default __reduce__ due to non-trivial __cinit__request dispatch failedtoo many open files in the poolO_CLOEXECO_RDWRSessionSession.__reduce_cython__Session.__setstate_cython__Session.addSession.configureSession.pyfhSession.removeSession.serve__Pyx_PyDict_NextRef__annotate____func____getstate____main____module____name____pyx_state__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutineaddasyncio.coroutinesbbackingbacking_closebacking_openbufcline_in_tracebackclone_fdcloseconfigureddatadevfderrexceptionffdfhflagsfsencodefstypegetLoggeriitemslogloggingmmastermax_writemergerfsmergerfs._kernelminormountnopenosoutpoppyfhremovervsselfservesetdefaultsourcestrerrorttargetvalues\200\001\330\004\n\210+\220Q\200\001\330\004\026\220j\240\001\330\004\007\200w\210a\210w\320\026)\250\021\250#\250S\260\001\330\010\016\210g\220Q\220g\230R\230y\250\001\250\021\200\001\340\004\022\220\"\220E\230\021\230-\240r\250\030\260\022\2602\260Q\330\004\033\230:\240Q\330\004\007\200w\210a\210t\220;\230a\230x\240s\250!\330\010\016\210a\330\010\n\210&\220\001\220\021\330\010\016\210g\220Q\220e\2302\230Y\240a\240q\330\004\013\2101\200\001\340\004\023\2202\220Y\230a\230q\330\004\023\2202\220Y\230a\230q\330\004\023\2202\220Y\230a\230q\330\004\023\2202\220Y\230a\230q\330\004\007\200w\210a\210s\220#\220S\230\007\230~\250S\260\003\2601\330\010\016\210g\220Q\220g\230R\230y\250\001\250\021\200\001\360\006\000\005\006\200V\2101\330\004\005\200Y\210a\330\004\005\200[\220\001\330\004\022\220\047\230\021\230\047\320!3\2601\260A\330\004\007\200s\210\"\210A\330\010\016\210g\220Q\220g\230R\230y\250\001\250\021\330\004\013\2101\200A\340\010\013\2103\210c\220\022\2203\220c\230\023\230D\240\001\330\014\023\2201\330\010\017\210t\2206\230\021\230#\230Q\200A\340\010\013\2103\210c\220\022\2203\220c\230\023\230D\240\013\2503\250d\260&\270\001\270\023\270F\300#\300Q\330\014\023""\2203\220a\330\010\017\210t\2206\230\021\230#\230W\240D\250\006\250a\250s\260!\330\010\014\210F\220!\2203\220g\230Q\330\010\014\210F\220!\2203\220h\230a\330\010\014\210F\220!\2203\220k\240\021\330\010\014\210K\220q\230\004\230J\240j\260\001\330\010\014\210J\220a\330\010\017\210q\200A\340\010\014\210N\230!\230;\240h\250g\260R\3207M\310R\310z\320Y[\320[\\\330\010\014\320\014\035\320\0356\260f\270C\270w\300a\200A\340\010\031\230\030\240\026\240q\250\004\250A\330\010\031\230\021\330\010\027\220q\330\010\013\2104\210s\220!\330\014\r\330\010\t\330\021\022\330\020\021\330\024\030\230\006\230a\230t\2405\250\004\250A\330\024\027\220r\230\022\2301\330\030\036\230a\330\030\033\2304\230s\240&\250\003\2504\250s\260\047\270\023\270D\300\003\3001\330\034\035\330\030\031\330\024\027\220r\230\022\2309\240G\2503\250d\260%\260q\270\004\270E\300\021\330\030\031\330\031\032\330\030\034\230H\240A\240T\250\025\250a\340\014\020\220\001\220\021\330\010\013\2104\210s\220!\330\014\022\220\047\230\021\230%\230r\240\031\250!\2501\320\0045\260Q\360\006\000\t\014\2104\210q\330\014\020\220\n\230!\330\014\020\220\004\220K\230q\240\004\240A\330\r\021\220\033\230B\230a\330\014\020\220\004\220A\330\014\020\220\016\230a\340\014\022\220\047\230\021\230$\230a\330\010\014\210F\220!\2202\220V\2301\330\010\014\210F\220!\2202\220[\240\001\330\010\014\210F\220!\2202\220X\230Q\330\010\017\210q";
+    #else /* compression: none (1707 bytes) */
+static const char bytes[] = "(tree fragment)/dev/fuse?disableenablegcisenabledmergerfs/_kernel.pyxno default __reduce__ due to non-trivial __cinit__reply of %d bytes exceeds the buffer: droppedrequest dispatch failedtoo many open files in the poolO_CLOEXECO_RDWRSessionSession.__reduce_cython__Session.__setstate_cython__Session.addSession.configureSession.pyfhSession.removeSession.serve__Pyx_PyDict_NextRef__annotate____func____getstate____main____module____name____pyx_state__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutineaddasyncio.coroutinesbbackingbacking_closebacking_openbufcline_in_tracebackclone_fdcloseconfigureddatadevfderrerrorexceptionffdfhflagsfsencodefstypegetLoggeriitemslogloggingmmastermax_writemergerfsmergerfs._kernelminormountnopenosoutpoppyfhremovervsselfservesetdefaultsourcestrerrorttargetvalues\200\001\330\004\n\210+\220Q\200\001\330\004\026\220j\240\001\330\004\007\200w\210a\210w\320\026)\250\021\250#\250S\260\001\330\010\016\210g\220Q\220g\230R\230y\250\001\250\021\200\001\340\004\022\220\"\220E\230\021\230-\240r\250\030\260\022\2602\260Q\330\004\033\230:\240Q\330\004\007\200w\210a\210t\220;\230a\230x\240s\250!\330\010\016\210a\330\010\n\210&\220\001\220\021\330\010\016\210g\220Q\220e\2302\230Y\240a\240q\330\004\013\2101\200\001\340\004\023\2202\220Y\230a\230q\330\004\023\2202\220Y\230a\230q\330\004\023\2202\220Y\230a\230q\330\004\023\2202\220Y\230a\230q\330\004\007\200w\210a\210s\220#\220S\230\007\230~\250S\260\003\2601\330\010\016\210g\220Q\220g\230R\230y\250\001\250\021\200\001\360\006\000\005\006\200V\2101\330\004\005\200Y\210a\330\004\005\200[\220\001\330\004\022\220\047\230\021\230\047\320!3\2601\260A\330\004\007\200s\210\"\210A\330\010\016\210g\220Q\220g\230R\230y\250\001\250\021\330\004\013\2101\200A\340\010\013\2103\210c\220\022\2203\220c\230\023\230D\240\001\330\014\023\2201\330\010\017\210t\2206\230\021\230#\230Q\200A\340\010\013\2103\210c\220\022\2203\220c\230\023\230D\240\013\2503""\250d\260&\270\001\270\023\270F\300#\300Q\330\014\023\2203\220a\330\010\017\210t\2206\230\021\230#\230W\240D\250\006\250a\250s\260!\330\010\014\210F\220!\2203\220g\230Q\330\010\014\210F\220!\2203\220h\230a\330\010\014\210F\220!\2203\220k\240\021\330\010\014\210K\220q\230\004\230J\240j\260\001\330\010\014\210J\220a\330\010\017\210q\200A\340\010\014\210N\230!\230;\240h\250g\260R\3207M\310R\310z\320Y[\320[\\\330\010\014\320\014\035\320\0356\260f\270C\270w\300a\200A\340\010\031\230\030\240\026\240q\250\004\250A\330\010\031\230\021\330\010\027\220q\330\010\013\2104\210s\220!\330\014\r\330\010\t\330\021\022\330\020\021\330\024\030\230\006\230a\230t\2405\250\004\250A\330\024\027\220r\230\022\2301\330\030\036\230a\330\030\033\2304\230s\240&\250\003\2504\250s\260\047\270\023\270D\300\003\3001\330\034\035\330\030\031\330\024\027\220r\230\022\2309\240G\2503\250d\260%\260q\270\004\270E\300\021\330\030\031\330\031\032\330\030\034\230D\240\010\250\001\250\025\250a\330\024\027\220r\230\022\2301\330\030\037\230q\240\004\240E\250\030\260\021\340\014\020\220\001\220\021\330\010\013\2104\210s\220!\330\014\022\220\047\230\021\230%\230r\240\031\250!\2501\320\0045\260Q\360\006\000\t\014\2104\210q\330\014\020\220\n\230!\330\014\020\220\004\220K\230q\240\004\240A\330\r\021\220\033\230B\230a\330\014\020\220\004\220A\330\014\020\220\016\230a\340\014\022\220\047\230\021\230$\230a\330\010\014\210F\220!\2202\220V\2301\330\010\014\210F\220!\2202\220[\240\001\330\010\014\210F\220!\2202\220X\230Q\330\010\017\210q";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
     #endif
     PyObject **stringtab = __pyx_mstate->__pyx_string_tab;
     Py_ssize_t pos = 0;
-    for (int i = 0; i < 90; i++) {
+    for (int i = 0; i < 92; i++) {
       Py_ssize_t bytes_length = str_length_index[i].length;
       PyObject *string = PyUnicode_DecodeUTF8(bytes + pos, bytes_length, NULL);
-      if (likely(string) && i >= 11) PyUnicode_InternInPlace(&string);
+      if (likely(string) && i >= 12) PyUnicode_InternInPlace(&string);
       if (unlikely(!string)) {
         Py_XDECREF(data);
         __PYX_ERR(0, 1, __pyx_L1_error)
@@ -9391,8 +9594,8 @@ static const char bytes[] = "(tree fragment)/dev/fuse?disableenablegcisenabledme
       stringtab[i] = string;
       pos += bytes_length;
     }
-    for (int i = 90; i < 100; i++) {
-      Py_ssize_t bytes_length = bytes_length_index[i-90].length;
+    for (int i = 92; i < 102; i++) {
+      Py_ssize_t bytes_length = bytes_length_index[i-92].length;
       PyObject *string = PyBytes_FromStringAndSize(bytes + pos, bytes_length);
       stringtab[i] = string;
       pos += bytes_length;
@@ -9402,14 +9605,14 @@ static const char bytes[] = "(tree fragment)/dev/fuse?disableenablegcisenabledme
       }
     }
     Py_XDECREF(data);
-    for (Py_ssize_t i = 0; i < 100; i++) {
+    for (Py_ssize_t i = 0; i < 102; i++) {
       if (unlikely(PyObject_Hash(stringtab[i]) == -1)) {
         __PYX_ERR(0, 1, __pyx_L1_error)
       }
     }
     #if CYTHON_IMMORTAL_CONSTANTS
     {
-      PyObject **table = stringtab + 90;
+      PyObject **table = stringtab + 92;
       for (Py_ssize_t i=0; i<10; ++i) {
         #if PY_VERSION_HEX >= 0x030F0000
         PyUnstable_SetImmortal(table[i]);
@@ -9496,27 +9699,27 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
   PyObject* tuple_dedup_map = PyDict_New();
   if (unlikely(!tuple_dedup_map)) return -1;
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 147};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 149};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_max_write, __pyx_mstate->__pyx_n_u_minor};
     __pyx_mstate_global->__pyx_codeobj_tab[0] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_configure, __pyx_mstate->__pyx_kp_b_iso88591_A_N_hgR7MRzY_6fCwa, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[0])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 153};
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 155};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_pyfh, __pyx_mstate->__pyx_n_u_fd, __pyx_mstate->__pyx_n_u_backing, __pyx_mstate->__pyx_n_u_i};
     __pyx_mstate_global->__pyx_codeobj_tab[1] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_add, __pyx_mstate->__pyx_kp_b_iso88591_5Q_4q_Kq_A_Ba_A_a_a_F_2V1_F_2_F, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[1])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 169};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 171};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_fh};
     __pyx_mstate_global->__pyx_codeobj_tab[2] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_pyfh, __pyx_mstate->__pyx_kp_b_iso88591_A_3c_3c_D_1_t6_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[2])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 175};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 177};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_fh, __pyx_mstate->__pyx_n_u_out};
     __pyx_mstate_global->__pyx_codeobj_tab[3] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_remove, __pyx_mstate->__pyx_kp_b_iso88591_A_3c_3c_D_3d_F_Q_3a_t6_WD_as_F_3, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[3])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 188};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 190};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_fd, __pyx_mstate->__pyx_n_u_buf, __pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_err};
     __pyx_mstate_global->__pyx_codeobj_tab[4] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_serve, __pyx_mstate->__pyx_kp_b_iso88591_A_q_A_q_4s_at5_A_r_1_a_4s_4s_D_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[4])) goto bad;
   }
@@ -9531,22 +9734,22 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[6] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[6])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 327};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 345};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_devfd, __pyx_mstate->__pyx_n_u_fd, __pyx_mstate->__pyx_n_u_master, __pyx_mstate->__pyx_n_u_err};
     __pyx_mstate_global->__pyx_codeobj_tab[7] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_clone_fd, __pyx_mstate->__pyx_kp_b_iso88591_E_r_2Q_Q_wat_axs_a_gQe2Yaq_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[7])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 338};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 356};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_devfd, __pyx_mstate->__pyx_n_u_fd, __pyx_mstate->__pyx_n_u_m, __pyx_mstate->__pyx_n_u_rv};
     __pyx_mstate_global->__pyx_codeobj_tab[8] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_backing_open, __pyx_mstate->__pyx_kp_b_iso88591_V1_Ya_31A_s_A_gQgRy_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[8])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 350};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 368};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_devfd, __pyx_mstate->__pyx_n_u_backing, __pyx_mstate->__pyx_n_u_b};
     __pyx_mstate_global->__pyx_codeobj_tab[9] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_backing_close, __pyx_mstate->__pyx_kp_b_iso88591_j_waw_S_gQgRy, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[9])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 9, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 356};
+    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 9, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 374};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_source, __pyx_mstate->__pyx_n_u_target, __pyx_mstate->__pyx_n_u_fstype, __pyx_mstate->__pyx_n_u_flags, __pyx_mstate->__pyx_n_u_data, __pyx_mstate->__pyx_n_u_s, __pyx_mstate->__pyx_n_u_t, __pyx_mstate->__pyx_n_u_f, __pyx_mstate->__pyx_n_u_d};
     __pyx_mstate_global->__pyx_codeobj_tab[10] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_mount, __pyx_mstate->__pyx_kp_b_iso88591_2Yaq_2Yaq_2Yaq_2Yaq_was_S_S_1_g, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[10])) goto bad;
   }

@@ -12,7 +12,8 @@ read without it: the kernel sends no READ/WRITE on a handle after RELEASE.
 Protocol facts: FUSE 7.45 (declared here, not taken from the installed header).
 """
 
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from libc.string cimport memcpy
 from libc.errno cimport errno, EINTR, EAGAIN, ENOENT, ENODEV, ENOSPC, EDQUOT
 from libc.stdint cimport uint16_t, uint32_t, uint64_t, int32_t
 from libc.stdlib cimport malloc, free, calloc
@@ -116,8 +117,9 @@ cdef struct Slot:
 cdef class Session:
     """One mounted FUSE connection: the handle table and the worker loop.
 
-    ``slow`` is called (with the GIL) as ``slow(fd, request_bytes)`` for every
-    request the C path does not answer; it must reply itself and never raise.
+    ``slow`` is called (with the GIL) as ``slow(request_bytes)`` for every
+    request the C path does not answer; it returns the whole reply (bytes) or
+    None (no reply), and never raises.
     """
 
     cdef readonly int devfd
@@ -204,17 +206,33 @@ cdef class Session:
                     if n < <ssize_t>IN_HDR or self._hot(fd, buf, n):
                         continue
                     with gil:
-                        self._python(fd, buf, n)
+                        n = self._python(buf, n)
+                    if n > 0:  # the reply, written without the GIL
+                        c_write(fd, buf, <size_t>n)
         finally:
             free(buf)
         if err != ENODEV:
             raise OSError(err, os.strerror(err))
 
-    cdef void _python(self, int fd, char *buf, ssize_t n) noexcept:
+    cdef ssize_t _python(self, char *buf, ssize_t n) noexcept:
+        """Hand the request to the Python session; its reply is copied back
+        into ``buf`` (the GIL is not needed again to send it). Returns its size."""
+        cdef const char *p
+        cdef Py_ssize_t size
         try:
-            self.slow(fd, PyBytes_FromStringAndSize(buf, n))
+            reply = self.slow(PyBytes_FromStringAndSize(buf, n))
+            if reply is None:
+                return 0
+            size = len(<bytes>reply)
+            if <size_t>size > self.bufsize:
+                log.error("reply of %d bytes exceeds the buffer: dropped", size)
+                return 0
+            p = PyBytes_AS_STRING(reply)
+            memcpy(buf, p, size)
+            return size
         except BaseException:
             log.exception("request dispatch failed")
+            return 0
 
     cdef bint _hot(self, int fd, char *buf, ssize_t n) noexcept nogil:
         cdef fuse_in_header *h = <fuse_in_header *>buf

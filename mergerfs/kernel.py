@@ -341,29 +341,28 @@ class KernelTransport:
             if e.errno not in (errno.ENOENT, errno.ENODEV, errno.EBADF):  # interrupted or gone
                 raise
 
-    def dispatch(self, fd: int, data: bytes) -> None:
-        """Decode, act as the caller, answer once. Never raises."""
+    def dispatch(self, data: bytes) -> bytes | None:
+        """Decode, act as the caller, answer: the whole reply, or None (no
+        reply). Never raises."""
         h = Request(data)
-        body = data[IN_HEADER.size:]
         handler = self._handlers.get(h.opcode)
         if handler is None:
-            self._reply(fd, h.unique, errno.ENOSYS)
-            return
+            return OUT_HEADER.pack(16, -errno.ENOSYS, h.unique)
         try:
             if h.uid != 0xFFFFFFFF and h.opcode not in _NO_REPLY:
                 ugid.switch(h.uid, h.gid, h.pid)
-            payload = handler(h, body)
+            payload = handler(h, data[IN_HEADER.size:])
         except OSError as e:
-            if h.opcode not in _NO_REPLY:
-                self._reply(fd, h.unique, e.errno or errno.EIO)
-            return
+            err = e.errno or errno.EIO
         except Exception:
             log.exception("unexpected error in opcode %d (nodeid %d)", h.opcode, h.nodeid)
-            if h.opcode not in _NO_REPLY:
-                self._reply(fd, h.unique, errno.EIO)
-            return
-        if h.opcode not in _NO_REPLY:
-            self._reply(fd, h.unique, 0, payload or b"")
+            err = errno.EIO
+        else:
+            if h.opcode in _NO_REPLY:
+                return None
+            payload = payload or b""
+            return OUT_HEADER.pack(16 + len(payload), 0, h.unique) + payload
+        return None if h.opcode in _NO_REPLY else OUT_HEADER.pack(16, -err, h.unique)
 
     # ------------------------------------------------------------ encoding
     def _entry_out(self, ino: int, st, cacheable: bool = True) -> bytes:

@@ -74,8 +74,13 @@ def current() -> tuple[int, int, tuple[int, ...]]:
     return getattr(_local, "creds", (0, 0, (0,)))
 
 
+#: Only root can act as another user; a daemon mounted by a user (fusermount3)
+#: serves that user alone and acts as itself.
+_CAN_SWITCH = os.geteuid() == 0
+
+
 def _set(creds: tuple[int, int, tuple[int, ...]]) -> None:
-    if getattr(_local, "creds", None) != creds:
+    if _CAN_SWITCH and getattr(_local, "creds", None) != creds:
         _fastpath.set_creds(*creds)
         _local.creds = creds
 

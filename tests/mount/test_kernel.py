@@ -1,0 +1,267 @@
+"""The kernel session's own promises: passthrough proven by the kernel's request
+tracepoint, the non-root mount through fusermount3 and its passthrough
+fallback, and the ops libfuse 2 never delivered (fallocate, rename2, lseek,
+copy_file_range, inode-flag ioctls, syncfs), each compared with native."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from mergerfs import _fastpath
+
+try:
+    from .helpers import REPO, is_llfuse, is_reference
+    from .nsutil import kill_leftovers
+except ImportError:
+    from helpers import REPO, is_llfuse, is_reference
+    from nsutil import kill_leftovers
+
+pytestmark = pytest.mark.skipif(is_reference() or is_llfuse(), reason="the kernel session's features")
+READ, WRITE, OPEN = 15, 16, 14
+MIB = 1 << 20
+
+
+@contextlib.contextmanager
+def requests_seen(mnt: str):
+    """Opcodes the kernel sends to ``mnt``'s daemon inside the block, from the
+    fuse_request_send tracepoint (tracefs mounted privately in a temp dir)."""
+    dev = os.stat(mnt).st_dev
+    seen: list[int] = []
+    with tempfile.TemporaryDirectory() as trc:
+        subprocess.run(["mount", "-t", "tracefs", "nodev", trc], check=True)
+        ev = os.path.join(trc, "events/fuse/fuse_request_send")
+        try:
+            with open(os.path.join(ev, "filter"), "w") as f:
+                f.write(f"connection == {os.minor(dev) | (os.major(dev) << 20)}")
+            with open(os.path.join(trc, "trace"), "w"):
+                pass  # clear
+            with open(os.path.join(ev, "enable"), "w") as f:
+                f.write("1")
+            yield seen
+            with open(os.path.join(ev, "enable"), "w") as f:
+                f.write("0")
+            with open(os.path.join(trc, "trace")) as f:
+                for line in f:
+                    if " opcode " in line:
+                        seen.append(int(line.split(" opcode ")[1].split()[0]))
+        finally:
+            with open(os.path.join(ev, "enable"), "w") as f:
+                f.write("0")
+            with open(os.path.join(ev, "filter"), "w") as f:
+                f.write("0")
+            subprocess.run(["umount", trc], check=False)
+
+
+def _io(mnt: str) -> bytes:
+    data = os.urandom(4 * MIB)
+    path = os.path.join(mnt, "data")
+    with open(path, "wb") as f:
+        f.write(data)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("1")
+    with open(path, "rb") as f:
+        back = f.read()
+    return data if back == data else b""
+
+
+@pytest.mark.parametrize("passthrough", [True, False])
+def test_passthrough_sends_no_read_or_write(mount_pool, passthrough):
+    """With passthrough.io=rw the kernel reads and writes the branch file itself;
+    without it the same I/O reaches the daemon (so the count can fail)."""
+    opts = "cache.files=auto-full,minfreespace=0" + (",passthrough.io=rw" if passthrough else "")
+    p = mount_pool(n=2, options=opts)
+    with requests_seen(p.mnt) as seen:
+        assert _io(p.mnt)
+    assert OPEN in seen, "tracepoint saw nothing: the test cannot tell"
+    io = sum(op in (READ, WRITE) for op in seen)
+    assert (io == 0) if passthrough else (io > 0), seen
+
+
+NONROOT = r"""
+set -e
+T="$1"; PY="$2"
+mknod -m 0666 "$T/fuse" c 10 229
+mount --bind "$T/fuse" /dev/fuse
+cd /
+setpriv --reuid=65534 --regid=65534 --clear-groups env PYTHONPATH="$3" "$PY" -m mergerfs \
+    -o passthrough.io=rw,cache.files=auto-full,minfreespace=0,category.create=ff "$T/b1:$T/b2" "$T/mnt"
+grep " $T/mnt " /proc/mounts
+setpriv --reuid=65534 --regid=65534 --clear-groups sh -c "
+  head -c 3000000 /dev/urandom > $T/mnt/f && cmp $T/mnt/f $T/b1/f && cat $T/mnt/f | cmp - $T/b1/f
+  stat -c %U $T/b1/f"
+setpriv --reuid=65534 --regid=65534 --clear-groups fusermount3 -u "$T/mnt"
+for i in $(seq 50); do pgrep -f -- "$T/mnt" >/dev/null || exit 0; sleep 0.1; done
+echo "daemon outlived its mount" >&2; exit 1
+"""
+
+
+def _python_for_nobody() -> str:
+    """An interpreter user nobody can run with our compiled modules importable."""
+    for exe in (sys.executable, "/usr/bin/python3"):
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "env",
+                            f"PYTHONPATH={REPO}", exe, "-c", "import mergerfs._kernel"],
+                           capture_output=True, cwd="/", check=False)
+        if r.returncode == 0:
+            return exe
+    pytest.skip("no interpreter user nobody can run with this checkout importable")
+
+
+def test_nonroot_mount_via_fusermount3_falls_back_from_passthrough(tmp_path):
+    """An unprivileged user mounts through fusermount3 (fd handoff), asks for
+    passthrough, gets normal I/O (the backing ioctl needs CAP_SYS_ADMIN), and
+    the daemon exits after fusermount3 -u. /dev/fuse is 0600 on the host: a
+    private mount namespace binds its own 0666 node over it."""
+    t = tempfile.mkdtemp(dir="/tmp", prefix="mfs-nonroot-")
+    try:
+        os.chmod(t, 0o755)
+        for d in ("b1", "b2", "mnt"):
+            os.mkdir(os.path.join(t, d))
+            os.chown(os.path.join(t, d), 65534, 65534)
+        r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", NONROOT, "sh",
+                            t, _python_for_nobody(), REPO], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"{t}/mnt fuse.mergerfs" in r.stdout
+        assert r.stdout.split()[-1] == "nobody"
+    finally:
+        kill_leftovers(f"{t}/mnt")
+        subprocess.run(["rm", "-rf", t], check=False)
+
+
+# ------------------------------------------------------------ ops vs native
+def _both(pool_dir: str, native: str, fn):
+    """``fn(root)`` on the pool and on native: (result or errno) pairs."""
+    out = []
+    for root in (pool_dir, native):
+        try:
+            out.append(("ok", fn(root)))
+        except OSError as e:
+            out.append(("err", errno.errorcode.get(e.errno, e.errno)))
+    return out
+
+
+def _text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+#: The kernel's FUSE client refuses these before asking any daemon (fs/fuse/file.c):
+#: an application sees EOPNOTSUPP, as from any filesystem without them.
+KERNEL_REFUSED = {"collapse", "insert"}
+FALLOC = {"default": 0, "keep_size": 1, "punch_hole": 3, "collapse": 8, "zero_range": 0x10,
+          "zero_keep": 0x11, "insert": 0x20}
+
+
+@pytest.mark.parametrize("mode", sorted(FALLOC))
+def test_fallocate_modes_match_native(mount_pool, native, mode):
+    p = mount_pool(n=2, options="minfreespace=0,category.create=ff")
+
+    def run(root):
+        path = os.path.join(root, f"fa-{mode}")
+        with open(path, "wb") as f:
+            f.write(bytes(range(256)) * 64)  # 16 KiB
+        fd = os.open(path, os.O_RDWR)
+        try:
+            _fastpath.fallocate(fd, FALLOC[mode], 4096, 4096)
+        finally:
+            os.close(fd)
+        with open(path, "rb") as f:
+            data = f.read()
+        return os.stat(path).st_size, data
+
+    pool_res, native_res = _both(p.mnt, native, run)
+    if mode in KERNEL_REFUSED:
+        assert pool_res == ("err", "ENOTSUP")
+    else:
+        assert pool_res == native_res
+
+
+@pytest.mark.parametrize("flags", [1, 2])  # RENAME_NOREPLACE, RENAME_EXCHANGE
+@pytest.mark.parametrize("target", ["exists", "missing"])
+def test_rename2_flags_match_native(mount_pool, native, flags, target):
+    p = mount_pool(n=2, options="minfreespace=0,category.create=ff")
+
+    def run(root):
+        with open(os.path.join(root, "a"), "w") as f:
+            f.write("A")
+        if target == "exists":
+            with open(os.path.join(root, "b"), "w") as f:
+                f.write("B")
+        _fastpath.renameat2(os.path.join(root, "a"), os.path.join(root, "b"), flags)
+        return sorted((n, _text(os.path.join(root, n))) for n in os.listdir(root) if n in "ab")
+
+    pool_res, native_res = _both(p.mnt, native, run)
+    assert pool_res == native_res
+
+
+def test_lseek_data_hole_and_copy_file_range_match_native(mount_pool, native):
+    p = mount_pool(n=2, options="minfreespace=0,category.create=ff")
+
+    def run(root):
+        path = os.path.join(root, "sparse")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.pwrite(fd, b"x" * 4096, 1 << 20)
+            found = (os.lseek(fd, 0, os.SEEK_DATA), os.lseek(fd, 0, os.SEEK_HOLE))
+            out = os.open(os.path.join(root, "copy"), os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                n = os.copy_file_range(fd, out, 4096, 1 << 20, 100)
+                copied = os.pread(out, 8192, 0)
+            finally:
+                os.close(out)
+            try:
+                os.lseek(fd, 2 << 20, os.SEEK_DATA)
+                past = "ok"
+            except OSError as e:
+                past = errno.errorcode[e.errno]
+        finally:
+            os.close(fd)
+        return found, n, copied, past
+
+    pool_res, native_res = _both(p.mnt, native, run)
+    assert pool_res == native_res
+
+
+def test_inode_flags_ioctl_and_syncfs(mount_pool, native):
+    """lsattr/chattr's FS_IOC_GETFLAGS/SETFLAGS reach the branch file; syncfs works."""
+    p = mount_pool(n=1, options="minfreespace=0")
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def run(root):
+        path = os.path.join(root, "attrs")
+        open(path, "w").close()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            flags = ctypes.c_long(0)
+            got = libc.ioctl(fd, 0x80086601, ctypes.byref(flags))  # FS_IOC_GETFLAGS
+            if got != 0:
+                raise OSError(ctypes.get_errno(), "ioctl")
+            _fastpath.syncfs(fd)
+            return flags.value
+        finally:
+            os.close(fd)
+
+    pool_res, native_res = _both(p.mnt, native, run)
+    assert pool_res == native_res
+
+
+def test_readdirplus_100k_entries(mount_pool):
+    """A 100k-entry directory through READDIRPLUS: every name once, attributes right."""
+    p = mount_pool(n=2, options="readdirplus=true,minfreespace=0")
+    d = os.path.join(p.branches[0], "big")
+    os.mkdir(d)
+    os.mkdir(os.path.join(p.branches[1], "big"))
+    for i in range(100_000):
+        os.close(os.open(os.path.join(d if i % 2 else p.branches[1] + "/big", f"f{i:06d}"),
+                         os.O_CREAT | os.O_WRONLY, 0o644))
+    with os.scandir(os.path.join(p.mnt, "big")) as it:
+        names = [(e.name, e.is_file(follow_symlinks=False)) for e in it]
+    assert len(names) == 100_000 and all(f for _, f in names)
+    assert sorted(n for n, _ in names) == [f"f{i:06d}" for i in range(100_000)]
