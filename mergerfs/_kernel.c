@@ -1875,6 +1875,7 @@ struct __pyx_obj_8mergerfs_7_kernel_Session {
   uint32_t nfree;
   uint32_t next_slot;
   PyObject *slow;
+  int trace;
 };
 
 
@@ -2926,6 +2927,8 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_7bufsize___get__(struct __
 static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_4slow___get__(struct __pyx_obj_8mergerfs_7_kernel_Session *__pyx_v_self); /* proto */
 static int __pyx_pf_8mergerfs_7_kernel_7Session_4slow_2__set__(struct __pyx_obj_8mergerfs_7_kernel_Session *__pyx_v_self, PyObject *__pyx_v_value); /* proto */
 static int __pyx_pf_8mergerfs_7_kernel_7Session_4slow_4__del__(struct __pyx_obj_8mergerfs_7_kernel_Session *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_5trace___get__(struct __pyx_obj_8mergerfs_7_kernel_Session *__pyx_v_self); /* proto */
+static int __pyx_pf_8mergerfs_7_kernel_7Session_5trace_2__set__(struct __pyx_obj_8mergerfs_7_kernel_Session *__pyx_v_self, PyObject *__pyx_v_value); /* proto */
 static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_14__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_8mergerfs_7_kernel_Session *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_16__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_8mergerfs_7_kernel_Session *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state); /* proto */
 static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__pyx_self, int __pyx_v_devfd); /* proto */
@@ -3204,8 +3207,8 @@ return 0;
 #endif
 /* #### Code section: module_code ### */
 
-/* "mergerfs/_kernel.pyx":134
- *     cdef public object slow
+/* "mergerfs/_kernel.pyx":135
+ *     cdef public bint trace  # every request to ``slow`` (-d): no C path
  * 
  *     def __cinit__(self, int devfd):             # <<<<<<<<<<<<<<
  *         self.devfd = devfd
@@ -3250,32 +3253,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_devfd,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL_TPNEW(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 134, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 135, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 134, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 135, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__cinit__", 0) < (0)) __PYX_ERR(0, 134, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__cinit__", 0) < (0)) __PYX_ERR(0, 135, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__cinit__", 1, 1, 1, i); __PYX_ERR(0, 134, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__cinit__", 1, 1, 1, i); __PYX_ERR(0, 135, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 134, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 135, __pyx_L3_error)
     }
-    __pyx_v_devfd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_devfd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 134, __pyx_L3_error)
+    __pyx_v_devfd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_devfd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 135, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__cinit__", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 134, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__cinit__", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 135, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -3305,7 +3308,7 @@ static int __pyx_pf_8mergerfs_7_kernel_7Session___cinit__(struct __pyx_obj_8merg
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "mergerfs/_kernel.pyx":135
+  /* "mergerfs/_kernel.pyx":136
  * 
  *     def __cinit__(self, int devfd):
  *         self.devfd = devfd             # <<<<<<<<<<<<<<
@@ -3314,7 +3317,7 @@ static int __pyx_pf_8mergerfs_7_kernel_7Session___cinit__(struct __pyx_obj_8merg
 */
   __pyx_v_self->devfd = __pyx_v_devfd;
 
-  /* "mergerfs/_kernel.pyx":136
+  /* "mergerfs/_kernel.pyx":137
  *     def __cinit__(self, int devfd):
  *         self.devfd = devfd
  *         self.bufsize = 1 << 17             # <<<<<<<<<<<<<<
@@ -3323,7 +3326,7 @@ static int __pyx_pf_8mergerfs_7_kernel_7Session___cinit__(struct __pyx_obj_8merg
 */
   __pyx_v_self->bufsize = 0x20000;
 
-  /* "mergerfs/_kernel.pyx":137
+  /* "mergerfs/_kernel.pyx":138
  *         self.devfd = devfd
  *         self.bufsize = 1 << 17
  *         self.write_in_size = sizeof(fuse_write_in)             # <<<<<<<<<<<<<<
@@ -3332,7 +3335,7 @@ static int __pyx_pf_8mergerfs_7_kernel_7Session___cinit__(struct __pyx_obj_8merg
 */
   __pyx_v_self->write_in_size = (sizeof(struct __pyx_t_8mergerfs_7_kernel_fuse_write_in));
 
-  /* "mergerfs/_kernel.pyx":138
+  /* "mergerfs/_kernel.pyx":139
  *         self.bufsize = 1 << 17
  *         self.write_in_size = sizeof(fuse_write_in)
  *         self.slots = <Slot *>calloc(MAX_SLOTS, sizeof(Slot))             # <<<<<<<<<<<<<<
@@ -3341,7 +3344,7 @@ static int __pyx_pf_8mergerfs_7_kernel_7Session___cinit__(struct __pyx_obj_8merg
 */
   __pyx_v_self->slots = ((struct __pyx_t_8mergerfs_7_kernel_Slot *)calloc(__pyx_e_8mergerfs_7_kernel_MAX_SLOTS, (sizeof(struct __pyx_t_8mergerfs_7_kernel_Slot))));
 
-  /* "mergerfs/_kernel.pyx":139
+  /* "mergerfs/_kernel.pyx":140
  *         self.write_in_size = sizeof(fuse_write_in)
  *         self.slots = <Slot *>calloc(MAX_SLOTS, sizeof(Slot))
  *         self.free_slots = <uint32_t *>calloc(MAX_SLOTS, sizeof(uint32_t))             # <<<<<<<<<<<<<<
@@ -3350,7 +3353,7 @@ static int __pyx_pf_8mergerfs_7_kernel_7Session___cinit__(struct __pyx_obj_8merg
 */
   __pyx_v_self->free_slots = ((uint32_t *)calloc(__pyx_e_8mergerfs_7_kernel_MAX_SLOTS, (sizeof(uint32_t))));
 
-  /* "mergerfs/_kernel.pyx":140
+  /* "mergerfs/_kernel.pyx":141
  *         self.slots = <Slot *>calloc(MAX_SLOTS, sizeof(Slot))
  *         self.free_slots = <uint32_t *>calloc(MAX_SLOTS, sizeof(uint32_t))
  *         if self.slots == NULL or self.free_slots == NULL:             # <<<<<<<<<<<<<<
@@ -3376,16 +3379,16 @@ static int __pyx_pf_8mergerfs_7_kernel_7Session___cinit__(struct __pyx_obj_8merg
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "mergerfs/_kernel.pyx":141
+    /* "mergerfs/_kernel.pyx":142
  *         self.free_slots = <uint32_t *>calloc(MAX_SLOTS, sizeof(uint32_t))
  *         if self.slots == NULL or self.free_slots == NULL:
  *             raise MemoryError()             # <<<<<<<<<<<<<<
  *         self.next_slot = 1  # fh 0 is never handed out
  *         self.nfree = 0
 */
-    PyErr_NoMemory(); __PYX_ERR(0, 141, __pyx_L1_error)
+    PyErr_NoMemory(); __PYX_ERR(0, 142, __pyx_L1_error)
 
-    /* "mergerfs/_kernel.pyx":140
+    /* "mergerfs/_kernel.pyx":141
  *         self.slots = <Slot *>calloc(MAX_SLOTS, sizeof(Slot))
  *         self.free_slots = <uint32_t *>calloc(MAX_SLOTS, sizeof(uint32_t))
  *         if self.slots == NULL or self.free_slots == NULL:             # <<<<<<<<<<<<<<
@@ -3394,7 +3397,7 @@ static int __pyx_pf_8mergerfs_7_kernel_7Session___cinit__(struct __pyx_obj_8merg
 */
   }
 
-  /* "mergerfs/_kernel.pyx":142
+  /* "mergerfs/_kernel.pyx":143
  *         if self.slots == NULL or self.free_slots == NULL:
  *             raise MemoryError()
  *         self.next_slot = 1  # fh 0 is never handed out             # <<<<<<<<<<<<<<
@@ -3403,7 +3406,7 @@ static int __pyx_pf_8mergerfs_7_kernel_7Session___cinit__(struct __pyx_obj_8merg
 */
   __pyx_v_self->next_slot = 1;
 
-  /* "mergerfs/_kernel.pyx":143
+  /* "mergerfs/_kernel.pyx":144
  *             raise MemoryError()
  *         self.next_slot = 1  # fh 0 is never handed out
  *         self.nfree = 0             # <<<<<<<<<<<<<<
@@ -3412,8 +3415,8 @@ static int __pyx_pf_8mergerfs_7_kernel_7Session___cinit__(struct __pyx_obj_8merg
 */
   __pyx_v_self->nfree = 0;
 
-  /* "mergerfs/_kernel.pyx":134
- *     cdef public object slow
+  /* "mergerfs/_kernel.pyx":135
+ *     cdef public bint trace  # every request to ``slow`` (-d): no C path
  * 
  *     def __cinit__(self, int devfd):             # <<<<<<<<<<<<<<
  *         self.devfd = devfd
@@ -3431,7 +3434,7 @@ static int __pyx_pf_8mergerfs_7_kernel_7Session___cinit__(struct __pyx_obj_8merg
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":145
+/* "mergerfs/_kernel.pyx":146
  *         self.nfree = 0
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -3454,7 +3457,7 @@ static void __pyx_pw_8mergerfs_7_kernel_7Session_3__dealloc__(PyObject *__pyx_v_
 
 static void __pyx_pf_8mergerfs_7_kernel_7Session_2__dealloc__(struct __pyx_obj_8mergerfs_7_kernel_Session *__pyx_v_self) {
 
-  /* "mergerfs/_kernel.pyx":146
+  /* "mergerfs/_kernel.pyx":147
  * 
  *     def __dealloc__(self):
  *         free(self.slots)             # <<<<<<<<<<<<<<
@@ -3463,7 +3466,7 @@ static void __pyx_pf_8mergerfs_7_kernel_7Session_2__dealloc__(struct __pyx_obj_8
 */
   free(__pyx_v_self->slots);
 
-  /* "mergerfs/_kernel.pyx":147
+  /* "mergerfs/_kernel.pyx":148
  *     def __dealloc__(self):
  *         free(self.slots)
  *         free(self.free_slots)             # <<<<<<<<<<<<<<
@@ -3472,7 +3475,7 @@ static void __pyx_pf_8mergerfs_7_kernel_7Session_2__dealloc__(struct __pyx_obj_8
 */
   free(__pyx_v_self->free_slots);
 
-  /* "mergerfs/_kernel.pyx":145
+  /* "mergerfs/_kernel.pyx":146
  *         self.nfree = 0
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -3484,7 +3487,7 @@ static void __pyx_pf_8mergerfs_7_kernel_7Session_2__dealloc__(struct __pyx_obj_8
 
 }
 
-/* "mergerfs/_kernel.pyx":149
+/* "mergerfs/_kernel.pyx":150
  *         free(self.free_slots)
  * 
  *     def configure(self, size_t max_write, int minor):             # <<<<<<<<<<<<<<
@@ -3533,39 +3536,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_max_write,&__pyx_mstate_global->__pyx_n_u_minor,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 149, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 150, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 149, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 150, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 149, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 150, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "configure", 0) < (0)) __PYX_ERR(0, 149, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "configure", 0) < (0)) __PYX_ERR(0, 150, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("configure", 1, 2, 2, i); __PYX_ERR(0, 149, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("configure", 1, 2, 2, i); __PYX_ERR(0, 150, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 149, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 150, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 149, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 150, __pyx_L3_error)
     }
-    __pyx_v_max_write = __Pyx_PyLong_As_size_t(values[0]); if (unlikely((__pyx_v_max_write == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 149, __pyx_L3_error)
-    __pyx_v_minor = __Pyx_PyLong_As_int(values[1]); if (unlikely((__pyx_v_minor == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 149, __pyx_L3_error)
+    __pyx_v_max_write = __Pyx_PyLong_As_size_t(values[0]); if (unlikely((__pyx_v_max_write == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 150, __pyx_L3_error)
+    __pyx_v_minor = __Pyx_PyLong_As_int(values[1]); if (unlikely((__pyx_v_minor == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 150, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("configure", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 149, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("configure", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 150, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -3597,7 +3600,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_4configure(struct __pyx_ob
   int __pyx_t_4;
   __Pyx_RefNannySetupContext("configure", 0);
 
-  /* "mergerfs/_kernel.pyx":151
+  /* "mergerfs/_kernel.pyx":152
  *     def configure(self, size_t max_write, int minor):
  *         """After INIT: buffers hold the largest request, WRITE's header has its minor's size."""
  *         self.bufsize = max(<size_t>(1 << 13), IN_HDR + sizeof(fuse_write_in) + max_write + 4096)             # <<<<<<<<<<<<<<
@@ -3621,7 +3624,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_4configure(struct __pyx_ob
   __pyx_v_self->bufsize = __pyx_t_3;
 
 
-  /* "mergerfs/_kernel.pyx":152
+  /* "mergerfs/_kernel.pyx":153
  *         """After INIT: buffers hold the largest request, WRITE's header has its minor's size."""
  *         self.bufsize = max(<size_t>(1 << 13), IN_HDR + sizeof(fuse_write_in) + max_write + 4096)
  *         self.write_in_size = sizeof(fuse_write_in) if minor >= 9 else 24             # <<<<<<<<<<<<<<
@@ -3640,7 +3643,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_4configure(struct __pyx_ob
 
   __pyx_v_self->write_in_size = __pyx_t_3;
 
-  /* "mergerfs/_kernel.pyx":149
+  /* "mergerfs/_kernel.pyx":150
  *         free(self.free_slots)
  * 
  *     def configure(self, size_t max_write, int minor):             # <<<<<<<<<<<<<<
@@ -3655,7 +3658,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_4configure(struct __pyx_ob
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":155
+/* "mergerfs/_kernel.pyx":156
  * 
  *     # ------------------------------------------------------------ handles
  *     def add(self, uint64_t pyfh, int fd, int backing=0):             # <<<<<<<<<<<<<<
@@ -3705,55 +3708,55 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_pyfh,&__pyx_mstate_global->__pyx_n_u_fd,&__pyx_mstate_global->__pyx_n_u_backing,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 155, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 156, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 155, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 156, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 155, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 156, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 155, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 156, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "add", 0) < (0)) __PYX_ERR(0, 155, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "add", 0) < (0)) __PYX_ERR(0, 156, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("add", 0, 2, 3, i); __PYX_ERR(0, 155, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("add", 0, 2, 3, i); __PYX_ERR(0, 156, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 155, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 156, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 155, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 156, __pyx_L3_error)
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 155, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 156, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
     }
-    __pyx_v_pyfh = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_pyfh == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 155, __pyx_L3_error)
-    __pyx_v_fd = __Pyx_PyLong_As_int(values[1]); if (unlikely((__pyx_v_fd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 155, __pyx_L3_error)
+    __pyx_v_pyfh = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_pyfh == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 156, __pyx_L3_error)
+    __pyx_v_fd = __Pyx_PyLong_As_int(values[1]); if (unlikely((__pyx_v_fd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 156, __pyx_L3_error)
     if (values[2]) {
-      __pyx_v_backing = __Pyx_PyLong_As_int(values[2]); if (unlikely((__pyx_v_backing == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 155, __pyx_L3_error)
+      __pyx_v_backing = __Pyx_PyLong_As_int(values[2]); if (unlikely((__pyx_v_backing == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 156, __pyx_L3_error)
     } else {
       __pyx_v_backing = ((int)0);
     }
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("add", 0, 2, 3, __pyx_nargs); __PYX_ERR(0, 155, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("add", 0, 2, 3, __pyx_nargs); __PYX_ERR(0, 156, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -3789,7 +3792,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("add", 0);
 
-  /* "mergerfs/_kernel.pyx":158
+  /* "mergerfs/_kernel.pyx":159
  *         """A new kernel fh for request-layer handle ``pyfh`` (``fd`` -1: no C path)."""
  *         cdef uint32_t i
  *         if self.nfree:             # <<<<<<<<<<<<<<
@@ -3801,7 +3804,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
   if (__pyx_t_1) {
 
 
-    /* "mergerfs/_kernel.pyx":159
+    /* "mergerfs/_kernel.pyx":160
  *         cdef uint32_t i
  *         if self.nfree:
  *             self.nfree -= 1             # <<<<<<<<<<<<<<
@@ -3810,7 +3813,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
 */
     __pyx_v_self->nfree = (__pyx_v_self->nfree - 1);
 
-    /* "mergerfs/_kernel.pyx":160
+    /* "mergerfs/_kernel.pyx":161
  *         if self.nfree:
  *             self.nfree -= 1
  *             i = self.free_slots[self.nfree]             # <<<<<<<<<<<<<<
@@ -3819,7 +3822,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
 */
     __pyx_v_i = (__pyx_v_self->free_slots[__pyx_v_self->nfree]);
 
-    /* "mergerfs/_kernel.pyx":158
+    /* "mergerfs/_kernel.pyx":159
  *         """A new kernel fh for request-layer handle ``pyfh`` (``fd`` -1: no C path)."""
  *         cdef uint32_t i
  *         if self.nfree:             # <<<<<<<<<<<<<<
@@ -3829,7 +3832,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
     goto __pyx_L3;
   }
 
-  /* "mergerfs/_kernel.pyx":161
+  /* "mergerfs/_kernel.pyx":162
  *             self.nfree -= 1
  *             i = self.free_slots[self.nfree]
  *         elif self.next_slot < MAX_SLOTS:             # <<<<<<<<<<<<<<
@@ -3841,7 +3844,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
   if (likely(__pyx_t_1)) {
 
 
-    /* "mergerfs/_kernel.pyx":162
+    /* "mergerfs/_kernel.pyx":163
  *             i = self.free_slots[self.nfree]
  *         elif self.next_slot < MAX_SLOTS:
  *             i = self.next_slot             # <<<<<<<<<<<<<<
@@ -3852,7 +3855,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
 
     __pyx_v_i = __pyx_t_2;
 
-    /* "mergerfs/_kernel.pyx":163
+    /* "mergerfs/_kernel.pyx":164
  *         elif self.next_slot < MAX_SLOTS:
  *             i = self.next_slot
  *             self.next_slot += 1             # <<<<<<<<<<<<<<
@@ -3861,7 +3864,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
 */
     __pyx_v_self->next_slot = (__pyx_v_self->next_slot + 1);
 
-    /* "mergerfs/_kernel.pyx":161
+    /* "mergerfs/_kernel.pyx":162
  *             self.nfree -= 1
  *             i = self.free_slots[self.nfree]
  *         elif self.next_slot < MAX_SLOTS:             # <<<<<<<<<<<<<<
@@ -3871,7 +3874,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
     goto __pyx_L3;
   }
 
-  /* "mergerfs/_kernel.pyx":165
+  /* "mergerfs/_kernel.pyx":166
  *             self.next_slot += 1
  *         else:
  *             raise OSError(23, "too many open files in the pool")  # ENFILE             # <<<<<<<<<<<<<<
@@ -3879,15 +3882,15 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
  *         self.slots[i].backing = backing
 */
   /*else*/ {
-    __pyx_t_3 = __Pyx_PyObject_Call(((PyObject *)(((PyTypeObject*)PyExc_OSError))), __pyx_mstate_global->__pyx_tuple[0], NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 165, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_Call(((PyObject *)(((PyTypeObject*)PyExc_OSError))), __pyx_mstate_global->__pyx_tuple[0], NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 166, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 165, __pyx_L1_error)
+    __PYX_ERR(0, 166, __pyx_L1_error)
   }
   __pyx_L3:;
 
-  /* "mergerfs/_kernel.pyx":166
+  /* "mergerfs/_kernel.pyx":167
  *         else:
  *             raise OSError(23, "too many open files in the pool")  # ENFILE
  *         self.slots[i].fd = fd             # <<<<<<<<<<<<<<
@@ -3896,7 +3899,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
 */
   (__pyx_v_self->slots[__pyx_v_i]).fd = __pyx_v_fd;
 
-  /* "mergerfs/_kernel.pyx":167
+  /* "mergerfs/_kernel.pyx":168
  *             raise OSError(23, "too many open files in the pool")  # ENFILE
  *         self.slots[i].fd = fd
  *         self.slots[i].backing = backing             # <<<<<<<<<<<<<<
@@ -3905,7 +3908,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
 */
   (__pyx_v_self->slots[__pyx_v_i]).backing = __pyx_v_backing;
 
-  /* "mergerfs/_kernel.pyx":168
+  /* "mergerfs/_kernel.pyx":169
  *         self.slots[i].fd = fd
  *         self.slots[i].backing = backing
  *         self.slots[i].pyfh = pyfh             # <<<<<<<<<<<<<<
@@ -3914,14 +3917,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
 */
   (__pyx_v_self->slots[__pyx_v_i]).pyfh = __pyx_v_pyfh;
 
-  /* "mergerfs/_kernel.pyx":169
+  /* "mergerfs/_kernel.pyx":170
  *         self.slots[i].backing = backing
  *         self.slots[i].pyfh = pyfh
  *         return i             # <<<<<<<<<<<<<<
  * 
  *     def pyfh(self, uint64_t fh):
 */
-  __pyx_t_3 = __Pyx_PyLong_From_uint32_t(__pyx_v_i); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 169, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_uint32_t(__pyx_v_i); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 170, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   {
     PyObject *__pyx_temp;
@@ -3934,7 +3937,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
   __pyx_t_3 = 0;
   goto __pyx_L0;
 
-  /* "mergerfs/_kernel.pyx":155
+  /* "mergerfs/_kernel.pyx":156
  * 
  *     # ------------------------------------------------------------ handles
  *     def add(self, uint64_t pyfh, int fd, int backing=0):             # <<<<<<<<<<<<<<
@@ -3954,7 +3957,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_6add(struct __pyx_obj_8mer
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":171
+/* "mergerfs/_kernel.pyx":172
  *         return i
  * 
  *     def pyfh(self, uint64_t fh):             # <<<<<<<<<<<<<<
@@ -4002,32 +4005,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_fh,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 171, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 172, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 171, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 172, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "pyfh", 0) < (0)) __PYX_ERR(0, 171, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "pyfh", 0) < (0)) __PYX_ERR(0, 172, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("pyfh", 1, 1, 1, i); __PYX_ERR(0, 171, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("pyfh", 1, 1, 1, i); __PYX_ERR(0, 172, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 171, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 172, __pyx_L3_error)
     }
-    __pyx_v_fh = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_fh == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 171, __pyx_L3_error)
+    __pyx_v_fh = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_fh == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 172, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("pyfh", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 171, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("pyfh", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 172, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -4060,7 +4063,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_8pyfh(struct __pyx_obj_8me
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("pyfh", 0);
 
-  /* "mergerfs/_kernel.pyx":173
+  /* "mergerfs/_kernel.pyx":174
  *     def pyfh(self, uint64_t fh):
  *         """The request-layer handle of kernel fh ``fh`` (0 if none)."""
  *         if fh == 0 or fh >= self.next_slot:             # <<<<<<<<<<<<<<
@@ -4086,7 +4089,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_8pyfh(struct __pyx_obj_8me
   if (__pyx_t_1) {
 
 
-    /* "mergerfs/_kernel.pyx":174
+    /* "mergerfs/_kernel.pyx":175
  *         """The request-layer handle of kernel fh ``fh`` (0 if none)."""
  *         if fh == 0 or fh >= self.next_slot:
  *             return 0             # <<<<<<<<<<<<<<
@@ -4104,7 +4107,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_8pyfh(struct __pyx_obj_8me
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":173
+    /* "mergerfs/_kernel.pyx":174
  *     def pyfh(self, uint64_t fh):
  *         """The request-layer handle of kernel fh ``fh`` (0 if none)."""
  *         if fh == 0 or fh >= self.next_slot:             # <<<<<<<<<<<<<<
@@ -4113,14 +4116,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_8pyfh(struct __pyx_obj_8me
 */
   }
 
-  /* "mergerfs/_kernel.pyx":175
+  /* "mergerfs/_kernel.pyx":176
  *         if fh == 0 or fh >= self.next_slot:
  *             return 0
  *         return self.slots[fh].pyfh             # <<<<<<<<<<<<<<
  * 
  *     def remove(self, uint64_t fh):
 */
-  __pyx_t_3 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->slots[__pyx_v_fh]).pyfh); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 175, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->slots[__pyx_v_fh]).pyfh); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 176, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   {
     PyObject *__pyx_temp;
@@ -4133,7 +4136,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_8pyfh(struct __pyx_obj_8me
   __pyx_t_3 = 0;
   goto __pyx_L0;
 
-  /* "mergerfs/_kernel.pyx":171
+  /* "mergerfs/_kernel.pyx":172
  *         return i
  * 
  *     def pyfh(self, uint64_t fh):             # <<<<<<<<<<<<<<
@@ -4152,7 +4155,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_8pyfh(struct __pyx_obj_8me
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":177
+/* "mergerfs/_kernel.pyx":178
  *         return self.slots[fh].pyfh
  * 
  *     def remove(self, uint64_t fh):             # <<<<<<<<<<<<<<
@@ -4200,32 +4203,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_fh,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 177, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 178, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 177, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 178, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "remove", 0) < (0)) __PYX_ERR(0, 177, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "remove", 0) < (0)) __PYX_ERR(0, 178, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("remove", 1, 1, 1, i); __PYX_ERR(0, 177, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("remove", 1, 1, 1, i); __PYX_ERR(0, 178, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 177, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 178, __pyx_L3_error)
     }
-    __pyx_v_fh = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_fh == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 177, __pyx_L3_error)
+    __pyx_v_fh = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_fh == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 178, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("remove", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 177, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("remove", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 178, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -4261,7 +4264,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_10remove(struct __pyx_obj_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("remove", 0);
 
-  /* "mergerfs/_kernel.pyx":179
+  /* "mergerfs/_kernel.pyx":180
  *     def remove(self, uint64_t fh):
  *         """Free kernel fh ``fh``: (request-layer handle, passthrough backing id)."""
  *         if fh == 0 or fh >= self.next_slot or self.slots[fh].pyfh == 0:             # <<<<<<<<<<<<<<
@@ -4297,7 +4300,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_10remove(struct __pyx_obj_
   if (__pyx_t_1) {
 
 
-    /* "mergerfs/_kernel.pyx":180
+    /* "mergerfs/_kernel.pyx":181
  *         """Free kernel fh ``fh``: (request-layer handle, passthrough backing id)."""
  *         if fh == 0 or fh >= self.next_slot or self.slots[fh].pyfh == 0:
  *             return 0, 0             # <<<<<<<<<<<<<<
@@ -4315,7 +4318,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_10remove(struct __pyx_obj_
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":179
+    /* "mergerfs/_kernel.pyx":180
  *     def remove(self, uint64_t fh):
  *         """Free kernel fh ``fh``: (request-layer handle, passthrough backing id)."""
  *         if fh == 0 or fh >= self.next_slot or self.slots[fh].pyfh == 0:             # <<<<<<<<<<<<<<
@@ -4324,29 +4327,29 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_10remove(struct __pyx_obj_
 */
   }
 
-  /* "mergerfs/_kernel.pyx":181
+  /* "mergerfs/_kernel.pyx":182
  *         if fh == 0 or fh >= self.next_slot or self.slots[fh].pyfh == 0:
  *             return 0, 0
  *         out = (self.slots[fh].pyfh, self.slots[fh].backing)             # <<<<<<<<<<<<<<
  *         self.slots[fh].fd = -1
  *         self.slots[fh].pyfh = 0
 */
-  __pyx_t_3 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->slots[__pyx_v_fh]).pyfh); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 181, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_uint64_t((__pyx_v_self->slots[__pyx_v_fh]).pyfh); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 182, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyLong_From_int((__pyx_v_self->slots[__pyx_v_fh]).backing); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 181, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_int((__pyx_v_self->slots[__pyx_v_fh]).backing); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 182, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = PyTuple_New(2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 181, __pyx_L1_error)
+  __pyx_t_5 = PyTuple_New(2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 182, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_GIVEREF(__pyx_t_3);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 0, __pyx_t_3) != (0)) __PYX_ERR(0, 181, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 0, __pyx_t_3) != (0)) __PYX_ERR(0, 182, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_4);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 1, __pyx_t_4) != (0)) __PYX_ERR(0, 181, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 1, __pyx_t_4) != (0)) __PYX_ERR(0, 182, __pyx_L1_error);
   __pyx_t_3 = 0;
   __pyx_t_4 = 0;
   __pyx_v_out = ((PyObject*)__pyx_t_5);
   __pyx_t_5 = 0;
 
-  /* "mergerfs/_kernel.pyx":182
+  /* "mergerfs/_kernel.pyx":183
  *             return 0, 0
  *         out = (self.slots[fh].pyfh, self.slots[fh].backing)
  *         self.slots[fh].fd = -1             # <<<<<<<<<<<<<<
@@ -4355,7 +4358,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_10remove(struct __pyx_obj_
 */
   (__pyx_v_self->slots[__pyx_v_fh]).fd = -1;
 
-  /* "mergerfs/_kernel.pyx":183
+  /* "mergerfs/_kernel.pyx":184
  *         out = (self.slots[fh].pyfh, self.slots[fh].backing)
  *         self.slots[fh].fd = -1
  *         self.slots[fh].pyfh = 0             # <<<<<<<<<<<<<<
@@ -4364,7 +4367,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_10remove(struct __pyx_obj_
 */
   (__pyx_v_self->slots[__pyx_v_fh]).pyfh = 0;
 
-  /* "mergerfs/_kernel.pyx":184
+  /* "mergerfs/_kernel.pyx":185
  *         self.slots[fh].fd = -1
  *         self.slots[fh].pyfh = 0
  *         self.slots[fh].backing = 0             # <<<<<<<<<<<<<<
@@ -4373,7 +4376,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_10remove(struct __pyx_obj_
 */
   (__pyx_v_self->slots[__pyx_v_fh]).backing = 0;
 
-  /* "mergerfs/_kernel.pyx":185
+  /* "mergerfs/_kernel.pyx":186
  *         self.slots[fh].pyfh = 0
  *         self.slots[fh].backing = 0
  *         self.free_slots[self.nfree] = <uint32_t>fh             # <<<<<<<<<<<<<<
@@ -4382,7 +4385,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_10remove(struct __pyx_obj_
 */
   (__pyx_v_self->free_slots[__pyx_v_self->nfree]) = ((uint32_t)__pyx_v_fh);
 
-  /* "mergerfs/_kernel.pyx":186
+  /* "mergerfs/_kernel.pyx":187
  *         self.slots[fh].backing = 0
  *         self.free_slots[self.nfree] = <uint32_t>fh
  *         self.nfree += 1             # <<<<<<<<<<<<<<
@@ -4391,7 +4394,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_10remove(struct __pyx_obj_
 */
   __pyx_v_self->nfree = (__pyx_v_self->nfree + 1);
 
-  /* "mergerfs/_kernel.pyx":187
+  /* "mergerfs/_kernel.pyx":188
  *         self.free_slots[self.nfree] = <uint32_t>fh
  *         self.nfree += 1
  *         return out             # <<<<<<<<<<<<<<
@@ -4409,7 +4412,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_10remove(struct __pyx_obj_
   }
   goto __pyx_L0;
 
-  /* "mergerfs/_kernel.pyx":177
+  /* "mergerfs/_kernel.pyx":178
  *         return self.slots[fh].pyfh
  * 
  *     def remove(self, uint64_t fh):             # <<<<<<<<<<<<<<
@@ -4431,7 +4434,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_10remove(struct __pyx_obj_
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":190
+/* "mergerfs/_kernel.pyx":191
  * 
  *     # ------------------------------------------------------------ the loop
  *     def serve(self, int fd):             # <<<<<<<<<<<<<<
@@ -4479,32 +4482,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_fd,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 190, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 191, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 190, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 191, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "serve", 0) < (0)) __PYX_ERR(0, 190, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "serve", 0) < (0)) __PYX_ERR(0, 191, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("serve", 1, 1, 1, i); __PYX_ERR(0, 190, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("serve", 1, 1, 1, i); __PYX_ERR(0, 191, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 190, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 191, __pyx_L3_error)
     }
-    __pyx_v_fd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_fd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 190, __pyx_L3_error)
+    __pyx_v_fd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_fd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 191, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("serve", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 190, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("serve", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 191, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -4547,7 +4550,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("serve", 0);
 
-  /* "mergerfs/_kernel.pyx":192
+  /* "mergerfs/_kernel.pyx":193
  *     def serve(self, int fd):
  *         """Answer requests on ``fd`` until the connection ends (unmount: ENODEV)."""
  *         cdef char *buf = <char *>malloc(self.bufsize)             # <<<<<<<<<<<<<<
@@ -4556,7 +4559,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
   __pyx_v_buf = ((char *)malloc(__pyx_v_self->bufsize));
 
-  /* "mergerfs/_kernel.pyx":193
+  /* "mergerfs/_kernel.pyx":194
  *         """Answer requests on ``fd`` until the connection ends (unmount: ENODEV)."""
  *         cdef char *buf = <char *>malloc(self.bufsize)
  *         cdef ssize_t n = 0             # <<<<<<<<<<<<<<
@@ -4565,7 +4568,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
   __pyx_v_n = 0;
 
-  /* "mergerfs/_kernel.pyx":194
+  /* "mergerfs/_kernel.pyx":195
  *         cdef char *buf = <char *>malloc(self.bufsize)
  *         cdef ssize_t n = 0
  *         cdef int err = 0             # <<<<<<<<<<<<<<
@@ -4574,7 +4577,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
   __pyx_v_err = 0;
 
-  /* "mergerfs/_kernel.pyx":195
+  /* "mergerfs/_kernel.pyx":196
  *         cdef ssize_t n = 0
  *         cdef int err = 0
  *         if buf == NULL:             # <<<<<<<<<<<<<<
@@ -4586,16 +4589,16 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "mergerfs/_kernel.pyx":196
+    /* "mergerfs/_kernel.pyx":197
  *         cdef int err = 0
  *         if buf == NULL:
  *             raise MemoryError()             # <<<<<<<<<<<<<<
  *         try:
  *             with nogil:
 */
-    PyErr_NoMemory(); __PYX_ERR(0, 196, __pyx_L1_error)
+    PyErr_NoMemory(); __PYX_ERR(0, 197, __pyx_L1_error)
 
-    /* "mergerfs/_kernel.pyx":195
+    /* "mergerfs/_kernel.pyx":196
  *         cdef ssize_t n = 0
  *         cdef int err = 0
  *         if buf == NULL:             # <<<<<<<<<<<<<<
@@ -4604,7 +4607,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
   }
 
-  /* "mergerfs/_kernel.pyx":197
+  /* "mergerfs/_kernel.pyx":198
  *         if buf == NULL:
  *             raise MemoryError()
  *         try:             # <<<<<<<<<<<<<<
@@ -4613,7 +4616,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
   /*try:*/ {
 
-    /* "mergerfs/_kernel.pyx":198
+    /* "mergerfs/_kernel.pyx":199
  *             raise MemoryError()
  *         try:
  *             with nogil:             # <<<<<<<<<<<<<<
@@ -4626,7 +4629,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
         __Pyx_FastGIL_Remember();
         /*try:*/ {
 
-          /* "mergerfs/_kernel.pyx":199
+          /* "mergerfs/_kernel.pyx":200
  *         try:
  *             with nogil:
  *                 while True:             # <<<<<<<<<<<<<<
@@ -4635,7 +4638,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
           while (1) {
 
-            /* "mergerfs/_kernel.pyx":200
+            /* "mergerfs/_kernel.pyx":201
  *             with nogil:
  *                 while True:
  *                     n = c_read(fd, buf, self.bufsize)             # <<<<<<<<<<<<<<
@@ -4644,7 +4647,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
             __pyx_v_n = read(__pyx_v_fd, __pyx_v_buf, __pyx_v_self->bufsize);
 
-            /* "mergerfs/_kernel.pyx":201
+            /* "mergerfs/_kernel.pyx":202
  *                 while True:
  *                     n = c_read(fd, buf, self.bufsize)
  *                     if n < 0:             # <<<<<<<<<<<<<<
@@ -4656,7 +4659,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
             if (__pyx_t_1) {
 
 
-              /* "mergerfs/_kernel.pyx":202
+              /* "mergerfs/_kernel.pyx":203
  *                     n = c_read(fd, buf, self.bufsize)
  *                     if n < 0:
  *                         err = errno             # <<<<<<<<<<<<<<
@@ -4665,7 +4668,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
               __pyx_v_err = errno;
 
-              /* "mergerfs/_kernel.pyx":203
+              /* "mergerfs/_kernel.pyx":204
  *                     if n < 0:
  *                         err = errno
  *                         if err == EINTR or err == EAGAIN or err == ENOENT:             # <<<<<<<<<<<<<<
@@ -4677,7 +4680,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
                 case EAGAIN:
                 case ENOENT:
 
-                /* "mergerfs/_kernel.pyx":204
+                /* "mergerfs/_kernel.pyx":205
  *                         err = errno
  *                         if err == EINTR or err == EAGAIN or err == ENOENT:
  *                             continue  # ENOENT: the request was interrupted before we read it             # <<<<<<<<<<<<<<
@@ -4686,7 +4689,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
                 goto __pyx_L10_continue;
 
-                /* "mergerfs/_kernel.pyx":203
+                /* "mergerfs/_kernel.pyx":204
  *                     if n < 0:
  *                         err = errno
  *                         if err == EINTR or err == EAGAIN or err == ENOENT:             # <<<<<<<<<<<<<<
@@ -4697,7 +4700,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
                 default: break;
               }
 
-              /* "mergerfs/_kernel.pyx":205
+              /* "mergerfs/_kernel.pyx":206
  *                         if err == EINTR or err == EAGAIN or err == ENOENT:
  *                             continue  # ENOENT: the request was interrupted before we read it
  *                         break             # <<<<<<<<<<<<<<
@@ -4706,7 +4709,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
               goto __pyx_L11_break;
 
-              /* "mergerfs/_kernel.pyx":201
+              /* "mergerfs/_kernel.pyx":202
  *                 while True:
  *                     n = c_read(fd, buf, self.bufsize)
  *                     if n < 0:             # <<<<<<<<<<<<<<
@@ -4715,7 +4718,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
             }
 
-            /* "mergerfs/_kernel.pyx":206
+            /* "mergerfs/_kernel.pyx":207
  *                             continue  # ENOENT: the request was interrupted before we read it
  *                         break
  *                     if n < <ssize_t>IN_HDR or self._hot(fd, buf, n):             # <<<<<<<<<<<<<<
@@ -4741,7 +4744,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
             if (__pyx_t_1) {
 
 
-              /* "mergerfs/_kernel.pyx":207
+              /* "mergerfs/_kernel.pyx":208
  *                         break
  *                     if n < <ssize_t>IN_HDR or self._hot(fd, buf, n):
  *                         continue             # <<<<<<<<<<<<<<
@@ -4750,7 +4753,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
               goto __pyx_L10_continue;
 
-              /* "mergerfs/_kernel.pyx":206
+              /* "mergerfs/_kernel.pyx":207
  *                             continue  # ENOENT: the request was interrupted before we read it
  *                         break
  *                     if n < <ssize_t>IN_HDR or self._hot(fd, buf, n):             # <<<<<<<<<<<<<<
@@ -4759,7 +4762,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
             }
 
-            /* "mergerfs/_kernel.pyx":208
+            /* "mergerfs/_kernel.pyx":209
  *                     if n < <ssize_t>IN_HDR or self._hot(fd, buf, n):
  *                         continue
  *                     with gil:             # <<<<<<<<<<<<<<
@@ -4770,7 +4773,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
                 PyGILState_STATE __pyx_gilstate_save = __Pyx_PyGILState_Ensure();
                 /*try:*/ {
 
-                  /* "mergerfs/_kernel.pyx":209
+                  /* "mergerfs/_kernel.pyx":210
  *                         continue
  *                     with gil:
  *                         n = self._python(buf, n)             # <<<<<<<<<<<<<<
@@ -4780,7 +4783,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
                   __pyx_v_n = ((struct __pyx_vtabstruct_8mergerfs_7_kernel_Session *)__pyx_v_self->__pyx_vtab)->_python(__pyx_v_self, __pyx_v_buf, __pyx_v_n);
                 }
 
-                /* "mergerfs/_kernel.pyx":208
+                /* "mergerfs/_kernel.pyx":209
  *                     if n < <ssize_t>IN_HDR or self._hot(fd, buf, n):
  *                         continue
  *                     with gil:             # <<<<<<<<<<<<<<
@@ -4796,7 +4799,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
                 }
             }
 
-            /* "mergerfs/_kernel.pyx":210
+            /* "mergerfs/_kernel.pyx":211
  *                     with gil:
  *                         n = self._python(buf, n)
  *                     if n > 0:  # the reply, written without the GIL             # <<<<<<<<<<<<<<
@@ -4808,7 +4811,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
             if (__pyx_t_1) {
 
 
-              /* "mergerfs/_kernel.pyx":211
+              /* "mergerfs/_kernel.pyx":212
  *                         n = self._python(buf, n)
  *                     if n > 0:  # the reply, written without the GIL
  *                         c_write(fd, buf, <size_t>n)             # <<<<<<<<<<<<<<
@@ -4817,7 +4820,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
               (void)(write(__pyx_v_fd, __pyx_v_buf, ((size_t)__pyx_v_n)));
 
-              /* "mergerfs/_kernel.pyx":210
+              /* "mergerfs/_kernel.pyx":211
  *                     with gil:
  *                         n = self._python(buf, n)
  *                     if n > 0:  # the reply, written without the GIL             # <<<<<<<<<<<<<<
@@ -4830,7 +4833,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
           __pyx_L11_break:;
         }
 
-        /* "mergerfs/_kernel.pyx":198
+        /* "mergerfs/_kernel.pyx":199
  *             raise MemoryError()
  *         try:
  *             with nogil:             # <<<<<<<<<<<<<<
@@ -4848,7 +4851,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
     }
   }
 
-  /* "mergerfs/_kernel.pyx":213
+  /* "mergerfs/_kernel.pyx":214
  *                         c_write(fd, buf, <size_t>n)
  *         finally:
  *             free(buf)             # <<<<<<<<<<<<<<
@@ -4863,7 +4866,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
     __pyx_L6:;
   }
 
-  /* "mergerfs/_kernel.pyx":214
+  /* "mergerfs/_kernel.pyx":215
  *         finally:
  *             free(buf)
  *         if err != ENODEV:             # <<<<<<<<<<<<<<
@@ -4875,7 +4878,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "mergerfs/_kernel.pyx":215
+    /* "mergerfs/_kernel.pyx":216
  *             free(buf)
  *         if err != ENODEV:
  *             raise OSError(err, os.strerror(err))             # <<<<<<<<<<<<<<
@@ -4883,15 +4886,15 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
  *     cdef ssize_t _python(self, char *buf, ssize_t n) noexcept:
 */
     __pyx_t_4 = NULL;
-    __pyx_t_5 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 215, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 216, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __pyx_t_7 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 215, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 216, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
-    __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 215, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 216, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-    __pyx_t_8 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 215, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 216, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __pyx_t_10 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -4911,7 +4914,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
       __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
       __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 215, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 216, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     __pyx_t_10 = 1;
@@ -4921,14 +4924,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 215, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 216, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 215, __pyx_L1_error)
+    __PYX_ERR(0, 216, __pyx_L1_error)
 
-    /* "mergerfs/_kernel.pyx":214
+    /* "mergerfs/_kernel.pyx":215
  *         finally:
  *             free(buf)
  *         if err != ENODEV:             # <<<<<<<<<<<<<<
@@ -4937,7 +4940,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
 */
   }
 
-  /* "mergerfs/_kernel.pyx":190
+  /* "mergerfs/_kernel.pyx":191
  * 
  *     # ------------------------------------------------------------ the loop
  *     def serve(self, int fd):             # <<<<<<<<<<<<<<
@@ -4967,7 +4970,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_12serve(struct __pyx_obj_8
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":217
+/* "mergerfs/_kernel.pyx":218
  *             raise OSError(err, os.strerror(err))
  * 
  *     cdef ssize_t _python(self, char *buf, ssize_t n) noexcept:             # <<<<<<<<<<<<<<
@@ -5000,7 +5003,7 @@ static Py_ssize_t __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_python", 0);
 
-  /* "mergerfs/_kernel.pyx":222
+  /* "mergerfs/_kernel.pyx":223
  *         cdef const char *p
  *         cdef Py_ssize_t size
  *         try:             # <<<<<<<<<<<<<<
@@ -5016,7 +5019,7 @@ static Py_ssize_t __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8
     __Pyx_XGOTREF(__pyx_t_3);
     /*try:*/ {
 
-      /* "mergerfs/_kernel.pyx":223
+      /* "mergerfs/_kernel.pyx":224
  *         cdef Py_ssize_t size
  *         try:
  *             reply = self.slow(PyBytes_FromStringAndSize(buf, n))             # <<<<<<<<<<<<<<
@@ -5026,7 +5029,7 @@ static Py_ssize_t __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8
       __pyx_t_5 = NULL;
       __Pyx_INCREF(__pyx_v_self->slow);
       __pyx_t_6 = __pyx_v_self->slow; 
-      __pyx_t_7 = PyBytes_FromStringAndSize(__pyx_v_buf, __pyx_v_n); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 223, __pyx_L3_error)
+      __pyx_t_7 = PyBytes_FromStringAndSize(__pyx_v_buf, __pyx_v_n); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 224, __pyx_L3_error)
       __Pyx_GOTREF(__pyx_t_7);
       __pyx_t_8 = 1;
       #if CYTHON_UNPACK_METHODS
@@ -5046,13 +5049,13 @@ static Py_ssize_t __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8
         __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 223, __pyx_L3_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 224, __pyx_L3_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __pyx_v_reply = __pyx_t_4;
       __pyx_t_4 = 0;
 
-      /* "mergerfs/_kernel.pyx":224
+      /* "mergerfs/_kernel.pyx":225
  *         try:
  *             reply = self.slow(PyBytes_FromStringAndSize(buf, n))
  *             if reply is None:             # <<<<<<<<<<<<<<
@@ -5063,7 +5066,7 @@ static Py_ssize_t __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8
       if (__pyx_t_9) {
 
 
-        /* "mergerfs/_kernel.pyx":225
+        /* "mergerfs/_kernel.pyx":226
  *             reply = self.slow(PyBytes_FromStringAndSize(buf, n))
  *             if reply is None:
  *                 return 0             # <<<<<<<<<<<<<<
@@ -5076,7 +5079,7 @@ static Py_ssize_t __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8
         }
         goto __pyx_L7_try_return;
 
-        /* "mergerfs/_kernel.pyx":224
+        /* "mergerfs/_kernel.pyx":225
  *         try:
  *             reply = self.slow(PyBytes_FromStringAndSize(buf, n))
  *             if reply is None:             # <<<<<<<<<<<<<<
@@ -5085,7 +5088,7 @@ static Py_ssize_t __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8
 */
       }
 
-      /* "mergerfs/_kernel.pyx":226
+      /* "mergerfs/_kernel.pyx":227
  *             if reply is None:
  *                 return 0
  *             size = len(<bytes>reply)             # <<<<<<<<<<<<<<
@@ -5094,12 +5097,12 @@ static Py_ssize_t __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8
 */
       if (unlikely(__pyx_v_reply == Py_None)) {
         PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
-        __PYX_ERR(0, 226, __pyx_L3_error)
+        __PYX_ERR(0, 227, __pyx_L3_error)
       }
-      __pyx_t_10 = __Pyx_PyBytes_GET_SIZE(((PyObject*)__pyx_v_reply)); if (unlikely(__pyx_t_10 == ((Py_ssize_t)-1))) __PYX_ERR(0, 226, __pyx_L3_error)
+      __pyx_t_10 = __Pyx_PyBytes_GET_SIZE(((PyObject*)__pyx_v_reply)); if (unlikely(__pyx_t_10 == ((Py_ssize_t)-1))) __PYX_ERR(0, 227, __pyx_L3_error)
       __pyx_v_size = __pyx_t_10;
 
-      /* "mergerfs/_kernel.pyx":227
+      /* "mergerfs/_kernel.pyx":228
  *                 return 0
  *             size = len(<bytes>reply)
  *             if <size_t>size > self.bufsize:             # <<<<<<<<<<<<<<
@@ -5111,7 +5114,7 @@ static Py_ssize_t __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8
       if (__pyx_t_9) {
 
 
-        /* "mergerfs/_kernel.pyx":228
+        /* "mergerfs/_kernel.pyx":229
  *             size = len(<bytes>reply)
  *             if <size_t>size > self.bufsize:
  *                 log.error("reply of %d bytes exceeds the buffer: dropped", size)             # <<<<<<<<<<<<<<
@@ -5119,12 +5122,12 @@ static Py_ssize_t __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8
  *             p = PyBytes_AS_STRING(reply)
 */
         __pyx_t_6 = NULL;
-        __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_log); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 228, __pyx_L3_error)
+        __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_log); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 229, __pyx_L3_error)
         __Pyx_GOTREF(__pyx_t_7);
-        __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_error); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 228, __pyx_L3_error)
+        __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_error); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 229, __pyx_L3_error)
         __Pyx_GOTREF(__pyx_t_5);
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-        __pyx_t_7 = PyLong_FromSsize_t(__pyx_v_size); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 228, __pyx_L3_error)
+        __pyx_t_7 = PyLong_FromSsize_t(__pyx_v_size); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 229, __pyx_L3_error)
         __Pyx_GOTREF(__pyx_t_7);
         __pyx_t_8 = 1;
         #if CYTHON_UNPACK_METHODS
@@ -5144,12 +5147,12 @@ static Py_ssize_t __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8
           __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
           __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
           __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-          if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 228, __pyx_L3_error)
+          if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 229, __pyx_L3_error)
           __Pyx_GOTREF(__pyx_t_4);
         }
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-        /* "mergerfs/_kernel.pyx":229
+        /* "mergerfs/_kernel.pyx":230
  *             if <size_t>size > self.bufsize:
  *                 log.error("reply of %d bytes exceeds the buffer: dropped", size)
  *                 return 0             # <<<<<<<<<<<<<<
@@ -5162,7 +5165,7 @@ static Py_ssize_t __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8
         }
         goto __pyx_L7_try_return;
 
-        /* "mergerfs/_kernel.pyx":227
+        /* "mergerfs/_kernel.pyx":228
  *                 return 0
  *             size = len(<bytes>reply)
  *             if <size_t>size > self.bufsize:             # <<<<<<<<<<<<<<
@@ -5171,7 +5174,7 @@ static Py_ssize_t __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8
 */
       }
 
-      /* "mergerfs/_kernel.pyx":230
+      /* "mergerfs/_kernel.pyx":231
  *                 log.error("reply of %d bytes exceeds the buffer: dropped", size)
  *                 return 0
  *             p = PyBytes_AS_STRING(reply)             # <<<<<<<<<<<<<<
@@ -5180,7 +5183,7 @@ static Py_ssize_t __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8
 */
       __pyx_v_p = PyBytes_AS_STRING(__pyx_v_reply);
 
-      /* "mergerfs/_kernel.pyx":231
+      /* "mergerfs/_kernel.pyx":232
  *                 return 0
  *             p = PyBytes_AS_STRING(reply)
  *             memcpy(buf, p, size)             # <<<<<<<<<<<<<<
@@ -5189,7 +5192,7 @@ static Py_ssize_t __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8
 */
       (void)(memcpy(__pyx_v_buf, __pyx_v_p, __pyx_v_size));
 
-      /* "mergerfs/_kernel.pyx":232
+      /* "mergerfs/_kernel.pyx":233
  *             p = PyBytes_AS_STRING(reply)
  *             memcpy(buf, p, size)
  *             return size             # <<<<<<<<<<<<<<
@@ -5202,7 +5205,7 @@ static Py_ssize_t __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8
       }
       goto __pyx_L7_try_return;
 
-      /* "mergerfs/_kernel.pyx":222
+      /* "mergerfs/_kernel.pyx":223
  *         cdef const char *p
  *         cdef Py_ssize_t size
  *         try:             # <<<<<<<<<<<<<<
@@ -5216,7 +5219,7 @@ static Py_ssize_t __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8
     __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
 
-    /* "mergerfs/_kernel.pyx":233
+    /* "mergerfs/_kernel.pyx":234
  *             memcpy(buf, p, size)
  *             return size
  *         except BaseException:             # <<<<<<<<<<<<<<
@@ -5226,12 +5229,12 @@ static Py_ssize_t __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8
     __pyx_t_11 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_BaseException))));
     if (__pyx_t_11) {
       __Pyx_AddTraceback("mergerfs._kernel.Session._python", __pyx_clineno, __pyx_lineno, __pyx_filename);
-      if (__Pyx_GetException(&__pyx_t_4, &__pyx_t_5, &__pyx_t_7) < 0) __PYX_ERR(0, 233, __pyx_L5_except_error)
+      if (__Pyx_GetException(&__pyx_t_4, &__pyx_t_5, &__pyx_t_7) < 0) __PYX_ERR(0, 234, __pyx_L5_except_error)
       __Pyx_XGOTREF(__pyx_t_4);
       __Pyx_XGOTREF(__pyx_t_5);
       __Pyx_XGOTREF(__pyx_t_7);
 
-      /* "mergerfs/_kernel.pyx":234
+      /* "mergerfs/_kernel.pyx":235
  *             return size
  *         except BaseException:
  *             log.exception("request dispatch failed")             # <<<<<<<<<<<<<<
@@ -5239,9 +5242,9 @@ static Py_ssize_t __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8
  * 
 */
       __pyx_t_12 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_13, __pyx_mstate_global->__pyx_n_u_log); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 234, __pyx_L5_except_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_13, __pyx_mstate_global->__pyx_n_u_log); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 235, __pyx_L5_except_error)
       __Pyx_GOTREF(__pyx_t_13);
-      __pyx_t_14 = __Pyx_PyObject_GetAttrStr(__pyx_t_13, __pyx_mstate_global->__pyx_n_u_exception); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 234, __pyx_L5_except_error)
+      __pyx_t_14 = __Pyx_PyObject_GetAttrStr(__pyx_t_13, __pyx_mstate_global->__pyx_n_u_exception); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 235, __pyx_L5_except_error)
       __Pyx_GOTREF(__pyx_t_14);
       __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
       __pyx_t_8 = 1;
@@ -5261,12 +5264,12 @@ static Py_ssize_t __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8
         __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_14, __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_12); __pyx_t_12 = 0;
         __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 234, __pyx_L5_except_error)
+        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 235, __pyx_L5_except_error)
         __Pyx_GOTREF(__pyx_t_6);
       }
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
-      /* "mergerfs/_kernel.pyx":235
+      /* "mergerfs/_kernel.pyx":236
  *         except BaseException:
  *             log.exception("request dispatch failed")
  *             return 0             # <<<<<<<<<<<<<<
@@ -5284,7 +5287,7 @@ static Py_ssize_t __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8
     }
     goto __pyx_L5_except_error;
 
-    /* "mergerfs/_kernel.pyx":222
+    /* "mergerfs/_kernel.pyx":223
  *         cdef const char *p
  *         cdef Py_ssize_t size
  *         try:             # <<<<<<<<<<<<<<
@@ -5311,7 +5314,7 @@ static Py_ssize_t __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8
     goto __pyx_L0;
   }
 
-  /* "mergerfs/_kernel.pyx":217
+  /* "mergerfs/_kernel.pyx":218
  *             raise OSError(err, os.strerror(err))
  * 
  *     cdef ssize_t _python(self, char *buf, ssize_t n) noexcept:             # <<<<<<<<<<<<<<
@@ -5339,12 +5342,12 @@ static Py_ssize_t __pyx_f_8mergerfs_7_kernel_7Session__python(struct __pyx_obj_8
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":237
+/* "mergerfs/_kernel.pyx":238
  *             return 0
  * 
  *     cdef bint _hot(self, int fd, char *buf, ssize_t n) noexcept nogil:             # <<<<<<<<<<<<<<
  *         cdef fuse_in_header *h = <fuse_in_header *>buf
- *         if h.opcode == FUSE_READ:
+ *         if self.trace:
 */
 
 static int __pyx_f_8mergerfs_7_kernel_7Session__hot(struct __pyx_obj_8mergerfs_7_kernel_Session *__pyx_v_self, int __pyx_v_fd, char *__pyx_v_buf, Py_ssize_t __pyx_v_n) {
@@ -5352,18 +5355,49 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__hot(struct __pyx_obj_8mergerfs_7
   int __pyx_r;
   int __pyx_t_1;
 
-  /* "mergerfs/_kernel.pyx":238
+  /* "mergerfs/_kernel.pyx":239
  * 
  *     cdef bint _hot(self, int fd, char *buf, ssize_t n) noexcept nogil:
  *         cdef fuse_in_header *h = <fuse_in_header *>buf             # <<<<<<<<<<<<<<
- *         if h.opcode == FUSE_READ:
- *             return self._read(fd, buf, h.unique)
+ *         if self.trace:
+ *             return False
 */
   __pyx_v_h = ((struct __pyx_t_8mergerfs_7_kernel_fuse_in_header *)__pyx_v_buf);
 
-  /* "mergerfs/_kernel.pyx":239
+  /* "mergerfs/_kernel.pyx":240
  *     cdef bint _hot(self, int fd, char *buf, ssize_t n) noexcept nogil:
  *         cdef fuse_in_header *h = <fuse_in_header *>buf
+ *         if self.trace:             # <<<<<<<<<<<<<<
+ *             return False
+ *         if h.opcode == FUSE_READ:
+*/
+  if (__pyx_v_self->trace) {
+
+    /* "mergerfs/_kernel.pyx":241
+ *         cdef fuse_in_header *h = <fuse_in_header *>buf
+ *         if self.trace:
+ *             return False             # <<<<<<<<<<<<<<
+ *         if h.opcode == FUSE_READ:
+ *             return self._read(fd, buf, h.unique)
+*/
+    {
+
+      __pyx_r = 0;
+    }
+    goto __pyx_L0;
+
+    /* "mergerfs/_kernel.pyx":240
+ *     cdef bint _hot(self, int fd, char *buf, ssize_t n) noexcept nogil:
+ *         cdef fuse_in_header *h = <fuse_in_header *>buf
+ *         if self.trace:             # <<<<<<<<<<<<<<
+ *             return False
+ *         if h.opcode == FUSE_READ:
+*/
+  }
+
+  /* "mergerfs/_kernel.pyx":242
+ *         if self.trace:
+ *             return False
  *         if h.opcode == FUSE_READ:             # <<<<<<<<<<<<<<
  *             return self._read(fd, buf, h.unique)
  *         if h.opcode == FUSE_WRITE:
@@ -5373,8 +5407,8 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__hot(struct __pyx_obj_8mergerfs_7
   if (__pyx_t_1) {
 
 
-    /* "mergerfs/_kernel.pyx":240
- *         cdef fuse_in_header *h = <fuse_in_header *>buf
+    /* "mergerfs/_kernel.pyx":243
+ *             return False
  *         if h.opcode == FUSE_READ:
  *             return self._read(fd, buf, h.unique)             # <<<<<<<<<<<<<<
  *         if h.opcode == FUSE_WRITE:
@@ -5386,16 +5420,16 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__hot(struct __pyx_obj_8mergerfs_7
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":239
- *     cdef bint _hot(self, int fd, char *buf, ssize_t n) noexcept nogil:
- *         cdef fuse_in_header *h = <fuse_in_header *>buf
+    /* "mergerfs/_kernel.pyx":242
+ *         if self.trace:
+ *             return False
  *         if h.opcode == FUSE_READ:             # <<<<<<<<<<<<<<
  *             return self._read(fd, buf, h.unique)
  *         if h.opcode == FUSE_WRITE:
 */
   }
 
-  /* "mergerfs/_kernel.pyx":241
+  /* "mergerfs/_kernel.pyx":244
  *         if h.opcode == FUSE_READ:
  *             return self._read(fd, buf, h.unique)
  *         if h.opcode == FUSE_WRITE:             # <<<<<<<<<<<<<<
@@ -5407,7 +5441,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__hot(struct __pyx_obj_8mergerfs_7
   if (__pyx_t_1) {
 
 
-    /* "mergerfs/_kernel.pyx":242
+    /* "mergerfs/_kernel.pyx":245
  *             return self._read(fd, buf, h.unique)
  *         if h.opcode == FUSE_WRITE:
  *             return self._write(fd, buf, n, h.unique)             # <<<<<<<<<<<<<<
@@ -5420,7 +5454,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__hot(struct __pyx_obj_8mergerfs_7
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":241
+    /* "mergerfs/_kernel.pyx":244
  *         if h.opcode == FUSE_READ:
  *             return self._read(fd, buf, h.unique)
  *         if h.opcode == FUSE_WRITE:             # <<<<<<<<<<<<<<
@@ -5429,7 +5463,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__hot(struct __pyx_obj_8mergerfs_7
 */
   }
 
-  /* "mergerfs/_kernel.pyx":243
+  /* "mergerfs/_kernel.pyx":246
  *         if h.opcode == FUSE_WRITE:
  *             return self._write(fd, buf, n, h.unique)
  *         if h.opcode == FUSE_FLUSH:             # <<<<<<<<<<<<<<
@@ -5441,7 +5475,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__hot(struct __pyx_obj_8mergerfs_7
   if (__pyx_t_1) {
 
 
-    /* "mergerfs/_kernel.pyx":244
+    /* "mergerfs/_kernel.pyx":247
  *             return self._write(fd, buf, n, h.unique)
  *         if h.opcode == FUSE_FLUSH:
  *             return self._flush(fd, buf, h.unique)             # <<<<<<<<<<<<<<
@@ -5454,7 +5488,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__hot(struct __pyx_obj_8mergerfs_7
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":243
+    /* "mergerfs/_kernel.pyx":246
  *         if h.opcode == FUSE_WRITE:
  *             return self._write(fd, buf, n, h.unique)
  *         if h.opcode == FUSE_FLUSH:             # <<<<<<<<<<<<<<
@@ -5463,7 +5497,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__hot(struct __pyx_obj_8mergerfs_7
 */
   }
 
-  /* "mergerfs/_kernel.pyx":245
+  /* "mergerfs/_kernel.pyx":248
  *         if h.opcode == FUSE_FLUSH:
  *             return self._flush(fd, buf, h.unique)
  *         return False             # <<<<<<<<<<<<<<
@@ -5476,12 +5510,12 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__hot(struct __pyx_obj_8mergerfs_7
   }
   goto __pyx_L0;
 
-  /* "mergerfs/_kernel.pyx":237
+  /* "mergerfs/_kernel.pyx":238
  *             return 0
  * 
  *     cdef bint _hot(self, int fd, char *buf, ssize_t n) noexcept nogil:             # <<<<<<<<<<<<<<
  *         cdef fuse_in_header *h = <fuse_in_header *>buf
- *         if h.opcode == FUSE_READ:
+ *         if self.trace:
 */
 
   /* function exit code */
@@ -5490,7 +5524,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__hot(struct __pyx_obj_8mergerfs_7
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":247
+/* "mergerfs/_kernel.pyx":250
  *         return False
  * 
  *     cdef inline int _fd(self, uint64_t fh) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -5503,7 +5537,7 @@ static CYTHON_INLINE int __pyx_f_8mergerfs_7_kernel_7Session__fd(struct __pyx_ob
   int __pyx_t_1;
   int __pyx_t_2;
 
-  /* "mergerfs/_kernel.pyx":248
+  /* "mergerfs/_kernel.pyx":251
  * 
  *     cdef inline int _fd(self, uint64_t fh) noexcept nogil:
  *         if fh == 0 or fh >= self.next_slot:             # <<<<<<<<<<<<<<
@@ -5529,7 +5563,7 @@ static CYTHON_INLINE int __pyx_f_8mergerfs_7_kernel_7Session__fd(struct __pyx_ob
   if (__pyx_t_1) {
 
 
-    /* "mergerfs/_kernel.pyx":249
+    /* "mergerfs/_kernel.pyx":252
  *     cdef inline int _fd(self, uint64_t fh) noexcept nogil:
  *         if fh == 0 or fh >= self.next_slot:
  *             return -1             # <<<<<<<<<<<<<<
@@ -5542,7 +5576,7 @@ static CYTHON_INLINE int __pyx_f_8mergerfs_7_kernel_7Session__fd(struct __pyx_ob
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":248
+    /* "mergerfs/_kernel.pyx":251
  * 
  *     cdef inline int _fd(self, uint64_t fh) noexcept nogil:
  *         if fh == 0 or fh >= self.next_slot:             # <<<<<<<<<<<<<<
@@ -5551,7 +5585,7 @@ static CYTHON_INLINE int __pyx_f_8mergerfs_7_kernel_7Session__fd(struct __pyx_ob
 */
   }
 
-  /* "mergerfs/_kernel.pyx":250
+  /* "mergerfs/_kernel.pyx":253
  *         if fh == 0 or fh >= self.next_slot:
  *             return -1
  *         return self.slots[fh].fd             # <<<<<<<<<<<<<<
@@ -5564,7 +5598,7 @@ static CYTHON_INLINE int __pyx_f_8mergerfs_7_kernel_7Session__fd(struct __pyx_ob
   }
   goto __pyx_L0;
 
-  /* "mergerfs/_kernel.pyx":247
+  /* "mergerfs/_kernel.pyx":250
  *         return False
  * 
  *     cdef inline int _fd(self, uint64_t fh) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -5577,7 +5611,7 @@ static CYTHON_INLINE int __pyx_f_8mergerfs_7_kernel_7Session__fd(struct __pyx_ob
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":252
+/* "mergerfs/_kernel.pyx":255
  *         return self.slots[fh].fd
  * 
  *     cdef bint _read(self, int fd, char *buf, uint64_t unique) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -5600,7 +5634,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
   int __pyx_t_2;
   int __pyx_t_3;
 
-  /* "mergerfs/_kernel.pyx":253
+  /* "mergerfs/_kernel.pyx":256
  * 
  *     cdef bint _read(self, int fd, char *buf, uint64_t unique) noexcept nogil:
  *         cdef fuse_read_in *r = <fuse_read_in *>(buf + IN_HDR)             # <<<<<<<<<<<<<<
@@ -5609,7 +5643,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   __pyx_v_r = ((struct __pyx_t_8mergerfs_7_kernel_fuse_read_in *)(__pyx_v_buf + __pyx_e_8mergerfs_7_kernel_IN_HDR));
 
-  /* "mergerfs/_kernel.pyx":254
+  /* "mergerfs/_kernel.pyx":257
  *     cdef bint _read(self, int fd, char *buf, uint64_t unique) noexcept nogil:
  *         cdef fuse_read_in *r = <fuse_read_in *>(buf + IN_HDR)
  *         cdef int bfd = self._fd(r.fh)             # <<<<<<<<<<<<<<
@@ -5618,7 +5652,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   __pyx_v_bfd = __pyx_f_8mergerfs_7_kernel_7Session__fd(__pyx_v_self, __pyx_v_r->fh);
 
-  /* "mergerfs/_kernel.pyx":255
+  /* "mergerfs/_kernel.pyx":258
  *         cdef fuse_read_in *r = <fuse_read_in *>(buf + IN_HDR)
  *         cdef int bfd = self._fd(r.fh)
  *         cdef size_t size = r.size             # <<<<<<<<<<<<<<
@@ -5629,7 +5663,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 
   __pyx_v_size = __pyx_t_1;
 
-  /* "mergerfs/_kernel.pyx":256
+  /* "mergerfs/_kernel.pyx":259
  *         cdef int bfd = self._fd(r.fh)
  *         cdef size_t size = r.size
  *         cdef off_t off = <off_t>r.offset             # <<<<<<<<<<<<<<
@@ -5638,7 +5672,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   __pyx_v_off = ((off_t)__pyx_v_r->offset);
 
-  /* "mergerfs/_kernel.pyx":257
+  /* "mergerfs/_kernel.pyx":260
  *         cdef size_t size = r.size
  *         cdef off_t off = <off_t>r.offset
  *         cdef size_t done = 0             # <<<<<<<<<<<<<<
@@ -5647,7 +5681,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   __pyx_v_done = 0;
 
-  /* "mergerfs/_kernel.pyx":259
+  /* "mergerfs/_kernel.pyx":262
  *         cdef size_t done = 0
  *         cdef ssize_t got
  *         cdef int err = 0             # <<<<<<<<<<<<<<
@@ -5656,7 +5690,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   __pyx_v_err = 0;
 
-  /* "mergerfs/_kernel.pyx":260
+  /* "mergerfs/_kernel.pyx":263
  *         cdef ssize_t got
  *         cdef int err = 0
  *         if bfd < 0 or size + OUT_HDR > self.bufsize:             # <<<<<<<<<<<<<<
@@ -5682,7 +5716,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
   if (__pyx_t_2) {
 
 
-    /* "mergerfs/_kernel.pyx":261
+    /* "mergerfs/_kernel.pyx":264
  *         cdef int err = 0
  *         if bfd < 0 or size + OUT_HDR > self.bufsize:
  *             return False             # <<<<<<<<<<<<<<
@@ -5695,7 +5729,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":260
+    /* "mergerfs/_kernel.pyx":263
  *         cdef ssize_t got
  *         cdef int err = 0
  *         if bfd < 0 or size + OUT_HDR > self.bufsize:             # <<<<<<<<<<<<<<
@@ -5704,7 +5738,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   }
 
-  /* "mergerfs/_kernel.pyx":263
+  /* "mergerfs/_kernel.pyx":266
  *             return False
  *         # the request is consumed: its buffer takes the reply
  *         cdef char *data = buf + OUT_HDR             # <<<<<<<<<<<<<<
@@ -5713,7 +5747,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   __pyx_v_data = (__pyx_v_buf + __pyx_e_8mergerfs_7_kernel_OUT_HDR);
 
-  /* "mergerfs/_kernel.pyx":264
+  /* "mergerfs/_kernel.pyx":267
  *         # the request is consumed: its buffer takes the reply
  *         cdef char *data = buf + OUT_HDR
  *         while done < size:             # <<<<<<<<<<<<<<
@@ -5726,7 +5760,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 
     if (!__pyx_t_2) break;
 
-    /* "mergerfs/_kernel.pyx":265
+    /* "mergerfs/_kernel.pyx":268
  *         cdef char *data = buf + OUT_HDR
  *         while done < size:
  *             got = c_pread(bfd, data + done, size - done, off + <off_t>done)             # <<<<<<<<<<<<<<
@@ -5735,7 +5769,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
     __pyx_v_got = pread(__pyx_v_bfd, (__pyx_v_data + __pyx_v_done), (__pyx_v_size - __pyx_v_done), (__pyx_v_off + ((off_t)__pyx_v_done)));
 
-    /* "mergerfs/_kernel.pyx":266
+    /* "mergerfs/_kernel.pyx":269
  *         while done < size:
  *             got = c_pread(bfd, data + done, size - done, off + <off_t>done)
  *             if got > 0:             # <<<<<<<<<<<<<<
@@ -5747,7 +5781,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
     if (__pyx_t_2) {
 
 
-      /* "mergerfs/_kernel.pyx":267
+      /* "mergerfs/_kernel.pyx":270
  *             got = c_pread(bfd, data + done, size - done, off + <off_t>done)
  *             if got > 0:
  *                 done += <size_t>got             # <<<<<<<<<<<<<<
@@ -5756,7 +5790,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
       __pyx_v_done = (__pyx_v_done + ((size_t)__pyx_v_got));
 
-      /* "mergerfs/_kernel.pyx":266
+      /* "mergerfs/_kernel.pyx":269
  *         while done < size:
  *             got = c_pread(bfd, data + done, size - done, off + <off_t>done)
  *             if got > 0:             # <<<<<<<<<<<<<<
@@ -5766,7 +5800,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
       goto __pyx_L8;
     }
 
-    /* "mergerfs/_kernel.pyx":268
+    /* "mergerfs/_kernel.pyx":271
  *             if got > 0:
  *                 done += <size_t>got
  *             elif got == 0:             # <<<<<<<<<<<<<<
@@ -5778,7 +5812,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
     if (__pyx_t_2) {
 
 
-      /* "mergerfs/_kernel.pyx":269
+      /* "mergerfs/_kernel.pyx":272
  *                 done += <size_t>got
  *             elif got == 0:
  *                 break             # <<<<<<<<<<<<<<
@@ -5787,7 +5821,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
       goto __pyx_L7_break;
 
-      /* "mergerfs/_kernel.pyx":268
+      /* "mergerfs/_kernel.pyx":271
  *             if got > 0:
  *                 done += <size_t>got
  *             elif got == 0:             # <<<<<<<<<<<<<<
@@ -5796,7 +5830,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
     }
 
-    /* "mergerfs/_kernel.pyx":270
+    /* "mergerfs/_kernel.pyx":273
  *             elif got == 0:
  *                 break
  *             elif errno == EINTR:             # <<<<<<<<<<<<<<
@@ -5808,7 +5842,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
     if (__pyx_t_2) {
 
 
-      /* "mergerfs/_kernel.pyx":271
+      /* "mergerfs/_kernel.pyx":274
  *                 break
  *             elif errno == EINTR:
  *                 continue             # <<<<<<<<<<<<<<
@@ -5817,7 +5851,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
       goto __pyx_L6_continue;
 
-      /* "mergerfs/_kernel.pyx":270
+      /* "mergerfs/_kernel.pyx":273
  *             elif got == 0:
  *                 break
  *             elif errno == EINTR:             # <<<<<<<<<<<<<<
@@ -5826,7 +5860,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
     }
 
-    /* "mergerfs/_kernel.pyx":273
+    /* "mergerfs/_kernel.pyx":276
  *                 continue
  *             else:
  *                 err = errno             # <<<<<<<<<<<<<<
@@ -5836,7 +5870,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
     /*else*/ {
       __pyx_v_err = errno;
 
-      /* "mergerfs/_kernel.pyx":274
+      /* "mergerfs/_kernel.pyx":277
  *             else:
  *                 err = errno
  *                 break             # <<<<<<<<<<<<<<
@@ -5850,7 +5884,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
   }
   __pyx_L7_break:;
 
-  /* "mergerfs/_kernel.pyx":275
+  /* "mergerfs/_kernel.pyx":278
  *                 err = errno
  *                 break
  *         if err and done == 0:             # <<<<<<<<<<<<<<
@@ -5876,7 +5910,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
   if (__pyx_t_2) {
 
 
-    /* "mergerfs/_kernel.pyx":276
+    /* "mergerfs/_kernel.pyx":279
  *                 break
  *         if err and done == 0:
  *             _reply_error(fd, unique, err)             # <<<<<<<<<<<<<<
@@ -5885,7 +5919,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
     __pyx_f_8mergerfs_7_kernel__reply_error(__pyx_v_fd, __pyx_v_unique, __pyx_v_err);
 
-    /* "mergerfs/_kernel.pyx":277
+    /* "mergerfs/_kernel.pyx":280
  *         if err and done == 0:
  *             _reply_error(fd, unique, err)
  *             return True             # <<<<<<<<<<<<<<
@@ -5898,7 +5932,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":275
+    /* "mergerfs/_kernel.pyx":278
  *                 err = errno
  *                 break
  *         if err and done == 0:             # <<<<<<<<<<<<<<
@@ -5907,7 +5941,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   }
 
-  /* "mergerfs/_kernel.pyx":278
+  /* "mergerfs/_kernel.pyx":281
  *             _reply_error(fd, unique, err)
  *             return True
  *         cdef fuse_out_header *o = <fuse_out_header *>buf             # <<<<<<<<<<<<<<
@@ -5916,7 +5950,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   __pyx_v_o = ((struct __pyx_t_8mergerfs_7_kernel_fuse_out_header *)__pyx_v_buf);
 
-  /* "mergerfs/_kernel.pyx":279
+  /* "mergerfs/_kernel.pyx":282
  *             return True
  *         cdef fuse_out_header *o = <fuse_out_header *>buf
  *         o.len = <uint32_t>(OUT_HDR + done)             # <<<<<<<<<<<<<<
@@ -5925,7 +5959,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   __pyx_v_o->len = ((uint32_t)(__pyx_e_8mergerfs_7_kernel_OUT_HDR + __pyx_v_done));
 
-  /* "mergerfs/_kernel.pyx":280
+  /* "mergerfs/_kernel.pyx":283
  *         cdef fuse_out_header *o = <fuse_out_header *>buf
  *         o.len = <uint32_t>(OUT_HDR + done)
  *         o.error = 0             # <<<<<<<<<<<<<<
@@ -5934,7 +5968,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   __pyx_v_o->error = 0;
 
-  /* "mergerfs/_kernel.pyx":281
+  /* "mergerfs/_kernel.pyx":284
  *         o.len = <uint32_t>(OUT_HDR + done)
  *         o.error = 0
  *         o.unique = unique             # <<<<<<<<<<<<<<
@@ -5943,7 +5977,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   __pyx_v_o->unique = __pyx_v_unique;
 
-  /* "mergerfs/_kernel.pyx":282
+  /* "mergerfs/_kernel.pyx":285
  *         o.error = 0
  *         o.unique = unique
  *         c_write(fd, buf, OUT_HDR + done)             # <<<<<<<<<<<<<<
@@ -5952,7 +5986,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   (void)(write(__pyx_v_fd, __pyx_v_buf, (__pyx_e_8mergerfs_7_kernel_OUT_HDR + __pyx_v_done)));
 
-  /* "mergerfs/_kernel.pyx":283
+  /* "mergerfs/_kernel.pyx":286
  *         o.unique = unique
  *         c_write(fd, buf, OUT_HDR + done)
  *         return True             # <<<<<<<<<<<<<<
@@ -5965,7 +5999,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
   }
   goto __pyx_L0;
 
-  /* "mergerfs/_kernel.pyx":252
+  /* "mergerfs/_kernel.pyx":255
  *         return self.slots[fh].fd
  * 
  *     cdef bint _read(self, int fd, char *buf, uint64_t unique) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -5987,7 +6021,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":285
+/* "mergerfs/_kernel.pyx":288
  *         return True
  * 
  *     cdef bint _write(self, int fd, char *buf, ssize_t n, uint64_t unique) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -6010,7 +6044,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
   int __pyx_t_2;
   int __pyx_t_3;
 
-  /* "mergerfs/_kernel.pyx":286
+  /* "mergerfs/_kernel.pyx":289
  * 
  *     cdef bint _write(self, int fd, char *buf, ssize_t n, uint64_t unique) noexcept nogil:
  *         cdef fuse_write_in *w = <fuse_write_in *>(buf + IN_HDR)             # <<<<<<<<<<<<<<
@@ -6019,7 +6053,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_w = ((struct __pyx_t_8mergerfs_7_kernel_fuse_write_in *)(__pyx_v_buf + __pyx_e_8mergerfs_7_kernel_IN_HDR));
 
-  /* "mergerfs/_kernel.pyx":287
+  /* "mergerfs/_kernel.pyx":290
  *     cdef bint _write(self, int fd, char *buf, ssize_t n, uint64_t unique) noexcept nogil:
  *         cdef fuse_write_in *w = <fuse_write_in *>(buf + IN_HDR)
  *         cdef int bfd = self._fd(w.fh)             # <<<<<<<<<<<<<<
@@ -6028,7 +6062,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_bfd = __pyx_f_8mergerfs_7_kernel_7Session__fd(__pyx_v_self, __pyx_v_w->fh);
 
-  /* "mergerfs/_kernel.pyx":288
+  /* "mergerfs/_kernel.pyx":291
  *         cdef fuse_write_in *w = <fuse_write_in *>(buf + IN_HDR)
  *         cdef int bfd = self._fd(w.fh)
  *         cdef const char *data = buf + IN_HDR + self.write_in_size             # <<<<<<<<<<<<<<
@@ -6037,7 +6071,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_data = ((__pyx_v_buf + __pyx_e_8mergerfs_7_kernel_IN_HDR) + __pyx_v_self->write_in_size);
 
-  /* "mergerfs/_kernel.pyx":289
+  /* "mergerfs/_kernel.pyx":292
  *         cdef int bfd = self._fd(w.fh)
  *         cdef const char *data = buf + IN_HDR + self.write_in_size
  *         cdef size_t size = w.size             # <<<<<<<<<<<<<<
@@ -6048,7 +6082,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 
   __pyx_v_size = __pyx_t_1;
 
-  /* "mergerfs/_kernel.pyx":290
+  /* "mergerfs/_kernel.pyx":293
  *         cdef const char *data = buf + IN_HDR + self.write_in_size
  *         cdef size_t size = w.size
  *         cdef off_t off = <off_t>w.offset             # <<<<<<<<<<<<<<
@@ -6057,7 +6091,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_off = ((off_t)__pyx_v_w->offset);
 
-  /* "mergerfs/_kernel.pyx":291
+  /* "mergerfs/_kernel.pyx":294
  *         cdef size_t size = w.size
  *         cdef off_t off = <off_t>w.offset
  *         cdef size_t done = 0             # <<<<<<<<<<<<<<
@@ -6066,7 +6100,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_done = 0;
 
-  /* "mergerfs/_kernel.pyx":293
+  /* "mergerfs/_kernel.pyx":296
  *         cdef size_t done = 0
  *         cdef ssize_t put
  *         cdef int err = 0             # <<<<<<<<<<<<<<
@@ -6075,7 +6109,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_err = 0;
 
-  /* "mergerfs/_kernel.pyx":294
+  /* "mergerfs/_kernel.pyx":297
  *         cdef ssize_t put
  *         cdef int err = 0
  *         if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n:             # <<<<<<<<<<<<<<
@@ -6101,7 +6135,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
   if (__pyx_t_2) {
 
 
-    /* "mergerfs/_kernel.pyx":295
+    /* "mergerfs/_kernel.pyx":298
  *         cdef int err = 0
  *         if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n:
  *             return False             # <<<<<<<<<<<<<<
@@ -6114,7 +6148,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":294
+    /* "mergerfs/_kernel.pyx":297
  *         cdef ssize_t put
  *         cdef int err = 0
  *         if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n:             # <<<<<<<<<<<<<<
@@ -6123,7 +6157,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   }
 
-  /* "mergerfs/_kernel.pyx":296
+  /* "mergerfs/_kernel.pyx":299
  *         if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n:
  *             return False
  *         while done < size:             # <<<<<<<<<<<<<<
@@ -6136,7 +6170,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 
     if (!__pyx_t_2) break;
 
-    /* "mergerfs/_kernel.pyx":297
+    /* "mergerfs/_kernel.pyx":300
  *             return False
  *         while done < size:
  *             put = c_pwrite(bfd, data + done, size - done, off + <off_t>done)             # <<<<<<<<<<<<<<
@@ -6145,7 +6179,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
     __pyx_v_put = pwrite(__pyx_v_bfd, (__pyx_v_data + __pyx_v_done), (__pyx_v_size - __pyx_v_done), (__pyx_v_off + ((off_t)__pyx_v_done)));
 
-    /* "mergerfs/_kernel.pyx":298
+    /* "mergerfs/_kernel.pyx":301
  *         while done < size:
  *             put = c_pwrite(bfd, data + done, size - done, off + <off_t>done)
  *             if put > 0:             # <<<<<<<<<<<<<<
@@ -6157,7 +6191,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
     if (__pyx_t_2) {
 
 
-      /* "mergerfs/_kernel.pyx":299
+      /* "mergerfs/_kernel.pyx":302
  *             put = c_pwrite(bfd, data + done, size - done, off + <off_t>done)
  *             if put > 0:
  *                 done += <size_t>put             # <<<<<<<<<<<<<<
@@ -6166,7 +6200,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
       __pyx_v_done = (__pyx_v_done + ((size_t)__pyx_v_put));
 
-      /* "mergerfs/_kernel.pyx":298
+      /* "mergerfs/_kernel.pyx":301
  *         while done < size:
  *             put = c_pwrite(bfd, data + done, size - done, off + <off_t>done)
  *             if put > 0:             # <<<<<<<<<<<<<<
@@ -6176,7 +6210,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
       goto __pyx_L8;
     }
 
-    /* "mergerfs/_kernel.pyx":300
+    /* "mergerfs/_kernel.pyx":303
  *             if put > 0:
  *                 done += <size_t>put
  *             elif put == 0:             # <<<<<<<<<<<<<<
@@ -6188,7 +6222,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
     if (__pyx_t_2) {
 
 
-      /* "mergerfs/_kernel.pyx":301
+      /* "mergerfs/_kernel.pyx":304
  *                 done += <size_t>put
  *             elif put == 0:
  *                 break             # <<<<<<<<<<<<<<
@@ -6197,7 +6231,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
       goto __pyx_L7_break;
 
-      /* "mergerfs/_kernel.pyx":300
+      /* "mergerfs/_kernel.pyx":303
  *             if put > 0:
  *                 done += <size_t>put
  *             elif put == 0:             # <<<<<<<<<<<<<<
@@ -6206,7 +6240,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
     }
 
-    /* "mergerfs/_kernel.pyx":302
+    /* "mergerfs/_kernel.pyx":305
  *             elif put == 0:
  *                 break
  *             elif errno == EINTR:             # <<<<<<<<<<<<<<
@@ -6218,7 +6252,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
     if (__pyx_t_2) {
 
 
-      /* "mergerfs/_kernel.pyx":303
+      /* "mergerfs/_kernel.pyx":306
  *                 break
  *             elif errno == EINTR:
  *                 continue             # <<<<<<<<<<<<<<
@@ -6227,7 +6261,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
       goto __pyx_L6_continue;
 
-      /* "mergerfs/_kernel.pyx":302
+      /* "mergerfs/_kernel.pyx":305
  *             elif put == 0:
  *                 break
  *             elif errno == EINTR:             # <<<<<<<<<<<<<<
@@ -6236,7 +6270,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
     }
 
-    /* "mergerfs/_kernel.pyx":305
+    /* "mergerfs/_kernel.pyx":308
  *                 continue
  *             else:
  *                 err = errno             # <<<<<<<<<<<<<<
@@ -6246,7 +6280,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
     /*else*/ {
       __pyx_v_err = errno;
 
-      /* "mergerfs/_kernel.pyx":306
+      /* "mergerfs/_kernel.pyx":309
  *             else:
  *                 err = errno
  *                 break             # <<<<<<<<<<<<<<
@@ -6260,7 +6294,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
   }
   __pyx_L7_break:;
 
-  /* "mergerfs/_kernel.pyx":307
+  /* "mergerfs/_kernel.pyx":310
  *                 err = errno
  *                 break
  *         if err and done == 0:             # <<<<<<<<<<<<<<
@@ -6286,7 +6320,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
   if (__pyx_t_2) {
 
 
-    /* "mergerfs/_kernel.pyx":308
+    /* "mergerfs/_kernel.pyx":311
  *                 break
  *         if err and done == 0:
  *             if err == ENOSPC or err == EDQUOT:             # <<<<<<<<<<<<<<
@@ -6297,7 +6331,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
       case ENOSPC:
       case EDQUOT:
 
-      /* "mergerfs/_kernel.pyx":309
+      /* "mergerfs/_kernel.pyx":312
  *         if err and done == 0:
  *             if err == ENOSPC or err == EDQUOT:
  *                 return False  # moveonenospc is a decision: the Python session's             # <<<<<<<<<<<<<<
@@ -6310,7 +6344,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
       }
       goto __pyx_L0;
 
-      /* "mergerfs/_kernel.pyx":308
+      /* "mergerfs/_kernel.pyx":311
  *                 break
  *         if err and done == 0:
  *             if err == ENOSPC or err == EDQUOT:             # <<<<<<<<<<<<<<
@@ -6321,7 +6355,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
       default: break;
     }
 
-    /* "mergerfs/_kernel.pyx":310
+    /* "mergerfs/_kernel.pyx":313
  *             if err == ENOSPC or err == EDQUOT:
  *                 return False  # moveonenospc is a decision: the Python session's
  *             _reply_error(fd, unique, err)             # <<<<<<<<<<<<<<
@@ -6330,7 +6364,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
     __pyx_f_8mergerfs_7_kernel__reply_error(__pyx_v_fd, __pyx_v_unique, __pyx_v_err);
 
-    /* "mergerfs/_kernel.pyx":311
+    /* "mergerfs/_kernel.pyx":314
  *                 return False  # moveonenospc is a decision: the Python session's
  *             _reply_error(fd, unique, err)
  *             return True             # <<<<<<<<<<<<<<
@@ -6343,7 +6377,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":307
+    /* "mergerfs/_kernel.pyx":310
  *                 err = errno
  *                 break
  *         if err and done == 0:             # <<<<<<<<<<<<<<
@@ -6352,7 +6386,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   }
 
-  /* "mergerfs/_kernel.pyx":313
+  /* "mergerfs/_kernel.pyx":316
  *             return True
  *         cdef write_reply out
  *         out.h.len = sizeof(write_reply)             # <<<<<<<<<<<<<<
@@ -6361,7 +6395,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_out.h.len = (sizeof(struct __pyx_t_8mergerfs_7_kernel_write_reply));
 
-  /* "mergerfs/_kernel.pyx":314
+  /* "mergerfs/_kernel.pyx":317
  *         cdef write_reply out
  *         out.h.len = sizeof(write_reply)
  *         out.h.error = 0             # <<<<<<<<<<<<<<
@@ -6370,7 +6404,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_out.h.error = 0;
 
-  /* "mergerfs/_kernel.pyx":315
+  /* "mergerfs/_kernel.pyx":318
  *         out.h.len = sizeof(write_reply)
  *         out.h.error = 0
  *         out.h.unique = unique             # <<<<<<<<<<<<<<
@@ -6379,7 +6413,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_out.h.unique = __pyx_v_unique;
 
-  /* "mergerfs/_kernel.pyx":316
+  /* "mergerfs/_kernel.pyx":319
  *         out.h.error = 0
  *         out.h.unique = unique
  *         out.w.size = <uint32_t>done             # <<<<<<<<<<<<<<
@@ -6388,7 +6422,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_out.w.size = ((uint32_t)__pyx_v_done);
 
-  /* "mergerfs/_kernel.pyx":317
+  /* "mergerfs/_kernel.pyx":320
  *         out.h.unique = unique
  *         out.w.size = <uint32_t>done
  *         out.w.padding = 0             # <<<<<<<<<<<<<<
@@ -6397,7 +6431,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_out.w.padding = 0;
 
-  /* "mergerfs/_kernel.pyx":318
+  /* "mergerfs/_kernel.pyx":321
  *         out.w.size = <uint32_t>done
  *         out.w.padding = 0
  *         c_write(fd, &out, sizeof(write_reply))             # <<<<<<<<<<<<<<
@@ -6406,7 +6440,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   (void)(write(__pyx_v_fd, (&__pyx_v_out), (sizeof(struct __pyx_t_8mergerfs_7_kernel_write_reply))));
 
-  /* "mergerfs/_kernel.pyx":319
+  /* "mergerfs/_kernel.pyx":322
  *         out.w.padding = 0
  *         c_write(fd, &out, sizeof(write_reply))
  *         return True             # <<<<<<<<<<<<<<
@@ -6419,7 +6453,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
   }
   goto __pyx_L0;
 
-  /* "mergerfs/_kernel.pyx":285
+  /* "mergerfs/_kernel.pyx":288
  *         return True
  * 
  *     cdef bint _write(self, int fd, char *buf, ssize_t n, uint64_t unique) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -6441,7 +6475,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":321
+/* "mergerfs/_kernel.pyx":324
  *         return True
  * 
  *     cdef bint _flush(self, int fd, char *buf, uint64_t unique) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -6458,7 +6492,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
   int __pyx_t_1;
   int __pyx_t_2;
 
-  /* "mergerfs/_kernel.pyx":322
+  /* "mergerfs/_kernel.pyx":325
  * 
  *     cdef bint _flush(self, int fd, char *buf, uint64_t unique) noexcept nogil:
  *         cdef fuse_flush_in *f = <fuse_flush_in *>(buf + IN_HDR)             # <<<<<<<<<<<<<<
@@ -6467,7 +6501,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
 */
   __pyx_v_f = ((struct __pyx_t_8mergerfs_7_kernel_fuse_flush_in *)(__pyx_v_buf + __pyx_e_8mergerfs_7_kernel_IN_HDR));
 
-  /* "mergerfs/_kernel.pyx":323
+  /* "mergerfs/_kernel.pyx":326
  *     cdef bint _flush(self, int fd, char *buf, uint64_t unique) noexcept nogil:
  *         cdef fuse_flush_in *f = <fuse_flush_in *>(buf + IN_HDR)
  *         cdef int bfd = self._fd(f.fh)             # <<<<<<<<<<<<<<
@@ -6476,7 +6510,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
 */
   __pyx_v_bfd = __pyx_f_8mergerfs_7_kernel_7Session__fd(__pyx_v_self, __pyx_v_f->fh);
 
-  /* "mergerfs/_kernel.pyx":325
+  /* "mergerfs/_kernel.pyx":328
  *         cdef int bfd = self._fd(f.fh)
  *         cdef int d
  *         cdef int err = 0             # <<<<<<<<<<<<<<
@@ -6485,7 +6519,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
 */
   __pyx_v_err = 0;
 
-  /* "mergerfs/_kernel.pyx":326
+  /* "mergerfs/_kernel.pyx":329
  *         cdef int d
  *         cdef int err = 0
  *         if bfd < 0:             # <<<<<<<<<<<<<<
@@ -6497,7 +6531,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
   if (__pyx_t_1) {
 
 
-    /* "mergerfs/_kernel.pyx":327
+    /* "mergerfs/_kernel.pyx":330
  *         cdef int err = 0
  *         if bfd < 0:
  *             return False             # <<<<<<<<<<<<<<
@@ -6510,7 +6544,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":326
+    /* "mergerfs/_kernel.pyx":329
  *         cdef int d
  *         cdef int err = 0
  *         if bfd < 0:             # <<<<<<<<<<<<<<
@@ -6519,7 +6553,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
 */
   }
 
-  /* "mergerfs/_kernel.pyx":329
+  /* "mergerfs/_kernel.pyx":332
  *             return False
  *         # close() of a duplicate reports deferred write errors (NFS) and keeps our fd
  *         d = c_dup(bfd)             # <<<<<<<<<<<<<<
@@ -6528,7 +6562,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
 */
   __pyx_v_d = dup(__pyx_v_bfd);
 
-  /* "mergerfs/_kernel.pyx":330
+  /* "mergerfs/_kernel.pyx":333
  *         # close() of a duplicate reports deferred write errors (NFS) and keeps our fd
  *         d = c_dup(bfd)
  *         if d < 0 or c_close(d) < 0:             # <<<<<<<<<<<<<<
@@ -6554,7 +6588,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
   if (__pyx_t_1) {
 
 
-    /* "mergerfs/_kernel.pyx":331
+    /* "mergerfs/_kernel.pyx":334
  *         d = c_dup(bfd)
  *         if d < 0 or c_close(d) < 0:
  *             err = errno             # <<<<<<<<<<<<<<
@@ -6563,7 +6597,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
 */
     __pyx_v_err = errno;
 
-    /* "mergerfs/_kernel.pyx":330
+    /* "mergerfs/_kernel.pyx":333
  *         # close() of a duplicate reports deferred write errors (NFS) and keeps our fd
  *         d = c_dup(bfd)
  *         if d < 0 or c_close(d) < 0:             # <<<<<<<<<<<<<<
@@ -6572,7 +6606,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
 */
   }
 
-  /* "mergerfs/_kernel.pyx":332
+  /* "mergerfs/_kernel.pyx":335
  *         if d < 0 or c_close(d) < 0:
  *             err = errno
  *         _reply_error(fd, unique, err)             # <<<<<<<<<<<<<<
@@ -6581,7 +6615,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
 */
   __pyx_f_8mergerfs_7_kernel__reply_error(__pyx_v_fd, __pyx_v_unique, __pyx_v_err);
 
-  /* "mergerfs/_kernel.pyx":333
+  /* "mergerfs/_kernel.pyx":336
  *             err = errno
  *         _reply_error(fd, unique, err)
  *         return True             # <<<<<<<<<<<<<<
@@ -6594,7 +6628,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
   }
   goto __pyx_L0;
 
-  /* "mergerfs/_kernel.pyx":321
+  /* "mergerfs/_kernel.pyx":324
  *         return True
  * 
  *     cdef bint _flush(self, int fd, char *buf, uint64_t unique) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -6779,8 +6813,8 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_7bufsize___get__(struct __
  *     cdef uint32_t nfree
  *     cdef uint32_t next_slot
  *     cdef public object slow             # <<<<<<<<<<<<<<
+ *     cdef public bint trace  # every request to ``slow`` (-d): no C path
  * 
- *     def __cinit__(self, int devfd):
 */
 
 /* Python wrapper */
@@ -6933,6 +6967,148 @@ static int __pyx_pf_8mergerfs_7_kernel_7Session_4slow_4__del__(struct __pyx_obj_
 
   /* function exit code */
   __pyx_r = 0;
+
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "mergerfs/_kernel.pyx":133
+ *     cdef uint32_t next_slot
+ *     cdef public object slow
+ *     cdef public bint trace  # every request to ``slow`` (-d): no C path             # <<<<<<<<<<<<<<
+ * 
+ *     def __cinit__(self, int devfd):
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_8mergerfs_7_kernel_7Session_5trace_1__get__(PyObject *__pyx_v_self); /*proto*/
+static PyObject *__pyx_pw_8mergerfs_7_kernel_7Session_5trace_1__get__(PyObject *__pyx_v_self) {
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("__get__ (wrapper)", 0);
+  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
+  __pyx_r = __pyx_pf_8mergerfs_7_kernel_7Session_5trace___get__(((struct __pyx_obj_8mergerfs_7_kernel_Session *)__pyx_v_self));
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_5trace___get__(struct __pyx_obj_8mergerfs_7_kernel_Session *__pyx_v_self) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  PyObject *__pyx_t_2 = NULL;
+  PyObject *__pyx_t_3 = NULL;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("__get__", 0);
+  {
+      __Pyx_PyCriticalSection __pyx_cs;
+      __pyx_t_1 = ((PyObject *)__pyx_v_self);
+      __Pyx_INCREF(__pyx_t_1);
+      __Pyx_PyCriticalSection_Begin(&__pyx_cs, (PyObject*)__pyx_t_1);
+      /*try:*/ {
+        __pyx_t_2 = __Pyx_PyBool_FromLong(__pyx_v_self->trace); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 133, __pyx_L4_error)
+        __Pyx_GOTREF(__pyx_t_2);
+        {
+          PyObject *__pyx_temp;
+          {
+            __pyx_temp = __pyx_r;
+            __pyx_r = __pyx_t_2;
+          }
+          __Pyx_XDECREF(__pyx_temp);
+        }
+        __pyx_t_2 = 0;
+        __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+        goto __pyx_L3_return;
+      }
+      /*finally:*/ {
+        __pyx_L3_return: {
+          __pyx_t_3 = __pyx_r;
+          __pyx_r = 0;
+          __Pyx_PyCriticalSection_End(&__pyx_cs);
+          __pyx_r = __pyx_t_3;
+          __pyx_t_3 = 0;
+          goto __pyx_L0;
+        }
+        __pyx_L4_error: {
+          __Pyx_PyCriticalSection_End(&__pyx_cs);
+          goto __pyx_L1_error;
+        }
+      }
+      __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  }
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_2);
+  __Pyx_AddTraceback("mergerfs._kernel.Session.trace.__get__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* Python wrapper */
+static int __pyx_pw_8mergerfs_7_kernel_7Session_5trace_3__set__(PyObject *__pyx_v_self, PyObject *__pyx_v_value); /*proto*/
+static int __pyx_pw_8mergerfs_7_kernel_7Session_5trace_3__set__(PyObject *__pyx_v_self, PyObject *__pyx_v_value) {
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  int __pyx_r;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("__set__ (wrapper)", 0);
+  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
+  __pyx_r = __pyx_pf_8mergerfs_7_kernel_7Session_5trace_2__set__(((struct __pyx_obj_8mergerfs_7_kernel_Session *)__pyx_v_self), ((PyObject *)__pyx_v_value));
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static int __pyx_pf_8mergerfs_7_kernel_7Session_5trace_2__set__(struct __pyx_obj_8mergerfs_7_kernel_Session *__pyx_v_self, PyObject *__pyx_v_value) {
+  int __pyx_r;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  int __pyx_t_2;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("__set__", 0);
+  {
+      __Pyx_PyCriticalSection __pyx_cs;
+      __pyx_t_1 = ((PyObject *)__pyx_v_self);
+      __Pyx_INCREF(__pyx_t_1);
+      __Pyx_PyCriticalSection_Begin(&__pyx_cs, (PyObject*)__pyx_t_1);
+      /*try:*/ {
+        __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_v_value); if (unlikely((__pyx_t_2 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 133, __pyx_L4_error)
+        __pyx_v_self->trace = __pyx_t_2;
+      }
+      /*finally:*/ {
+        /*normal exit:*/{
+          __Pyx_PyCriticalSection_End(&__pyx_cs);
+          goto __pyx_L5;
+        }
+        __pyx_L4_error: {
+          __Pyx_PyCriticalSection_End(&__pyx_cs);
+          goto __pyx_L1_error;
+        }
+        __pyx_L5:;
+      }
+      __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  }
+
+  /* function exit code */
+  __pyx_r = 0;
+  goto __pyx_L0;
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_AddTraceback("mergerfs._kernel.Session.trace.__set__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = -1;
+  __pyx_L0:;
 
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
@@ -7142,7 +7318,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_16__setstate_cython__(CYTH
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":336
+/* "mergerfs/_kernel.pyx":339
  * 
  * 
  * cdef void _reply_error(int fd, uint64_t unique, int err) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -7153,7 +7329,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_16__setstate_cython__(CYTH
 static void __pyx_f_8mergerfs_7_kernel__reply_error(int __pyx_v_fd, uint64_t __pyx_v_unique, int __pyx_v_err) {
   struct __pyx_t_8mergerfs_7_kernel_fuse_out_header __pyx_v_o;
 
-  /* "mergerfs/_kernel.pyx":338
+  /* "mergerfs/_kernel.pyx":341
  * cdef void _reply_error(int fd, uint64_t unique, int err) noexcept nogil:
  *     cdef fuse_out_header o
  *     o.len = OUT_HDR             # <<<<<<<<<<<<<<
@@ -7162,7 +7338,7 @@ static void __pyx_f_8mergerfs_7_kernel__reply_error(int __pyx_v_fd, uint64_t __p
 */
   __pyx_v_o.len = __pyx_e_8mergerfs_7_kernel_OUT_HDR;
 
-  /* "mergerfs/_kernel.pyx":339
+  /* "mergerfs/_kernel.pyx":342
  *     cdef fuse_out_header o
  *     o.len = OUT_HDR
  *     o.error = -err             # <<<<<<<<<<<<<<
@@ -7171,7 +7347,7 @@ static void __pyx_f_8mergerfs_7_kernel__reply_error(int __pyx_v_fd, uint64_t __p
 */
   __pyx_v_o.error = (-__pyx_v_err);
 
-  /* "mergerfs/_kernel.pyx":340
+  /* "mergerfs/_kernel.pyx":343
  *     o.len = OUT_HDR
  *     o.error = -err
  *     o.unique = unique             # <<<<<<<<<<<<<<
@@ -7180,7 +7356,7 @@ static void __pyx_f_8mergerfs_7_kernel__reply_error(int __pyx_v_fd, uint64_t __p
 */
   __pyx_v_o.unique = __pyx_v_unique;
 
-  /* "mergerfs/_kernel.pyx":341
+  /* "mergerfs/_kernel.pyx":344
  *     o.error = -err
  *     o.unique = unique
  *     c_write(fd, &o, OUT_HDR)             # <<<<<<<<<<<<<<
@@ -7189,7 +7365,7 @@ static void __pyx_f_8mergerfs_7_kernel__reply_error(int __pyx_v_fd, uint64_t __p
 */
   (void)(write(__pyx_v_fd, (&__pyx_v_o), __pyx_e_8mergerfs_7_kernel_OUT_HDR));
 
-  /* "mergerfs/_kernel.pyx":336
+  /* "mergerfs/_kernel.pyx":339
  * 
  * 
  * cdef void _reply_error(int fd, uint64_t unique, int err) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -7201,7 +7377,7 @@ static void __pyx_f_8mergerfs_7_kernel__reply_error(int __pyx_v_fd, uint64_t __p
 
 }
 
-/* "mergerfs/_kernel.pyx":345
+/* "mergerfs/_kernel.pyx":348
  * 
  * # ---------------------------------------------------------------- device calls
  * def clone_fd(int devfd):             # <<<<<<<<<<<<<<
@@ -7249,32 +7425,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_devfd,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 345, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 348, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 345, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 348, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "clone_fd", 0) < (0)) __PYX_ERR(0, 345, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "clone_fd", 0) < (0)) __PYX_ERR(0, 348, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("clone_fd", 1, 1, 1, i); __PYX_ERR(0, 345, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("clone_fd", 1, 1, 1, i); __PYX_ERR(0, 348, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 345, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 348, __pyx_L3_error)
     }
-    __pyx_v_devfd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_devfd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 345, __pyx_L3_error)
+    __pyx_v_devfd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_devfd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 348, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("clone_fd", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 345, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("clone_fd", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 348, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -7317,7 +7493,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("clone_fd", 0);
 
-  /* "mergerfs/_kernel.pyx":347
+  /* "mergerfs/_kernel.pyx":350
  * def clone_fd(int devfd):
  *     """A new ``/dev/fuse`` fd reading requests of ``devfd``'s connection."""
  *     cdef int fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)             # <<<<<<<<<<<<<<
@@ -7325,22 +7501,22 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
  *     if c_ioctl(fd, IOC_CLONE, &master) != 0:
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 347, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 350, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_open); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 347, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_open); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 350, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 347, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 350, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_O_RDWR); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 347, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_O_RDWR); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 350, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 347, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 350, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_O_CLOEXEC); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 347, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_O_CLOEXEC); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 350, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyNumber_Or_object_object(__pyx_t_5, __pyx_t_6); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 347, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyNumber_Or_object_object(__pyx_t_5, __pyx_t_6); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 350, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
@@ -7362,14 +7538,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 347, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 350, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  __pyx_t_8 = __Pyx_PyLong_As_int(__pyx_t_1); if (unlikely((__pyx_t_8 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 347, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyLong_As_int(__pyx_t_1); if (unlikely((__pyx_t_8 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 350, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_fd = __pyx_t_8;
 
-  /* "mergerfs/_kernel.pyx":348
+  /* "mergerfs/_kernel.pyx":351
  *     """A new ``/dev/fuse`` fd reading requests of ``devfd``'s connection."""
  *     cdef int fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
  *     cdef uint32_t master = <uint32_t>devfd             # <<<<<<<<<<<<<<
@@ -7378,7 +7554,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
 */
   __pyx_v_master = ((uint32_t)__pyx_v_devfd);
 
-  /* "mergerfs/_kernel.pyx":349
+  /* "mergerfs/_kernel.pyx":352
  *     cdef int fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
  *     cdef uint32_t master = <uint32_t>devfd
  *     if c_ioctl(fd, IOC_CLONE, &master) != 0:             # <<<<<<<<<<<<<<
@@ -7390,7 +7566,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
   if (unlikely(__pyx_t_9)) {
 
 
-    /* "mergerfs/_kernel.pyx":350
+    /* "mergerfs/_kernel.pyx":353
  *     cdef uint32_t master = <uint32_t>devfd
  *     if c_ioctl(fd, IOC_CLONE, &master) != 0:
  *         err = errno             # <<<<<<<<<<<<<<
@@ -7399,7 +7575,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
 */
     __pyx_v_err = errno;
 
-    /* "mergerfs/_kernel.pyx":351
+    /* "mergerfs/_kernel.pyx":354
  *     if c_ioctl(fd, IOC_CLONE, &master) != 0:
  *         err = errno
  *         os.close(fd)             # <<<<<<<<<<<<<<
@@ -7407,12 +7583,12 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
  *     return fd
 */
     __pyx_t_4 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 351, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 354, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_close); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 351, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_close); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 354, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __pyx_t_3 = __Pyx_PyLong_From_int(__pyx_v_fd); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 351, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyLong_From_int(__pyx_v_fd); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 354, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __pyx_t_7 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -7432,12 +7608,12 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 351, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 354, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-    /* "mergerfs/_kernel.pyx":352
+    /* "mergerfs/_kernel.pyx":355
  *         err = errno
  *         os.close(fd)
  *         raise OSError(err, os.strerror(err))             # <<<<<<<<<<<<<<
@@ -7445,15 +7621,15 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
  * 
 */
     __pyx_t_2 = NULL;
-    __pyx_t_3 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 352, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 355, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __pyx_t_6 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 352, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 355, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 352, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 355, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    __pyx_t_5 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 352, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 355, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __pyx_t_7 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -7473,7 +7649,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 352, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 355, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __pyx_t_7 = 1;
@@ -7483,14 +7659,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 352, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 355, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 352, __pyx_L1_error)
+    __PYX_ERR(0, 355, __pyx_L1_error)
 
-    /* "mergerfs/_kernel.pyx":349
+    /* "mergerfs/_kernel.pyx":352
  *     cdef int fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
  *     cdef uint32_t master = <uint32_t>devfd
  *     if c_ioctl(fd, IOC_CLONE, &master) != 0:             # <<<<<<<<<<<<<<
@@ -7499,14 +7675,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
 */
   }
 
-  /* "mergerfs/_kernel.pyx":353
+  /* "mergerfs/_kernel.pyx":356
  *         os.close(fd)
  *         raise OSError(err, os.strerror(err))
  *     return fd             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_fd); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 353, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_fd); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 356, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -7519,7 +7695,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "mergerfs/_kernel.pyx":345
+  /* "mergerfs/_kernel.pyx":348
  * 
  * # ---------------------------------------------------------------- device calls
  * def clone_fd(int devfd):             # <<<<<<<<<<<<<<
@@ -7547,7 +7723,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":356
+/* "mergerfs/_kernel.pyx":359
  * 
  * 
  * def backing_open(int devfd, int fd):             # <<<<<<<<<<<<<<
@@ -7596,39 +7772,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_devfd,&__pyx_mstate_global->__pyx_n_u_fd,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 356, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 359, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 356, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 359, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 356, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 359, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "backing_open", 0) < (0)) __PYX_ERR(0, 356, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "backing_open", 0) < (0)) __PYX_ERR(0, 359, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("backing_open", 1, 2, 2, i); __PYX_ERR(0, 356, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("backing_open", 1, 2, 2, i); __PYX_ERR(0, 359, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 356, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 359, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 356, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 359, __pyx_L3_error)
     }
-    __pyx_v_devfd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_devfd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 356, __pyx_L3_error)
-    __pyx_v_fd = __Pyx_PyLong_As_int(values[1]); if (unlikely((__pyx_v_fd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 356, __pyx_L3_error)
+    __pyx_v_devfd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_devfd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 359, __pyx_L3_error)
+    __pyx_v_fd = __Pyx_PyLong_As_int(values[1]); if (unlikely((__pyx_v_fd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 359, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("backing_open", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 356, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("backing_open", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 359, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -7670,7 +7846,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("backing_open", 0);
 
-  /* "mergerfs/_kernel.pyx":359
+  /* "mergerfs/_kernel.pyx":362
  *     """Register branch ``fd`` for passthrough: its backing id (EPERM as non-root)."""
  *     cdef fuse_backing_map m
  *     m.fd = fd             # <<<<<<<<<<<<<<
@@ -7679,7 +7855,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
 */
   __pyx_v_m.fd = __pyx_v_fd;
 
-  /* "mergerfs/_kernel.pyx":360
+  /* "mergerfs/_kernel.pyx":363
  *     cdef fuse_backing_map m
  *     m.fd = fd
  *     m.flags = 0             # <<<<<<<<<<<<<<
@@ -7688,7 +7864,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
 */
   __pyx_v_m.flags = 0;
 
-  /* "mergerfs/_kernel.pyx":361
+  /* "mergerfs/_kernel.pyx":364
  *     m.fd = fd
  *     m.flags = 0
  *     m.padding = 0             # <<<<<<<<<<<<<<
@@ -7697,7 +7873,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
 */
   __pyx_v_m.padding = 0;
 
-  /* "mergerfs/_kernel.pyx":362
+  /* "mergerfs/_kernel.pyx":365
  *     m.flags = 0
  *     m.padding = 0
  *     cdef int rv = c_ioctl(devfd, IOC_BACKING_OPEN, &m)             # <<<<<<<<<<<<<<
@@ -7706,7 +7882,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
 */
   __pyx_v_rv = ioctl(__pyx_v_devfd, __pyx_v_8mergerfs_7_kernel_IOC_BACKING_OPEN, (&__pyx_v_m));
 
-  /* "mergerfs/_kernel.pyx":363
+  /* "mergerfs/_kernel.pyx":366
  *     m.padding = 0
  *     cdef int rv = c_ioctl(devfd, IOC_BACKING_OPEN, &m)
  *     if rv < 0:             # <<<<<<<<<<<<<<
@@ -7718,7 +7894,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "mergerfs/_kernel.pyx":364
+    /* "mergerfs/_kernel.pyx":367
  *     cdef int rv = c_ioctl(devfd, IOC_BACKING_OPEN, &m)
  *     if rv < 0:
  *         raise OSError(errno, os.strerror(errno))             # <<<<<<<<<<<<<<
@@ -7726,15 +7902,15 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
  * 
 */
     __pyx_t_3 = NULL;
-    __pyx_t_4 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 364, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 367, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_6 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 364, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 367, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 364, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 367, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    __pyx_t_7 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 364, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 367, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __pyx_t_9 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -7754,7 +7930,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 364, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 367, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
     __pyx_t_9 = 1;
@@ -7764,14 +7940,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 364, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 367, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 364, __pyx_L1_error)
+    __PYX_ERR(0, 367, __pyx_L1_error)
 
-    /* "mergerfs/_kernel.pyx":363
+    /* "mergerfs/_kernel.pyx":366
  *     m.padding = 0
  *     cdef int rv = c_ioctl(devfd, IOC_BACKING_OPEN, &m)
  *     if rv < 0:             # <<<<<<<<<<<<<<
@@ -7780,14 +7956,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
 */
   }
 
-  /* "mergerfs/_kernel.pyx":365
+  /* "mergerfs/_kernel.pyx":368
  *     if rv < 0:
  *         raise OSError(errno, os.strerror(errno))
  *     return rv             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_2 = __Pyx_PyLong_From_int(__pyx_v_rv); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 365, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From_int(__pyx_v_rv); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 368, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   {
     PyObject *__pyx_temp;
@@ -7800,7 +7976,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "mergerfs/_kernel.pyx":356
+  /* "mergerfs/_kernel.pyx":359
  * 
  * 
  * def backing_open(int devfd, int fd):             # <<<<<<<<<<<<<<
@@ -7827,7 +8003,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":368
+/* "mergerfs/_kernel.pyx":371
  * 
  * 
  * def backing_close(int devfd, int backing):             # <<<<<<<<<<<<<<
@@ -7875,39 +8051,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_devfd,&__pyx_mstate_global->__pyx_n_u_backing,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 368, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 371, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 368, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 371, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 368, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 371, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "backing_close", 0) < (0)) __PYX_ERR(0, 368, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "backing_close", 0) < (0)) __PYX_ERR(0, 371, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("backing_close", 1, 2, 2, i); __PYX_ERR(0, 368, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("backing_close", 1, 2, 2, i); __PYX_ERR(0, 371, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 368, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 371, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 368, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 371, __pyx_L3_error)
     }
-    __pyx_v_devfd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_devfd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 368, __pyx_L3_error)
-    __pyx_v_backing = __Pyx_PyLong_As_int(values[1]); if (unlikely((__pyx_v_backing == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 368, __pyx_L3_error)
+    __pyx_v_devfd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_devfd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 371, __pyx_L3_error)
+    __pyx_v_backing = __Pyx_PyLong_As_int(values[1]); if (unlikely((__pyx_v_backing == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 371, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("backing_close", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 368, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("backing_close", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 371, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -7948,7 +8124,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_4backing_close(CYTHON_UNUSED PyObje
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("backing_close", 0);
 
-  /* "mergerfs/_kernel.pyx":369
+  /* "mergerfs/_kernel.pyx":372
  * 
  * def backing_close(int devfd, int backing):
  *     cdef uint32_t b = <uint32_t>backing             # <<<<<<<<<<<<<<
@@ -7957,7 +8133,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_4backing_close(CYTHON_UNUSED PyObje
 */
   __pyx_v_b = ((uint32_t)__pyx_v_backing);
 
-  /* "mergerfs/_kernel.pyx":370
+  /* "mergerfs/_kernel.pyx":373
  * def backing_close(int devfd, int backing):
  *     cdef uint32_t b = <uint32_t>backing
  *     if c_ioctl(devfd, IOC_BACKING_CLOSE, &b) != 0:             # <<<<<<<<<<<<<<
@@ -7969,7 +8145,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_4backing_close(CYTHON_UNUSED PyObje
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "mergerfs/_kernel.pyx":371
+    /* "mergerfs/_kernel.pyx":374
  *     cdef uint32_t b = <uint32_t>backing
  *     if c_ioctl(devfd, IOC_BACKING_CLOSE, &b) != 0:
  *         raise OSError(errno, os.strerror(errno))             # <<<<<<<<<<<<<<
@@ -7977,15 +8153,15 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_4backing_close(CYTHON_UNUSED PyObje
  * 
 */
     __pyx_t_3 = NULL;
-    __pyx_t_4 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 371, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 374, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_6 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 371, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 374, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 371, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 374, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    __pyx_t_7 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 371, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 374, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __pyx_t_9 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -8005,7 +8181,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_4backing_close(CYTHON_UNUSED PyObje
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 371, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 374, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
     __pyx_t_9 = 1;
@@ -8015,14 +8191,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_4backing_close(CYTHON_UNUSED PyObje
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 371, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 374, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 371, __pyx_L1_error)
+    __PYX_ERR(0, 374, __pyx_L1_error)
 
-    /* "mergerfs/_kernel.pyx":370
+    /* "mergerfs/_kernel.pyx":373
  * def backing_close(int devfd, int backing):
  *     cdef uint32_t b = <uint32_t>backing
  *     if c_ioctl(devfd, IOC_BACKING_CLOSE, &b) != 0:             # <<<<<<<<<<<<<<
@@ -8031,7 +8207,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_4backing_close(CYTHON_UNUSED PyObje
 */
   }
 
-  /* "mergerfs/_kernel.pyx":368
+  /* "mergerfs/_kernel.pyx":371
  * 
  * 
  * def backing_close(int devfd, int backing):             # <<<<<<<<<<<<<<
@@ -8059,7 +8235,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_4backing_close(CYTHON_UNUSED PyObje
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":374
+/* "mergerfs/_kernel.pyx":377
  * 
  * 
  * def mount(source, target, fstype, unsigned long flags, data):             # <<<<<<<<<<<<<<
@@ -8111,60 +8287,60 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_source,&__pyx_mstate_global->__pyx_n_u_target,&__pyx_mstate_global->__pyx_n_u_fstype,&__pyx_mstate_global->__pyx_n_u_flags,&__pyx_mstate_global->__pyx_n_u_data,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 374, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 377, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 374, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 377, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 374, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 377, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 374, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 377, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 374, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 377, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 374, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 377, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "mount", 0) < (0)) __PYX_ERR(0, 374, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "mount", 0) < (0)) __PYX_ERR(0, 377, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 5; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("mount", 1, 5, 5, i); __PYX_ERR(0, 374, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("mount", 1, 5, 5, i); __PYX_ERR(0, 377, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 5)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 374, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 377, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 374, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 377, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 374, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 377, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 374, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 377, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 374, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 377, __pyx_L3_error)
     }
     __pyx_v_source = values[0];
     __pyx_v_target = values[1];
     __pyx_v_fstype = values[2];
-    __pyx_v_flags = __Pyx_PyLong_As_unsigned_long(values[3]); if (unlikely((__pyx_v_flags == (unsigned long)-1) && PyErr_Occurred())) __PYX_ERR(0, 374, __pyx_L3_error)
+    __pyx_v_flags = __Pyx_PyLong_As_unsigned_long(values[3]); if (unlikely((__pyx_v_flags == (unsigned long)-1) && PyErr_Occurred())) __PYX_ERR(0, 377, __pyx_L3_error)
     __pyx_v_data = values[4];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("mount", 1, 5, 5, __pyx_nargs); __PYX_ERR(0, 374, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("mount", 1, 5, 5, __pyx_nargs); __PYX_ERR(0, 377, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -8211,123 +8387,12 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("mount", 0);
 
-  /* "mergerfs/_kernel.pyx":376
+  /* "mergerfs/_kernel.pyx":379
  * def mount(source, target, fstype, unsigned long flags, data):
  *     """mount(2) (the FUSE connection is named by ``fd=`` in ``data``)."""
  *     cdef bytes s = os.fsencode(source)             # <<<<<<<<<<<<<<
  *     cdef bytes t = os.fsencode(target)
  *     cdef bytes f = os.fsencode(fstype)
-*/
-  __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 376, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 376, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_4);
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_5 = 1;
-  #if CYTHON_UNPACK_METHODS
-  if (unlikely(PyMethod_Check(__pyx_t_4))) {
-    __pyx_t_2 = PyMethod_GET_SELF(__pyx_t_4);
-    assert(__pyx_t_2);
-    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
-    __Pyx_INCREF(__pyx_t_2);
-    __Pyx_INCREF(__pyx__function);
-    __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
-    __pyx_t_5 = 0;
-  }
-  #endif
-  {
-    PyObject *__pyx_callargs[2] = {__pyx_t_2, __pyx_v_source};
-    __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-    __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 376, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_1);
-  }
-  if (!(likely(PyBytes_CheckExact(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_1))) __PYX_ERR(0, 376, __pyx_L1_error)
-  __pyx_v_s = ((PyObject*)__pyx_t_1);
-  __pyx_t_1 = 0;
-
-  /* "mergerfs/_kernel.pyx":377
- *     """mount(2) (the FUSE connection is named by ``fd=`` in ``data``)."""
- *     cdef bytes s = os.fsencode(source)
- *     cdef bytes t = os.fsencode(target)             # <<<<<<<<<<<<<<
- *     cdef bytes f = os.fsencode(fstype)
- *     cdef bytes d = os.fsencode(data)
-*/
-  __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 377, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 377, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_5 = 1;
-  #if CYTHON_UNPACK_METHODS
-  if (unlikely(PyMethod_Check(__pyx_t_3))) {
-    __pyx_t_4 = PyMethod_GET_SELF(__pyx_t_3);
-    assert(__pyx_t_4);
-    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_3);
-    __Pyx_INCREF(__pyx_t_4);
-    __Pyx_INCREF(__pyx__function);
-    __Pyx_DECREF_SET(__pyx_t_3, __pyx__function);
-    __pyx_t_5 = 0;
-  }
-  #endif
-  {
-    PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_v_target};
-    __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_3, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-    __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 377, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_1);
-  }
-  if (!(likely(PyBytes_CheckExact(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_1))) __PYX_ERR(0, 377, __pyx_L1_error)
-  __pyx_v_t = ((PyObject*)__pyx_t_1);
-  __pyx_t_1 = 0;
-
-  /* "mergerfs/_kernel.pyx":378
- *     cdef bytes s = os.fsencode(source)
- *     cdef bytes t = os.fsencode(target)
- *     cdef bytes f = os.fsencode(fstype)             # <<<<<<<<<<<<<<
- *     cdef bytes d = os.fsencode(data)
- *     if c_mount(s, t, f, flags, <const char *>d) != 0:
-*/
-  __pyx_t_3 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 378, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 378, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_2);
-  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_5 = 1;
-  #if CYTHON_UNPACK_METHODS
-  if (unlikely(PyMethod_Check(__pyx_t_2))) {
-    __pyx_t_3 = PyMethod_GET_SELF(__pyx_t_2);
-    assert(__pyx_t_3);
-    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_2);
-    __Pyx_INCREF(__pyx_t_3);
-    __Pyx_INCREF(__pyx__function);
-    __Pyx_DECREF_SET(__pyx_t_2, __pyx__function);
-    __pyx_t_5 = 0;
-  }
-  #endif
-  {
-    PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_v_fstype};
-    __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_2, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-    __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 378, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_1);
-  }
-  if (!(likely(PyBytes_CheckExact(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_1))) __PYX_ERR(0, 378, __pyx_L1_error)
-  __pyx_v_f = ((PyObject*)__pyx_t_1);
-  __pyx_t_1 = 0;
-
-  /* "mergerfs/_kernel.pyx":379
- *     cdef bytes t = os.fsencode(target)
- *     cdef bytes f = os.fsencode(fstype)
- *     cdef bytes d = os.fsencode(data)             # <<<<<<<<<<<<<<
- *     if c_mount(s, t, f, flags, <const char *>d) != 0:
- *         raise OSError(errno, os.strerror(errno))
 */
   __pyx_t_2 = NULL;
   __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 379, __pyx_L1_error)
@@ -8348,7 +8413,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
   }
   #endif
   {
-    PyObject *__pyx_callargs[2] = {__pyx_t_2, __pyx_v_data};
+    PyObject *__pyx_callargs[2] = {__pyx_t_2, __pyx_v_source};
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
@@ -8356,10 +8421,121 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
     __Pyx_GOTREF(__pyx_t_1);
   }
   if (!(likely(PyBytes_CheckExact(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_1))) __PYX_ERR(0, 379, __pyx_L1_error)
-  __pyx_v_d = ((PyObject*)__pyx_t_1);
+  __pyx_v_s = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
   /* "mergerfs/_kernel.pyx":380
+ *     """mount(2) (the FUSE connection is named by ``fd=`` in ``data``)."""
+ *     cdef bytes s = os.fsencode(source)
+ *     cdef bytes t = os.fsencode(target)             # <<<<<<<<<<<<<<
+ *     cdef bytes f = os.fsencode(fstype)
+ *     cdef bytes d = os.fsencode(data)
+*/
+  __pyx_t_4 = NULL;
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 380, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 380, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  __pyx_t_5 = 1;
+  #if CYTHON_UNPACK_METHODS
+  if (unlikely(PyMethod_Check(__pyx_t_3))) {
+    __pyx_t_4 = PyMethod_GET_SELF(__pyx_t_3);
+    assert(__pyx_t_4);
+    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_3);
+    __Pyx_INCREF(__pyx_t_4);
+    __Pyx_INCREF(__pyx__function);
+    __Pyx_DECREF_SET(__pyx_t_3, __pyx__function);
+    __pyx_t_5 = 0;
+  }
+  #endif
+  {
+    PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_v_target};
+    __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_3, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+    __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 380, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_1);
+  }
+  if (!(likely(PyBytes_CheckExact(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_1))) __PYX_ERR(0, 380, __pyx_L1_error)
+  __pyx_v_t = ((PyObject*)__pyx_t_1);
+  __pyx_t_1 = 0;
+
+  /* "mergerfs/_kernel.pyx":381
+ *     cdef bytes s = os.fsencode(source)
+ *     cdef bytes t = os.fsencode(target)
+ *     cdef bytes f = os.fsencode(fstype)             # <<<<<<<<<<<<<<
+ *     cdef bytes d = os.fsencode(data)
+ *     if c_mount(s, t, f, flags, <const char *>d) != 0:
+*/
+  __pyx_t_3 = NULL;
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 381, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 381, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+  __pyx_t_5 = 1;
+  #if CYTHON_UNPACK_METHODS
+  if (unlikely(PyMethod_Check(__pyx_t_2))) {
+    __pyx_t_3 = PyMethod_GET_SELF(__pyx_t_2);
+    assert(__pyx_t_3);
+    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_2);
+    __Pyx_INCREF(__pyx_t_3);
+    __Pyx_INCREF(__pyx__function);
+    __Pyx_DECREF_SET(__pyx_t_2, __pyx__function);
+    __pyx_t_5 = 0;
+  }
+  #endif
+  {
+    PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_v_fstype};
+    __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_2, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
+    __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 381, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_1);
+  }
+  if (!(likely(PyBytes_CheckExact(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_1))) __PYX_ERR(0, 381, __pyx_L1_error)
+  __pyx_v_f = ((PyObject*)__pyx_t_1);
+  __pyx_t_1 = 0;
+
+  /* "mergerfs/_kernel.pyx":382
+ *     cdef bytes t = os.fsencode(target)
+ *     cdef bytes f = os.fsencode(fstype)
+ *     cdef bytes d = os.fsencode(data)             # <<<<<<<<<<<<<<
+ *     if c_mount(s, t, f, flags, <const char *>d) != 0:
+ *         raise OSError(errno, os.strerror(errno))
+*/
+  __pyx_t_2 = NULL;
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 382, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 382, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+  __pyx_t_5 = 1;
+  #if CYTHON_UNPACK_METHODS
+  if (unlikely(PyMethod_Check(__pyx_t_4))) {
+    __pyx_t_2 = PyMethod_GET_SELF(__pyx_t_4);
+    assert(__pyx_t_2);
+    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
+    __Pyx_INCREF(__pyx_t_2);
+    __Pyx_INCREF(__pyx__function);
+    __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
+    __pyx_t_5 = 0;
+  }
+  #endif
+  {
+    PyObject *__pyx_callargs[2] = {__pyx_t_2, __pyx_v_data};
+    __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
+    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 382, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_1);
+  }
+  if (!(likely(PyBytes_CheckExact(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_1))) __PYX_ERR(0, 382, __pyx_L1_error)
+  __pyx_v_d = ((PyObject*)__pyx_t_1);
+  __pyx_t_1 = 0;
+
+  /* "mergerfs/_kernel.pyx":383
  *     cdef bytes f = os.fsencode(fstype)
  *     cdef bytes d = os.fsencode(data)
  *     if c_mount(s, t, f, flags, <const char *>d) != 0:             # <<<<<<<<<<<<<<
@@ -8367,24 +8543,24 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
 */
   if (unlikely(__pyx_v_s == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "expected bytes, NoneType found");
-    __PYX_ERR(0, 380, __pyx_L1_error)
+    __PYX_ERR(0, 383, __pyx_L1_error)
   }
-  __pyx_t_6 = __Pyx_PyBytes_AsString(__pyx_v_s); if (unlikely((!__pyx_t_6) && PyErr_Occurred())) __PYX_ERR(0, 380, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyBytes_AsString(__pyx_v_s); if (unlikely((!__pyx_t_6) && PyErr_Occurred())) __PYX_ERR(0, 383, __pyx_L1_error)
   if (unlikely(__pyx_v_t == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "expected bytes, NoneType found");
-    __PYX_ERR(0, 380, __pyx_L1_error)
+    __PYX_ERR(0, 383, __pyx_L1_error)
   }
-  __pyx_t_7 = __Pyx_PyBytes_AsString(__pyx_v_t); if (unlikely((!__pyx_t_7) && PyErr_Occurred())) __PYX_ERR(0, 380, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyBytes_AsString(__pyx_v_t); if (unlikely((!__pyx_t_7) && PyErr_Occurred())) __PYX_ERR(0, 383, __pyx_L1_error)
   if (unlikely(__pyx_v_f == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "expected bytes, NoneType found");
-    __PYX_ERR(0, 380, __pyx_L1_error)
+    __PYX_ERR(0, 383, __pyx_L1_error)
   }
-  __pyx_t_8 = __Pyx_PyBytes_AsString(__pyx_v_f); if (unlikely((!__pyx_t_8) && PyErr_Occurred())) __PYX_ERR(0, 380, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyBytes_AsString(__pyx_v_f); if (unlikely((!__pyx_t_8) && PyErr_Occurred())) __PYX_ERR(0, 383, __pyx_L1_error)
   if (unlikely(__pyx_v_d == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "expected bytes, NoneType found");
-    __PYX_ERR(0, 380, __pyx_L1_error)
+    __PYX_ERR(0, 383, __pyx_L1_error)
   }
-  __pyx_t_9 = __Pyx_PyBytes_AsString(__pyx_v_d); if (unlikely((!__pyx_t_9) && PyErr_Occurred())) __PYX_ERR(0, 380, __pyx_L1_error)
+  __pyx_t_9 = __Pyx_PyBytes_AsString(__pyx_v_d); if (unlikely((!__pyx_t_9) && PyErr_Occurred())) __PYX_ERR(0, 383, __pyx_L1_error)
   __pyx_t_10 = (mount(__pyx_t_6, __pyx_t_7, __pyx_t_8, __pyx_v_flags, ((char const *)__pyx_t_9)) != 0);
 
 
@@ -8394,21 +8570,21 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
   if (unlikely(__pyx_t_10)) {
 
 
-    /* "mergerfs/_kernel.pyx":381
+    /* "mergerfs/_kernel.pyx":384
  *     cdef bytes d = os.fsencode(data)
  *     if c_mount(s, t, f, flags, <const char *>d) != 0:
  *         raise OSError(errno, os.strerror(errno))             # <<<<<<<<<<<<<<
 */
     __pyx_t_4 = NULL;
-    __pyx_t_2 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 381, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 384, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __pyx_t_11 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 381, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 384, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
-    __pyx_t_13 = __Pyx_PyObject_GetAttrStr(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 381, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyObject_GetAttrStr(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 384, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_13);
     __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
-    __pyx_t_12 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 381, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 384, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __pyx_t_5 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -8428,7 +8604,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
       __Pyx_XDECREF(__pyx_t_11); __pyx_t_11 = 0;
       __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
       __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 381, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 384, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __pyx_t_5 = 1;
@@ -8438,14 +8614,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 381, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 384, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 381, __pyx_L1_error)
+    __PYX_ERR(0, 384, __pyx_L1_error)
 
-    /* "mergerfs/_kernel.pyx":380
+    /* "mergerfs/_kernel.pyx":383
  *     cdef bytes f = os.fsencode(fstype)
  *     cdef bytes d = os.fsencode(data)
  *     if c_mount(s, t, f, flags, <const char *>d) != 0:             # <<<<<<<<<<<<<<
@@ -8453,7 +8629,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
 */
   }
 
-  /* "mergerfs/_kernel.pyx":374
+  /* "mergerfs/_kernel.pyx":377
  * 
  * 
  * def mount(source, target, fstype, unsigned long flags, data):             # <<<<<<<<<<<<<<
@@ -8624,6 +8800,20 @@ static int __pyx_setprop_8mergerfs_7_kernel_7Session_slow(PyObject *o, PyObject 
   }
 }
 
+static PyObject *__pyx_getprop_8mergerfs_7_kernel_7Session_trace(PyObject *o, CYTHON_UNUSED void *x) {
+  return __pyx_pw_8mergerfs_7_kernel_7Session_5trace_1__get__(o);
+}
+
+static int __pyx_setprop_8mergerfs_7_kernel_7Session_trace(PyObject *o, PyObject *v, CYTHON_UNUSED void *x) {
+  if (v) {
+    return __pyx_pw_8mergerfs_7_kernel_7Session_5trace_3__set__(o, v);
+  }
+  else {
+    PyErr_SetString(PyExc_NotImplementedError, "__del__");
+    return -1;
+  }
+}
+
 static PyMethodDef __pyx_methods_8mergerfs_7_kernel_Session[] = {
   {"configure", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_8mergerfs_7_kernel_7Session_5configure, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_8mergerfs_7_kernel_7Session_4configure},
   {"add", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_8mergerfs_7_kernel_7Session_7add, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_8mergerfs_7_kernel_7Session_6add},
@@ -8639,6 +8829,7 @@ static struct PyGetSetDef __pyx_getsets_8mergerfs_7_kernel_Session[] = {
   {"devfd", __pyx_getprop_8mergerfs_7_kernel_7Session_devfd, 0, 0, 0},
   {"bufsize", __pyx_getprop_8mergerfs_7_kernel_7Session_bufsize, 0, 0, 0},
   {"slow", __pyx_getprop_8mergerfs_7_kernel_7Session_slow, __pyx_setprop_8mergerfs_7_kernel_7Session_slow, 0, 0},
+  {"trace", __pyx_getprop_8mergerfs_7_kernel_7Session_trace, __pyx_setprop_8mergerfs_7_kernel_7Session_trace, 0, 0},
   {0, 0, 0, 0, 0}
 };
 #if CYTHON_USE_TYPE_SPECS
@@ -9242,80 +9433,80 @@ __Pyx_RefNannySetupContext("PyInit__kernel", 0);
 */
   __pyx_v_8mergerfs_7_kernel_IOC_BACKING_CLOSE = 0x4004E502;
 
-  /* "mergerfs/_kernel.pyx":149
+  /* "mergerfs/_kernel.pyx":150
  *         free(self.free_slots)
  * 
  *     def configure(self, size_t max_write, int minor):             # <<<<<<<<<<<<<<
  *         """After INIT: buffers hold the largest request, WRITE's header has its minor's size."""
  *         self.bufsize = max(<size_t>(1 << 13), IN_HDR + sizeof(fuse_write_in) + max_write + 4096)
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_7Session_5configure, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Session_configure, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 149, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_7Session_5configure, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Session_configure, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8mergerfs_7_kernel_Session, __pyx_mstate_global->__pyx_n_u_configure, __pyx_t_2) < (0)) __PYX_ERR(0, 149, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8mergerfs_7_kernel_Session, __pyx_mstate_global->__pyx_n_u_configure, __pyx_t_2) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "mergerfs/_kernel.pyx":155
+  /* "mergerfs/_kernel.pyx":156
  * 
  *     # ------------------------------------------------------------ handles
  *     def add(self, uint64_t pyfh, int fd, int backing=0):             # <<<<<<<<<<<<<<
  *         """A new kernel fh for request-layer handle ``pyfh`` (``fd`` -1: no C path)."""
  *         cdef uint32_t i
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_7Session_7add, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Session_add, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 155, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_7Session_7add, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Session_add, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 156, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_2, __pyx_mstate_global->__pyx_tuple[2]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8mergerfs_7_kernel_Session, __pyx_mstate_global->__pyx_n_u_add, __pyx_t_2) < (0)) __PYX_ERR(0, 155, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8mergerfs_7_kernel_Session, __pyx_mstate_global->__pyx_n_u_add, __pyx_t_2) < (0)) __PYX_ERR(0, 156, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "mergerfs/_kernel.pyx":171
+  /* "mergerfs/_kernel.pyx":172
  *         return i
  * 
  *     def pyfh(self, uint64_t fh):             # <<<<<<<<<<<<<<
  *         """The request-layer handle of kernel fh ``fh`` (0 if none)."""
  *         if fh == 0 or fh >= self.next_slot:
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_7Session_9pyfh, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Session_pyfh, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 171, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_7Session_9pyfh, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Session_pyfh, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 172, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8mergerfs_7_kernel_Session, __pyx_mstate_global->__pyx_n_u_pyfh, __pyx_t_2) < (0)) __PYX_ERR(0, 171, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8mergerfs_7_kernel_Session, __pyx_mstate_global->__pyx_n_u_pyfh, __pyx_t_2) < (0)) __PYX_ERR(0, 172, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "mergerfs/_kernel.pyx":177
+  /* "mergerfs/_kernel.pyx":178
  *         return self.slots[fh].pyfh
  * 
  *     def remove(self, uint64_t fh):             # <<<<<<<<<<<<<<
  *         """Free kernel fh ``fh``: (request-layer handle, passthrough backing id)."""
  *         if fh == 0 or fh >= self.next_slot or self.slots[fh].pyfh == 0:
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_7Session_11remove, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Session_remove, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[3])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 177, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_7Session_11remove, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Session_remove, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[3])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 178, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8mergerfs_7_kernel_Session, __pyx_mstate_global->__pyx_n_u_remove, __pyx_t_2) < (0)) __PYX_ERR(0, 177, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8mergerfs_7_kernel_Session, __pyx_mstate_global->__pyx_n_u_remove, __pyx_t_2) < (0)) __PYX_ERR(0, 178, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "mergerfs/_kernel.pyx":190
+  /* "mergerfs/_kernel.pyx":191
  * 
  *     # ------------------------------------------------------------ the loop
  *     def serve(self, int fd):             # <<<<<<<<<<<<<<
  *         """Answer requests on ``fd`` until the connection ends (unmount: ENODEV)."""
  *         cdef char *buf = <char *>malloc(self.bufsize)
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_7Session_13serve, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Session_serve, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[4])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 190, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_7Session_13serve, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Session_serve, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[4])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 191, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8mergerfs_7_kernel_Session, __pyx_mstate_global->__pyx_n_u_serve, __pyx_t_2) < (0)) __PYX_ERR(0, 190, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_8mergerfs_7_kernel_Session, __pyx_mstate_global->__pyx_n_u_serve, __pyx_t_2) < (0)) __PYX_ERR(0, 191, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
   /* "(tree fragment)":1
@@ -9345,64 +9536,64 @@ __Pyx_RefNannySetupContext("PyInit__kernel", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_2) < (0)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "mergerfs/_kernel.pyx":345
+  /* "mergerfs/_kernel.pyx":348
  * 
  * # ---------------------------------------------------------------- device calls
  * def clone_fd(int devfd):             # <<<<<<<<<<<<<<
  *     """A new ``/dev/fuse`` fd reading requests of ``devfd``'s connection."""
  *     cdef int fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_1clone_fd, 0, __pyx_mstate_global->__pyx_n_u_clone_fd, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[7])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 345, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_1clone_fd, 0, __pyx_mstate_global->__pyx_n_u_clone_fd, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[7])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 348, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_clone_fd, __pyx_t_2) < (0)) __PYX_ERR(0, 345, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_clone_fd, __pyx_t_2) < (0)) __PYX_ERR(0, 348, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "mergerfs/_kernel.pyx":356
+  /* "mergerfs/_kernel.pyx":359
  * 
  * 
  * def backing_open(int devfd, int fd):             # <<<<<<<<<<<<<<
  *     """Register branch ``fd`` for passthrough: its backing id (EPERM as non-root)."""
  *     cdef fuse_backing_map m
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_3backing_open, 0, __pyx_mstate_global->__pyx_n_u_backing_open, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[8])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 356, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_3backing_open, 0, __pyx_mstate_global->__pyx_n_u_backing_open, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[8])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 359, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_backing_open, __pyx_t_2) < (0)) __PYX_ERR(0, 356, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_backing_open, __pyx_t_2) < (0)) __PYX_ERR(0, 359, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "mergerfs/_kernel.pyx":368
+  /* "mergerfs/_kernel.pyx":371
  * 
  * 
  * def backing_close(int devfd, int backing):             # <<<<<<<<<<<<<<
  *     cdef uint32_t b = <uint32_t>backing
  *     if c_ioctl(devfd, IOC_BACKING_CLOSE, &b) != 0:
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_5backing_close, 0, __pyx_mstate_global->__pyx_n_u_backing_close, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[9])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 368, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_5backing_close, 0, __pyx_mstate_global->__pyx_n_u_backing_close, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[9])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 371, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_backing_close, __pyx_t_2) < (0)) __PYX_ERR(0, 368, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_backing_close, __pyx_t_2) < (0)) __PYX_ERR(0, 371, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "mergerfs/_kernel.pyx":374
+  /* "mergerfs/_kernel.pyx":377
  * 
  * 
  * def mount(source, target, fstype, unsigned long flags, data):             # <<<<<<<<<<<<<<
  *     """mount(2) (the FUSE connection is named by ``fd=`` in ``data``)."""
  *     cdef bytes s = os.fsencode(source)
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_7mount, 0, __pyx_mstate_global->__pyx_n_u_mount, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 374, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_7mount, 0, __pyx_mstate_global->__pyx_n_u_mount, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 377, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_mount, __pyx_t_2) < (0)) __PYX_ERR(0, 374, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_mount, __pyx_t_2) < (0)) __PYX_ERR(0, 377, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
   /* "mergerfs/_kernel.pyx":1
@@ -9474,7 +9665,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   CYTHON_UNUSED_VAR(__pyx_mstate);
   __Pyx_RefNannySetupContext("__Pyx_InitCachedConstants", 0);
 
-  /* "mergerfs/_kernel.pyx":165
+  /* "mergerfs/_kernel.pyx":166
  *             self.next_slot += 1
  *         else:
  *             raise OSError(23, "too many open files in the pool")  # ENFILE             # <<<<<<<<<<<<<<
@@ -9483,12 +9674,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_int_23, __pyx_mstate_global->__pyx_kp_u_too_many_open_files_in_the_pool};
-    __pyx_mstate_global->__pyx_tuple[0] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[0])) __PYX_ERR(0, 165, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[0] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[0])) __PYX_ERR(0, 166, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[0]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[0]);
 
-  /* "mergerfs/_kernel.pyx":180
+  /* "mergerfs/_kernel.pyx":181
  *         """Free kernel fh ``fh``: (request-layer handle, passthrough backing id)."""
  *         if fh == 0 or fh >= self.next_slot or self.slots[fh].pyfh == 0:
  *             return 0, 0             # <<<<<<<<<<<<<<
@@ -9497,12 +9688,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_int_0, __pyx_mstate_global->__pyx_int_0};
-    __pyx_mstate_global->__pyx_tuple[1] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[1])) __PYX_ERR(0, 180, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[1] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[1])) __PYX_ERR(0, 181, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[1]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[1]);
 
-  /* "mergerfs/_kernel.pyx":155
+  /* "mergerfs/_kernel.pyx":156
  * 
  *     # ------------------------------------------------------------ handles
  *     def add(self, uint64_t pyfh, int fd, int backing=0):             # <<<<<<<<<<<<<<
@@ -9511,7 +9702,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_int_0};
-    __pyx_mstate_global->__pyx_tuple[2] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[2])) __PYX_ERR(0, 155, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[2] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[2])) __PYX_ERR(0, 156, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[2]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[2]);
@@ -9699,27 +9890,27 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
   PyObject* tuple_dedup_map = PyDict_New();
   if (unlikely(!tuple_dedup_map)) return -1;
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 149};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 150};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_max_write, __pyx_mstate->__pyx_n_u_minor};
     __pyx_mstate_global->__pyx_codeobj_tab[0] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_configure, __pyx_mstate->__pyx_kp_b_iso88591_A_N_hgR7MRzY_6fCwa, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[0])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 155};
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 156};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_pyfh, __pyx_mstate->__pyx_n_u_fd, __pyx_mstate->__pyx_n_u_backing, __pyx_mstate->__pyx_n_u_i};
     __pyx_mstate_global->__pyx_codeobj_tab[1] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_add, __pyx_mstate->__pyx_kp_b_iso88591_5Q_4q_Kq_A_Ba_A_a_a_F_2V1_F_2_F, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[1])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 171};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 172};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_fh};
     __pyx_mstate_global->__pyx_codeobj_tab[2] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_pyfh, __pyx_mstate->__pyx_kp_b_iso88591_A_3c_3c_D_1_t6_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[2])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 177};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 178};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_fh, __pyx_mstate->__pyx_n_u_out};
     __pyx_mstate_global->__pyx_codeobj_tab[3] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_remove, __pyx_mstate->__pyx_kp_b_iso88591_A_3c_3c_D_3d_F_Q_3a_t6_WD_as_F_3, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[3])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 190};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 191};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_fd, __pyx_mstate->__pyx_n_u_buf, __pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_err};
     __pyx_mstate_global->__pyx_codeobj_tab[4] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_serve, __pyx_mstate->__pyx_kp_b_iso88591_A_q_A_q_4s_at5_A_r_1_a_4s_4s_D_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[4])) goto bad;
   }
@@ -9734,22 +9925,22 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[6] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[6])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 345};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 348};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_devfd, __pyx_mstate->__pyx_n_u_fd, __pyx_mstate->__pyx_n_u_master, __pyx_mstate->__pyx_n_u_err};
     __pyx_mstate_global->__pyx_codeobj_tab[7] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_clone_fd, __pyx_mstate->__pyx_kp_b_iso88591_E_r_2Q_Q_wat_axs_a_gQe2Yaq_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[7])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 356};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 359};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_devfd, __pyx_mstate->__pyx_n_u_fd, __pyx_mstate->__pyx_n_u_m, __pyx_mstate->__pyx_n_u_rv};
     __pyx_mstate_global->__pyx_codeobj_tab[8] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_backing_open, __pyx_mstate->__pyx_kp_b_iso88591_V1_Ya_31A_s_A_gQgRy_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[8])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 368};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 371};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_devfd, __pyx_mstate->__pyx_n_u_backing, __pyx_mstate->__pyx_n_u_b};
     __pyx_mstate_global->__pyx_codeobj_tab[9] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_backing_close, __pyx_mstate->__pyx_kp_b_iso88591_j_waw_S_gQgRy, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[9])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 9, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 374};
+    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 9, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 377};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_source, __pyx_mstate->__pyx_n_u_target, __pyx_mstate->__pyx_n_u_fstype, __pyx_mstate->__pyx_n_u_flags, __pyx_mstate->__pyx_n_u_data, __pyx_mstate->__pyx_n_u_s, __pyx_mstate->__pyx_n_u_t, __pyx_mstate->__pyx_n_u_f, __pyx_mstate->__pyx_n_u_d};
     __pyx_mstate_global->__pyx_codeobj_tab[10] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_mount, __pyx_mstate->__pyx_kp_b_iso88591_2Yaq_2Yaq_2Yaq_2Yaq_was_S_S_1_g, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[10])) goto bad;
   }

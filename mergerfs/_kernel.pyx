@@ -130,6 +130,7 @@ cdef class Session:
     cdef uint32_t nfree
     cdef uint32_t next_slot
     cdef public object slow
+    cdef public bint trace  # every request to ``slow`` (-d): no C path
 
     def __cinit__(self, int devfd):
         self.devfd = devfd
@@ -236,6 +237,8 @@ cdef class Session:
 
     cdef bint _hot(self, int fd, char *buf, ssize_t n) noexcept nogil:
         cdef fuse_in_header *h = <fuse_in_header *>buf
+        if self.trace:
+            return False
         if h.opcode == FUSE_READ:
             return self._read(fd, buf, h.unique)
         if h.opcode == FUSE_WRITE:

@@ -25,10 +25,12 @@ import socket
 import stat as S
 import struct
 import subprocess
+import sys
 import threading
 import time
 
 from mergerfs import _kernel, ugid
+from mergerfs.lifecycle import mounted_device, unmount
 from mergerfs.requests import DIRECT, KEEP, Requests
 
 log = logging.getLogger("mergerfs")
@@ -68,6 +70,12 @@ PAGE = 4096
     1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 20, 21, 22, 23, 24, 25, 26, 27, 28,
     29, 30, 34, 35, 36, 38, 39, 42, 43, 44, 45, 46, 47, 50, 53)
 _NO_REPLY = frozenset({FORGET, BATCH_FORGET, INTERRUPT})
+_NAMES = {v: k for k, v in globals().items() if k.isupper() and isinstance(v, int) and 0 < v < 64
+          and k in ("LOOKUP FORGET GETATTR SETATTR READLINK SYMLINK MKNOD MKDIR UNLINK RMDIR RENAME LINK "
+                    "OPEN READ WRITE STATFS RELEASE FSYNC SETXATTR GETXATTR LISTXATTR REMOVEXATTR FLUSH "
+                    "INIT OPENDIR READDIR RELEASEDIR FSYNCDIR ACCESS CREATE INTERRUPT DESTROY IOCTL "
+                    "BATCH_FORGET FALLOCATE READDIRPLUS RENAME2 LSEEK COPY_FILE_RANGE SYNCFS "
+                    "COPY_FILE_RANGE_64").split()}
 
 # mount(2) flags for the generic options
 _MS = {"ro": 1, "nosuid": 2, "nodev": 4, "noexec": 8, "sync": 16, "dirsync": 128, "noatime": 1024}
@@ -154,6 +162,8 @@ class KernelTransport:
         self.cfg = fs.snap.cfg
         self.devfd = -1
         self.mnt = ""
+        self.device: str | None = None
+        self.debug = False
         self.fusermount = False
         self.session: _kernel.Session | None = None
         self.flags = 0
@@ -180,7 +190,8 @@ class KernelTransport:
 
     # ------------------------------------------------------------ lifecycle
     def mount(self, mnt: str, opts: set[str]) -> None:
-        self.mnt = mnt
+        # Resolved now: once mounted, resolving it would ask this very daemon.
+        self.mnt = mnt = os.path.realpath(mnt)
         generic = dict(o.partition("=")[::2] for o in opts)
         fsname = generic.pop("fsname", "mergerfs").replace("\\,", ",")
         subtype = generic.pop("subtype", "mergerfs")
@@ -188,8 +199,10 @@ class KernelTransport:
             self.devfd = self._mount_root(mnt, fsname, subtype, generic)
         else:
             self.devfd = self._mount_fusermount(mnt, fsname, subtype, opts)
+        self.device = mounted_device(mnt)
         self.session = _kernel.Session(self.devfd)
         self.session.slow = self.dispatch
+        self.session.trace = self.debug = "debug" in generic
         self._init()
         self.notifier.start(self.devfd)
 
@@ -321,9 +334,8 @@ class KernelTransport:
 
     def close(self) -> None:
         self.notifier.stop()
-        if self.mnt and _mounted(self.mnt, self.devfd):
-            from mergerfs.lifecycle import unmount  # noqa: PLC0415 - mount imports us
-
+        # Only our own mount: after lazy-umount-mountpoint another pool may sit there.
+        if self.devfd >= 0 and self.device and mounted_device(self.mnt) == self.device:
             unmount(self.mnt)
         if self.devfd >= 0:
             os.close(self.devfd)
@@ -345,6 +357,9 @@ class KernelTransport:
         """Decode, act as the caller, answer: the whole reply, or None (no
         reply). Never raises."""
         h = Request(data)
+        if self.debug:  # libfuse's -d trace, which scripts and users grep
+            print(f"unique: {h.unique}, opcode: {_NAMES.get(h.opcode, '?')} ({h.opcode}), nodeid: {h.nodeid}, "
+                  f"insize: {len(data)}, pid: {h.pid}", file=sys.stderr, flush=True)
         handler = self._handlers.get(h.opcode)
         if handler is None:
             return OUT_HEADER.pack(16, -errno.ENOSYS, h.unique)
@@ -701,9 +716,3 @@ def _max_pages_limit() -> int:
             return int(f.read())
     except (OSError, ValueError):
         return 256
-
-
-def _mounted(mnt: str, devfd: int) -> bool:
-    from mergerfs.lifecycle import is_mountpoint  # noqa: PLC0415 - mount imports us
-
-    return devfd >= 0 and is_mountpoint(mnt)

@@ -52,17 +52,25 @@ class MountError(Exception):
     """A problem that stops the mount; its text is the one line the user sees."""
 
 
-def _mountinfo_points() -> set[str]:
-    points = set()
+def _mountinfo() -> dict[str, str]:
+    """Mountpoint -> ``major:minor`` of what is mounted there (the newest mount wins)."""
+    points = {}
     with open("/proc/self/mountinfo", "rb") as f:
         for line in f:
-            field = line.split()[4].decode("utf-8", "surrogateescape")
-            points.add(field.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\"))
+            fields = line.split()
+            field = fields[4].decode("utf-8", "surrogateescape")
+            points[field.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")] = fields[2].decode()
     return points
 
 
 def is_mountpoint(path: str) -> bool:
-    return os.path.realpath(path) in _mountinfo_points()
+    return os.path.realpath(path) in _mountinfo()
+
+
+def mounted_device(path: str) -> str | None:
+    """``major:minor`` of the filesystem mounted at ``path`` (resolved: it is not
+    resolved here, so a daemon may ask about its own mount), or None."""
+    return _mountinfo().get(path)
 
 
 def check(cfg) -> None:

@@ -69,7 +69,8 @@ def test_wheels_are_binary_and_sourceless(wheelhouse):
     with zipfile.ZipFile(wheelhouse["mergerfs"]) as z:
         names = z.namelist()
     assert "manylinux" in os.path.basename(wheelhouse["mergerfs"])
-    assert any(n.startswith("mergerfs/_fastpath.") and n.endswith(".so") for n in names)
+    for ext in ("_fastpath", "_kernel"):
+        assert any(n.startswith(f"mergerfs/{ext}.") and n.endswith(".so") for n in names), ext
     assert not [n for n in names if n.endswith((".pyx", ".c", ".pxd"))]
     assert {"mergerfs/cli.py", "mergerfs/policies/ff.py", "mergerfs/install.py"} <= set(names)
     with zipfile.ZipFile(wheelhouse["llfuse"]) as z:
