@@ -60,8 +60,11 @@ wheels: build
 
 wheel: wheels
 
+# Ours vs mergerfs 2.33.5 vs upstream 2.42, side by side (as root; ~15 min, or
+# BENCH_ARGS=--quick for one short round). See benchmarks/README.md.
+BENCH_ARGS ?=
 bench: build
-	$(VPY) benchmarks/run.py
+	$(VPY) benchmarks/run.py $(BENCH_ARGS)
 
 readme: build
 	$(VPY) scripts/readme_options.py

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark: our mergerfs vs the C++ reference vs the native directory.
+"""Side-by-side benchmark: our mergerfs vs Debian's mergerfs 2.33.5 vs upstream 2.42.
 
-Both pools are mounted over the same two tmpfs branches with the same options; each
-workload runs A B A B (ours, ref, native interleaved) for several repetitions, and the
-median time per target gives the ratio ref/ours (>1 = we are faster).  See README.md.
+All three pools are mounted over the same two tmpfs branches; a third tmpfs is the
+native limit.  Each workload runs in rounds (ours, 2.33.5, 2.42, native; the order
+rotates every round), the median time per side gives ratio = reference time / ours
+(> 1: we are faster).  Two option sets: the same options on every side, and each
+side's best options (passthrough I/O where supported).  See README.md.
 """
 from __future__ import annotations
 
@@ -24,50 +26,122 @@ import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-OURS = os.path.join(REPO, ".venv", "bin", "mergerfs")
-REF = "/usr/bin/mergerfs"
 MiB = 1 << 20
+TIMEOUT = 600  # seconds for any one external command (a hung daemon must not hang the run)
+
+
+class Side:
+    def __init__(self, key, label, binary):
+        self.key, self.label, self.binary = key, label, binary
+
+
+SIDES = [
+    Side("ours", "ours", os.path.join(REPO, ".venv", "bin", "mergerfs")),
+    Side("deb", "2.33.5", "/usr/bin/mergerfs"),
+    Side("up", "2.42", os.path.realpath(os.path.join(REPO, "..", "shared", "reference",
+                                                       "mergerfs-2.42.0-17"))),
+]
+REFS = ["deb", "up"]
+LABEL = {s.key: s.label for s in SIDES}
+LABEL["native"] = "native"
+
+# Options every side gets in every set: both C++ versions default minfreespace to 4G
+# (creates would fail on small branches) and 2.33.5 defaults category.create to
+# epmfs where 2.42 and ours use pfrd.
+COMMON = "minfreespace=100M,category.create=pfrd"
 OPTION_SETS = {
-    "partial": "cache.files=partial,dropcacheonclose=false",
-    "off": "cache.files=off",
+    "same": ("same options on every side", {
+        "ours": "cache.files=partial",
+        "deb": "cache.files=partial",
+        "up": "cache.files=partial",
+    }),
+    "best": ("best options per side: passthrough I/O where supported", {
+        # our kernel transport will honour passthrough.io; until then it is parsed and ignored
+        "ours": "cache.files=auto-full,passthrough.io=rw",
+        "deb": "cache.files=auto-full",  # 2.33.5 has no passthrough
+        "up": "cache.files=auto-full,passthrough.io=rw",
+    }),
 }
+NOTES = []  # odd things seen during the run (daemons surviving unmount, failures)
 
 
-# ---------------------------------------------------------------- mounts
+def note(msg):
+    print("NOTE: " + msg, flush=True)
+    NOTES.append(msg)
+
+
+# ---------------------------------------------------------------- mounts and cleanup
 
 def sh(*cmd, **kw):
+    kw.setdefault("timeout", TIMEOUT)
     return subprocess.run(cmd, check=True, **kw)
 
 
-def wait_mounted(path, proc, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    parent = os.stat(os.path.dirname(path)).st_dev
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"daemon for {path} exited with {proc.returncode}")
-        try:
-            if os.stat(path).st_dev != parent:
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{path} not mounted after {timeout}s")
+def mountpoints():
+    out = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4]
+            out.add(mp.encode().decode("unicode_escape"))
+    return out
 
 
-def unmount(path):
-    for cmd in (["fusermount", "-u", path], ["umount", path], ["umount", "-l", path]):
-        if subprocess.run(cmd, stderr=subprocess.DEVNULL).returncode == 0:
+def is_mounted(path):
+    return os.path.abspath(path) in mountpoints()  # no realpath: never stat a FUSE mount
+
+
+def force_unmount(path):
+    """umount, then fusermount, then a lazy umount; quiet; bounded in time."""
+    for cmd in (["umount", path], ["fusermount3", "-u", path], ["fusermount", "-u", path],
+                ["umount", "-l", path]):
+        if not is_mounted(path):
             return
+        try:
+            subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=15)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+
+
+POOLS = []  # every daemon started, for cleanup
+TMPFS = []  # every tmpfs mounted, for cleanup
 
 
 class Pool:
-    def __init__(self, name, binary, branches, mnt, options):
-        self.name, self.mnt = name, mnt
+    def __init__(self, side, branches, mnt, options, logdir):
+        self.side, self.name, self.mnt, self.options = side, side.key, mnt, options
+        self.cmd = [side.binary, "-f", "-o", options, ":".join(branches), mnt]
         os.makedirs(mnt, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [binary, "-f", "-o", options, ":".join(branches), mnt],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_mounted(mnt, self.proc)
+        self.log = os.path.join(logdir, f"{side.key}-{os.path.basename(os.path.dirname(mnt))}.log")
+        self.proc = None
+        with open(self.log, "ab") as log:
+            # own session: a Ctrl-C in the terminal reaches the harness, which then
+            # unmounts in order, not the daemons directly
+            self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=log, start_new_session=True)
+            POOLS.append(self)
+        self.wait_mounted()
+
+    def wait_mounted(self, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.side.label}: daemon exited with {self.proc.returncode}"
+                                   f" before mounting: {self.log_tail()}")
+            if is_mounted(self.mnt):
+                os.stat(self.mnt)  # the root answers
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.side.label}: {self.mnt} not mounted after {timeout}s")
+
+    def log_tail(self, n=5):
+        try:
+            with open(self.log, errors="replace") as f:
+                return " | ".join(f.read().strip().splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def alive(self):
+        return self.proc.poll() is None and is_mounted(self.mnt)
 
     def rss_kib(self):
         try:
@@ -79,13 +153,31 @@ class Pool:
             pass
         return None
 
-    def close(self):
-        unmount(self.mnt)
+    def cpu_s(self):
+        """utime+stime of the daemon, all its threads (10 ms resolution)."""
         try:
-            self.proc.wait(timeout=10)
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def close(self):
+        if self.proc is None or self.proc.returncode is not None and not is_mounted(self.mnt):
+            return
+        force_unmount(self.mnt)
+        try:
+            self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            note(f"{self.side.label} (pid {self.proc.pid}) still running 5 s after its "
+                 f"unmount; killed by PID")
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        force_unmount(self.mnt)
 
 
 class Native:
@@ -94,11 +186,44 @@ class Native:
     def __init__(self, path):
         self.mnt = path
 
+    def alive(self):
+        return True
+
     def rss_kib(self):
         return None
 
-    def close(self):
-        pass
+    def cpu_s(self):
+        return None
+
+
+def mount_tmpfs(path, size="12g"):
+    os.makedirs(path)
+    TMPFS.append(path)
+    sh("mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path)
+
+
+def cleanup(base):
+    """Stop every daemon, unmount every tmpfs, remove the scratch dir; never raises."""
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM,
+                                                          signal.SIGHUP)}
+    try:
+        for p in reversed(POOLS):
+            try:
+                p.close()
+            except Exception as e:  # keep going: the rest must still be cleaned
+                print(f"cleanup: {p.mnt}: {e}", file=sys.stderr)
+        POOLS.clear()
+        for t in reversed(TMPFS):
+            force_unmount(t)
+        TMPFS.clear()
+        left = [m for m in mountpoints() if m.startswith(base + os.sep)]
+        if left:
+            print(f"cleanup: still mounted, {base} kept: {left}", file=sys.stderr)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 # ---------------------------------------------------------------- helpers
@@ -153,13 +278,12 @@ def make_tarball(path, nfiles):
 
 
 # ---------------------------------------------------------------- workloads
-# Each workload: prepare(ctx) once per option set (untimed, data on the branches),
-# run(target_dir, ctx) -> seconds (timed part only).
+# Each workload: prepare(ctx) once per run (untimed, data written on the branches and
+# on native), run(target_dir, ctx) -> seconds (timed part only).
 
 class Ctx:
     def __init__(self, quick, branches, native, work):
         self.quick, self.branches, self.native, self.work = quick, branches, native, work
-        self.roots = branches  # data written "behind" the pools
         s = 8 if quick else 1
         self.read_mib = 1024 // s
         self.write_mib = 512 // s
@@ -170,7 +294,7 @@ class Ctx:
         self.tar_files = 3000 // s
         self.meta = 1000 // s
         self.walk = 100000 // (20 if quick else 1)
-        self.fio_runtime = 2 if quick else 5
+        self.fio_runtime = 2 if quick else 4
 
 
 def timed(fn):
@@ -185,7 +309,7 @@ def dd(args):
 
 def prep_seqread(ctx):
     for root in (ctx.branches[0], ctx.native):
-        dd([f"if=/dev/zero", f"of={root}/seqread.bin", "bs=1M", f"count={ctx.read_mib}"])
+        dd(["if=/dev/zero", f"of={root}/seqread.bin", "bs=1M", f"count={ctx.read_mib}"])
 
 
 def run_seqread(d, ctx):
@@ -200,7 +324,8 @@ def run_seqwrite(d, ctx):
         return timed(lambda: dd(["if=/dev/zero", f"of={p}", "bs=1M",
                                  f"count={ctx.write_mib}", "conv=fsync"]))
     finally:
-        os.unlink(p)
+        if os.path.exists(p):
+            os.unlink(p)
 
 
 def prep_fio(ctx):
@@ -210,11 +335,10 @@ def prep_fio(ctx):
 
 def run_fio(d, ctx):
     """Seconds per 10k 4 KiB reads (1 / IOPS scaled), so ratios read like times."""
-    out = subprocess.run(
-        ["fio", "--name=rr", f"--filename={d}/fio.bin", "--rw=randread", "--bs=4k",
-         "--direct=1", "--numjobs=4", "--size=256M", "--time_based",
-         f"--runtime={ctx.fio_runtime}", "--group_reporting", "--ioengine=psync",
-         "--output-format=json"], check=True, capture_output=True, text=True).stdout
+    out = sh("fio", "--name=rr", f"--filename={d}/fio.bin", "--rw=randread", "--bs=4k",
+             "--direct=1", "--numjobs=4", "--size=256M", "--time_based",
+             f"--runtime={ctx.fio_runtime}", "--group_reporting", "--ioengine=psync",
+             "--output-format=json", capture_output=True, text=True).stdout
     iops = json.loads(out[out.index("{"):])["jobs"][0]["read"]["iops"]
     return 10000.0 / iops
 
@@ -235,7 +359,7 @@ def run_smallfiles(d, ctx):
     try:
         return timed(go)
     finally:
-        shutil.rmtree(top)
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def prep_find(ctx):
@@ -280,7 +404,9 @@ def run_cat(d, ctx):
 
 
 def prep_tar(ctx):
-    make_tarball(os.path.join(ctx.work, "src.tar"), ctx.tar_files)
+    p = os.path.join(ctx.work, "src.tar")
+    if not os.path.exists(p):
+        make_tarball(p, ctx.tar_files)
 
 
 def _tarx(d):
@@ -297,7 +423,7 @@ def run_untar(d, ctx):
 
 def run_rmrf(d, ctx):
     p = _tarx(d)
-    if not os.path.isdir(p):  # each rep (or --only rm-rf): extract untimed first
+    if not os.path.isdir(p):  # each round (or --only rm-rf): extract untimed first
         run_untar(d, ctx)
     return timed(lambda: sh("rm", "-rf", p))
 
@@ -321,79 +447,99 @@ def run_meta(d, ctx):
         for p in names[::2]:
             if os.path.exists(p):
                 os.unlink(p)
-    t = timed(go)
-    # restore the unlinked half on its original branch (untimed)
-    for k in range(10):
-        for i in range(0, ctx.meta // 10, 2):
-            for r in ([ctx.native] if d == ctx.native else [ctx.branches[i % 2]]):
-                with open(os.path.join(r, "meta", f"d{k:03d}", f"f{i:05d}"), "wb") as f:
-                    f.write(b"x" * 100)
-    return t
+    try:
+        return timed(go)
+    finally:
+        # restore the tree on its original branches (untimed), even after a failure
+        for k in range(10):
+            for i in range(ctx.meta // 10):
+                r = ctx.native if d == ctx.native else ctx.branches[i % 2]
+                p = os.path.join(r, "meta", f"d{k:03d}", f"f{i:05d}")
+                for q in [os.path.join(b, "meta", f"d{k:03d}", f"f{i:05d}.r")
+                          for b in ctx.branches + [ctx.native]]:
+                    if os.path.exists(q):
+                        os.unlink(q)
+                if not os.path.exists(p):
+                    with open(p, "wb") as f:
+                        f.write(b"x" * 100)
 
 
-WORKLOADS = {  # name: (prepare, run, kind)
-    "seqread": (prep_seqread, run_seqread, "data"),
-    "seqwrite": (None, run_seqwrite, "data"),
-    "fio-randread": (prep_fio, run_fio, "data"),
-    "smallfiles": (None, run_smallfiles, "meta"),
-    "find-stat": (prep_find, run_find, "meta"),
-    "ls-f": (prep_ls, run_ls, "meta"),
-    "cat-small": (prep_cat, run_cat, "meta"),
-    "untar": (prep_tar, run_untar, "meta"),
-    "rm-rf": (prep_tar, run_rmrf, "meta"),
-    "metadata-mix": (prep_meta, run_meta, "meta"),
+WORKLOADS = {  # name: (prepare, run)
+    "seqread": (prep_seqread, run_seqread),
+    "seqwrite": (None, run_seqwrite),
+    "fio-randread": (prep_fio, run_fio),
+    "smallfiles": (None, run_smallfiles),
+    "find-stat": (prep_find, run_find),
+    "ls-f": (prep_ls, run_ls),
+    "cat-small": (prep_cat, run_cat),
+    "untar": (prep_tar, run_untar),
+    "rm-rf": (prep_tar, run_rmrf),
+    "metadata-mix": (prep_meta, run_meta),
 }
 DESCR = {
-    "seqread": "sequential read, 1 MiB dd, page cache dropped (fadvise DONTNEED)",
-    "seqwrite": "sequential write, 1 MiB dd, conv=fsync",
-    "fio-randread": "fio 4 KiB O_DIRECT randread, 4 jobs, psync (s per 10k IOs)",
-    "smallfiles": "create+write 4 KiB files in 40 dirs",
-    "find-stat": "find -printf %s%m%U (stat) over files in 100 dirs, both branches",
-    "ls-f": "ls -f of one directory merged from both branches",
-    "cat-small": "cat of small files (xargs cat)",
-    "untar": "tar -xf of a generated source tarball",
-    "rm-rf": "rm -rf of the extracted tree",
-    "metadata-mix": "rename/chmod/utime/rename per file, unlink half",
+    "seqread": "`dd bs=1M` of a 1 GiB file (128 MiB in --quick) to /dev/null, its pool "
+               "pages dropped first (posix_fadvise DONTNEED)",
+    "seqwrite": "`dd bs=1M conv=fsync` of 512 MiB (64 MiB) into a new file",
+    "fio-randread": "fio, 4 KiB O_DIRECT random reads of a 256 MiB file, 4 jobs, psync, 4 s "
+                    "(2 s); the time column is seconds per 10k reads (1/IOPS)",
+    "smallfiles": "create + write 4 KiB + close of 4000 (500) files in 40 new dirs",
+    "find-stat": "`find -printf '%s %m %U'` (a stat per file) over 10k (1250) files in "
+                 "100 dirs, each dir on both branches; dentries dropped first",
+    "ls-f": "`ls -f` of one directory of 20k (2500) entries, half on each branch; "
+            "dentries dropped first",
+    "cat-small": "`xargs cat` of 1000 (120) 2 KiB files in 10 dirs; dentries dropped first",
+    "untar": "`tar -xf` of a generated source tree: 3000 (375) text files of 0.3-10 KiB "
+             "in 100 (13) dirs",
+    "rm-rf": "`rm -rf` of that extracted tree",
+    "metadata-mix": "per file of 1000 (120): rename, chmod, utime, rename back; then "
+                    "unlink half",
 }
 
 
-def walk_rss(pool, ctx, walks=3):
-    """RSS after walking ctx.walk files, repeated; dentries dropped between walks."""
-    out = [("start", pool.rss_kib())]
-    for w in range(walks):
-        t = time.perf_counter()
-        for root, dirs, files in os.walk(os.path.join(pool.mnt, "walk")):
-            for f in files:
-                os.lstat(os.path.join(root, f))
-        el = time.perf_counter() - t
-        out.append((f"walk{w + 1} ({el:.1f}s)", pool.rss_kib()))
-        drop_dentries()
-        time.sleep(0.5)
-        out.append((f"after drop {w + 1}", pool.rss_kib()))
-    return out
+# ---------------------------------------------------------------- the RSS walk
+
+def walk_rss(pool, ctx):
+    """Idle RSS, RSS after an os.walk + lstat of ctx.walk files, RSS once forgotten."""
+    r = {"idle": pool.rss_kib()}
+    c0 = pool.cpu_s()
+    t = time.perf_counter()
+    n = 0
+    for root, dirs, files in os.walk(os.path.join(pool.mnt, "walk")):
+        for f in files:
+            os.lstat(os.path.join(root, f))
+            n += 1
+    r["walk_s"] = time.perf_counter() - t
+    r["walk_cpu"] = (pool.cpu_s() or 0) - (c0 or 0)
+    r["files"] = n
+    r["after"] = pool.rss_kib()
+    drop_dentries()
+    time.sleep(1.0)
+    r["forgot"] = pool.rss_kib()
+    return r
 
 
 # ---------------------------------------------------------------- PNG chart
 
 def write_png(path, groups, series_colors, width=900, height=360):
-    """Bar chart of ratios: groups = [(label, [v_series0, v_series1])]; a line at 1.0."""
+    """Bar chart of ratios: groups = [(label, [v_series0, ...])]; a line at 1.0."""
     vmax = max([2.0] + [v for _, vs in groups for v in vs if v])
-    vmax = math.ceil(vmax * 2) / 2
+    vmax = min(math.ceil(vmax * 2) / 2, 20.0)
     pix = [[(255, 255, 255)] * width for _ in range(height)]
     top, bottom, left = 10, height - 20, 30
     plot_h = bottom - top
 
     def y_of(v):
-        return bottom - int(v / vmax * plot_h)
+        return bottom - int(min(v, vmax) / vmax * plot_h)
 
     def hline(y, color, x0=left, x1=width - 5, dash=False):
         for x in range(x0, x1):
             if not dash or (x // 4) % 2 == 0:
                 pix[y][x] = color
     g = 0.0
+    step = 0.5 if vmax <= 5 else 1.0
     while g <= vmax + 1e-9:
         hline(y_of(g), (225, 225, 225))
-        g += 0.5
+        g += step
     n = len(groups)
     slot = (width - left - 10) / max(n, 1)
     bw = max(2, int(slot / (len(series_colors) + 1)))
@@ -427,151 +573,299 @@ def write_png(path, groups, series_colors, width=900, height=360):
         f.write(png)
 
 
-# ---------------------------------------------------------------- main
+# ---------------------------------------------------------------- running a set
 
 def geomean(xs):
     xs = [x for x in xs if x]
     return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
 
 
-def run_set(setname, options, args, base, results, rss, walks):
-    b = [os.path.join(base, "b1"), os.path.join(base, "b2")]
-    nat = os.path.join(base, "nat")
-    mounted_tmpfs = []
+def side_options(setname, key, args):
+    o = ",".join(x for x in (COMMON, OPTION_SETS[setname][1][key]) if x)
+    if key == "ours":
+        if args.binding:
+            o += f",fuse-binding={args.binding}"
+        if args.ours_options:
+            o += "," + args.ours_options
+    return o
+
+
+def mount_all(setname, args, ctx, base, logdir, tag):
+    d = os.path.join(base, f"{setname}-{tag}")
+    os.makedirs(d, exist_ok=True)
     pools = []
     try:
-        for p in b + [nat]:
-            os.makedirs(p)
-            sh("mount", "-t", "tmpfs", "-o", "size=12g", "tmpfs", p)
-            mounted_tmpfs.append(p)
-        ctx = Ctx(args.quick, b, nat, base)
-        names = [w for w in WORKLOADS if not args.only or w in args.only]
-        for w in names:
-            prep = WORKLOADS[w][0]
-            if prep:
-                prep(ctx)
-        if args.walk:
-            split_tree(b, "walk", 100, ctx.walk // 100)
-        ours_opts = options + ("," + args.ours_opts if args.ours_opts else "")
-        pools = [Pool("ours", OURS, b, os.path.join(base, "m_ours"), ours_opts),
-                 Pool("ref", REF, b, os.path.join(base, "m_ref"), options)]
-        targets = pools + [Native(nat)]
+        for s in SIDES:
+            pools.append(Pool(s, ctx.branches, os.path.join(d, f"m_{s.key}"),
+                              side_options(setname, s.key, args), logdir))
+    except BaseException:
+        close_all([p for p in POOLS if os.path.dirname(p.mnt) == d])
+        raise
+    return pools
+
+
+def close_all(pools):
+    for p in pools:
+        p.close()
+        if p in POOLS:
+            POOLS.remove(p)
+
+
+def run_set(setname, args, ctx, base, logdir, R):
+    """R: the run's record; fills R['times'][(set, workload)], R['cpu'], R['rss']."""
+    names = [w for w in WORKLOADS if not args.only or w in args.only]
+    if args.walk:
+        # fresh daemons: idle RSS, then the walk, one side after the other
+        pools = mount_all(setname, args, ctx, base, logdir, "walk")
+        try:
+            time.sleep(2.0)
+            for p in pools:
+                R["rss"][(setname, p.name)] = r = walk_rss(p, ctx)
+                print(f"[{setname}] walk {LABEL[p.name]:7} idle {r['idle'] / 1024:6.1f} MiB  "
+                      f"after {r['files']} files {r['after'] / 1024:6.1f} MiB  forgotten "
+                      f"{r['forgot'] / 1024:6.1f} MiB  ({r['walk_s']:.1f} s, cpu "
+                      f"{r['walk_cpu']:.2f} s)", flush=True)
+        finally:
+            close_all(pools)
+    if not names:
+        return
+    pools = mount_all(setname, args, ctx, base, logdir, "run")
+    try:
+        targets = pools + [Native(ctx.native)]
         for w in names:
             run = WORKLOADS[w][1]
             times = {t.name: [] for t in targets}
-            for rep in range(args.reps):
-                order = targets if rep % 2 == 0 else [targets[1], targets[0], targets[2]]
-                for t in order:
-                    times[t.name].append(run(t.mnt, ctx))
-            med = {k: statistics.median(v) for k, v in times.items()}
-            results[(setname, w)] = med
-            rss[(setname, w)] = {p.name: p.rss_kib() for p in pools}
-            print(f"[{setname:7}] {w:13} ours {med['ours']:8.3f}s  ref {med['ref']:8.3f}s  "
-                  f"native {med['native']:8.3f}s  ratio {med['ref'] / med['ours']:5.2f}  "
-                  f"rss ours {rss[(setname, w)]['ours'] // 1024} MiB", flush=True)
-        if args.walk:
-            for p in pools:
-                walks[(setname, p.name)] = walk_rss(p, ctx)
-                print(f"[{setname:7}] walk {p.name}: " + ", ".join(
-                    f"{k}={v // 1024 if v else '?'}MiB" for k, v in walks[(setname, p.name)]),
-                    flush=True)
-    finally:
-        for p in pools:
-            p.close()
-        for p in reversed(mounted_tmpfs):
-            subprocess.run(["umount", p])
-
-
-def write_markdown(path, args, results, rss, walks, png_name, elapsed):
-    sets = [s for s in OPTION_SETS if any(k[0] == s for k in results)]
-    names = [w for w in WORKLOADS if any(k[1] == w for k in results)]
-    L = ["# Benchmark results", "",
-         f"Generated by `benchmarks/run.py{' --quick' if args.quick else ''}` on "
-         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.reps} repetitions "
-         f"(A B A B interleaved, medians), {os.cpu_count()} CPUs, kernel {os.uname().release}, "
-         f"run took {elapsed / 60:.1f} min.", "",
-         "Branches: two tmpfs mounts; native = a third tmpfs (physical limit). "
-         "ratio = ref_time / our_time (> 1: we are faster).", "",
-         "**Noise:** a shared VM; absolute times drift between runs and single "
-         "workloads swing by ±20 % (sequential read the most); the interleaving keeps "
-         "the ratios of one run comparable.", "",
-         f"![ratios]({png_name})", "",
-         "Chart: one group per workload in table order (k tick marks under group k); "
-         "blue = cache.files=partial, orange = cache.files=off; dashed red line = 1.0.", ""]
-    for s in sets:
-        L += [f"## cache.files={s}  (`-o {OPTION_SETS[s]}`)", "",
-              "| workload | ours s | ref s | native s | ratio ref/ours | RSS ours MiB | RSS ref MiB |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
-        ratios = []
-        for w in names:
-            if (s, w) not in results:
+            cpu = {p.name: [] for p in pools}
+            failed = None
+            for rnd in range(args.reps):
+                k = rnd % len(targets)
+                for t in targets[k:] + targets[:k]:
+                    if not all(p.alive() for p in pools):
+                        dead = [LABEL[p.name] for p in pools if not p.alive()]
+                        raise RuntimeError(f"daemon gone: {', '.join(dead)}")
+                    c0 = t.cpu_s()
+                    try:
+                        times[t.name].append(run(t.mnt, ctx))
+                    except Exception as e:
+                        failed = f"{LABEL[t.name]}: {type(e).__name__}: {e}"
+                        break
+                    if c0 is not None:
+                        cpu[t.name].append(t.cpu_s() - c0)
+                if failed:
+                    break
+            if failed:
+                note(f"[{setname}] {w} failed on {failed}")
+                R["failed"][(setname, w)] = failed
                 continue
-            m = results[(s, w)]
-            r = m["ref"] / m["ours"]
-            ratios.append(r)
-            rs = rss[(s, w)]
-            L.append(f"| {w} | {m['ours']:.3f} | {m['ref']:.3f} | {m['native']:.3f} | "
-                     f"**{r:.2f}** | {(rs['ours'] or 0) / 1024:.1f} | {(rs['ref'] or 0) / 1024:.1f} |")
-        L += ["", f"Geometric mean of ratios: **{geomean(ratios):.2f}**", ""]
-    if walks:
-        L += ["## RSS while walking files (os.walk + lstat), dentries dropped between walks", ""]
-        for (s, who), pts in walks.items():
-            L.append(f"- cache.files={s}, {who}: " + ", ".join(
-                f"{k} {v / 1024 if v else 0:.1f} MiB" for k, v in pts))
+            med = {k: statistics.median(v) for k, v in times.items()}
+            R["times"][(setname, w)] = med
+            R["cpu"][(setname, w)] = {k: sum(v) / len(v) for k, v in cpu.items() if v}
+            print(f"[{setname}] {w:13} " + "  ".join(
+                f"{LABEL[k]} {med[k]:7.3f}s" for k in ("ours", "deb", "up", "native"))
+                + "  ratio " + " ".join(f"{med[r] / med['ours']:5.2f}" for r in REFS), flush=True)
+        for p in pools:
+            R["rss_end"][(setname, p.name)] = p.rss_kib()
+    finally:
+        close_all(pools)
+
+
+# ---------------------------------------------------------------- report
+
+def fmt_s(x):
+    return "—" if x is None else (f"{x:.3f}" if x < 10 else f"{x:.2f}")
+
+
+def mib(k):
+    return "—" if k is None else f"{k / 1024:.1f}"
+
+
+def set_table(s, R, names):
+    L = [f"| workload | ours s | 2.33.5 s | 2.42 s | native s | **2.33.5 / ours** | "
+         f"**2.42 / ours** | daemon CPU ms ours / 2.33.5 / 2.42 |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    ratios = {r: [] for r in REFS}
+    for w in names:
+        if (s, w) in R["failed"]:
+            L.append(f"| {w} | failed: {R['failed'][(s, w)]} ||||||| ")
+            continue
+        if (s, w) not in R["times"]:
+            continue
+        m = R["times"][(s, w)]
+        rr = {r: m[r] / m["ours"] for r in REFS}
+        for r in REFS:
+            ratios[r].append(rr[r])
+        c = R["cpu"][(s, w)]
+        cpu = " / ".join(f"{c[k] * 1000:.0f}" if k in c else "—" for k in ("ours", "deb", "up"))
+        L.append(f"| {w} | {fmt_s(m['ours'])} | {fmt_s(m['deb'])} | {fmt_s(m['up'])} | "
+                 f"{fmt_s(m['native'])} | **{rr['deb']:.2f}** | **{rr['up']:.2f}** | {cpu} |")
+    gm = {r: geomean(ratios[r]) for r in REFS}
+    L.append(f"| **geometric mean** | | | | | **{gm['deb']:.2f}** | **{gm['up']:.2f}** | |")
+    return L, gm
+
+
+def rss_table(s, R):
+    L = ["| daemon | idle MiB | after walk MiB | forgotten MiB | walk s | walk CPU s | "
+         "after workloads MiB |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for side in SIDES:
+        r = R["rss"].get((s, side.key))
+        end = R["rss_end"].get((s, side.key))
+        if not r and end is None:
+            continue
+        r = r or {}
+        L.append(f"| {side.label} | {mib(r.get('idle'))} | {mib(r.get('after'))} | "
+                 f"{mib(r.get('forgot'))} | {fmt_s(r.get('walk_s'))} | "
+                 f"{fmt_s(r.get('walk_cpu'))} | {mib(end)} |")
+    return L
+
+
+def write_markdown(path, args, R, png_name, elapsed, sets):
+    names = [w for w in WORKLOADS if any(k[1] == w for k in list(R["times"]) + list(R["failed"]))]
+    walkn = next((r["files"] for r in R["rss"].values()), 0)
+    L = ["# Benchmark results", "",
+         f"Generated by `benchmarks/run.py {' '.join(sys.argv[1:])}` on "
+         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.reps} round(s) "
+         f"(ours, 2.33.5, 2.42, native; order rotated each round; medians), {os.cpu_count()} "
+         f"CPUs, kernel {os.uname().release}, ours at {R['commit']}, run took "
+         f"{elapsed / 60:.1f} min.", "",
+         "Branches: two tmpfs mounts shared by the three pools; native = a third tmpfs "
+         "(the physical limit). **ratio = reference time / our time: > 1 means we are "
+         "faster.** Daemon CPU = utime+stime of the daemon process per round (mean; "
+         "10 ms resolution).", "",
+         "**Noise:** a shared 2-core VM; absolute times drift between runs and single "
+         "workloads swing by ±20 % (sequential read the most); the interleaving keeps the "
+         "ratios of one run comparable. Read ratios, not seconds.", ""]
+    if png_name:
+        L += [f"![ratios]({png_name})", "",
+              "Chart: one group per workload in table order (k tick marks under group k); "
+              "bars: blue = same/2.33.5, light blue = same/2.42, orange = best/2.33.5, "
+              "red-brown = best/2.42; dashed red line = 1.0.", ""]
+    for s in sets:
+        title, opts = OPTION_SETS[s]
+        L += [f"## {s}: {title}", ""]
+        L += [f"- {LABEL[k]}: `-o {side_options(s, k, args)}`" for k in ("ours", "deb", "up")]
         L.append("")
-    L += ["## Workloads", ""] + [f"- **{w}**: {DESCR[w]}" for w in names] + [""]
+        if any(k[0] == s for k in list(R["times"]) + list(R["failed"])):
+            t, gm = set_table(s, R, names)
+            L += t + [""]
+        if any(k[0] == s for k in list(R["rss"]) + list(R["rss_end"])):
+            L += [f"Daemon RSS (walk: `os.walk` + `lstat` of {walkn} files on freshly "
+                  f"mounted pools; forgotten = after dropping dentries, 1 s later):", ""]
+            L += rss_table(s, R) + [""]
+    if NOTES:
+        L += ["## Notes from this run", ""] + [f"- {n}" for n in NOTES] + [""]
+    L += ["## Workloads (sizes in parentheses: --quick)", ""]
+    L += [f"- **{w}**: {DESCR[w]}" for w in WORKLOADS] + [""]
     with open(path, "w") as f:
         f.write("\n".join(L))
+    return L
+
+
+def git_commit():
+    try:
+        out = subprocess.run(["git", "-C", REPO, "log", "-1", "--format=%h %s"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--", "mergerfs"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return f"`{out[:60]}`" + (" (+ uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "?"
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="small sizes, 1 repetition")
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="one short round of everything, small sizes (< 3 min)")
     ap.add_argument("--only", action="append", choices=list(WORKLOADS) + ["walk"],
-                    help="run only this workload (repeatable); 'walk' = RSS walk only")
-    ap.add_argument("--reps", type=int, default=None)
-    ap.add_argument("--sets", default="partial,off")
-    ap.add_argument("--ours-opts", default="",
-                    help="extra -o options for OUR pool only (lever experiments)")
+                    help="run only this workload (repeatable); 'walk' = the RSS walk")
+    ap.add_argument("--reps", type=int, default=None, help="rounds (default 5, --quick 1)")
+    ap.add_argument("--sets", default="same,best", help="option sets: same,best")
+    ap.add_argument("--binding", choices=["kernel", "llfuse"],
+                    help="our side only: -o fuse-binding=BINDING (default: the daemon's own)")
+    ap.add_argument("--ours-options", "--ours-opts", dest="ours_options", default="",
+                    help="extra -o options for OUR pool only (levers, e.g. threads=2)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args()
     if args.reps is None:
-        args.reps = 1 if args.quick else 3
+        args.reps = 1 if args.quick else 5
+    sets = [s for s in args.sets.split(",") if s]
+    for s in sets:
+        if s not in OPTION_SETS:
+            ap.error(f"unknown set {s!r} (have: {', '.join(OPTION_SETS)})")
     args.walk = not args.only or "walk" in args.only
     if args.only:
         args.only = [w for w in args.only if w != "walk"] or ["__none__"]
     if os.geteuid() != 0:
         sys.exit("run as root (mounts tmpfs branches, drops caches)")
-    for exe in (OURS, REF):
-        if not os.access(exe, os.X_OK):
-            sys.exit(f"missing {exe}")
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    results, rss, walks = {}, {}, {}
+    for s in SIDES:
+        if not os.access(s.binary, os.X_OK):
+            sys.exit(f"missing {s.binary} ({s.label})")
+    for tool in ("fio", "dd", "tar", "find", "xargs"):
+        if not shutil.which(tool):
+            sys.exit(f"missing {tool}")
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    # SIGINT too: a job started with '&' by a non-interactive shell inherits it ignored
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
+
+    R = {"times": {}, "cpu": {}, "rss": {}, "rss_end": {}, "failed": {}, "commit": git_commit()}
     t0 = time.perf_counter()
     base = tempfile.mkdtemp(prefix="mfsbench-")
+    logdir = os.path.join(base, "logs")
+    os.makedirs(logdir)
+    print(f"scratch {base}; ours: {SIDES[0].binary} -o {side_options(sets[0], 'ours', args)}",
+          flush=True)
+    status = 0
     try:
-        for s in args.sets.split(","):
-            sub = os.path.join(base, s)
-            os.makedirs(sub)
-            run_set(s, OPTION_SETS[s], args, sub, results, rss, walks)
+        b = [os.path.join(base, "b1"), os.path.join(base, "b2")]
+        nat = os.path.join(base, "nat")
+        for p in b + [nat]:
+            mount_tmpfs(p)
+        ctx = Ctx(args.quick, b, nat, base)
+        names = [w for w in WORKLOADS if not args.only or w in args.only]
+        tp = time.perf_counter()
+        for prep in dict.fromkeys(WORKLOADS[w][0] for w in names):
+            if prep:
+                prep(ctx)
+        if args.walk:
+            split_tree(b, "walk", 100, ctx.walk // 100)
+        print(f"prepared in {time.perf_counter() - tp:.0f} s", flush=True)
+        for s in sets:
+            try:
+                run_set(s, args, ctx, base, logdir, R)
+            except Exception as e:
+                note(f"[{s}] set aborted: {type(e).__name__}: {e}")
+                status = 1
+    except KeyboardInterrupt as e:
+        print(f"\ninterrupted ({e or 'Ctrl-C'}): cleaning up", file=sys.stderr, flush=True)
+        status = 130
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        cleanup(base)
     elapsed = time.perf_counter() - t0
+    if not R["times"] and not R["rss"]:
+        print("no results", file=sys.stderr)
+        return status or 1
     os.makedirs(args.out, exist_ok=True)
-    names = [w for w in WORKLOADS if any(k[1] == w for k in results)]
-    sets = args.sets.split(",")
-    groups = [(w, [(results[(s, w)]["ref"] / results[(s, w)]["ours"]) if (s, w) in results
-                   else None for s in sets]) for w in names]
     suffix = "-quick" if args.quick else ""
-    png = f"ratios{suffix}.png"
-    write_png(os.path.join(args.out, png), groups, [(60, 110, 200), (240, 140, 40)])
+    names = [w for w in WORKLOADS if any(k[1] == w for k in R["times"])]
+    groups = [(w, [(R["times"][(s, w)][r] / R["times"][(s, w)]["ours"])
+                   if (s, w) in R["times"] else None
+                   for s in ("same", "best") for r in REFS]) for w in names]
+    png = f"ratios{suffix}.png" if names and status != 130 else None
+    if png:
+        write_png(os.path.join(args.out, png), groups,
+                  [(60, 110, 200), (140, 180, 240), (240, 140, 40), (150, 70, 30)])
+    if status == 130:  # interrupted: show what there is, keep the last complete record
+        suffix += "-interrupted"
     md = os.path.join(args.out, f"latest{suffix}.md")
-    write_markdown(md, args, results, rss, walks, png, elapsed)
-    for s in sets:
-        rs = [results[(s, w)]["ref"] / results[(s, w)]["ours"] for w in names if (s, w) in results]
-        print(f"geomean ratio cache.files={s}: {geomean(rs):.2f}")
-    print(f"wrote {md} and {png} ({elapsed / 60:.1f} min)")
+    lines = write_markdown(md, args, R, png, elapsed, sets)
+    print()
+    print("\n".join(l for l in lines if not l.startswith("![")))
+    print(f"wrote {md}" + (f" and {png}" if png else "") + f" ({elapsed / 60:.1f} min)")
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
