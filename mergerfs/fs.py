@@ -21,7 +21,7 @@ import time
 from typing import NamedTuple
 
 from mergerfs import _fastpath, inodes, policies, ugid
-from mergerfs.branches import Branch, Probe, expand
+from mergerfs.branches import LIST_TIMEOUT, Branch, Probe, expand
 from mergerfs.errors import Aggregate, oserror
 
 log = logging.getLogger("mergerfs")
@@ -30,6 +30,12 @@ log = logging.getLogger("mergerfs")
 ERROR_ENTRY = "error: no valid mergerfs branch found, check config"
 #: Hidden per-branch directory used by ``rename-exdev`` symlink modes.
 EXDEV_DIR = ".mergerfs_rename_exdev"
+
+#: A branch answering these does not know whether a path exists (a network
+#: filesystem whose server is down): such a branch counts as not having it,
+#: so lookups and creates on the other branches go on (as the reference).
+_UNREACHABLE = frozenset({errno.EIO, errno.ENOTCONN, errno.ETIMEDOUT, errno.EHOSTDOWN,
+                          errno.EHOSTUNREACH, errno.ECONNABORTED, errno.ECONNRESET})
 
 _OPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
 _ACCMODE = os.O_ACCMODE
@@ -80,7 +86,7 @@ class RequestProbe:
             st: os.stat_result | None = os.lstat(branch.full(relpath))
         except OSError as e:
             st = None
-            if e.errno != errno.ENOENT:
+            if e.errno != errno.ENOENT and e.errno not in _UNREACHABLE:
                 self._errors.setdefault(relpath, e.errno)
         self._stats[key] = st
         return st
@@ -136,19 +142,29 @@ def _moveonenospc_policy(value) -> str | None:
     return str(value)
 
 
+def _list_one(path: str) -> tuple[list, int]:
+    """One branch directory's listing (``readdir_merge`` rows) and its st_dev."""
+    rows = _fastpath.readdir_merge((path,))
+    return rows, os.stat(path).st_dev
+
+
 class FileSystem:
     def __init__(self, cfg) -> None:
         self.probe = Probe(cfg["cache.statfs"])
         self.snap = Snapshot(cfg, expand(cfg["branches"], cfg["minfreespace"]))
+        self.probe.record(self.snap.branches)
         self._handles_lock = threading.Lock()
         self.handles: dict[int, Handle] = {}
 
     # ---------------------------------------------------------------- config
     def reconfigure(self, cfg) -> None:
         """Swap in a new config (control file, SIGUSR1): branches re-expanded."""
+        old = self.probe
         if cfg["cache.statfs"] != self.snap.cfg["cache.statfs"]:
-            self.probe = Probe(cfg["cache.statfs"])
-        self.snap = Snapshot(cfg, expand(cfg["branches"], cfg["minfreespace"]))
+            self.probe = Probe(cfg["cache.statfs"], lanes=old.lanes)
+        snap = Snapshot(cfg, expand(cfg["branches"], cfg["minfreespace"]))
+        self.probe.record(snap.branches, keep=old)
+        self.snap = snap
 
     def refresh(self) -> None:
         self.reconfigure(self.snap.cfg)
@@ -534,22 +550,44 @@ class FileSystem:
         branches = snap.branches
         rel = dh.relpath
         try:
-            raw = _fastpath.readdir_merge([b.full(rel) for b in branches])
+            raw, devs = self._list(branches, rel)
         except OSError:
             if rel == "/" and not self._any_branch_root(snap):
                 return [(os.fsencode(ERROR_ENTRY), S.S_IFREG >> 12, 2)]
             raise
-        devs = []
-        for b in branches:  # devino numbers need st_dev of the directory listed
-            try:
-                devs.append(os.stat(b.full(rel)).st_dev)
-            except OSError:
-                devs.append(0)  # nothing listed from it
         out = _fastpath.readdir_inodes(raw, os.fsencode(rel), devs, inodes.mode_code(calc))
         if rel == "/":
             hidden = {b".mergerfs", EXDEV_DIR.encode()}
             out = [e for e in out if e[0] not in hidden]
         return out
+
+    def _list(self, branches, rel: str) -> tuple[list, list[int]]:
+        """Each branch's listing of ``rel`` merged (first branch wins), and each
+        branch's st_dev of it (devino numbers need it; 0: nothing listed).
+
+        Every listing runs on its branch's lane with :data:`LIST_TIMEOUT`: a
+        stalled branch is left out of this listing instead of hanging it. If no
+        branch could be listed, the first error is raised."""
+        lanes = self.probe.lanes
+        raw: list = []
+        seen: set[bytes] = set()
+        devs: list[int] = []
+        first_err: OSError | None = None
+        for idx, b in enumerate(branches):
+            try:
+                rows, dev = lanes.call(b.path, LIST_TIMEOUT, _list_one, b.full(rel))
+            except OSError as e:
+                first_err = first_err or e
+                devs.append(0)
+                continue
+            devs.append(dev)
+            for name, dtype, ino, _ in rows:
+                if name not in seen:
+                    seen.add(name)
+                    raw.append((name, dtype, ino, idx))
+        if first_err is not None and len(devs) == devs.count(0):
+            raise first_err
+        return raw, devs
 
     # ----------------------------------------------------------------- statfs
     def statfs(self, relpath: str = "/") -> dict:
@@ -560,13 +598,15 @@ class FileSystem:
         full = cfg["statfs"] == "full"
         seen: set[int] = set()
         rows = []
-        for b in snap.branches:
+        probe = self.probe
+        for b in snap.branches:  # bounded: a stalled branch counts with its last answer
             path = b.full(relpath) if full else b.path
             try:
-                st = os.stat(path)
-                vfs = os.statvfs(path)
+                st, vfs = probe.fsinfo(path, stale_ok=True)
             except OSError:
                 continue
+            if path == b.path and probe.check_gone(b.path, st.st_dev):
+                continue  # a bare mountpoint: its parent's filesystem is not the branch's
             if st.st_dev in seen:
                 continue
             seen.add(st.st_dev)
