@@ -226,9 +226,10 @@ class Remotes:
         remote.mount()
         return remote
 
-    def rclone(self, served: str | None = None) -> Remote:
+    def rclone(self, served: str | None = None, extra: list[str] | None = None) -> Remote:
         """``rclone serve sftp`` of ``served`` on a free loopback port, mounted
-        with ``rclone mount`` (config and cache kept in the temporary directory)."""
+        with ``rclone mount`` (config and cache kept in the temporary directory;
+        ``extra``: more ``rclone mount`` flags, later ones win)."""
         n = len(self.remotes)
         served = served or self._dir(f"served{n}")
         port = free_port()
@@ -244,7 +245,7 @@ class Remotes:
         argv = ["rclone", "mount", ":sftp:", mnt, "--sftp-host", "127.0.0.1",
                 "--sftp-port", str(port), "--sftp-user", "root", "--sftp-key-file", self.key,
                 "--dir-cache-time", "0s", "--attr-timeout", "0s", "--contimeout", "2s",
-                "--timeout", "5s", "--low-level-retries", "1", "--retries", "1"] + common
+                "--timeout", "5s", "--low-level-retries", "1", "--retries", "1"] + common + (extra or [])
         remote = Remote("rclone", server, mnt, argv)
         self.remotes.append(remote)
         remote.mount()

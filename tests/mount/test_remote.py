@@ -17,6 +17,7 @@ import errno
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -35,6 +36,8 @@ except ImportError:  # rootdir-less collection
 pytestmark = pytest.mark.skipif(tools_missing() is not None, reason=str(tools_missing()))
 
 NOCACHE = "cache.files=off,cache.attr=0,cache.entry=0,cache.negative_entry=0"
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                      "README.md")
 
 
 def _put(path: str, data: bytes) -> None:
@@ -275,3 +278,50 @@ def test_gone_remote_receives_no_new_files():
             assert not os.path.exists(os.path.join(local, "c"))
             assert os.getxattr(ctl, "user.mergerfs.branches-unavailable") == b""
             assert "unavailable" not in _ctl(mnt, "status").stdout
+
+
+# -- the README's recipe ----------------------------------------------------------
+
+def _recipe() -> tuple[list[str], str]:
+    """(rclone mount flags, mergerfs -o options) of the README's rclone recipe."""
+    with open(README) as f:
+        text = f.read()
+    block = text.split("<!-- recipe:rclone:begin -->")[1].split("<!-- recipe:rclone:end -->")[0]
+    lines = block.replace("\\\n", " ").splitlines()
+    rclone = shlex.split(next(line for line in lines if line.startswith("rclone mount")))
+    mergerfs = shlex.split(next(line for line in lines if line.startswith("mergerfs")))
+    flags, args = [], rclone[4:]  # after: rclone mount REMOTE MOUNTPOINT
+    while args:
+        a = args.pop(0)
+        if a == "--cache-dir":  # the test keeps its own
+            args.pop(0)
+        elif a != "--daemon":  # the test holds the process
+            flags.append(a)
+    return flags, mergerfs[mergerfs.index("-o") + 1]
+
+
+def test_readme_rclone_recipe():
+    """The README's recipe, scaled down: a 16 MiB local disk (minfreespace 4M
+    instead of 20G) before the rclone remote. Files fill the local disk first,
+    then go to the remote; a file outgrowing the local disk moves there whole."""
+    flags, options = _recipe()
+    with tmpfs_branches([16], prefix="mfsremote") as (local,), remotes() as r:
+        remote = r.rclone(extra=flags + ["--vfs-write-back", "0s"])  # upload at close: no waiting
+        with pool([local, remote.mnt], options + ",minfreespace=4M") as mnt:
+            _put(os.path.join(mnt, "a"), os.urandom(MiB))
+            _put(os.path.join(mnt, "grow"), b"start")
+            _put(os.path.join(mnt, "fill"), os.urandom(11 * MiB))
+            assert where([local, remote.mnt], "a") == where([local, remote.mnt], "fill") == [0]
+            b = os.urandom(2 * MiB)
+            _put(os.path.join(mnt, "b"), b)  # the local disk is below minfreespace now
+            assert where([local, remote.mnt], "b") == [1]
+            tail = os.urandom(8 * MiB)
+            with open(os.path.join(mnt, "grow"), "ab") as f:  # ENOSPC locally: moved
+                f.write(tail)
+            assert where([local, remote.mnt], "grow") == [1]
+            for name, data in (("b", b), ("grow", b"start" + tail)):
+                path = os.path.join(remote.served, name)
+                assert wait_until(lambda: os.path.exists(path) and _sha(_get(path)) == _sha(data), 10,
+                                  0.1), name
+                assert _sha(_get(os.path.join(mnt, name))) == _sha(data)
+
