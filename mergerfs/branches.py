@@ -337,7 +337,10 @@ class Lanes:
 
 
 def _fsinfo(path: str) -> tuple[os.stat_result, os.statvfs_result]:
-    return os.stat(path), os.statvfs(path)
+    try:
+        return os.stat(path), os.statvfs(path)
+    except ValueError:  # an embedded NUL (a hostile branches= value): no such path
+        raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
 
 
 def _parent_dev(path: str) -> int:
@@ -501,6 +504,9 @@ class Probe:
 
 def _origin_of(path: str, dev: int | None = None) -> tuple[int, bool]:
     """(st_dev of ``path``, whether it differs from its parent directory's)."""
-    if dev is None:
-        dev = os.stat(path).st_dev
-    return dev, dev != _parent_dev(path)
+    try:
+        if dev is None:
+            dev = os.stat(path).st_dev
+        return dev, dev != _parent_dev(path)
+    except ValueError:  # an embedded NUL: no such path
+        raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None

@@ -226,6 +226,9 @@ def test_hung_remote_leaves_local_requests_answering():
         try:
             first = _local_ops(mnt)
             again = _local_ops(mnt)
+            key = _timed(["getfattr", "--only-values", "-n", "user.mergerfs.branches-unavailable",
+                          os.path.join(mnt, ".mergerfs")])
+            status = _timed([sys.executable, "-m", "mergerfs.tools.ctl", "--mount", mnt, "status"])
         finally:
             remote.server.resume()
         timings = {"healthy": {k: v[0] for k, v in healthy.items()},
@@ -240,6 +243,9 @@ def test_hung_remote_leaves_local_requests_answering():
         assert first["df"][1] == again["df"][1] == healthy["df"][1]  # the remote's last known size
         assert first["ls"][1].split() == again["ls"][1].split() == ["f"]
         assert first["cat"][1] == "local"
+        assert key[0] is not None and key[0] < 1 and key[1] == f"{remote.mnt}: not answering\n", key
+        assert status[0] is not None and status[0] < 3, status  # ctl does not statvfs it either
+        assert "unavailable: not answering" in status[1], status
         # resumed: the remote is listed again, without a remount
         assert wait_until(lambda: sorted(os.listdir(os.path.join(mnt, "local"))) == ["f", "r"], 5, 0.1)
 
