@@ -186,7 +186,8 @@ class Stalled(OSError):
 
 
 class _Job:
-    __slots__ = ("fn", "args", "creds", "done", "result", "error", "cancelled", "started", "timeout")
+    __slots__ = ("fn", "args", "creds", "done", "result", "error", "cancelled", "started", "timeout",
+                 "key")
 
     def __init__(self, fn, args, creds, timeout: float) -> None:
         self.fn, self.args, self.creds, self.timeout = fn, args, creds, timeout
@@ -194,6 +195,7 @@ class _Job:
         self.result = self.error = None
         self.cancelled = False
         self.started = 0.0
+        self.key = ""
 
 
 class _Lane:
@@ -244,13 +246,40 @@ class Lanes:
         self._pid = os.getpid()
 
     def call(self, key: str, timeout: float, fn, *args):
+        """``fn(*args)`` on ``key``'s lane within ``timeout`` seconds, else :class:`Stalled`."""
+        return self.result(self.submit(key, timeout, fn, *args), time.monotonic() + timeout)
+
+    def calls(self, jobs, timeout: float) -> list:
+        """Several ``(key, fn, args)`` at once (one wait for all, not one each):
+        each entry is the result or the exception it raised (:class:`Stalled`
+        included), in order."""
+        deadline = time.monotonic() + timeout
+        submitted = []
+        for key, fn, args in jobs:
+            try:
+                submitted.append(self.submit(key, timeout, fn, *args))
+            except Stalled as e:
+                submitted.append(e)
+        out = []
+        for job in submitted:
+            if isinstance(job, Stalled):
+                out.append(job)
+                continue
+            try:
+                out.append(self.result(job, deadline))
+            except Exception as e:  # noqa: BLE001 - handed to the caller
+                out.append(e)
+        return out
+
+    def submit(self, key: str, timeout: float, fn, *args) -> _Job:
+        """Queue ``fn(*args)`` on ``key``'s lane (:class:`Stalled` at once if it is stalled)."""
         from mergerfs import ugid  # noqa: PLC0415 - ugid needs the compiled extension
         job = _Job(fn, args, ugid.current(), timeout)
-        job.done = done = threading.Event()
+        job.done = threading.Event()
+        job.key = key
         with self._lock:
             lane = self._lane(key)
-            now = time.monotonic()
-            if lane.stalled(now):
+            if lane.stalled(time.monotonic()):
                 raise Stalled(key)
             lane.queue.append(job)
             if lane.idle:
@@ -259,12 +288,19 @@ class Lanes:
                 lane.threads += 1
                 threading.Thread(target=self._work, args=(key, lane), name=f"branch-io {key}",
                                  daemon=True).start()
-        if not done.wait(timeout):
+        return job
+
+    def result(self, job: _Job, deadline: float):
+        """Wait for a submitted job until ``deadline`` (monotonic); its result, or
+        its exception, or :class:`Stalled` (the job is then dropped unrun if still queued)."""
+        done = job.done
+        assert done is not None
+        if not done.wait(max(0.0, deadline - time.monotonic())):
             with self._lock:
                 job.cancelled = True
-                lane.stalled(time.monotonic())  # logs it once
+                self._lane(job.key).stalled(time.monotonic())  # logs it once
             if not done.is_set():
-                raise Stalled(key)
+                raise Stalled(job.key)
         if job.error is not None:
             raise job.error
         return job.result
@@ -470,6 +506,18 @@ class Probe:
         with self._lock:
             self._last[path] = facts
         return facts
+
+    def fsinfos(self, paths: list[str]) -> list:
+        """:meth:`fsinfo` of several paths at once (``stale_ok``), in parallel on
+        their lanes: each entry the facts or the exception."""
+        out = self.lanes.calls([(p, _fsinfo, (p,)) for p in paths], STATFS_TIMEOUT)
+        with self._lock:
+            for i, (p, facts) in enumerate(zip(paths, out)):
+                if isinstance(facts, Stalled) and p in self._last:
+                    out[i] = self._last[p]
+                elif not isinstance(facts, BaseException):
+                    self._last[p] = facts
+        return out
 
     def space(self, branch: Branch) -> SpaceInfo:
         """Raises OSError if the branch cannot be queried (missing disk, :class:`Stalled`)."""

@@ -568,24 +568,24 @@ class FileSystem:
         Every listing runs on its branch's lane with :data:`LIST_TIMEOUT`: a
         stalled branch is left out of this listing instead of hanging it. If no
         branch could be listed, the first error is raised."""
-        lanes = self.probe.lanes
+        listings = self.probe.lanes.calls([(b.path, _list_one, (b.full(rel),)) for b in branches],
+                                          LIST_TIMEOUT)
         raw: list = []
         seen: set[bytes] = set()
         devs: list[int] = []
-        first_err: OSError | None = None
-        for idx, b in enumerate(branches):
-            try:
-                rows, dev = lanes.call(b.path, LIST_TIMEOUT, _list_one, b.full(rel))
-            except OSError as e:
-                first_err = first_err or e
+        first_err: BaseException | None = None
+        for idx, listing in enumerate(listings):
+            if isinstance(listing, BaseException):
+                first_err = first_err or listing
                 devs.append(0)
                 continue
+            rows, dev = listing
             devs.append(dev)
             for name, dtype, ino, _ in rows:
                 if name not in seen:
                     seen.add(name)
                     raw.append((name, dtype, ino, idx))
-        if first_err is not None and len(devs) == devs.count(0):
+        if first_err is not None and all(isinstance(x, BaseException) for x in listings):
             raise first_err
         return raw, devs
 
@@ -599,12 +599,12 @@ class FileSystem:
         seen: set[int] = set()
         rows = []
         probe = self.probe
-        for b in snap.branches:  # bounded: a stalled branch counts with its last answer
-            path = b.full(relpath) if full else b.path
-            try:
-                st, vfs = probe.fsinfo(path, stale_ok=True)
-            except OSError:
+        paths = [b.full(relpath) if full else b.path for b in snap.branches]
+        facts = probe.fsinfos(paths)  # bounded: a stalled branch counts with its last answer
+        for b, path, fact in zip(snap.branches, paths, facts):
+            if isinstance(fact, BaseException):
                 continue
+            st, vfs = fact
             if path == b.path and probe.check_gone(b.path, st.st_dev):
                 continue  # a bare mountpoint: its parent's filesystem is not the branch's
             if st.st_dev in seen:

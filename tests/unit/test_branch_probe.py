@@ -88,3 +88,17 @@ def test_reconfigured_probe_keeps_origins(tmp_path):
     new = Probe(lanes=old.lanes)
     new.record([Branch(root, "RW", 0)], keep=old)
     assert new._origin[root] == (1, True) and new.gone() == [root]
+
+
+def test_calls_wait_once_for_all():
+    lanes = Lanes()
+    release = threading.Event()
+    t0 = time.monotonic()
+    out = lanes.calls([("/a", lambda: "a", ()), ("/hung", release.wait, (5,)),
+                       ("/hung2", release.wait, (5,)), ("/b", os.stat, ("/nonexistent/x",))], 0.3)
+    took = time.monotonic() - t0
+    release.set()
+    assert out[0] == "a"
+    assert isinstance(out[1], Stalled) and isinstance(out[2], Stalled)
+    assert isinstance(out[3], FileNotFoundError)
+    assert took < 0.6  # one deadline for all, not one each
