@@ -234,3 +234,17 @@ def test_deleted_file_handle_is_estale(exported):
     with pytest.raises(OSError) as e:
         os.close(ex.open(fh))
     assert e.value.errno == errno.ESTALE
+
+
+def test_handle_of_a_replaced_file_is_estale(exported):
+    """A new file under the old name is another file: the old handle must not open it."""
+    ex = exported
+    _write(ex.p("name"), b"old")
+    fh = name_to_handle(ex.p("name"))
+    os.unlink(ex.p("name"))
+    _write(ex.p("name"), b"new")
+    drop_caches()
+    with pytest.raises(OSError) as e:
+        os.close(ex.open(fh))
+    assert e.value.errno == errno.ESTALE
+
