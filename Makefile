@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-APT_PKGS := fuse3 libfuse-dev pkg-config gcc python3-venv python3-dev attr mergerfs fio
+APT_PKGS := fuse3 libfuse-dev pkg-config gcc python3-venv python3-dev attr mergerfs fio rclone sshfs openssh-server
 EXT := $(wildcard mergerfs/_fastpath*.so)
 
 .PHONY: all deps venv build test unit demo wheel wheels bench readme clean

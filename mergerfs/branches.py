@@ -9,14 +9,19 @@ injected, which keeps them pure).
 
 from __future__ import annotations
 
+import errno
 import glob
+import logging
 import os
 import random
 import re
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import NamedTuple
+
+log = logging.getLogger("mergerfs")
 
 MODES = ("RW", "RO", "NC")
 
@@ -163,20 +168,249 @@ class SpaceInfo(NamedTuple):
     used: int  # (f_blocks - f_bfree) * f_frsize
     total: int  # f_blocks * f_frsize
     readonly: bool  # mounted read-only (ST_RDONLY)
+    gone: bool = False  # its filesystem went away: the root now sits on its parent's device
+
+
+# -- calls that may hang ------------------------------------------------------
+#: Seconds a branch's statvfs may take before its last answer is used instead.
+STATFS_TIMEOUT = 1.0
+#: Seconds a branch's directory listing may take before the listing goes without it.
+LIST_TIMEOUT = 5.0
+
+
+class Stalled(OSError):
+    """A branch did not answer within its deadline (a hung network filesystem)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(errno.EIO, f"branch {key} did not answer in time")
+
+
+class _Job:
+    __slots__ = ("fn", "args", "creds", "done", "result", "error", "cancelled", "started", "timeout",
+                 "key")
+
+    def __init__(self, fn, args, creds, timeout: float) -> None:
+        self.fn, self.args, self.creds, self.timeout = fn, args, creds, timeout
+        self.done: threading.Event | None = None  # only for calls handed to a lane
+        self.result = self.error = None
+        self.cancelled = False
+        self.started = 0.0
+        self.key = ""
+
+
+class _Lane:
+    """One branch's worker threads and queue."""
+
+    __slots__ = ("key", "queue", "idle", "threads", "running", "last_done", "stalled_logged", "cond")
+
+    def __init__(self, key: str, lock) -> None:
+        self.key = key
+        self.cond = threading.Condition(lock)
+        self.queue: deque[_Job] = deque()
+        self.idle = 0
+        self.threads = 0
+        self.running: set[_Job] = set()
+        self.last_done = 0.0
+        self.stalled_logged = False
+
+    def stalled(self, now: float) -> bool:
+        """A call has run past its deadline and nothing finished since it started."""
+        if not any(now - j.started > j.timeout and self.last_done < j.started for j in self.running):
+            return False
+        if not self.stalled_logged:
+            self.stalled_logged = True
+            log.warning("branch %s: no answer for over %.1fs; left out until it answers",
+                        self.key, max(now - j.started for j in self.running))
+        return True
+
+
+class Lanes:
+    """Run calls that touch a branch filesystem with a deadline.
+
+    Each branch (key) gets up to ``width`` daemon threads, started on demand
+    and ended after ``IDLE`` seconds without work. A caller waits at most its
+    timeout, then gets :class:`Stalled`; the call itself keeps running in its
+    thread (a syscall on a hung mount cannot be interrupted) and its result is
+    dropped. While a branch has a call past its deadline and nothing has
+    finished since, new calls for it fail at once, so a hung branch costs each
+    later request nothing and holds at most ``width`` threads. The caller's
+    identity (:mod:`mergerfs.ugid`) travels with the call.
+    """
+
+    IDLE = 30.0
+
+    def __init__(self, width: int = 4) -> None:
+        self.width = width
+        self._lock = threading.Lock()
+        self._lanes: dict[str, _Lane] = {}
+        self._pid = os.getpid()
+
+    def call(self, key: str, timeout: float, fn, *args):
+        """``fn(*args)`` on ``key``'s lane within ``timeout`` seconds, else :class:`Stalled`."""
+        return self.result(self.submit(key, timeout, fn, *args), time.monotonic() + timeout)
+
+    def calls(self, jobs, timeout: float) -> list:
+        """Several ``(key, fn, args)`` at once (one wait for all, not one each):
+        each entry is the result or the exception it raised (:class:`Stalled`
+        included), in order."""
+        deadline = time.monotonic() + timeout
+        submitted = []
+        for key, fn, args in jobs:
+            try:
+                submitted.append(self.submit(key, timeout, fn, *args))
+            except Stalled as e:
+                submitted.append(e)
+        out = []
+        for job in submitted:
+            if isinstance(job, Stalled):
+                out.append(job)
+                continue
+            try:
+                out.append(self.result(job, deadline))
+            except Exception as e:  # noqa: BLE001 - handed to the caller
+                out.append(e)
+        return out
+
+    def submit(self, key: str, timeout: float, fn, *args) -> _Job:
+        """Queue ``fn(*args)`` on ``key``'s lane (:class:`Stalled` at once if it is stalled)."""
+        from mergerfs import ugid  # noqa: PLC0415 - ugid needs the compiled extension
+        job = _Job(fn, args, ugid.current(), timeout)
+        job.done = threading.Event()
+        job.key = key
+        with self._lock:
+            lane = self._lane(key)
+            if lane.stalled(time.monotonic()):
+                raise Stalled(key)
+            lane.queue.append(job)
+            if lane.idle:
+                lane.cond.notify()
+            elif lane.threads < self.width:
+                lane.threads += 1
+                threading.Thread(target=self._work, args=(key, lane), name=f"branch-io {key}",
+                                 daemon=True).start()
+        return job
+
+    def result(self, job: _Job, deadline: float):
+        """Wait for a submitted job until ``deadline`` (monotonic); its result, or
+        its exception, or :class:`Stalled` (the job is then dropped unrun if still queued)."""
+        done = job.done
+        assert done is not None
+        if not done.wait(max(0.0, deadline - time.monotonic())):
+            with self._lock:
+                job.cancelled = True
+                self._lane(job.key).stalled(time.monotonic())  # logs it once
+            if not done.is_set():
+                raise Stalled(job.key)
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def direct(self, key: str, timeout: float, fn, *args):
+        """Run ``fn`` in the calling thread (no hand-off: the policies' hot path),
+        unless the branch is stalled (:class:`Stalled` at once). A call that hangs
+        here blocks its caller, but marks the branch stalled after ``timeout`` for
+        everyone else, lanes included."""
+        job = _Job(fn, args, None, timeout)
+        with self._lock:
+            lane = self._lane(key)
+            job.started = time.monotonic()
+            if lane.stalled(job.started):
+                raise Stalled(key)
+            lane.running.add(job)
+        try:
+            return fn(*args)
+        finally:
+            with self._lock:
+                lane.running.discard(job)
+                self._finished(key, lane)
+
+    def _lane(self, key: str) -> _Lane:
+        if self._pid != os.getpid():  # forked: the threads stayed with the parent
+            self._lanes.clear()
+            self._pid = os.getpid()
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane(key, self._lock)
+        return lane
+
+    @staticmethod
+    def _finished(key: str, lane: _Lane) -> None:
+        lane.last_done = time.monotonic()
+        if lane.stalled_logged:
+            lane.stalled_logged = False
+            log.warning("branch %s answers again", key)
+
+    def _work(self, key: str, lane: _Lane) -> None:
+        from mergerfs import ugid  # noqa: PLC0415
+        while True:
+            with self._lock:
+                job = None
+                while job is None:
+                    while lane.queue:
+                        j = lane.queue.popleft()
+                        if not j.cancelled:
+                            job = j
+                            break
+                    if job is not None:
+                        break
+                    lane.idle += 1
+                    woke = lane.cond.wait(self.IDLE)
+                    lane.idle -= 1
+                    if not woke and not lane.queue:
+                        lane.threads -= 1
+                        return
+                job.started = time.monotonic()
+                lane.running.add(job)
+            try:
+                ugid.adopt(job.creds)
+                job.result = job.fn(*job.args)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                job.error = e
+            with self._lock:
+                lane.running.discard(job)
+                self._finished(key, lane)
+            job.done.set()  # type: ignore[union-attr]
+
+
+def _fsinfo(path: str) -> tuple[os.stat_result, os.statvfs_result]:
+    try:
+        return os.stat(path), os.statvfs(path)
+    except ValueError:  # an embedded NUL (a hostile branches= value): no such path
+        raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
+
+
+def _parent_dev(path: str) -> int:
+    return os.stat(os.path.dirname(path) or "/").st_dev
 
 
 class Probe:
     """Branch facts from the real filesystems, as seen by the calling thread's identity.
 
     ``space`` results may be cached for ``cache.statfs`` seconds (0 = never).
+    Every statvfs runs on the branch's lane (:class:`Lanes`) with a deadline of
+    :data:`STATFS_TIMEOUT`: a hung branch answers :class:`Stalled` (EIO) to
+    policies, which then leave it out, and its last known answer to ``statfs``.
+
+    Each branch root's device is recorded when the branch set is built
+    (:meth:`record`). A branch that was a mount of its own (its device differed
+    from its parent directory's) and whose root now sits on its parent's device
+    has lost its filesystem (an sshfs or rclone mount exited, a USB disk
+    dropped): ``space`` reports it ``gone`` and the create filter leaves it out,
+    so nothing lands in the bare mountpoint directory. Once a filesystem is
+    mounted there again (whatever its device number) the branch is back.
     """
 
-    def __init__(self, statfs_cache_seconds: float = 0, rng: random.Random | None = None) -> None:
+    def __init__(self, statfs_cache_seconds: float = 0, rng: random.Random | None = None,
+                 lanes: Lanes | None = None) -> None:
         self.ttl = statfs_cache_seconds
         self._cache: dict[str, tuple[float, SpaceInfo]] = {}
         self._lock = threading.Lock()
         self._rng = rng or random.Random()
         self._marked_ro: frozenset[str] = frozenset()
+        self.lanes = lanes or Lanes()
+        self._last: dict[str, tuple[os.stat_result, os.statvfs_result]] = {}
+        self._origin: dict[str, tuple[int, bool]] = {}  # root -> (st_dev, a mount of its own)
+        self._gone: set[str] = set()
 
     def mark_readonly(self, branch: Branch) -> None:
         """A create failed with EROFS: treat the branch as read-only from now on."""
@@ -190,20 +424,116 @@ class Probe:
             return False
         return True
 
+    # -- device tracking
+    def record(self, branches, keep: Probe | None = None) -> None:
+        """Note each branch root's device (a new snapshot was built). Roots
+        already known to ``keep`` (the previous probe) or to this one keep their
+        record, so a branch that is gone at reconfiguration stays gone."""
+        for b in branches:
+            known = (keep._origin.get(b.path) if keep is not None else None) or self._origin.get(b.path)
+            if known is None:
+                try:
+                    known = self.lanes.call(b.path, STATFS_TIMEOUT, _origin_of, b.path)
+                except OSError:
+                    continue  # unknown for now: recorded at its first answer
+            with self._lock:
+                self._origin[b.path] = known
+                if keep is not None and b.path in keep._gone:
+                    self._gone.add(b.path)
+
+    def check_gone(self, path: str, dev: int) -> bool:
+        """Whether branch root ``path``, now on device ``dev``, lost its filesystem
+        (logged once when that changes)."""
+        origin = self._origin.get(path)
+        if origin is None:
+            try:
+                origin = _origin_of(path, dev)
+            except OSError:
+                return False
+            with self._lock:
+                self._origin.setdefault(path, origin)
+        if dev == origin[0]:
+            gone = False
+        else:
+            try:
+                on_parent = _parent_dev(path) == dev
+            except OSError:
+                on_parent = False
+            gone = origin[1] and on_parent
+            if not gone:  # mounted again (a new device number), mounted late, or moved
+                with self._lock:
+                    self._origin[path] = (dev, not on_parent)
+        with self._lock:
+            changed = gone != (path in self._gone)
+            if changed:
+                (self._gone.add if gone else self._gone.discard)(path)
+        if changed:
+            if gone:
+                log.warning("branch %s: its filesystem went away (now on its parent's device); "
+                            "no new files go there until it is back", path)
+            else:
+                log.warning("branch %s: its filesystem is back", path)
+        return gone
+
+    def check(self, branch: Branch) -> bool:
+        """Probe ``branch`` now (bounded); True if its filesystem is gone."""
+        st, _ = self.fsinfo(branch.path)
+        return self.check_gone(branch.path, st.st_dev)
+
+    def gone(self) -> list[str]:
+        """Branch roots currently known to have lost their filesystem."""
+        with self._lock:
+            return sorted(self._gone)
+
+    # -- space
+    def fsinfo(self, path: str, stale_ok: bool = False,
+               inline: bool = False) -> tuple[os.stat_result, os.statvfs_result]:
+        """(stat, statvfs) of ``path`` within :data:`STATFS_TIMEOUT`; with
+        ``stale_ok`` a stalled branch answers its last known facts. ``inline``:
+        ask in the calling thread (see :meth:`Lanes.direct`)."""
+        try:
+            if inline:
+                facts = self.lanes.direct(path, STATFS_TIMEOUT, _fsinfo, path)
+            else:
+                facts = self.lanes.call(path, STATFS_TIMEOUT, _fsinfo, path)
+        except Stalled:
+            if stale_ok:
+                with self._lock:
+                    last = self._last.get(path)
+                if last is not None:
+                    return last
+            raise
+        with self._lock:
+            self._last[path] = facts
+        return facts
+
+    def fsinfos(self, paths: list[str]) -> list:
+        """:meth:`fsinfo` of several paths at once (``stale_ok``), in parallel on
+        their lanes: each entry the facts or the exception."""
+        out = self.lanes.calls([(p, _fsinfo, (p,)) for p in paths], STATFS_TIMEOUT)
+        with self._lock:
+            for i, (p, facts) in enumerate(zip(paths, out)):
+                if isinstance(facts, Stalled) and p in self._last:
+                    out[i] = self._last[p]
+                elif not isinstance(facts, BaseException):
+                    self._last[p] = facts
+        return out
+
     def space(self, branch: Branch) -> SpaceInfo:
-        """Raises OSError if the branch cannot be queried (missing disk)."""
+        """Raises OSError if the branch cannot be queried (missing disk, :class:`Stalled`)."""
         if self.ttl > 0:
             now = time.monotonic()
             with self._lock:
                 hit = self._cache.get(branch.path)
             if hit and now - hit[0] < self.ttl:
                 return hit[1]
-        st = os.statvfs(branch.path)
+        st, vfs = self.fsinfo(branch.path, inline=True)
         info = SpaceInfo(
-            st.f_bavail * st.f_frsize,
-            (st.f_blocks - st.f_bfree) * st.f_frsize,
-            st.f_blocks * st.f_frsize,
-            bool(st.f_flag & os.ST_RDONLY) or branch.path in self._marked_ro,
+            vfs.f_bavail * vfs.f_frsize,
+            (vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize,
+            vfs.f_blocks * vfs.f_frsize,
+            bool(vfs.f_flag & os.ST_RDONLY) or branch.path in self._marked_ro,
+            self.check_gone(branch.path, st.st_dev),
         )
         if self.ttl > 0:
             with self._lock:
@@ -218,3 +548,13 @@ class Probe:
 
     def random(self) -> float:
         return self._rng.random()
+
+
+def _origin_of(path: str, dev: int | None = None) -> tuple[int, bool]:
+    """(st_dev of ``path``, whether it differs from its parent directory's)."""
+    try:
+        if dev is None:
+            dev = os.stat(path).st_dev
+        return dev, dev != _parent_dev(path)
+    except ValueError:  # an embedded NUL: no such path
+        raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None

@@ -13,13 +13,16 @@ import os
 import threading
 
 from mergerfs import COMPAT_VERSION, options
-from mergerfs.branches import expand_specs, format_branches, parse_branches
+from mergerfs.branches import Stalled, expand_specs, format_branches, parse_branches
 from mergerfs.errors import oserror
 
 NAME = ".mergerfs"
 PREFIX = "user.mergerfs."
 PATH_KEYS = ("basepath", "relpath", "fullpath", "allpaths")
 COMMANDS = ("cmd.gc", "cmd.gc1", "cmd.invalidate-all-nodes")
+#: Read-only, not listed (listxattr stays the reference's): branches creates now
+#: leave out, one ``PATH: REASON`` per line (see :meth:`Control.unavailable`).
+UNAVAILABLE = "branches-unavailable"
 XATTR_SIZE_MAX = 65536  # the kernel's limit: a longer value could never be read back
 
 
@@ -43,6 +46,9 @@ class Control:
             return str(os.getpid()).encode()
         if key == "mount":
             return os.fsencode(cfg.mountpoint or "")
+        if key == UNAVAILABLE:
+            return "".join(f"{p}: {why}\n" for p, why in self.unavailable().items()).encode(
+                "utf-8", "surrogateescape")
         if key in COMMANDS:
             raise oserror(errno.ENODATA)
         try:
@@ -64,7 +70,7 @@ class Control:
             if key == "cmd.invalidate-all-nodes":
                 self._invalidate_all()
             return  # gc: Python's allocator needs no nudging
-        if key in ("version", "pid", "mount"):
+        if key in ("version", "pid", "mount", UNAVAILABLE):
             raise oserror(errno.EROFS)
         try:
             opt = options.lookup(key)
@@ -83,6 +89,22 @@ class Control:
             except (options.OptionError, ValueError):
                 raise oserror(errno.EINVAL) from None
             self.fs.reconfigure(cfg)
+
+    def unavailable(self) -> dict[str, str]:
+        """Branches probed now (each bounded by the statvfs deadline): those whose
+        filesystem went away ("filesystem gone") or that do not answer ("not
+        answering"). A missing branch directory is not listed: it is visible as such."""
+        fs = self.fs
+        out = {}
+        for b in fs.snap.branches:
+            try:
+                if fs.probe.check(b):
+                    out[b.path] = "filesystem gone"
+            except Stalled:
+                out[b.path] = "not answering"
+            except OSError:
+                pass
+        return out
 
     @staticmethod
     def _key(name: str) -> str:

@@ -21,7 +21,7 @@ import time
 from typing import NamedTuple
 
 from mergerfs import _fastpath, inodes, policies, ugid
-from mergerfs.branches import Branch, Probe, expand
+from mergerfs.branches import LIST_TIMEOUT, Branch, Probe, expand
 from mergerfs.errors import Aggregate, oserror
 
 log = logging.getLogger("mergerfs")
@@ -35,6 +35,12 @@ RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2  # renameat2(2) flags
 #: ioctls passed to the branch file (the inode-flag family chattr/lsattr use);
 #: anything else answers ENOTTY as on a filesystem without them.
 IOCTLS = frozenset({0x80086601, 0x40086602, 0x80087601, 0x40087602, 0x801C581F, 0x401C5820})
+#: A branch answering these does not know whether a path exists (a network
+#: filesystem whose server is down): such a branch counts as not having it,
+#: so lookups and creates on the other branches go on (as the reference).
+_UNREACHABLE = frozenset({errno.EIO, errno.ENOTCONN, errno.ETIMEDOUT, errno.EHOSTDOWN,
+                          errno.EHOSTUNREACH, errno.ECONNABORTED, errno.ECONNRESET})
+
 _OPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
 _ACCMODE = os.O_ACCMODE
 
@@ -84,7 +90,7 @@ class RequestProbe:
             st: os.stat_result | None = os.lstat(branch.full(relpath))
         except OSError as e:
             st = None
-            if e.errno != errno.ENOENT:
+            if e.errno != errno.ENOENT and e.errno not in _UNREACHABLE:
                 self._errors.setdefault(relpath, e.errno)
         self._stats[key] = st
         return st
@@ -140,19 +146,29 @@ def _moveonenospc_policy(value) -> str | None:
     return str(value)
 
 
+def _list_one(path: str) -> tuple[list, int]:
+    """One branch directory's listing (``readdir_merge`` rows) and its st_dev."""
+    rows = _fastpath.readdir_merge((path,))
+    return rows, os.stat(path).st_dev
+
+
 class FileSystem:
     def __init__(self, cfg) -> None:
         self.probe = Probe(cfg["cache.statfs"])
         self.snap = Snapshot(cfg, expand(cfg["branches"], cfg["minfreespace"]))
+        self.probe.record(self.snap.branches)
         self._handles_lock = threading.Lock()
         self.handles: dict[int, Handle] = {}
 
     # ---------------------------------------------------------------- config
     def reconfigure(self, cfg) -> None:
         """Swap in a new config (control file, SIGUSR1): branches re-expanded."""
+        old = self.probe
         if cfg["cache.statfs"] != self.snap.cfg["cache.statfs"]:
-            self.probe = Probe(cfg["cache.statfs"])
-        self.snap = Snapshot(cfg, expand(cfg["branches"], cfg["minfreespace"]))
+            self.probe = Probe(cfg["cache.statfs"], lanes=old.lanes)
+        snap = Snapshot(cfg, expand(cfg["branches"], cfg["minfreespace"]))
+        self.probe.record(snap.branches, keep=old)
+        self.snap = snap
 
     def refresh(self) -> None:
         self.reconfigure(self.snap.cfg)
@@ -562,22 +578,44 @@ class FileSystem:
         branches = snap.branches
         rel = dh.relpath
         try:
-            raw = _fastpath.readdir_merge([b.full(rel) for b in branches])
+            raw, devs = self._list(branches, rel)
         except OSError:
             if rel == "/" and not self._any_branch_root(snap):
                 return [(os.fsencode(ERROR_ENTRY), S.S_IFREG >> 12, 2)]
             raise
-        devs = []
-        for b in branches:  # devino numbers need st_dev of the directory listed
-            try:
-                devs.append(os.stat(b.full(rel)).st_dev)
-            except OSError:
-                devs.append(0)  # nothing listed from it
         out = _fastpath.readdir_inodes(raw, os.fsencode(rel), devs, inodes.mode_code(calc))
         if rel == "/":
             hidden = {b".mergerfs", EXDEV_DIR.encode()}
             out = [e for e in out if e[0] not in hidden]
         return out
+
+    def _list(self, branches, rel: str) -> tuple[list, list[int]]:
+        """Each branch's listing of ``rel`` merged (first branch wins), and each
+        branch's st_dev of it (devino numbers need it; 0: nothing listed).
+
+        Every listing runs on its branch's lane with :data:`LIST_TIMEOUT`: a
+        stalled branch is left out of this listing instead of hanging it. If no
+        branch could be listed, the first error is raised."""
+        listings = self.probe.lanes.calls([(b.path, _list_one, (b.full(rel),)) for b in branches],
+                                          LIST_TIMEOUT)
+        raw: list = []
+        seen: set[bytes] = set()
+        devs: list[int] = []
+        first_err: BaseException | None = None
+        for idx, listing in enumerate(listings):
+            if isinstance(listing, BaseException):
+                first_err = first_err or listing
+                devs.append(0)
+                continue
+            rows, dev = listing
+            devs.append(dev)
+            for name, dtype, ino, _ in rows:
+                if name not in seen:
+                    seen.add(name)
+                    raw.append((name, dtype, ino, idx))
+        if first_err is not None and all(isinstance(x, BaseException) for x in listings):
+            raise first_err
+        return raw, devs
 
     # ----------------------------------------------------------------- statfs
     def statfs(self, relpath: str = "/") -> dict:
@@ -588,13 +626,15 @@ class FileSystem:
         full = cfg["statfs"] == "full"
         seen: set[int] = set()
         rows = []
-        for b in snap.branches:
-            path = b.full(relpath) if full else b.path
-            try:
-                st = os.stat(path)
-                vfs = os.statvfs(path)
-            except OSError:
+        probe = self.probe
+        paths = [b.full(relpath) if full else b.path for b in snap.branches]
+        facts = probe.fsinfos(paths)  # bounded: a stalled branch counts with its last answer
+        for b, path, fact in zip(snap.branches, paths, facts):
+            if isinstance(fact, BaseException):
                 continue
+            st, vfs = fact
+            if path == b.path and probe.check_gone(b.path, st.st_dev):
+                continue  # a bare mountpoint: its parent's filesystem is not the branch's
             if st.st_dev in seen:
                 continue
             seen.add(st.st_dev)

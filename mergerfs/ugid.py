@@ -85,6 +85,11 @@ def _set(creds: tuple[int, int, tuple[int, ...]]) -> None:
         _local.creds = creds
 
 
+def adopt(creds: tuple[int, int, tuple[int, ...]]) -> None:
+    """Act as ``creds`` (another thread's :func:`current`), e.g. in a helper thread."""
+    _set(creds)
+
+
 def switch(uid: int, gid: int, pid: int = 0) -> None:
     """Make this thread act as the caller ``uid:gid`` (with its groups)."""
     groups = caller_groups(pid, uid, gid) if pid and uid else groups_of(uid, gid)

@@ -50,6 +50,9 @@ def eligible(category: str, branches, relpath: str, probe, existing: bool,
             except OSError as e:
                 out.drop(e.errno or errno.ENOENT)
                 continue
+            if category == "create" and info.gone:  # its filesystem went away: a bare mountpoint
+                out.drop(errno.ENOENT)
+                continue
             if info.readonly:
                 out.drop(errno.EROFS)
                 continue

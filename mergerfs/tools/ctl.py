@@ -12,10 +12,30 @@ from mergerfs.tools.common import (Pool, ToolError, bar, emit_json, find_pool, f
 PROG = "mergerfs-ctl"
 
 
+def _unavailable(pool: Pool) -> dict[str, str]:
+    """Branches the daemon leaves out of creates, with why (our pools only)."""
+    try:
+        text = pool.get("branches-unavailable")
+    except OSError:
+        return {}  # the C++ mergerfs has no such key
+    out = {}
+    for line in text.splitlines():
+        path, _, why = line.rpartition(": ")
+        if path:
+            out[path] = why
+    return out
+
+
 def _branch_rows(pool: Pool, count_files: bool) -> list[dict]:
     rows = []
+    unavailable = _unavailable(pool)
     for b in pool.branches():
         row: dict = {"path": b.path, "mode": b.mode}
+        if b.path in unavailable:
+            row["unavailable"] = unavailable[b.path]
+            row["error"] = f"unavailable: {unavailable[b.path]}"
+            rows.append(row)  # its statvfs would hang (not answering) or show the parent's disk
+            continue
         try:
             st = os.statvfs(b.path)
             total = st.f_blocks * st.f_frsize

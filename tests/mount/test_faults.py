@@ -116,7 +116,7 @@ def test_tmpfs_branch_lazily_unmounted():
             _put(os.path.join(br[1], "lost"), b"L" * 1000)
             os.mkdir(os.path.join(br[1], "dir"))
             _put(os.path.join(br[2], "other"), b"O")
-            with pool(br, NOCACHE + ",category.create=ff") as m:
+            with pool(br, NOCACHE + ",category.create=ff,minfreespace=1M") as m:
                 rd = os.open(os.path.join(m, "lost"), os.O_RDWR)
                 stop = threading.Event()
                 errors: list[OSError] = []
@@ -155,6 +155,9 @@ def test_tmpfs_branch_lazily_unmounted():
                 _put(os.path.join(m, "keep"), b"K2")
                 assert _get(os.path.join(br[0], "keep")) == b"K2"
                 _alive(m)
+                os.mkdir(os.path.join(m, "newdir"))
+                # the bare directory left by the unmount (on /tmp's disk) receives nothing
+                assert os.listdir(br[1]) == [] and where(br, "newdir") == [0]
         finally:
             _clear_dir(br[1])
 
