@@ -58,10 +58,12 @@ class BranchSpec:
 
 def parse_branch_spec(entry: str) -> BranchSpec:
     """Parse one branch entry; raises ValueError with a user-facing message."""
-    if not entry:
-        raise ValueError("empty branch entry")
+    if not entry.strip():
+        raise ValueError("empty branch path")
     path, sep, rest = entry.rpartition("=")
-    if not sep or not path:
+    if sep and not path.strip():
+        raise ValueError(f"empty branch path in {entry!r}")
+    if not sep:
         return BranchSpec(entry)
     mode_text, _, mfs_text = rest.partition(",")
     mode = mode_text.strip().upper()
@@ -76,8 +78,23 @@ def parse_branch_spec(entry: str) -> BranchSpec:
 
 
 def parse_branches(text: str) -> list[BranchSpec]:
-    """``:``-separated branch list (empty entries ignored)."""
-    return [parse_branch_spec(e) for e in text.split(":") if e.strip()]
+    """``:``-separated branch list. An empty entry beside real ones (``/a::/b``,
+    ``/a:``) is refused, as 2.42 does; all empty (``''``, ``:``) is no branch."""
+    entries = text.split(":")
+    if all(not e.strip() for e in entries):
+        return []
+    return [parse_branch_spec(e) for e in entries]
+
+
+def check_runtime(specs: list[BranchSpec]) -> None:
+    """What a runtime branches write must satisfy (ValueError otherwise): absolute
+    paths only (the daemon's cwd means nothing to the caller) and at least one
+    branch that is a directory now (else the pool would show only its error entry)."""
+    for s in specs:
+        if not s.pattern.startswith("/"):
+            raise ValueError(f"relative branch path {s.pattern!r}")
+    if not any(os.path.isdir(s.pattern) for s in expand_specs(specs)):
+        raise ValueError("no valid branch")
 
 
 def format_branches(specs: list[BranchSpec]) -> str:

@@ -13,7 +13,7 @@ import os
 import threading
 
 from mergerfs import COMPAT_VERSION, options
-from mergerfs.branches import expand_specs, format_branches, parse_branches
+from mergerfs.branches import check_runtime, expand_specs, format_branches, parse_branches
 from mergerfs.errors import oserror
 
 NAME = ".mergerfs"
@@ -78,6 +78,8 @@ class Control:
                 if opt.name == "branches":
                     text = _edit_branches(format_branches(expand_specs(cfg["branches"])), text)
                 cfg.apply(opt.name, text)
+                if opt.name == "branches":
+                    check_runtime(cfg["branches"])
                 if len(cfg.format(opt.name).encode("utf-8", "surrogateescape")) > XATTR_SIZE_MAX:
                     raise ValueError("would not fit in an xattr value: unreadable afterwards")
             except (options.OptionError, ValueError):

@@ -59,8 +59,19 @@ def test_branch_spec_forms():
     assert parse_branch_spec("/a=NC,10G") == BranchSpec("/a", "NC", 10 << 30)
     with pytest.raises(ValueError):
         parse_branch_spec("/a=XX,1G")
-    specs = parse_branches("/a=RW:/b=RO,1M::/c")
+    specs = parse_branches("/a=RW:/b=RO,1M:/c")
     assert parse_branches(format_branches(specs)) == specs
+
+
+@pytest.mark.parametrize("text", ["=:=:=", "=RW", "/a::/c", "/a:", ":/a", " :/a", "=RO,1G"])
+def test_empty_branch_path_refused(text):
+    """An empty entry beside real ones is an error (as 2.42), never a relative path ''."""
+    with pytest.raises(ValueError):
+        parse_branches(text)
+
+
+def test_no_branch_at_all_is_an_empty_list():
+    assert parse_branches("") == [] and parse_branches(":") == []
 
 
 def test_branch_full_path():
