@@ -104,8 +104,8 @@ class Control:
         if key == "basepath":
             return os.fsencode(base.path)
         if key == "fullpath":
-            return os.fsencode(base.full(relpath))
-        return b"\0".join(os.fsencode(b.full(relpath)) for b in holders)
+            return os.fsencode(base.join(relpath))
+        return b"\0".join(os.fsencode(b.join(relpath)) for b in holders)
 
 
 def _edit_branches(current: str, text: str) -> str:

@@ -209,7 +209,7 @@ class FileSystem:
         probe = RequestProbe(self.probe)
         agg = Aggregate()
         for b in self._select(snap, "action", func, relpath, probe):
-            agg.run(fn, b.full(relpath))
+            agg.run(lambda: fn(b.full(relpath)))  # full() may fail too: that branch's error
         agg.raise_if_failed()
 
     # ------------------------------------------------------------ clone path
@@ -269,7 +269,7 @@ class FileSystem:
         if cfg["symlinkify"] and S.S_ISREG(mode) and self._symlinkified(cfg, st):
             fields = list(st)
             fields[0] = S.S_IFLNK | 0o777
-            fields[6] = len(os.fsencode(b.full(relpath)))
+            fields[6] = len(os.fsencode(b.join(relpath)))
             return os.stat_result(fields)
         return st
 
@@ -289,10 +289,9 @@ class FileSystem:
     def readlink(self, relpath: str) -> str:
         snap = self.snap
         b, st = self._found(snap, "readlink", relpath, RequestProbe(self.probe))
-        path = b.full(relpath)
         if snap.cfg["symlinkify"] and S.S_ISREG(st.st_mode) and self._symlinkified(snap.cfg, st):
-            return path
-        return os.readlink(path)
+            return b.join(relpath)
+        return os.readlink(b.full(relpath))
 
     # ------------------------------------------------------------- open/create
     def open(self, relpath: str, flags: int) -> Handle:
@@ -381,10 +380,10 @@ class FileSystem:
         newparent = dirname(new)
         preserve = cfg.policy("create") in policies.PATH_PRESERVING and not cfg["ignorepponrename"]
         agg = Aggregate()
-        remove: list[str] = []
+        remove: list[tuple[Branch, str]] = []
         for b in snap.branches:
             if b.path not in src_paths:
-                remove.append(b.full(new))
+                remove.append((b, new))
                 continue
             try:
                 self._place_on(snap, probe, b, newparent, preserve, "rename")
@@ -392,11 +391,15 @@ class FileSystem:
                 agg.success()
             except OSError as e:
                 agg.failure(e.errno or errno.EIO)
-                remove.append(b.full(old))
+                remove.append((b, old))
         if not agg.ok and agg.first_error == errno.EXDEV and cfg["rename-exdev"] != "passthrough":
             return self._rename_exdev(snap, sources, old, new)
         agg.raise_if_failed()
-        for path in remove:
+        for b, rel in remove:
+            try:
+                path = b.full(rel)
+            except OSError:
+                continue  # its parent is not on that branch: nothing to remove
             _remove_quietly(path)
 
     def _place_on(self, snap: Snapshot, probe: RequestProbe, b: Branch, parent: str,
@@ -458,7 +461,7 @@ class FileSystem:
             if mode == "rel-symlink":
                 target = os.path.relpath(old, dirname(new))
             elif mode == "abs-base-symlink":
-                target = b.full(old)
+                target = b.join(old)
             else:  # abs-pool-symlink
                 target = self._mountpoint() + old
             return self.symlink(target, new)
@@ -534,7 +537,7 @@ class FileSystem:
         branches = snap.branches
         rel = dh.relpath
         try:
-            raw = _fastpath.readdir_merge([b.full(rel) for b in branches])
+            raw = _fastpath.readdir_merge([_full_or_missing(b, rel) for b in branches])
         except OSError:
             if rel == "/" and not self._any_branch_root(snap):
                 return [(os.fsencode(ERROR_ENTRY), S.S_IFREG >> 12, 2)]
@@ -774,6 +777,14 @@ def _break_link(path: str, st: os.stat_result) -> None:
         raise
     finally:
         os.close(src)
+
+
+def _full_or_missing(b: Branch, relpath: str) -> str:
+    """``b.full(relpath)``, or ``""`` (ENOENT for any syscall) if its parent is not there."""
+    try:
+        return b.full(relpath)
+    except OSError:
+        return ""
 
 
 def _remove_quietly(path: str) -> None:
