@@ -32,7 +32,9 @@ class Control:
     # ------------------------------------------------------------- the file
     def listxattr(self) -> list[str]:
         cfg = self.fs.snap.cfg
-        return [PREFIX + k for k in cfg.keys()] + [PREFIX + k for k in ("version", "pid", "mount")]
+        # 2.42's listing: one sorted list, informational keys included (``mount``
+        # and ``srcmounts`` still read, unlisted, as 2.42 does)
+        return [PREFIX + k for k in sorted([*cfg.keys(), "version", "pid"])]
 
     def getxattr(self, name: str) -> bytes:
         key = self._key(name)

@@ -18,11 +18,13 @@ import os
 import stat as S
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 from mergerfs import _fastpath, inodes, policies, ugid
 from mergerfs.branches import Branch, Probe, expand
 from mergerfs.errors import Aggregate, oserror
+from mergerfs.options import readdir_mode
 
 log = logging.getLogger("mergerfs")
 
@@ -142,13 +144,25 @@ class FileSystem:
         self.snap = Snapshot(cfg, expand(cfg["branches"], cfg["minfreespace"]))
         self._handles_lock = threading.Lock()
         self.handles: dict[int, Handle] = {}
+        #: Called with (old cfg, new cfg) after each swap: what lives outside the
+        #: snapshot (log file, readahead) follows the control file through these.
+        self.listeners: list = []
+        self._rd_pool: tuple[int, ThreadPoolExecutor] | None = None  # func.readdir=cosr|cor
+        ugid.proxy_ioprio = cfg["proxy-ioprio"]
 
     # ---------------------------------------------------------------- config
     def reconfigure(self, cfg) -> None:
         """Swap in a new config (control file, SIGUSR1): branches re-expanded."""
-        if cfg["cache.statfs"] != self.snap.cfg["cache.statfs"]:
+        old = self.snap.cfg
+        if cfg["cache.statfs"] != old["cache.statfs"]:
             self.probe = Probe(cfg["cache.statfs"])
         self.snap = Snapshot(cfg, expand(cfg["branches"], cfg["minfreespace"]))
+        ugid.proxy_ioprio = cfg["proxy-ioprio"]
+        for listener in self.listeners:
+            try:
+                listener(old, cfg)
+            except Exception:  # noqa: BLE001 - the new config stands; the side effect is logged
+                log.exception("applying the new configuration")
 
     def refresh(self) -> None:
         self.reconfigure(self.snap.cfg)
@@ -536,23 +550,68 @@ class FileSystem:
         calc = snap.cfg["inodecalc"]
         branches = snap.branches
         rel = dh.relpath
+        paths = [_full_or_missing(b, rel) for b in branches]
+        mode, threads, _queue = readdir_mode(snap.cfg["func.readdir"])
         try:
-            raw = _fastpath.readdir_merge([_full_or_missing(b, rel) for b in branches])
+            if mode == "seq" or len(paths) < 2:
+                raw = _fastpath.readdir_merge(paths)
+                devs = [_dev_of(p) for p in paths]
+            else:
+                raw, devs = self._readdir_concurrent(paths, threads)
         except OSError:
             if rel == "/" and not self._any_branch_root(snap):
                 return [(os.fsencode(ERROR_ENTRY), S.S_IFREG >> 12, 2)]
             raise
-        devs = []
-        for b in branches:  # devino numbers need st_dev of the directory listed
-            try:
-                devs.append(os.stat(b.full(rel)).st_dev)
-            except OSError:
-                devs.append(0)  # nothing listed from it
         out = _fastpath.readdir_inodes(raw, os.fsencode(rel), devs, inodes.mode_code(calc))
         if rel == "/":
             hidden = {b".mergerfs", EXDEV_DIR.encode()}
             out = [e for e in out if e[0] not in hidden]
         return out
+
+    def _readdir_concurrent(self, paths: list[str], threads: int) -> tuple[list, list[int]]:
+        """``func.readdir=cosr|cor``: every branch listed (and stat'ed) at once by the
+        readdir workers, as the caller; merged in branch order afterwards, so the
+        listing is the one ``seq`` gives and a slow branch delays only itself.
+        (cosr and cor both read concurrently here: one listing call per branch.)"""
+        creds = ugid.current()
+
+        def one(path: str):
+            ugid.act_as(creds)
+            try:
+                return _fastpath.readdir_merge([path]), _dev_of(path)
+            except OSError as e:
+                return e, 0
+
+        results = list(self._readdir_pool(threads, len(paths)).map(one, paths))
+        raw, seen, devs = [], set(), []
+        for idx, (entries, dev) in enumerate(results):
+            devs.append(dev)
+            if isinstance(entries, OSError):
+                continue
+            for name, dtype, ino, _ in entries:
+                if name not in seen:
+                    seen.add(name)
+                    raw.append((name, dtype, ino, idx))
+        if all(isinstance(e, OSError) for e, _ in results):
+            raise results[0][0]
+        return raw, devs
+
+    def _readdir_pool(self, threads: int, nbranches: int) -> ThreadPoolExecutor:
+        """The readdir workers: THREADS of ``func.readdir`` (0: one per branch, up to
+        16; -N: cores / N), kept until that number changes."""
+        if threads == 0:
+            n = min(nbranches, 16)
+        elif threads < 0:
+            n = (os.cpu_count() or 1) // -threads
+        else:
+            n = threads
+        n = max(1, min(n, 256))
+        with self._handles_lock:
+            if self._rd_pool is None or self._rd_pool[0] != n:
+                if self._rd_pool is not None:
+                    self._rd_pool[1].shutdown(wait=False)
+                self._rd_pool = (n, ThreadPoolExecutor(n, thread_name_prefix="readdir"))
+            return self._rd_pool[1]
 
     # ----------------------------------------------------------------- statfs
     def statfs(self, relpath: str = "/") -> dict:
@@ -777,6 +836,14 @@ def _break_link(path: str, st: os.stat_result) -> None:
         raise
     finally:
         os.close(src)
+
+
+def _dev_of(path: str) -> int:
+    """st_dev of a listed directory (devino inode numbers need it); 0 if unlisted."""
+    try:
+        return os.stat(path).st_dev
+    except OSError:
+        return 0
 
 
 def _full_or_missing(b: Branch, relpath: str) -> str:

@@ -55,3 +55,155 @@ def test_xattr_noattr_refuses_every_xattr_call(tmp_path, impl):
         assert err_of(os.removexattr, f, "user.old") == errno.ENODATA
         assert [x for x in os.listxattr(f) if x.startswith("user.")] == []
     assert os.listxattr(b / "f") == ["user.old"]  # nothing written, nothing removed
+
+
+# -- func.readdir ---------------------------------------------------------------
+
+SLOW = 1.0  # seconds each slow branch takes to open a directory
+
+
+@pytest.fixture
+def slow_branches(tmp_path):
+    """Three branches, each a FUSE directory taking SLOW seconds per opendir."""
+    import subprocess
+    import sys
+
+    try:
+        from .helpers import is_pool_mounted as _unused  # noqa: F401
+        from .helpers import mountinfo, wait_until
+    except ImportError:
+        from helpers import mountinfo, wait_until
+    here = os.path.dirname(os.path.abspath(__file__))
+    procs, mnts = [], []
+    try:
+        for i in range(3):
+            m = tmp_path / f"slow{i}"
+            m.mkdir()
+            procs.append(subprocess.Popen([sys.executable, os.path.join(here, "slowfs.py"), str(m),
+                                           str(SLOW), f"s{i}", "shared"]))
+            mnts.append(str(m))
+            assert wait_until(lambda: (mountinfo(str(m)) or {}).get("type", "").startswith("fuse"), 10)
+        yield mnts
+    finally:
+        for m in mnts:
+            unmount(m)
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("mode", ["seq", "cosr", "cor", "cor:2:4"])
+def test_readdir_concurrency(slow_branches, impl, mode):
+    """seq lists the slow branches one after another; cosr/cor list them at once.
+    The listing is the same either way. (Ours also opens the first branch's directory
+    at opendir, for fstat/fchmod of a removed-but-open directory: one SLOW more.)"""
+    import time
+
+    with mounted(impl, slow_branches, f"func.readdir={mode},cache.readdir=false") as mnt:
+        assert os.getxattr(os.path.join(mnt, ".mergerfs"), P + "func.readdir") == mode.encode()
+        start = time.monotonic()
+        names = sorted(os.listdir(mnt))
+        took = time.monotonic() - start
+    assert names == ["s0", "s1", "s2", "shared"]
+    if mode == "seq":
+        assert took >= 3 * SLOW * 0.9, took
+    elif mode.startswith("cor:2"):  # two workers: two rounds
+        assert 2 * SLOW * 0.9 <= took < 3.5 * SLOW, took
+    else:
+        assert took < 2.5 * SLOW, took
+
+
+# -- signals ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("sig", ["SIGHUP", "SIGUSR1", "SIGUSR2"])
+def test_signals_leave_the_pool_serving(tmp_path, impl, sig):
+    """As 2.42: a hangup (the shell or session that ran mount -a going away), USR1 and
+    USR2 leave the daemon running and the pool mounted and serving."""
+    import signal
+
+    try:
+        from .helpers import is_pool_mounted, pid_alive
+    except ImportError:
+        from helpers import is_pool_mounted, pid_alive
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "f").write_text("x")
+    with mounted(impl, [str(b)]) as mnt:
+        pid = int(os.getxattr(os.path.join(mnt, ".mergerfs"), P + "pid"))
+        os.kill(pid, getattr(signal, sig))
+        import time
+        time.sleep(0.5)
+        assert pid_alive(pid) and is_pool_mounted(mnt)
+        assert os.listdir(mnt) == ["f"]
+
+
+# -- the control file in 2.42's format ----------------------------------------------
+
+#: Our extensions, listed by us only.
+OURS_ONLY = {P + "log-level", P + "fuse-binding"}
+#: Read back differently, on purpose (docs/DIFFERENCES.md).
+VALUE_DIFFERS = {
+    P + "version", P + "pid", P + "mountpoint", P + "fsname",
+    P + "symlinkify-timeout",  # 2.42 reads -1 though its docs (and 2.33.5) say 3600
+}
+#: Runtime-settable in one and not the other, on purpose (docs/DIFFERENCES.md):
+RC_DIFFERS = {
+    P + "config",  # 2.42: ENOENT (a write is refused); ours: EROFS like every mount-only key
+    P + "fsname", P + "nullrw",  # 2.33.5's rule kept
+    # the kernel session's flags (issue of the kernel transport)
+    P + "parallel-direct-writes", P + "passthrough.io", P + "passthrough.max-stack-depth",
+    P + "lazy-umount-mountpoint", P + "security-capability",
+}
+
+
+def _listing(mnt: str) -> dict[str, bytes]:
+    c = os.path.join(mnt, ".mergerfs")
+    return {k: os.getxattr(c, k) for k in os.listxattr(c)}
+
+
+@pytest.mark.skipif(not HAVE_42, reason="needs the 2.42 binary")
+def test_control_file_lists_what_2_42_lists(tmp_path):
+    """Same keys in the same order, same values, same runtime-settable keys."""
+    b = tmp_path / "b"
+    b.mkdir()
+    seen = {}
+    for impl in ("ours", "2.42"):
+        with mounted(impl, [str(b)], "cache.files=off,fsname=pool,moveonenospc=pfrd") as mnt:
+            listing = _listing(mnt)
+            rcs = {}
+            for k, v in listing.items():
+                try:
+                    os.setxattr(os.path.join(mnt, ".mergerfs"), k, v)
+                    rcs[k] = 0
+                except OSError as e:
+                    rcs[k] = errno.errorcode[e.errno]
+            seen[impl] = (list(listing), listing, rcs)
+    (ours_keys, ours, our_rc), (ref_keys, ref, ref_rc) = seen["ours"], seen["2.42"]
+    assert [k for k in ours_keys if k not in OURS_ONLY] == ref_keys
+    assert {k: ours[k] for k in ref if k not in VALUE_DIFFERS} == \
+        {k: ref[k] for k in ref if k not in VALUE_DIFFERS}
+    assert {k: our_rc[k] for k in ref if k not in RC_DIFFERS} == \
+        {k: ref_rc[k] for k in ref if k not in RC_DIFFERS}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_old_spellings_still_read_and_write(tmp_path, impl):
+    b = tmp_path / "b"
+    b.mkdir()
+    with mounted(impl, [str(b)]) as mnt:
+        c = os.path.join(mnt, ".mergerfs")
+        for old, new in (("symlinkify_timeout", "symlinkify-timeout"), ("link_cow", "link-cow"),
+                         ("cache.negative_entry", "cache.negative-entry"),
+                         ("statfs_ignore", "statfs-ignore")):
+            assert os.getxattr(c, P + old) == os.getxattr(c, P + new)
+        assert os.getxattr(c, P + "srcmounts") == str(b).encode()
+        assert os.getxattr(c, P + "mount") == mnt.encode()
+        if impl == "2.42":  # it reads the old spellings but refuses writes to them
+            assert err_of(os.setxattr, c, P + "cache.negative_entry", b"7") == errno.ENODATA
+            return
+        # ours takes both (2.33.5 scripts and mergerfs-tools write these)
+        os.setxattr(c, P + "cache.negative_entry", b"7")
+        assert os.getxattr(c, P + "cache.negative-entry") == b"7"
+        os.setxattr(c, P + "srcmounts", f"{b}".encode())
