@@ -295,7 +295,6 @@ def _serve(cfg, notify, debug: bool = False, foreground: bool = False) -> int:
         notify(str(e) if isinstance(e, MountError) else f"mount failed: {e}")
         return 1
     ops.table.never_forget = cfg["never-forget-nodes"]
-    bdi.set_readahead(cfg["readahead"], mnt, [b.path for b in fs.snap.branches])
 
     def follow(old, new) -> None:
         """What lives outside the snapshot follows runtime changes."""
@@ -318,7 +317,9 @@ def _serve(cfg, notify, debug: bool = False, foreground: bool = False) -> int:
 
     t = threading.Thread(target=loop, name="fuse-loop", daemon=True)
     t.start()
-    threading.Thread(target=_report_ready, args=(mnt, notify, t), daemon=True).start()
+    # readahead once the kernel's INIT is answered: INIT sets the pool's bdi itself
+    threading.Thread(target=_report_ready, args=(mnt, notify, t, lambda: bdi.set_readahead(
+        cfg["readahead"], mnt, [b.path for b in fs.snap.branches])), daemon=True).start()
 
     def stop(signum, frame) -> None:
         log.info("signal %d: unmounting %s", signum, mnt)
@@ -352,7 +353,7 @@ def _serve(cfg, notify, debug: bool = False, foreground: bool = False) -> int:
     return 0
 
 
-def _report_ready(mnt: str, notify, loop: threading.Thread) -> None:
+def _report_ready(mnt: str, notify, loop: threading.Thread, then=lambda: None) -> None:
     """Tell the waiting parent we're live once the mount answers a stat."""
     for _ in range(600):
         if not loop.is_alive():
@@ -365,6 +366,7 @@ def _report_ready(mnt: str, notify, loop: threading.Thread) -> None:
                 if e.errno in (errno.ENOTCONN, errno.ECONNABORTED):
                     time.sleep(0.05)
                     continue
+            then()
             notify("ok")
             log.info("mounted %s", mnt)
             return

@@ -207,3 +207,163 @@ def test_old_spellings_still_read_and_write(tmp_path, impl):
         os.setxattr(c, P + "cache.negative_entry", b"7")
         assert os.getxattr(c, P + "cache.negative-entry") == b"7"
         os.setxattr(c, P + "srcmounts", f"{b}".encode())
+
+
+# -- options read back as 2.42 reads them ----------------------------------------------
+
+READ_BACK = [
+    ("fuse-msg-size=1M", "fuse-msg-size", b"256"),
+    ("fuse_msg_size=6K", "fuse-msg-size", b"2"),
+    ("func.readdir=cosr:4:8", "func.readdir", b"cosr:4:8"),
+    ("cache.files.process-names=rtorrent|aria2c", "cache.files.process-names", b"aria2c|rtorrent"),
+    ("cache.files=per-process", "cache.files", b"per-process"),
+    ("noforget", "never-forget-nodes", b"true"),
+    ("remember-nodes=true", "never-forget-nodes", b"true"),
+    ("scheduling-priority=5", "scheduling-priority", b"5"),
+    ("pin-threads=R1L", "pin-threads", b"R1L"),
+    ("process-thread-queue-depth=8", "process-thread-queue-depth", b"8"),
+    ("proxy-ioprio=true", "proxy-ioprio", b"true"),
+    ("readahead=512", "readahead", b"512"),
+    ("debug=true", "debug", b"true"),
+    ("allow-idmap=false", "allow-idmap", b"false"),
+]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("opt,key,back", READ_BACK, ids=[r[0] for r in READ_BACK])
+def test_reads_back_as_2_42(tmp_path, impl, opt, key, back):
+    b = tmp_path / "b"
+    b.mkdir()
+    opts = opt if "readahead" not in opt else opt  # tmp dirs: a bdi-less branch below
+    with mounted(impl, [str(b)] if "readahead" not in opt else [str(_tmpfs(tmp_path))], opts) as mnt:
+        assert os.getxattr(os.path.join(mnt, ".mergerfs"), P + key) == back
+
+
+def _tmpfs(tmp_path):
+    """A tmpfs branch (no block device: readahead touches only the pool's own bdi)."""
+    import subprocess
+    d = tmp_path / "tmpfs"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(d)], check=True)
+    _CLEANUP.append(lambda: subprocess.run(["umount", "-l", str(d)], check=False))
+    return d
+
+
+_CLEANUP: list = []
+
+
+@pytest.fixture(autouse=True)
+def _cleanup():
+    yield
+    while _CLEANUP:
+        _CLEANUP.pop()()
+
+
+# -- effects --------------------------------------------------------------------
+
+def _threads(pid: int) -> list[int]:
+    return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+
+
+def _nice(tid: int) -> int:
+    with open(f"/proc/{tid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("opt,nice", [("", -10), ("scheduling-priority=5", 5)])
+def test_scheduling_priority_is_every_threads_nice(tmp_path, impl, opt, nice):
+    b = tmp_path / "b"
+    b.mkdir()
+    with mounted(impl, [str(b)], opt) as mnt:
+        os.listdir(mnt)
+        pid = int(os.getxattr(os.path.join(mnt, ".mergerfs"), P + "pid"))
+        assert {_nice(t) for t in _threads(pid)} == {nice}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("on", [True, False])
+def test_proxy_ioprio_does_branch_io_at_the_callers_priority(tmp_path, impl, on):
+    """A worker that served an idle-class (ionice -c3) caller carries its class."""
+    import subprocess
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "f").write_text("x")
+    with mounted(impl, [str(b)], f"proxy-ioprio={'true' if on else 'false'},cache.files=off") as mnt:
+        for _ in range(8):
+            subprocess.run(["ionice", "-c3", "cat", os.path.join(mnt, "f")], check=True,
+                           capture_output=True)
+        pid = int(os.getxattr(os.path.join(mnt, ".mergerfs"), P + "pid"))
+        classes = [subprocess.run(["ionice", "-p", str(t)], capture_output=True, text=True).stdout
+                   for t in _threads(pid)]
+    assert any("idle" in c for c in classes) == on, classes
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_readahead_sets_pool_and_branch_devices(tmp_path, impl):
+    """readahead=KiB lands in the pool's read_ahead_kb and its branch disk's (a loop
+    device here: never a disk other tests share)."""
+    import subprocess
+    try:
+        from .helpers import mountinfo, wait_until
+    except ImportError:
+        from helpers import mountinfo, wait_until
+    img, disk = tmp_path / "disk.img", tmp_path / "disk"
+    disk.mkdir()
+    with open(img, "wb") as f:
+        f.truncate(16 << 20)
+    loop = subprocess.run(["losetup", "-f", "--show", str(img)], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    try:
+        subprocess.run(["mkfs.ext4", "-q", loop], check=True)
+        subprocess.run(["mount", loop, str(disk)], check=True)
+        try:
+            st = os.stat(loop)
+            loop_ra = f"/sys/class/bdi/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}/read_ahead_kb"
+            with mounted(impl, [str(disk)], "readahead=768") as mnt:
+                pool_ra = f"/sys/class/bdi/{mountinfo(mnt)['dev']}/read_ahead_kb"
+
+                def ra(path: str) -> str:
+                    with open(path) as f:
+                        return f.read().strip()
+                # 2.42 sets it a moment after the mount appears
+                assert wait_until(lambda: ra(pool_ra) == "768", 3), ra(pool_ra)
+                if impl == "2.42":
+                    return  # observed: 2.42 set a virtio disk's read_ahead_kb, not this loop device's
+                with open(loop_ra) as f:
+                    assert f.read().strip() == "768"
+                if impl == "ours":  # runtime: both follow the control file
+                    os.setxattr(os.path.join(mnt, ".mergerfs"), P + "readahead", b"256")
+                    for path in (pool_ra, loop_ra):
+                        with open(path) as f:
+                            assert f.read().strip() == "256", path
+        finally:
+            subprocess.run(["umount", "-l", str(disk)], check=False)
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_log_file_and_debug(tmp_path, impl):
+    """log.file receives the log; with debug=true, a trace of every request too."""
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "seen-in-trace").write_text("x")
+    logf = tmp_path / "mergerfs.log"
+    with mounted(impl, [str(b)], f"debug=true,log.file={logf}") as mnt:
+        os.stat(os.path.join(mnt, "seen-in-trace"))
+        import time
+        time.sleep(0.3)
+        text = logf.read_text(errors="replace")
+        assert "LOOKUP" in text, text[-1000:]
+        if impl == "2.42":  # its trace names the entries; libfuse 2's (ours) does not
+            assert "seen-in-trace" in text
+        else:  # ours logs its lifecycle there too
+            assert "INFO: mounted" in text
+        if impl == "ours":  # runtime: another file
+            other = tmp_path / "other.log"
+            os.setxattr(os.path.join(mnt, ".mergerfs"), P + "log.file", str(other).encode())
+            os.setxattr(os.path.join(mnt, ".mergerfs"), P + "cache.attr", b"2")
+            os.stat(os.path.join(mnt, "seen-in-trace"))
+            time.sleep(0.3)
+            assert other.exists() and other.stat().st_size > 0

@@ -258,3 +258,11 @@ def test_relative_branch_resolves_against_the_callers_cwd(area):
     finally:
         subprocess.run(["fusermount", "-u", mnt], capture_output=True)
         (area / "b2" / "rel-marker").unlink()
+
+
+def test_dash_n_is_accepted(area):
+    """mount(8)'s -n (no mtab) on the command line, as 2.42 takes it."""
+    mnt = str(area / "mnt")
+    r = run("-n", f"{area}/b1", mnt)
+    assert r.returncode == 0, r.stderr
+    subprocess.run(["fusermount", "-u", mnt], capture_output=True)
