@@ -145,16 +145,15 @@ def test_signals_leave_the_pool_serving(tmp_path, impl, sig):
 OURS_ONLY = {P + "log-level", P + "fuse-binding"}
 #: Read back differently, on purpose (docs/DIFFERENCES.md).
 VALUE_DIFFERS = {
-    P + "version", P + "pid", P + "mountpoint", P + "fsname",
+    P + "version", P + "pid", P + "mountpoint",
     P + "symlinkify-timeout",  # 2.42 reads -1 though its docs (and 2.33.5) say 3600
 }
 #: Runtime-settable in one and not the other, on purpose (docs/DIFFERENCES.md):
 RC_DIFFERS = {
-    P + "config",  # 2.42: ENOENT (a write is refused); ours: EROFS like every mount-only key
-    P + "fsname", P + "nullrw",  # 2.33.5's rule kept
-    # the kernel session's flags (issue of the kernel transport)
+    P + "config",  # 2.42: ENOENT (a write is refused); ours: EROFS like every mount-time key
+    P + "lazy-umount-mountpoint",  # only means something before mounting
+    # the kernel session's flags (the kernel transport's issue decides)
     P + "parallel-direct-writes", P + "passthrough.io", P + "passthrough.max-stack-depth",
-    P + "lazy-umount-mountpoint", P + "security-capability",
 }
 
 
