@@ -173,18 +173,22 @@ def _setup_logging(foreground: bool, level: str, log_file: str = "") -> None:
     root.propagate = False
     root.setLevel(LEVELS[level])
     h: logging.Handler | None = None
+    problem = ""
     if log_file:
         try:
             fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         except OSError as e:
-            log_file = ""
-            print(f"mergerfs: cannot open log.file: {e}", file=sys.stderr)
+            log_file, problem = "", f"cannot open log.file {log_file}: {e.strerror}"
         else:
             if not foreground:
                 os.dup2(fd, 2, inheritable=True)  # libfuse's trace, faults printed by Python
             h = logging.StreamHandler(os.fdopen(fd, "a", buffering=1, encoding="utf-8",
                                                 errors="backslashreplace"))
             h.setFormatter(logging.Formatter("%(asctime)s mergerfs[%(process)d]: %(levelname)s: %(message)s"))
+    if not log_file and not foreground:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2, inheritable=True)  # no longer a log file's
+        os.close(null)
     if not log_file and not foreground and os.path.exists(SYSLOG_SOCKET):
         try:
             h = logging.handlers.SysLogHandler(SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
@@ -195,6 +199,8 @@ def _setup_logging(foreground: bool, level: str, log_file: str = "") -> None:
         h = logging.StreamHandler(sys.stderr)
         h.setFormatter(logging.Formatter("mergerfs: %(levelname)s: %(message)s"))
     root.addHandler(h or logging.NullHandler())
+    if problem:
+        root.warning(problem)
 
 
 def run(cfg, foreground: bool = False, debug: bool = False) -> int:
