@@ -184,3 +184,17 @@ def test_worker_count_default_negative_and_cap():
     assert worker_count(2**31 - 1) == MAX_THREADS
     assert worker_count(-1) == max(2, os.cpu_count() or 1)
     assert worker_count(-1000) == 2
+
+
+def test_never_forget_nodes_keeps_forgotten_nodes():
+    """never-forget-nodes: a FORGET leaves the node answering (NFS file handles stay valid)."""
+    t = inodes.InodeTable()
+    t.never_forget = True
+    b, _ = t.remember(101, "/b", inodes.identity(1, 2))
+    t.forget(b, 1)
+    assert t.relpath(b) == "/b"
+    t2 = inodes.InodeTable()
+    c, _ = t2.remember(102, "/c", inodes.identity(1, 3))
+    t2.forget(c, 1)
+    with pytest.raises(OSError):
+        t2.relpath(c)
