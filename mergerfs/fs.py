@@ -148,6 +148,7 @@ class FileSystem:
         #: snapshot (log file, readahead) follows the control file through these.
         self.listeners: list = []
         self._rd_pool: tuple[int, ThreadPoolExecutor] | None = None  # func.readdir=cosr|cor
+        self._rd_lock = threading.Lock()
         ugid.proxy_ioprio = cfg["proxy-ioprio"]
 
     # ---------------------------------------------------------------- config
@@ -606,7 +607,7 @@ class FileSystem:
         else:
             n = threads
         n = max(1, min(n, 256))
-        with self._handles_lock:
+        with self._rd_lock:
             if self._rd_pool is None or self._rd_pool[0] != n:
                 if self._rd_pool is not None:
                     self._rd_pool[1].shutdown(wait=False)
