@@ -231,10 +231,12 @@ READ_BACK = [
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("opt,key,back", READ_BACK, ids=[r[0] for r in READ_BACK])
 def test_reads_back_as_2_42(tmp_path, impl, opt, key, back):
+    if "readahead" in opt and impl == "2.42":
+        pytest.skip("2.42 changes read_ahead_kb of the disk under its mountpoint: this machine's own")
     b = tmp_path / "b"
     b.mkdir()
-    opts = opt if "readahead" not in opt else opt  # tmp dirs: a bdi-less branch below
-    with mounted(impl, [str(b)] if "readahead" not in opt else [str(_tmpfs(tmp_path))], opts) as mnt:
+    branch = str(_tmpfs(tmp_path)) if "readahead" in opt else str(b)  # no block device below
+    with mounted(impl, [branch], opt) as mnt:
         assert os.getxattr(os.path.join(mnt, ".mergerfs"), P + key) == back
 
 
@@ -298,10 +300,12 @@ def test_proxy_ioprio_does_branch_io_at_the_callers_priority(tmp_path, impl, on)
     assert any("idle" in c for c in classes) == on, classes
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", ["ours"])
 def test_readahead_sets_pool_and_branch_devices(tmp_path, impl):
     """readahead=KiB lands in the pool's read_ahead_kb and its branch disk's (a loop
-    device here: never a disk other tests share)."""
+    device here: never a disk other tests share). Not run against 2.42: it was seen
+    setting the read_ahead_kb of the disk under the *mountpoint* (the machine's own
+    disk here) instead of this loop device's."""
     import subprocess
     try:
         from .helpers import mountinfo, wait_until
@@ -325,10 +329,7 @@ def test_readahead_sets_pool_and_branch_devices(tmp_path, impl):
                 def ra(path: str) -> str:
                     with open(path) as f:
                         return f.read().strip()
-                # 2.42 sets it a moment after the mount appears
                 assert wait_until(lambda: ra(pool_ra) == "768", 3), ra(pool_ra)
-                if impl == "2.42":
-                    return  # observed: 2.42 set a virtio disk's read_ahead_kb, not this loop device's
                 with open(loop_ra) as f:
                     assert f.read().strip() == "768"
                 if impl == "ours":  # runtime: both follow the control file
