@@ -63,10 +63,12 @@ class BranchSpec:
 
 def parse_branch_spec(entry: str) -> BranchSpec:
     """Parse one branch entry; raises ValueError with a user-facing message."""
-    if not entry:
-        raise ValueError("empty branch entry")
+    if not entry.strip():
+        raise ValueError("empty branch path")
     path, sep, rest = entry.rpartition("=")
-    if not sep or not path:
+    if sep and not path.strip():
+        raise ValueError(f"empty branch path in {entry!r}")
+    if not sep:
         return BranchSpec(entry)
     mode_text, _, mfs_text = rest.partition(",")
     mode = mode_text.strip().upper()
@@ -81,8 +83,23 @@ def parse_branch_spec(entry: str) -> BranchSpec:
 
 
 def parse_branches(text: str) -> list[BranchSpec]:
-    """``:``-separated branch list (empty entries ignored)."""
-    return [parse_branch_spec(e) for e in text.split(":") if e.strip()]
+    """``:``-separated branch list. An empty entry beside real ones (``/a::/b``,
+    ``/a:``) is refused, as 2.42 does; all empty (``''``, ``:``) is no branch."""
+    entries = text.split(":")
+    if all(not e.strip() for e in entries):
+        return []
+    return [parse_branch_spec(e) for e in entries]
+
+
+def check_runtime(specs: list[BranchSpec]) -> None:
+    """What a runtime branches write must satisfy (ValueError otherwise): absolute
+    paths only (the daemon's cwd means nothing to the caller) and at least one
+    branch that is a directory now (else the pool would show only its error entry)."""
+    for s in specs:
+        if not s.pattern.startswith("/"):
+            raise ValueError(f"relative branch path {s.pattern!r}")
+    if not any(os.path.isdir(s.pattern) for s in expand_specs(specs)):
+        raise ValueError("no valid branch")
 
 
 def format_branches(specs: list[BranchSpec]) -> str:
@@ -101,11 +118,52 @@ class Branch:
     mode: str = "RW"
     minfreespace: int = 4 << 30
 
-    def full(self, relpath: str) -> str:
-        """Absolute path of ``relpath`` (``/``-prefixed, relative to the pool root) on this branch."""
+    def join(self, relpath: str) -> str:
+        """``relpath`` (``/``-prefixed, relative to the pool root) on this branch, as
+        text: what users are shown. It may exceed PATH_MAX; syscalls take :meth:`full`."""
         if relpath == "/":
             return self.path
         return relpath if self.path == "/" else self.path + relpath
+
+    def full(self, relpath: str) -> str:
+        """A path naming ``relpath`` on this branch that every syscall accepts.
+
+        Normally :meth:`join`. A path the kernel accepted inside the pool may not
+        fit PATH_MAX once the branch root is prefixed; it is then reached through
+        its parent directory, opened with :meth:`at`, as ``/proc/self/fd/N/NAME``
+        (one short path, so every ``os`` call works unchanged, and lookups stay the
+        caller's: each component is still searched with the thread's credentials).
+        The fd stays open while the returned string lives: bind it to a name for
+        the duration of the call. Raises the OSError opening the parent gives
+        (ENOENT, ENOTDIR, EACCES...), which the full path would have given too.
+        """
+        path = self.join(relpath)
+        if len(path) < _SURELY_SHORT or len(os.fsencode(path)) < PATH_MAX:
+            return path
+        fd, name = self.at(relpath)
+        return FdPath(f"/proc/self/fd/{fd}/{name}", fd)
+
+    def at(self, relpath: str) -> tuple[int, str]:
+        """(O_PATH fd of ``relpath``'s parent directory on this branch, last component).
+
+        The parent is opened in pieces of under PATH_MAX each, every piece
+        relative to the previous one. The caller closes the fd.
+        """
+        head, _, name = self.join(relpath).rpartition("/")
+        fd = -1
+        piece = b"/"  # the first piece is absolute, the later ones relative to it
+        try:
+            for part in os.fsencode(head).strip(b"/").split(b"/"):
+                if len(piece) + len(part) + 1 >= PATH_MAX:
+                    fd = _open_dir(piece, fd)
+                    piece = b""
+                piece = piece + b"/" + part if piece not in (b"", b"/") else piece + part
+            fd = _open_dir(piece, fd)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            raise
+        return fd, name
 
     @property
     def ro(self) -> bool:
@@ -114,6 +172,33 @@ class Branch:
     @property
     def nc(self) -> bool:
         return self.mode == "NC"
+
+
+#: The kernel's limit on a path handed to a syscall, terminating NUL included.
+PATH_MAX = 4096
+_SURELY_SHORT = PATH_MAX // 4  # chars: even 4-byte UTF-8 each stays under PATH_MAX
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _open_dir(piece: bytes, parent: int) -> int:
+    """Open ``piece`` relative to ``parent`` (absolute if -1), closing ``parent``."""
+    try:
+        return os.open(piece, _DIR_FLAGS, dir_fd=None if parent < 0 else parent)
+    finally:
+        if parent >= 0:
+            os.close(parent)
+
+
+class FdPath(str):
+    """A ``/proc/self/fd/N/NAME`` path that owns fd N: closed when the string is freed."""
+
+    def __new__(cls, text: str, fd: int) -> "FdPath":
+        self = super().__new__(cls, text)
+        self.fd = fd
+        return self
+
+    def __del__(self) -> None:
+        os.close(self.fd)
 
 
 def _normalize(path: str) -> str:

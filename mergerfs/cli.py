@@ -44,6 +44,8 @@ def parse_argv(argv: list[str]) -> tuple[Config, bool, bool, str | None]:
             foreground = debug = True
         elif arg == "-s":
             pass  # single-threaded: accepted, threads stay as configured
+        elif arg == "-n":
+            pass  # mount(8)'s "no mtab" (2.42 takes it too): there is no mtab to write
         elif arg.startswith("-o"):
             text = arg[2:] if arg != "-o" else next(it, None)
             if text is None:
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e))
     if action == "help":
         print(USAGE + "\n\n  -f  stay in the foreground\n  -d  debug log to stderr (implies -f)\n"
-              "  -o OPT[,OPT...]  mount options\n  -h  this help\n  -v  version\n\noptions:\n"
+              "  -o OPT[,OPT...]  mount options\n  -n  accepted (mount(8)'s no-mtab)\n  -h  this help\n  -v  version\n\noptions:\n"
               + help_text())
         return 0
     if action == "version":

@@ -13,7 +13,7 @@ import os
 import threading
 
 from mergerfs import COMPAT_VERSION, options
-from mergerfs.branches import Stalled, expand_specs, format_branches, parse_branches
+from mergerfs.branches import Stalled, check_runtime, expand_specs, format_branches, parse_branches
 from mergerfs.errors import oserror
 
 NAME = ".mergerfs"
@@ -35,7 +35,9 @@ class Control:
     # ------------------------------------------------------------- the file
     def listxattr(self) -> list[str]:
         cfg = self.fs.snap.cfg
-        return [PREFIX + k for k in cfg.keys()] + [PREFIX + k for k in ("version", "pid", "mount")]
+        # 2.42's listing: one sorted list, informational keys included (``mount``
+        # and ``srcmounts`` still read, unlisted, as 2.42 does)
+        return [PREFIX + k for k in sorted([*cfg.keys(), "version", "pid"])]
 
     def getxattr(self, name: str) -> bytes:
         key = self._key(name)
@@ -84,6 +86,8 @@ class Control:
                 if opt.name == "branches":
                     text = _edit_branches(format_branches(expand_specs(cfg["branches"])), text)
                 cfg.apply(opt.name, text)
+                if opt.name == "branches":
+                    check_runtime(cfg["branches"])
                 if len(cfg.format(opt.name).encode("utf-8", "surrogateescape")) > XATTR_SIZE_MAX:
                     raise ValueError("would not fit in an xattr value: unreadable afterwards")
             except (options.OptionError, ValueError):
@@ -124,8 +128,8 @@ class Control:
         if key == "basepath":
             return os.fsencode(base.path)
         if key == "fullpath":
-            return os.fsencode(base.full(relpath))
-        return b"\0".join(os.fsencode(b.full(relpath)) for b in holders)
+            return os.fsencode(base.join(relpath))
+        return b"\0".join(os.fsencode(b.join(relpath)) for b in holders)
 
 
 def _edit_branches(current: str, text: str) -> str:

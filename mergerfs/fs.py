@@ -159,16 +159,27 @@ class FileSystem:
         self.probe.record(self.snap.branches)
         self._handles_lock = threading.Lock()
         self.handles: dict[int, Handle] = {}
+        #: Called with (old cfg, new cfg) after each swap: what lives outside the
+        #: snapshot (log file, readahead) follows the control file through these.
+        self.listeners: list = []
+        ugid.proxy_ioprio = cfg["proxy-ioprio"]
 
     # ---------------------------------------------------------------- config
     def reconfigure(self, cfg) -> None:
         """Swap in a new config (control file, SIGUSR1): branches re-expanded."""
+        old_cfg = self.snap.cfg
         old = self.probe
-        if cfg["cache.statfs"] != self.snap.cfg["cache.statfs"]:
+        if cfg["cache.statfs"] != old_cfg["cache.statfs"]:
             self.probe = Probe(cfg["cache.statfs"], lanes=old.lanes)
         snap = Snapshot(cfg, expand(cfg["branches"], cfg["minfreespace"]))
         self.probe.record(snap.branches, keep=old)
         self.snap = snap
+        ugid.proxy_ioprio = cfg["proxy-ioprio"]
+        for listener in self.listeners:
+            try:
+                listener(old_cfg, cfg)
+            except Exception:  # noqa: BLE001 - the new config stands; the side effect is logged
+                log.exception("applying the new configuration")
 
     def refresh(self) -> None:
         self.reconfigure(self.snap.cfg)
@@ -229,7 +240,7 @@ class FileSystem:
         probe = RequestProbe(self.probe)
         agg = Aggregate()
         for b in self._select(snap, "action", func, relpath, probe):
-            agg.run(fn, b.full(relpath))
+            agg.run(lambda: fn(b.full(relpath)))  # full() may fail too: that branch's error
         agg.raise_if_failed()
 
     # ------------------------------------------------------------ clone path
@@ -289,7 +300,7 @@ class FileSystem:
         if cfg["symlinkify"] and S.S_ISREG(mode) and self._symlinkified(cfg, st):
             fields = list(st)
             fields[0] = S.S_IFLNK | 0o777
-            fields[6] = len(os.fsencode(b.full(relpath)))
+            fields[6] = len(os.fsencode(b.join(relpath)))
             return os.stat_result(fields)
         return st
 
@@ -309,10 +320,9 @@ class FileSystem:
     def readlink(self, relpath: str) -> str:
         snap = self.snap
         b, st = self._found(snap, "readlink", relpath, RequestProbe(self.probe))
-        path = b.full(relpath)
         if snap.cfg["symlinkify"] and S.S_ISREG(st.st_mode) and self._symlinkified(snap.cfg, st):
-            return path
-        return os.readlink(path)
+            return b.join(relpath)
+        return os.readlink(b.full(relpath))
 
     # ------------------------------------------------------------- open/create
     def open(self, relpath: str, flags: int) -> Handle:
@@ -408,10 +418,10 @@ class FileSystem:
         newparent = dirname(new)
         preserve = cfg.policy("create") in policies.PATH_PRESERVING and not cfg["ignorepponrename"]
         agg = Aggregate()
-        remove: list[str] = []
+        remove: list[tuple[Branch, str]] = []
         for b in snap.branches:
             if b.path not in src_paths:
-                remove.append(b.full(new))
+                remove.append((b, new))
                 continue
             try:
                 self._place_on(snap, probe, b, newparent, preserve, "rename")
@@ -422,11 +432,15 @@ class FileSystem:
                 agg.success()
             except OSError as e:
                 agg.failure(e.errno or errno.EIO)
-                remove.append(b.full(old))
+                remove.append((b, old))
         if not agg.ok and agg.first_error == errno.EXDEV and cfg["rename-exdev"] != "passthrough":
             return self._rename_exdev(snap, sources, old, new)
         agg.raise_if_failed()
-        for path in remove:
+        for b, rel in remove:
+            try:
+                path = b.full(rel)
+            except OSError:
+                continue  # its parent is not on that branch: nothing to remove
             _remove_quietly(path)
 
     def _exchange(self, snap: Snapshot, probe: RequestProbe, sources: list[Branch], old: str,
@@ -502,7 +516,7 @@ class FileSystem:
             if mode == "rel-symlink":
                 target = os.path.relpath(old, dirname(new))
             elif mode == "abs-base-symlink":
-                target = b.full(old)
+                target = b.join(old)
             else:  # abs-pool-symlink
                 target = self._mountpoint() + old
             return self.symlink(target, new)
@@ -525,7 +539,7 @@ class FileSystem:
         return os.listxattr(b.full(relpath), follow_symlinks=False)
 
     def setxattr(self, relpath: str, name: str, value: bytes, flags: int = 0) -> None:
-        self._xattr_gate(self.snap.cfg, name, writing=True)
+        self._xattr_gate(self.snap.cfg, name)
         self._acting(self.snap, "setxattr", relpath,
                      lambda p: os.setxattr(p, name, value, flags, follow_symlinks=False))
 
@@ -535,11 +549,11 @@ class FileSystem:
                      lambda p: os.removexattr(p, name, follow_symlinks=False))
 
     @staticmethod
-    def _xattr_gate(cfg, name: str, writing: bool = False) -> None:
+    def _xattr_gate(cfg, name: str) -> None:
         mode = cfg["xattr"]
         if mode == "nosys":
             raise oserror(errno.ENOSYS)
-        if mode == "noattr" and not writing:
+        if mode == "noattr":  # set included: both references answer ENODATA and write nothing
             raise oserror(errno.ENODATA)
         if name == "security.capability" and not cfg["security-capability"]:
             raise oserror(errno.ENODATA)
@@ -596,7 +610,7 @@ class FileSystem:
         Every listing runs on its branch's lane with :data:`LIST_TIMEOUT`: a
         stalled branch is left out of this listing instead of hanging it. If no
         branch could be listed, the first error is raised."""
-        listings = self.probe.lanes.calls([(b.path, _list_one, (b.full(rel),)) for b in branches],
+        listings = self.probe.lanes.calls([(b.path, _list_one, (_full_or_missing(b, rel),)) for b in branches],
                                           LIST_TIMEOUT)
         raw: list = []
         seen: set[bytes] = set()
@@ -895,6 +909,14 @@ def _break_link(path: str, st: os.stat_result) -> None:
         raise
     finally:
         os.close(src)
+
+
+def _full_or_missing(b: Branch, relpath: str) -> str:
+    """``b.full(relpath)``, or ``""`` (ENOENT for any syscall) if its parent is not there."""
+    try:
+        return b.full(relpath)
+    except OSError:
+        return ""
 
 
 def _remove_quietly(path: str) -> None:

@@ -89,6 +89,8 @@ class InodeTable:
         self._by_path: dict[str, int] = {"/": ROOT}
         self._lock = threading.Lock()
         self._peak = 1  # most nodes held since the last shrink
+        #: never-forget-nodes: FORGET leaves nodes in place (nodeids stay valid for NFS handles)
+        self.never_forget = False
 
     def node(self, ino: int) -> Node:
         n = self._nodes.get(ino)
@@ -172,7 +174,7 @@ class InodeTable:
             if n is None or ino == ROOT:
                 return
             n.nlookup -= count
-            if n.nlookup <= 0 and not n.fhs:
+            if n.nlookup <= 0 and not n.fhs and not self.never_forget:
                 self._drop(ino, n)
 
     def _drop(self, ino: int, n: Node) -> None:

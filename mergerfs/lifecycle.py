@@ -4,14 +4,15 @@ Without ``-f`` the process forks; the parent waits on a pipe and exits 0 only
 after the child's mount has answered a ``stat`` (so ``mount -a`` and scripts
 can use the pool right away), or prints the child's one-line error and exits
 1. The FUSE loop runs in a helper thread so the main thread stays free for
-signals: SIGTERM/SIGINT/SIGHUP unmount (the loop then ends and we exit 0; HUP
-as with the reference, whose libfuse treats it like TERM), SIGUSR1 re-expands
-branch globs.
+signals: SIGTERM/SIGINT unmount (the loop then ends and we exit 0), SIGUSR1
+re-expands branch globs, SIGHUP and SIGUSR2 are logged and change nothing: as
+with 2.42, a daemon started from fstab or a shell must outlive a hangup.
 
 Logging (``log-level``, default info): syslog (LOG_DAEMON, ``/dev/log``) when
-daemonised, stderr with ``-f``. A daemon never keeps the caller's stdio (a
+daemonised, stderr with ``-f``, or ``log.file`` (which then also receives the
+request trace of ``debug``). A daemon never keeps the caller's stdio (a
 ``$(mergerfs ...)`` or a pipe would wait for it), so without a syslog socket
-its log is dropped. Only lifecycle events and problems are logged, never
+or a log file its log is dropped. Only lifecycle events and problems are logged, never
 single requests; ``-d`` adds libfuse's per-request trace on stderr.
 """
 
@@ -27,6 +28,7 @@ import sys
 import threading
 import time
 
+from mergerfs import bdi
 from mergerfs.branches import expand, invalid_branches
 
 log = logging.getLogger("mergerfs")
@@ -122,6 +124,10 @@ def fuse_options(cfg, branches) -> set[str]:
         opts.add("fsname=" + _fsname(cfg, branches).replace(",", "\\,"))
     if not any(o.startswith("subtype=") for o in opts):
         opts.add("subtype=mergerfs")
+    if os.geteuid() == 0:
+        # As 2.42: root mounts for everyone (the kernel still checks permissions);
+        # a pool root mounted from fstab is meant for the users of the machine.
+        opts.add("allow_other")
     return opts
 
 
@@ -156,23 +162,49 @@ SYSLOG_SOCKET = "/dev/log"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def _setup_logging(foreground: bool, level: str) -> None:
-    """Route the ``mergerfs`` logger: stderr in the foreground, else syslog if there is one."""
+def _log_level(cfg, debug: bool = False) -> str:
+    return "debug" if debug or cfg["debug"] else cfg["log-level"]
+
+
+def _setup_logging(foreground: bool, level: str, log_file: str = "") -> None:
+    """Route the ``mergerfs`` logger: ``log_file`` if given, else stderr in the
+    foreground, else syslog if there is one. A daemon's fd 2 (where the request
+    trace goes) becomes the log file too."""
     root = logging.getLogger("mergerfs")
+    for old in root.handlers:
+        old.close()
     root.handlers.clear()
     root.propagate = False
     root.setLevel(LEVELS[level])
     h: logging.Handler | None = None
-    if not foreground and os.path.exists(SYSLOG_SOCKET):
+    problem = ""
+    if log_file:
+        try:
+            fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            log_file, problem = "", f"cannot open log.file {log_file}: {e.strerror}"
+        else:
+            if not foreground:
+                os.dup2(fd, 2, inheritable=True)  # libfuse's trace, faults printed by Python
+            h = logging.StreamHandler(os.fdopen(fd, "a", buffering=1, encoding="utf-8",
+                                                errors="backslashreplace"))
+            h.setFormatter(logging.Formatter("%(asctime)s mergerfs[%(process)d]: %(levelname)s: %(message)s"))
+    if not log_file and not foreground:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2, inheritable=True)  # no longer a log file's
+        os.close(null)
+    if not log_file and not foreground and os.path.exists(SYSLOG_SOCKET):
         try:
             h = logging.handlers.SysLogHandler(SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
             h.setFormatter(logging.Formatter("mergerfs[%(process)d]: %(message)s"))
         except OSError:
             h = None
-    if foreground:
+    if foreground and not log_file:
         h = logging.StreamHandler(sys.stderr)
         h.setFormatter(logging.Formatter("mergerfs: %(levelname)s: %(message)s"))
     root.addHandler(h or logging.NullHandler())
+    if problem:
+        root.warning(problem)
 
 
 def run(cfg, foreground: bool = False, debug: bool = False) -> int:
@@ -188,12 +220,27 @@ def run(cfg, foreground: bool = False, debug: bool = False) -> int:
     except MountError as e:
         print(f"mergerfs: {e}", file=sys.stderr)
         return 1
-    level = "debug" if debug else cfg["log-level"]
+    level = _log_level(cfg, debug)
     if foreground:
-        _setup_logging(True, level)
+        _setup_logging(True, level, cfg["log.file"])
         return _serve(cfg, lambda msg: None if msg == "ok" else print(f"mergerfs: {msg}", file=sys.stderr),
-                      debug)
+                      debug, foreground=True)
     return _daemonize(cfg, level)
+
+
+def set_priority(nice: int) -> None:
+    """scheduling-priority: the nice value of every thread (Linux's is per thread;
+    threads started later inherit it). Raising it needs no privilege, lowering does."""
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except OSError as e:
+            log.warning("scheduling-priority=%d: %s", nice, e.strerror)
+            return
 
 
 def _daemonize(cfg, level: str) -> int:
@@ -219,7 +266,7 @@ def _daemonize(cfg, level: str) -> int:
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
-    _setup_logging(False, level)
+    _setup_logging(False, level, cfg["log.file"])
 
     def notify(msg: str) -> None:
         nonlocal w
@@ -243,12 +290,13 @@ def transport_for(cfg, fs):
     return KernelTransport(fs)
 
 
-def _serve(cfg, notify, debug: bool = False) -> int:
+def _serve(cfg, notify, debug: bool = False, foreground: bool = False) -> int:
     """Mount, report readiness through ``notify('ok')`` (or the error), run the loop."""
     from mergerfs import _fastpath  # noqa: PLC0415 - keep `mergerfs -h` fast
     from mergerfs.fs import FileSystem  # noqa: PLC0415
 
     os.umask(0)  # modes from the kernel already carry the caller's umask
+    set_priority(cfg["scheduling-priority"])
     _fastpath.limit_malloc_arenas(2)  # before the workers start
     mnt = os.path.abspath(cfg.mountpoint)
     try:
@@ -258,12 +306,21 @@ def _serve(cfg, notify, debug: bool = False) -> int:
         _wait_for_branches(cfg, fs.snap.branches)
         transport = transport_for(cfg, fs)
         opts = fuse_options(cfg, fs.snap.branches)
-        if debug:
+        if debug or cfg["debug"]:
             opts.add("debug")  # libfuse's per-request trace on stderr, like the reference's -d
         transport.mount(mnt, opts)
     except (MountError, RuntimeError, OSError) as e:
         notify(str(e) if isinstance(e, MountError) else f"mount failed: {e}")
         return 1
+    transport.req.table.never_forget = cfg["never-forget-nodes"]
+
+    def follow(old, new) -> None:
+        """What lives outside the snapshot follows runtime changes."""
+        if (old["readahead"], old["branches"]) != (new["readahead"], new["branches"]):
+            bdi.set_readahead(new["readahead"], mnt, [b.path for b in fs.snap.branches])
+        if [old[k] for k in ("log.file", "debug", "log-level")] != [new[k] for k in ("log.file", "debug", "log-level")]:
+            _setup_logging(foreground, _log_level(new, debug), new["log.file"])
+    fs.listeners.append(follow)
 
     threads = worker_count(cfg["threads"])
     # The control file reads back what the mount resolved, as the reference's does.
@@ -278,7 +335,9 @@ def _serve(cfg, notify, debug: bool = False) -> int:
 
     t = threading.Thread(target=loop, name="fuse-loop", daemon=True)
     t.start()
-    threading.Thread(target=_report_ready, args=(mnt, notify, t), daemon=True).start()
+    # readahead once the kernel's INIT is answered: INIT sets the pool's bdi itself
+    threading.Thread(target=_report_ready, args=(mnt, notify, t, lambda: bdi.set_readahead(
+        cfg["readahead"], mnt, [b.path for b in fs.snap.branches])), daemon=True).start()
 
     def stop(signum, frame) -> None:
         log.info("signal %d: unmounting %s", signum, mnt)
@@ -292,8 +351,13 @@ def _serve(cfg, notify, debug: bool = False) -> int:
         fs.refresh()
         log.info("signal %d: branches now %s", signum, ":".join(b.path for b in fs.snap.branches))
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    def keep(signum, frame) -> None:
+        log.info("signal %d: ignored (the pool stays mounted)", signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
+    for sig in (signal.SIGHUP, signal.SIGUSR2):
+        signal.signal(sig, keep)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, refresh)
     while t.is_alive():
@@ -307,7 +371,7 @@ def _serve(cfg, notify, debug: bool = False) -> int:
     return 0
 
 
-def _report_ready(mnt: str, notify, loop: threading.Thread) -> None:
+def _report_ready(mnt: str, notify, loop: threading.Thread, then=lambda: None) -> None:
     """Tell the waiting parent we're live once the mount answers a stat."""
     for _ in range(600):
         if not loop.is_alive():
@@ -320,6 +384,7 @@ def _report_ready(mnt: str, notify, loop: threading.Thread) -> None:
                 if e.errno in (errno.ENOTCONN, errno.ECONNABORTED):
                     time.sleep(0.05)
                     continue
+            then()
             notify("ok")
             log.info("mounted %s", mnt)
             return

@@ -88,6 +88,64 @@ def _moveonenospc(text: str) -> str:
     return _policy(t)
 
 
+def _readdir(text: str) -> str:
+    """``seq|cosr|cor[:THREADS[:QUEUE]]`` (2.42); kept as written, numbers checked."""
+    mode, *nums = text.split(":")
+    if mode not in ("seq", "cosr", "cor") or len(nums) > 2:
+        raise ValueError(text)
+    for n in nums:
+        _ranged(-2**31, 2**31 - 1)(n)
+    return text
+
+
+def readdir_mode(value: str) -> tuple[str, int, int]:
+    """(mode, threads, queue depth) of a ``func.readdir`` value; 0 means the default."""
+    mode, *nums = value.split(":")
+    threads, queue = ([int(n) for n in nums] + [0, 0])[:2]
+    return mode, threads, queue
+
+
+PAGE = 4096
+FUSE_MSG_PAGES_MAX = 65535  # the kernel's max_pages field is 16 bits
+
+
+def _msg_size(text: str) -> int:
+    """Pages, or a SIZE with a suffix (rounded up to pages), clamped to what the
+    kernel takes, as 2.42 does: ``1M`` -> 256, ``6K`` -> 2, ``1G`` -> 65535."""
+    t = text.strip()
+    pages = int(t) if t.isdigit() else -(-_size(t) // PAGE) if t[-1:].isalpha() else int(t)
+    if pages < 1:
+        raise ValueError(text)  # 2.42 reports success and mounts nothing
+    return min(pages, FUSE_MSG_PAGES_MAX)
+
+
+def _readahead(text: str) -> int:
+    """KiB as 2.42's docs say (``readahead=1024``); a SIZE with a suffix is bytes
+    (``1M`` = 1024 KiB: 2.42 writes 1048576 KiB there, see docs/DIFFERENCES.md)."""
+    t = text.strip()
+    if t.isdigit():
+        return _uint(t)
+    if not t[-1:].isalpha():
+        raise ValueError(text)
+    return -(-_size(t) // 1024)
+
+
+#: 2.42's pin-threads strategies (accepted; see the option's doc).
+PIN_THREADS = ("false", "R1L", "R1P", "RP1L", "RP1P", "RPSL", "RPSP")
+
+
+def _process_names(text: str) -> str:
+    """'|'-separated names, read back sorted and unique as 2.42 does."""
+    return "|".join(sorted({n for n in text.split("|") if n}))
+
+
+def _abs_path(text: str) -> str:
+    """An absolute path, or empty for none (the daemon's cwd means nothing to a caller)."""
+    if text and not text.startswith("/"):
+        raise ValueError(text)
+    return text
+
+
 BOOL = Kind("BOOL", _bool, lambda v: "true" if v else "false")
 UINT = Kind("UINT", _uint)
 INT = Kind("INT", _int)
@@ -149,8 +207,8 @@ def _cache_files_alias(mode: str):
 _OPTION_LIST = [
     _o("branches", BRANCHES, [], "':'-separated branch paths or globs, each PATH[=RW|RO|NC[,MINFREESPACE]]",
        aliases=("srcmounts",)),
-    _o("mountpoint", STR, None, "where the pool is mounted", runtime=False, listed=False),
-    _o("config", STR, None, "read options from FILE (key=value per line)", runtime=False, listed=False),
+    _o("mountpoint", STR, None, "where the pool is mounted", runtime=False),
+    _o("config", STR, None, "read options from FILE (key=value per line)", runtime=False),
     _o("minfreespace", SIZE, 4 << 30, "minimum available space for create policies (per branch overridable)"),
     _o("moveonenospc", Kind("true|false|POLICY", _moveonenospc), "pfrd",
        "on ENOSPC/EDQUOT during write move the file to a branch the policy picks (true = mfs)"),
@@ -176,7 +234,7 @@ _OPTION_LIST = [
                           "hybrid-hash", "hybrid-hash32"), "hybrid-hash", "how st_ino is calculated"),
     _o("cache.files", _enum("libfuse", "off", "partial", "full", "auto-full", "per-process"), "off",
        "page caching of file data"),
-    _o("cache.files.process-names", STR, "rtorrent|qbittorrent-nox",
+    _o("cache.files.process-names", Kind("NAME|NAME...", _process_names), "qbittorrent-nox|rtorrent",
        "'|'-separated process names given partial caching under cache.files=per-process"),
     _o("cache.entry", UINT, 1, "seconds the kernel caches name lookups"),
     _o("cache.attr", UINT, 1, "seconds the kernel caches attributes"),
@@ -188,7 +246,7 @@ _OPTION_LIST = [
     _o("cache.readdir", BOOL, False, "kernel readdir caching (accepted; not carried by libfuse 2)"),
     _o("cache.writeback", BOOL, False, "kernel writeback caching (accepted; not carried by llfuse)",
        runtime=False),
-    _o("cache.open", UINT, 0, "seconds open policy results are cached (accepted)"),
+    _o("cache.open", UINT, 0, "seconds open policy results are cached (accepted)", listed=False),
     _o("rename-exdev", _enum("passthrough", "rel-symlink", "abs-symlink"), "passthrough",
        "what rename does on EXDEV"),
     _o("link-exdev", _enum("passthrough", "rel-symlink", "abs-base-symlink", "abs-pool-symlink"),
@@ -200,12 +258,30 @@ _OPTION_LIST = [
        runtime=False),
     _o("lazy-umount-mountpoint", BOOL, False, "lazily unmount whatever is mounted at the mountpoint first",
        runtime=False),
-    _o("threads", INT, 0, "worker threads (0 = default)", runtime=False),
+    _o("threads", INT, 0, "worker threads (0 = default)", runtime=False, listed=False),
     _o("read-thread-count", INT, 0, "worker threads reading requests (mapped onto threads)",
        runtime=False),
     _o("process-thread-count", INT, -1, "worker threads processing requests (mapped onto threads)",
        runtime=False),
-    _o("fuse-msg-size", UINT, 256, "max FUSE message size in pages (libfuse 2: 128 KiB max)",
+    _o("process-thread-queue-depth", INT, 2,
+       "requests queued per processing thread (accepted: llfuse and our kernel session keep no queue)",
+       runtime=False),
+    _o("pin-threads", _enum(*PIN_THREADS), "false",
+       "CPU pinning strategy of the threads (accepted: one interpreter lock runs the Python side "
+       "on one core at a time, so pinning has nothing to spread)", runtime=False),
+    _o("scheduling-priority", Kind("-20..19", _ranged(-20, 19)), -10,
+       "nice value the daemon sets for itself at start", runtime=False),
+    _o("proxy-ioprio", BOOL, False, "do branch I/O with the I/O priority (ionice) of the calling thread"),
+    _o("readahead", Kind("KIB|SIZE", _readahead), 0,
+       "read_ahead_kb of the pool and of each branch's block device, if > 0 (SIZE with a suffix: bytes)"),
+    _o("never-forget-nodes", BOOL, False, "keep every node the kernel forgets (stable nodeids for NFS)",
+       runtime=False, aliases=("noforget", "remember-nodes")),
+    _o("allow-idmap", BOOL, True, "allow idmapped mounts of the pool (kernel session)", runtime=False),
+    _o("debug", BOOL, False, "log every request and debug messages (to log.file if set; bare 'debug' "
+       "as in 2.33.5 also works)"),
+    _o("log.file", Kind("PATH", _abs_path), "", "file the log goes to (default: syslog, or stderr with -f)"),
+    _o("fuse-msg-size", Kind("PAGES|SIZE", _msg_size), 256,
+       "max FUSE message size: pages, or SIZE such as 1M (read back in pages)",
        runtime=False, key="fuse_msg_size"),
     _o("fuse-binding", _enum("kernel", "llfuse"), "kernel",
        "extension: transport speaking to the kernel (kernel: our own /dev/fuse session; llfuse: libfuse 2)",
@@ -226,22 +302,24 @@ _OPTION_LIST = [
        runtime=False),
     _o("branches-mount-timeout-fail", BOOL, False, "exit if branches are still not mounted after the timeout",
        runtime=False),
-    _o("func.readdir", _enum("seq", "cosr", "cor"), "seq", "readdir concurrency (listing is the same)"),
+    _o("func.readdir", Kind("seq|cosr|cor[:THREADS[:QUEUE]]", _readdir), "seq",
+       "readdir: branches listed in turn (seq) or concurrently (cosr, cor; THREADS workers, "
+       "0 = one per branch); the merged listing is the same"),
     _o("fsname", STR, "", "filesystem name shown in /proc/mounts (default: from branches)",
        runtime=False),
-    _o("readdirplus", BOOL, False, "accepted; not carried by libfuse 2", runtime=False),
-    _o("log.metrics", BOOL, False, "accepted for compatibility"),
+    _o("readdirplus", BOOL, False, "accepted; not carried by libfuse 2", runtime=False, listed=False),
+    _o("log.metrics", BOOL, False, "accepted for compatibility", listed=False),
     _o("log-level", _enum("debug", "info", "warning", "error"), "info",
        "extension: lowest severity logged (to syslog when daemonised, stderr with -f; -d means debug)",
        runtime=False),
     _o("use_ino", BOOL, True, "accepted; inode numbers always come from inodecalc", runtime=False,
        listed=False),
     _o("direct_io", BOOL, False, "deprecated: cache.files=off", runtime=False,
-       expand=_cache_files_alias("off")),
+       expand=_cache_files_alias("off"), listed=False),
     _o("kernel_cache", BOOL, False, "deprecated: cache.files=full", runtime=False,
-       expand=_cache_files_alias("full")),
+       expand=_cache_files_alias("full"), listed=False),
     _o("auto_cache", BOOL, False, "deprecated: cache.files=auto-full", runtime=False,
-       expand=_cache_files_alias("auto-full")),
+       expand=_cache_files_alias("auto-full"), listed=False),
 ]
 for _cat, _funcs in FUNCS.items():
     _OPTION_LIST.append(_o(f"category.{_cat}", POLICY, CATEGORY_DEFAULTS[_cat],
@@ -262,7 +340,7 @@ for _opt in _OPTION_LIST:
 # or None: accepted and ignored (the kernel mount flags libfuse 2 sets itself,
 # or options only mount(8) cares about).
 _FUSE_PASS = {"allow_other", "allow_root", "default_permissions", "ro", "rw", "nosuid", "nodev",
-              "noexec", "suid", "dev", "exec", "sync", "async", "dirsync", "atime", "noatime", "debug"}
+              "noexec", "suid", "dev", "exec", "sync", "async", "dirsync", "atime", "noatime"}
 _IGNORED = {"defaults", "nonempty", "nofail", "noauto", "auto", "user", "users", "nouser", "owner",
             "group", "_netdev", "relatime", "norelatime", "strictatime", "nostrictatime",
             "lazytime", "nolazytime", "diratime", "nodiratime", "hard_remove", "large_read",
@@ -341,6 +419,7 @@ class Config:
             self.mountpoint = parsed
             return
         if opt.name == "config":
+            self.values["config"] = parsed
             for lineno, (k, v) in load_config_file(parsed):
                 try:
                     self.apply(k, v)
@@ -369,8 +448,9 @@ class Config:
         return "" if value is None else opt.kind.format(value)
 
     def keys(self) -> list[str]:
-        """Control-file keys in listing order."""
-        return [o.key or o.name for o in _OPTION_LIST if o.listed] + ["srcmounts"]
+        """Control-file keys in listing order: 2.42's names, sorted as 2.42 lists them
+        (2.33.5's spellings, ``srcmounts`` and ``mount`` still read and write)."""
+        return sorted(o.name for o in _OPTION_LIST if o.listed)
 
 
 # ------------------------------------------------------------------ parsing

@@ -10,7 +10,9 @@ cost nothing.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import pwd
 import threading
 import time
@@ -91,9 +93,35 @@ def adopt(creds: tuple[int, int, tuple[int, ...]]) -> None:
 
 
 def switch(uid: int, gid: int, pid: int = 0) -> None:
-    """Make this thread act as the caller ``uid:gid`` (with its groups)."""
+    """Make this thread act as the caller ``uid:gid`` (with its groups), and with
+    its I/O priority under ``proxy-ioprio``."""
     groups = caller_groups(pid, uid, gid) if pid and uid else groups_of(uid, gid)
     _set((uid, gid, groups))
+    if proxy_ioprio and pid:
+        _proxy_ioprio(pid)
+
+
+#: ``proxy-ioprio``: set from the config by the filesystem (a plain flag read per request).
+proxy_ioprio = False
+_IOPRIO_WHO_PROCESS = 1
+#: (ioprio_set, ioprio_get) syscall numbers
+_IOPRIO_NR = {"x86_64": (251, 252), "aarch64": (30, 31), "armv7l": (314, 315),
+              "i686": (289, 290), "riscv64": (30, 31), "ppc64le": (273, 274)}.get(
+    platform.machine(), (None, None))
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _proxy_ioprio(pid: int) -> None:
+    """Give this thread the I/O priority of the calling thread ``pid`` (best effort:
+    a caller that is gone, or an unknown architecture, leaves it as it was)."""
+    set_nr, get_nr = _IOPRIO_NR
+    if set_nr is None:
+        return
+    prio = _libc.syscall(get_nr, _IOPRIO_WHO_PROCESS, pid)
+    if prio < 0 or getattr(_local, "ioprio", None) == prio:
+        return
+    if _libc.syscall(set_nr, _IOPRIO_WHO_PROCESS, 0, prio) == 0:
+        _local.ioprio = prio
 
 
 @contextmanager

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import errno
+import glob
 import os
+import platform
+import shutil
+import subprocess
 import sys
 
-from mergerfs.tools.common import (Pool, ToolError, bar, emit_json, find_pool, full, human, parser,
-                                   run, say, walk_files)
+from mergerfs.tools.common import (Pool, ToolError, _unescape, bar, emit_json, find_pool, full, human,
+                                   parser, run, say, walk_files)
 
 PROG = "mergerfs-ctl"
 
@@ -156,6 +160,108 @@ def remove_branch(pool: Pool, args) -> int:
     return 0
 
 
+# ------------------------------------------------------------- collect-info
+LOG_LINES = 50
+
+
+def _mountinfo() -> list[list[str]]:
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        return [line.split() for line in f]
+
+
+def _mount_of(path: str, table: list[list[str]]) -> dict:
+    """The mountinfo entry holding ``path``: the longest mountpoint above it."""
+    real = os.path.realpath(path)
+    best: list[str] | None = None
+    for fields in table:
+        mp = _unescape(fields[4])
+        if (real == mp or real.startswith(mp.rstrip("/") + "/")) and (
+                best is None or len(mp) >= len(_unescape(best[4]))):
+            best = fields
+    if best is None:
+        return {}
+    sep = best.index("-")
+    return {"mountpoint": _unescape(best[4]), "fstype": best[sep + 1],
+            "source": _unescape(best[sep + 2]), "options": best[5],
+            "super_options": best[sep + 3] if len(best) > sep + 3 else ""}
+
+
+def _recent_log(log_file: str) -> tuple[str, list[str]]:
+    """(where from, last lines) of the daemon's log: its log.file, the journal, or syslog."""
+    if log_file and os.path.isfile(log_file):
+        return log_file, _tail(log_file)
+    if shutil.which("journalctl"):
+        r = subprocess.run(["journalctl", "--no-pager", "-q", "-n", str(LOG_LINES), "-t", "mergerfs"],
+                           capture_output=True, text=True, errors="replace", timeout=30)
+        if r.returncode == 0 and r.stdout.strip():
+            return "journalctl -t mergerfs", r.stdout.splitlines()[-LOG_LINES:]
+    for path in ("/var/log/syslog", "/var/log/messages", "/var/log/daemon.log"):
+        if os.path.isfile(path):
+            lines = [ln for ln in _tail(path, 20000) if "mergerfs" in ln]
+            return path, lines[-LOG_LINES:]
+    return "", []
+
+
+def _tail(path: str, n: int = LOG_LINES) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 256 * n))
+            return f.read().decode("utf-8", "replace").splitlines()[-n:]
+    except OSError as e:
+        return [f"(cannot read {path}: {e.strerror})"]
+
+
+def collect_info(pool: Pool, args) -> int:
+    """What a bug report needs, in one go (nothing is changed)."""
+    from mergerfs import __version__
+
+    table = _mountinfo()
+    options = pool.options()
+    pid = options.get("pid", "")
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
+    except (OSError, ValueError):
+        cmdline = []
+    branches = _branch_rows(pool, False)
+    for r in branches:
+        r.pop("dev", None)
+        m = _mount_of(r["path"], table)
+        r.update(fstype=m.get("fstype", "?"), source=m.get("source", "?"),
+                 mountpoint=m.get("mountpoint", "?"), mount_options=m.get("options", "?"))
+    pool_mount = _mount_of(pool.mnt, table)
+    uname = platform.uname()
+    where, lines = _recent_log(options.get("log.file", ""))
+    info = {
+        "version": options.get("version", "?"), "tools_version": __version__,
+        "pid": pid, "command": cmdline, "options": options, "branches": branches,
+        "mount": pool_mount,
+        "kernel": {"release": uname.release, "version": uname.version, "machine": uname.machine},
+        "fuse_connections": sorted(os.path.basename(p) for p in glob.glob("/sys/fs/fuse/connections/*")),
+        "log": {"source": where, "lines": lines},
+    }
+    if args.json:
+        emit_json(info)
+        return 0
+    say(f"== mergerfs {info['version']} (tools {__version__}), pid {pid}")
+    say("command: " + " ".join(cmdline))
+    say(f"== kernel\n{uname.system} {uname.release} {uname.version} {uname.machine}")
+    say("== mount\n" + " ".join(f"{k}={v}" for k, v in pool_mount.items()))
+    say("== branches")
+    for r in branches:
+        space = (f"free {human(r['free'])} of {human(r['total'])}" if "error" not in r
+                 else f"error: {r['error']}")
+        say(f"  {r['path']} {r['mode']}  {r['fstype']} {r['source']} on {r['mountpoint']}  {space}")
+    say("== options")
+    for k, v in options.items():
+        say(f"  {k}={v}")
+    say(f"== log ({where or 'none found'})")
+    for ln in lines:
+        say("  " + ln)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser(PROG, "Show and change a mergerfs pool at runtime (user.mergerfs.* on MOUNT/.mergerfs).")
     p.add_argument("-m", "--mount", help="the pool's mountpoint (default: the only one mounted)")
@@ -183,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--first", action="store_true")
     where.add_argument("--last", action="store_true", help="(default)")
     s.set_defaults(fn=add_branch)
+    s = sub.add_parser("collect-info", help="what a bug report needs: version, options, branches "
+                       "with filesystems and space, mount entry, kernel, recent log lines")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=collect_info)
     s = sub.add_parser("remove-branch", help="remove a branch (its files stay on disk)")
     s.add_argument("path")
     s.set_defaults(fn=remove_branch)

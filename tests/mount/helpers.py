@@ -213,3 +213,16 @@ def as_user(uid: int, gid: int, groups: Sequence[int] = ()) -> Callable[[], None
         os.setgid(gid)
         os.setuid(uid)
     return drop
+
+
+#: Upstream 2.42 (outside the repo; tests comparing with it skip when it is absent).
+REFERENCE_42 = "/work/shared/reference/mergerfs-2.42.0-17"
+
+
+def kill_quietly(pid: int | None) -> None:
+    """2.42's daemon sometimes outlives its unmount: end it by PID."""
+    if pid and wait_until(lambda: not pid_alive(pid), 2) is False:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass

@@ -347,3 +347,30 @@ def test_consolidate(cmd):
             assert files_on([br[1]]) == {rel: [h] for rel, h in expect.items()}  # most bytes were there
             assert_once(br, {**expect, "elsewhere": other})
             assert sorted(os.listdir(os.path.join(mnt, "album"))) == sorted(r.split("/")[1] for r in expect)
+
+
+def test_ctl_collect_info(mount_pool, tmp_path):
+    """collect-info: version, options, branches with filesystem and space, the mount
+    entry, the kernel, and the daemon's recent log lines (here its log.file)."""
+    import json
+    import platform
+
+    logf = tmp_path / "pool.log"
+    p = mount_pool(n=2, options=f"log.file={logf},category.create=mfs")
+    r = tool("ctl", "-m", p.mnt, "collect-info")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for needle in ("== mergerfs 2.33.5", f"log.file={logf}", "category.create=mfs", platform.release(),
+                   "fstype=fuse.mergerfs", f"mountpoint={p.mnt}", f"INFO: mounted {p.mnt}"):
+        assert needle in out, (needle, out)
+    for b in p.branches:
+        assert any(line.strip().startswith(f"{b} RW") and "free" in line for line in out.splitlines()), out
+    r = tool("ctl", "-m", p.mnt, "collect-info", "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["options"]["category.create"] == "mfs" and info["mount"]["fstype"] == "fuse.mergerfs"
+    assert [b["path"] for b in info["branches"]] == p.branches
+    assert all(b["fstype"] and b["total"] > 0 for b in info["branches"])
+    assert info["kernel"]["release"] == platform.release()
+    assert info["log"]["source"] == str(logf) and any("mounted" in ln for ln in info["log"]["lines"])
+    assert info["command"] and int(info["pid"]) > 0

@@ -166,3 +166,33 @@ def test_glob_branches_read_back_expanded(mount_pool, tmp_path):
     # an edit names one of the expanded disks
     os.setxattr(ctl(p), P + "branches", f"-{d1}".encode())
     assert get(p, "branches") == f"{d2}=RW:{o}=NC"
+
+
+@pytest.mark.parametrize("value", [
+    "=:=:=",         # empty paths (both references refuse it)
+    "=RW",
+    "{b0}::{b1}",    # an empty entry among real ones (2.42 refuses it)
+    "{b0}:",
+    "",              # nothing at all
+    ":",
+    "rel",           # relative: the daemon's cwd means nothing to the caller
+    "{b0}:rel=RO",
+    "+>rel",
+    "+<=",
+    "{missing}",     # nothing valid: the pool would show only its error entry
+    "{missing}*",
+    "-<<",
+])
+def test_bad_branches_einval_unchanged(mount_pool, tmp_path, value):
+    p = mount_pool(n=2)
+    before = get(p, "branches")
+    text = value.format(b0=p.branches[0], b1=p.branches[1], missing=tmp_path / "missing")
+    if value == "-<<":  # removing every branch, one edit at a time, stops at the last one
+        os.setxattr(ctl(p), P + "branches", b"-<")
+        before = get(p, "branches")
+        text = "-<"
+    with pytest.raises(OSError) as ei:
+        os.setxattr(ctl(p), P + "branches", text.encode())
+    assert ei.value.errno == errno.EINVAL
+    assert get(p, "branches") == before
+    assert os.listdir(p.mnt) == []  # still the real (empty) branches, no error entry

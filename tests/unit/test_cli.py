@@ -108,6 +108,9 @@ BAD = [
     (["-o", "branches={d}/b1=rw\\,1Z", "{d}/mnt"], "1Z"),
     (["", "{d}/mnt"], "no branches"),
     ([":", "{d}/mnt"], "no branches"),
+    (["=:=:=", "{d}/mnt"], "=:=:="),
+    (["{d}/b1::{d}/b2", "{d}/mnt"], "branches"),
+    (["{d}/b1:", "{d}/mnt"], "branches"),
     # config files
     (["-o", "config={d}/missing.conf", "{d}/mnt"], "missing.conf"),
     (["-o", "config={d}/bad.conf", "{d}/mnt"], "bad.conf:2: invalid option 'no_such_key'"),
@@ -239,3 +242,27 @@ def test_version_matches_the_reference():
     assert ref.returncode == 0
     # both start with the same "mergerfs version: X.Y.Z" (tools parse this line)
     assert run("--version").stdout.startswith(ref.stdout.split("\n")[0].strip())
+
+
+def test_relative_branch_resolves_against_the_callers_cwd(area):
+    """At mount time a relative branch means the caller's cwd (the runtime control file
+    refuses one: tests/mount/test_xattr_control.py)."""
+    mnt = str(area / "mnt")
+    (area / "b2" / "rel-marker").write_text("x")
+    r = run("b2", "mnt", cwd=str(area))
+    assert r.returncode == 0, r.stderr
+    try:
+        assert os.getxattr(os.path.join(mnt, ".mergerfs"), "user.mergerfs.branches") \
+            == f"{area}/b2=RW".encode()
+        assert "rel-marker" in os.listdir(mnt)
+    finally:
+        subprocess.run(["fusermount", "-u", mnt], capture_output=True)
+        (area / "b2" / "rel-marker").unlink()
+
+
+def test_dash_n_is_accepted(area):
+    """mount(8)'s -n (no mtab) on the command line, as 2.42 takes it."""
+    mnt = str(area / "mnt")
+    r = run("-n", f"{area}/b1", mnt)
+    assert r.returncode == 0, r.stderr
+    subprocess.run(["fusermount", "-u", mnt], capture_output=True)

@@ -59,8 +59,19 @@ def test_branch_spec_forms():
     assert parse_branch_spec("/a=NC,10G") == BranchSpec("/a", "NC", 10 << 30)
     with pytest.raises(ValueError):
         parse_branch_spec("/a=XX,1G")
-    specs = parse_branches("/a=RW:/b=RO,1M::/c")
+    specs = parse_branches("/a=RW:/b=RO,1M:/c")
     assert parse_branches(format_branches(specs)) == specs
+
+
+@pytest.mark.parametrize("text", ["=:=:=", "=RW", "/a::/c", "/a:", ":/a", " :/a", "=RO,1G"])
+def test_empty_branch_path_refused(text):
+    """An empty entry beside real ones is an error (as 2.42), never a relative path ''."""
+    with pytest.raises(ValueError):
+        parse_branches(text)
+
+
+def test_no_branch_at_all_is_an_empty_list():
+    assert parse_branches("") == [] and parse_branches(":") == []
 
 
 def test_branch_full_path():
@@ -173,3 +184,17 @@ def test_worker_count_default_negative_and_cap():
     assert worker_count(2**31 - 1) == MAX_THREADS
     assert worker_count(-1) == max(2, os.cpu_count() or 1)
     assert worker_count(-1000) == 2
+
+
+def test_never_forget_nodes_keeps_forgotten_nodes():
+    """never-forget-nodes: a FORGET leaves the node answering (NFS file handles stay valid)."""
+    t = inodes.InodeTable()
+    t.never_forget = True
+    b, _ = t.remember(101, "/b", inodes.identity(1, 2))
+    t.forget(b, 1)
+    assert t.relpath(b) == "/b"
+    t2 = inodes.InodeTable()
+    c, _ = t2.remember(102, "/c", inodes.identity(1, 3))
+    t2.forget(c, 1)
+    with pytest.raises(OSError):
+        t2.relpath(c)

@@ -49,6 +49,15 @@ SPEC = {
     "lazy-umount-mountpoint": ("false", "true", "x"),
     "branches-mount-timeout": ("0", "30", "-1"),
     "func.readdir": ("seq", "cosr", "parallel"),
+    # 2.42 (its control file as the reference: names, defaults, read-back forms)
+    "readahead": ("0", "1024", "lots"),
+    "proxy-ioprio": ("false", "true", "x"),
+    "scheduling-priority": ("-10", "5", "20"),
+    "pin-threads": ("false", "R1L", "R9Z"),
+    "process-thread-queue-depth": ("2", "8", "deep"),
+    "never-forget-nodes": ("false", "true", "x"),
+    "debug": ("false", "true", "x"),
+    "allow-idmap": ("true", "false", "x"),
     "category.action": ("epall", "all", "best"),
     "category.create": ("pfrd", "mfs", "best"),
     "category.search": ("ff", "newest", "best"),
@@ -57,7 +66,7 @@ SPEC = {
 #: values the spec lists; upstream-current defaults where 2.33.5 differs (spec
 #: section 1 header, docs/DIFFERENCES.md). Plain text: an oracle independent of options.py.
 SPEC_MORE = {
-    "cache.files.process-names": ("rtorrent|qbittorrent-nox", ["rtorrent", "a|b|c"]),
+    "cache.files.process-names": ("qbittorrent-nox|rtorrent", ["rtorrent", "a|b|c"]),  # 2.42: sorted
     # spec 9 says "0 in 2.33.5, 1 upstream"; ours and the reference both read back 0
     "cache.negative-entry": ("0", ["0", "1", "3600"]),
     "cache.symlinks": ("false", ["true", "false"]),
@@ -68,7 +77,8 @@ SPEC_MORE = {
     "threads": ("0", ["0", "4", "-2"]),
     "read-thread-count": ("0", ["0", "2", "-1"]),
     "process-thread-count": ("-1", ["-1", "0", "8"]),
-    "fuse-msg-size": ("256", ["32", "256"]),
+    "fuse-msg-size": ("256", ["1", "32", "256", "65535"]),
+    "log.file": ("", ["/var/log/mergerfs.log"]),
     "branches-mount-timeout-fail": ("false", ["true", "false"]),
     "fsname": ("", ["pool", "disk1:disk2"]),
     "branches": ("", ["/a=RW:/b=RO:/c=NC", "/d=RW,1G"]),
@@ -86,6 +96,22 @@ SPEC_MORE = {
 }
 #: In the option table without a spec default: accepted for compatibility, or not values.
 UNSPECIFIED = {"mountpoint", "config", "readdirplus", "log.metrics"}
+#: 2.42's read-back forms of values given in another spelling: (option, given, reads back)
+READ_BACK = [
+    ("fuse-msg-size", "1M", "256"), ("fuse-msg-size", "64K", "16"), ("fuse-msg-size", "6K", "2"),
+    ("fuse-msg-size", "4096B", "1"), ("fuse-msg-size", "1G", "65535"), ("fuse-msg-size", "100000", "65535"),
+    ("fuse_msg_size", "2M", "512"),
+    ("func.readdir", "cosr:4:8", "cosr:4:8"), ("func.readdir", "cor:2", "cor:2"), ("func.readdir", "seq", "seq"),
+    ("cache.files.process-names", "b|a|b", "a|b"),
+    ("readahead", "1M", "1024"), ("readahead", "4K", "4"), ("readahead", "128", "128"),
+    ("noforget", None, "true"), ("remember-nodes", "true", "true"), ("never-forget-nodes", None, "true"),
+    ("debug", None, "true"),  # 2.33.5's bare 'debug' (2.42 wants debug=true)
+]
+#: ... and the values 2.42 refuses too, or that we refuse where it misbehaves
+REFUSED = [("fuse-msg-size", "0"), ("fuse-msg-size", "-1"), ("fuse-msg-size", "abc"),
+           ("func.readdir", "cosr:x"), ("func.readdir", "cor:1:2:3"), ("func.readdir", "seq:"),
+           ("readahead", "-1"), ("readahead", "1.5M"), ("scheduling-priority", "-21"),
+           ("debug", "x"), ("log.file", "relative.log")]
 #: Each enum the spec spells out, complete (section numbers in the spec).
 SPEC_ENUMS = {
     "nfsopenhack": "off git all",
@@ -96,7 +122,6 @@ SPEC_ENUMS = {
                  "hybrid-hash32",
     "cache.files": "libfuse off partial full auto-full per-process",
     "follow-symlinks": "never directory regular all",
-    "func.readdir": "seq cosr cor",
     "rename-exdev": "passthrough rel-symlink abs-symlink",
     "link-exdev": "passthrough rel-symlink abs-base-symlink abs-pool-symlink",
 }
@@ -204,6 +229,32 @@ def test_more_spec_options_default_and_values(name):
     assert Config.defaults().format(name) == default
     for v in values:
         assert apply_all(f"{name}={v}".replace(",", "\\,")).format(name) == v
+
+
+@pytest.mark.parametrize("key,given,back", READ_BACK)
+def test_read_back_forms_of_2_42(key, given, back):
+    cfg = Config.defaults()
+    cfg.apply(key, given)
+    assert cfg.format(options.lookup(key).name) == back
+
+
+@pytest.mark.parametrize("key,value", REFUSED)
+def test_refused_values(key, value):
+    with pytest.raises(OptionError):
+        Config.defaults().apply(key, value)
+
+
+def test_control_keys_are_2_42s_sorted():
+    """The control file lists 2.42's names in its order (2.33.5 spellings still resolve)."""
+    keys = Config.defaults().keys()
+    assert keys == sorted(keys)
+    for k in ("cache.negative-entry", "symlinkify-timeout", "link-cow", "security-capability",
+              "statfs-ignore", "posix-acl", "async-read", "fuse-msg-size", "mountpoint", "config",
+              "readahead", "never-forget-nodes", "log.file", "debug", "proxy-ioprio"):
+        assert k in keys, k
+    for old in ("symlinkify_timeout", "cache.negative_entry", "link_cow", "srcmounts", "threads",
+                "direct_io", "kernel_cache", "auto_cache", "readdirplus", "log.metrics", "cache.open"):
+        assert old not in keys, old
 
 
 @pytest.mark.parametrize("name", sorted(SPEC_ENUMS))
@@ -325,14 +376,17 @@ def test_readme_table_is_generated_from_the_option_table():
 
 
 def test_control_keys_cover_the_spec():
-    """Every spec option is listed (under 2.33.5's spelling where it differs)."""
-    keys = {k if k == "srcmounts" else options.lookup(k).name for k in Config.defaults().keys()}
-    assert set(SPEC) - {"category.action", "category.create", "category.search"} <= keys
-    assert "srcmounts" in keys and "branches" in keys
+    """Every spec option is listed (under 2.42's spelling)."""
+    keys = set(Config.defaults().keys())
+    assert set(SPEC) <= keys
+    assert "branches" in keys
 
 
 # ------------------------------------------------------------- round trips
 SIZES = st.integers(0, 2**64 - 1)
+#: 2.42's numeric options with their own ranges (as stored)
+NUMERIC_2_42 = {"scheduling-priority": st.integers(-20, 19), "readahead": st.integers(0, 2**64 - 1),
+                "fuse-msg-size": st.integers(1, 65535)}
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, database=None)
 
 
@@ -354,6 +408,15 @@ def test_format_parses_back(name, data):
         value = data.draw(SIZES)
     elif kind is options.POLICY:
         value = data.draw(st.sampled_from(policies.NAMES))
+    elif name in NUMERIC_2_42:
+        value = data.draw(NUMERIC_2_42[name])
+    elif name == "log.file":
+        value = data.draw(st.sampled_from(["", "/var/log/mergerfs.log", "/tmp/a b"]))
+    elif name == "func.readdir":
+        value = data.draw(st.sampled_from(["seq", "cosr", "cor"])) + data.draw(
+            st.sampled_from(["", ":0", ":4", ":4:8", ":-2:1"]))
+    elif name == "cache.files.process-names":
+        value = "|".join(sorted(data.draw(st.sets(st.sampled_from(["a", "rtorrent", "x-y"]), min_size=1))))
     elif kind is options.STR:
         value = data.draw(st.text(st.characters(blacklist_characters=",\\\n\0",
                                                 blacklist_categories=("Cs",)), max_size=20))
