@@ -192,6 +192,12 @@ class FileSystem:
     def _found(self, snap: Snapshot, func: str, relpath: str,
                probe: RequestProbe) -> tuple[Branch, os.stat_result]:
         """First branch the search policy of ``func`` picks, with its lstat."""
+        if snap.cfg.policy(func) == "ff":  # the common case, without building candidates
+            for b in snap.branches:
+                st = probe.lstat(b, relpath)
+                if st is not None:
+                    return b, st
+            raise oserror(probe.why_missing(relpath))
         try:
             picked = self._select(snap, "search", func, relpath, probe)
         except OSError as e:

@@ -57,7 +57,7 @@ class _Notifier:
 class Operations(llfuse.Operations):
     def __init__(self, fs) -> None:
         super().__init__()
-        self.req = Requests(fs, _Notifier(), emulate_direct=True)
+        self.req = Requests(fs, _Notifier(), cache_by_notify=True)
 
     def _attr(self, st, ino: int, cacheable: bool = True) -> llfuse.EntryAttributes:
         entry, attr, _ = self.req.timeouts()

@@ -67,16 +67,20 @@ class Requests:
     ``auto_inval``: the kernel itself drops cached pages when the attributes it
     is given show a new size or mtime (FUSE_AUTO_INVAL_DATA); otherwise this
     layer notifies it when a getattr sees a change made behind its back.
-    ``emulate_direct``: the transport cannot answer an open with direct I/O, so
-    ``cache.files=off`` is approximated by dropping the cache at open and release.
+    ``cache_by_notify``: the transport's open reply cannot say what happens to
+    the cached pages (llfuse always keeps them), so the decision is carried out
+    by notifications: DROP at open, and ``cache.files=off`` approximated by
+    dropping the cache at open and release. Otherwise the decision goes into
+    the open reply alone (a late notification would drop pages the new open
+    already read).
     """
 
     def __init__(self, fs: fs_mod.FileSystem, notifier: Notifier, *, auto_inval: bool = False,
-                 emulate_direct: bool = False) -> None:
+                 cache_by_notify: bool = False) -> None:
         self.fs = fs
         self.notifier = notifier
         self.auto_inval = auto_inval
-        self.emulate_direct = emulate_direct
+        self.cache_by_notify = cache_by_notify
         self.table = inodes.InodeTable()
         self.control = control_mod.Control(fs, self._invalidate_all)
         self.force = forced_attrs(fs.snap.cfg.fuse_options)
@@ -412,7 +416,7 @@ class Requests:
             decision = DROP
         else:
             decision = KEEP
-        if decision == DROP or (decision == DIRECT and self.emulate_direct):
+        if self.cache_by_notify and decision != KEEP:
             self.notifier.inval_inode(inode)
         return decision
 
@@ -441,7 +445,7 @@ class Requests:
 
     def release(self, fh: int) -> None:
         ino, h = self._forget_fh(fh)
-        if self.emulate_direct and self.fs.snap.cfg["cache.files"] == "off":
+        if self.cache_by_notify and self.fs.snap.cfg["cache.files"] == "off":
             self.notifier.inval_inode(ino)
         if h is not None:
             self._close(h)

@@ -265,3 +265,30 @@ def test_readdirplus_100k_entries(mount_pool):
         names = [(e.name, e.is_file(follow_symlinks=False)) for e in it]
     assert len(names) == 100_000 and all(f for _, f in names)
     assert sorted(n for n, _ in names) == [f"f{i:06d}" for i in range(100_000)]
+
+
+PER_PROCESS_READER = r"""
+import ctypes, os, sys
+ctypes.CDLL(None).prctl(15, sys.argv[2].encode(), 0, 0, 0)  # PR_SET_NAME: our comm
+fd = os.open(sys.argv[1], os.O_RDONLY)
+first = os.pread(fd, 4, 0)
+with open(sys.argv[3], "wb") as f:  # change the branch file behind the pool's back
+    f.write(b"NEW!")
+print(first.decode(), os.pread(fd, 4, 0).decode())
+"""
+
+
+@pytest.mark.parametrize("comm, cached", [("rtorrent", True), ("other-proc", False)])
+def test_cache_files_per_process(mount_pool, comm, cached):
+    """cache.files=per-process: a process named in cache.files.process-names reads
+    through the page cache (a change behind the pool's back stays unseen while it
+    holds the file open); any other process gets direct I/O and sees it at once."""
+    # attributes cached long: the kernel must not refetch them (and drop its pages) mid-test
+    p = mount_pool(n=1, options="cache.files=per-process,cache.files.process-names=rtorrent,minfreespace=0,"
+                                "cache.attr=60,cache.entry=60")
+    branch_file = os.path.join(p.branches[0], "f")
+    with open(branch_file, "wb") as f:
+        f.write(b"old!")
+    out = subprocess.run([sys.executable, "-c", PER_PROCESS_READER, os.path.join(p.mnt, "f"), comm,
+                          branch_file], capture_output=True, text=True, timeout=30, check=True).stdout.split()
+    assert out == (["old!", "old!"] if cached else ["old!", "NEW!"])
