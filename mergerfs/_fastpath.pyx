@@ -346,3 +346,18 @@ def syncfs(int fd):
     with nogil:
         rv = c_syncfs(fd)
     _check(rv, errno)
+
+
+cdef extern from "<sys/syscall.h>":
+    long SYS_ioprio_get
+    long SYS_ioprio_set
+
+
+def ioprio_get(int pid):
+    """The I/O priority of thread/process ``pid`` (ioprio_get(2)), -1 if unknown."""
+    return syscall(SYS_ioprio_get, 1, pid)  # IOPRIO_WHO_PROCESS
+
+
+def ioprio_set(int prio):
+    """Give the calling thread I/O priority ``prio``; True if it took."""
+    return syscall(SYS_ioprio_set, 1, 0, prio) == 0

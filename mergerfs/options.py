@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from mergerfs import policies
 from mergerfs.branches import format_branches, parse_branches, parse_size
@@ -23,8 +22,7 @@ class OptionError(ValueError):
 
 
 # --------------------------------------------------------------- value types
-@dataclass(frozen=True)
-class Kind:
+class Kind(NamedTuple):
     """How a value is parsed and formatted, and how --help spells its type."""
 
     name: str
@@ -164,8 +162,7 @@ FUNCS = {
 CATEGORY_DEFAULTS = {"action": "epall", "create": "pfrd", "search": "ff"}
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):
     name: str
     kind: Kind
     default: Any

@@ -10,9 +10,7 @@ cost nothing.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import platform
 import pwd
 import threading
 import time
@@ -103,24 +101,15 @@ def switch(uid: int, gid: int, pid: int = 0) -> None:
 
 #: ``proxy-ioprio``: set from the config by the filesystem (a plain flag read per request).
 proxy_ioprio = False
-_IOPRIO_WHO_PROCESS = 1
-#: (ioprio_set, ioprio_get) syscall numbers
-_IOPRIO_NR = {"x86_64": (251, 252), "aarch64": (30, 31), "armv7l": (314, 315),
-              "i686": (289, 290), "riscv64": (30, 31), "ppc64le": (273, 274)}.get(
-    platform.machine(), (None, None))
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _proxy_ioprio(pid: int) -> None:
     """Give this thread the I/O priority of the calling thread ``pid`` (best effort:
-    a caller that is gone, or an unknown architecture, leaves it as it was)."""
-    set_nr, get_nr = _IOPRIO_NR
-    if set_nr is None:
-        return
-    prio = _libc.syscall(get_nr, _IOPRIO_WHO_PROCESS, pid)
+    a caller that is gone leaves it as it was)."""
+    prio = _fastpath.ioprio_get(pid)
     if prio < 0 or getattr(_local, "ioprio", None) == prio:
         return
-    if _libc.syscall(set_nr, _IOPRIO_WHO_PROCESS, 0, prio) == 0:
+    if _fastpath.ioprio_set(prio):
         _local.ioprio = prio
 
 
