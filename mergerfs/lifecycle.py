@@ -322,7 +322,9 @@ def _serve(cfg, notify, debug: bool = False, foreground: bool = False) -> int:
             _setup_logging(foreground, _log_level(new, debug), new["log.file"])
     fs.listeners.append(follow)
 
-    threads = worker_count(cfg["threads"])
+    # Our workers read and process (2.42's process-thread-count=-1 model): a
+    # read-thread-count given alone sizes them, else threads does.
+    threads = worker_count(cfg["read-thread-count"] or cfg["threads"])
     # The control file reads back what the mount resolved, as the reference's does.
     cfg.values.update(fsname=_fsname(cfg, fs.snap.branches), threads=threads)
     failure: list[BaseException] = []

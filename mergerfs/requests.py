@@ -223,6 +223,8 @@ class Requests:
             relpath = fs_mod.dirname(self.rel(parent))
         else:
             relpath = self.child(parent, name)
+        if relpath == "/":  # ".." of a top-level directory (export reconnects): the root's own nodeid
+            return inodes.ROOT, self.attr(self.fs.getattr("/"))
         return self._lookup_entry(relpath)
 
     def forget(self, ino: int, count: int) -> None:

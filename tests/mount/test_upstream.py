@@ -95,7 +95,8 @@ def slow_branches(tmp_path):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("mode", ["seq", "cosr", "cor", "cor:2:4"])
 def test_readdir_concurrency(slow_branches, impl, mode):
-    """seq lists the slow branches one after another; cosr/cor list them at once.
+    """2.42's seq lists the slow branches one after another; cosr/cor (and ours in
+    every mode) list them at once.
     The listing is the same either way. (Ours also opens the first branch's directory
     at opendir, for fstat/fchmod of a removed-but-open directory: one SLOW more.)"""
     import time
@@ -106,8 +107,10 @@ def test_readdir_concurrency(slow_branches, impl, mode):
         names = sorted(os.listdir(mnt))
         took = time.monotonic() - start
     assert names == ["s0", "s1", "s2", "shared"]
-    if mode == "seq":
+    if mode == "seq" and impl != "ours":
         assert took >= 3 * SLOW * 0.9, took
+    elif mode == "seq":  # ours lists every branch at once in every mode (docs/DIFFERENCES.md)
+        assert took < 2.5 * SLOW, took
     elif mode.startswith("cor:2"):  # two workers: two rounds
         assert 2 * SLOW * 0.9 <= took < 3.5 * SLOW, took
     else:
