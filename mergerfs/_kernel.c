@@ -6104,16 +6104,16 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
  *         cdef size_t done = 0
  *         cdef ssize_t put
  *         cdef int err = 0             # <<<<<<<<<<<<<<
- *         if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n:
- *             return False
+ *         if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n or w.write_flags & 4:
+ *             return False  # 4: FUSE_WRITE_KILL_SUIDGID, setuid/setgid to drop first (Python)
 */
   __pyx_v_err = 0;
 
   /* "mergerfs/_kernel.pyx":297
  *         cdef ssize_t put
  *         cdef int err = 0
- *         if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n:             # <<<<<<<<<<<<<<
- *             return False
+ *         if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n or w.write_flags & 4:             # <<<<<<<<<<<<<<
+ *             return False  # 4: FUSE_WRITE_KILL_SUIDGID, setuid/setgid to drop first (Python)
  *         while done < size:
 */
   __pyx_t_3 = (__pyx_v_bfd < 0);
@@ -6128,6 +6128,16 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
   }
   __pyx_t_3 = (((__pyx_e_8mergerfs_7_kernel_IN_HDR + __pyx_v_self->write_in_size) + __pyx_v_size) > ((size_t)__pyx_v_n));
 
+  if (!__pyx_t_3) {
+
+  } else {
+
+    __pyx_t_2 = __pyx_t_3;
+
+    goto __pyx_L4_bool_binop_done;
+  }
+  __pyx_t_3 = ((__pyx_v_w->write_flags & 4) != 0);
+
 
   __pyx_t_2 = __pyx_t_3;
 
@@ -6137,8 +6147,8 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 
     /* "mergerfs/_kernel.pyx":298
  *         cdef int err = 0
- *         if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n:
- *             return False             # <<<<<<<<<<<<<<
+ *         if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n or w.write_flags & 4:
+ *             return False  # 4: FUSE_WRITE_KILL_SUIDGID, setuid/setgid to drop first (Python)             # <<<<<<<<<<<<<<
  *         while done < size:
  *             put = c_pwrite(bfd, data + done, size - done, off + <off_t>done)
 */
@@ -6151,15 +6161,15 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
     /* "mergerfs/_kernel.pyx":297
  *         cdef ssize_t put
  *         cdef int err = 0
- *         if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n:             # <<<<<<<<<<<<<<
- *             return False
+ *         if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n or w.write_flags & 4:             # <<<<<<<<<<<<<<
+ *             return False  # 4: FUSE_WRITE_KILL_SUIDGID, setuid/setgid to drop first (Python)
  *         while done < size:
 */
   }
 
   /* "mergerfs/_kernel.pyx":299
- *         if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n:
- *             return False
+ *         if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n or w.write_flags & 4:
+ *             return False  # 4: FUSE_WRITE_KILL_SUIDGID, setuid/setgid to drop first (Python)
  *         while done < size:             # <<<<<<<<<<<<<<
  *             put = c_pwrite(bfd, data + done, size - done, off + <off_t>done)
  *             if put > 0:
@@ -6171,7 +6181,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
     if (!__pyx_t_2) break;
 
     /* "mergerfs/_kernel.pyx":300
- *             return False
+ *             return False  # 4: FUSE_WRITE_KILL_SUIDGID, setuid/setgid to drop first (Python)
  *         while done < size:
  *             put = c_pwrite(bfd, data + done, size - done, off + <off_t>done)             # <<<<<<<<<<<<<<
  *             if put > 0:
@@ -6207,7 +6217,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
  *                 done += <size_t>put
  *             elif put == 0:
 */
-      goto __pyx_L8;
+      goto __pyx_L9;
     }
 
     /* "mergerfs/_kernel.pyx":303
@@ -6229,7 +6239,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
  *             elif errno == EINTR:
  *                 continue
 */
-      goto __pyx_L7_break;
+      goto __pyx_L8_break;
 
       /* "mergerfs/_kernel.pyx":303
  *             if put > 0:
@@ -6259,7 +6269,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
  *             else:
  *                 err = errno
 */
-      goto __pyx_L6_continue;
+      goto __pyx_L7_continue;
 
       /* "mergerfs/_kernel.pyx":305
  *             elif put == 0:
@@ -6287,12 +6297,12 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
  *         if err and done == 0:
  *             if err == ENOSPC or err == EDQUOT:
 */
-      goto __pyx_L7_break;
+      goto __pyx_L8_break;
     }
-    __pyx_L8:;
-    __pyx_L6_continue:;
+    __pyx_L9:;
+    __pyx_L7_continue:;
   }
-  __pyx_L7_break:;
+  __pyx_L8_break:;
 
   /* "mergerfs/_kernel.pyx":310
  *                 err = errno
@@ -6309,14 +6319,14 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 
     __pyx_t_2 = __pyx_t_3;
 
-    goto __pyx_L10_bool_binop_done;
+    goto __pyx_L11_bool_binop_done;
   }
   __pyx_t_3 = (__pyx_v_done == 0);
 
 
   __pyx_t_2 = __pyx_t_3;
 
-  __pyx_L10_bool_binop_done:;
+  __pyx_L11_bool_binop_done:;
   if (__pyx_t_2) {
 
 

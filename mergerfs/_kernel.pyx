@@ -294,8 +294,8 @@ cdef class Session:
         cdef size_t done = 0
         cdef ssize_t put
         cdef int err = 0
-        if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n:
-            return False
+        if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n or w.write_flags & 4:
+            return False  # 4: FUSE_WRITE_KILL_SUIDGID, setuid/setgid to drop first (Python)
         while done < size:
             put = c_pwrite(bfd, data + done, size - done, off + <off_t>done)
             if put > 0:

@@ -52,7 +52,7 @@ SETATTR_IN = struct.Struct("<IIQQQQQQIIIIIIII")
 ASYNC_READ, POSIX_LOCKS, ATOMIC_O_TRUNC, EXPORT_SUPPORT = 1 << 0, 1 << 1, 1 << 3, 1 << 4
 BIG_WRITES, AUTO_INVAL_DATA, DO_READDIRPLUS, READDIRPLUS_AUTO = 1 << 5, 1 << 12, 1 << 13, 1 << 14
 ASYNC_DIO, WRITEBACK_CACHE, PARALLEL_DIROPS = 1 << 15, 1 << 16, 1 << 18
-POSIX_ACL, MAX_PAGES, CACHE_SYMLINKS, INIT_EXT = 1 << 20, 1 << 22, 1 << 23, 1 << 30
+POSIX_ACL, MAX_PAGES, CACHE_SYMLINKS, HANDLE_KILLPRIV_V2, INIT_EXT = 1 << 20, 1 << 22, 1 << 23, 1 << 28, 1 << 30
 DIRECT_IO_ALLOW_MMAP, PASSTHROUGH = 1 << 36, 1 << 37
 # open reply flags
 FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, FOPEN_CACHE_DIR = 1 << 0, 1 << 1, 1 << 3
@@ -60,6 +60,9 @@ FOPEN_NOFLUSH, FOPEN_PARALLEL_DIRECT_WRITES, FOPEN_PASSTHROUGH = 1 << 5, 1 << 6,
 # setattr valid bits
 FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE = 1, 2, 4, 8
 FATTR_ATIME, FATTR_MTIME, FATTR_FH, FATTR_ATIME_NOW, FATTR_MTIME_NOW = 16, 32, 64, 128, 256
+FATTR_KILL_SUIDGID = 2048
+WRITE_KILL_SUIDGID = 4  # fuse_write_in.write_flags
+OPEN_KILL_SUIDGID = 1  # fuse_open_in.open_flags
 NOTIFY_INVAL_INODE = 2
 PAGE = 4096
 
@@ -281,6 +284,10 @@ class KernelTransport:
             want |= DO_READDIRPLUS | READDIRPLUS_AUTO
         if cfg["direct-io-allow-mmap"]:
             want |= DIRECT_IO_ALLOW_MMAP
+        if cfg["handle-killpriv-v2"]:
+            # we clear setuid/setgid (and file capabilities) when the kernel says
+            # so; otherwise it asks GETXATTR security.capability before every write(2)
+            want |= HANDLE_KILLPRIV_V2
         pt = cfg["passthrough.io"]
         if pt != "off":
             want |= PASSTHROUGH
@@ -435,7 +442,8 @@ class KernelTransport:
             mode=mode if valid & FATTR_MODE else None, uid=uid if valid & FATTR_UID else None,
             gid=gid if valid & FATTR_GID else None, size=size if valid & FATTR_SIZE else None,
             atime=at if valid & FATTR_ATIME else None, mtime=mt if valid & FATTR_MTIME else None,
-            now_hint=bool(valid & FATTR_ATIME_NOW and valid & FATTR_MTIME_NOW))
+            now_hint=bool(valid & FATTR_ATIME_NOW and valid & FATTR_MTIME_NOW),
+            kill_priv=bool(valid & FATTR_KILL_SUIDGID))
         return self._attr_out(h.nodeid, st)
 
     def _readlink(self, h, body):
@@ -561,8 +569,10 @@ class KernelTransport:
             log.warning("passthrough backing %d close: %s", held[0], os.strerror(e.errno or 0))
 
     def _open(self, h, body):
-        flags, _ = struct.unpack_from("<II", body)
+        flags, open_flags = struct.unpack_from("<II", body)
         pyfh, cache = self.req.open(h.nodeid, flags, h.pid)
+        if open_flags & OPEN_KILL_SUIDGID:  # an O_TRUNC open by a user without CAP_FSETID
+            self.req.kill_priv(pyfh)
         return self._opened(h.nodeid, pyfh, cache, flags)
 
     def _create(self, h, body):
@@ -575,8 +585,10 @@ class KernelTransport:
         return self.req.read(self._pyfh(fh), off, size)
 
     def _write(self, h, body):
-        fh, off, size = struct.unpack_from("<QQI", body)
+        fh, off, size, flags = struct.unpack_from("<QQII", body)
         start = 40 if self.minor >= 9 else 24
+        if flags & WRITE_KILL_SUIDGID:
+            self.req.kill_priv(self._pyfh(fh))
         n = self.req.write(self._pyfh(fh), off, memoryview(body)[start:start + size])
         return struct.pack("<II", n, 0)
 

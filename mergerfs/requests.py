@@ -249,9 +249,11 @@ class Requests:
 
     def setattr(self, inode: int, fh: int | None, *, mode: int | None = None, uid: int | None = None,
                 gid: int | None = None, size: int | None = None, atime: int | None = None,
-                mtime: int | None = None, now_hint: bool = False) -> os.stat_result:
+                mtime: int | None = None, now_hint: bool = False,
+                kill_priv: bool = False) -> os.stat_result:
         """Change what is given (``None``: leave it); times in ns. ``now_hint``:
-        both times may be "now" as the caller asked (see fs._utimens)."""
+        both times may be "now" as the caller asked (see fs._utimens). ``kill_priv``:
+        the kernel asks us to drop setuid/setgid as native would (handle-killpriv-v2)."""
         if inode == CONTROL_INO:
             raise oserror(errno.EPERM)
         change = (mode, uid, gid, size, atime, mtime, now_hint)
@@ -263,6 +265,8 @@ class Requests:
                     st = self._setattr_on(h, self._FD_OPS, *change)
                 else:
                     st = self._setattr_on(self.rel(inode), self._PATH_OPS, *change)
+        if kill_priv and mode is None:
+            st = self._kill_priv(self.rel(inode), self._PATH_OPS, st)
         self._saw(inode, st, ours=True)
         return self.attr(st)
 
@@ -290,6 +294,23 @@ class Requests:
             truncate(target, size)
         if atime is not None or mtime is not None:
             utimens(target, atime, mtime, now_hint)
+        return stat(target)
+
+    def kill_priv(self, fh: int) -> None:
+        """A write or O_TRUNC open by a user without CAP_FSETID: drop setuid/setgid."""
+        h = self.handle(fh)
+        self._kill_priv(h, self._FD_OPS, self.fs.fgetattr(h))
+
+    def _kill_priv(self, target, ops, st: os.stat_result) -> os.stat_result:
+        """What the kernel does natively: setuid always goes, setgid only with
+        group execute (else it is mandatory locking, not privilege)."""
+        mode = S.S_IMODE(st.st_mode)
+        drop = S.S_ISUID | (S.S_ISGID if mode & S.S_IXGRP else 0)
+        if not S.S_ISREG(st.st_mode) or not mode & drop:
+            return st
+        chmod, stat = getattr(self.fs, ops[0]), getattr(self.fs, ops[4])
+        with ugid.as_root():  # the kernel already checked the caller may write
+            chmod(target, mode & ~drop)
         return stat(target)
 
     def _drops_setid_only(self, st: os.stat_result, mode: int) -> bool:
