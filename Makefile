@@ -30,7 +30,7 @@ venv: deps $(VENV)/.stamp
 
 # The extension is built in place and the package installed editable, so the
 # venv's `mergerfs` command and the tests run this checkout.
-$(VENV)/.built: $(VENV)/.stamp setup.py mergerfs/_fastpath.pyx mergerfs/_kernel.pyx
+$(VENV)/.built: $(VENV)/.stamp setup.py mergerfs/_fastpath.pyx mergerfs/_kernel.pyx mergerfs/_io.pxi
 	$(VPY) setup.py -q build_ext --inplace
 	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@

@@ -16,9 +16,9 @@ from posix.types cimport off_t, uid_t, gid_t
 
 import os
 
+include "_io.pxi"
+
 cdef extern from "<unistd.h>" nogil:
-    ssize_t c_pread "pread"(int fd, void *buf, size_t count, off_t offset)
-    ssize_t c_pwrite "pwrite"(int fd, const void *buf, size_t count, off_t offset)
     long syscall(long number, ...)
 
 cdef extern from "<sys/syscall.h>":
@@ -55,21 +55,10 @@ def pread(int fd, size_t size, off_t offset):
     """Read up to ``size`` bytes at ``offset``; shorter only at end of file."""
     cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
     cdef char *buf = PyBytes_AS_STRING(out)
-    cdef size_t done = 0
-    cdef ssize_t n = 0
-    cdef int err = 0
+    cdef size_t done
+    cdef int err
     with nogil:
-        while done < size:
-            n = c_pread(fd, buf + done, size - done, offset + <off_t>done)
-            if n > 0:
-                done += <size_t>n
-            elif n == 0:
-                break
-            elif errno == EINTR:
-                continue
-            else:
-                err = errno
-                break
+        done = pread_full(fd, buf, size, offset, &err)
     if err and done == 0:
         raise OSError(err, os.strerror(err))
     if done != size:
@@ -89,22 +78,11 @@ def pwrite(int fd, data, off_t offset):
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     cdef const char *buf = <const char *>view.buf
     cdef size_t size = <size_t>view.len
-    cdef size_t done = 0
-    cdef ssize_t n = 0
-    cdef int err = 0
+    cdef size_t done
+    cdef int err
     try:
         with nogil:
-            while done < size:
-                n = c_pwrite(fd, buf + done, size - done, offset + <off_t>done)
-                if n >= 0:
-                    done += <size_t>n
-                    if n == 0:
-                        break
-                elif errno == EINTR:
-                    continue
-                else:
-                    err = errno
-                    break
+            done = pwrite_full(fd, buf, size, offset, &err)
     finally:
         PyBuffer_Release(&view)
     if err and done == 0:

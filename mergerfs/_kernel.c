@@ -2903,6 +2903,8 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
 static unsigned long __pyx_v_8mergerfs_7_kernel_IOC_CLONE;
 static unsigned long __pyx_v_8mergerfs_7_kernel_IOC_BACKING_OPEN;
 static unsigned long __pyx_v_8mergerfs_7_kernel_IOC_BACKING_CLOSE;
+static size_t __pyx_f_8mergerfs_7_kernel_pread_full(int, char *, size_t, off_t, int *); /*proto*/
+static size_t __pyx_f_8mergerfs_7_kernel_pwrite_full(int, char const *, size_t, off_t, int *); /*proto*/
 static void __pyx_f_8mergerfs_7_kernel__reply_error(int, uint64_t, int); /*proto*/
 /* #### Code section: typeinfo ### */
 /* #### Code section: before_global_var ### */
@@ -3206,6 +3208,373 @@ return 0;
 }
 #endif
 /* #### Code section: module_code ### */
+
+/* "mergerfs/_io.pxi":10
+ * 
+ * 
+ * cdef size_t pread_full(int fd, char *buf, size_t size, off_t offset, int *err) noexcept nogil:             # <<<<<<<<<<<<<<
+ *     """Bytes read into ``buf`` (fewer only at end of file or on an error, in ``err``)."""
+ *     cdef size_t done = 0
+*/
+
+static size_t __pyx_f_8mergerfs_7_kernel_pread_full(int __pyx_v_fd, char *__pyx_v_buf, size_t __pyx_v_size, off_t __pyx_v_offset, int *__pyx_v_err) {
+  size_t __pyx_v_done;
+  Py_ssize_t __pyx_v_n;
+  size_t __pyx_r;
+  int __pyx_t_1;
+
+  /* "mergerfs/_io.pxi":12
+ * cdef size_t pread_full(int fd, char *buf, size_t size, off_t offset, int *err) noexcept nogil:
+ *     """Bytes read into ``buf`` (fewer only at end of file or on an error, in ``err``)."""
+ *     cdef size_t done = 0             # <<<<<<<<<<<<<<
+ *     cdef ssize_t n
+ *     err[0] = 0
+*/
+  __pyx_v_done = 0;
+
+  /* "mergerfs/_io.pxi":14
+ *     cdef size_t done = 0
+ *     cdef ssize_t n
+ *     err[0] = 0             # <<<<<<<<<<<<<<
+ *     while done < size:
+ *         n = c_pread(fd, buf + done, size - done, offset + <off_t>done)
+*/
+  (__pyx_v_err[0]) = 0;
+
+  /* "mergerfs/_io.pxi":15
+ *     cdef ssize_t n
+ *     err[0] = 0
+ *     while done < size:             # <<<<<<<<<<<<<<
+ *         n = c_pread(fd, buf + done, size - done, offset + <off_t>done)
+ *         if n > 0:
+*/
+  while (1) {
+    __pyx_t_1 = (__pyx_v_done < __pyx_v_size);
+
+
+    if (!__pyx_t_1) break;
+
+    /* "mergerfs/_io.pxi":16
+ *     err[0] = 0
+ *     while done < size:
+ *         n = c_pread(fd, buf + done, size - done, offset + <off_t>done)             # <<<<<<<<<<<<<<
+ *         if n > 0:
+ *             done += <size_t>n
+*/
+    __pyx_v_n = pread(__pyx_v_fd, (__pyx_v_buf + __pyx_v_done), (__pyx_v_size - __pyx_v_done), (__pyx_v_offset + ((off_t)__pyx_v_done)));
+
+    /* "mergerfs/_io.pxi":17
+ *     while done < size:
+ *         n = c_pread(fd, buf + done, size - done, offset + <off_t>done)
+ *         if n > 0:             # <<<<<<<<<<<<<<
+ *             done += <size_t>n
+ *         elif n == 0:
+*/
+    __pyx_t_1 = (__pyx_v_n > 0);
+
+    if (__pyx_t_1) {
+
+
+      /* "mergerfs/_io.pxi":18
+ *         n = c_pread(fd, buf + done, size - done, offset + <off_t>done)
+ *         if n > 0:
+ *             done += <size_t>n             # <<<<<<<<<<<<<<
+ *         elif n == 0:
+ *             break
+*/
+      __pyx_v_done = (__pyx_v_done + ((size_t)__pyx_v_n));
+
+      /* "mergerfs/_io.pxi":17
+ *     while done < size:
+ *         n = c_pread(fd, buf + done, size - done, offset + <off_t>done)
+ *         if n > 0:             # <<<<<<<<<<<<<<
+ *             done += <size_t>n
+ *         elif n == 0:
+*/
+      goto __pyx_L5;
+    }
+
+    /* "mergerfs/_io.pxi":19
+ *         if n > 0:
+ *             done += <size_t>n
+ *         elif n == 0:             # <<<<<<<<<<<<<<
+ *             break
+ *         elif errno != EINTR:
+*/
+    __pyx_t_1 = (__pyx_v_n == 0);
+
+    if (__pyx_t_1) {
+
+
+      /* "mergerfs/_io.pxi":20
+ *             done += <size_t>n
+ *         elif n == 0:
+ *             break             # <<<<<<<<<<<<<<
+ *         elif errno != EINTR:
+ *             err[0] = errno
+*/
+      goto __pyx_L4_break;
+
+      /* "mergerfs/_io.pxi":19
+ *         if n > 0:
+ *             done += <size_t>n
+ *         elif n == 0:             # <<<<<<<<<<<<<<
+ *             break
+ *         elif errno != EINTR:
+*/
+    }
+
+    /* "mergerfs/_io.pxi":21
+ *         elif n == 0:
+ *             break
+ *         elif errno != EINTR:             # <<<<<<<<<<<<<<
+ *             err[0] = errno
+ *             break
+*/
+    __pyx_t_1 = (errno != EINTR);
+
+    if (__pyx_t_1) {
+
+
+      /* "mergerfs/_io.pxi":22
+ *             break
+ *         elif errno != EINTR:
+ *             err[0] = errno             # <<<<<<<<<<<<<<
+ *             break
+ *     return done
+*/
+      (__pyx_v_err[0]) = errno;
+
+      /* "mergerfs/_io.pxi":23
+ *         elif errno != EINTR:
+ *             err[0] = errno
+ *             break             # <<<<<<<<<<<<<<
+ *     return done
+ * 
+*/
+      goto __pyx_L4_break;
+
+      /* "mergerfs/_io.pxi":21
+ *         elif n == 0:
+ *             break
+ *         elif errno != EINTR:             # <<<<<<<<<<<<<<
+ *             err[0] = errno
+ *             break
+*/
+    }
+    __pyx_L5:;
+  }
+  __pyx_L4_break:;
+
+  /* "mergerfs/_io.pxi":24
+ *             err[0] = errno
+ *             break
+ *     return done             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+  {
+
+    __pyx_r = __pyx_v_done;
+  }
+  goto __pyx_L0;
+
+  /* "mergerfs/_io.pxi":10
+ * 
+ * 
+ * cdef size_t pread_full(int fd, char *buf, size_t size, off_t offset, int *err) noexcept nogil:             # <<<<<<<<<<<<<<
+ *     """Bytes read into ``buf`` (fewer only at end of file or on an error, in ``err``)."""
+ *     cdef size_t done = 0
+*/
+
+  /* function exit code */
+  __pyx_L0:;
+
+
+  return __pyx_r;
+}
+
+/* "mergerfs/_io.pxi":27
+ * 
+ * 
+ * cdef size_t pwrite_full(int fd, const char *buf, size_t size, off_t offset, int *err) noexcept nogil:             # <<<<<<<<<<<<<<
+ *     """Bytes written from ``buf`` (fewer only on an error, in ``err``)."""
+ *     cdef size_t done = 0
+*/
+
+static size_t __pyx_f_8mergerfs_7_kernel_pwrite_full(int __pyx_v_fd, char const *__pyx_v_buf, size_t __pyx_v_size, off_t __pyx_v_offset, int *__pyx_v_err) {
+  size_t __pyx_v_done;
+  Py_ssize_t __pyx_v_n;
+  size_t __pyx_r;
+  int __pyx_t_1;
+
+  /* "mergerfs/_io.pxi":29
+ * cdef size_t pwrite_full(int fd, const char *buf, size_t size, off_t offset, int *err) noexcept nogil:
+ *     """Bytes written from ``buf`` (fewer only on an error, in ``err``)."""
+ *     cdef size_t done = 0             # <<<<<<<<<<<<<<
+ *     cdef ssize_t n
+ *     err[0] = 0
+*/
+  __pyx_v_done = 0;
+
+  /* "mergerfs/_io.pxi":31
+ *     cdef size_t done = 0
+ *     cdef ssize_t n
+ *     err[0] = 0             # <<<<<<<<<<<<<<
+ *     while done < size:
+ *         n = c_pwrite(fd, buf + done, size - done, offset + <off_t>done)
+*/
+  (__pyx_v_err[0]) = 0;
+
+  /* "mergerfs/_io.pxi":32
+ *     cdef ssize_t n
+ *     err[0] = 0
+ *     while done < size:             # <<<<<<<<<<<<<<
+ *         n = c_pwrite(fd, buf + done, size - done, offset + <off_t>done)
+ *         if n > 0:
+*/
+  while (1) {
+    __pyx_t_1 = (__pyx_v_done < __pyx_v_size);
+
+
+    if (!__pyx_t_1) break;
+
+    /* "mergerfs/_io.pxi":33
+ *     err[0] = 0
+ *     while done < size:
+ *         n = c_pwrite(fd, buf + done, size - done, offset + <off_t>done)             # <<<<<<<<<<<<<<
+ *         if n > 0:
+ *             done += <size_t>n
+*/
+    __pyx_v_n = pwrite(__pyx_v_fd, (__pyx_v_buf + __pyx_v_done), (__pyx_v_size - __pyx_v_done), (__pyx_v_offset + ((off_t)__pyx_v_done)));
+
+    /* "mergerfs/_io.pxi":34
+ *     while done < size:
+ *         n = c_pwrite(fd, buf + done, size - done, offset + <off_t>done)
+ *         if n > 0:             # <<<<<<<<<<<<<<
+ *             done += <size_t>n
+ *         elif n == 0:
+*/
+    __pyx_t_1 = (__pyx_v_n > 0);
+
+    if (__pyx_t_1) {
+
+
+      /* "mergerfs/_io.pxi":35
+ *         n = c_pwrite(fd, buf + done, size - done, offset + <off_t>done)
+ *         if n > 0:
+ *             done += <size_t>n             # <<<<<<<<<<<<<<
+ *         elif n == 0:
+ *             break
+*/
+      __pyx_v_done = (__pyx_v_done + ((size_t)__pyx_v_n));
+
+      /* "mergerfs/_io.pxi":34
+ *     while done < size:
+ *         n = c_pwrite(fd, buf + done, size - done, offset + <off_t>done)
+ *         if n > 0:             # <<<<<<<<<<<<<<
+ *             done += <size_t>n
+ *         elif n == 0:
+*/
+      goto __pyx_L5;
+    }
+
+    /* "mergerfs/_io.pxi":36
+ *         if n > 0:
+ *             done += <size_t>n
+ *         elif n == 0:             # <<<<<<<<<<<<<<
+ *             break
+ *         elif errno != EINTR:
+*/
+    __pyx_t_1 = (__pyx_v_n == 0);
+
+    if (__pyx_t_1) {
+
+
+      /* "mergerfs/_io.pxi":37
+ *             done += <size_t>n
+ *         elif n == 0:
+ *             break             # <<<<<<<<<<<<<<
+ *         elif errno != EINTR:
+ *             err[0] = errno
+*/
+      goto __pyx_L4_break;
+
+      /* "mergerfs/_io.pxi":36
+ *         if n > 0:
+ *             done += <size_t>n
+ *         elif n == 0:             # <<<<<<<<<<<<<<
+ *             break
+ *         elif errno != EINTR:
+*/
+    }
+
+    /* "mergerfs/_io.pxi":38
+ *         elif n == 0:
+ *             break
+ *         elif errno != EINTR:             # <<<<<<<<<<<<<<
+ *             err[0] = errno
+ *             break
+*/
+    __pyx_t_1 = (errno != EINTR);
+
+    if (__pyx_t_1) {
+
+
+      /* "mergerfs/_io.pxi":39
+ *             break
+ *         elif errno != EINTR:
+ *             err[0] = errno             # <<<<<<<<<<<<<<
+ *             break
+ *     return done
+*/
+      (__pyx_v_err[0]) = errno;
+
+      /* "mergerfs/_io.pxi":40
+ *         elif errno != EINTR:
+ *             err[0] = errno
+ *             break             # <<<<<<<<<<<<<<
+ *     return done
+*/
+      goto __pyx_L4_break;
+
+      /* "mergerfs/_io.pxi":38
+ *         elif n == 0:
+ *             break
+ *         elif errno != EINTR:             # <<<<<<<<<<<<<<
+ *             err[0] = errno
+ *             break
+*/
+    }
+    __pyx_L5:;
+  }
+  __pyx_L4_break:;
+
+  /* "mergerfs/_io.pxi":41
+ *             err[0] = errno
+ *             break
+ *     return done             # <<<<<<<<<<<<<<
+*/
+  {
+
+    __pyx_r = __pyx_v_done;
+  }
+  goto __pyx_L0;
+
+  /* "mergerfs/_io.pxi":27
+ * 
+ * 
+ * cdef size_t pwrite_full(int fd, const char *buf, size_t size, off_t offset, int *err) noexcept nogil:             # <<<<<<<<<<<<<<
+ *     """Bytes written from ``buf`` (fewer only on an error, in ``err``)."""
+ *     cdef size_t done = 0
+*/
+
+  /* function exit code */
+  __pyx_L0:;
+
+
+  return __pyx_r;
+}
 
 /* "mergerfs/_kernel.pyx":135
  *     cdef public bint trace  # every request to ``slow`` (-d): no C path
@@ -5625,9 +5994,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
   size_t __pyx_v_size;
   off_t __pyx_v_off;
   size_t __pyx_v_done;
-  Py_ssize_t __pyx_v_got;
   int __pyx_v_err;
-  char *__pyx_v_data;
   struct __pyx_t_8mergerfs_7_kernel_fuse_out_header *__pyx_v_o;
   int __pyx_r;
   uint32_t __pyx_t_1;
@@ -5657,7 +6024,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
  *         cdef int bfd = self._fd(r.fh)
  *         cdef size_t size = r.size             # <<<<<<<<<<<<<<
  *         cdef off_t off = <off_t>r.offset
- *         cdef size_t done = 0
+ *         cdef size_t done
 */
   __pyx_t_1 = __pyx_v_r->size;
 
@@ -5667,32 +6034,14 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
  *         cdef int bfd = self._fd(r.fh)
  *         cdef size_t size = r.size
  *         cdef off_t off = <off_t>r.offset             # <<<<<<<<<<<<<<
- *         cdef size_t done = 0
- *         cdef ssize_t got
+ *         cdef size_t done
+ *         cdef int err
 */
   __pyx_v_off = ((off_t)__pyx_v_r->offset);
 
-  /* "mergerfs/_kernel.pyx":260
- *         cdef size_t size = r.size
- *         cdef off_t off = <off_t>r.offset
- *         cdef size_t done = 0             # <<<<<<<<<<<<<<
- *         cdef ssize_t got
- *         cdef int err = 0
-*/
-  __pyx_v_done = 0;
-
   /* "mergerfs/_kernel.pyx":262
- *         cdef size_t done = 0
- *         cdef ssize_t got
- *         cdef int err = 0             # <<<<<<<<<<<<<<
- *         if bfd < 0 or size + OUT_HDR > self.bufsize:
- *             return False
-*/
-  __pyx_v_err = 0;
-
-  /* "mergerfs/_kernel.pyx":263
- *         cdef ssize_t got
- *         cdef int err = 0
+ *         cdef size_t done
+ *         cdef int err
  *         if bfd < 0 or size + OUT_HDR > self.bufsize:             # <<<<<<<<<<<<<<
  *             return False
  *         # the request is consumed: its buffer takes the reply
@@ -5716,12 +6065,12 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
   if (__pyx_t_2) {
 
 
-    /* "mergerfs/_kernel.pyx":264
- *         cdef int err = 0
+    /* "mergerfs/_kernel.pyx":263
+ *         cdef int err
  *         if bfd < 0 or size + OUT_HDR > self.bufsize:
  *             return False             # <<<<<<<<<<<<<<
  *         # the request is consumed: its buffer takes the reply
- *         cdef char *data = buf + OUT_HDR
+ *         done = pread_full(bfd, buf + OUT_HDR, size, off, &err)
 */
     {
 
@@ -5729,164 +6078,27 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":263
- *         cdef ssize_t got
- *         cdef int err = 0
+    /* "mergerfs/_kernel.pyx":262
+ *         cdef size_t done
+ *         cdef int err
  *         if bfd < 0 or size + OUT_HDR > self.bufsize:             # <<<<<<<<<<<<<<
  *             return False
  *         # the request is consumed: its buffer takes the reply
 */
   }
 
-  /* "mergerfs/_kernel.pyx":266
+  /* "mergerfs/_kernel.pyx":265
  *             return False
  *         # the request is consumed: its buffer takes the reply
- *         cdef char *data = buf + OUT_HDR             # <<<<<<<<<<<<<<
- *         while done < size:
- *             got = c_pread(bfd, data + done, size - done, off + <off_t>done)
-*/
-  __pyx_v_data = (__pyx_v_buf + __pyx_e_8mergerfs_7_kernel_OUT_HDR);
-
-  /* "mergerfs/_kernel.pyx":267
- *         # the request is consumed: its buffer takes the reply
- *         cdef char *data = buf + OUT_HDR
- *         while done < size:             # <<<<<<<<<<<<<<
- *             got = c_pread(bfd, data + done, size - done, off + <off_t>done)
- *             if got > 0:
-*/
-  while (1) {
-    __pyx_t_2 = (__pyx_v_done < __pyx_v_size);
-
-
-    if (!__pyx_t_2) break;
-
-    /* "mergerfs/_kernel.pyx":268
- *         cdef char *data = buf + OUT_HDR
- *         while done < size:
- *             got = c_pread(bfd, data + done, size - done, off + <off_t>done)             # <<<<<<<<<<<<<<
- *             if got > 0:
- *                 done += <size_t>got
-*/
-    __pyx_v_got = pread(__pyx_v_bfd, (__pyx_v_data + __pyx_v_done), (__pyx_v_size - __pyx_v_done), (__pyx_v_off + ((off_t)__pyx_v_done)));
-
-    /* "mergerfs/_kernel.pyx":269
- *         while done < size:
- *             got = c_pread(bfd, data + done, size - done, off + <off_t>done)
- *             if got > 0:             # <<<<<<<<<<<<<<
- *                 done += <size_t>got
- *             elif got == 0:
-*/
-    __pyx_t_2 = (__pyx_v_got > 0);
-
-    if (__pyx_t_2) {
-
-
-      /* "mergerfs/_kernel.pyx":270
- *             got = c_pread(bfd, data + done, size - done, off + <off_t>done)
- *             if got > 0:
- *                 done += <size_t>got             # <<<<<<<<<<<<<<
- *             elif got == 0:
- *                 break
-*/
-      __pyx_v_done = (__pyx_v_done + ((size_t)__pyx_v_got));
-
-      /* "mergerfs/_kernel.pyx":269
- *         while done < size:
- *             got = c_pread(bfd, data + done, size - done, off + <off_t>done)
- *             if got > 0:             # <<<<<<<<<<<<<<
- *                 done += <size_t>got
- *             elif got == 0:
-*/
-      goto __pyx_L8;
-    }
-
-    /* "mergerfs/_kernel.pyx":271
- *             if got > 0:
- *                 done += <size_t>got
- *             elif got == 0:             # <<<<<<<<<<<<<<
- *                 break
- *             elif errno == EINTR:
-*/
-    __pyx_t_2 = (__pyx_v_got == 0);
-
-    if (__pyx_t_2) {
-
-
-      /* "mergerfs/_kernel.pyx":272
- *                 done += <size_t>got
- *             elif got == 0:
- *                 break             # <<<<<<<<<<<<<<
- *             elif errno == EINTR:
- *                 continue
-*/
-      goto __pyx_L7_break;
-
-      /* "mergerfs/_kernel.pyx":271
- *             if got > 0:
- *                 done += <size_t>got
- *             elif got == 0:             # <<<<<<<<<<<<<<
- *                 break
- *             elif errno == EINTR:
-*/
-    }
-
-    /* "mergerfs/_kernel.pyx":273
- *             elif got == 0:
- *                 break
- *             elif errno == EINTR:             # <<<<<<<<<<<<<<
- *                 continue
- *             else:
-*/
-    __pyx_t_2 = (errno == EINTR);
-
-    if (__pyx_t_2) {
-
-
-      /* "mergerfs/_kernel.pyx":274
- *                 break
- *             elif errno == EINTR:
- *                 continue             # <<<<<<<<<<<<<<
- *             else:
- *                 err = errno
-*/
-      goto __pyx_L6_continue;
-
-      /* "mergerfs/_kernel.pyx":273
- *             elif got == 0:
- *                 break
- *             elif errno == EINTR:             # <<<<<<<<<<<<<<
- *                 continue
- *             else:
-*/
-    }
-
-    /* "mergerfs/_kernel.pyx":276
- *                 continue
- *             else:
- *                 err = errno             # <<<<<<<<<<<<<<
- *                 break
- *         if err and done == 0:
-*/
-    /*else*/ {
-      __pyx_v_err = errno;
-
-      /* "mergerfs/_kernel.pyx":277
- *             else:
- *                 err = errno
- *                 break             # <<<<<<<<<<<<<<
+ *         done = pread_full(bfd, buf + OUT_HDR, size, off, &err)             # <<<<<<<<<<<<<<
  *         if err and done == 0:
  *             _reply_error(fd, unique, err)
 */
-      goto __pyx_L7_break;
-    }
-    __pyx_L8:;
-    __pyx_L6_continue:;
-  }
-  __pyx_L7_break:;
+  __pyx_v_done = __pyx_f_8mergerfs_7_kernel_pread_full(__pyx_v_bfd, (__pyx_v_buf + __pyx_e_8mergerfs_7_kernel_OUT_HDR), __pyx_v_size, __pyx_v_off, (&__pyx_v_err));
 
-  /* "mergerfs/_kernel.pyx":278
- *                 err = errno
- *                 break
+  /* "mergerfs/_kernel.pyx":266
+ *         # the request is consumed: its buffer takes the reply
+ *         done = pread_full(bfd, buf + OUT_HDR, size, off, &err)
  *         if err and done == 0:             # <<<<<<<<<<<<<<
  *             _reply_error(fd, unique, err)
  *             return True
@@ -5899,19 +6111,19 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 
     __pyx_t_2 = __pyx_t_3;
 
-    goto __pyx_L10_bool_binop_done;
+    goto __pyx_L7_bool_binop_done;
   }
   __pyx_t_3 = (__pyx_v_done == 0);
 
 
   __pyx_t_2 = __pyx_t_3;
 
-  __pyx_L10_bool_binop_done:;
+  __pyx_L7_bool_binop_done:;
   if (__pyx_t_2) {
 
 
-    /* "mergerfs/_kernel.pyx":279
- *                 break
+    /* "mergerfs/_kernel.pyx":267
+ *         done = pread_full(bfd, buf + OUT_HDR, size, off, &err)
  *         if err and done == 0:
  *             _reply_error(fd, unique, err)             # <<<<<<<<<<<<<<
  *             return True
@@ -5919,7 +6131,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
     __pyx_f_8mergerfs_7_kernel__reply_error(__pyx_v_fd, __pyx_v_unique, __pyx_v_err);
 
-    /* "mergerfs/_kernel.pyx":280
+    /* "mergerfs/_kernel.pyx":268
  *         if err and done == 0:
  *             _reply_error(fd, unique, err)
  *             return True             # <<<<<<<<<<<<<<
@@ -5932,16 +6144,16 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":278
- *                 err = errno
- *                 break
+    /* "mergerfs/_kernel.pyx":266
+ *         # the request is consumed: its buffer takes the reply
+ *         done = pread_full(bfd, buf + OUT_HDR, size, off, &err)
  *         if err and done == 0:             # <<<<<<<<<<<<<<
  *             _reply_error(fd, unique, err)
  *             return True
 */
   }
 
-  /* "mergerfs/_kernel.pyx":281
+  /* "mergerfs/_kernel.pyx":269
  *             _reply_error(fd, unique, err)
  *             return True
  *         cdef fuse_out_header *o = <fuse_out_header *>buf             # <<<<<<<<<<<<<<
@@ -5950,7 +6162,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   __pyx_v_o = ((struct __pyx_t_8mergerfs_7_kernel_fuse_out_header *)__pyx_v_buf);
 
-  /* "mergerfs/_kernel.pyx":282
+  /* "mergerfs/_kernel.pyx":270
  *             return True
  *         cdef fuse_out_header *o = <fuse_out_header *>buf
  *         o.len = <uint32_t>(OUT_HDR + done)             # <<<<<<<<<<<<<<
@@ -5959,7 +6171,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   __pyx_v_o->len = ((uint32_t)(__pyx_e_8mergerfs_7_kernel_OUT_HDR + __pyx_v_done));
 
-  /* "mergerfs/_kernel.pyx":283
+  /* "mergerfs/_kernel.pyx":271
  *         cdef fuse_out_header *o = <fuse_out_header *>buf
  *         o.len = <uint32_t>(OUT_HDR + done)
  *         o.error = 0             # <<<<<<<<<<<<<<
@@ -5968,7 +6180,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   __pyx_v_o->error = 0;
 
-  /* "mergerfs/_kernel.pyx":284
+  /* "mergerfs/_kernel.pyx":272
  *         o.len = <uint32_t>(OUT_HDR + done)
  *         o.error = 0
  *         o.unique = unique             # <<<<<<<<<<<<<<
@@ -5977,7 +6189,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   __pyx_v_o->unique = __pyx_v_unique;
 
-  /* "mergerfs/_kernel.pyx":285
+  /* "mergerfs/_kernel.pyx":273
  *         o.error = 0
  *         o.unique = unique
  *         c_write(fd, buf, OUT_HDR + done)             # <<<<<<<<<<<<<<
@@ -5986,7 +6198,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 */
   (void)(write(__pyx_v_fd, __pyx_v_buf, (__pyx_e_8mergerfs_7_kernel_OUT_HDR + __pyx_v_done)));
 
-  /* "mergerfs/_kernel.pyx":286
+  /* "mergerfs/_kernel.pyx":274
  *         o.unique = unique
  *         c_write(fd, buf, OUT_HDR + done)
  *         return True             # <<<<<<<<<<<<<<
@@ -6016,12 +6228,10 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__read(struct __pyx_obj_8mergerfs_
 
 
 
-
-
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":288
+/* "mergerfs/_kernel.pyx":276
  *         return True
  * 
  *     cdef bint _write(self, int fd, char *buf, ssize_t n, uint64_t unique) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -6036,7 +6246,6 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
   size_t __pyx_v_size;
   off_t __pyx_v_off;
   size_t __pyx_v_done;
-  Py_ssize_t __pyx_v_put;
   int __pyx_v_err;
   struct __pyx_t_8mergerfs_7_kernel_write_reply __pyx_v_out;
   int __pyx_r;
@@ -6044,7 +6253,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
   int __pyx_t_2;
   int __pyx_t_3;
 
-  /* "mergerfs/_kernel.pyx":289
+  /* "mergerfs/_kernel.pyx":277
  * 
  *     cdef bint _write(self, int fd, char *buf, ssize_t n, uint64_t unique) noexcept nogil:
  *         cdef fuse_write_in *w = <fuse_write_in *>(buf + IN_HDR)             # <<<<<<<<<<<<<<
@@ -6053,7 +6262,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_w = ((struct __pyx_t_8mergerfs_7_kernel_fuse_write_in *)(__pyx_v_buf + __pyx_e_8mergerfs_7_kernel_IN_HDR));
 
-  /* "mergerfs/_kernel.pyx":290
+  /* "mergerfs/_kernel.pyx":278
  *     cdef bint _write(self, int fd, char *buf, ssize_t n, uint64_t unique) noexcept nogil:
  *         cdef fuse_write_in *w = <fuse_write_in *>(buf + IN_HDR)
  *         cdef int bfd = self._fd(w.fh)             # <<<<<<<<<<<<<<
@@ -6062,7 +6271,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_bfd = __pyx_f_8mergerfs_7_kernel_7Session__fd(__pyx_v_self, __pyx_v_w->fh);
 
-  /* "mergerfs/_kernel.pyx":291
+  /* "mergerfs/_kernel.pyx":279
  *         cdef fuse_write_in *w = <fuse_write_in *>(buf + IN_HDR)
  *         cdef int bfd = self._fd(w.fh)
  *         cdef const char *data = buf + IN_HDR + self.write_in_size             # <<<<<<<<<<<<<<
@@ -6071,50 +6280,32 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_data = ((__pyx_v_buf + __pyx_e_8mergerfs_7_kernel_IN_HDR) + __pyx_v_self->write_in_size);
 
-  /* "mergerfs/_kernel.pyx":292
+  /* "mergerfs/_kernel.pyx":280
  *         cdef int bfd = self._fd(w.fh)
  *         cdef const char *data = buf + IN_HDR + self.write_in_size
  *         cdef size_t size = w.size             # <<<<<<<<<<<<<<
  *         cdef off_t off = <off_t>w.offset
- *         cdef size_t done = 0
+ *         cdef size_t done
 */
   __pyx_t_1 = __pyx_v_w->size;
 
   __pyx_v_size = __pyx_t_1;
 
-  /* "mergerfs/_kernel.pyx":293
+  /* "mergerfs/_kernel.pyx":281
  *         cdef const char *data = buf + IN_HDR + self.write_in_size
  *         cdef size_t size = w.size
  *         cdef off_t off = <off_t>w.offset             # <<<<<<<<<<<<<<
- *         cdef size_t done = 0
- *         cdef ssize_t put
+ *         cdef size_t done
+ *         cdef int err
 */
   __pyx_v_off = ((off_t)__pyx_v_w->offset);
 
-  /* "mergerfs/_kernel.pyx":294
- *         cdef size_t size = w.size
- *         cdef off_t off = <off_t>w.offset
- *         cdef size_t done = 0             # <<<<<<<<<<<<<<
- *         cdef ssize_t put
- *         cdef int err = 0
-*/
-  __pyx_v_done = 0;
-
-  /* "mergerfs/_kernel.pyx":296
- *         cdef size_t done = 0
- *         cdef ssize_t put
- *         cdef int err = 0             # <<<<<<<<<<<<<<
- *         if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n or w.write_flags & 4:
- *             return False  # 4: FUSE_WRITE_KILL_SUIDGID, setuid/setgid to drop first (Python)
-*/
-  __pyx_v_err = 0;
-
-  /* "mergerfs/_kernel.pyx":297
- *         cdef ssize_t put
- *         cdef int err = 0
+  /* "mergerfs/_kernel.pyx":284
+ *         cdef size_t done
+ *         cdef int err
  *         if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n or w.write_flags & 4:             # <<<<<<<<<<<<<<
  *             return False  # 4: FUSE_WRITE_KILL_SUIDGID, setuid/setgid to drop first (Python)
- *         while done < size:
+ *         done = pwrite_full(bfd, data, size, off, &err)
 */
   __pyx_t_3 = (__pyx_v_bfd < 0);
 
@@ -6145,12 +6336,12 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
   if (__pyx_t_2) {
 
 
-    /* "mergerfs/_kernel.pyx":298
- *         cdef int err = 0
+    /* "mergerfs/_kernel.pyx":285
+ *         cdef int err
  *         if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n or w.write_flags & 4:
  *             return False  # 4: FUSE_WRITE_KILL_SUIDGID, setuid/setgid to drop first (Python)             # <<<<<<<<<<<<<<
- *         while done < size:
- *             put = c_pwrite(bfd, data + done, size - done, off + <off_t>done)
+ *         done = pwrite_full(bfd, data, size, off, &err)
+ *         if err and done == 0:
 */
     {
 
@@ -6158,155 +6349,27 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":297
- *         cdef ssize_t put
- *         cdef int err = 0
+    /* "mergerfs/_kernel.pyx":284
+ *         cdef size_t done
+ *         cdef int err
  *         if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n or w.write_flags & 4:             # <<<<<<<<<<<<<<
  *             return False  # 4: FUSE_WRITE_KILL_SUIDGID, setuid/setgid to drop first (Python)
- *         while done < size:
+ *         done = pwrite_full(bfd, data, size, off, &err)
 */
   }
 
-  /* "mergerfs/_kernel.pyx":299
+  /* "mergerfs/_kernel.pyx":286
  *         if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n or w.write_flags & 4:
  *             return False  # 4: FUSE_WRITE_KILL_SUIDGID, setuid/setgid to drop first (Python)
- *         while done < size:             # <<<<<<<<<<<<<<
- *             put = c_pwrite(bfd, data + done, size - done, off + <off_t>done)
- *             if put > 0:
-*/
-  while (1) {
-    __pyx_t_2 = (__pyx_v_done < __pyx_v_size);
-
-
-    if (!__pyx_t_2) break;
-
-    /* "mergerfs/_kernel.pyx":300
- *             return False  # 4: FUSE_WRITE_KILL_SUIDGID, setuid/setgid to drop first (Python)
- *         while done < size:
- *             put = c_pwrite(bfd, data + done, size - done, off + <off_t>done)             # <<<<<<<<<<<<<<
- *             if put > 0:
- *                 done += <size_t>put
-*/
-    __pyx_v_put = pwrite(__pyx_v_bfd, (__pyx_v_data + __pyx_v_done), (__pyx_v_size - __pyx_v_done), (__pyx_v_off + ((off_t)__pyx_v_done)));
-
-    /* "mergerfs/_kernel.pyx":301
- *         while done < size:
- *             put = c_pwrite(bfd, data + done, size - done, off + <off_t>done)
- *             if put > 0:             # <<<<<<<<<<<<<<
- *                 done += <size_t>put
- *             elif put == 0:
-*/
-    __pyx_t_2 = (__pyx_v_put > 0);
-
-    if (__pyx_t_2) {
-
-
-      /* "mergerfs/_kernel.pyx":302
- *             put = c_pwrite(bfd, data + done, size - done, off + <off_t>done)
- *             if put > 0:
- *                 done += <size_t>put             # <<<<<<<<<<<<<<
- *             elif put == 0:
- *                 break
-*/
-      __pyx_v_done = (__pyx_v_done + ((size_t)__pyx_v_put));
-
-      /* "mergerfs/_kernel.pyx":301
- *         while done < size:
- *             put = c_pwrite(bfd, data + done, size - done, off + <off_t>done)
- *             if put > 0:             # <<<<<<<<<<<<<<
- *                 done += <size_t>put
- *             elif put == 0:
-*/
-      goto __pyx_L9;
-    }
-
-    /* "mergerfs/_kernel.pyx":303
- *             if put > 0:
- *                 done += <size_t>put
- *             elif put == 0:             # <<<<<<<<<<<<<<
- *                 break
- *             elif errno == EINTR:
-*/
-    __pyx_t_2 = (__pyx_v_put == 0);
-
-    if (__pyx_t_2) {
-
-
-      /* "mergerfs/_kernel.pyx":304
- *                 done += <size_t>put
- *             elif put == 0:
- *                 break             # <<<<<<<<<<<<<<
- *             elif errno == EINTR:
- *                 continue
-*/
-      goto __pyx_L8_break;
-
-      /* "mergerfs/_kernel.pyx":303
- *             if put > 0:
- *                 done += <size_t>put
- *             elif put == 0:             # <<<<<<<<<<<<<<
- *                 break
- *             elif errno == EINTR:
-*/
-    }
-
-    /* "mergerfs/_kernel.pyx":305
- *             elif put == 0:
- *                 break
- *             elif errno == EINTR:             # <<<<<<<<<<<<<<
- *                 continue
- *             else:
-*/
-    __pyx_t_2 = (errno == EINTR);
-
-    if (__pyx_t_2) {
-
-
-      /* "mergerfs/_kernel.pyx":306
- *                 break
- *             elif errno == EINTR:
- *                 continue             # <<<<<<<<<<<<<<
- *             else:
- *                 err = errno
-*/
-      goto __pyx_L7_continue;
-
-      /* "mergerfs/_kernel.pyx":305
- *             elif put == 0:
- *                 break
- *             elif errno == EINTR:             # <<<<<<<<<<<<<<
- *                 continue
- *             else:
-*/
-    }
-
-    /* "mergerfs/_kernel.pyx":308
- *                 continue
- *             else:
- *                 err = errno             # <<<<<<<<<<<<<<
- *                 break
- *         if err and done == 0:
-*/
-    /*else*/ {
-      __pyx_v_err = errno;
-
-      /* "mergerfs/_kernel.pyx":309
- *             else:
- *                 err = errno
- *                 break             # <<<<<<<<<<<<<<
+ *         done = pwrite_full(bfd, data, size, off, &err)             # <<<<<<<<<<<<<<
  *         if err and done == 0:
  *             if err == ENOSPC or err == EDQUOT:
 */
-      goto __pyx_L8_break;
-    }
-    __pyx_L9:;
-    __pyx_L7_continue:;
-  }
-  __pyx_L8_break:;
+  __pyx_v_done = __pyx_f_8mergerfs_7_kernel_pwrite_full(__pyx_v_bfd, __pyx_v_data, __pyx_v_size, __pyx_v_off, (&__pyx_v_err));
 
-  /* "mergerfs/_kernel.pyx":310
- *                 err = errno
- *                 break
+  /* "mergerfs/_kernel.pyx":287
+ *             return False  # 4: FUSE_WRITE_KILL_SUIDGID, setuid/setgid to drop first (Python)
+ *         done = pwrite_full(bfd, data, size, off, &err)
  *         if err and done == 0:             # <<<<<<<<<<<<<<
  *             if err == ENOSPC or err == EDQUOT:
  *                 return False  # moveonenospc is a decision: the Python session's
@@ -6319,19 +6382,19 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 
     __pyx_t_2 = __pyx_t_3;
 
-    goto __pyx_L11_bool_binop_done;
+    goto __pyx_L8_bool_binop_done;
   }
   __pyx_t_3 = (__pyx_v_done == 0);
 
 
   __pyx_t_2 = __pyx_t_3;
 
-  __pyx_L11_bool_binop_done:;
+  __pyx_L8_bool_binop_done:;
   if (__pyx_t_2) {
 
 
-    /* "mergerfs/_kernel.pyx":311
- *                 break
+    /* "mergerfs/_kernel.pyx":288
+ *         done = pwrite_full(bfd, data, size, off, &err)
  *         if err and done == 0:
  *             if err == ENOSPC or err == EDQUOT:             # <<<<<<<<<<<<<<
  *                 return False  # moveonenospc is a decision: the Python session's
@@ -6341,7 +6404,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
       case ENOSPC:
       case EDQUOT:
 
-      /* "mergerfs/_kernel.pyx":312
+      /* "mergerfs/_kernel.pyx":289
  *         if err and done == 0:
  *             if err == ENOSPC or err == EDQUOT:
  *                 return False  # moveonenospc is a decision: the Python session's             # <<<<<<<<<<<<<<
@@ -6354,8 +6417,8 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
       }
       goto __pyx_L0;
 
-      /* "mergerfs/_kernel.pyx":311
- *                 break
+      /* "mergerfs/_kernel.pyx":288
+ *         done = pwrite_full(bfd, data, size, off, &err)
  *         if err and done == 0:
  *             if err == ENOSPC or err == EDQUOT:             # <<<<<<<<<<<<<<
  *                 return False  # moveonenospc is a decision: the Python session's
@@ -6365,7 +6428,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
       default: break;
     }
 
-    /* "mergerfs/_kernel.pyx":313
+    /* "mergerfs/_kernel.pyx":290
  *             if err == ENOSPC or err == EDQUOT:
  *                 return False  # moveonenospc is a decision: the Python session's
  *             _reply_error(fd, unique, err)             # <<<<<<<<<<<<<<
@@ -6374,7 +6437,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
     __pyx_f_8mergerfs_7_kernel__reply_error(__pyx_v_fd, __pyx_v_unique, __pyx_v_err);
 
-    /* "mergerfs/_kernel.pyx":314
+    /* "mergerfs/_kernel.pyx":291
  *                 return False  # moveonenospc is a decision: the Python session's
  *             _reply_error(fd, unique, err)
  *             return True             # <<<<<<<<<<<<<<
@@ -6387,16 +6450,16 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":310
- *                 err = errno
- *                 break
+    /* "mergerfs/_kernel.pyx":287
+ *             return False  # 4: FUSE_WRITE_KILL_SUIDGID, setuid/setgid to drop first (Python)
+ *         done = pwrite_full(bfd, data, size, off, &err)
  *         if err and done == 0:             # <<<<<<<<<<<<<<
  *             if err == ENOSPC or err == EDQUOT:
  *                 return False  # moveonenospc is a decision: the Python session's
 */
   }
 
-  /* "mergerfs/_kernel.pyx":316
+  /* "mergerfs/_kernel.pyx":293
  *             return True
  *         cdef write_reply out
  *         out.h.len = sizeof(write_reply)             # <<<<<<<<<<<<<<
@@ -6405,7 +6468,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_out.h.len = (sizeof(struct __pyx_t_8mergerfs_7_kernel_write_reply));
 
-  /* "mergerfs/_kernel.pyx":317
+  /* "mergerfs/_kernel.pyx":294
  *         cdef write_reply out
  *         out.h.len = sizeof(write_reply)
  *         out.h.error = 0             # <<<<<<<<<<<<<<
@@ -6414,7 +6477,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_out.h.error = 0;
 
-  /* "mergerfs/_kernel.pyx":318
+  /* "mergerfs/_kernel.pyx":295
  *         out.h.len = sizeof(write_reply)
  *         out.h.error = 0
  *         out.h.unique = unique             # <<<<<<<<<<<<<<
@@ -6423,7 +6486,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_out.h.unique = __pyx_v_unique;
 
-  /* "mergerfs/_kernel.pyx":319
+  /* "mergerfs/_kernel.pyx":296
  *         out.h.error = 0
  *         out.h.unique = unique
  *         out.w.size = <uint32_t>done             # <<<<<<<<<<<<<<
@@ -6432,7 +6495,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_out.w.size = ((uint32_t)__pyx_v_done);
 
-  /* "mergerfs/_kernel.pyx":320
+  /* "mergerfs/_kernel.pyx":297
  *         out.h.unique = unique
  *         out.w.size = <uint32_t>done
  *         out.w.padding = 0             # <<<<<<<<<<<<<<
@@ -6441,7 +6504,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   __pyx_v_out.w.padding = 0;
 
-  /* "mergerfs/_kernel.pyx":321
+  /* "mergerfs/_kernel.pyx":298
  *         out.w.size = <uint32_t>done
  *         out.w.padding = 0
  *         c_write(fd, &out, sizeof(write_reply))             # <<<<<<<<<<<<<<
@@ -6450,7 +6513,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 */
   (void)(write(__pyx_v_fd, (&__pyx_v_out), (sizeof(struct __pyx_t_8mergerfs_7_kernel_write_reply))));
 
-  /* "mergerfs/_kernel.pyx":322
+  /* "mergerfs/_kernel.pyx":299
  *         out.w.padding = 0
  *         c_write(fd, &out, sizeof(write_reply))
  *         return True             # <<<<<<<<<<<<<<
@@ -6463,7 +6526,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
   }
   goto __pyx_L0;
 
-  /* "mergerfs/_kernel.pyx":288
+  /* "mergerfs/_kernel.pyx":276
  *         return True
  * 
  *     cdef bint _write(self, int fd, char *buf, ssize_t n, uint64_t unique) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -6481,11 +6544,10 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__write(struct __pyx_obj_8mergerfs
 
 
 
-
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":324
+/* "mergerfs/_kernel.pyx":301
  *         return True
  * 
  *     cdef bint _flush(self, int fd, char *buf, uint64_t unique) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -6502,7 +6564,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
   int __pyx_t_1;
   int __pyx_t_2;
 
-  /* "mergerfs/_kernel.pyx":325
+  /* "mergerfs/_kernel.pyx":302
  * 
  *     cdef bint _flush(self, int fd, char *buf, uint64_t unique) noexcept nogil:
  *         cdef fuse_flush_in *f = <fuse_flush_in *>(buf + IN_HDR)             # <<<<<<<<<<<<<<
@@ -6511,7 +6573,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
 */
   __pyx_v_f = ((struct __pyx_t_8mergerfs_7_kernel_fuse_flush_in *)(__pyx_v_buf + __pyx_e_8mergerfs_7_kernel_IN_HDR));
 
-  /* "mergerfs/_kernel.pyx":326
+  /* "mergerfs/_kernel.pyx":303
  *     cdef bint _flush(self, int fd, char *buf, uint64_t unique) noexcept nogil:
  *         cdef fuse_flush_in *f = <fuse_flush_in *>(buf + IN_HDR)
  *         cdef int bfd = self._fd(f.fh)             # <<<<<<<<<<<<<<
@@ -6520,7 +6582,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
 */
   __pyx_v_bfd = __pyx_f_8mergerfs_7_kernel_7Session__fd(__pyx_v_self, __pyx_v_f->fh);
 
-  /* "mergerfs/_kernel.pyx":328
+  /* "mergerfs/_kernel.pyx":305
  *         cdef int bfd = self._fd(f.fh)
  *         cdef int d
  *         cdef int err = 0             # <<<<<<<<<<<<<<
@@ -6529,7 +6591,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
 */
   __pyx_v_err = 0;
 
-  /* "mergerfs/_kernel.pyx":329
+  /* "mergerfs/_kernel.pyx":306
  *         cdef int d
  *         cdef int err = 0
  *         if bfd < 0:             # <<<<<<<<<<<<<<
@@ -6541,7 +6603,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
   if (__pyx_t_1) {
 
 
-    /* "mergerfs/_kernel.pyx":330
+    /* "mergerfs/_kernel.pyx":307
  *         cdef int err = 0
  *         if bfd < 0:
  *             return False             # <<<<<<<<<<<<<<
@@ -6554,7 +6616,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
     }
     goto __pyx_L0;
 
-    /* "mergerfs/_kernel.pyx":329
+    /* "mergerfs/_kernel.pyx":306
  *         cdef int d
  *         cdef int err = 0
  *         if bfd < 0:             # <<<<<<<<<<<<<<
@@ -6563,7 +6625,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
 */
   }
 
-  /* "mergerfs/_kernel.pyx":332
+  /* "mergerfs/_kernel.pyx":309
  *             return False
  *         # close() of a duplicate reports deferred write errors (NFS) and keeps our fd
  *         d = c_dup(bfd)             # <<<<<<<<<<<<<<
@@ -6572,7 +6634,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
 */
   __pyx_v_d = dup(__pyx_v_bfd);
 
-  /* "mergerfs/_kernel.pyx":333
+  /* "mergerfs/_kernel.pyx":310
  *         # close() of a duplicate reports deferred write errors (NFS) and keeps our fd
  *         d = c_dup(bfd)
  *         if d < 0 or c_close(d) < 0:             # <<<<<<<<<<<<<<
@@ -6598,7 +6660,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
   if (__pyx_t_1) {
 
 
-    /* "mergerfs/_kernel.pyx":334
+    /* "mergerfs/_kernel.pyx":311
  *         d = c_dup(bfd)
  *         if d < 0 or c_close(d) < 0:
  *             err = errno             # <<<<<<<<<<<<<<
@@ -6607,7 +6669,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
 */
     __pyx_v_err = errno;
 
-    /* "mergerfs/_kernel.pyx":333
+    /* "mergerfs/_kernel.pyx":310
  *         # close() of a duplicate reports deferred write errors (NFS) and keeps our fd
  *         d = c_dup(bfd)
  *         if d < 0 or c_close(d) < 0:             # <<<<<<<<<<<<<<
@@ -6616,7 +6678,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
 */
   }
 
-  /* "mergerfs/_kernel.pyx":335
+  /* "mergerfs/_kernel.pyx":312
  *         if d < 0 or c_close(d) < 0:
  *             err = errno
  *         _reply_error(fd, unique, err)             # <<<<<<<<<<<<<<
@@ -6625,7 +6687,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
 */
   __pyx_f_8mergerfs_7_kernel__reply_error(__pyx_v_fd, __pyx_v_unique, __pyx_v_err);
 
-  /* "mergerfs/_kernel.pyx":336
+  /* "mergerfs/_kernel.pyx":313
  *             err = errno
  *         _reply_error(fd, unique, err)
  *         return True             # <<<<<<<<<<<<<<
@@ -6638,7 +6700,7 @@ static int __pyx_f_8mergerfs_7_kernel_7Session__flush(struct __pyx_obj_8mergerfs
   }
   goto __pyx_L0;
 
-  /* "mergerfs/_kernel.pyx":324
+  /* "mergerfs/_kernel.pyx":301
  *         return True
  * 
  *     cdef bint _flush(self, int fd, char *buf, uint64_t unique) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -7328,7 +7390,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_16__setstate_cython__(CYTH
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":339
+/* "mergerfs/_kernel.pyx":316
  * 
  * 
  * cdef void _reply_error(int fd, uint64_t unique, int err) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -7339,7 +7401,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_7Session_16__setstate_cython__(CYTH
 static void __pyx_f_8mergerfs_7_kernel__reply_error(int __pyx_v_fd, uint64_t __pyx_v_unique, int __pyx_v_err) {
   struct __pyx_t_8mergerfs_7_kernel_fuse_out_header __pyx_v_o;
 
-  /* "mergerfs/_kernel.pyx":341
+  /* "mergerfs/_kernel.pyx":318
  * cdef void _reply_error(int fd, uint64_t unique, int err) noexcept nogil:
  *     cdef fuse_out_header o
  *     o.len = OUT_HDR             # <<<<<<<<<<<<<<
@@ -7348,7 +7410,7 @@ static void __pyx_f_8mergerfs_7_kernel__reply_error(int __pyx_v_fd, uint64_t __p
 */
   __pyx_v_o.len = __pyx_e_8mergerfs_7_kernel_OUT_HDR;
 
-  /* "mergerfs/_kernel.pyx":342
+  /* "mergerfs/_kernel.pyx":319
  *     cdef fuse_out_header o
  *     o.len = OUT_HDR
  *     o.error = -err             # <<<<<<<<<<<<<<
@@ -7357,7 +7419,7 @@ static void __pyx_f_8mergerfs_7_kernel__reply_error(int __pyx_v_fd, uint64_t __p
 */
   __pyx_v_o.error = (-__pyx_v_err);
 
-  /* "mergerfs/_kernel.pyx":343
+  /* "mergerfs/_kernel.pyx":320
  *     o.len = OUT_HDR
  *     o.error = -err
  *     o.unique = unique             # <<<<<<<<<<<<<<
@@ -7366,7 +7428,7 @@ static void __pyx_f_8mergerfs_7_kernel__reply_error(int __pyx_v_fd, uint64_t __p
 */
   __pyx_v_o.unique = __pyx_v_unique;
 
-  /* "mergerfs/_kernel.pyx":344
+  /* "mergerfs/_kernel.pyx":321
  *     o.error = -err
  *     o.unique = unique
  *     c_write(fd, &o, OUT_HDR)             # <<<<<<<<<<<<<<
@@ -7375,7 +7437,7 @@ static void __pyx_f_8mergerfs_7_kernel__reply_error(int __pyx_v_fd, uint64_t __p
 */
   (void)(write(__pyx_v_fd, (&__pyx_v_o), __pyx_e_8mergerfs_7_kernel_OUT_HDR));
 
-  /* "mergerfs/_kernel.pyx":339
+  /* "mergerfs/_kernel.pyx":316
  * 
  * 
  * cdef void _reply_error(int fd, uint64_t unique, int err) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -7387,7 +7449,7 @@ static void __pyx_f_8mergerfs_7_kernel__reply_error(int __pyx_v_fd, uint64_t __p
 
 }
 
-/* "mergerfs/_kernel.pyx":348
+/* "mergerfs/_kernel.pyx":325
  * 
  * # ---------------------------------------------------------------- device calls
  * def clone_fd(int devfd):             # <<<<<<<<<<<<<<
@@ -7435,32 +7497,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_devfd,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 348, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 325, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 348, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 325, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "clone_fd", 0) < (0)) __PYX_ERR(0, 348, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "clone_fd", 0) < (0)) __PYX_ERR(0, 325, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("clone_fd", 1, 1, 1, i); __PYX_ERR(0, 348, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("clone_fd", 1, 1, 1, i); __PYX_ERR(0, 325, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 348, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 325, __pyx_L3_error)
     }
-    __pyx_v_devfd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_devfd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 348, __pyx_L3_error)
+    __pyx_v_devfd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_devfd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 325, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("clone_fd", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 348, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("clone_fd", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 325, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -7503,7 +7565,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("clone_fd", 0);
 
-  /* "mergerfs/_kernel.pyx":350
+  /* "mergerfs/_kernel.pyx":327
  * def clone_fd(int devfd):
  *     """A new ``/dev/fuse`` fd reading requests of ``devfd``'s connection."""
  *     cdef int fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)             # <<<<<<<<<<<<<<
@@ -7511,22 +7573,22 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
  *     if c_ioctl(fd, IOC_CLONE, &master) != 0:
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 350, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 327, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_open); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 350, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_open); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 327, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 350, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 327, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_O_RDWR); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 350, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_O_RDWR); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 327, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 350, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 327, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_O_CLOEXEC); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 350, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_O_CLOEXEC); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 327, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyNumber_Or_object_object(__pyx_t_5, __pyx_t_6); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 350, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyNumber_Or_object_object(__pyx_t_5, __pyx_t_6); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 327, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
@@ -7548,14 +7610,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 350, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 327, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  __pyx_t_8 = __Pyx_PyLong_As_int(__pyx_t_1); if (unlikely((__pyx_t_8 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 350, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyLong_As_int(__pyx_t_1); if (unlikely((__pyx_t_8 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 327, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_fd = __pyx_t_8;
 
-  /* "mergerfs/_kernel.pyx":351
+  /* "mergerfs/_kernel.pyx":328
  *     """A new ``/dev/fuse`` fd reading requests of ``devfd``'s connection."""
  *     cdef int fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
  *     cdef uint32_t master = <uint32_t>devfd             # <<<<<<<<<<<<<<
@@ -7564,7 +7626,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
 */
   __pyx_v_master = ((uint32_t)__pyx_v_devfd);
 
-  /* "mergerfs/_kernel.pyx":352
+  /* "mergerfs/_kernel.pyx":329
  *     cdef int fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
  *     cdef uint32_t master = <uint32_t>devfd
  *     if c_ioctl(fd, IOC_CLONE, &master) != 0:             # <<<<<<<<<<<<<<
@@ -7576,7 +7638,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
   if (unlikely(__pyx_t_9)) {
 
 
-    /* "mergerfs/_kernel.pyx":353
+    /* "mergerfs/_kernel.pyx":330
  *     cdef uint32_t master = <uint32_t>devfd
  *     if c_ioctl(fd, IOC_CLONE, &master) != 0:
  *         err = errno             # <<<<<<<<<<<<<<
@@ -7585,7 +7647,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
 */
     __pyx_v_err = errno;
 
-    /* "mergerfs/_kernel.pyx":354
+    /* "mergerfs/_kernel.pyx":331
  *     if c_ioctl(fd, IOC_CLONE, &master) != 0:
  *         err = errno
  *         os.close(fd)             # <<<<<<<<<<<<<<
@@ -7593,12 +7655,12 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
  *     return fd
 */
     __pyx_t_4 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 354, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 331, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_close); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 354, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_close); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 331, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __pyx_t_3 = __Pyx_PyLong_From_int(__pyx_v_fd); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 354, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyLong_From_int(__pyx_v_fd); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 331, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __pyx_t_7 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -7618,12 +7680,12 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 354, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 331, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-    /* "mergerfs/_kernel.pyx":355
+    /* "mergerfs/_kernel.pyx":332
  *         err = errno
  *         os.close(fd)
  *         raise OSError(err, os.strerror(err))             # <<<<<<<<<<<<<<
@@ -7631,15 +7693,15 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
  * 
 */
     __pyx_t_2 = NULL;
-    __pyx_t_3 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 355, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 332, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __pyx_t_6 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 355, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 332, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 355, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 332, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    __pyx_t_5 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 355, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyLong_From_int(__pyx_v_err); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 332, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __pyx_t_7 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -7659,7 +7721,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 355, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 332, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __pyx_t_7 = 1;
@@ -7669,14 +7731,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 355, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 332, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 355, __pyx_L1_error)
+    __PYX_ERR(0, 332, __pyx_L1_error)
 
-    /* "mergerfs/_kernel.pyx":352
+    /* "mergerfs/_kernel.pyx":329
  *     cdef int fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
  *     cdef uint32_t master = <uint32_t>devfd
  *     if c_ioctl(fd, IOC_CLONE, &master) != 0:             # <<<<<<<<<<<<<<
@@ -7685,14 +7747,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
 */
   }
 
-  /* "mergerfs/_kernel.pyx":356
+  /* "mergerfs/_kernel.pyx":333
  *         os.close(fd)
  *         raise OSError(err, os.strerror(err))
  *     return fd             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_fd); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 356, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_fd); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 333, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -7705,7 +7767,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "mergerfs/_kernel.pyx":348
+  /* "mergerfs/_kernel.pyx":325
  * 
  * # ---------------------------------------------------------------- device calls
  * def clone_fd(int devfd):             # <<<<<<<<<<<<<<
@@ -7733,7 +7795,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":359
+/* "mergerfs/_kernel.pyx":336
  * 
  * 
  * def backing_open(int devfd, int fd):             # <<<<<<<<<<<<<<
@@ -7782,39 +7844,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_devfd,&__pyx_mstate_global->__pyx_n_u_fd,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 359, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 336, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 359, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 336, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 359, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 336, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "backing_open", 0) < (0)) __PYX_ERR(0, 359, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "backing_open", 0) < (0)) __PYX_ERR(0, 336, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("backing_open", 1, 2, 2, i); __PYX_ERR(0, 359, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("backing_open", 1, 2, 2, i); __PYX_ERR(0, 336, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 359, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 336, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 359, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 336, __pyx_L3_error)
     }
-    __pyx_v_devfd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_devfd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 359, __pyx_L3_error)
-    __pyx_v_fd = __Pyx_PyLong_As_int(values[1]); if (unlikely((__pyx_v_fd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 359, __pyx_L3_error)
+    __pyx_v_devfd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_devfd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 336, __pyx_L3_error)
+    __pyx_v_fd = __Pyx_PyLong_As_int(values[1]); if (unlikely((__pyx_v_fd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 336, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("backing_open", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 359, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("backing_open", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 336, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -7856,7 +7918,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("backing_open", 0);
 
-  /* "mergerfs/_kernel.pyx":362
+  /* "mergerfs/_kernel.pyx":339
  *     """Register branch ``fd`` for passthrough: its backing id (EPERM as non-root)."""
  *     cdef fuse_backing_map m
  *     m.fd = fd             # <<<<<<<<<<<<<<
@@ -7865,7 +7927,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
 */
   __pyx_v_m.fd = __pyx_v_fd;
 
-  /* "mergerfs/_kernel.pyx":363
+  /* "mergerfs/_kernel.pyx":340
  *     cdef fuse_backing_map m
  *     m.fd = fd
  *     m.flags = 0             # <<<<<<<<<<<<<<
@@ -7874,7 +7936,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
 */
   __pyx_v_m.flags = 0;
 
-  /* "mergerfs/_kernel.pyx":364
+  /* "mergerfs/_kernel.pyx":341
  *     m.fd = fd
  *     m.flags = 0
  *     m.padding = 0             # <<<<<<<<<<<<<<
@@ -7883,7 +7945,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
 */
   __pyx_v_m.padding = 0;
 
-  /* "mergerfs/_kernel.pyx":365
+  /* "mergerfs/_kernel.pyx":342
  *     m.flags = 0
  *     m.padding = 0
  *     cdef int rv = c_ioctl(devfd, IOC_BACKING_OPEN, &m)             # <<<<<<<<<<<<<<
@@ -7892,7 +7954,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
 */
   __pyx_v_rv = ioctl(__pyx_v_devfd, __pyx_v_8mergerfs_7_kernel_IOC_BACKING_OPEN, (&__pyx_v_m));
 
-  /* "mergerfs/_kernel.pyx":366
+  /* "mergerfs/_kernel.pyx":343
  *     m.padding = 0
  *     cdef int rv = c_ioctl(devfd, IOC_BACKING_OPEN, &m)
  *     if rv < 0:             # <<<<<<<<<<<<<<
@@ -7904,7 +7966,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "mergerfs/_kernel.pyx":367
+    /* "mergerfs/_kernel.pyx":344
  *     cdef int rv = c_ioctl(devfd, IOC_BACKING_OPEN, &m)
  *     if rv < 0:
  *         raise OSError(errno, os.strerror(errno))             # <<<<<<<<<<<<<<
@@ -7912,15 +7974,15 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
  * 
 */
     __pyx_t_3 = NULL;
-    __pyx_t_4 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 367, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 344, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_6 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 367, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 344, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 367, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 344, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    __pyx_t_7 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 367, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 344, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __pyx_t_9 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -7940,7 +8002,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 367, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 344, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
     __pyx_t_9 = 1;
@@ -7950,14 +8012,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 367, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 344, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 367, __pyx_L1_error)
+    __PYX_ERR(0, 344, __pyx_L1_error)
 
-    /* "mergerfs/_kernel.pyx":366
+    /* "mergerfs/_kernel.pyx":343
  *     m.padding = 0
  *     cdef int rv = c_ioctl(devfd, IOC_BACKING_OPEN, &m)
  *     if rv < 0:             # <<<<<<<<<<<<<<
@@ -7966,14 +8028,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
 */
   }
 
-  /* "mergerfs/_kernel.pyx":368
+  /* "mergerfs/_kernel.pyx":345
  *     if rv < 0:
  *         raise OSError(errno, os.strerror(errno))
  *     return rv             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_2 = __Pyx_PyLong_From_int(__pyx_v_rv); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 368, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From_int(__pyx_v_rv); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 345, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   {
     PyObject *__pyx_temp;
@@ -7986,7 +8048,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "mergerfs/_kernel.pyx":359
+  /* "mergerfs/_kernel.pyx":336
  * 
  * 
  * def backing_open(int devfd, int fd):             # <<<<<<<<<<<<<<
@@ -8013,7 +8075,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":371
+/* "mergerfs/_kernel.pyx":348
  * 
  * 
  * def backing_close(int devfd, int backing):             # <<<<<<<<<<<<<<
@@ -8061,39 +8123,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_devfd,&__pyx_mstate_global->__pyx_n_u_backing,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 371, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 348, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 371, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 348, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 371, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 348, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "backing_close", 0) < (0)) __PYX_ERR(0, 371, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "backing_close", 0) < (0)) __PYX_ERR(0, 348, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("backing_close", 1, 2, 2, i); __PYX_ERR(0, 371, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("backing_close", 1, 2, 2, i); __PYX_ERR(0, 348, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 371, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 348, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 371, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 348, __pyx_L3_error)
     }
-    __pyx_v_devfd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_devfd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 371, __pyx_L3_error)
-    __pyx_v_backing = __Pyx_PyLong_As_int(values[1]); if (unlikely((__pyx_v_backing == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 371, __pyx_L3_error)
+    __pyx_v_devfd = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_devfd == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 348, __pyx_L3_error)
+    __pyx_v_backing = __Pyx_PyLong_As_int(values[1]); if (unlikely((__pyx_v_backing == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 348, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("backing_close", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 371, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("backing_close", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 348, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -8134,7 +8196,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_4backing_close(CYTHON_UNUSED PyObje
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("backing_close", 0);
 
-  /* "mergerfs/_kernel.pyx":372
+  /* "mergerfs/_kernel.pyx":349
  * 
  * def backing_close(int devfd, int backing):
  *     cdef uint32_t b = <uint32_t>backing             # <<<<<<<<<<<<<<
@@ -8143,7 +8205,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_4backing_close(CYTHON_UNUSED PyObje
 */
   __pyx_v_b = ((uint32_t)__pyx_v_backing);
 
-  /* "mergerfs/_kernel.pyx":373
+  /* "mergerfs/_kernel.pyx":350
  * def backing_close(int devfd, int backing):
  *     cdef uint32_t b = <uint32_t>backing
  *     if c_ioctl(devfd, IOC_BACKING_CLOSE, &b) != 0:             # <<<<<<<<<<<<<<
@@ -8155,7 +8217,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_4backing_close(CYTHON_UNUSED PyObje
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "mergerfs/_kernel.pyx":374
+    /* "mergerfs/_kernel.pyx":351
  *     cdef uint32_t b = <uint32_t>backing
  *     if c_ioctl(devfd, IOC_BACKING_CLOSE, &b) != 0:
  *         raise OSError(errno, os.strerror(errno))             # <<<<<<<<<<<<<<
@@ -8163,15 +8225,15 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_4backing_close(CYTHON_UNUSED PyObje
  * 
 */
     __pyx_t_3 = NULL;
-    __pyx_t_4 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 374, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 351, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_6 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 374, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 351, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 374, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 351, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    __pyx_t_7 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 374, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 351, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __pyx_t_9 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -8191,7 +8253,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_4backing_close(CYTHON_UNUSED PyObje
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 374, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 351, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
     __pyx_t_9 = 1;
@@ -8201,14 +8263,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_4backing_close(CYTHON_UNUSED PyObje
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 374, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 351, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 374, __pyx_L1_error)
+    __PYX_ERR(0, 351, __pyx_L1_error)
 
-    /* "mergerfs/_kernel.pyx":373
+    /* "mergerfs/_kernel.pyx":350
  * def backing_close(int devfd, int backing):
  *     cdef uint32_t b = <uint32_t>backing
  *     if c_ioctl(devfd, IOC_BACKING_CLOSE, &b) != 0:             # <<<<<<<<<<<<<<
@@ -8217,7 +8279,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_4backing_close(CYTHON_UNUSED PyObje
 */
   }
 
-  /* "mergerfs/_kernel.pyx":371
+  /* "mergerfs/_kernel.pyx":348
  * 
  * 
  * def backing_close(int devfd, int backing):             # <<<<<<<<<<<<<<
@@ -8245,7 +8307,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_4backing_close(CYTHON_UNUSED PyObje
   return __pyx_r;
 }
 
-/* "mergerfs/_kernel.pyx":377
+/* "mergerfs/_kernel.pyx":354
  * 
  * 
  * def mount(source, target, fstype, unsigned long flags, data):             # <<<<<<<<<<<<<<
@@ -8297,60 +8359,60 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_source,&__pyx_mstate_global->__pyx_n_u_target,&__pyx_mstate_global->__pyx_n_u_fstype,&__pyx_mstate_global->__pyx_n_u_flags,&__pyx_mstate_global->__pyx_n_u_data,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 377, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 354, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 377, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 354, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 377, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 354, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 377, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 354, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 377, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 354, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 377, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 354, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "mount", 0) < (0)) __PYX_ERR(0, 377, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "mount", 0) < (0)) __PYX_ERR(0, 354, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 5; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("mount", 1, 5, 5, i); __PYX_ERR(0, 377, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("mount", 1, 5, 5, i); __PYX_ERR(0, 354, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 5)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 377, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 354, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 377, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 354, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 377, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 354, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 377, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 354, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 377, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 354, __pyx_L3_error)
     }
     __pyx_v_source = values[0];
     __pyx_v_target = values[1];
     __pyx_v_fstype = values[2];
-    __pyx_v_flags = __Pyx_PyLong_As_unsigned_long(values[3]); if (unlikely((__pyx_v_flags == (unsigned long)-1) && PyErr_Occurred())) __PYX_ERR(0, 377, __pyx_L3_error)
+    __pyx_v_flags = __Pyx_PyLong_As_unsigned_long(values[3]); if (unlikely((__pyx_v_flags == (unsigned long)-1) && PyErr_Occurred())) __PYX_ERR(0, 354, __pyx_L3_error)
     __pyx_v_data = values[4];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("mount", 1, 5, 5, __pyx_nargs); __PYX_ERR(0, 377, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("mount", 1, 5, 5, __pyx_nargs); __PYX_ERR(0, 354, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -8397,7 +8459,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("mount", 0);
 
-  /* "mergerfs/_kernel.pyx":379
+  /* "mergerfs/_kernel.pyx":356
  * def mount(source, target, fstype, unsigned long flags, data):
  *     """mount(2) (the FUSE connection is named by ``fd=`` in ``data``)."""
  *     cdef bytes s = os.fsencode(source)             # <<<<<<<<<<<<<<
@@ -8405,9 +8467,9 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
  *     cdef bytes f = os.fsencode(fstype)
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 379, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 356, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 379, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 356, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -8427,14 +8489,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 379, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 356, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(PyBytes_CheckExact(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_1))) __PYX_ERR(0, 379, __pyx_L1_error)
+  if (!(likely(PyBytes_CheckExact(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_1))) __PYX_ERR(0, 356, __pyx_L1_error)
   __pyx_v_s = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "mergerfs/_kernel.pyx":380
+  /* "mergerfs/_kernel.pyx":357
  *     """mount(2) (the FUSE connection is named by ``fd=`` in ``data``)."""
  *     cdef bytes s = os.fsencode(source)
  *     cdef bytes t = os.fsencode(target)             # <<<<<<<<<<<<<<
@@ -8442,9 +8504,9 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
  *     cdef bytes d = os.fsencode(data)
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 380, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 357, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 380, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 357, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_t_5 = 1;
@@ -8464,14 +8526,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_3, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 380, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 357, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(PyBytes_CheckExact(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_1))) __PYX_ERR(0, 380, __pyx_L1_error)
+  if (!(likely(PyBytes_CheckExact(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_1))) __PYX_ERR(0, 357, __pyx_L1_error)
   __pyx_v_t = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "mergerfs/_kernel.pyx":381
+  /* "mergerfs/_kernel.pyx":358
  *     cdef bytes s = os.fsencode(source)
  *     cdef bytes t = os.fsencode(target)
  *     cdef bytes f = os.fsencode(fstype)             # <<<<<<<<<<<<<<
@@ -8479,9 +8541,9 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
  *     if c_mount(s, t, f, flags, <const char *>d) != 0:
 */
   __pyx_t_3 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 381, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 358, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 381, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 358, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_t_5 = 1;
@@ -8501,14 +8563,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_2, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 381, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 358, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(PyBytes_CheckExact(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_1))) __PYX_ERR(0, 381, __pyx_L1_error)
+  if (!(likely(PyBytes_CheckExact(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_1))) __PYX_ERR(0, 358, __pyx_L1_error)
   __pyx_v_f = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "mergerfs/_kernel.pyx":382
+  /* "mergerfs/_kernel.pyx":359
  *     cdef bytes t = os.fsencode(target)
  *     cdef bytes f = os.fsencode(fstype)
  *     cdef bytes d = os.fsencode(data)             # <<<<<<<<<<<<<<
@@ -8516,9 +8578,9 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
  *         raise OSError(errno, os.strerror(errno))
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 382, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 359, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 382, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 359, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -8538,14 +8600,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 382, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 359, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(PyBytes_CheckExact(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_1))) __PYX_ERR(0, 382, __pyx_L1_error)
+  if (!(likely(PyBytes_CheckExact(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_1))) __PYX_ERR(0, 359, __pyx_L1_error)
   __pyx_v_d = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "mergerfs/_kernel.pyx":383
+  /* "mergerfs/_kernel.pyx":360
  *     cdef bytes f = os.fsencode(fstype)
  *     cdef bytes d = os.fsencode(data)
  *     if c_mount(s, t, f, flags, <const char *>d) != 0:             # <<<<<<<<<<<<<<
@@ -8553,24 +8615,24 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
 */
   if (unlikely(__pyx_v_s == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "expected bytes, NoneType found");
-    __PYX_ERR(0, 383, __pyx_L1_error)
+    __PYX_ERR(0, 360, __pyx_L1_error)
   }
-  __pyx_t_6 = __Pyx_PyBytes_AsString(__pyx_v_s); if (unlikely((!__pyx_t_6) && PyErr_Occurred())) __PYX_ERR(0, 383, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyBytes_AsString(__pyx_v_s); if (unlikely((!__pyx_t_6) && PyErr_Occurred())) __PYX_ERR(0, 360, __pyx_L1_error)
   if (unlikely(__pyx_v_t == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "expected bytes, NoneType found");
-    __PYX_ERR(0, 383, __pyx_L1_error)
+    __PYX_ERR(0, 360, __pyx_L1_error)
   }
-  __pyx_t_7 = __Pyx_PyBytes_AsString(__pyx_v_t); if (unlikely((!__pyx_t_7) && PyErr_Occurred())) __PYX_ERR(0, 383, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyBytes_AsString(__pyx_v_t); if (unlikely((!__pyx_t_7) && PyErr_Occurred())) __PYX_ERR(0, 360, __pyx_L1_error)
   if (unlikely(__pyx_v_f == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "expected bytes, NoneType found");
-    __PYX_ERR(0, 383, __pyx_L1_error)
+    __PYX_ERR(0, 360, __pyx_L1_error)
   }
-  __pyx_t_8 = __Pyx_PyBytes_AsString(__pyx_v_f); if (unlikely((!__pyx_t_8) && PyErr_Occurred())) __PYX_ERR(0, 383, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyBytes_AsString(__pyx_v_f); if (unlikely((!__pyx_t_8) && PyErr_Occurred())) __PYX_ERR(0, 360, __pyx_L1_error)
   if (unlikely(__pyx_v_d == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "expected bytes, NoneType found");
-    __PYX_ERR(0, 383, __pyx_L1_error)
+    __PYX_ERR(0, 360, __pyx_L1_error)
   }
-  __pyx_t_9 = __Pyx_PyBytes_AsString(__pyx_v_d); if (unlikely((!__pyx_t_9) && PyErr_Occurred())) __PYX_ERR(0, 383, __pyx_L1_error)
+  __pyx_t_9 = __Pyx_PyBytes_AsString(__pyx_v_d); if (unlikely((!__pyx_t_9) && PyErr_Occurred())) __PYX_ERR(0, 360, __pyx_L1_error)
   __pyx_t_10 = (mount(__pyx_t_6, __pyx_t_7, __pyx_t_8, __pyx_v_flags, ((char const *)__pyx_t_9)) != 0);
 
 
@@ -8580,21 +8642,21 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
   if (unlikely(__pyx_t_10)) {
 
 
-    /* "mergerfs/_kernel.pyx":384
+    /* "mergerfs/_kernel.pyx":361
  *     cdef bytes d = os.fsencode(data)
  *     if c_mount(s, t, f, flags, <const char *>d) != 0:
  *         raise OSError(errno, os.strerror(errno))             # <<<<<<<<<<<<<<
 */
     __pyx_t_4 = NULL;
-    __pyx_t_2 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 384, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 361, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __pyx_t_11 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 384, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 361, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
-    __pyx_t_13 = __Pyx_PyObject_GetAttrStr(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 384, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyObject_GetAttrStr(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_strerror); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 361, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_13);
     __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
-    __pyx_t_12 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 384, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 361, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __pyx_t_5 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -8614,7 +8676,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
       __Pyx_XDECREF(__pyx_t_11); __pyx_t_11 = 0;
       __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
       __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 384, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 361, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __pyx_t_5 = 1;
@@ -8624,14 +8686,14 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 384, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 361, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 384, __pyx_L1_error)
+    __PYX_ERR(0, 361, __pyx_L1_error)
 
-    /* "mergerfs/_kernel.pyx":383
+    /* "mergerfs/_kernel.pyx":360
  *     cdef bytes f = os.fsencode(fstype)
  *     cdef bytes d = os.fsencode(data)
  *     if c_mount(s, t, f, flags, <const char *>d) != 0:             # <<<<<<<<<<<<<<
@@ -8639,7 +8701,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
 */
   }
 
-  /* "mergerfs/_kernel.pyx":377
+  /* "mergerfs/_kernel.pyx":354
  * 
  * 
  * def mount(source, target, fstype, unsigned long flags, data):             # <<<<<<<<<<<<<<
@@ -9546,64 +9608,64 @@ __Pyx_RefNannySetupContext("PyInit__kernel", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_2) < (0)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "mergerfs/_kernel.pyx":348
+  /* "mergerfs/_kernel.pyx":325
  * 
  * # ---------------------------------------------------------------- device calls
  * def clone_fd(int devfd):             # <<<<<<<<<<<<<<
  *     """A new ``/dev/fuse`` fd reading requests of ``devfd``'s connection."""
  *     cdef int fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_1clone_fd, 0, __pyx_mstate_global->__pyx_n_u_clone_fd, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[7])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 348, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_1clone_fd, 0, __pyx_mstate_global->__pyx_n_u_clone_fd, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[7])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 325, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_clone_fd, __pyx_t_2) < (0)) __PYX_ERR(0, 348, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_clone_fd, __pyx_t_2) < (0)) __PYX_ERR(0, 325, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "mergerfs/_kernel.pyx":359
+  /* "mergerfs/_kernel.pyx":336
  * 
  * 
  * def backing_open(int devfd, int fd):             # <<<<<<<<<<<<<<
  *     """Register branch ``fd`` for passthrough: its backing id (EPERM as non-root)."""
  *     cdef fuse_backing_map m
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_3backing_open, 0, __pyx_mstate_global->__pyx_n_u_backing_open, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[8])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 359, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_3backing_open, 0, __pyx_mstate_global->__pyx_n_u_backing_open, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[8])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 336, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_backing_open, __pyx_t_2) < (0)) __PYX_ERR(0, 359, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_backing_open, __pyx_t_2) < (0)) __PYX_ERR(0, 336, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "mergerfs/_kernel.pyx":371
+  /* "mergerfs/_kernel.pyx":348
  * 
  * 
  * def backing_close(int devfd, int backing):             # <<<<<<<<<<<<<<
  *     cdef uint32_t b = <uint32_t>backing
  *     if c_ioctl(devfd, IOC_BACKING_CLOSE, &b) != 0:
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_5backing_close, 0, __pyx_mstate_global->__pyx_n_u_backing_close, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[9])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 371, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_5backing_close, 0, __pyx_mstate_global->__pyx_n_u_backing_close, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[9])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 348, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_backing_close, __pyx_t_2) < (0)) __PYX_ERR(0, 371, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_backing_close, __pyx_t_2) < (0)) __PYX_ERR(0, 348, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "mergerfs/_kernel.pyx":377
+  /* "mergerfs/_kernel.pyx":354
  * 
  * 
  * def mount(source, target, fstype, unsigned long flags, data):             # <<<<<<<<<<<<<<
  *     """mount(2) (the FUSE connection is named by ``fd=`` in ``data``)."""
  *     cdef bytes s = os.fsencode(source)
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_7mount, 0, __pyx_mstate_global->__pyx_n_u_mount, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 377, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_7mount, 0, __pyx_mstate_global->__pyx_n_u_mount, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 354, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_mount, __pyx_t_2) < (0)) __PYX_ERR(0, 377, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_mount, __pyx_t_2) < (0)) __PYX_ERR(0, 354, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
   /* "mergerfs/_kernel.pyx":1
@@ -9935,22 +9997,22 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[6] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[6])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 348};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 325};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_devfd, __pyx_mstate->__pyx_n_u_fd, __pyx_mstate->__pyx_n_u_master, __pyx_mstate->__pyx_n_u_err};
     __pyx_mstate_global->__pyx_codeobj_tab[7] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_clone_fd, __pyx_mstate->__pyx_kp_b_iso88591_E_r_2Q_Q_wat_axs_a_gQe2Yaq_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[7])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 359};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 336};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_devfd, __pyx_mstate->__pyx_n_u_fd, __pyx_mstate->__pyx_n_u_m, __pyx_mstate->__pyx_n_u_rv};
     __pyx_mstate_global->__pyx_codeobj_tab[8] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_backing_open, __pyx_mstate->__pyx_kp_b_iso88591_V1_Ya_31A_s_A_gQgRy_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[8])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 371};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 348};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_devfd, __pyx_mstate->__pyx_n_u_backing, __pyx_mstate->__pyx_n_u_b};
     __pyx_mstate_global->__pyx_codeobj_tab[9] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_backing_close, __pyx_mstate->__pyx_kp_b_iso88591_j_waw_S_gQgRy, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[9])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 9, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 377};
+    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 9, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 354};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_source, __pyx_mstate->__pyx_n_u_target, __pyx_mstate->__pyx_n_u_fstype, __pyx_mstate->__pyx_n_u_flags, __pyx_mstate->__pyx_n_u_data, __pyx_mstate->__pyx_n_u_s, __pyx_mstate->__pyx_n_u_t, __pyx_mstate->__pyx_n_u_f, __pyx_mstate->__pyx_n_u_d};
     __pyx_mstate_global->__pyx_codeobj_tab[10] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_mount, __pyx_mstate->__pyx_kp_b_iso88591_2Yaq_2Yaq_2Yaq_2Yaq_was_S_S_1_g, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[10])) goto bad;
   }

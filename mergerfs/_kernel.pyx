@@ -25,10 +25,10 @@ import os
 cdef extern from "<unistd.h>" nogil:
     ssize_t c_read "read"(int fd, void *buf, size_t count)
     ssize_t c_write "write"(int fd, const void *buf, size_t count)
-    ssize_t c_pread "pread"(int fd, void *buf, size_t count, off_t offset)
-    ssize_t c_pwrite "pwrite"(int fd, const void *buf, size_t count, off_t offset)
     int c_dup "dup"(int fd)
     int c_close "close"(int fd)
+
+include "_io.pxi"
 
 cdef extern from "<sys/ioctl.h>" nogil:
     int c_ioctl "ioctl"(int fd, unsigned long request, ...)
@@ -257,24 +257,12 @@ cdef class Session:
         cdef int bfd = self._fd(r.fh)
         cdef size_t size = r.size
         cdef off_t off = <off_t>r.offset
-        cdef size_t done = 0
-        cdef ssize_t got
-        cdef int err = 0
+        cdef size_t done
+        cdef int err
         if bfd < 0 or size + OUT_HDR > self.bufsize:
             return False
         # the request is consumed: its buffer takes the reply
-        cdef char *data = buf + OUT_HDR
-        while done < size:
-            got = c_pread(bfd, data + done, size - done, off + <off_t>done)
-            if got > 0:
-                done += <size_t>got
-            elif got == 0:
-                break
-            elif errno == EINTR:
-                continue
-            else:
-                err = errno
-                break
+        done = pread_full(bfd, buf + OUT_HDR, size, off, &err)
         if err and done == 0:
             _reply_error(fd, unique, err)
             return True
@@ -291,22 +279,11 @@ cdef class Session:
         cdef const char *data = buf + IN_HDR + self.write_in_size
         cdef size_t size = w.size
         cdef off_t off = <off_t>w.offset
-        cdef size_t done = 0
-        cdef ssize_t put
-        cdef int err = 0
+        cdef size_t done
+        cdef int err
         if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n or w.write_flags & 4:
             return False  # 4: FUSE_WRITE_KILL_SUIDGID, setuid/setgid to drop first (Python)
-        while done < size:
-            put = c_pwrite(bfd, data + done, size - done, off + <off_t>done)
-            if put > 0:
-                done += <size_t>put
-            elif put == 0:
-                break
-            elif errno == EINTR:
-                continue
-            else:
-                err = errno
-                break
+        done = pwrite_full(bfd, data, size, off, &err)
         if err and done == 0:
             if err == ENOSPC or err == EDQUOT:
                 return False  # moveonenospc is a decision: the Python session's
