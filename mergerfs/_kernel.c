@@ -1692,6 +1692,7 @@ struct __pyx_t_8mergerfs_7_kernel_fuse_flush_in;
 struct __pyx_t_8mergerfs_7_kernel_fuse_backing_map;
 struct __pyx_t_8mergerfs_7_kernel_write_reply;
 struct __pyx_t_8mergerfs_7_kernel_Slot;
+struct __pyx_t_8mergerfs_7_kernel_fuse_dirent;
 
 /* "mergerfs/_kernel.pyx":92
  *     uint64_t padding
@@ -1855,6 +1856,20 @@ struct __pyx_t_8mergerfs_7_kernel_Slot {
   int fd;
   int backing;
   uint64_t pyfh;
+};
+
+/* "mergerfs/_kernel.pyx":364
+ * 
+ * 
+ * cdef struct fuse_dirent:             # <<<<<<<<<<<<<<
+ *     uint64_t ino
+ *     uint64_t off
+*/
+struct __pyx_t_8mergerfs_7_kernel_fuse_dirent {
+  uint64_t ino;
+  uint64_t off;
+  uint32_t namelen;
+  uint32_t type;
 };
 
 /* "mergerfs/_kernel.pyx":117
@@ -2423,6 +2438,80 @@ static void __Pyx_RaiseErrorWithType1(PyObject* exc_type, const char* message, c
 CYTHON_UNUSED
 static int __Pyx_RaiseUnexpectedTypeError(const char *expected, PyObject *obj);
 
+/* ArgTypeTestError.export */
+static void __Pyx_ArgTypeError(PyObject *obj, PyTypeObject *type, const char *name, int exact);
+
+/* ArgTypeTest.proto */
+static CYTHON_INLINE int __Pyx_ArgTypeTest(PyObject *obj, PyTypeObject *type, int none_allowed, const char *name, int exact);
+
+/* PyFrozenDict.proto (used by GetItemInt) */
+#if CYTHON_COMPILING_IN_LIMITED_API
+#define __Pyx_PyFrozenDict_TypePtr  ((PyTypeObject*) __pyx_mstate_global->__Pyx_PyFrozenDictType)
+#define __Pyx_PyFrozenDict_New(it)  __Pyx__PyFrozenDict_New(__pyx_mstate_global->__Pyx_PyFrozenDictType, it)
+static CYTHON_INLINE PyObject* __Pyx__PyFrozenDict_New(PyObject* frozendict_type, PyObject* it);
+#define __Pyx_PyFrozenDict_NewEmpty()  __Pyx_PyFrozenDict_New(NULL)
+#define __Pyx_PyFrozenDict_Check(obj)  PyObject_TypeCheck((obj), __Pyx_PyFrozenDict_TypePtr)
+#define __Pyx_PyFrozenDict_CheckExact(obj)  Py_IS_TYPE((obj), __Pyx_PyFrozenDict_TypePtr)
+#define __Pyx_PyAnyDict_Check(obj)   __Pyx__PyAnyDict_Check(obj, __Pyx_PyFrozenDict_TypePtr)
+static CYTHON_INLINE int __Pyx__PyAnyDict_Check(PyObject *obj, PyTypeObject* frozendict_type) {
+    return PyObject_TypeCheck(obj, &PyDict_Type) || PyObject_TypeCheck(obj, frozendict_type);
+}
+#define __Pyx_PyAnyDict_CheckExact(obj)  __Pyx__PyAnyDict_CheckExact(obj, __Pyx_PyFrozenDict_TypePtr)
+static CYTHON_INLINE int __Pyx__PyAnyDict_CheckExact(PyObject *obj, PyTypeObject* frozendict_type) {
+    return Py_IS_TYPE(obj, &PyDict_Type) || Py_IS_TYPE(obj, frozendict_type);
+}
+#elif PY_VERSION_HEX >= 0x030f00a6 ||\
+    (defined(PyFrozenDict_Check) && defined(PyAnyDict_Check) && defined(PyFrozenDict_New))
+#define __Pyx_PyFrozenDict_TypePtr  (&PyFrozenDict_Type)
+#define __Pyx_PyFrozenDict_New(it)  PyFrozenDict_New(it)
+#define __Pyx_PyFrozenDict_NewEmpty()  PyFrozenDict_New(NULL)
+#define __Pyx_PyFrozenDict_Check(obj)  PyFrozenDict_Check(obj)
+#define __Pyx_PyFrozenDict_CheckExact(obj)  PyFrozenDict_CheckExact(obj)
+#define __Pyx_PyAnyDict_Check(obj)  PyAnyDict_Check(obj)
+#define __Pyx_PyAnyDict_CheckExact(obj)  PyAnyDict_CheckExact(obj)
+#else
+#define __Pyx_PyFrozenDict_TypePtr  (&PyDict_Type)
+static CYTHON_INLINE PyObject* __Pyx_PyFrozenDict_New(PyObject* it) {
+    if (!it) {
+        return PyDict_New();
+    } else if (PyDict_Check(it)) {
+        return PyDict_Copy(it);
+    } else {
+        PyObject *dict = PyDict_New();
+        if (!dict) return NULL;
+        PyObject *result = PyNumber_InPlaceOr(dict, it);
+        Py_DECREF(dict);
+        return result;
+    }
+}
+#define __Pyx_PyFrozenDict_NewEmpty()  PyDict_New()
+#define __Pyx_PyFrozenDict_Check(obj)  PyDict_Check(obj)
+#define __Pyx_PyFrozenDict_CheckExact(obj)  PyDict_CheckExact(obj)
+#define __Pyx_PyAnyDict_Check(obj)  PyDict_Check(obj)
+#define __Pyx_PyAnyDict_CheckExact(obj)  PyDict_CheckExact(obj)
+#endif
+
+/* GetItemInt.proto */
+#define __Pyx_GetItemInt(o, i, type, is_signed, to_py_func, wraparound, boundscheck, has_gil, unsafe_shared)\
+    (__Pyx_fits_Py_ssize_t(i, type, is_signed) ?\
+    __Pyx_GetItemInt_Fast(o, (Py_ssize_t)i, wraparound, boundscheck, unsafe_shared) :\
+    __Pyx_GetItemInt_Generic(o, to_py_func(i)))
+#define __Pyx_GetItemInt_List(o, i, type, is_signed, to_py_func, wraparound, boundscheck, has_gil, unsafe_shared)\
+    (__Pyx_fits_Py_ssize_t(i, type, is_signed) ?\
+    __Pyx_GetItemInt_List_Fast(o, (Py_ssize_t)i, wraparound, boundscheck, unsafe_shared) :\
+    (PyErr_SetString(PyExc_IndexError, "list index out of range"), (PyObject*)NULL))
+static CYTHON_INLINE PyObject *__Pyx_GetItemInt_List_Fast(PyObject *o, Py_ssize_t i,
+                                                              int wraparound, int boundscheck, int unsafe_shared);
+#define __Pyx_GetItemInt_Tuple(o, i, type, is_signed, to_py_func, wraparound, boundscheck, has_gil, unsafe_shared)\
+    (__Pyx_fits_Py_ssize_t(i, type, is_signed) ?\
+    __Pyx_GetItemInt_Tuple_Fast(o, (Py_ssize_t)i, wraparound, boundscheck, unsafe_shared) :\
+    (PyErr_SetString(PyExc_IndexError, "tuple index out of range"), (PyObject*)NULL))
+static CYTHON_INLINE PyObject *__Pyx_GetItemInt_Tuple_Fast(PyObject *o, Py_ssize_t i,
+                                                              int wraparound, int boundscheck, int unsafe_shared);
+static PyObject *__Pyx_GetItemInt_Generic(PyObject *o, PyObject* j);
+static CYTHON_INLINE PyObject *__Pyx_GetItemInt_Fast(PyObject *o, Py_ssize_t i,
+                                                     int wraparound, int boundscheck, int unsafe_shared);
+
 /* AllocateExtensionType.proto */
 static PyObject *__Pyx_AllocateExtensionType(PyTypeObject *t, int is_final);
 
@@ -2778,6 +2867,9 @@ static CYTHON_INLINE PyObject* __Pyx_PyLong_From_int(int value);
 static CYTHON_INLINE PyObject* __Pyx_PyLong_From_long(long value);
 
 /* CIntFromPy.proto */
+static CYTHON_INLINE uint32_t __Pyx_PyLong_As_uint32_t(PyObject *);
+
+/* CIntFromPy.proto */
 static CYTHON_INLINE long __Pyx_PyLong_As_long(PyObject *);
 
 /* GetRuntimeVersion.proto */
@@ -2937,6 +3029,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_clone_fd(CYTHON_UNUSED PyObject *__
 static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObject *__pyx_self, int __pyx_v_devfd, int __pyx_v_fd); /* proto */
 static PyObject *__pyx_pf_8mergerfs_7_kernel_4backing_close(CYTHON_UNUSED PyObject *__pyx_self, int __pyx_v_devfd, int __pyx_v_backing); /* proto */
 static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_source, PyObject *__pyx_v_target, PyObject *__pyx_v_fstype, unsigned long __pyx_v_flags, PyObject *__pyx_v_data); /* proto */
+static PyObject *__pyx_pf_8mergerfs_7_kernel_8pack_dirents(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_entries, Py_ssize_t __pyx_v_off, size_t __pyx_v_size); /* proto */
 static PyObject *__pyx_tp_new__initialisation_8mergerfs_7_kernel_Session(PyObject *o, 
 #if CYTHON_VECTORCALL_TPNEW
     PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
@@ -2990,10 +3083,15 @@ namespace {
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_pop;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_values;
     PyObject *__pyx_tuple[3];
-    PyObject *__pyx_codeobj_tab[11];
-    PyObject *__pyx_string_tab[102];
+    PyObject *__pyx_codeobj_tab[12];
+    PyObject *__pyx_string_tab[115];
     PyObject *__pyx_number_tab[2];
 /* #### Code section: module_state_contents ### */
+/* PyFrozenDict.module_state_decls */
+#if CYTHON_COMPILING_IN_LIMITED_API
+PyObject *__Pyx_PyFrozenDictType;
+#endif
+
 /* CommonTypesMetaclass.module_state_decls */
 PyTypeObject *__pyx_CommonTypesMetaclassType;
 
@@ -3039,105 +3137,118 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_kp_u_tree_fragment __pyx_string_tab[0]
 #define __pyx_kp_u_dev_fuse __pyx_string_tab[1]
 #define __pyx_kp_u_ __pyx_string_tab[2]
-#define __pyx_kp_u_disable __pyx_string_tab[3]
-#define __pyx_kp_u_enable __pyx_string_tab[4]
-#define __pyx_kp_u_gc __pyx_string_tab[5]
-#define __pyx_kp_u_isenabled __pyx_string_tab[6]
-#define __pyx_kp_u_mergerfs__kernel_pyx __pyx_string_tab[7]
-#define __pyx_kp_u_no_default___reduce___due_to_non __pyx_string_tab[8]
-#define __pyx_kp_u_reply_of_d_bytes_exceeds_the_buf __pyx_string_tab[9]
-#define __pyx_kp_u_request_dispatch_failed __pyx_string_tab[10]
-#define __pyx_kp_u_too_many_open_files_in_the_pool __pyx_string_tab[11]
-#define __pyx_n_u_O_CLOEXEC __pyx_string_tab[12]
-#define __pyx_n_u_O_RDWR __pyx_string_tab[13]
-#define __pyx_n_u_Session __pyx_string_tab[14]
-#define __pyx_n_u_Session___reduce_cython __pyx_string_tab[15]
-#define __pyx_n_u_Session___setstate_cython __pyx_string_tab[16]
-#define __pyx_n_u_Session_add __pyx_string_tab[17]
-#define __pyx_n_u_Session_configure __pyx_string_tab[18]
-#define __pyx_n_u_Session_pyfh __pyx_string_tab[19]
-#define __pyx_n_u_Session_remove __pyx_string_tab[20]
-#define __pyx_n_u_Session_serve __pyx_string_tab[21]
-#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[22]
-#define __pyx_n_u_annotate __pyx_string_tab[23]
-#define __pyx_n_u_func __pyx_string_tab[24]
-#define __pyx_n_u_getstate __pyx_string_tab[25]
-#define __pyx_n_u_main __pyx_string_tab[26]
-#define __pyx_n_u_module __pyx_string_tab[27]
-#define __pyx_n_u_name __pyx_string_tab[28]
-#define __pyx_n_u_pyx_state __pyx_string_tab[29]
-#define __pyx_n_u_pyx_vtable __pyx_string_tab[30]
-#define __pyx_n_u_qualname __pyx_string_tab[31]
-#define __pyx_n_u_reduce __pyx_string_tab[32]
-#define __pyx_n_u_reduce_cython __pyx_string_tab[33]
-#define __pyx_n_u_reduce_ex __pyx_string_tab[34]
-#define __pyx_n_u_set_name __pyx_string_tab[35]
-#define __pyx_n_u_setstate __pyx_string_tab[36]
-#define __pyx_n_u_setstate_cython __pyx_string_tab[37]
-#define __pyx_n_u_test __pyx_string_tab[38]
-#define __pyx_n_u_is_coroutine __pyx_string_tab[39]
-#define __pyx_n_u_add __pyx_string_tab[40]
-#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[41]
-#define __pyx_n_u_b __pyx_string_tab[42]
-#define __pyx_n_u_backing __pyx_string_tab[43]
-#define __pyx_n_u_backing_close __pyx_string_tab[44]
-#define __pyx_n_u_backing_open __pyx_string_tab[45]
-#define __pyx_n_u_buf __pyx_string_tab[46]
-#define __pyx_n_u_cline_in_traceback __pyx_string_tab[47]
-#define __pyx_n_u_clone_fd __pyx_string_tab[48]
-#define __pyx_n_u_close __pyx_string_tab[49]
-#define __pyx_n_u_configure __pyx_string_tab[50]
-#define __pyx_n_u_d __pyx_string_tab[51]
-#define __pyx_n_u_data __pyx_string_tab[52]
-#define __pyx_n_u_devfd __pyx_string_tab[53]
-#define __pyx_n_u_err __pyx_string_tab[54]
-#define __pyx_n_u_error __pyx_string_tab[55]
-#define __pyx_n_u_exception __pyx_string_tab[56]
-#define __pyx_n_u_f __pyx_string_tab[57]
-#define __pyx_n_u_fd __pyx_string_tab[58]
-#define __pyx_n_u_fh __pyx_string_tab[59]
-#define __pyx_n_u_flags __pyx_string_tab[60]
-#define __pyx_n_u_fsencode __pyx_string_tab[61]
-#define __pyx_n_u_fstype __pyx_string_tab[62]
-#define __pyx_n_u_getLogger __pyx_string_tab[63]
-#define __pyx_n_u_i __pyx_string_tab[64]
-#define __pyx_n_u_items __pyx_string_tab[65]
-#define __pyx_n_u_log __pyx_string_tab[66]
-#define __pyx_n_u_logging __pyx_string_tab[67]
-#define __pyx_n_u_m __pyx_string_tab[68]
-#define __pyx_n_u_master __pyx_string_tab[69]
-#define __pyx_n_u_max_write __pyx_string_tab[70]
-#define __pyx_n_u_mergerfs __pyx_string_tab[71]
-#define __pyx_n_u_mergerfs__kernel __pyx_string_tab[72]
-#define __pyx_n_u_minor __pyx_string_tab[73]
-#define __pyx_n_u_mount __pyx_string_tab[74]
-#define __pyx_n_u_n __pyx_string_tab[75]
-#define __pyx_n_u_open __pyx_string_tab[76]
-#define __pyx_n_u_os __pyx_string_tab[77]
-#define __pyx_n_u_out __pyx_string_tab[78]
-#define __pyx_n_u_pop __pyx_string_tab[79]
-#define __pyx_n_u_pyfh __pyx_string_tab[80]
-#define __pyx_n_u_remove __pyx_string_tab[81]
-#define __pyx_n_u_rv __pyx_string_tab[82]
-#define __pyx_n_u_s __pyx_string_tab[83]
-#define __pyx_n_u_self __pyx_string_tab[84]
-#define __pyx_n_u_serve __pyx_string_tab[85]
-#define __pyx_n_u_setdefault __pyx_string_tab[86]
-#define __pyx_n_u_source __pyx_string_tab[87]
-#define __pyx_n_u_strerror __pyx_string_tab[88]
-#define __pyx_n_u_t __pyx_string_tab[89]
-#define __pyx_n_u_target __pyx_string_tab[90]
-#define __pyx_n_u_values __pyx_string_tab[91]
-#define __pyx_kp_b_iso88591_Q __pyx_string_tab[92]
-#define __pyx_kp_b_iso88591_j_waw_S_gQgRy __pyx_string_tab[93]
-#define __pyx_kp_b_iso88591_E_r_2Q_Q_wat_axs_a_gQe2Yaq_1 __pyx_string_tab[94]
-#define __pyx_kp_b_iso88591_2Yaq_2Yaq_2Yaq_2Yaq_was_S_S_1_g __pyx_string_tab[95]
-#define __pyx_kp_b_iso88591_V1_Ya_31A_s_A_gQgRy_1 __pyx_string_tab[96]
-#define __pyx_kp_b_iso88591_A_3c_3c_D_1_t6_Q __pyx_string_tab[97]
-#define __pyx_kp_b_iso88591_A_3c_3c_D_3d_F_Q_3a_t6_WD_as_F_3 __pyx_string_tab[98]
-#define __pyx_kp_b_iso88591_A_N_hgR7MRzY_6fCwa __pyx_string_tab[99]
-#define __pyx_kp_b_iso88591_A_q_A_q_4s_at5_A_r_1_a_4s_4s_D_1 __pyx_string_tab[100]
-#define __pyx_kp_b_iso88591_5Q_4q_Kq_A_Ba_A_a_a_F_2V1_F_2_F __pyx_string_tab[101]
+#define __pyx_kp_u_Note_that_Cython_is_deliberately __pyx_string_tab[3]
+#define __pyx_kp_u_add_note __pyx_string_tab[4]
+#define __pyx_kp_u_disable __pyx_string_tab[5]
+#define __pyx_kp_u_enable __pyx_string_tab[6]
+#define __pyx_kp_u_gc __pyx_string_tab[7]
+#define __pyx_kp_u_isenabled __pyx_string_tab[8]
+#define __pyx_kp_u_mergerfs__kernel_pyx __pyx_string_tab[9]
+#define __pyx_kp_u_no_default___reduce___due_to_non __pyx_string_tab[10]
+#define __pyx_kp_u_reply_of_d_bytes_exceeds_the_buf __pyx_string_tab[11]
+#define __pyx_kp_u_request_dispatch_failed __pyx_string_tab[12]
+#define __pyx_kp_u_too_many_open_files_in_the_pool __pyx_string_tab[13]
+#define __pyx_n_u_O_CLOEXEC __pyx_string_tab[14]
+#define __pyx_n_u_O_RDWR __pyx_string_tab[15]
+#define __pyx_n_u_Session __pyx_string_tab[16]
+#define __pyx_n_u_Session___reduce_cython __pyx_string_tab[17]
+#define __pyx_n_u_Session___setstate_cython __pyx_string_tab[18]
+#define __pyx_n_u_Session_add __pyx_string_tab[19]
+#define __pyx_n_u_Session_configure __pyx_string_tab[20]
+#define __pyx_n_u_Session_pyfh __pyx_string_tab[21]
+#define __pyx_n_u_Session_remove __pyx_string_tab[22]
+#define __pyx_n_u_Session_serve __pyx_string_tab[23]
+#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[24]
+#define __pyx_n_u_annotate __pyx_string_tab[25]
+#define __pyx_n_u_func __pyx_string_tab[26]
+#define __pyx_n_u_getstate __pyx_string_tab[27]
+#define __pyx_n_u_main __pyx_string_tab[28]
+#define __pyx_n_u_module __pyx_string_tab[29]
+#define __pyx_n_u_name __pyx_string_tab[30]
+#define __pyx_n_u_pyx_state __pyx_string_tab[31]
+#define __pyx_n_u_pyx_vtable __pyx_string_tab[32]
+#define __pyx_n_u_qualname __pyx_string_tab[33]
+#define __pyx_n_u_reduce __pyx_string_tab[34]
+#define __pyx_n_u_reduce_cython __pyx_string_tab[35]
+#define __pyx_n_u_reduce_ex __pyx_string_tab[36]
+#define __pyx_n_u_set_name __pyx_string_tab[37]
+#define __pyx_n_u_setstate __pyx_string_tab[38]
+#define __pyx_n_u_setstate_cython __pyx_string_tab[39]
+#define __pyx_n_u_test __pyx_string_tab[40]
+#define __pyx_n_u_is_coroutine __pyx_string_tab[41]
+#define __pyx_n_u_add __pyx_string_tab[42]
+#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[43]
+#define __pyx_n_u_b __pyx_string_tab[44]
+#define __pyx_n_u_backing __pyx_string_tab[45]
+#define __pyx_n_u_backing_close __pyx_string_tab[46]
+#define __pyx_n_u_backing_open __pyx_string_tab[47]
+#define __pyx_n_u_buf __pyx_string_tab[48]
+#define __pyx_n_u_cline_in_traceback __pyx_string_tab[49]
+#define __pyx_n_u_clone_fd __pyx_string_tab[50]
+#define __pyx_n_u_close __pyx_string_tab[51]
+#define __pyx_n_u_configure __pyx_string_tab[52]
+#define __pyx_n_u_d __pyx_string_tab[53]
+#define __pyx_n_u_data __pyx_string_tab[54]
+#define __pyx_n_u_devfd __pyx_string_tab[55]
+#define __pyx_n_u_entries __pyx_string_tab[56]
+#define __pyx_n_u_entry __pyx_string_tab[57]
+#define __pyx_n_u_err __pyx_string_tab[58]
+#define __pyx_n_u_error __pyx_string_tab[59]
+#define __pyx_n_u_exception __pyx_string_tab[60]
+#define __pyx_n_u_f __pyx_string_tab[61]
+#define __pyx_n_u_fd __pyx_string_tab[62]
+#define __pyx_n_u_fh __pyx_string_tab[63]
+#define __pyx_n_u_flags __pyx_string_tab[64]
+#define __pyx_n_u_fsencode __pyx_string_tab[65]
+#define __pyx_n_u_fstype __pyx_string_tab[66]
+#define __pyx_n_u_getLogger __pyx_string_tab[67]
+#define __pyx_n_u_i __pyx_string_tab[68]
+#define __pyx_n_u_items __pyx_string_tab[69]
+#define __pyx_n_u_log __pyx_string_tab[70]
+#define __pyx_n_u_logging __pyx_string_tab[71]
+#define __pyx_n_u_m __pyx_string_tab[72]
+#define __pyx_n_u_master __pyx_string_tab[73]
+#define __pyx_n_u_max_write __pyx_string_tab[74]
+#define __pyx_n_u_mergerfs __pyx_string_tab[75]
+#define __pyx_n_u_mergerfs__kernel __pyx_string_tab[76]
+#define __pyx_n_u_minor __pyx_string_tab[77]
+#define __pyx_n_u_mount __pyx_string_tab[78]
+#define __pyx_n_u_n __pyx_string_tab[79]
+#define __pyx_n_u_name_2 __pyx_string_tab[80]
+#define __pyx_n_u_namelen __pyx_string_tab[81]
+#define __pyx_n_u_off __pyx_string_tab[82]
+#define __pyx_n_u_open __pyx_string_tab[83]
+#define __pyx_n_u_os __pyx_string_tab[84]
+#define __pyx_n_u_out __pyx_string_tab[85]
+#define __pyx_n_u_p __pyx_string_tab[86]
+#define __pyx_n_u_pack_dirents __pyx_string_tab[87]
+#define __pyx_n_u_pop __pyx_string_tab[88]
+#define __pyx_n_u_pyfh __pyx_string_tab[89]
+#define __pyx_n_u_rec __pyx_string_tab[90]
+#define __pyx_n_u_remove __pyx_string_tab[91]
+#define __pyx_n_u_rv __pyx_string_tab[92]
+#define __pyx_n_u_s __pyx_string_tab[93]
+#define __pyx_n_u_self __pyx_string_tab[94]
+#define __pyx_n_u_serve __pyx_string_tab[95]
+#define __pyx_n_u_setdefault __pyx_string_tab[96]
+#define __pyx_n_u_size __pyx_string_tab[97]
+#define __pyx_n_u_source __pyx_string_tab[98]
+#define __pyx_n_u_strerror __pyx_string_tab[99]
+#define __pyx_n_u_t __pyx_string_tab[100]
+#define __pyx_n_u_target __pyx_string_tab[101]
+#define __pyx_n_u_used __pyx_string_tab[102]
+#define __pyx_n_u_values __pyx_string_tab[103]
+#define __pyx_kp_b_iso88591_Q __pyx_string_tab[104]
+#define __pyx_kp_b_iso88591_j_waw_S_gQgRy __pyx_string_tab[105]
+#define __pyx_kp_b_iso88591_E_r_2Q_Q_wat_axs_a_gQe2Yaq_1 __pyx_string_tab[106]
+#define __pyx_kp_b_iso88591_2Yaq_2Yaq_2Yaq_2Yaq_was_S_S_1_g __pyx_string_tab[107]
+#define __pyx_kp_b_iso88591_V1_Ya_31A_s_A_gQgRy_1 __pyx_string_tab[108]
+#define __pyx_kp_b_iso88591_avQ_AQ_q_U_5_1A_q_we1A_Qa_2XRs __pyx_string_tab[109]
+#define __pyx_kp_b_iso88591_A_3c_3c_D_1_t6_Q __pyx_string_tab[110]
+#define __pyx_kp_b_iso88591_A_3c_3c_D_3d_F_Q_3a_t6_WD_as_F_3 __pyx_string_tab[111]
+#define __pyx_kp_b_iso88591_A_N_hgR7MRzY_6fCwa __pyx_string_tab[112]
+#define __pyx_kp_b_iso88591_A_q_A_q_4s_at5_A_r_1_a_4s_4s_D_1 __pyx_string_tab[113]
+#define __pyx_kp_b_iso88591_5Q_4q_Kq_A_Ba_A_a_a_F_2V1_F_2_F __pyx_string_tab[114]
 #define __pyx_int_0 __pyx_number_tab[0]
 #define __pyx_int_23 __pyx_number_tab[1]
 /* #### Code section: module_state_clear ### */
@@ -3161,8 +3272,8 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_values.method);
   for (int i=0; i<3; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
-  for (int i=0; i<11; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<102; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<12; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<115; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<2; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_clear_contents ### */
 /* CommonTypesMetaclass.module_state_clear */
@@ -3193,8 +3304,8 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_values.method);
   for (int i=0; i<3; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
-  for (int i=0; i<11; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<102; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<12; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<115; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<2; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_traverse_contents ### */
 /* CommonTypesMetaclass.module_state_traverse */
@@ -8612,6 +8723,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
  *     cdef bytes d = os.fsencode(data)
  *     if c_mount(s, t, f, flags, <const char *>d) != 0:             # <<<<<<<<<<<<<<
  *         raise OSError(errno, os.strerror(errno))
+ * 
 */
   if (unlikely(__pyx_v_s == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "expected bytes, NoneType found");
@@ -8646,6 +8758,8 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
  *     cdef bytes d = os.fsencode(data)
  *     if c_mount(s, t, f, flags, <const char *>d) != 0:
  *         raise OSError(errno, os.strerror(errno))             # <<<<<<<<<<<<<<
+ * 
+ * 
 */
     __pyx_t_4 = NULL;
     __pyx_t_2 = __Pyx_PyLong_From_int(errno); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 361, __pyx_L1_error)
@@ -8698,6 +8812,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
  *     cdef bytes d = os.fsencode(data)
  *     if c_mount(s, t, f, flags, <const char *>d) != 0:             # <<<<<<<<<<<<<<
  *         raise OSError(errno, os.strerror(errno))
+ * 
 */
   }
 
@@ -8727,6 +8842,421 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__py
   __Pyx_XDECREF(__pyx_v_t);
   __Pyx_XDECREF(__pyx_v_f);
   __Pyx_XDECREF(__pyx_v_d);
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "mergerfs/_kernel.pyx":371
+ * 
+ * 
+ * def pack_dirents(list entries, Py_ssize_t off, size_t size):             # <<<<<<<<<<<<<<
+ *     """READDIR's reply: ``entries[off:]`` as ``fuse_dirent`` records (8-byte
+ *     aligned, each entry's offset the index after it) while they fit ``size``."""
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_8mergerfs_7_kernel_9pack_dirents(PyObject *__pyx_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+PyDoc_STRVAR(__pyx_doc_8mergerfs_7_kernel_8pack_dirents, "READDIR\047s reply: ``entries[off:]`` as ``fuse_dirent`` records (8-byte\n    aligned, each entry\047s offset the index after it) while they fit ``size``.");
+static PyMethodDef __pyx_mdef_8mergerfs_7_kernel_9pack_dirents = {"pack_dirents", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_8mergerfs_7_kernel_9pack_dirents, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_8mergerfs_7_kernel_8pack_dirents};
+static PyObject *__pyx_pw_8mergerfs_7_kernel_9pack_dirents(PyObject *__pyx_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  PyObject *__pyx_v_entries = 0;
+  Py_ssize_t __pyx_v_off;
+  size_t __pyx_v_size;
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject* values[3] = {0,0,0};
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("pack_dirents (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  {
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_entries,&__pyx_mstate_global->__pyx_n_u_off,&__pyx_mstate_global->__pyx_n_u_size,0};
+    const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 371, __pyx_L3_error)
+    if (__pyx_kwds_len > 0) {
+      switch (__pyx_nargs) {
+        case  3:
+        values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 371, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  2:
+        values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 371, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  1:
+        values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 371, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  0: break;
+        default: goto __pyx_L5_argtuple_error;
+      }
+      const Py_ssize_t kwd_pos_args = __pyx_nargs;
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "pack_dirents", 0) < (0)) __PYX_ERR(0, 371, __pyx_L3_error)
+      for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("pack_dirents", 1, 3, 3, i); __PYX_ERR(0, 371, __pyx_L3_error) }
+      }
+    } else if (unlikely(__pyx_nargs != 3)) {
+      goto __pyx_L5_argtuple_error;
+    } else {
+      values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 371, __pyx_L3_error)
+      values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 371, __pyx_L3_error)
+      values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 371, __pyx_L3_error)
+    }
+    __pyx_v_entries = ((PyObject*)values[0]);
+    __pyx_v_off = __Pyx_PyIndex_AsSsize_t(values[1]); if (unlikely((__pyx_v_off == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 371, __pyx_L3_error)
+    __pyx_v_size = __Pyx_PyLong_As_size_t(values[2]); if (unlikely((__pyx_v_size == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 371, __pyx_L3_error)
+  }
+  goto __pyx_L6_skip;
+  __pyx_L5_argtuple_error:;
+  __Pyx_RaiseArgtupleInvalid("pack_dirents", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 371, __pyx_L3_error)
+  __pyx_L6_skip:;
+  goto __pyx_L4_argument_unpacking_done;
+  __pyx_L3_error:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __Pyx_AddTraceback("mergerfs._kernel.pack_dirents", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_RefNannyFinishContext();
+  return NULL;
+  __pyx_L4_argument_unpacking_done:;
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_entries), (&PyList_Type), 1, "entries", 1))) __PYX_ERR(0, 371, __pyx_L1_error)
+  __pyx_r = __pyx_pf_8mergerfs_7_kernel_8pack_dirents(__pyx_self, __pyx_v_entries, __pyx_v_off, __pyx_v_size);
+
+  /* function exit code */
+  goto __pyx_L0;
+  __pyx_L1_error:;
+  __pyx_r = NULL;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  goto __pyx_L7_cleaned_up;
+  __pyx_L0:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __pyx_L7_cleaned_up:;
+
+
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_8mergerfs_7_kernel_8pack_dirents(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_entries, Py_ssize_t __pyx_v_off, size_t __pyx_v_size) {
+  PyObject *__pyx_v_out = 0;
+  char *__pyx_v_p;
+  size_t __pyx_v_used;
+  size_t __pyx_v_rec;
+  Py_ssize_t __pyx_v_i;
+  Py_ssize_t __pyx_v_namelen;
+  PyObject *__pyx_v_name = 0;
+  struct __pyx_t_8mergerfs_7_kernel_fuse_dirent *__pyx_v_d;
+  PyObject *__pyx_v_entry = NULL;
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  Py_ssize_t __pyx_t_2;
+  Py_ssize_t __pyx_t_3;
+  Py_ssize_t __pyx_t_4;
+  PyObject *__pyx_t_5 = NULL;
+  Py_ssize_t __pyx_t_6;
+  int __pyx_t_7;
+  uint64_t __pyx_t_8;
+  uint32_t __pyx_t_9;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("pack_dirents", 0);
+
+  /* "mergerfs/_kernel.pyx":374
+ *     """READDIR's reply: ``entries[off:]`` as ``fuse_dirent`` records (8-byte
+ *     aligned, each entry's offset the index after it) while they fit ``size``."""
+ *     cdef bytes out = PyBytes_FromStringAndSize(NULL, size)             # <<<<<<<<<<<<<<
+ *     cdef char *p = PyBytes_AS_STRING(out)
+ *     cdef size_t used = 0
+*/
+  __pyx_t_1 = PyBytes_FromStringAndSize(NULL, __pyx_v_size); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 374, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  __pyx_v_out = ((PyObject*)__pyx_t_1);
+  __pyx_t_1 = 0;
+
+  /* "mergerfs/_kernel.pyx":375
+ *     aligned, each entry's offset the index after it) while they fit ``size``."""
+ *     cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
+ *     cdef char *p = PyBytes_AS_STRING(out)             # <<<<<<<<<<<<<<
+ *     cdef size_t used = 0
+ *     cdef size_t rec
+*/
+  __pyx_v_p = PyBytes_AS_STRING(__pyx_v_out);
+
+  /* "mergerfs/_kernel.pyx":376
+ *     cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
+ *     cdef char *p = PyBytes_AS_STRING(out)
+ *     cdef size_t used = 0             # <<<<<<<<<<<<<<
+ *     cdef size_t rec
+ *     cdef Py_ssize_t i
+*/
+  __pyx_v_used = 0;
+
+  /* "mergerfs/_kernel.pyx":382
+ *     cdef bytes name
+ *     cdef fuse_dirent *d
+ *     for i in range(off, len(entries)):             # <<<<<<<<<<<<<<
+ *         entry = entries[i]
+ *         name = <bytes>entry[0]
+*/
+  if (unlikely(__pyx_v_entries == Py_None)) {
+    PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
+    __PYX_ERR(0, 382, __pyx_L1_error)
+  }
+  __pyx_t_2 = __Pyx_PyList_GET_SIZE(__pyx_v_entries); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 382, __pyx_L1_error)
+  __pyx_t_3 = __pyx_t_2;
+
+  for (__pyx_t_4 = __pyx_v_off; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
+    __pyx_v_i = __pyx_t_4;
+
+    /* "mergerfs/_kernel.pyx":383
+ *     cdef fuse_dirent *d
+ *     for i in range(off, len(entries)):
+ *         entry = entries[i]             # <<<<<<<<<<<<<<
+ *         name = <bytes>entry[0]
+ *         namelen = len(name)
+*/
+    if (unlikely(__pyx_v_entries == Py_None)) {
+      PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
+      __PYX_ERR(0, 383, __pyx_L1_error)
+    }
+    __pyx_t_1 = __Pyx_PyList_GET_ITEM(__pyx_v_entries, __pyx_v_i);
+    __Pyx_INCREF(__pyx_t_1);
+    __Pyx_XDECREF_SET(__pyx_v_entry, __pyx_t_1);
+    __pyx_t_1 = 0;
+
+    /* "mergerfs/_kernel.pyx":384
+ *     for i in range(off, len(entries)):
+ *         entry = entries[i]
+ *         name = <bytes>entry[0]             # <<<<<<<<<<<<<<
+ *         namelen = len(name)
+ *         rec = (sizeof(fuse_dirent) + namelen + 7) & ~(<size_t>7)
+*/
+    __pyx_t_1 = __Pyx_GetItemInt(__pyx_v_entry, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 384, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_1);
+    __pyx_t_5 = __pyx_t_1;
+    __Pyx_INCREF(__pyx_t_5);
+    __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+    __Pyx_XDECREF_SET(__pyx_v_name, ((PyObject*)__pyx_t_5));
+    __pyx_t_5 = 0;
+
+    /* "mergerfs/_kernel.pyx":385
+ *         entry = entries[i]
+ *         name = <bytes>entry[0]
+ *         namelen = len(name)             # <<<<<<<<<<<<<<
+ *         rec = (sizeof(fuse_dirent) + namelen + 7) & ~(<size_t>7)
+ *         if used + rec > size:
+*/
+    if (unlikely(__pyx_v_name == Py_None)) {
+      PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
+      __PYX_ERR(0, 385, __pyx_L1_error)
+    }
+    __pyx_t_6 = __Pyx_PyBytes_GET_SIZE(__pyx_v_name); if (unlikely(__pyx_t_6 == ((Py_ssize_t)-1))) __PYX_ERR(0, 385, __pyx_L1_error)
+    __pyx_v_namelen = __pyx_t_6;
+
+    /* "mergerfs/_kernel.pyx":386
+ *         name = <bytes>entry[0]
+ *         namelen = len(name)
+ *         rec = (sizeof(fuse_dirent) + namelen + 7) & ~(<size_t>7)             # <<<<<<<<<<<<<<
+ *         if used + rec > size:
+ *             break
+*/
+    __pyx_v_rec = ((((sizeof(struct __pyx_t_8mergerfs_7_kernel_fuse_dirent)) + __pyx_v_namelen) + 7) & (~((size_t)7)));
+
+    /* "mergerfs/_kernel.pyx":387
+ *         namelen = len(name)
+ *         rec = (sizeof(fuse_dirent) + namelen + 7) & ~(<size_t>7)
+ *         if used + rec > size:             # <<<<<<<<<<<<<<
+ *             break
+ *         d = <fuse_dirent *>(p + used)
+*/
+    __pyx_t_7 = ((__pyx_v_used + __pyx_v_rec) > __pyx_v_size);
+
+    if (__pyx_t_7) {
+
+
+      /* "mergerfs/_kernel.pyx":388
+ *         rec = (sizeof(fuse_dirent) + namelen + 7) & ~(<size_t>7)
+ *         if used + rec > size:
+ *             break             # <<<<<<<<<<<<<<
+ *         d = <fuse_dirent *>(p + used)
+ *         d.ino = <uint64_t>entry[2]
+*/
+      goto __pyx_L4_break;
+
+      /* "mergerfs/_kernel.pyx":387
+ *         namelen = len(name)
+ *         rec = (sizeof(fuse_dirent) + namelen + 7) & ~(<size_t>7)
+ *         if used + rec > size:             # <<<<<<<<<<<<<<
+ *             break
+ *         d = <fuse_dirent *>(p + used)
+*/
+    }
+
+    /* "mergerfs/_kernel.pyx":389
+ *         if used + rec > size:
+ *             break
+ *         d = <fuse_dirent *>(p + used)             # <<<<<<<<<<<<<<
+ *         d.ino = <uint64_t>entry[2]
+ *         d.off = <uint64_t>(i + 1)
+*/
+    __pyx_v_d = ((struct __pyx_t_8mergerfs_7_kernel_fuse_dirent *)(__pyx_v_p + __pyx_v_used));
+
+    /* "mergerfs/_kernel.pyx":390
+ *             break
+ *         d = <fuse_dirent *>(p + used)
+ *         d.ino = <uint64_t>entry[2]             # <<<<<<<<<<<<<<
+ *         d.off = <uint64_t>(i + 1)
+ *         d.namelen = <uint32_t>namelen
+*/
+    __pyx_t_5 = __Pyx_GetItemInt(__pyx_v_entry, 2, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 390, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_5);
+    __pyx_t_8 = __Pyx_PyLong_As_uint64_t(__pyx_t_5); if (unlikely((__pyx_t_8 == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 390, __pyx_L1_error)
+    __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+    __pyx_v_d->ino = ((uint64_t)__pyx_t_8);
+
+
+    /* "mergerfs/_kernel.pyx":391
+ *         d = <fuse_dirent *>(p + used)
+ *         d.ino = <uint64_t>entry[2]
+ *         d.off = <uint64_t>(i + 1)             # <<<<<<<<<<<<<<
+ *         d.namelen = <uint32_t>namelen
+ *         d.type = <uint32_t>entry[1]
+*/
+    __pyx_v_d->off = ((uint64_t)(__pyx_v_i + 1));
+
+    /* "mergerfs/_kernel.pyx":392
+ *         d.ino = <uint64_t>entry[2]
+ *         d.off = <uint64_t>(i + 1)
+ *         d.namelen = <uint32_t>namelen             # <<<<<<<<<<<<<<
+ *         d.type = <uint32_t>entry[1]
+ *         memcpy(p + used + sizeof(fuse_dirent), PyBytes_AS_STRING(name), namelen)
+*/
+    __pyx_v_d->namelen = ((uint32_t)__pyx_v_namelen);
+
+    /* "mergerfs/_kernel.pyx":393
+ *         d.off = <uint64_t>(i + 1)
+ *         d.namelen = <uint32_t>namelen
+ *         d.type = <uint32_t>entry[1]             # <<<<<<<<<<<<<<
+ *         memcpy(p + used + sizeof(fuse_dirent), PyBytes_AS_STRING(name), namelen)
+ *         memset(p + used + sizeof(fuse_dirent) + namelen, 0, rec - sizeof(fuse_dirent) - namelen)
+*/
+    __pyx_t_5 = __Pyx_GetItemInt(__pyx_v_entry, 1, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 393, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_5);
+    __pyx_t_9 = __Pyx_PyLong_As_uint32_t(__pyx_t_5); if (unlikely((__pyx_t_9 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 393, __pyx_L1_error)
+    __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+    __pyx_v_d->type = ((uint32_t)__pyx_t_9);
+
+
+    /* "mergerfs/_kernel.pyx":394
+ *         d.namelen = <uint32_t>namelen
+ *         d.type = <uint32_t>entry[1]
+ *         memcpy(p + used + sizeof(fuse_dirent), PyBytes_AS_STRING(name), namelen)             # <<<<<<<<<<<<<<
+ *         memset(p + used + sizeof(fuse_dirent) + namelen, 0, rec - sizeof(fuse_dirent) - namelen)
+ *         used += rec
+*/
+    (void)(memcpy(((__pyx_v_p + __pyx_v_used) + (sizeof(struct __pyx_t_8mergerfs_7_kernel_fuse_dirent))), PyBytes_AS_STRING(__pyx_v_name), __pyx_v_namelen));
+
+    /* "mergerfs/_kernel.pyx":395
+ *         d.type = <uint32_t>entry[1]
+ *         memcpy(p + used + sizeof(fuse_dirent), PyBytes_AS_STRING(name), namelen)
+ *         memset(p + used + sizeof(fuse_dirent) + namelen, 0, rec - sizeof(fuse_dirent) - namelen)             # <<<<<<<<<<<<<<
+ *         used += rec
+ *     return out[:used]
+*/
+    (void)(memset((((__pyx_v_p + __pyx_v_used) + (sizeof(struct __pyx_t_8mergerfs_7_kernel_fuse_dirent))) + __pyx_v_namelen), 0, ((__pyx_v_rec - (sizeof(struct __pyx_t_8mergerfs_7_kernel_fuse_dirent))) - __pyx_v_namelen)));
+
+    /* "mergerfs/_kernel.pyx":396
+ *         memcpy(p + used + sizeof(fuse_dirent), PyBytes_AS_STRING(name), namelen)
+ *         memset(p + used + sizeof(fuse_dirent) + namelen, 0, rec - sizeof(fuse_dirent) - namelen)
+ *         used += rec             # <<<<<<<<<<<<<<
+ *     return out[:used]
+*/
+    __pyx_v_used = (__pyx_v_used + __pyx_v_rec);
+  }
+  __pyx_L4_break:;
+
+
+
+  /* "mergerfs/_kernel.pyx":397
+ *         memset(p + used + sizeof(fuse_dirent) + namelen, 0, rec - sizeof(fuse_dirent) - namelen)
+ *         used += rec
+ *     return out[:used]             # <<<<<<<<<<<<<<
+*/
+  if (unlikely(__pyx_v_out == Py_None)) {
+    PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
+    __PYX_ERR(0, 397, __pyx_L1_error)
+  }
+  __pyx_t_5 = PySequence_GetSlice(__pyx_v_out, 0, __pyx_v_used); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 397, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_5);
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_5;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_5 = 0;
+  goto __pyx_L0;
+
+  /* "mergerfs/_kernel.pyx":371
+ * 
+ * 
+ * def pack_dirents(list entries, Py_ssize_t off, size_t size):             # <<<<<<<<<<<<<<
+ *     """READDIR's reply: ``entries[off:]`` as ``fuse_dirent`` records (8-byte
+ *     aligned, each entry's offset the index after it) while they fit ``size``."""
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_5);
+  __Pyx_AddTraceback("mergerfs._kernel.pack_dirents", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __Pyx_XDECREF(__pyx_v_out);
+
+
+
+
+
+  __Pyx_XDECREF(__pyx_v_name);
+
+  __Pyx_XDECREF(__pyx_v_entry);
   __Pyx_XGIVEREF(__pyx_r);
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
@@ -9668,6 +10198,21 @@ __Pyx_RefNannySetupContext("PyInit__kernel", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_mount, __pyx_t_2) < (0)) __PYX_ERR(0, 354, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
+  /* "mergerfs/_kernel.pyx":371
+ * 
+ * 
+ * def pack_dirents(list entries, Py_ssize_t off, size_t size):             # <<<<<<<<<<<<<<
+ *     """READDIR's reply: ``entries[off:]`` as ``fuse_dirent`` records (8-byte
+ *     aligned, each entry's offset the index after it) while they fit ``size``."""
+*/
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_9pack_dirents, 0, __pyx_mstate_global->__pyx_n_u_pack_dirents, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[11])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 371, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
+  #endif
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_pack_dirents, __pyx_t_2) < (0)) __PYX_ERR(0, 371, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
   /* "mergerfs/_kernel.pyx":1
  * # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True             # <<<<<<<<<<<<<<
  * """The FUSE kernel session's compiled core: the worker loop on ``/dev/fuse``
@@ -9815,41 +10360,41 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
-    const struct { const unsigned int length: 6; } str_length_index[] = {{15},{9},{1},{7},{6},{2},{9},{20},{50},{45},{23},{31},{9},{6},{7},{25},{27},{11},{17},{12},{14},{13},{20},{12},{8},{12},{8},{10},{8},{11},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{3},{18},{1},{7},{13},{12},{3},{18},{8},{5},{9},{1},{4},{5},{3},{5},{9},{1},{2},{2},{5},{8},{6},{9},{1},{5},{3},{7},{1},{6},{9},{8},{16},{5},{5},{1},{4},{2},{3},{3},{4},{6},{2},{1},{4},{5},{10},{6},{8},{1},{6},{6}};
-    const struct { const unsigned int length: 8; } bytes_length_index[] = {{9},{46},{85},{86},{72},{39},{133},{47},{205},{112}};
+    const struct { const unsigned int length: 8; } str_length_index[] = {{15},{9},{1},{179},{8},{7},{6},{2},{9},{20},{50},{45},{23},{31},{9},{6},{7},{25},{27},{11},{17},{12},{14},{13},{20},{12},{8},{12},{8},{10},{8},{11},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{3},{18},{1},{7},{13},{12},{3},{18},{8},{5},{9},{1},{4},{5},{7},{5},{3},{5},{9},{1},{2},{2},{5},{8},{6},{9},{1},{5},{3},{7},{1},{6},{9},{8},{16},{5},{5},{1},{4},{7},{3},{4},{2},{3},{1},{12},{3},{4},{3},{6},{2},{1},{4},{5},{10},{4},{6},{8},{1},{6},{4},{6}};
+    const struct { const unsigned int length: 8; } bytes_length_index[] = {{9},{46},{85},{86},{72},{251},{39},{133},{47},{205},{112}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (1065 bytes) */
-static const char cstring[] = "x\332\205RMo\333F\020\255`\305ql%\215\344\324\221\353\270\245\342\332nP\304\206l\047E\223C\341\332N\201$\215+\031Hb\270\000\261&\227\024c\222+\355.e\251\207\302G\036\367\270G\036y\344QG\035s\324\221G\377\204\376\204\316R\0376\340\000%(\315\356\314\343\233\2317\363#\247\030k\026E\266\207}\376d\323\304\355M+`\370W\323a\350\324\305\330W\377\266\341\260\341\311\3640\2651\265\330\246~\206\251\217\335\215f\267\343\023\315\304\026\n\\\256\351:\305f``]\327\314\000k\234h>\361\237r\352\264\035\344B\324p|\207+P\323\355j\304\322VM\355\264\3131\323p\307\300\330d\032o`\3554\260,L_h&%\315&6)n\005\230q\rJj\"n44\0139P\t\047D\363\220\0174M\354k\026\270\230\346\370\031A\223\020\367P\337{{x\360\361`\357P\257\357\177\250\037a\306\034\342\217\314\306\244N\243\313\033\304\327\365\253\000\303\234q\304o\206\220i\216\217\006\361-\307\016(\036;\232]\2531>S\354\221\366$\3020m\203\034\177v;\360\333w\014\256\277\303\035^\307\226\256#\337\047Y&x\254\3007\224\265\307\331\341\361\220\343g\226\230\201\233y|\344e\026D\327G0uls5\033\025h\005\310\035\203\306\223\270\321\353\304\201;\352\002\rO\210\331\265\3647\204\320u\230\024LOw\230n\020J\002\356\370\030TA\254\353\033\016\331\230\370\330\351)2\316\034\337\036\031\335p\t\303\343\213\232\027\214\330p\001\251C\207\234\"#\013\002\n<\226\231\241\047\022\003?G\260\227\226\211)\205\227P\265+M\016\342Z\226i5,\027\331\314\202\3754\010l!\343\335&\006\021\337\022\033\366\324q8\366\230Klxm\310\355y\210qL=\324\321\317\251\212\215\266yl7F[\3559>\241\036\t|\356\253j\t\203\276\232\260\2140\345\341ti\2331\354Z\331pA\247\321\372\003\214\032 \321\260L\316\021\260\3626ra}/ri~6\374I\324\324aA|\212\300\334\2768\017Qx>Xx\022\027\343\225\370(\311\2453\367B[\324\204-\353\262\033\347\342\342E\3562_\022\217\305\201,\312\247\021\215\313I)\331Jji~I\276\210jc\n.^J$;\021\213+\212\001\2453\263\341\232\310\211\342\230\017\313-y\034\241\250\225\346\347\302\252\"\235\027[\342\030>\002\317\377\036\207I\230X\021G\362\266\374\007\n\235J\252_(\365\337\351\257nM_\274\017\253i\376\326\3051""\224\001\346D@\243%\261\016\365\257\017*\333I5\331U\204,|\034\356\336\240\030V\267{93\027n\207\206(\211ma\310y\271\017b\025\346\005\244\374\032Z}\016T+\262\366%\330\\\274\035\233\311Z/\327\233\357\275\352\257\364k\352\263m\201\256\177\370!\332\217\247c\024\263\004\264*\204\257D\005\020\266\254]]\032\022]]\316\242\242\272\274\021-\231\227\257\243OjF\205\360\365\220\263\245\212(\204\357dE\276\214\032\261\235\324\007?\377\361\271\376\371\357\301\361\311\340\344/@\016\n\313\203\345\347\211\325\333\353\235\367\221\202/\312r\264\020\265\342|\014\375/J`\177(Z)\264\262\003\nW\322\302\335t\346NZ,\245\367\213\351\203\262\234\206\t\360\350Y\206~\360PPY\222\325\264\374\035TX^\222;\222Ek\361T\274\003\315\254C\313\373\375\251~5}\264\234\226\027\307\340_\242\3373MV\223V/\337;\350\027Ul\361\333\264\374\010\344\232\001\315\277\211\3215\342\357e+\312G\007\260f\305\313\302\375\341\006M*\033NqU\322h1\256\304\325A\376YR\203\221\337)\000\240\225\002|VV\224\311\2137\031\315nz\267(\226\344oPl\346\335U\346\236D\227#\246\037\256t\336\022\357!\375\344r\022\345\256.\037\325l@\353\377\000\3376\241\323";
-    PyObject *data = __Pyx_DecompressString(cstring, 1065, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (1382 bytes) */
+static const char cstring[] = "x\332\205TKs\023G\020FX6~\210\207d\260e\014\311\032c\034*\205\\\362\203$pH\214mR\001\002HT\214]N\325\326hwVZX\355H3#\331\342\220\362q\217s\234\343\036\367\270G\035u\344\270\307=\372\047\360\023\322\263z\230\212\251\212KR\317\364\364\364\364\367\365\327\376\201S\2145\213\242j\035\273\374\341\232\211\333kV\213\341__\023\2165^C\\\333\351\360\032q5\233i&v\354\n\246\210c\247\2431Nm\203c\252\202\\\355\355\336\333G\233?oj\31055\212?`\2033\215\265*\206\203\030\303L#\226Vi\331\016\267]\215w\032\230\025\264?,\255CZ\232\213\261\251q\2425 \356\353\013\274\206]\215a\256\026\332*r]\302\021\267\211\253\303u\333\255\256j\246M\341\021\273\215\325\355\347\310a\270\200LS\2078l\332\014U\034\214]\365[5l\326_\231uL\253\230ZlM\377\210\251\213\235B\243s\342\022@e\241\226\3035]\247\330l\031X\3275\263\225\244u\211\373\010P\266m\344\300\251a\2736WA\r@\017\200VL\255\322\341P+>1\000ER3\240\264,L\237h&%\215\0066)n\2660\343P-k n\3244\013\331P\t\047D\253#\027\3224\000\246\005.\246)j A\203\020\347\215\276\363\352\315\336\301\336\316\033\275\274\373\276\374\0163\006\320\007\2460\252\323H\032\243\353\347\007@\030\003\236.\036\0015\303\245A\\\313\256\266(\036:\032\035\2536\\S\\\047\355\321\t\303\264\rt\274\355\234\300w\027\272\255\277\306\047\274\214-]\037t\004Nu\335j\271\206\262\325\341\353\360WG\266\233Xb\266\234\304\343\242zb\201t}\020\246\226m\256z\243\016\232-\344\014\203\206\235\270\200u\344\300\047j\003\200G\211\331W\317_ B\327\241S\320=\335f\272A(i\201\0241\260\202X\3075lR\030\371X\245\202\214\217 \261\201\321\r\2070<\334\250~A\213\r\007\"u@\310)2\222C\210\002\217e&\321#\212!?G0R\226\t\303Em\314\224\351`J\341C\250\322MC\211\332\262L\253f9\250\312,\2100\010(\222\2511\001B_\221*h\326\2669\2563\207T\341S\205:\352u\304`\364\352\350D?\246\352l\240\354\241-\014\024^\267]B\353\244\345rW\261\244\276\016v\211e)\034\204\001\342F\003\212\327\3250\271\2345@\263 \006\030\254\276\016h\033f\321\261\022\031\000\243\203Aa\366\047\014W\251\001\204\366\201p\216\340]\016\3776\3146r@\360\247\2518=\355\375(Jj1\047>""\370`\256\234\036{\310;\216\346\036\006\331`9x\027\246\342\311k^U\224DU\226e\047H\005\331\323\324Y:\047\356\211=\231\225\217|\032\344\303\\\270\036\226\342\364\242|\342\227\206)\270x*\221<\361Y\260\2442\240xr\332{ R\";\314\207\345\272<\364\221\337\214\3233^Q%\235\025\353\342\020.\201\347\177\227\375G\230X\026\357\344\025\371\017\024:\026\026\277Q\352\227\211K\343\023\247\373^1N\217\237\036B\031`\216\004\000\315\211U\250\1775Z\332\010\213\341\266J\310\274{\336\366\205\024\203\352T\236\271\350V!@A[a\235\215f\357\373\333\n\356\274h~\311\\\032\237\362\306\275\277\304\222\330\222c\262(!\317\rqE4%\320w\335;\006\260\211/\007\365\226\004pq=\272\276\354\257\373\007A9`\341\275\360YX\353\202w\306\333\022\227\305}Q\201k\231\253\361d&\312\334\221\317d\005\03239\345\315\213i\271\"\233\303\315\014\360W\006*`\263(^H\244\026yq[n\371)?!\031yT\344\240\236\313\321\355\265h\355\267^\2527\3779\365\237\203BP\t\247\272\263\335\335\336\345\350\331~\264\177\020\035\034\252\322S\n\366\206W\021\251\323\355\263I\2654\340\312\2060\344\254\334\205\n2\263\242\250\220q\361\030X\\\226\245o\205\315\004\033\201\031>\350\246\340\201\347\275\345^I]\333H\340\217.\276\367w\203\t \225\205 \223\214\367\034\030\334\000\362K\347\233\232\2026\334|T\3202\336K`6-_\370\037\224<3\336\213~\316\246*\"\343\275\226K\362\251_\013\252a9\372\351\317\317\345\317\237\242\303\243\350\350\357\204\317\273\321\335\307\241\325\335\351\036\367\220\n_\220y\177\316o\006\351\000\332\263 !;\364Sub\023\304\265\224ta*\316\346\342\033\331\370f^N\200\370\270\277\225D\337\234\027T\346d1\316\177\007\025\346\027\345\246d\376\203`,\330\0040\253\t\247c\275b|\347n\234_\030\006\377\342\377\236p\262\0226\273\351\356^/\253\316\026n\307\371;@\327$\310\355V\200\276J\374=t;\355\357\301\204e\31727\372\3033\252\254/\340\025I\375\205`)(F\351\255\260\004*\235\312@@3\206\360i\271\244LZ\274L\322l\307W\263b\021\344\204\372\336me\256It6\310t\377\234\347u\261\017\317\2176G~\352|s\240z\003\\\377\013\313qYc";
+    PyObject *data = __Pyx_DecompressString(cstring, 1382, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (1355 bytes) */
-static const char cstring[] = "\377(tree fr\377agment)/\377dev/fuse\377?disable{en\002\001gcis\004\003\377dmergerf\377s/_kerne\377l.pyxno \377default \377__reduce\377__ due t\377o non-tr\337ivial\033\000ci\367nit!\001ply \377of %d by\377tes exce\377eds the \377buffer: \377droppedr\177equest \220\000\377patch fa\377iledtoo \367manD\000pen \275f\020\000s in<\002p\377oolO_CLO\377EXECO_RD\377WRSessio\365n\000\004.\237\006cyth\357on__\017\007set\277state_\013\ra\373dd7\005confi\357gureH\005pyf}hT\005remov\021\006\357serv\214 Pyx\377_PyDict_\377NextRef_\337_annoe\002__\337_func\004\000_g\334v\005\021\000mai\227\000__\337modul\320 __\247nam\003\002\362 _\237\003_\346\007\001vt\250A;\001quaal\035\005\202E\333\016\234Fexo\001d\356\000P\006st\010\370\016__\247@\376\273@_is_cor\277outine\223 a\177syncio.\013\006\377sbbackin\375g\000\004_close\262\005\005o\255@\340@cl;\000_\236\337\000trac\030\002#\000n\317e_fd)\002\332&dd\377atadevfd\267err\000\000or\250ap\375t\313@ffdfhf\377lagsfsen\377codefsty\373pe\302 Logge\377riitemsl\353og\000\000g\215\000mma\377stermax_\243wr\030\001\307\204\004\316\204\005.\317\204\004m\377inormoun\333tn\252\001os\351\000po\371p\342A\330Crvsse\303lf\330B\256`\370\204\004$\000rc\367est\241\003ttar\376\314@values\200\377\001\330\004\n\210+\220Q\336\005\001\026\220j\240\r\000\007\200\377w\210a\210w\320\026)\377\250\021\250#\250S\260\001\377\330\010\016\210g\220Q\220\377g\230R\230y\250\001\250\377\021\200\001\340\004\022\220\"\377\220E\230\021\230-\240r\377\250\030\260\022\2602\260Q?\330\004\033\230:\240\004\000=\003\377t\220;\230a\230x\240\367s\250!>\001a\330\010\n\277\210&\220\001\220\021H\005e\377\2302\230Y\240a\240q\337\330\004\013\2101Q\001\023\220\0072\220Y2\000\017\000\000\010\000\023\242\003\377s\220#\220S\230\007\230\335~\246\000\003\2601\230\020\360\006\377\000\005\006\200V\2101\330\277\004\005\200Y\210a\003\001[\335\220\366\000\022\220\047\275\000\047\320\377!3\2601\260A\330\004\177\007\200s\210\"\210A\335\016\376\230\003A\340\010\013\2103\210\377c\220\022\2203\220c\230w\023""\230D\252 \014\023\220p\000\337\017\210t\2206\210 #\230\373Q\200\024\020\013\2503\250d\377\260&\270\001\270\023\270F\337\300#\300Q\3304\0003\220\374\215 /\007W\240D\250\006\250\357a\250s\260\251 \014\210F\373\220!c\000g\230Q\330\010n\005\005h\230a\003\007k\240\302 \377\014\210K\220q\230\004\230wJ\240j\240A\014\210JN\003\375q\201\001\014\210N\230!\230\377;\240h\250g\260R\320\3777M\310R\310z\320Y\357[\320[\\P\000\320\014\035\377\320\0356\260f\270C\270\367w\300a\260\001\031\230\030\240\277\026\240q\250\004\250\375\000\031\275\230\240@\027\220q\330\357\0004\377\210s\220!\330\014\r\330\377\010\t\330\021\022\330\020\021\337\330\024\030\230\006\325@t\240\3755)\002\024\027\220r\230\022\337\2301\330\030\036\237\000\030\033\377\2304\230s\240&\250\003\353\2504\312\000\047\360\000D\300\003\377\3001\330\034\035\330\030\031\335\330&\0049\240G\217\"%\260\177q\270\004\270E\300\021\030\001_\031\032\330\030\034\323 \010\337`\357\025\250a\330O\007\037\230q\357\240\004\240E\344`\021\340\014\315\020\274c\013\210\223\004\300C%\230\377r\240\031\250!\2501\320o\0045\260Q\360@\t\014\036\000\333q\330,\000\n\230\275\000\020\220\367\004\220KB\002A\330\r\021\317\220\033\230B\314 I\000\004\220}A \001\016\230a\340\014\212c\235$\336\0472\220V\325\000\373$2\357\220[\240\001\207E2\220X\016\230A\017\210q";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 1355, 1707);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (1781 bytes) */
+static const char cstring[] = "\377(tree fr\377agment)/\377dev/fuse\377?Note th\377at Cytho\377n is del\377iberatel\377y strict\373er!\001n PEP\377-484 and\377 rejects\377 subclas\377ses of b\377uiltin t\377ypes. If\377 you nee?d to p%\000%\t\377then set\376\200\000e \047anno\177tation_<\000\377ing\047 dir\366b\000iv\242\000o Fa\377lse.add_\376%\000edisabl\367een\002\001gcis\376\004\003dmerger\377fs/_kern\377el.pyxno\376\323\000fault _\377_reduce_\357_ duR\002non\275-\343\000vial\033\000c/init!\001p\373\000\316\000\277%d byt\332\000e\353xc\303\000s\246\002buf\377fer: dro\377ppedrequ\367est\253\000spat\377ch faile\377dtoo man\257y op\344\000f\020\000s\375 \227!he poo\377lO_CLOEX\377ECO_RDWROSess\370\000\000\004.\237\006Mc\224B__\017\007\256 s\245 \343e_\013\r\230 7\005con\277figureH\005p\367yfhT\005remo\275v\021\006serv\214 P\277yx_PyD\353@_\377NextRef_\371_\213D\252 __fun\377c____get\274x\003\n\000main\020\001m\357odul!\002namd)\002\362 _ \004\007\001vt\250A\036;\001qual\035\005\202E\333\016\246\234Fexo\001\237`_Q\005s\314t\010\370\016__\247@\273@_i\377s_corout\367ine\256`asyn\357cio.\013\006sbb\347ack\340`\000\004_cl\307ose\005\005\254A\340@clz;\000_\337\000trac\030\002>#\000ne_fd)\002\332&\377ddatadev\377fdentrie\275s\003\001yerr\000\000o\365r\264ap\321\204\001ffdf\377hflagsfs\377encodefs\374\243\205\001\316 Logger\377iitemslo\375g\000\000gingmm\377astermaxG_wr\030\001\323\204\004\332\204\005.\333\204\004\377minormou\347ntn\373!\377!len\267off\364aos\203 p\365p\353\000_\311\205\001ntsp\273op\211arec\202cr\277vsself\202bs\363et\224\000\245\205\001size\2768\000rcest\303\003t\367tar\372@used\377values\200\001\177\330\004\n\210+\220Q\005\001\357\026\220j\240\r\000\007\200w\377\210a\210w\320\026)\250\377\021\250#\250S\260\001\330\377\010\016\210g\220Q\220g\377\230R\230y\250\001\250\021\377\200\001\340\004\022\220\"\220\377E\230\021\230-\240r\250\377\030\260\022\2602\260Q\330\237\004\033\230:\240\004\000=\003t\377\220;\230a\230x\240s\373\250!>\001a\330\010\n\210\337&\220\001\220\021H\005e\230\3772""\230Y\240a\240q\330\357\004\013\2101Q\001\023\2202\203\220Y2\000\017\000\000\010\000\023\242\003s\377\220#\220S\230\007\230~\356\246\000\003\2601\230\020\360\006\000\377\005\006\200V\2101\330\004\337\005\200Y\210a\003\001[\220\356\366\000\022\220\047\275\000\047\320!\3773\2601\260A\330\004\007?\200s\210\"\210A\335\016\227\004\376D\001\026\320\025.\250a\250\375v\350\001\023\320\023$\240A\376\353\001\027\220q\360\014\000\005\377\t\210\005\210U\220!\220\2775\230\003\2301\230E\000\020\337\220\007\220q\230\274 \017\210\327w\220e\016\003\022\255\000Q\220\376\211 \017\320\017#\2402\240\377X\250R\250s\260\"\260\357B\260h\270\237 \013\2105\277\220\002\220$\220b4\000\014\377\r\330\010\014\320\014\034\230\367B\230b\226@\010\t\210\027\277\220\n\230%\230q\005\005\013\336\275 R\230q\330\027\000\033\220\373J\230\336 \t\210\030\220\032\337\2305\240\001\240\340\"a\210\367r\220\022\215\000\002\320\032/\377\320/@\300\001\300\027\310\374\311B\016\010.\250b\260\t\270\377\023\270D\300\002\320BV\377\320VX\320XY\330\010\375\020\235!\013\2103\210b\220_\001\200A\340\010\007\001cI\000\1773\220c\230\023\230D\245`\367\014\023\220\353 \017\210t\220\3356\203`#\230Q\023\021\013\250\1773\250d\260&\270\001^\000\277F\300#\300Q\3304\0003|\372\0020\006W\240D\250\006\322 \273s\260\244`\014\210F\277 3\222\350`Q\372\000\006\004h\327\001\022\005k\356\327\001\014\210K\327 \004\230J\273\240j\233\204\001\014\210JN\003q\376\250\001\014\210N\230!\230;\377\240h\250g\260R\3207\377M\310R\310z\320Y[\367\320[\\\313\"\035\320\0356\377\260f\270C\270w\300a\376\327\001\031\230\030\240\026\240q\367\250\004\250\370@\031\230\021\330\365\010\315@\330\357\0004\210s\220\373!\330\202A\t\330\021\022\330\377\020\021\330\024\030\230\006\230\337a\230t\2405)\002\024\027\377\220r\230\022\2301\330\030\375\036\372 \030\033\2304\230s\277\240&\250\003\2504\320@\047\376\317\"\003\3001\330\034\035\330w\030\031\330&\0049\240G\217\"\377%\260q\270\004\270E\300}\021\030\001\031\032\330\030\034\323 \377\010\250\001\250\025\250a\330\372O\007""\037\353@\004\240E\250\030\337\260\021\340\014\020\267\205\003\013\210\374\223\004\273\204\003%\230r\240\031\250\377!\2501\320\0045\260Q\337\360\006\000\t\014\036\000q\330\366,\000\n\230\275\000\020\220\004\220\375KB\002A\330\r\021\220\033\272\314`a\031\001\004\220A \001\016\257\230a\340\014\205\205\003$\336\0472\353\220V\325\000\010\211C2\220[\354\374a\005\005X\230\231@\017\210q";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 1781, 2195);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (1707 bytes) */
-static const char bytes[] = "(tree fragment)/dev/fuse?disableenablegcisenabledmergerfs/_kernel.pyxno default __reduce__ due to non-trivial __cinit__reply of %d bytes exceeds the buffer: droppedrequest dispatch failedtoo many open files in the poolO_CLOEXECO_RDWRSessionSession.__reduce_cython__Session.__setstate_cython__Session.addSession.configureSession.pyfhSession.removeSession.serve__Pyx_PyDict_NextRef__annotate____func____getstate____main____module____name____pyx_state__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutineaddasyncio.coroutinesbbackingbacking_closebacking_openbufcline_in_tracebackclone_fdcloseconfigureddatadevfderrerrorexceptionffdfhflagsfsencodefstypegetLoggeriitemslogloggingmmastermax_writemergerfsmergerfs._kernelminormountnopenosoutpoppyfhremovervsselfservesetdefaultsourcestrerrorttargetvalues\200\001\330\004\n\210+\220Q\200\001\330\004\026\220j\240\001\330\004\007\200w\210a\210w\320\026)\250\021\250#\250S\260\001\330\010\016\210g\220Q\220g\230R\230y\250\001\250\021\200\001\340\004\022\220\"\220E\230\021\230-\240r\250\030\260\022\2602\260Q\330\004\033\230:\240Q\330\004\007\200w\210a\210t\220;\230a\230x\240s\250!\330\010\016\210a\330\010\n\210&\220\001\220\021\330\010\016\210g\220Q\220e\2302\230Y\240a\240q\330\004\013\2101\200\001\340\004\023\2202\220Y\230a\230q\330\004\023\2202\220Y\230a\230q\330\004\023\2202\220Y\230a\230q\330\004\023\2202\220Y\230a\230q\330\004\007\200w\210a\210s\220#\220S\230\007\230~\250S\260\003\2601\330\010\016\210g\220Q\220g\230R\230y\250\001\250\021\200\001\360\006\000\005\006\200V\2101\330\004\005\200Y\210a\330\004\005\200[\220\001\330\004\022\220\047\230\021\230\047\320!3\2601\260A\330\004\007\200s\210\"\210A\330\010\016\210g\220Q\220g\230R\230y\250\001\250\021\330\004\013\2101\200A\340\010\013\2103\210c\220\022\2203\220c\230\023\230D\240\001\330\014\023\2201\330\010\017\210t\2206\230\021\230#\230Q\200A\340\010\013\2103\210c\220\022\2203\220c\230\023\230D\240\013\2503""\250d\260&\270\001\270\023\270F\300#\300Q\330\014\023\2203\220a\330\010\017\210t\2206\230\021\230#\230W\240D\250\006\250a\250s\260!\330\010\014\210F\220!\2203\220g\230Q\330\010\014\210F\220!\2203\220h\230a\330\010\014\210F\220!\2203\220k\240\021\330\010\014\210K\220q\230\004\230J\240j\260\001\330\010\014\210J\220a\330\010\017\210q\200A\340\010\014\210N\230!\230;\240h\250g\260R\3207M\310R\310z\320Y[\320[\\\330\010\014\320\014\035\320\0356\260f\270C\270w\300a\200A\340\010\031\230\030\240\026\240q\250\004\250A\330\010\031\230\021\330\010\027\220q\330\010\013\2104\210s\220!\330\014\r\330\010\t\330\021\022\330\020\021\330\024\030\230\006\230a\230t\2405\250\004\250A\330\024\027\220r\230\022\2301\330\030\036\230a\330\030\033\2304\230s\240&\250\003\2504\250s\260\047\270\023\270D\300\003\3001\330\034\035\330\030\031\330\024\027\220r\230\022\2309\240G\2503\250d\260%\260q\270\004\270E\300\021\330\030\031\330\031\032\330\030\034\230D\240\010\250\001\250\025\250a\330\024\027\220r\230\022\2301\330\030\037\230q\240\004\240E\250\030\260\021\340\014\020\220\001\220\021\330\010\013\2104\210s\220!\330\014\022\220\047\230\021\230%\230r\240\031\250!\2501\320\0045\260Q\360\006\000\t\014\2104\210q\330\014\020\220\n\230!\330\014\020\220\004\220K\230q\240\004\240A\330\r\021\220\033\230B\230a\330\014\020\220\004\220A\330\014\020\220\016\230a\340\014\022\220\047\230\021\230$\230a\330\010\014\210F\220!\2202\220V\2301\330\010\014\210F\220!\2202\220[\240\001\330\010\014\210F\220!\2202\220X\230Q\330\010\017\210q";
+    #else /* compression: none (2195 bytes) */
+static const char bytes[] = "(tree fragment)/dev/fuse?Note that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notedisableenablegcisenabledmergerfs/_kernel.pyxno default __reduce__ due to non-trivial __cinit__reply of %d bytes exceeds the buffer: droppedrequest dispatch failedtoo many open files in the poolO_CLOEXECO_RDWRSessionSession.__reduce_cython__Session.__setstate_cython__Session.addSession.configureSession.pyfhSession.removeSession.serve__Pyx_PyDict_NextRef__annotate____func____getstate____main____module____name____pyx_state__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutineaddasyncio.coroutinesbbackingbacking_closebacking_openbufcline_in_tracebackclone_fdcloseconfigureddatadevfdentriesentryerrerrorexceptionffdfhflagsfsencodefstypegetLoggeriitemslogloggingmmastermax_writemergerfsmergerfs._kernelminormountnnamenamelenoffopenosoutppack_direntspoppyfhrecremovervsselfservesetdefaultsizesourcestrerrorttargetusedvalues\200\001\330\004\n\210+\220Q\200\001\330\004\026\220j\240\001\330\004\007\200w\210a\210w\320\026)\250\021\250#\250S\260\001\330\010\016\210g\220Q\220g\230R\230y\250\001\250\021\200\001\340\004\022\220\"\220E\230\021\230-\240r\250\030\260\022\2602\260Q\330\004\033\230:\240Q\330\004\007\200w\210a\210t\220;\230a\230x\240s\250!\330\010\016\210a\330\010\n\210&\220\001\220\021\330\010\016\210g\220Q\220e\2302\230Y\240a\240q\330\004\013\2101\200\001\340\004\023\2202\220Y\230a\230q\330\004\023\2202\220Y\230a\230q\330\004\023\2202\220Y\230a\230q\330\004\023\2202\220Y\230a\230q\330\004\007\200w\210a\210s\220#\220S\230\007\230~\250S\260\003\2601\330\010\016\210g\220Q\220g\230R\230y\250\001\250\021\200\001\360\006\000\005\006\200V\2101\330\004\005\200Y\210a\330\004\005\200[\220\001\330\004\022\220\047\230\021\230\047\320!3\2601\260A\330\004\007\200s\210\"\210A\330\010\016\210g\220Q""\220g\230R\230y\250\001\250\021\330\004\013\2101\200\001\360\006\000\005\026\320\025.\250a\250v\260Q\330\004\023\320\023$\240A\240Q\330\004\027\220q\360\014\000\005\t\210\005\210U\220!\2205\230\003\2301\230A\330\010\020\220\007\220q\230\001\330\010\017\210w\220e\2301\230A\330\010\022\220#\220Q\220a\330\010\017\320\017#\2402\240X\250R\250s\260\"\260B\260h\270a\330\010\013\2105\220\002\220$\220b\230\001\330\014\r\330\010\014\320\014\034\230B\230b\240\001\330\010\t\210\027\220\n\230%\230q\240\001\330\010\t\210\027\220\013\2302\230R\230q\330\010\t\210\033\220J\230a\330\010\t\210\030\220\032\2305\240\001\240\021\330\010\016\210a\210r\220\022\2205\230\002\320\032/\320/@\300\001\300\027\310\001\330\010\016\210a\210r\220\022\2205\230\002\320\032.\250b\260\t\270\023\270D\300\002\320BV\320VX\320XY\330\010\020\220\001\330\004\013\2103\210b\220\001\200A\340\010\013\2103\210c\220\022\2203\220c\230\023\230D\240\001\330\014\023\2201\330\010\017\210t\2206\230\021\230#\230Q\200A\340\010\013\2103\210c\220\022\2203\220c\230\023\230D\240\013\2503\250d\260&\270\001\270\023\270F\300#\300Q\330\014\023\2203\220a\330\010\017\210t\2206\230\021\230#\230W\240D\250\006\250a\250s\260!\330\010\014\210F\220!\2203\220g\230Q\330\010\014\210F\220!\2203\220h\230a\330\010\014\210F\220!\2203\220k\240\021\330\010\014\210K\220q\230\004\230J\240j\260\001\330\010\014\210J\220a\330\010\017\210q\200A\340\010\014\210N\230!\230;\240h\250g\260R\3207M\310R\310z\320Y[\320[\\\330\010\014\320\014\035\320\0356\260f\270C\270w\300a\200A\340\010\031\230\030\240\026\240q\250\004\250A\330\010\031\230\021\330\010\027\220q\330\010\013\2104\210s\220!\330\014\r\330\010\t\330\021\022\330\020\021\330\024\030\230\006\230a\230t\2405\250\004\250A\330\024\027\220r\230\022\2301\330\030\036\230a\330\030\033\2304\230s\240&\250\003\2504\250s\260\047\270\023\270D\300\003\3001\330\034\035\330\030\031\330\024\027\220r\230\022\2309\240G\2503\250d\260%\260q\270\004\270E\300\021\330\030\031\330\031\032\330\030\034\230D\240\010\250\001\250""\025\250a\330\024\027\220r\230\022\2301\330\030\037\230q\240\004\240E\250\030\260\021\340\014\020\220\001\220\021\330\010\013\2104\210s\220!\330\014\022\220\047\230\021\230%\230r\240\031\250!\2501\320\0045\260Q\360\006\000\t\014\2104\210q\330\014\020\220\n\230!\330\014\020\220\004\220K\230q\240\004\240A\330\r\021\220\033\230B\230a\330\014\020\220\004\220A\330\014\020\220\016\230a\340\014\022\220\047\230\021\230$\230a\330\010\014\210F\220!\2202\220V\2301\330\010\014\210F\220!\2202\220[\240\001\330\010\014\210F\220!\2202\220X\230Q\330\010\017\210q";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
     #endif
     PyObject **stringtab = __pyx_mstate->__pyx_string_tab;
     Py_ssize_t pos = 0;
-    for (int i = 0; i < 92; i++) {
+    for (int i = 0; i < 104; i++) {
       Py_ssize_t bytes_length = str_length_index[i].length;
       PyObject *string = PyUnicode_DecodeUTF8(bytes + pos, bytes_length, NULL);
-      if (likely(string) && i >= 12) PyUnicode_InternInPlace(&string);
+      if (likely(string) && i >= 14) PyUnicode_InternInPlace(&string);
       if (unlikely(!string)) {
         Py_XDECREF(data);
         __PYX_ERR(0, 1, __pyx_L1_error)
@@ -9857,8 +10402,8 @@ static const char bytes[] = "(tree fragment)/dev/fuse?disableenablegcisenabledme
       stringtab[i] = string;
       pos += bytes_length;
     }
-    for (int i = 92; i < 102; i++) {
-      Py_ssize_t bytes_length = bytes_length_index[i-92].length;
+    for (int i = 104; i < 115; i++) {
+      Py_ssize_t bytes_length = bytes_length_index[i-104].length;
       PyObject *string = PyBytes_FromStringAndSize(bytes + pos, bytes_length);
       stringtab[i] = string;
       pos += bytes_length;
@@ -9868,15 +10413,15 @@ static const char bytes[] = "(tree fragment)/dev/fuse?disableenablegcisenabledme
       }
     }
     Py_XDECREF(data);
-    for (Py_ssize_t i = 0; i < 102; i++) {
+    for (Py_ssize_t i = 0; i < 115; i++) {
       if (unlikely(PyObject_Hash(stringtab[i]) == -1)) {
         __PYX_ERR(0, 1, __pyx_L1_error)
       }
     }
     #if CYTHON_IMMORTAL_CONSTANTS
     {
-      PyObject **table = stringtab + 92;
-      for (Py_ssize_t i=0; i<10; ++i) {
+      PyObject **table = stringtab + 104;
+      for (Py_ssize_t i=0; i<11; ++i) {
         #if PY_VERSION_HEX >= 0x030F0000
         PyUnstable_SetImmortal(table[i]);
         #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -10016,6 +10561,11 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_source, __pyx_mstate->__pyx_n_u_target, __pyx_mstate->__pyx_n_u_fstype, __pyx_mstate->__pyx_n_u_flags, __pyx_mstate->__pyx_n_u_data, __pyx_mstate->__pyx_n_u_s, __pyx_mstate->__pyx_n_u_t, __pyx_mstate->__pyx_n_u_f, __pyx_mstate->__pyx_n_u_d};
     __pyx_mstate_global->__pyx_codeobj_tab[10] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_mount, __pyx_mstate->__pyx_kp_b_iso88591_2Yaq_2Yaq_2Yaq_2Yaq_was_S_S_1_g, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[10])) goto bad;
   }
+  {
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 12, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 371};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_entries, __pyx_mstate->__pyx_n_u_off, __pyx_mstate->__pyx_n_u_size, __pyx_mstate->__pyx_n_u_out, __pyx_mstate->__pyx_n_u_p, __pyx_mstate->__pyx_n_u_used, __pyx_mstate->__pyx_n_u_rec, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_namelen, __pyx_mstate->__pyx_n_u_name_2, __pyx_mstate->__pyx_n_u_d, __pyx_mstate->__pyx_n_u_entry};
+    __pyx_mstate_global->__pyx_codeobj_tab[11] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_pack_dirents, __pyx_mstate->__pyx_kp_b_iso88591_avQ_AQ_q_U_5_1A_q_we1A_Qa_2XRs, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[11])) goto bad;
+  }
   Py_DECREF(tuple_dedup_map);
   return 0;
   bad:
@@ -10030,6 +10580,28 @@ static int __Pyx_InitGlobals(void) {
   int __pyx_clineno = 0;
   /* PythonCompatibility.init */
   if (likely(__Pyx_init_co_variables() == 0 && __Pyx_init_tpflags_variables() == 0)); else
+  
+  if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 1, __pyx_L1_error)
+
+  /* PyFrozenDict.init */
+  #if CYTHON_COMPILING_IN_LIMITED_API
+  {
+      PyObject *builtins = PyEval_GetBuiltins(); // borrowed
+      if (likely(builtins)) {
+          PyObject *type_name = PyUnicode_FromStringAndSize("frozendict", sizeof("frozendict")-1);
+          if (likely(type_name)) {
+              PyObject *frozendict_type = PyObject_GetItem(builtins, type_name);
+              Py_DECREF(type_name);
+              if (!frozendict_type && PyErr_ExceptionMatches(PyExc_KeyError)) {
+                  PyErr_Clear();
+                  frozendict_type = (PyObject*) &PyDict_Type;
+                  Py_INCREF(frozendict_type);
+              }
+              __pyx_mstate_global->__Pyx_PyFrozenDictType = frozendict_type;
+          }
+      }
+  } // error handling follows
+  #endif
   
   if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 1, __pyx_L1_error)
 
@@ -11846,6 +12418,237 @@ static int __Pyx_RaiseUnexpectedTypeError(const char *expected, PyObject *obj) {
         "Expected %.42s, got " __Pyx_FMT_TYPENAME,
         expected, obj);
     return 0;
+}
+
+/* ArgTypeTestError (used by ArgTypeTest) */
+static void __Pyx_ArgTypeError(PyObject *obj, PyTypeObject *type, const char *name, int exact)
+{
+    __Pyx_TypeName type_name;
+    __Pyx_TypeName obj_type_name;
+    PyObject *extra_info = __pyx_mstate_global->__pyx_empty_unicode;
+    int from_annotation_subclass = 0;
+    if (unlikely(!type)) {
+        PyErr_SetString(PyExc_SystemError, "Missing type object");
+        return;
+    } else if (exact == 2) {
+        if (__Pyx_TypeCheck(obj, type)) {
+            from_annotation_subclass = 1;
+            extra_info = __pyx_mstate_global->__pyx_kp_u_Note_that_Cython_is_deliberately;
+        }
+    }
+    type_name = __Pyx_PyType_GetFullyQualifiedName(type);
+    #if CYTHON_COMPILING_IN_LIMITED_API && __PYX_LIMITED_VERSION_HEX < 0x030d0000
+    if (unlikely(!type_name)) return;
+    #endif
+    obj_type_name = __Pyx_PyType_GetFullyQualifiedName(Py_TYPE(obj));
+    #if CYTHON_COMPILING_IN_LIMITED_API && __PYX_LIMITED_VERSION_HEX < 0x030d0000
+    if (unlikely(!obj_type_name)) goto obj_type_name_failed;
+    #endif
+    PyErr_Format(PyExc_TypeError,
+        "Argument '%.200s' has incorrect type (expected " __Pyx_FMT_TYPENAME ", got " __Pyx_FMT_TYPENAME ")"
+#if __PYX_LIMITED_VERSION_HEX < 0x030C0000
+        "%s%U"
+#endif
+        , name, type_name, obj_type_name
+#if __PYX_LIMITED_VERSION_HEX < 0x030C0000
+        , (from_annotation_subclass ? ". " : ""), extra_info
+#endif
+        );
+#if __PYX_LIMITED_VERSION_HEX >= 0x030C0000
+    if (exact == 2 && from_annotation_subclass) {
+        PyObject *res;
+        PyObject *vargs[2];
+        vargs[0] = PyErr_GetRaisedException();
+        vargs[1] = extra_info;
+        res = PyObject_VectorcallMethod(__pyx_mstate_global->__pyx_kp_u_add_note, vargs, 2, NULL);
+        Py_XDECREF(res);
+        PyErr_SetRaisedException(vargs[0]);
+    }
+#endif
+    __Pyx_DECREF_TypeName(obj_type_name);
+#if CYTHON_COMPILING_IN_LIMITED_API && __PYX_LIMITED_VERSION_HEX < 0x030d0000
+obj_type_name_failed:
+#endif
+    __Pyx_DECREF_TypeName(type_name);
+    return;
+}
+
+/* ArgTypeTest */
+static CYTHON_INLINE int __Pyx_ArgTypeTest(PyObject *obj, PyTypeObject *type, int none_allowed, const char *name, int exact) {
+    if (likely(Py_IS_TYPE(obj, type) | (none_allowed && (obj == Py_None))))
+        return 1;
+    if (!exact && likely(type) && likely(__Pyx_TypeCheck(obj, type)))
+        return 1;
+    __Pyx_ArgTypeError(obj, type, name, exact);
+    return 0;
+}
+
+/* PyFrozenDict (used by GetItemInt) */
+#if CYTHON_COMPILING_IN_LIMITED_API
+static CYTHON_INLINE PyObject* __Pyx__PyFrozenDict_New(PyObject* frozendict_type, PyObject* it) {
+    return PyObject_CallFunctionObjArgs(frozendict_type, it, NULL);
+}
+#endif
+
+/* GettItemInt_wraparound (used by GetItemInt) */
+#if CYTHON_USE_TYPE_SLOTS && !CYTHON_COMPILING_IN_PYPY
+static int __Pyx_GetItemInt_wraparound(PyObject *o, PySequenceMethods *sm, Py_ssize_t *i) {
+    assert(*i < 0);
+    if (likely(sm->sq_length)) {
+        Py_ssize_t l = sm->sq_length(o);
+        if (likely(l >= 0)) {
+            *i += l;
+        } else {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+                return -1;
+            PyErr_Clear();
+        }
+    }
+    return 0;
+}
+#endif
+
+/* GetItemInt */
+static PyObject *__Pyx_GetItemInt_Generic(PyObject *o, PyObject* j) {
+    PyObject *r;
+    if (unlikely(!j)) return NULL;
+    r = PyObject_GetItem(o, j);
+    Py_DECREF(j);
+    return r;
+}
+static PyObject *__Pyx_GetItemInt_Generic_size(PyObject *o, Py_ssize_t i) {
+    return __Pyx_GetItemInt_Generic(o, PyLong_FromSsize_t(i));
+}
+static CYTHON_INLINE PyObject *__Pyx_GetItemInt_List_Fast(PyObject *o, Py_ssize_t i,
+                                                              int wraparound, int boundscheck, int unsafe_shared) {
+    CYTHON_MAYBE_UNUSED_VAR(unsafe_shared);
+#if CYTHON_AVOID_BORROWED_REFS
+    CYTHON_UNUSED_VAR(boundscheck);
+    Py_ssize_t wrapped_i = i;
+    if (wraparound & unlikely(i < 0)) {
+        Py_ssize_t size = __Pyx_PyList_GET_SIZE(o);
+        #if !CYTHON_ASSUME_SAFE_SIZE
+        if (unlikely(size < 0)) return NULL;
+        #endif
+        wrapped_i += size;
+    }
+    return __Pyx_PyList_GetItemRef(o, wrapped_i);
+#elif CYTHON_ASSUME_SAFE_SIZE && CYTHON_ASSUME_SAFE_MACROS
+    Py_ssize_t wrapped_i = i;
+    Py_ssize_t size = (wraparound | boundscheck) ? PyList_GET_SIZE(o) : -1;
+    if (wraparound & unlikely(i < 0)) {
+        wrapped_i += size;
+    }
+    if ((!boundscheck) || likely(__Pyx_is_valid_index(wrapped_i, size))) {
+        return __Pyx_PyList_GET_ITEM_REF(o, wrapped_i, unsafe_shared);
+    }
+    return __Pyx_GetItemInt_Generic_size(o, i);
+#else
+    (void)wraparound;
+    (void)boundscheck;
+    return PySequence_GetItem(o, i);
+#endif
+}
+static CYTHON_INLINE PyObject *__Pyx_GetItemInt_Tuple_Fast(PyObject *o, Py_ssize_t i,
+                                                              int wraparound, int boundscheck, int unsafe_shared) {
+    CYTHON_MAYBE_UNUSED_VAR(unsafe_shared);
+#if CYTHON_AVOID_BORROWED_REFS
+    CYTHON_UNUSED_VAR(boundscheck);
+    Py_ssize_t wrapped_i = i;
+    if (wraparound & unlikely(i < 0)) {
+        Py_ssize_t size = __Pyx_PyTuple_GET_SIZE(o);
+        #if !CYTHON_ASSUME_SAFE_SIZE
+        if (unlikely(size < 0)) return NULL;
+        #endif
+        wrapped_i += size;
+    }
+    #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_COMPILING_IN_LIMITED_API
+    return PySequence_ITEM(o, wrapped_i);
+    #else
+    if (unlikely(wrapped_i < 0)) {
+        PyErr_SetString(PyExc_IndexError, "tuple index out of range");
+        return NULL;
+    }
+    return PySequence_GetItem(o, wrapped_i);
+    #endif
+#elif CYTHON_ASSUME_SAFE_SIZE && CYTHON_ASSUME_SAFE_MACROS
+    Py_ssize_t wrapped_i = i;
+    Py_ssize_t size = (wraparound | boundscheck) ? PyTuple_GET_SIZE(o) : -1;
+    if (wraparound & unlikely(i < 0)) {
+        wrapped_i += size;
+    }
+    if ((!boundscheck) || likely(__Pyx_is_valid_index(wrapped_i, size))) {
+        return __Pyx_NewRef(__Pyx_PyTuple_GET_ITEM(o, wrapped_i));
+    }
+    return __Pyx_GetItemInt_Generic_size(o, i);
+#else
+    (void)wraparound;
+    (void)boundscheck;
+    return PySequence_GetItem(o, i);
+#endif
+}
+#if CYTHON_USE_TYPE_SLOTS && !CYTHON_COMPILING_IN_PYPY
+static CYTHON_INLINE PyObject *__Pyx_GetItemInt_Fast_mapping(PyObject *o, binaryfunc getitem, Py_ssize_t i) {
+    PyObject *r, *key = PyLong_FromSsize_t(i);
+    if (unlikely(!key)) return NULL;
+    r = getitem(o, key);
+    Py_DECREF(key);
+    return r;
+}
+#endif
+static CYTHON_INLINE PyObject *__Pyx_GetItemInt_Fast(PyObject *o, Py_ssize_t i,
+                                                     int wraparound, int boundscheck, int unsafe_shared) {
+    CYTHON_MAYBE_UNUSED_VAR(unsafe_shared);
+#if CYTHON_ASSUME_SAFE_SIZE
+    if (PyList_CheckExact(o)) {
+        return __Pyx_GetItemInt_List_Fast(o, i, wraparound, boundscheck, unsafe_shared);
+    } else
+    #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
+    if (PyTuple_CheckExact(o)) {
+        return __Pyx_GetItemInt_Tuple_Fast(o, i, wraparound, boundscheck, unsafe_shared);
+    } else
+    #endif
+#else
+    if ((!wraparound || i >= 0) & PyList_CheckExact(o)) {
+        return boundscheck ? __Pyx_PyList_GetItemRef(o, i) : __Pyx_PyList_GET_ITEM_REF(o, i, unsafe_shared);
+    } else
+#endif
+#if CYTHON_USE_TYPE_SLOTS && !CYTHON_COMPILING_IN_PYPY
+    if (PyDict_CheckExact(o)) {
+        return __Pyx_GetItemInt_Fast_mapping(o, PyDict_Type.tp_as_mapping->mp_subscript, i);
+    #if defined(PyFrozenDict_CheckExact)
+    } else if (PyFrozenDict_CheckExact(o)) {
+        return __Pyx_GetItemInt_Fast_mapping(o, PyFrozenDict_Type.tp_as_mapping->mp_subscript, i);
+    #endif
+    } else
+    {
+        PyTypeObject *obj_type = Py_TYPE(o);
+        int seq_or_mapping = __Pyx_PyType_GetFlags(obj_type) & (Py_TPFLAGS_SEQUENCE|Py_TPFLAGS_MAPPING);
+        if (seq_or_mapping != Py_TPFLAGS_SEQUENCE) {
+            PyMappingMethods *mm = obj_type->tp_as_mapping;
+            if (mm && mm->mp_subscript)
+                return __Pyx_GetItemInt_Fast_mapping(o, mm->mp_subscript, i);
+        }
+        PySequenceMethods *sm = obj_type->tp_as_sequence;
+        if (likely(sm && sm->sq_item)) {
+            if (wraparound && (i < 0) && unlikely(__Pyx_GetItemInt_wraparound(o, sm, &i) == -1))
+                return NULL;
+            return sm->sq_item(o, i);
+        }
+        if (seq_or_mapping == Py_TPFLAGS_SEQUENCE) {
+            PyMappingMethods *mm = obj_type->tp_as_mapping;
+            if (likely(mm && mm->mp_subscript))
+                return __Pyx_GetItemInt_Fast_mapping(o, mm->mp_subscript, i);
+        }
+    }
+#else
+    if (!PyMapping_Check(o)) {
+        return PySequence_GetItem(o, i);
+    }
+#endif
+    (void)wraparound;
+    (void)boundscheck;
+    return __Pyx_GetItemInt_Generic_size(o, i);
 }
 
 /* AllocateExtensionType */
@@ -16183,6 +16986,307 @@ static CYTHON_INLINE PyObject* __Pyx_PyLong_From_long(long value) {
         Py_XDECREF(from_bytes_str);
         return result;
 #endif
+    }
+}
+
+/* CIntFromPy */
+static uint32_t __Pyx_LargePyLong___Pyx_PyLong_As_uint32_t(PyObject *x);
+static uint32_t __Pyx_raise_neg_overflow___Pyx_PyLong_As_uint32_t(void) {
+    const char* type_name = "uint32_t";
+    PyErr_Format(PyExc_OverflowError,
+        "can't convert negative value to %.200s", type_name);
+    return (uint32_t) -1;
+}
+static uint32_t __Pyx_raise_overflow___Pyx_PyLong_As_uint32_t(void) {
+    const char* type_name = "uint32_t";
+    PyErr_Format(PyExc_OverflowError,
+        "value too large to convert to %.200s", type_name);
+    return (uint32_t) -1;
+}
+static CYTHON_INLINE uint32_t __Pyx_PyULong___Pyx_PyLong_As_uint32_t(PyObject *x) {
+    const int is_unsigned = 1;
+#if CYTHON_USE_PYLONG_INTERNALS
+    {
+        const digit* digits = __Pyx_PyLong_Digits(x);
+        const Py_ssize_t size = __Pyx_PyLong_DigitCount(x);
+        if (size == 2 && (8 * sizeof(uint32_t) > 1 * PyLong_SHIFT)) {
+            if ((8 * sizeof(unsigned long) > 2 * PyLong_SHIFT)) {
+                __PYX_VERIFY_RETURN_INT(uint32_t, unsigned long, (((((unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0])))
+            } else if ((8 * sizeof(uint32_t) >= 2 * PyLong_SHIFT)) {
+                return (uint32_t) (((((uint32_t)digits[1]) << PyLong_SHIFT) | (uint32_t)digits[0]));
+            }
+        } else
+        if (size == 3 && (8 * sizeof(uint32_t) > 2 * PyLong_SHIFT)) {
+            if ((8 * sizeof(unsigned long) > 3 * PyLong_SHIFT)) {
+                __PYX_VERIFY_RETURN_INT(uint32_t, unsigned long, (((((((unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0])))
+            } else if ((8 * sizeof(uint32_t) >= 3 * PyLong_SHIFT)) {
+                return (uint32_t) (((((((uint32_t)digits[2]) << PyLong_SHIFT) | (uint32_t)digits[1]) << PyLong_SHIFT) | (uint32_t)digits[0]));
+            }
+        } else
+        if (size == 4 && (8 * sizeof(uint32_t) > 3 * PyLong_SHIFT)) {
+            if ((8 * sizeof(unsigned long) > 4 * PyLong_SHIFT)) {
+                __PYX_VERIFY_RETURN_INT(uint32_t, unsigned long, (((((((((unsigned long)digits[3]) << PyLong_SHIFT) | (unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0])))
+            } else if ((8 * sizeof(uint32_t) >= 4 * PyLong_SHIFT)) {
+                return (uint32_t) (((((((((uint32_t)digits[3]) << PyLong_SHIFT) | (uint32_t)digits[2]) << PyLong_SHIFT) | (uint32_t)digits[1]) << PyLong_SHIFT) | (uint32_t)digits[0]));
+            }
+        } else
+        {}
+    }
+#elif CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX < 0x030C00A7
+    if (unlikely(Py_SIZE(x) < 0)) {
+        goto raise_neg_overflow;
+    }
+#else
+    {
+        int result = PyObject_RichCompareBool(x, Py_False, Py_LT);
+        if (unlikely(result < 0))
+            return (uint32_t) -1;
+        if (unlikely(result == 1))
+            goto raise_neg_overflow;
+    }
+#endif
+    if ((sizeof(uint32_t) <= sizeof(unsigned long))) {
+        __PYX_VERIFY_RETURN_INT_EXC(uint32_t, unsigned long, PyLong_AsUnsignedLong(x))
+    } else if ((sizeof(uint32_t) <= sizeof(unsigned PY_LONG_LONG))) {
+        __PYX_VERIFY_RETURN_INT_EXC(uint32_t, unsigned PY_LONG_LONG, PyLong_AsUnsignedLongLong(x))
+    }
+    return __Pyx_LargePyLong___Pyx_PyLong_As_uint32_t(x);
+raise_neg_overflow:
+    return __Pyx_raise_neg_overflow___Pyx_PyLong_As_uint32_t();
+raise_overflow:
+    return __Pyx_raise_overflow___Pyx_PyLong_As_uint32_t();
+}
+static CYTHON_INLINE uint32_t __Pyx_PySLong___Pyx_PyLong_As_uint32_t(PyObject *x) {
+    const int is_unsigned = 0;
+#if CYTHON_USE_PYLONG_INTERNALS
+    if (__Pyx_PyLong_IsNeg(x)) {
+        const Py_ssize_t size = __Pyx_PyLong_DigitCount(x);
+        const digit* digits = __Pyx_PyLong_Digits(x);
+        if (size == 2 && (8 * sizeof(uint32_t) > 1 * PyLong_SHIFT)) {
+            if ((8 * sizeof(long) > 2 * PyLong_SHIFT)) {
+                long ival = - (long) (((((unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0]));
+                __PYX_VERIFY_RETURN_INT(uint32_t, long, ival)
+            } else if ((8 * sizeof(uint32_t) - 1 > 2 * PyLong_SHIFT)) {
+                return (uint32_t) (((uint32_t) -1) * (((((uint32_t)digits[1]) << PyLong_SHIFT) | (uint32_t)digits[0])));
+            }
+        } else
+        if (size == 3 && (8 * sizeof(uint32_t) > 2 * PyLong_SHIFT)) {
+            if ((8 * sizeof(long) > 3 * PyLong_SHIFT)) {
+                long ival = - (long) (((((((unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0]));
+                __PYX_VERIFY_RETURN_INT(uint32_t, long, ival)
+            } else if ((8 * sizeof(uint32_t) - 1 > 3 * PyLong_SHIFT)) {
+                return (uint32_t) (((uint32_t) -1) * (((((((uint32_t)digits[2]) << PyLong_SHIFT) | (uint32_t)digits[1]) << PyLong_SHIFT) | (uint32_t)digits[0])));
+            }
+        } else
+        if (size == 4 && (8 * sizeof(uint32_t) > 3 * PyLong_SHIFT)) {
+            if ((8 * sizeof(long) > 4 * PyLong_SHIFT)) {
+                long ival = - (long) (((((((((unsigned long)digits[3]) << PyLong_SHIFT) | (unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0]));
+                __PYX_VERIFY_RETURN_INT(uint32_t, long, ival)
+            } else if ((8 * sizeof(uint32_t) - 1 > 4 * PyLong_SHIFT)) {
+                return (uint32_t) (((uint32_t) -1) * (((((((((uint32_t)digits[3]) << PyLong_SHIFT) | (uint32_t)digits[2]) << PyLong_SHIFT) | (uint32_t)digits[1]) << PyLong_SHIFT) | (uint32_t)digits[0])));
+            }
+        } else
+        {}
+    } else {
+        const Py_ssize_t size = __Pyx_PyLong_DigitCount(x);
+        const digit* digits = __Pyx_PyLong_Digits(x);
+        if (size == 2 && (8 * sizeof(uint32_t) > 1 * PyLong_SHIFT)) {
+            if ((8 * sizeof(long) > 2 * PyLong_SHIFT)) {
+                __PYX_VERIFY_RETURN_INT(uint32_t, unsigned long, (((((unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0])))
+            } else if ((8 * sizeof(uint32_t) - 1 > 2 * PyLong_SHIFT)) {
+                return (uint32_t) (((((uint32_t)digits[1]) << PyLong_SHIFT) | (uint32_t)digits[0]));
+            }
+        } else
+        if (size == 3 && (8 * sizeof(uint32_t) > 2 * PyLong_SHIFT)) {
+            if ((8 * sizeof(long) > 3 * PyLong_SHIFT)) {
+                __PYX_VERIFY_RETURN_INT(uint32_t, unsigned long, (((((((unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0])))
+            } else if ((8 * sizeof(uint32_t) - 1 > 3 * PyLong_SHIFT)) {
+                return (uint32_t) (((((((uint32_t)digits[2]) << PyLong_SHIFT) | (uint32_t)digits[1]) << PyLong_SHIFT) | (uint32_t)digits[0]));
+            }
+        } else
+        if (size == 4 && (8 * sizeof(uint32_t) > 3 * PyLong_SHIFT)) {
+            if ((8 * sizeof(long) > 4 * PyLong_SHIFT)) {
+                __PYX_VERIFY_RETURN_INT(uint32_t, unsigned long, (((((((((unsigned long)digits[3]) << PyLong_SHIFT) | (unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0])))
+            } else if ((8 * sizeof(uint32_t) - 1 > 4 * PyLong_SHIFT)) {
+                return (uint32_t) (((((((((uint32_t)digits[3]) << PyLong_SHIFT) | (uint32_t)digits[2]) << PyLong_SHIFT) | (uint32_t)digits[1]) << PyLong_SHIFT) | (uint32_t)digits[0]));
+            }
+        } else
+        {}
+    }
+#endif
+    #if __PYX_LIMITED_VERSION_HEX >= 0x030d0000
+    if ((sizeof(uint32_t) <= sizeof(int)) && (sizeof(int) < sizeof(long))) {
+        __PYX_VERIFY_RETURN_INT_EXC(uint32_t, int, PyLong_AsInt(x))
+    } else
+    #endif
+    if ((sizeof(uint32_t) <= sizeof(long))) {
+        __PYX_VERIFY_RETURN_INT_EXC(uint32_t, long, PyLong_AsLong(x))
+    } else if ((sizeof(uint32_t) <= sizeof(PY_LONG_LONG))) {
+        __PYX_VERIFY_RETURN_INT_EXC(uint32_t, PY_LONG_LONG, PyLong_AsLongLong(x))
+    }
+    return __Pyx_LargePyLong___Pyx_PyLong_As_uint32_t(x);
+raise_neg_overflow:
+    return __Pyx_raise_neg_overflow___Pyx_PyLong_As_uint32_t();
+raise_overflow:
+    return __Pyx_raise_overflow___Pyx_PyLong_As_uint32_t();
+}
+static uint32_t __Pyx_LargePyLong___Pyx_PyLong_As_uint32_t(PyObject *x) {
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wconversion"
+#endif
+    const uint32_t neg_one = (uint32_t) -1, const_zero = (uint32_t) 0;
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic pop
+#endif
+    const int is_unsigned = neg_one > const_zero;
+    uint32_t val;
+    int ret = -1;
+#if PY_VERSION_HEX >= 0x030d00A6 && !CYTHON_COMPILING_IN_LIMITED_API
+    Py_ssize_t bytes_copied = PyLong_AsNativeBytes(
+        x, &val, sizeof(val), Py_ASNATIVEBYTES_NATIVE_ENDIAN | (is_unsigned ? Py_ASNATIVEBYTES_UNSIGNED_BUFFER | Py_ASNATIVEBYTES_REJECT_NEGATIVE : 0));
+    if (unlikely(bytes_copied == -1)) {
+    } else if (unlikely(bytes_copied > (Py_ssize_t) sizeof(val))) {
+        goto raise_overflow;
+    } else {
+        ret = 0;
+    }
+#elif PY_VERSION_HEX < 0x030d0000 && !(CYTHON_COMPILING_IN_PYPY || CYTHON_COMPILING_IN_LIMITED_API) || defined(_PyLong_AsByteArray)
+    int one = 1; int is_little = (int)*(unsigned char *)&one;
+    unsigned char *bytes = (unsigned char *)&val;
+    ret = _PyLong_AsByteArray((PyLongObject *)x,
+                                bytes, sizeof(val),
+                                is_little, !is_unsigned);
+    if ((0)) goto raise_overflow;
+#else
+    PyObject *v;
+    PyObject *stepval = NULL, *mask = NULL, *shift = NULL;
+    int bits, remaining_bits, is_negative = 0;
+    int chunk_size = (sizeof(long) < 8) ? 30 : 62;
+    if (likely(PyLong_CheckExact(x))) {
+        v = __Pyx_NewRef(x);
+    } else {
+        v = PyNumber_Long(x);
+        if (unlikely(!v)) return (uint32_t) -1;
+        assert(PyLong_CheckExact(v));
+    }
+    {
+        int result = PyObject_RichCompareBool(v, Py_False, Py_LT);
+        if (unlikely(result < 0)) {
+            Py_DECREF(v);
+            return (uint32_t) -1;
+        }
+        is_negative = result == 1;
+    }
+    if (is_unsigned && unlikely(is_negative)) {
+        Py_DECREF(v);
+        PyErr_SetString(PyExc_OverflowError,
+            "can't convert negative value to uint32_t");
+        return (uint32_t) -1;
+    } else if (is_negative) {
+        stepval = PyNumber_Invert(v);
+        Py_DECREF(v);
+        if (unlikely(!stepval))
+            return (uint32_t) -1;
+    } else {
+        stepval = v;
+    }
+    v = NULL;
+    val = (uint32_t) 0;
+    mask = PyLong_FromLong((1L << chunk_size) - 1); if (unlikely(!mask)) goto done;
+    shift = PyLong_FromLong(chunk_size); if (unlikely(!shift)) goto done;
+    for (bits = 0; bits < (int) sizeof(uint32_t) * 8 - chunk_size; bits += chunk_size) {
+        PyObject *tmp, *digit;
+        long idigit;
+        digit = PyNumber_And(stepval, mask);
+        if (unlikely(!digit)) goto done;
+        idigit = PyLong_AsLong(digit);
+        Py_DECREF(digit);
+        if (unlikely(idigit < 0)) goto done;
+        val |= ((uint32_t) idigit) << bits;
+        tmp = PyNumber_Rshift(stepval, shift);
+        if (unlikely(!tmp)) goto done;
+        Py_DECREF(stepval); stepval = tmp;
+    }
+    Py_DECREF(shift); shift = NULL;
+    Py_DECREF(mask); mask = NULL;
+    {
+        long idigit = PyLong_AsLong(stepval);
+        if (unlikely(idigit < 0)) goto done;
+        remaining_bits = ((int) sizeof(uint32_t) * 8) - bits - (is_unsigned ? 0 : 1);
+        if (unlikely(idigit >= (1L << remaining_bits)))
+            goto raise_overflow;
+        val |= ((uint32_t) idigit) << bits;
+    }
+    if (!is_unsigned) {
+        if (unlikely(val & (((uint32_t) 1) << (sizeof(uint32_t) * 8 - 1))))
+            goto raise_overflow;
+        if (is_negative)
+            val = ~val;
+    }
+    ret = 0;
+done:
+    Py_XDECREF(shift);
+    Py_XDECREF(mask);
+    Py_XDECREF(stepval);
+#endif
+    if (unlikely(ret))
+        return (uint32_t) -1;
+    return val;
+raise_overflow:
+    return __Pyx_raise_overflow___Pyx_PyLong_As_uint32_t();
+}
+static CYTHON_INLINE uint32_t __Pyx_PyLong___Pyx_PyLong_As_uint32_t(PyObject *x) {
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wconversion"
+#endif
+    const uint32_t neg_one = (uint32_t) -1, const_zero = (uint32_t) 0;
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic pop
+#endif
+    const int is_unsigned = neg_one > const_zero;
+    if (is_unsigned) {
+        #if CYTHON_USE_PYLONG_INTERNALS
+        if (unlikely(__Pyx_PyLong_IsNeg(x))) {
+            goto raise_neg_overflow;
+        } else if (__Pyx_PyLong_IsCompact(x)) {
+            __PYX_VERIFY_RETURN_INT(uint32_t, __Pyx_compact_upylong, __Pyx_PyLong_CompactValueUnsigned(x))
+        } else
+        #endif
+        {
+            return __Pyx_PyULong___Pyx_PyLong_As_uint32_t(x);
+        }
+    } else {
+        #if CYTHON_USE_PYLONG_INTERNALS
+        if (__Pyx_PyLong_IsCompact(x)) {
+            __PYX_VERIFY_RETURN_INT(uint32_t, __Pyx_compact_pylong, __Pyx_PyLong_CompactValue(x))
+        } else
+        #endif
+        {
+            return __Pyx_PySLong___Pyx_PyLong_As_uint32_t(x);
+        }
+    }
+#if CYTHON_USE_PYLONG_INTERNALS
+raise_neg_overflow:
+    return __Pyx_raise_neg_overflow___Pyx_PyLong_As_uint32_t();
+raise_overflow:
+    return __Pyx_raise_overflow___Pyx_PyLong_As_uint32_t();
+#endif
+}
+static uint32_t __Pyx_NonPyLong___Pyx_PyLong_As_uint32_t(PyObject *x) {
+    uint32_t val;
+    PyObject *tmp = __Pyx_PyNumber_Long(x);
+    if (!tmp) return (uint32_t) -1;
+    val = __Pyx_PyLong_As_uint32_t(tmp);
+    Py_DECREF(tmp);
+    return val;
+}
+static CYTHON_INLINE uint32_t __Pyx_PyLong_As_uint32_t(PyObject *x) {
+    if (likely(PyLong_Check(x))) {
+        return __Pyx_PyLong___Pyx_PyLong_As_uint32_t(x);
+    } else {
+        return __Pyx_NonPyLong___Pyx_PyLong_As_uint32_t(x);
     }
 }
 

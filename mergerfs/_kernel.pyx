@@ -13,7 +13,7 @@ Protocol facts: FUSE 7.45 (declared here, not taken from the installed header).
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from libc.errno cimport errno, EINTR, EAGAIN, ENOENT, ENODEV, ENOSPC, EDQUOT
 from libc.stdint cimport uint16_t, uint32_t, uint64_t, int32_t
 from libc.stdlib cimport malloc, free, calloc
@@ -359,3 +359,39 @@ def mount(source, target, fstype, unsigned long flags, data):
     cdef bytes d = os.fsencode(data)
     if c_mount(s, t, f, flags, <const char *>d) != 0:
         raise OSError(errno, os.strerror(errno))
+
+
+cdef struct fuse_dirent:
+    uint64_t ino
+    uint64_t off
+    uint32_t namelen
+    uint32_t type
+
+
+def pack_dirents(list entries, Py_ssize_t off, size_t size):
+    """READDIR's reply: ``entries[off:]`` as ``fuse_dirent`` records (8-byte
+    aligned, each entry's offset the index after it) while they fit ``size``."""
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
+    cdef char *p = PyBytes_AS_STRING(out)
+    cdef size_t used = 0
+    cdef size_t rec
+    cdef Py_ssize_t i
+    cdef Py_ssize_t namelen
+    cdef bytes name
+    cdef fuse_dirent *d
+    for i in range(off, len(entries)):
+        entry = entries[i]
+        name = <bytes>entry[0]
+        namelen = len(name)
+        rec = (sizeof(fuse_dirent) + namelen + 7) & ~(<size_t>7)
+        if used + rec > size:
+            break
+        d = <fuse_dirent *>(p + used)
+        d.ino = <uint64_t>entry[2]
+        d.off = <uint64_t>(i + 1)
+        d.namelen = <uint32_t>namelen
+        d.type = <uint32_t>entry[1]
+        memcpy(p + used + sizeof(fuse_dirent), PyBytes_AS_STRING(name), namelen)
+        memset(p + used + sizeof(fuse_dirent) + namelen, 0, rec - sizeof(fuse_dirent) - namelen)
+        used += rec
+    return out[:used]

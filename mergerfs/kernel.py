@@ -637,20 +637,7 @@ class KernelTransport:
 
     def _readdir(self, h, body):
         fh, off, size = struct.unpack_from("<QQI", body)
-        entries = self.req.readdir(fh, off)
-        out = []
-        used = 0
-        pack = DIRENT.pack
-        for i in range(off, len(entries)):
-            name, dtype, ino = entries[i]
-            rec = 24 + len(name)
-            rec += -rec % 8
-            if used + rec > size:
-                break
-            out.append(pack(ino, i + 1, len(name), dtype))
-            out.append(name + b"\0" * (rec - 24 - len(name)))
-            used += rec
-        return b"".join(out)
+        return _kernel.pack_dirents(self.req.readdir(fh, off), off, size)
 
     def _readdirplus(self, h, body):
         fh, off, size = struct.unpack_from("<QQI", body)
