@@ -1693,6 +1693,9 @@ struct __pyx_t_8mergerfs_7_kernel_fuse_backing_map;
 struct __pyx_t_8mergerfs_7_kernel_write_reply;
 struct __pyx_t_8mergerfs_7_kernel_Slot;
 struct __pyx_t_8mergerfs_7_kernel_fuse_dirent;
+struct __pyx_t_8mergerfs_7_kernel_fuse_attr;
+struct __pyx_t_8mergerfs_7_kernel_fuse_entry_out;
+struct __pyx_t_8mergerfs_7_kernel_fuse_attr_out;
 
 /* "mergerfs/_kernel.pyx":92
  *     uint64_t padding
@@ -1870,6 +1873,63 @@ struct __pyx_t_8mergerfs_7_kernel_fuse_dirent {
   uint64_t off;
   uint32_t namelen;
   uint32_t type;
+};
+
+/* "mergerfs/_kernel.pyx":400
+ * 
+ * 
+ * cdef struct fuse_attr:             # <<<<<<<<<<<<<<
+ *     uint64_t ino
+ *     uint64_t size
+*/
+struct __pyx_t_8mergerfs_7_kernel_fuse_attr {
+  uint64_t ino;
+  uint64_t size;
+  uint64_t blocks;
+  uint64_t atime;
+  uint64_t mtime;
+  uint64_t ctime;
+  uint32_t atimensec;
+  uint32_t mtimensec;
+  uint32_t ctimensec;
+  uint32_t mode;
+  uint32_t nlink;
+  uint32_t uid;
+  uint32_t gid;
+  uint32_t rdev;
+  uint32_t blksize;
+  uint32_t flags;
+};
+
+/* "mergerfs/_kernel.pyx":418
+ *     uint32_t flags
+ * 
+ * cdef struct fuse_entry_out:             # <<<<<<<<<<<<<<
+ *     uint64_t nodeid
+ *     uint64_t generation
+*/
+struct __pyx_t_8mergerfs_7_kernel_fuse_entry_out {
+  uint64_t nodeid;
+  uint64_t generation;
+  uint64_t entry_valid;
+  uint64_t attr_valid;
+  uint32_t entry_valid_nsec;
+  uint32_t attr_valid_nsec;
+  struct __pyx_t_8mergerfs_7_kernel_fuse_attr attr;
+};
+
+/* "mergerfs/_kernel.pyx":427
+ *     fuse_attr attr
+ * 
+ * cdef struct fuse_attr_out:             # <<<<<<<<<<<<<<
+ *     uint64_t attr_valid
+ *     uint32_t attr_valid_nsec
+*/
+struct __pyx_t_8mergerfs_7_kernel_fuse_attr_out {
+  uint64_t attr_valid;
+  uint32_t attr_valid_nsec;
+  uint32_t dummy;
+  struct __pyx_t_8mergerfs_7_kernel_fuse_attr attr;
 };
 
 /* "mergerfs/_kernel.pyx":117
@@ -2512,6 +2572,16 @@ static PyObject *__Pyx_GetItemInt_Generic(PyObject *o, PyObject* j);
 static CYTHON_INLINE PyObject *__Pyx_GetItemInt_Fast(PyObject *o, Py_ssize_t i,
                                                      int wraparound, int boundscheck, int unsafe_shared);
 
+/* PyNumberBinop.proto */
+#if CYTHON_COMPILING_IN_PYPY || CYTHON_COMPILING_IN_GRAAL || CYTHON_COMPILING_IN_LIMITED_API
+#define __Pyx_PyNumber_And_object_int(op1, op2)  PyNumber_And(op1, op2)
+#define __Pyx_PyNumber_InPlaceAnd_object_int(op1, op2)  PyNumber_InPlaceAnd(op1, op2)
+#else
+#define __Pyx_PyNumber_And_object_int(op1, op2)  __Pyx__PyNumber_And_object_int(op1, op2, 0)
+#define __Pyx_PyNumber_InPlaceAnd_object_int(op1, op2)  __Pyx__PyNumber_And_object_int(op1, op2, 1)
+static CYTHON_INLINE PyObject* __Pyx__PyNumber_And_object_int(PyObject *op1, PyObject *op2, int inplace);
+#endif
+
 /* AllocateExtensionType.proto */
 static PyObject *__Pyx_AllocateExtensionType(PyTypeObject *t, int is_final);
 
@@ -2870,6 +2940,12 @@ static CYTHON_INLINE PyObject* __Pyx_PyLong_From_long(long value);
 static CYTHON_INLINE uint32_t __Pyx_PyLong_As_uint32_t(PyObject *);
 
 /* CIntFromPy.proto */
+static CYTHON_INLINE unsigned PY_LONG_LONG __Pyx_PyLong_As_unsigned_PY_LONG_LONG(PyObject *);
+
+/* CIntFromPy.proto */
+static CYTHON_INLINE PY_LONG_LONG __Pyx_PyLong_As_PY_LONG_LONG(PyObject *);
+
+/* CIntFromPy.proto */
 static CYTHON_INLINE long __Pyx_PyLong_As_long(PyObject *);
 
 /* GetRuntimeVersion.proto */
@@ -2998,6 +3074,8 @@ static unsigned long __pyx_v_8mergerfs_7_kernel_IOC_BACKING_CLOSE;
 static size_t __pyx_f_8mergerfs_7_kernel_pread_full(int, char *, size_t, off_t, int *); /*proto*/
 static size_t __pyx_f_8mergerfs_7_kernel_pwrite_full(int, char const *, size_t, off_t, int *); /*proto*/
 static void __pyx_f_8mergerfs_7_kernel__reply_error(int, uint64_t, int); /*proto*/
+static CYTHON_INLINE void __pyx_f_8mergerfs_7_kernel__split(PY_LONG_LONG, uint64_t *, uint32_t *); /*proto*/
+static void __pyx_f_8mergerfs_7_kernel__fill_attr(struct __pyx_t_8mergerfs_7_kernel_fuse_attr *, uint64_t, PyObject *); /*proto*/
 /* #### Code section: typeinfo ### */
 /* #### Code section: before_global_var ### */
 #define __Pyx_MODULE_NAME "mergerfs._kernel"
@@ -3030,6 +3108,8 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_2backing_open(CYTHON_UNUSED PyObjec
 static PyObject *__pyx_pf_8mergerfs_7_kernel_4backing_close(CYTHON_UNUSED PyObject *__pyx_self, int __pyx_v_devfd, int __pyx_v_backing); /* proto */
 static PyObject *__pyx_pf_8mergerfs_7_kernel_6mount(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_source, PyObject *__pyx_v_target, PyObject *__pyx_v_fstype, unsigned long __pyx_v_flags, PyObject *__pyx_v_data); /* proto */
 static PyObject *__pyx_pf_8mergerfs_7_kernel_8pack_dirents(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_entries, Py_ssize_t __pyx_v_off, size_t __pyx_v_size); /* proto */
+static PyObject *__pyx_pf_8mergerfs_7_kernel_10entry_out(CYTHON_UNUSED PyObject *__pyx_self, uint64_t __pyx_v_nodeid, PyObject *__pyx_v_st, uint64_t __pyx_v_entry_valid, uint64_t __pyx_v_attr_valid); /* proto */
+static PyObject *__pyx_pf_8mergerfs_7_kernel_12attr_out(CYTHON_UNUSED PyObject *__pyx_self, uint64_t __pyx_v_nodeid, PyObject *__pyx_v_st, uint64_t __pyx_v_attr_valid); /* proto */
 static PyObject *__pyx_tp_new__initialisation_8mergerfs_7_kernel_Session(PyObject *o, 
 #if CYTHON_VECTORCALL_TPNEW
     PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
@@ -3083,9 +3163,9 @@ namespace {
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_pop;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_values;
     PyObject *__pyx_tuple[3];
-    PyObject *__pyx_codeobj_tab[12];
-    PyObject *__pyx_string_tab[115];
-    PyObject *__pyx_number_tab[2];
+    PyObject *__pyx_codeobj_tab[14];
+    PyObject *__pyx_string_tab[136];
+    PyObject *__pyx_number_tab[3];
 /* #### Code section: module_state_contents ### */
 /* PyFrozenDict.module_state_decls */
 #if CYTHON_COMPILING_IN_LIMITED_API
@@ -3178,79 +3258,101 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_n_u_is_coroutine __pyx_string_tab[41]
 #define __pyx_n_u_add __pyx_string_tab[42]
 #define __pyx_n_u_asyncio_coroutines __pyx_string_tab[43]
-#define __pyx_n_u_b __pyx_string_tab[44]
-#define __pyx_n_u_backing __pyx_string_tab[45]
-#define __pyx_n_u_backing_close __pyx_string_tab[46]
-#define __pyx_n_u_backing_open __pyx_string_tab[47]
-#define __pyx_n_u_buf __pyx_string_tab[48]
-#define __pyx_n_u_cline_in_traceback __pyx_string_tab[49]
-#define __pyx_n_u_clone_fd __pyx_string_tab[50]
-#define __pyx_n_u_close __pyx_string_tab[51]
-#define __pyx_n_u_configure __pyx_string_tab[52]
-#define __pyx_n_u_d __pyx_string_tab[53]
-#define __pyx_n_u_data __pyx_string_tab[54]
-#define __pyx_n_u_devfd __pyx_string_tab[55]
-#define __pyx_n_u_entries __pyx_string_tab[56]
-#define __pyx_n_u_entry __pyx_string_tab[57]
-#define __pyx_n_u_err __pyx_string_tab[58]
-#define __pyx_n_u_error __pyx_string_tab[59]
-#define __pyx_n_u_exception __pyx_string_tab[60]
-#define __pyx_n_u_f __pyx_string_tab[61]
-#define __pyx_n_u_fd __pyx_string_tab[62]
-#define __pyx_n_u_fh __pyx_string_tab[63]
-#define __pyx_n_u_flags __pyx_string_tab[64]
-#define __pyx_n_u_fsencode __pyx_string_tab[65]
-#define __pyx_n_u_fstype __pyx_string_tab[66]
-#define __pyx_n_u_getLogger __pyx_string_tab[67]
-#define __pyx_n_u_i __pyx_string_tab[68]
-#define __pyx_n_u_items __pyx_string_tab[69]
-#define __pyx_n_u_log __pyx_string_tab[70]
-#define __pyx_n_u_logging __pyx_string_tab[71]
-#define __pyx_n_u_m __pyx_string_tab[72]
-#define __pyx_n_u_master __pyx_string_tab[73]
-#define __pyx_n_u_max_write __pyx_string_tab[74]
-#define __pyx_n_u_mergerfs __pyx_string_tab[75]
-#define __pyx_n_u_mergerfs__kernel __pyx_string_tab[76]
-#define __pyx_n_u_minor __pyx_string_tab[77]
-#define __pyx_n_u_mount __pyx_string_tab[78]
-#define __pyx_n_u_n __pyx_string_tab[79]
-#define __pyx_n_u_name_2 __pyx_string_tab[80]
-#define __pyx_n_u_namelen __pyx_string_tab[81]
-#define __pyx_n_u_off __pyx_string_tab[82]
-#define __pyx_n_u_open __pyx_string_tab[83]
-#define __pyx_n_u_os __pyx_string_tab[84]
-#define __pyx_n_u_out __pyx_string_tab[85]
-#define __pyx_n_u_p __pyx_string_tab[86]
-#define __pyx_n_u_pack_dirents __pyx_string_tab[87]
-#define __pyx_n_u_pop __pyx_string_tab[88]
-#define __pyx_n_u_pyfh __pyx_string_tab[89]
-#define __pyx_n_u_rec __pyx_string_tab[90]
-#define __pyx_n_u_remove __pyx_string_tab[91]
-#define __pyx_n_u_rv __pyx_string_tab[92]
-#define __pyx_n_u_s __pyx_string_tab[93]
-#define __pyx_n_u_self __pyx_string_tab[94]
-#define __pyx_n_u_serve __pyx_string_tab[95]
-#define __pyx_n_u_setdefault __pyx_string_tab[96]
-#define __pyx_n_u_size __pyx_string_tab[97]
-#define __pyx_n_u_source __pyx_string_tab[98]
-#define __pyx_n_u_strerror __pyx_string_tab[99]
-#define __pyx_n_u_t __pyx_string_tab[100]
-#define __pyx_n_u_target __pyx_string_tab[101]
-#define __pyx_n_u_used __pyx_string_tab[102]
-#define __pyx_n_u_values __pyx_string_tab[103]
-#define __pyx_kp_b_iso88591_Q __pyx_string_tab[104]
-#define __pyx_kp_b_iso88591_j_waw_S_gQgRy __pyx_string_tab[105]
-#define __pyx_kp_b_iso88591_E_r_2Q_Q_wat_axs_a_gQe2Yaq_1 __pyx_string_tab[106]
-#define __pyx_kp_b_iso88591_2Yaq_2Yaq_2Yaq_2Yaq_was_S_S_1_g __pyx_string_tab[107]
-#define __pyx_kp_b_iso88591_V1_Ya_31A_s_A_gQgRy_1 __pyx_string_tab[108]
-#define __pyx_kp_b_iso88591_avQ_AQ_q_U_5_1A_q_we1A_Qa_2XRs __pyx_string_tab[109]
-#define __pyx_kp_b_iso88591_A_3c_3c_D_1_t6_Q __pyx_string_tab[110]
-#define __pyx_kp_b_iso88591_A_3c_3c_D_3d_F_Q_3a_t6_WD_as_F_3 __pyx_string_tab[111]
-#define __pyx_kp_b_iso88591_A_N_hgR7MRzY_6fCwa __pyx_string_tab[112]
-#define __pyx_kp_b_iso88591_A_q_A_q_4s_at5_A_r_1_a_4s_4s_D_1 __pyx_string_tab[113]
-#define __pyx_kp_b_iso88591_5Q_4q_Kq_A_Ba_A_a_a_F_2V1_F_2_F __pyx_string_tab[114]
+#define __pyx_n_u_attr_out __pyx_string_tab[44]
+#define __pyx_n_u_attr_valid __pyx_string_tab[45]
+#define __pyx_n_u_b __pyx_string_tab[46]
+#define __pyx_n_u_backing __pyx_string_tab[47]
+#define __pyx_n_u_backing_close __pyx_string_tab[48]
+#define __pyx_n_u_backing_open __pyx_string_tab[49]
+#define __pyx_n_u_buf __pyx_string_tab[50]
+#define __pyx_n_u_cline_in_traceback __pyx_string_tab[51]
+#define __pyx_n_u_clone_fd __pyx_string_tab[52]
+#define __pyx_n_u_close __pyx_string_tab[53]
+#define __pyx_n_u_configure __pyx_string_tab[54]
+#define __pyx_n_u_d __pyx_string_tab[55]
+#define __pyx_n_u_data __pyx_string_tab[56]
+#define __pyx_n_u_devfd __pyx_string_tab[57]
+#define __pyx_n_u_e __pyx_string_tab[58]
+#define __pyx_n_u_entries __pyx_string_tab[59]
+#define __pyx_n_u_entry __pyx_string_tab[60]
+#define __pyx_n_u_entry_out __pyx_string_tab[61]
+#define __pyx_n_u_entry_valid __pyx_string_tab[62]
+#define __pyx_n_u_err __pyx_string_tab[63]
+#define __pyx_n_u_error __pyx_string_tab[64]
+#define __pyx_n_u_exception __pyx_string_tab[65]
+#define __pyx_n_u_f __pyx_string_tab[66]
+#define __pyx_n_u_fd __pyx_string_tab[67]
+#define __pyx_n_u_fh __pyx_string_tab[68]
+#define __pyx_n_u_flags __pyx_string_tab[69]
+#define __pyx_n_u_fsencode __pyx_string_tab[70]
+#define __pyx_n_u_fstype __pyx_string_tab[71]
+#define __pyx_n_u_getLogger __pyx_string_tab[72]
+#define __pyx_n_u_i __pyx_string_tab[73]
+#define __pyx_n_u_items __pyx_string_tab[74]
+#define __pyx_n_u_log __pyx_string_tab[75]
+#define __pyx_n_u_logging __pyx_string_tab[76]
+#define __pyx_n_u_m __pyx_string_tab[77]
+#define __pyx_n_u_master __pyx_string_tab[78]
+#define __pyx_n_u_max_write __pyx_string_tab[79]
+#define __pyx_n_u_mergerfs __pyx_string_tab[80]
+#define __pyx_n_u_mergerfs__kernel __pyx_string_tab[81]
+#define __pyx_n_u_minor __pyx_string_tab[82]
+#define __pyx_n_u_mount __pyx_string_tab[83]
+#define __pyx_n_u_n __pyx_string_tab[84]
+#define __pyx_n_u_name_2 __pyx_string_tab[85]
+#define __pyx_n_u_namelen __pyx_string_tab[86]
+#define __pyx_n_u_nodeid __pyx_string_tab[87]
+#define __pyx_n_u_o __pyx_string_tab[88]
+#define __pyx_n_u_off __pyx_string_tab[89]
+#define __pyx_n_u_open __pyx_string_tab[90]
+#define __pyx_n_u_os __pyx_string_tab[91]
+#define __pyx_n_u_out __pyx_string_tab[92]
+#define __pyx_n_u_p __pyx_string_tab[93]
+#define __pyx_n_u_pack_dirents __pyx_string_tab[94]
+#define __pyx_n_u_pop __pyx_string_tab[95]
+#define __pyx_n_u_pyfh __pyx_string_tab[96]
+#define __pyx_n_u_rec __pyx_string_tab[97]
+#define __pyx_n_u_remove __pyx_string_tab[98]
+#define __pyx_n_u_rv __pyx_string_tab[99]
+#define __pyx_n_u_s __pyx_string_tab[100]
+#define __pyx_n_u_self __pyx_string_tab[101]
+#define __pyx_n_u_serve __pyx_string_tab[102]
+#define __pyx_n_u_setdefault __pyx_string_tab[103]
+#define __pyx_n_u_size __pyx_string_tab[104]
+#define __pyx_n_u_source __pyx_string_tab[105]
+#define __pyx_n_u_st __pyx_string_tab[106]
+#define __pyx_n_u_st_atime_ns __pyx_string_tab[107]
+#define __pyx_n_u_st_blksize __pyx_string_tab[108]
+#define __pyx_n_u_st_blocks __pyx_string_tab[109]
+#define __pyx_n_u_st_ctime_ns __pyx_string_tab[110]
+#define __pyx_n_u_st_gid __pyx_string_tab[111]
+#define __pyx_n_u_st_mode __pyx_string_tab[112]
+#define __pyx_n_u_st_mtime_ns __pyx_string_tab[113]
+#define __pyx_n_u_st_nlink __pyx_string_tab[114]
+#define __pyx_n_u_st_rdev __pyx_string_tab[115]
+#define __pyx_n_u_st_size __pyx_string_tab[116]
+#define __pyx_n_u_st_uid __pyx_string_tab[117]
+#define __pyx_n_u_strerror __pyx_string_tab[118]
+#define __pyx_n_u_t __pyx_string_tab[119]
+#define __pyx_n_u_target __pyx_string_tab[120]
+#define __pyx_n_u_used __pyx_string_tab[121]
+#define __pyx_n_u_values __pyx_string_tab[122]
+#define __pyx_kp_b_iso88591_Q __pyx_string_tab[123]
+#define __pyx_kp_b_iso88591_j_waw_S_gQgRy __pyx_string_tab[124]
+#define __pyx_kp_b_iso88591_E_r_2Q_Q_wat_axs_a_gQe2Yaq_1 __pyx_string_tab[125]
+#define __pyx_kp_b_iso88591_2Yaq_2Yaq_2Yaq_2Yaq_was_S_S_1_g __pyx_string_tab[126]
+#define __pyx_kp_b_iso88591_V1_Ya_31A_s_A_gQgRy_1 __pyx_string_tab[127]
+#define __pyx_kp_b_iso88591_1Cs_Zq__A_1_aq_AXQc __pyx_string_tab[128]
+#define __pyx_kp_b_iso88591_1Cs_1_aq_AXQc __pyx_string_tab[129]
+#define __pyx_kp_b_iso88591_avQ_AQ_q_U_5_1A_q_we1A_Qa_2XRs __pyx_string_tab[130]
+#define __pyx_kp_b_iso88591_A_3c_3c_D_1_t6_Q __pyx_string_tab[131]
+#define __pyx_kp_b_iso88591_A_3c_3c_D_3d_F_Q_3a_t6_WD_as_F_3 __pyx_string_tab[132]
+#define __pyx_kp_b_iso88591_A_N_hgR7MRzY_6fCwa __pyx_string_tab[133]
+#define __pyx_kp_b_iso88591_A_q_A_q_4s_at5_A_r_1_a_4s_4s_D_1 __pyx_string_tab[134]
+#define __pyx_kp_b_iso88591_5Q_4q_Kq_A_Ba_A_a_a_F_2V1_F_2_F __pyx_string_tab[135]
 #define __pyx_int_0 __pyx_number_tab[0]
 #define __pyx_int_23 __pyx_number_tab[1]
+#define __pyx_int_4294967295 __pyx_number_tab[2]
 /* #### Code section: module_state_clear ### */
 #if CYTHON_USE_MODULE_STATE
 static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
@@ -3272,9 +3374,9 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_values.method);
   for (int i=0; i<3; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
-  for (int i=0; i<12; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<115; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
-  for (int i=0; i<2; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
+  for (int i=0; i<14; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<136; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<3; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_clear_contents ### */
 /* CommonTypesMetaclass.module_state_clear */
 Py_CLEAR(clear_module_state->__pyx_CommonTypesMetaclassType);
@@ -3304,9 +3406,9 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_values.method);
   for (int i=0; i<3; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
-  for (int i=0; i<12; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<115; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
-  for (int i=0; i<2; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
+  for (int i=0; i<14; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<136; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<3; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_traverse_contents ### */
 /* CommonTypesMetaclass.module_state_traverse */
 Py_VISIT(traverse_module_state->__pyx_CommonTypesMetaclassType);
@@ -9204,6 +9306,7 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_8pack_dirents(CYTHON_UNUSED PyObjec
  *         memset(p + used + sizeof(fuse_dirent) + namelen, 0, rec - sizeof(fuse_dirent) - namelen)
  *         used += rec             # <<<<<<<<<<<<<<
  *     return out[:used]
+ * 
 */
     __pyx_v_used = (__pyx_v_used + __pyx_v_rec);
   }
@@ -9215,6 +9318,8 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_8pack_dirents(CYTHON_UNUSED PyObjec
  *         memset(p + used + sizeof(fuse_dirent) + namelen, 0, rec - sizeof(fuse_dirent) - namelen)
  *         used += rec
  *     return out[:used]             # <<<<<<<<<<<<<<
+ * 
+ * 
 */
   if (unlikely(__pyx_v_out == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
@@ -9257,6 +9362,755 @@ static PyObject *__pyx_pf_8mergerfs_7_kernel_8pack_dirents(CYTHON_UNUSED PyObjec
   __Pyx_XDECREF(__pyx_v_name);
 
   __Pyx_XDECREF(__pyx_v_entry);
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "mergerfs/_kernel.pyx":434
+ * 
+ * 
+ * cdef inline void _split(long long v, uint64_t *sec, uint32_t *nsec) noexcept:             # <<<<<<<<<<<<<<
+ *     """ns -> (sec, nsec), rounding down for times before 1970 (cdivision truncates)."""
+ *     cdef long long s = v // 1000000000
+*/
+
+static CYTHON_INLINE void __pyx_f_8mergerfs_7_kernel__split(PY_LONG_LONG __pyx_v_v, uint64_t *__pyx_v_sec, uint32_t *__pyx_v_nsec) {
+  PY_LONG_LONG __pyx_v_s;
+  int __pyx_t_1;
+  int __pyx_t_2;
+
+  /* "mergerfs/_kernel.pyx":436
+ * cdef inline void _split(long long v, uint64_t *sec, uint32_t *nsec) noexcept:
+ *     """ns -> (sec, nsec), rounding down for times before 1970 (cdivision truncates)."""
+ *     cdef long long s = v // 1000000000             # <<<<<<<<<<<<<<
+ *     if v < 0 and s * 1000000000 != v:
+ *         s -= 1
+*/
+  __pyx_v_s = (__pyx_v_v / 0x3B9ACA00);
+
+  /* "mergerfs/_kernel.pyx":437
+ *     """ns -> (sec, nsec), rounding down for times before 1970 (cdivision truncates)."""
+ *     cdef long long s = v // 1000000000
+ *     if v < 0 and s * 1000000000 != v:             # <<<<<<<<<<<<<<
+ *         s -= 1
+ *     sec[0] = <uint64_t>s
+*/
+  __pyx_t_2 = (__pyx_v_v < 0);
+
+  if (__pyx_t_2) {
+
+  } else {
+
+    __pyx_t_1 = __pyx_t_2;
+
+    goto __pyx_L4_bool_binop_done;
+  }
+  __pyx_t_2 = ((__pyx_v_s * 0x3B9ACA00) != __pyx_v_v);
+
+
+  __pyx_t_1 = __pyx_t_2;
+
+  __pyx_L4_bool_binop_done:;
+  if (__pyx_t_1) {
+
+
+    /* "mergerfs/_kernel.pyx":438
+ *     cdef long long s = v // 1000000000
+ *     if v < 0 and s * 1000000000 != v:
+ *         s -= 1             # <<<<<<<<<<<<<<
+ *     sec[0] = <uint64_t>s
+ *     nsec[0] = <uint32_t>(v - s * 1000000000)
+*/
+    __pyx_v_s = (__pyx_v_s - 1);
+
+    /* "mergerfs/_kernel.pyx":437
+ *     """ns -> (sec, nsec), rounding down for times before 1970 (cdivision truncates)."""
+ *     cdef long long s = v // 1000000000
+ *     if v < 0 and s * 1000000000 != v:             # <<<<<<<<<<<<<<
+ *         s -= 1
+ *     sec[0] = <uint64_t>s
+*/
+  }
+
+  /* "mergerfs/_kernel.pyx":439
+ *     if v < 0 and s * 1000000000 != v:
+ *         s -= 1
+ *     sec[0] = <uint64_t>s             # <<<<<<<<<<<<<<
+ *     nsec[0] = <uint32_t>(v - s * 1000000000)
+ * 
+*/
+  (__pyx_v_sec[0]) = ((uint64_t)__pyx_v_s);
+
+  /* "mergerfs/_kernel.pyx":440
+ *         s -= 1
+ *     sec[0] = <uint64_t>s
+ *     nsec[0] = <uint32_t>(v - s * 1000000000)             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+  (__pyx_v_nsec[0]) = ((uint32_t)(__pyx_v_v - (__pyx_v_s * 0x3B9ACA00)));
+
+  /* "mergerfs/_kernel.pyx":434
+ * 
+ * 
+ * cdef inline void _split(long long v, uint64_t *sec, uint32_t *nsec) noexcept:             # <<<<<<<<<<<<<<
+ *     """ns -> (sec, nsec), rounding down for times before 1970 (cdivision truncates)."""
+ *     cdef long long s = v // 1000000000
+*/
+
+  /* function exit code */
+
+
+}
+
+/* "mergerfs/_kernel.pyx":443
+ * 
+ * 
+ * cdef void _fill_attr(fuse_attr *a, uint64_t ino, object st) except *:             # <<<<<<<<<<<<<<
+ *     cdef unsigned long long rdev = st.st_rdev
+ *     cdef unsigned int major = <unsigned int>(((rdev >> 8) & 0xfff) | ((rdev >> 32) & ~0xfff))
+*/
+
+static void __pyx_f_8mergerfs_7_kernel__fill_attr(struct __pyx_t_8mergerfs_7_kernel_fuse_attr *__pyx_v_a, uint64_t __pyx_v_ino, PyObject *__pyx_v_st) {
+  unsigned PY_LONG_LONG __pyx_v_rdev;
+  unsigned int __pyx_v_major;
+  unsigned int __pyx_v_minor;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  unsigned PY_LONG_LONG __pyx_t_2;
+  uint64_t __pyx_t_3;
+  PY_LONG_LONG __pyx_t_4;
+  uint32_t __pyx_t_5;
+  PyObject *__pyx_t_6 = NULL;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("_fill_attr", 0);
+
+  /* "mergerfs/_kernel.pyx":444
+ * 
+ * cdef void _fill_attr(fuse_attr *a, uint64_t ino, object st) except *:
+ *     cdef unsigned long long rdev = st.st_rdev             # <<<<<<<<<<<<<<
+ *     cdef unsigned int major = <unsigned int>(((rdev >> 8) & 0xfff) | ((rdev >> 32) & ~0xfff))
+ *     cdef unsigned int minor = <unsigned int>((rdev & 0xff) | ((rdev >> 12) & ~0xff))
+*/
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_st, __pyx_mstate_global->__pyx_n_u_st_rdev); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 444, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  __pyx_t_2 = __Pyx_PyLong_As_unsigned_PY_LONG_LONG(__pyx_t_1); if (unlikely((__pyx_t_2 == (unsigned PY_LONG_LONG)-1) && PyErr_Occurred())) __PYX_ERR(0, 444, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  __pyx_v_rdev = __pyx_t_2;
+
+  /* "mergerfs/_kernel.pyx":445
+ * cdef void _fill_attr(fuse_attr *a, uint64_t ino, object st) except *:
+ *     cdef unsigned long long rdev = st.st_rdev
+ *     cdef unsigned int major = <unsigned int>(((rdev >> 8) & 0xfff) | ((rdev >> 32) & ~0xfff))             # <<<<<<<<<<<<<<
+ *     cdef unsigned int minor = <unsigned int>((rdev & 0xff) | ((rdev >> 12) & ~0xff))
+ *     a.ino = ino
+*/
+  __pyx_v_major = ((unsigned int)(((__pyx_v_rdev >> 8) & 0xfff) | ((__pyx_v_rdev >> 32) & (~0xfff))));
+
+  /* "mergerfs/_kernel.pyx":446
+ *     cdef unsigned long long rdev = st.st_rdev
+ *     cdef unsigned int major = <unsigned int>(((rdev >> 8) & 0xfff) | ((rdev >> 32) & ~0xfff))
+ *     cdef unsigned int minor = <unsigned int>((rdev & 0xff) | ((rdev >> 12) & ~0xff))             # <<<<<<<<<<<<<<
+ *     a.ino = ino
+ *     a.size = <uint64_t>st.st_size
+*/
+  __pyx_v_minor = ((unsigned int)((__pyx_v_rdev & 0xff) | ((__pyx_v_rdev >> 12) & (~0xff))));
+
+  /* "mergerfs/_kernel.pyx":447
+ *     cdef unsigned int major = <unsigned int>(((rdev >> 8) & 0xfff) | ((rdev >> 32) & ~0xfff))
+ *     cdef unsigned int minor = <unsigned int>((rdev & 0xff) | ((rdev >> 12) & ~0xff))
+ *     a.ino = ino             # <<<<<<<<<<<<<<
+ *     a.size = <uint64_t>st.st_size
+ *     a.blocks = <uint64_t>st.st_blocks
+*/
+  __pyx_v_a->ino = __pyx_v_ino;
+
+  /* "mergerfs/_kernel.pyx":448
+ *     cdef unsigned int minor = <unsigned int>((rdev & 0xff) | ((rdev >> 12) & ~0xff))
+ *     a.ino = ino
+ *     a.size = <uint64_t>st.st_size             # <<<<<<<<<<<<<<
+ *     a.blocks = <uint64_t>st.st_blocks
+ *     _split(st.st_atime_ns, &a.atime, &a.atimensec)
+*/
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_st, __pyx_mstate_global->__pyx_n_u_st_size); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 448, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  __pyx_t_3 = __Pyx_PyLong_As_uint64_t(__pyx_t_1); if (unlikely((__pyx_t_3 == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 448, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  __pyx_v_a->size = ((uint64_t)__pyx_t_3);
+
+
+  /* "mergerfs/_kernel.pyx":449
+ *     a.ino = ino
+ *     a.size = <uint64_t>st.st_size
+ *     a.blocks = <uint64_t>st.st_blocks             # <<<<<<<<<<<<<<
+ *     _split(st.st_atime_ns, &a.atime, &a.atimensec)
+ *     _split(st.st_mtime_ns, &a.mtime, &a.mtimensec)
+*/
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_st, __pyx_mstate_global->__pyx_n_u_st_blocks); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 449, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  __pyx_t_3 = __Pyx_PyLong_As_uint64_t(__pyx_t_1); if (unlikely((__pyx_t_3 == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 449, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  __pyx_v_a->blocks = ((uint64_t)__pyx_t_3);
+
+
+  /* "mergerfs/_kernel.pyx":450
+ *     a.size = <uint64_t>st.st_size
+ *     a.blocks = <uint64_t>st.st_blocks
+ *     _split(st.st_atime_ns, &a.atime, &a.atimensec)             # <<<<<<<<<<<<<<
+ *     _split(st.st_mtime_ns, &a.mtime, &a.mtimensec)
+ *     _split(st.st_ctime_ns, &a.ctime, &a.ctimensec)
+*/
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_st, __pyx_mstate_global->__pyx_n_u_st_atime_ns); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 450, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  __pyx_t_4 = __Pyx_PyLong_As_PY_LONG_LONG(__pyx_t_1); if (unlikely((__pyx_t_4 == (PY_LONG_LONG)-1) && PyErr_Occurred())) __PYX_ERR(0, 450, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  __pyx_f_8mergerfs_7_kernel__split(__pyx_t_4, (&__pyx_v_a->atime), (&__pyx_v_a->atimensec));
+
+
+  /* "mergerfs/_kernel.pyx":451
+ *     a.blocks = <uint64_t>st.st_blocks
+ *     _split(st.st_atime_ns, &a.atime, &a.atimensec)
+ *     _split(st.st_mtime_ns, &a.mtime, &a.mtimensec)             # <<<<<<<<<<<<<<
+ *     _split(st.st_ctime_ns, &a.ctime, &a.ctimensec)
+ *     a.mode = <uint32_t>st.st_mode
+*/
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_st, __pyx_mstate_global->__pyx_n_u_st_mtime_ns); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 451, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  __pyx_t_4 = __Pyx_PyLong_As_PY_LONG_LONG(__pyx_t_1); if (unlikely((__pyx_t_4 == (PY_LONG_LONG)-1) && PyErr_Occurred())) __PYX_ERR(0, 451, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  __pyx_f_8mergerfs_7_kernel__split(__pyx_t_4, (&__pyx_v_a->mtime), (&__pyx_v_a->mtimensec));
+
+
+  /* "mergerfs/_kernel.pyx":452
+ *     _split(st.st_atime_ns, &a.atime, &a.atimensec)
+ *     _split(st.st_mtime_ns, &a.mtime, &a.mtimensec)
+ *     _split(st.st_ctime_ns, &a.ctime, &a.ctimensec)             # <<<<<<<<<<<<<<
+ *     a.mode = <uint32_t>st.st_mode
+ *     a.nlink = <uint32_t>st.st_nlink
+*/
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_st, __pyx_mstate_global->__pyx_n_u_st_ctime_ns); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 452, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  __pyx_t_4 = __Pyx_PyLong_As_PY_LONG_LONG(__pyx_t_1); if (unlikely((__pyx_t_4 == (PY_LONG_LONG)-1) && PyErr_Occurred())) __PYX_ERR(0, 452, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  __pyx_f_8mergerfs_7_kernel__split(__pyx_t_4, (&__pyx_v_a->ctime), (&__pyx_v_a->ctimensec));
+
+
+  /* "mergerfs/_kernel.pyx":453
+ *     _split(st.st_mtime_ns, &a.mtime, &a.mtimensec)
+ *     _split(st.st_ctime_ns, &a.ctime, &a.ctimensec)
+ *     a.mode = <uint32_t>st.st_mode             # <<<<<<<<<<<<<<
+ *     a.nlink = <uint32_t>st.st_nlink
+ *     a.uid = <uint32_t>(st.st_uid & 0xFFFFFFFF)
+*/
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_st, __pyx_mstate_global->__pyx_n_u_st_mode); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 453, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  __pyx_t_5 = __Pyx_PyLong_As_uint32_t(__pyx_t_1); if (unlikely((__pyx_t_5 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 453, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  __pyx_v_a->mode = ((uint32_t)__pyx_t_5);
+
+
+  /* "mergerfs/_kernel.pyx":454
+ *     _split(st.st_ctime_ns, &a.ctime, &a.ctimensec)
+ *     a.mode = <uint32_t>st.st_mode
+ *     a.nlink = <uint32_t>st.st_nlink             # <<<<<<<<<<<<<<
+ *     a.uid = <uint32_t>(st.st_uid & 0xFFFFFFFF)
+ *     a.gid = <uint32_t>(st.st_gid & 0xFFFFFFFF)
+*/
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_st, __pyx_mstate_global->__pyx_n_u_st_nlink); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 454, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  __pyx_t_5 = __Pyx_PyLong_As_uint32_t(__pyx_t_1); if (unlikely((__pyx_t_5 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 454, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  __pyx_v_a->nlink = ((uint32_t)__pyx_t_5);
+
+
+  /* "mergerfs/_kernel.pyx":455
+ *     a.mode = <uint32_t>st.st_mode
+ *     a.nlink = <uint32_t>st.st_nlink
+ *     a.uid = <uint32_t>(st.st_uid & 0xFFFFFFFF)             # <<<<<<<<<<<<<<
+ *     a.gid = <uint32_t>(st.st_gid & 0xFFFFFFFF)
+ *     # the kernel decodes fuse_attr.rdev with new_decode_dev
+*/
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_st, __pyx_mstate_global->__pyx_n_u_st_uid); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 455, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  __pyx_t_6 = __Pyx_PyNumber_And_object_int(__pyx_t_1, __pyx_mstate_global->__pyx_int_4294967295); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 455, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_6);
+  __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  __pyx_t_5 = __Pyx_PyLong_As_uint32_t(__pyx_t_6); if (unlikely((__pyx_t_5 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 455, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+  __pyx_v_a->uid = ((uint32_t)__pyx_t_5);
+
+
+  /* "mergerfs/_kernel.pyx":456
+ *     a.nlink = <uint32_t>st.st_nlink
+ *     a.uid = <uint32_t>(st.st_uid & 0xFFFFFFFF)
+ *     a.gid = <uint32_t>(st.st_gid & 0xFFFFFFFF)             # <<<<<<<<<<<<<<
+ *     # the kernel decodes fuse_attr.rdev with new_decode_dev
+ *     a.rdev = <uint32_t>((minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12))
+*/
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_st, __pyx_mstate_global->__pyx_n_u_st_gid); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 456, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_6);
+  __pyx_t_1 = __Pyx_PyNumber_And_object_int(__pyx_t_6, __pyx_mstate_global->__pyx_int_4294967295); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 456, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+  __pyx_t_5 = __Pyx_PyLong_As_uint32_t(__pyx_t_1); if (unlikely((__pyx_t_5 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 456, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  __pyx_v_a->gid = ((uint32_t)__pyx_t_5);
+
+
+  /* "mergerfs/_kernel.pyx":458
+ *     a.gid = <uint32_t>(st.st_gid & 0xFFFFFFFF)
+ *     # the kernel decodes fuse_attr.rdev with new_decode_dev
+ *     a.rdev = <uint32_t>((minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12))             # <<<<<<<<<<<<<<
+ *     a.blksize = <uint32_t>st.st_blksize
+ *     a.flags = 0
+*/
+  __pyx_v_a->rdev = ((uint32_t)(((__pyx_v_minor & 0xff) | (__pyx_v_major << 8)) | ((__pyx_v_minor & (~0xff)) << 12)));
+
+  /* "mergerfs/_kernel.pyx":459
+ *     # the kernel decodes fuse_attr.rdev with new_decode_dev
+ *     a.rdev = <uint32_t>((minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12))
+ *     a.blksize = <uint32_t>st.st_blksize             # <<<<<<<<<<<<<<
+ *     a.flags = 0
+ * 
+*/
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_st, __pyx_mstate_global->__pyx_n_u_st_blksize); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 459, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  __pyx_t_5 = __Pyx_PyLong_As_uint32_t(__pyx_t_1); if (unlikely((__pyx_t_5 == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 459, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  __pyx_v_a->blksize = ((uint32_t)__pyx_t_5);
+
+
+  /* "mergerfs/_kernel.pyx":460
+ *     a.rdev = <uint32_t>((minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12))
+ *     a.blksize = <uint32_t>st.st_blksize
+ *     a.flags = 0             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+  __pyx_v_a->flags = 0;
+
+  /* "mergerfs/_kernel.pyx":443
+ * 
+ * 
+ * cdef void _fill_attr(fuse_attr *a, uint64_t ino, object st) except *:             # <<<<<<<<<<<<<<
+ *     cdef unsigned long long rdev = st.st_rdev
+ *     cdef unsigned int major = <unsigned int>(((rdev >> 8) & 0xfff) | ((rdev >> 32) & ~0xfff))
+*/
+
+  /* function exit code */
+  goto __pyx_L0;
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_6);
+  __Pyx_AddTraceback("mergerfs._kernel._fill_attr", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_L0:;
+
+
+
+
+  __Pyx_RefNannyFinishContext();
+}
+
+/* "mergerfs/_kernel.pyx":463
+ * 
+ * 
+ * def entry_out(uint64_t nodeid, st, uint64_t entry_valid, uint64_t attr_valid):             # <<<<<<<<<<<<<<
+ *     """fuse_entry_out for a LOOKUP-like reply (``st``: an os.stat_result)."""
+ *     cdef fuse_entry_out e
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_8mergerfs_7_kernel_11entry_out(PyObject *__pyx_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+PyDoc_STRVAR(__pyx_doc_8mergerfs_7_kernel_10entry_out, "fuse_entry_out for a LOOKUP-like reply (``st``: an os.stat_result).");
+static PyMethodDef __pyx_mdef_8mergerfs_7_kernel_11entry_out = {"entry_out", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_8mergerfs_7_kernel_11entry_out, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_8mergerfs_7_kernel_10entry_out};
+static PyObject *__pyx_pw_8mergerfs_7_kernel_11entry_out(PyObject *__pyx_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  uint64_t __pyx_v_nodeid;
+  PyObject *__pyx_v_st = 0;
+  uint64_t __pyx_v_entry_valid;
+  uint64_t __pyx_v_attr_valid;
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject* values[4] = {0,0,0,0};
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("entry_out (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  {
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_nodeid,&__pyx_mstate_global->__pyx_n_u_st,&__pyx_mstate_global->__pyx_n_u_entry_valid,&__pyx_mstate_global->__pyx_n_u_attr_valid,0};
+    const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 463, __pyx_L3_error)
+    if (__pyx_kwds_len > 0) {
+      switch (__pyx_nargs) {
+        case  4:
+        values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 463, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  3:
+        values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 463, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  2:
+        values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 463, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  1:
+        values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 463, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  0: break;
+        default: goto __pyx_L5_argtuple_error;
+      }
+      const Py_ssize_t kwd_pos_args = __pyx_nargs;
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "entry_out", 0) < (0)) __PYX_ERR(0, 463, __pyx_L3_error)
+      for (Py_ssize_t i = __pyx_nargs; i < 4; i++) {
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("entry_out", 1, 4, 4, i); __PYX_ERR(0, 463, __pyx_L3_error) }
+      }
+    } else if (unlikely(__pyx_nargs != 4)) {
+      goto __pyx_L5_argtuple_error;
+    } else {
+      values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 463, __pyx_L3_error)
+      values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 463, __pyx_L3_error)
+      values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 463, __pyx_L3_error)
+      values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 463, __pyx_L3_error)
+    }
+    __pyx_v_nodeid = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_nodeid == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 463, __pyx_L3_error)
+    __pyx_v_st = values[1];
+    __pyx_v_entry_valid = __Pyx_PyLong_As_uint64_t(values[2]); if (unlikely((__pyx_v_entry_valid == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 463, __pyx_L3_error)
+    __pyx_v_attr_valid = __Pyx_PyLong_As_uint64_t(values[3]); if (unlikely((__pyx_v_attr_valid == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 463, __pyx_L3_error)
+  }
+  goto __pyx_L6_skip;
+  __pyx_L5_argtuple_error:;
+  __Pyx_RaiseArgtupleInvalid("entry_out", 1, 4, 4, __pyx_nargs); __PYX_ERR(0, 463, __pyx_L3_error)
+  __pyx_L6_skip:;
+  goto __pyx_L4_argument_unpacking_done;
+  __pyx_L3_error:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __Pyx_AddTraceback("mergerfs._kernel.entry_out", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_RefNannyFinishContext();
+  return NULL;
+  __pyx_L4_argument_unpacking_done:;
+  __pyx_r = __pyx_pf_8mergerfs_7_kernel_10entry_out(__pyx_self, __pyx_v_nodeid, __pyx_v_st, __pyx_v_entry_valid, __pyx_v_attr_valid);
+
+  /* function exit code */
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+
+
+
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_8mergerfs_7_kernel_10entry_out(CYTHON_UNUSED PyObject *__pyx_self, uint64_t __pyx_v_nodeid, PyObject *__pyx_v_st, uint64_t __pyx_v_entry_valid, uint64_t __pyx_v_attr_valid) {
+  struct __pyx_t_8mergerfs_7_kernel_fuse_entry_out __pyx_v_e;
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("entry_out", 0);
+
+  /* "mergerfs/_kernel.pyx":466
+ *     """fuse_entry_out for a LOOKUP-like reply (``st``: an os.stat_result)."""
+ *     cdef fuse_entry_out e
+ *     memset(&e, 0, sizeof(e))             # <<<<<<<<<<<<<<
+ *     e.nodeid = nodeid
+ *     e.entry_valid = entry_valid
+*/
+  (void)(memset((&__pyx_v_e), 0, (sizeof(__pyx_v_e))));
+
+  /* "mergerfs/_kernel.pyx":467
+ *     cdef fuse_entry_out e
+ *     memset(&e, 0, sizeof(e))
+ *     e.nodeid = nodeid             # <<<<<<<<<<<<<<
+ *     e.entry_valid = entry_valid
+ *     e.attr_valid = attr_valid
+*/
+  __pyx_v_e.nodeid = __pyx_v_nodeid;
+
+  /* "mergerfs/_kernel.pyx":468
+ *     memset(&e, 0, sizeof(e))
+ *     e.nodeid = nodeid
+ *     e.entry_valid = entry_valid             # <<<<<<<<<<<<<<
+ *     e.attr_valid = attr_valid
+ *     _fill_attr(&e.attr, nodeid, st)
+*/
+  __pyx_v_e.entry_valid = __pyx_v_entry_valid;
+
+  /* "mergerfs/_kernel.pyx":469
+ *     e.nodeid = nodeid
+ *     e.entry_valid = entry_valid
+ *     e.attr_valid = attr_valid             # <<<<<<<<<<<<<<
+ *     _fill_attr(&e.attr, nodeid, st)
+ *     return PyBytes_FromStringAndSize(<char *>&e, sizeof(e))
+*/
+  __pyx_v_e.attr_valid = __pyx_v_attr_valid;
+
+  /* "mergerfs/_kernel.pyx":470
+ *     e.entry_valid = entry_valid
+ *     e.attr_valid = attr_valid
+ *     _fill_attr(&e.attr, nodeid, st)             # <<<<<<<<<<<<<<
+ *     return PyBytes_FromStringAndSize(<char *>&e, sizeof(e))
+ * 
+*/
+  __pyx_f_8mergerfs_7_kernel__fill_attr((&__pyx_v_e.attr), __pyx_v_nodeid, __pyx_v_st); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 470, __pyx_L1_error)
+
+  /* "mergerfs/_kernel.pyx":471
+ *     e.attr_valid = attr_valid
+ *     _fill_attr(&e.attr, nodeid, st)
+ *     return PyBytes_FromStringAndSize(<char *>&e, sizeof(e))             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+  __pyx_t_1 = PyBytes_FromStringAndSize(((char *)(&__pyx_v_e)), (sizeof(__pyx_v_e))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 471, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_1;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_1 = 0;
+  goto __pyx_L0;
+
+  /* "mergerfs/_kernel.pyx":463
+ * 
+ * 
+ * def entry_out(uint64_t nodeid, st, uint64_t entry_valid, uint64_t attr_valid):             # <<<<<<<<<<<<<<
+ *     """fuse_entry_out for a LOOKUP-like reply (``st``: an os.stat_result)."""
+ *     cdef fuse_entry_out e
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_AddTraceback("mergerfs._kernel.entry_out", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "mergerfs/_kernel.pyx":474
+ * 
+ * 
+ * def attr_out(uint64_t nodeid, st, uint64_t attr_valid):             # <<<<<<<<<<<<<<
+ *     """fuse_attr_out for GETATTR/SETATTR."""
+ *     cdef fuse_attr_out o
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_8mergerfs_7_kernel_13attr_out(PyObject *__pyx_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+PyDoc_STRVAR(__pyx_doc_8mergerfs_7_kernel_12attr_out, "fuse_attr_out for GETATTR/SETATTR.");
+static PyMethodDef __pyx_mdef_8mergerfs_7_kernel_13attr_out = {"attr_out", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_8mergerfs_7_kernel_13attr_out, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_8mergerfs_7_kernel_12attr_out};
+static PyObject *__pyx_pw_8mergerfs_7_kernel_13attr_out(PyObject *__pyx_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  uint64_t __pyx_v_nodeid;
+  PyObject *__pyx_v_st = 0;
+  uint64_t __pyx_v_attr_valid;
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject* values[3] = {0,0,0};
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("attr_out (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  {
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_nodeid,&__pyx_mstate_global->__pyx_n_u_st,&__pyx_mstate_global->__pyx_n_u_attr_valid,0};
+    const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 474, __pyx_L3_error)
+    if (__pyx_kwds_len > 0) {
+      switch (__pyx_nargs) {
+        case  3:
+        values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 474, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  2:
+        values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 474, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  1:
+        values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 474, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  0: break;
+        default: goto __pyx_L5_argtuple_error;
+      }
+      const Py_ssize_t kwd_pos_args = __pyx_nargs;
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "attr_out", 0) < (0)) __PYX_ERR(0, 474, __pyx_L3_error)
+      for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("attr_out", 1, 3, 3, i); __PYX_ERR(0, 474, __pyx_L3_error) }
+      }
+    } else if (unlikely(__pyx_nargs != 3)) {
+      goto __pyx_L5_argtuple_error;
+    } else {
+      values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 474, __pyx_L3_error)
+      values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 474, __pyx_L3_error)
+      values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 474, __pyx_L3_error)
+    }
+    __pyx_v_nodeid = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_nodeid == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 474, __pyx_L3_error)
+    __pyx_v_st = values[1];
+    __pyx_v_attr_valid = __Pyx_PyLong_As_uint64_t(values[2]); if (unlikely((__pyx_v_attr_valid == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 474, __pyx_L3_error)
+  }
+  goto __pyx_L6_skip;
+  __pyx_L5_argtuple_error:;
+  __Pyx_RaiseArgtupleInvalid("attr_out", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 474, __pyx_L3_error)
+  __pyx_L6_skip:;
+  goto __pyx_L4_argument_unpacking_done;
+  __pyx_L3_error:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __Pyx_AddTraceback("mergerfs._kernel.attr_out", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_RefNannyFinishContext();
+  return NULL;
+  __pyx_L4_argument_unpacking_done:;
+  __pyx_r = __pyx_pf_8mergerfs_7_kernel_12attr_out(__pyx_self, __pyx_v_nodeid, __pyx_v_st, __pyx_v_attr_valid);
+
+  /* function exit code */
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+
+
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_8mergerfs_7_kernel_12attr_out(CYTHON_UNUSED PyObject *__pyx_self, uint64_t __pyx_v_nodeid, PyObject *__pyx_v_st, uint64_t __pyx_v_attr_valid) {
+  struct __pyx_t_8mergerfs_7_kernel_fuse_attr_out __pyx_v_o;
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("attr_out", 0);
+
+  /* "mergerfs/_kernel.pyx":477
+ *     """fuse_attr_out for GETATTR/SETATTR."""
+ *     cdef fuse_attr_out o
+ *     memset(&o, 0, sizeof(o))             # <<<<<<<<<<<<<<
+ *     o.attr_valid = attr_valid
+ *     _fill_attr(&o.attr, nodeid, st)
+*/
+  (void)(memset((&__pyx_v_o), 0, (sizeof(__pyx_v_o))));
+
+  /* "mergerfs/_kernel.pyx":478
+ *     cdef fuse_attr_out o
+ *     memset(&o, 0, sizeof(o))
+ *     o.attr_valid = attr_valid             # <<<<<<<<<<<<<<
+ *     _fill_attr(&o.attr, nodeid, st)
+ *     return PyBytes_FromStringAndSize(<char *>&o, sizeof(o))
+*/
+  __pyx_v_o.attr_valid = __pyx_v_attr_valid;
+
+  /* "mergerfs/_kernel.pyx":479
+ *     memset(&o, 0, sizeof(o))
+ *     o.attr_valid = attr_valid
+ *     _fill_attr(&o.attr, nodeid, st)             # <<<<<<<<<<<<<<
+ *     return PyBytes_FromStringAndSize(<char *>&o, sizeof(o))
+*/
+  __pyx_f_8mergerfs_7_kernel__fill_attr((&__pyx_v_o.attr), __pyx_v_nodeid, __pyx_v_st); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 479, __pyx_L1_error)
+
+  /* "mergerfs/_kernel.pyx":480
+ *     o.attr_valid = attr_valid
+ *     _fill_attr(&o.attr, nodeid, st)
+ *     return PyBytes_FromStringAndSize(<char *>&o, sizeof(o))             # <<<<<<<<<<<<<<
+*/
+  __pyx_t_1 = PyBytes_FromStringAndSize(((char *)(&__pyx_v_o)), (sizeof(__pyx_v_o))); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 480, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_1;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_1 = 0;
+  goto __pyx_L0;
+
+  /* "mergerfs/_kernel.pyx":474
+ * 
+ * 
+ * def attr_out(uint64_t nodeid, st, uint64_t attr_valid):             # <<<<<<<<<<<<<<
+ *     """fuse_attr_out for GETATTR/SETATTR."""
+ *     cdef fuse_attr_out o
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_AddTraceback("mergerfs._kernel.attr_out", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+
   __Pyx_XGIVEREF(__pyx_r);
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
@@ -10213,6 +11067,36 @@ __Pyx_RefNannySetupContext("PyInit__kernel", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_pack_dirents, __pyx_t_2) < (0)) __PYX_ERR(0, 371, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
+  /* "mergerfs/_kernel.pyx":463
+ * 
+ * 
+ * def entry_out(uint64_t nodeid, st, uint64_t entry_valid, uint64_t attr_valid):             # <<<<<<<<<<<<<<
+ *     """fuse_entry_out for a LOOKUP-like reply (``st``: an os.stat_result)."""
+ *     cdef fuse_entry_out e
+*/
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_11entry_out, 0, __pyx_mstate_global->__pyx_n_u_entry_out, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 463, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
+  #endif
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_entry_out, __pyx_t_2) < (0)) __PYX_ERR(0, 463, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "mergerfs/_kernel.pyx":474
+ * 
+ * 
+ * def attr_out(uint64_t nodeid, st, uint64_t attr_valid):             # <<<<<<<<<<<<<<
+ *     """fuse_attr_out for GETATTR/SETATTR."""
+ *     cdef fuse_attr_out o
+*/
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_8mergerfs_7_kernel_13attr_out, 0, __pyx_mstate_global->__pyx_n_u_attr_out, NULL, __pyx_mstate_global->__pyx_n_u_mergerfs__kernel, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[13])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 474, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
+  #endif
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_attr_out, __pyx_t_2) < (0)) __PYX_ERR(0, 474, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
   /* "mergerfs/_kernel.pyx":1
  * # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True             # <<<<<<<<<<<<<<
  * """The FUSE kernel session's compiled core: the worker loop on ``/dev/fuse``
@@ -10360,38 +11244,38 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
-    const struct { const unsigned int length: 8; } str_length_index[] = {{15},{9},{1},{179},{8},{7},{6},{2},{9},{20},{50},{45},{23},{31},{9},{6},{7},{25},{27},{11},{17},{12},{14},{13},{20},{12},{8},{12},{8},{10},{8},{11},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{3},{18},{1},{7},{13},{12},{3},{18},{8},{5},{9},{1},{4},{5},{7},{5},{3},{5},{9},{1},{2},{2},{5},{8},{6},{9},{1},{5},{3},{7},{1},{6},{9},{8},{16},{5},{5},{1},{4},{7},{3},{4},{2},{3},{1},{12},{3},{4},{3},{6},{2},{1},{4},{5},{10},{4},{6},{8},{1},{6},{4},{6}};
-    const struct { const unsigned int length: 8; } bytes_length_index[] = {{9},{46},{85},{86},{72},{251},{39},{133},{47},{205},{112}};
+    const struct { const unsigned int length: 8; } str_length_index[] = {{15},{9},{1},{179},{8},{7},{6},{2},{9},{20},{50},{45},{23},{31},{9},{6},{7},{25},{27},{11},{17},{12},{14},{13},{20},{12},{8},{12},{8},{10},{8},{11},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{3},{18},{8},{10},{1},{7},{13},{12},{3},{18},{8},{5},{9},{1},{4},{5},{1},{7},{5},{9},{11},{3},{5},{9},{1},{2},{2},{5},{8},{6},{9},{1},{5},{3},{7},{1},{6},{9},{8},{16},{5},{5},{1},{4},{7},{6},{1},{3},{4},{2},{3},{1},{12},{3},{4},{3},{6},{2},{1},{4},{5},{10},{4},{6},{2},{11},{10},{9},{11},{6},{7},{11},{8},{7},{7},{6},{8},{1},{6},{4},{6}};
+    const struct { const unsigned int length: 8; } bytes_length_index[] = {{9},{46},{85},{86},{72},{73},{59},{251},{39},{133},{47},{205},{112}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (1382 bytes) */
-static const char cstring[] = "x\332\205TKs\023G\020FX6~\210\207d\260e\014\311\032c\034*\205\\\362\203$pH\214mR\001\002HT\214]N\325\326hwVZX\355H3#\331\342\220\362q\217s\234\343\036\367\270G\035u\344\270\307=\372\047\360\023\322\263z\230\212\251\212KR\317\364\364\364\364\367\365\327\376\201S\2145\213\242j\035\273\374\341\232\211\333kV\213\341__\023\2165^C\\\333\351\360\032q5\233i&v\354\n\246\210c\247\2431Nm\203c\252\202\\\355\355\336\333G\233?oj\31055\212?`\2033\215\265*\206\203\030\303L#\226Vi\331\016\267]\215w\032\230\025\264?,\255CZ\232\213\261\251q\2425 \356\353\013\274\206]\215a\256\026\332*r]\302\021\267\211\253\303u\333\255\256j\246M\341\021\273\215\325\355\347\310a\270\200LS\2078l\332\014U\034\214]\365[5l\326_\231uL\253\230ZlM\377\210\251\213\235B\243s\342\022@e\241\226\3035]\247\330l\031X\3275\263\225\244u\211\373\010P\266m\344\300\251a\2736WA\r@\017\200VL\255\322\341P+>1\000ER3\240\264,L\237h&%\215\0066)n\2660\343P-k n\3244\013\331P\t\047D\253#\027\3224\000\246\005.\246)j A\203\020\347\215\276\363\352\315\336\301\336\316\033\275\274\373\276\374\0163\006\320\007\2460\252\323H\032\243\353\347\007@\030\003\236.\036\0015\303\245A\\\313\256\266(\036:\032\035\2536\\S\\\047\355\321\t\303\264\rt\274\355\234\300w\027\272\255\277\306\047\274\214-]\037t\004Nu\335j\271\206\262\325\341\353\360WG\266\233Xb\266\234\304\343\242zb\201t}\020\246\226m\256z\243\016\232-\344\014\203\206\235\270\200u\344\300\047j\003\200G\211\331W\317_ B\327\241S\320=\335f\272A(i\201\0241\260\202X\3075lR\030\371X\245\202\214\217 \261\201\321\r\2070<\334\250~A\213\r\007\"u@\310)2\222C\210\002\217e&\321#\212!?G0R\226\t\303Em\314\224\351`J\341C\250\322MC\211\332\262L\253f9\250\312,\2100\010(\222\2511\001B_\221*h\326\2669\2563\207T\341S\205:\352u\304`\364\352\350D?\246\352l\240\354\241-\014\024^\267]B\353\244\345rW\261\244\276\016v\211e)\034\204\001\342F\003\212\327\3250\271\2345@\263 \006\030\254\276\016h\033f\321\261\022\031\000\243\203Aa\366\047\014W\251\001\204\366\201p\216\340]\016\3776\3146r@\360\247\2518=\355\375(Jj1\047>""\370`\256\234\036{\310;\216\346\036\006\331`9x\027\246\342\311k^U\224DU\226e\047H\005\331\323\324Y:\047\356\211=\231\225\217|\032\344\303\\\270\036\226\342\364\242|\342\227\206)\270x*\221<\361Y\260\2442\240xr\332{ R\";\314\207\345\272<\364\221\337\214\3233^Q%\235\025\353\342\020.\201\347\177\227\375G\230X\026\357\344\025\371\017\024:\026\026\277Q\352\227\211K\343\023\247\373^1N\217\237\036B\031`\216\004\000\315\211U\250\1775Z\332\010\213\341\266J\310\274{\336\366\205\024\203\352T\236\271\350V!@A[a\235\215f\357\373\333\n\356\274h~\311\\\032\237\362\306\275\277\304\222\330\222c\262(!\317\rqE4%\320w\335;\006\260\211/\007\365\226\004pq=\272\276\354\257\373\007A9`\341\275\360YX\353\202w\306\333\022\227\305}Q\201k\231\253\361d&\312\334\221\317d\005\03239\345\315\213i\271\"\233\303\315\014\360W\006*`\263(^H\244\026yq[n\371)?!\031yT\344\240\236\313\321\355\265h\355\267^\2527\3779\365\237\203BP\t\247\272\263\335\335\336\345\350\331~\264\177\020\035\034\252\322S\n\366\206W\021\251\323\355\263I\2654\340\312\2060\344\254\334\205\n2\263\242\250\220q\361\030X\\\226\245o\205\315\004\033\201\031>\350\246\340\201\347\275\345^I]\333H\340\217.\276\367w\203\t \225\205 \223\214\367\034\030\334\000\362K\347\233\232\2026\334|T\3202\336K`6-_\370\037\224<3\336\213~\316\246*\"\343\275\226K\362\251_\013\252a9\372\351\317\317\345\317\237\242\303\243\350\350\357\204\317\273\321\335\307\241\325\335\351\036\367\220\n_\220y\177\316o\006\351\000\332\263 !;\364Sub\023\304\265\224ta*\316\346\342\033\331\370f^N\200\370\270\277\225D\337\234\027T\346d1\316\177\007\025\346\027\345\246d\376\203`,\330\0040\253\t\247c\275b|\347n\234_\030\006\377\342\377\236p\262\0226\273\351\356^/\253\316\026n\307\371;@\327$\310\355V\200\276J\374=t;\355\357\301\204e\31727\372\3033\252\254/\340\025I\375\205`)(F\351\255\260\004*\235\312@@3\206\360i\271\244LZ\274L\322l\307W\263b\021\344\204\372\336me\256It6\310t\377\234\347u\261\017\317\2176G~\352|s\240z\003\\\377\013\313qYc";
-    PyObject *data = __Pyx_DecompressString(cstring, 1382, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (1496 bytes) */
+static const char cstring[] = "x\332\215TKs\323V\024\306\304\204\204\230\207\023 \t\201V!\204\224\351\220\214\363\240-,\332\220\204N\201\002\016\323\2204\235j\256\245+[D\226l\335k\047f\321\311R\313\273\274K-\265\324\322\313,Yj\351%?\201\237\320\357\312\2170\205N\233\261}\316=\357\363\235s\362\r\367)\325,\237\224\253\324\345\367\226L\332\\\262\032\214\376\370\302\343T\343\025\302\265\215\026\257x\256f3\315\244\216]\242>\341\324ii\214\373\266\301\251\257\214\\\355\325\326\253\373\253\337\257j\30455\237\276\245\006g\032k\224\014\2070F\231\346YZ\251a;\334v5\336\252Q\266\250\375bi-\257\241\271\224\232\032\367\264\032\354>u\340\025\352j\214r\305h\013\304u=N\270\355\271:\334m\267\274\240\231\266\217$v\223*\357\047\304at\221\230\246\016;j\332\214\224\034J]\365[6l\326\345\314*\365\313\324\267\330\222~@}\227:\213\265\326\221\353\241+\2134\034\256\351\272O\315\206Au]3\033iX\327s\357\243\313\246M\034h\r\333\265\2712\252\241{44oj\245\026G\255\364\310@\027i\315\350\322\262\250\377P3}\257V\243\246O\353\r\3128\252e5\302\215\212f\021\033\225p\317\323\252\304E\230\032\332\264 b\232\202\006\001j\236\347\274\3247\236\277\334\332\335\332x\251oo\276\331~M\031C\353=\2628\250\323H\007\243\353\247\n\000\306\200\323\347*@\323g\r\317\265\354r\303\247}A\255eU\372\274O\253^s\240a\324o\002\216W\255#|71m\375\005=\342\333\324\322\365\336D\240\325u\253\341\032\212\226\373\331\361W%\266\233R\317l8\251\304%\325\224\002t\275g\246\330&W\263Q\212z\2038}\243\376$>\353u \240G\352\201\206\007\201\331\047\351?\003B\3271)LO\267\231nx\276\327\300*R\240BX\3135loq c\204s_\007\237\322&ql\263T\"\306\001\226\256Gt\303\361\030\355?\324\0041t\303\201\257\216\236\271O\214T\t+H,3\265\036\200\216\214\234\340\310,\023\373\211\335\242L\221V\372\243\262v\2314-\365}|<_\255WM\355\276e\231V\305rH\231Y\3602<,.S\327\004\334\237{e\254\266msZe\216W\306\247\214\342\252U\302p\241Ur\244\037\372J\327;\200>]\354\035B\325v=\277\3525\\\356*0\325\327\241\030\260Im\323\363,K\365\3501TW\253\2411]\235\236\313Y\r\033\216\325\301\031v\267\306o\342r\035+]\032\340\337;+f""\277\243p\365\r\300\217\001\340\2101-\227\201-9\007\251Rq\236q\240D\306\251\266l\233\370\305\372(\203\352\251\334\005\320\007\240>@\004\351Eh(\353.\\\234\023t\307\361?\314\004\214\270\276\343L\047{!\370V\024\025s]\274\rA\316\037\037\006$8L\256\337\213\362\321\\\364:\316tF.\005eQ\024e\271-[Q&\312\037g>d\307\305m\261%\363\362~\350GS\361x\274\034\027;\331\031\3710,\366Cp\361H\022y\024\262hVE \235\221\013\301]\221\021\371~<*\227\345^H\302z\047;\026\024T\320\t\261,\366\340\004\311\177\262\335$L\314\211\327\362\274\374\013\205\016\305\205/\224\372q\370\314\271\341\343\235\240\320\311\236;\336C\031 \373\002\215\216\213\005\324\277\220\314\256\304\205x]\005d\301\355`\375\263\020\275\352T\234\261`6(\004\033\310\nW\025\350\367\240\256\210.\326\025\371S \t:\r\352hsR\216(8\307\222\261;\341z\270\033\025##\236lg\376%\320\377w\275\236\\[\214H\324TxO$\023\312\002\334\244\250\177\314\23597\032\234\013~\023\263bM\016\311\202D/W\304yQ\227\030\341\345\340\020\200\247\262q`V\024\230\307\345\344\362\\\270\214\004\333\021\213o\307\217\343J\033\322\261`M\234\025wD\tn\271\213\235\221\\\222\273)\037\313\022J\032\031\r&\305\0059/\353\375\307\030f\270\215q\3401#\236J\242\230)qC\256\205\2310\0354\t|1\216z\316&7\226\222\245\237N2\047\223\3573\377P,F\245x\264=\321\336<9\233<\336Ivv\223\335=U\272\302 X\tJ\"s\274\376aD\261\006\\V\204!\047\344&*\310M\0005t\306\305\003LrN\026\277d6\026\255Df|\267\235A\202\047\047s\047E\345\266\222\266?p|\023nF\303\000\225\305X\325\\\360\004\010\256`\001\212\247\217\212j\255\3778P\255\345\202g@6+\237\206o\325\211\344\202\247\335\230uUD.x!g\345\243\260\022\225\343\355\344\273_\337o\277\177\227\354\355\047\373\177\244x\336Jn=\210\255\366F\373\360\204(\363i9\025^\017\353Q6\302x\246\261\021#\230\247\232\304*6d6\235\302h\047?\336\271\222\357\\\235\222\3038\000\036\256\245\326W\047\205/\307e\2413\365\025*\234\232\221\253\222\205w\243\241h\025\315,\244\230\016\235\024:7ou\246\246\373\306?\204?\247\230\314\307\365v\266\275u\222W\272\351\033\235\251\233\200k\004+\177-\"\237""\004\376\032\323\316\206[\270\362\374\207\334\225\356\001\017*\353\036\321\274\364\303\351h6*$\331\265\270\210-\035\315\301\240\336\201\371\0059\253HV<K\303\254w.\346\305\014\326\211t\245\353\212\\\222\344C/\322\235S\234\227\305\016\322\017\036\373a\346\364\261\253f\003\254\377\006\243\232\304?";
+    PyObject *data = __Pyx_DecompressString(cstring, 1496, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (1781 bytes) */
-static const char cstring[] = "\377(tree fr\377agment)/\377dev/fuse\377?Note th\377at Cytho\377n is del\377iberatel\377y strict\373er!\001n PEP\377-484 and\377 rejects\377 subclas\377ses of b\377uiltin t\377ypes. If\377 you nee?d to p%\000%\t\377then set\376\200\000e \047anno\177tation_<\000\377ing\047 dir\366b\000iv\242\000o Fa\377lse.add_\376%\000edisabl\367een\002\001gcis\376\004\003dmerger\377fs/_kern\377el.pyxno\376\323\000fault _\377_reduce_\357_ duR\002non\275-\343\000vial\033\000c/init!\001p\373\000\316\000\277%d byt\332\000e\353xc\303\000s\246\002buf\377fer: dro\377ppedrequ\367est\253\000spat\377ch faile\377dtoo man\257y op\344\000f\020\000s\375 \227!he poo\377lO_CLOEX\377ECO_RDWROSess\370\000\000\004.\237\006Mc\224B__\017\007\256 s\245 \343e_\013\r\230 7\005con\277figureH\005p\367yfhT\005remo\275v\021\006serv\214 P\277yx_PyD\353@_\377NextRef_\371_\213D\252 __fun\377c____get\274x\003\n\000main\020\001m\357odul!\002namd)\002\362 _ \004\007\001vt\250A\036;\001qual\035\005\202E\333\016\246\234Fexo\001\237`_Q\005s\314t\010\370\016__\247@\273@_i\377s_corout\367ine\256`asyn\357cio.\013\006sbb\347ack\340`\000\004_cl\307ose\005\005\254A\340@clz;\000_\337\000trac\030\002>#\000ne_fd)\002\332&\377ddatadev\377fdentrie\275s\003\001yerr\000\000o\365r\264ap\321\204\001ffdf\377hflagsfs\377encodefs\374\243\205\001\316 Logger\377iitemslo\375g\000\000gingmm\377astermaxG_wr\030\001\323\204\004\332\204\005.\333\204\004\377minormou\347ntn\373!\377!len\267off\364aos\203 p\365p\353\000_\311\205\001ntsp\273op\211arec\202cr\277vsself\202bs\363et\224\000\245\205\001size\2768\000rcest\303\003t\367tar\372@used\377values\200\001\177\330\004\n\210+\220Q\005\001\357\026\220j\240\r\000\007\200w\377\210a\210w\320\026)\250\377\021\250#\250S\260\001\330\377\010\016\210g\220Q\220g\377\230R\230y\250\001\250\021\377\200\001\340\004\022\220\"\220\377E\230\021\230-\240r\250\377\030\260\022\2602\260Q\330\237\004\033\230:\240\004\000=\003t\377\220;\230a\230x\240s\373\250!>\001a\330\010\n\210\337&\220\001\220\021H\005e\230\3772""\230Y\240a\240q\330\357\004\013\2101Q\001\023\2202\203\220Y2\000\017\000\000\010\000\023\242\003s\377\220#\220S\230\007\230~\356\246\000\003\2601\230\020\360\006\000\377\005\006\200V\2101\330\004\337\005\200Y\210a\003\001[\220\356\366\000\022\220\047\275\000\047\320!\3773\2601\260A\330\004\007?\200s\210\"\210A\335\016\227\004\376D\001\026\320\025.\250a\250\375v\350\001\023\320\023$\240A\376\353\001\027\220q\360\014\000\005\377\t\210\005\210U\220!\220\2775\230\003\2301\230E\000\020\337\220\007\220q\230\274 \017\210\327w\220e\016\003\022\255\000Q\220\376\211 \017\320\017#\2402\240\377X\250R\250s\260\"\260\357B\260h\270\237 \013\2105\277\220\002\220$\220b4\000\014\377\r\330\010\014\320\014\034\230\367B\230b\226@\010\t\210\027\277\220\n\230%\230q\005\005\013\336\275 R\230q\330\027\000\033\220\373J\230\336 \t\210\030\220\032\337\2305\240\001\240\340\"a\210\367r\220\022\215\000\002\320\032/\377\320/@\300\001\300\027\310\374\311B\016\010.\250b\260\t\270\377\023\270D\300\002\320BV\377\320VX\320XY\330\010\375\020\235!\013\2103\210b\220_\001\200A\340\010\007\001cI\000\1773\220c\230\023\230D\245`\367\014\023\220\353 \017\210t\220\3356\203`#\230Q\023\021\013\250\1773\250d\260&\270\001^\000\277F\300#\300Q\3304\0003|\372\0020\006W\240D\250\006\322 \273s\260\244`\014\210F\277 3\222\350`Q\372\000\006\004h\327\001\022\005k\356\327\001\014\210K\327 \004\230J\273\240j\233\204\001\014\210JN\003q\376\250\001\014\210N\230!\230;\377\240h\250g\260R\3207\377M\310R\310z\320Y[\367\320[\\\313\"\035\320\0356\377\260f\270C\270w\300a\376\327\001\031\230\030\240\026\240q\367\250\004\250\370@\031\230\021\330\365\010\315@\330\357\0004\210s\220\373!\330\202A\t\330\021\022\330\377\020\021\330\024\030\230\006\230\337a\230t\2405)\002\024\027\377\220r\230\022\2301\330\030\375\036\372 \030\033\2304\230s\277\240&\250\003\2504\320@\047\376\317\"\003\3001\330\034\035\330w\030\031\330&\0049\240G\217\"\377%\260q\270\004\270E\300}\021\030\001\031\032\330\030\034\323 \377\010\250\001\250\025\250a\330\372O\007""\037\353@\004\240E\250\030\337\260\021\340\014\020\267\205\003\013\210\374\223\004\273\204\003%\230r\240\031\250\377!\2501\320\0045\260Q\337\360\006\000\t\014\036\000q\330\366,\000\n\230\275\000\020\220\004\220\375KB\002A\330\r\021\220\033\272\314`a\031\001\004\220A \001\016\257\230a\340\014\205\205\003$\336\0472\353\220V\325\000\010\211C2\220[\354\374a\005\005X\230\231@\017\210q";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 1781, 2195);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (1941 bytes) */
+static const char cstring[] = "\377(tree fr\377agment)/\377dev/fuse\377?Note th\377at Cytho\377n is del\377iberatel\377y strict\373er!\001n PEP\377-484 and\377 rejects\377 subclas\377ses of b\377uiltin t\377ypes. If\377 you nee?d to p%\000%\t\377then set\376\200\000e \047anno\177tation_<\000\377ing\047 dir\366b\000iv\242\000o Fa\377lse.add_\376%\000edisabl\367een\002\001gcis\376\004\003dmerger\377fs/_kern\377el.pyxno\376\323\000fault _\377_reduce_\357_ duR\002non\275-\343\000vial\033\000c/init!\001p\373\000\316\000\277%d byt\332\000e\353xc\303\000s\246\002buf\377fer: dro\377ppedrequ\367est\253\000spat\377ch faile\377dtoo man\257y op\344\000f\020\000s\375 \227!he poo\377lO_CLOEX\377ECO_RDWROSess\370\000\000\004.\237\006Mc\224B__\017\007\256 s\245 \343e_\013\r\230 7\005con\277figureH\005p\367yfhT\005remo\275v\021\006serv\214 P\277yx_PyD\353@_\377NextRef_\371_\213D\252 __fun\377c____get\274x\003\n\000main\020\001m\357odul!\002namd)\002\362 _ \004\007\001vt\250A\036;\001qual\035\005\202E\333\016\246\234Fexo\001\237`_Q\005s\314t\010\370\016__\247@\273@_i\377s_corout\367ine\256`asyn\357cio.\013\006sat\347tr_\035\000\003\002val\177idbback\362`~\000\004_close\005\005\254\276A\362@clM\000_\361\000t\347rac\030\002#\000ne_\363fd)\002\354&ddat\377adevfdee\277ntries\003\001yp\000\002r\001\003\003r\002err\000\000\353or\333ap\370\204\001ffd\377fhflagsf\377sencodef\371s\312\205\001\365 Logge\377riitemsl\373og\000\000gingm\377masterma\217x_wr\030\001\372\204\004\201\205\005.\376\202\205\004minormo\317untn\242A\246Ale\373nn^\000idoofmf\242\204\001os\261 pp\207 \375_\367\205\001ntspop\356\267arec\260crvs\357self\260bset\274\233\000\323\205\001size8\000r\367ces\233`_ati\376\204`nsst_bl\271k\030\002\006\001ock\017\001cN\024\007gid!\000\274`e\003\001\352,\007n\346 k;\000rde\311vB\000;\004u*\001\251#tt\377argetuse\375d\273@ues\200\001\330\277\004\n\210+\220Q\005\001\026\367\220j\240\r\000\007\200w\210\377a\210w\320\026)\250\021\377\250#\250S\260\001\330\010\377\016\210g\220Q\220g\230\377R\230y\250\001\250\021\200\377""\001\340\004\022\220\"\220E\377\230\021\230-\240r\250\030\377\260\022\2602\260Q\330\004\317\033\230:\240\004\000=\003t\220\377;\230a\230x\240s\250\375!>\001a\330\010\n\210&\357\220\001\220\021H\005e\2302\377\230Y\240a\240q\330\004\367\013\2101Q\001\023\2202\220\301Y2\000\017\000\000\010\000\023\242\003s\220\177#\220S\230\007\230~\246\000\367\003\2601\230\020\360\006\000\005\377\006\200V\2101\330\004\005o\200Y\210a\003\001[\220\366\000\367\022\220\047\275\000\047\320!3\377\2601\260A\330\004\007\200\037s\210\"\210A\335\016\227\004D\001\377\013\210!\2101\210C\210\331s7\001L\001Z\210\272\000\005\200{_\220=\000\005\200^\220b\000u\016\273 q\344\000\027\230\010\313!\377\013\320\013$\240A\240X\377\250Q\250c\260\027\270\001\363\200\0014\022\021\047\026\320\025.\357\250a\250v\354!\023\320\023\374Y\001\367 \027\220q\360\014\000\377\005\t\210\005\210U\220!\177\2205\230\003\2301\230\311\000\277\020\220\007\220q\230\300@\017\257\210w\220e\016\003\022\261 Q\375\220\215@\017\320\017#\2402\376\231\000R\250s\260\"\260B\367\260h\270\243@\013\2105\220\337\002\220$\220b4\000\014\r\377\330\010\014\320\014\034\230B\373\230b\232`\010\t\210\027\220_\n\230%\230q\005\005\013\301@\357R\230q\330\027\000\033\220J\375\230\342@\t\210\030\220\032\230\3575\240\001\240\344Ba\210r\373\220\022\215\000\002\320\032/\320\177/@\300\001\300\027\310\315b\376\016\010.\250b\260\t\270\023\377\270D\300\002\320BV\320\377VX\320XY\330\010\020\376\241A\013\2103\210b\220\001\257\200A\340\010\007\001cI\0003\377\220c\230\023\230D\240\001\367\330\014\023\356 \010\017\210t\377\2206\230\021\230#\230Q\376\023\021\013\2503\250d\260&\373\270\001^\000F\300#\300Q\3623\0013\372\0020\006W\240D\250\335\006\322 s\260!\355\000\210F\276\277 3\220g\230Q\003\007h\352\327\001\014\023\004k\327\001\014\210K\276\327 \004\230J\240j\237\205\001\014\353\210JN\003q\250\001\014\210N\377\230!\230;\240h\250g\377\260R\3207M\310R\310\177z\320Y[\320[\\\313\"\377\035\320\0356\260f\270C\357\270w\300a\327\001\031\230\030\177\240\026\240q\250\004\250""\374`_\031\230\021\330\010\315@\330\357\000\3554\350`!\330\202A\t\330\021\377\022\330\020\021\330\024\030\230\177\006\230a\230t\2405)\002\377\024\027\220r\230\022\2301\367\330\030\036\372 \030\033\2304\377\230s\240&\250\003\2504\372\320@\047\317\"\003\3001\330\034\337\035\330\030\031\330&\0049\240\375G\217\"%\260q\270\004\270\367E\300\021\030\001\031\032\330\030\375\034\323 \010\250\001\250\025\250\353a\330O\007\037\353@\004\240E\177\250\030\260\021\340\014\020\273\206\003\363\013\210\223\004\277\205\003%\230r\240\377\031\250!\2501\320\0045\177\260Q\360\006\000\t\014\036\000\333q\330,\000\n\230\275\000\020\220\367\004\220KB\002A\330\r\021\353\220\033\314`a\031\001\004\220A\276 \001\016\230a\340\014\211\206\003$\256\336\0472\220V\325\000\010\357#2\323\220[\374a\005\005X\230A\017\210\001q";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 1941, 2468);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (2195 bytes) */
-static const char bytes[] = "(tree fragment)/dev/fuse?Note that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notedisableenablegcisenabledmergerfs/_kernel.pyxno default __reduce__ due to non-trivial __cinit__reply of %d bytes exceeds the buffer: droppedrequest dispatch failedtoo many open files in the poolO_CLOEXECO_RDWRSessionSession.__reduce_cython__Session.__setstate_cython__Session.addSession.configureSession.pyfhSession.removeSession.serve__Pyx_PyDict_NextRef__annotate____func____getstate____main____module____name____pyx_state__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutineaddasyncio.coroutinesbbackingbacking_closebacking_openbufcline_in_tracebackclone_fdcloseconfigureddatadevfdentriesentryerrerrorexceptionffdfhflagsfsencodefstypegetLoggeriitemslogloggingmmastermax_writemergerfsmergerfs._kernelminormountnnamenamelenoffopenosoutppack_direntspoppyfhrecremovervsselfservesetdefaultsizesourcestrerrorttargetusedvalues\200\001\330\004\n\210+\220Q\200\001\330\004\026\220j\240\001\330\004\007\200w\210a\210w\320\026)\250\021\250#\250S\260\001\330\010\016\210g\220Q\220g\230R\230y\250\001\250\021\200\001\340\004\022\220\"\220E\230\021\230-\240r\250\030\260\022\2602\260Q\330\004\033\230:\240Q\330\004\007\200w\210a\210t\220;\230a\230x\240s\250!\330\010\016\210a\330\010\n\210&\220\001\220\021\330\010\016\210g\220Q\220e\2302\230Y\240a\240q\330\004\013\2101\200\001\340\004\023\2202\220Y\230a\230q\330\004\023\2202\220Y\230a\230q\330\004\023\2202\220Y\230a\230q\330\004\023\2202\220Y\230a\230q\330\004\007\200w\210a\210s\220#\220S\230\007\230~\250S\260\003\2601\330\010\016\210g\220Q\220g\230R\230y\250\001\250\021\200\001\360\006\000\005\006\200V\2101\330\004\005\200Y\210a\330\004\005\200[\220\001\330\004\022\220\047\230\021\230\047\320!3\2601\260A\330\004\007\200s\210\"\210A\330\010\016\210g\220Q""\220g\230R\230y\250\001\250\021\330\004\013\2101\200\001\360\006\000\005\026\320\025.\250a\250v\260Q\330\004\023\320\023$\240A\240Q\330\004\027\220q\360\014\000\005\t\210\005\210U\220!\2205\230\003\2301\230A\330\010\020\220\007\220q\230\001\330\010\017\210w\220e\2301\230A\330\010\022\220#\220Q\220a\330\010\017\320\017#\2402\240X\250R\250s\260\"\260B\260h\270a\330\010\013\2105\220\002\220$\220b\230\001\330\014\r\330\010\014\320\014\034\230B\230b\240\001\330\010\t\210\027\220\n\230%\230q\240\001\330\010\t\210\027\220\013\2302\230R\230q\330\010\t\210\033\220J\230a\330\010\t\210\030\220\032\2305\240\001\240\021\330\010\016\210a\210r\220\022\2205\230\002\320\032/\320/@\300\001\300\027\310\001\330\010\016\210a\210r\220\022\2205\230\002\320\032.\250b\260\t\270\023\270D\300\002\320BV\320VX\320XY\330\010\020\220\001\330\004\013\2103\210b\220\001\200A\340\010\013\2103\210c\220\022\2203\220c\230\023\230D\240\001\330\014\023\2201\330\010\017\210t\2206\230\021\230#\230Q\200A\340\010\013\2103\210c\220\022\2203\220c\230\023\230D\240\013\2503\250d\260&\270\001\270\023\270F\300#\300Q\330\014\023\2203\220a\330\010\017\210t\2206\230\021\230#\230W\240D\250\006\250a\250s\260!\330\010\014\210F\220!\2203\220g\230Q\330\010\014\210F\220!\2203\220h\230a\330\010\014\210F\220!\2203\220k\240\021\330\010\014\210K\220q\230\004\230J\240j\260\001\330\010\014\210J\220a\330\010\017\210q\200A\340\010\014\210N\230!\230;\240h\250g\260R\3207M\310R\310z\320Y[\320[\\\330\010\014\320\014\035\320\0356\260f\270C\270w\300a\200A\340\010\031\230\030\240\026\240q\250\004\250A\330\010\031\230\021\330\010\027\220q\330\010\013\2104\210s\220!\330\014\r\330\010\t\330\021\022\330\020\021\330\024\030\230\006\230a\230t\2405\250\004\250A\330\024\027\220r\230\022\2301\330\030\036\230a\330\030\033\2304\230s\240&\250\003\2504\250s\260\047\270\023\270D\300\003\3001\330\034\035\330\030\031\330\024\027\220r\230\022\2309\240G\2503\250d\260%\260q\270\004\270E\300\021\330\030\031\330\031\032\330\030\034\230D\240\010\250\001\250""\025\250a\330\024\027\220r\230\022\2301\330\030\037\230q\240\004\240E\250\030\260\021\340\014\020\220\001\220\021\330\010\013\2104\210s\220!\330\014\022\220\047\230\021\230%\230r\240\031\250!\2501\320\0045\260Q\360\006\000\t\014\2104\210q\330\014\020\220\n\230!\330\014\020\220\004\220K\230q\240\004\240A\330\r\021\220\033\230B\230a\330\014\020\220\004\220A\330\014\020\220\016\230a\340\014\022\220\047\230\021\230$\230a\330\010\014\210F\220!\2202\220V\2301\330\010\014\210F\220!\2202\220[\240\001\330\010\014\210F\220!\2202\220X\230Q\330\010\017\210q";
+    #else /* compression: none (2468 bytes) */
+static const char bytes[] = "(tree fragment)/dev/fuse?Note that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notedisableenablegcisenabledmergerfs/_kernel.pyxno default __reduce__ due to non-trivial __cinit__reply of %d bytes exceeds the buffer: droppedrequest dispatch failedtoo many open files in the poolO_CLOEXECO_RDWRSessionSession.__reduce_cython__Session.__setstate_cython__Session.addSession.configureSession.pyfhSession.removeSession.serve__Pyx_PyDict_NextRef__annotate____func____getstate____main____module____name____pyx_state__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutineaddasyncio.coroutinesattr_outattr_validbbackingbacking_closebacking_openbufcline_in_tracebackclone_fdcloseconfigureddatadevfdeentriesentryentry_outentry_validerrerrorexceptionffdfhflagsfsencodefstypegetLoggeriitemslogloggingmmastermax_writemergerfsmergerfs._kernelminormountnnamenamelennodeidooffopenosoutppack_direntspoppyfhrecremovervsselfservesetdefaultsizesourcestst_atime_nsst_blksizest_blocksst_ctime_nsst_gidst_modest_mtime_nsst_nlinkst_rdevst_sizest_uidstrerrorttargetusedvalues\200\001\330\004\n\210+\220Q\200\001\330\004\026\220j\240\001\330\004\007\200w\210a\210w\320\026)\250\021\250#\250S\260\001\330\010\016\210g\220Q\220g\230R\230y\250\001\250\021\200\001\340\004\022\220\"\220E\230\021\230-\240r\250\030\260\022\2602\260Q\330\004\033\230:\240Q\330\004\007\200w\210a\210t\220;\230a\230x\240s\250!\330\010\016\210a\330\010\n\210&\220\001\220\021\330\010\016\210g\220Q\220e\2302\230Y\240a\240q\330\004\013\2101\200\001\340\004\023\2202\220Y\230a\230q\330\004\023\2202\220Y\230a\230q\330\004\023\2202\220Y\230a\230q\330\004\023\2202\220Y\230a\230q\330\004\007\200w\210a\210s\220#\220S\230\007\230~\250S\260\003\2601\330\010\016\210g\220Q\220g\230R\230y\250\001\250\021\200\001\360\006\000\005\006\200V\2101\330\004""\005\200Y\210a\330\004\005\200[\220\001\330\004\022\220\047\230\021\230\047\320!3\2601\260A\330\004\007\200s\210\"\210A\330\010\016\210g\220Q\220g\230R\230y\250\001\250\021\330\004\013\2101\200\001\360\006\000\005\013\210!\2101\210C\210s\220\047\230\021\330\004\005\200Z\210q\330\004\005\200_\220A\330\004\005\200^\2201\330\004\016\210a\210q\220\001\220\027\230\010\240\001\330\004\013\320\013$\240A\240X\250Q\250c\260\027\270\001\200\001\360\006\000\005\013\210!\2101\210C\210s\220\047\230\021\330\004\005\200^\2201\330\004\016\210a\210q\220\001\220\027\230\010\240\001\330\004\013\320\013$\240A\240X\250Q\250c\260\027\270\001\200\001\360\006\000\005\026\320\025.\250a\250v\260Q\330\004\023\320\023$\240A\240Q\330\004\027\220q\360\014\000\005\t\210\005\210U\220!\2205\230\003\2301\230A\330\010\020\220\007\220q\230\001\330\010\017\210w\220e\2301\230A\330\010\022\220#\220Q\220a\330\010\017\320\017#\2402\240X\250R\250s\260\"\260B\260h\270a\330\010\013\2105\220\002\220$\220b\230\001\330\014\r\330\010\014\320\014\034\230B\230b\240\001\330\010\t\210\027\220\n\230%\230q\240\001\330\010\t\210\027\220\013\2302\230R\230q\330\010\t\210\033\220J\230a\330\010\t\210\030\220\032\2305\240\001\240\021\330\010\016\210a\210r\220\022\2205\230\002\320\032/\320/@\300\001\300\027\310\001\330\010\016\210a\210r\220\022\2205\230\002\320\032.\250b\260\t\270\023\270D\300\002\320BV\320VX\320XY\330\010\020\220\001\330\004\013\2103\210b\220\001\200A\340\010\013\2103\210c\220\022\2203\220c\230\023\230D\240\001\330\014\023\2201\330\010\017\210t\2206\230\021\230#\230Q\200A\340\010\013\2103\210c\220\022\2203\220c\230\023\230D\240\013\2503\250d\260&\270\001\270\023\270F\300#\300Q\330\014\023\2203\220a\330\010\017\210t\2206\230\021\230#\230W\240D\250\006\250a\250s\260!\330\010\014\210F\220!\2203\220g\230Q\330\010\014\210F\220!\2203\220h\230a\330\010\014\210F\220!\2203\220k\240\021\330\010\014\210K\220q\230\004\230J\240j\260\001\330\010\014\210J\220a\330\010\017\210q\200A\340\010\014\210N\230!\230;\240h\250g\260R""\3207M\310R\310z\320Y[\320[\\\330\010\014\320\014\035\320\0356\260f\270C\270w\300a\200A\340\010\031\230\030\240\026\240q\250\004\250A\330\010\031\230\021\330\010\027\220q\330\010\013\2104\210s\220!\330\014\r\330\010\t\330\021\022\330\020\021\330\024\030\230\006\230a\230t\2405\250\004\250A\330\024\027\220r\230\022\2301\330\030\036\230a\330\030\033\2304\230s\240&\250\003\2504\250s\260\047\270\023\270D\300\003\3001\330\034\035\330\030\031\330\024\027\220r\230\022\2309\240G\2503\250d\260%\260q\270\004\270E\300\021\330\030\031\330\031\032\330\030\034\230D\240\010\250\001\250\025\250a\330\024\027\220r\230\022\2301\330\030\037\230q\240\004\240E\250\030\260\021\340\014\020\220\001\220\021\330\010\013\2104\210s\220!\330\014\022\220\047\230\021\230%\230r\240\031\250!\2501\320\0045\260Q\360\006\000\t\014\2104\210q\330\014\020\220\n\230!\330\014\020\220\004\220K\230q\240\004\240A\330\r\021\220\033\230B\230a\330\014\020\220\004\220A\330\014\020\220\016\230a\340\014\022\220\047\230\021\230$\230a\330\010\014\210F\220!\2202\220V\2301\330\010\014\210F\220!\2202\220[\240\001\330\010\014\210F\220!\2202\220X\230Q\330\010\017\210q";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
     #endif
     PyObject **stringtab = __pyx_mstate->__pyx_string_tab;
     Py_ssize_t pos = 0;
-    for (int i = 0; i < 104; i++) {
+    for (int i = 0; i < 123; i++) {
       Py_ssize_t bytes_length = str_length_index[i].length;
       PyObject *string = PyUnicode_DecodeUTF8(bytes + pos, bytes_length, NULL);
       if (likely(string) && i >= 14) PyUnicode_InternInPlace(&string);
@@ -10402,8 +11286,8 @@ static const char bytes[] = "(tree fragment)/dev/fuse?Note that Cython is delibe
       stringtab[i] = string;
       pos += bytes_length;
     }
-    for (int i = 104; i < 115; i++) {
-      Py_ssize_t bytes_length = bytes_length_index[i-104].length;
+    for (int i = 123; i < 136; i++) {
+      Py_ssize_t bytes_length = bytes_length_index[i-123].length;
       PyObject *string = PyBytes_FromStringAndSize(bytes + pos, bytes_length);
       stringtab[i] = string;
       pos += bytes_length;
@@ -10413,15 +11297,15 @@ static const char bytes[] = "(tree fragment)/dev/fuse?Note that Cython is delibe
       }
     }
     Py_XDECREF(data);
-    for (Py_ssize_t i = 0; i < 115; i++) {
+    for (Py_ssize_t i = 0; i < 136; i++) {
       if (unlikely(PyObject_Hash(stringtab[i]) == -1)) {
         __PYX_ERR(0, 1, __pyx_L1_error)
       }
     }
     #if CYTHON_IMMORTAL_CONSTANTS
     {
-      PyObject **table = stringtab + 104;
-      for (Py_ssize_t i=0; i<11; ++i) {
+      PyObject **table = stringtab + 123;
+      for (Py_ssize_t i=0; i<13; ++i) {
         #if PY_VERSION_HEX >= 0x030F0000
         PyUnstable_SetImmortal(table[i]);
         #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -10445,15 +11329,16 @@ static const char bytes[] = "(tree fragment)/dev/fuse?Note that Cython is delibe
   {
     PyObject **numbertab = __pyx_mstate->__pyx_number_tab + 0;
     int8_t const cint_constants_1[] = {0,23};
-    for (int i = 0; i < 2; i++) {
-      numbertab[i] = PyLong_FromLong(cint_constants_1[i - 0]);
+    int64_t const cint_constants_8[] = {4294967295LL};
+    for (int i = 0; i < 3; i++) {
+      numbertab[i] = PyLong_FromLongLong((i < 2 ? cint_constants_1[i - 0] : cint_constants_8[i - 2]));
       if (unlikely(!numbertab[i])) __PYX_ERR(0, 1, __pyx_L1_error)
     }
   }
   #if CYTHON_IMMORTAL_CONSTANTS
   {
     PyObject **table = __pyx_mstate->__pyx_number_tab;
-    for (Py_ssize_t i=0; i<2; ++i) {
+    for (Py_ssize_t i=0; i<3; ++i) {
       #if PY_VERSION_HEX >= 0x030F0000
       PyUnstable_SetImmortal(table[i]);
       #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -10565,6 +11450,16 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 12, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 371};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_entries, __pyx_mstate->__pyx_n_u_off, __pyx_mstate->__pyx_n_u_size, __pyx_mstate->__pyx_n_u_out, __pyx_mstate->__pyx_n_u_p, __pyx_mstate->__pyx_n_u_used, __pyx_mstate->__pyx_n_u_rec, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_namelen, __pyx_mstate->__pyx_n_u_name_2, __pyx_mstate->__pyx_n_u_d, __pyx_mstate->__pyx_n_u_entry};
     __pyx_mstate_global->__pyx_codeobj_tab[11] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_pack_dirents, __pyx_mstate->__pyx_kp_b_iso88591_avQ_AQ_q_U_5_1A_q_we1A_Qa_2XRs, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[11])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 463};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_nodeid, __pyx_mstate->__pyx_n_u_st, __pyx_mstate->__pyx_n_u_entry_valid, __pyx_mstate->__pyx_n_u_attr_valid, __pyx_mstate->__pyx_n_u_e};
+    __pyx_mstate_global->__pyx_codeobj_tab[12] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_entry_out, __pyx_mstate->__pyx_kp_b_iso88591_1Cs_Zq__A_1_aq_AXQc, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[12])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 474};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_nodeid, __pyx_mstate->__pyx_n_u_st, __pyx_mstate->__pyx_n_u_attr_valid, __pyx_mstate->__pyx_n_u_o};
+    __pyx_mstate_global->__pyx_codeobj_tab[13] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_mergerfs__kernel_pyx, __pyx_mstate->__pyx_n_u_attr_out, __pyx_mstate->__pyx_kp_b_iso88591_1Cs_1_aq_AXQc, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[13])) goto bad;
   }
   Py_DECREF(tuple_dedup_map);
   return 0;
@@ -12650,6 +13545,71 @@ static CYTHON_INLINE PyObject *__Pyx_GetItemInt_Fast(PyObject *o, Py_ssize_t i,
     (void)boundscheck;
     return __Pyx_GetItemInt_Generic_size(o, i);
 }
+
+/* PyNumberBinop */
+#if !(CYTHON_COMPILING_IN_PYPY || CYTHON_COMPILING_IN_GRAAL || CYTHON_COMPILING_IN_LIMITED_API)
+#if CYTHON_USE_TYPE_SLOTS || __PYX_LIMITED_VERSION_HEX >= 0x030A0000
+#ifndef __Pyx_DEFINED_BinopTypeError
+#define __Pyx_DEFINED_BinopTypeError
+static void __Pyx_BinopTypeError(PyObject *op1, PyObject *op2, const char* op, int inplace) {
+    char opname[4] = {op[0], op[1], 0, 0};
+    if (inplace) {
+        opname[op[1] ? 2 : 1] = '=';
+    }
+    __Pyx_RaiseErrorWithObjectTypes1(
+        PyExc_TypeError,
+        "unsupported operand type(s) for %.3s: '" __Pyx_FMT_TYPENAME "' and '" __Pyx_FMT_TYPENAME "'",
+        opname, op1, op2);
+}
+#endif
+#endif
+#ifndef __Pyx_DEFINED_PyNumber_And_xint_int
+#define __Pyx_DEFINED_PyNumber_And_xint_int
+static PyObject* __Pyx_PyNumber_And_xint_int(PyObject *op1, PyObject *op2, int inplace) {
+    #if CYTHON_USE_TYPE_SLOTS || __PYX_LIMITED_VERSION_HEX >= 0x030A0000
+    {
+        PyTypeObject *type_op2 = Py_TYPE(op2);
+        binaryfunc slot_func = __Pyx_PyType_GetSubSlot(type_op2, tp_as_number, nb_and, binaryfunc);
+        if (likely(slot_func)) {
+            PyObject *result = slot_func(op1, op2);
+            if (likely(result != Py_NotImplemented)) {
+                return result;
+            }
+            Py_DECREF(result);
+        }
+        __Pyx_BinopTypeError(op1, op2, "&", inplace);
+        return NULL;
+    }
+    #else
+    return (inplace) ? PyNumber_InPlaceAnd(op1, op2) : PyNumber_And(op1, op2);
+    #endif
+}
+#endif
+static CYTHON_INLINE PyObject* __Pyx__PyNumber_And_object_int(PyObject *op1, PyObject *op2, int inplace) {
+    if (likely(PyLong_CheckExact(op1))) {
+        if (likely(op2 != Py_None)) {
+            #if CYTHON_USE_PYLONG_INTERNALS
+            if (__Pyx_PyLong_IsCompact(op1)) {
+                Py_ssize_t int_op1 = __Pyx_PyLong_CompactValue(op1);
+                if (int_op1 == 0) return __Pyx_NewRef(op1);
+                if (__Pyx_PyLong_IsCompact(op2)) {
+                    Py_ssize_t int_op2 = __Pyx_PyLong_CompactValue(op2);
+                    if (int_op2 == 0) return __Pyx_NewRef(op2);
+                    return PyLong_FromSsize_t(int_op1 & int_op2);
+                }
+            }
+            else if (__Pyx_PyLong_IsZero(op2)) return __Pyx_NewRef(op2);
+            #endif
+            binaryfunc slot_func = __Pyx_PyType_GetSubSlot(&PyLong_Type, tp_as_number, nb_and, binaryfunc);
+            if (likely(slot_func)) {
+                return slot_func(op1, op2);
+            }
+        }
+        return __Pyx_PyNumber_And_xint_int(op1, op2, inplace);
+    }
+    return (inplace) ? PyNumber_InPlaceAnd(op1, op2) : PyNumber_And(op1, op2);
+}
+#endif
 
 /* AllocateExtensionType */
 static PyObject *__Pyx_AllocateExtensionType(PyTypeObject *t, int is_final) {
@@ -17287,6 +18247,608 @@ static CYTHON_INLINE uint32_t __Pyx_PyLong_As_uint32_t(PyObject *x) {
         return __Pyx_PyLong___Pyx_PyLong_As_uint32_t(x);
     } else {
         return __Pyx_NonPyLong___Pyx_PyLong_As_uint32_t(x);
+    }
+}
+
+/* CIntFromPy */
+static unsigned PY_LONG_LONG __Pyx_LargePyLong___Pyx_PyLong_As_unsigned_PY_LONG_LONG(PyObject *x);
+static unsigned PY_LONG_LONG __Pyx_raise_neg_overflow___Pyx_PyLong_As_unsigned_PY_LONG_LONG(void) {
+    const char* type_name = "unsigned PY_LONG_LONG";
+    PyErr_Format(PyExc_OverflowError,
+        "can't convert negative value to %.200s", type_name);
+    return (unsigned PY_LONG_LONG) -1;
+}
+static unsigned PY_LONG_LONG __Pyx_raise_overflow___Pyx_PyLong_As_unsigned_PY_LONG_LONG(void) {
+    const char* type_name = "unsigned PY_LONG_LONG";
+    PyErr_Format(PyExc_OverflowError,
+        "value too large to convert to %.200s", type_name);
+    return (unsigned PY_LONG_LONG) -1;
+}
+static CYTHON_INLINE unsigned PY_LONG_LONG __Pyx_PyULong___Pyx_PyLong_As_unsigned_PY_LONG_LONG(PyObject *x) {
+    const int is_unsigned = 1;
+#if CYTHON_USE_PYLONG_INTERNALS
+    {
+        const digit* digits = __Pyx_PyLong_Digits(x);
+        const Py_ssize_t size = __Pyx_PyLong_DigitCount(x);
+        if (size == 2 && (8 * sizeof(unsigned PY_LONG_LONG) > 1 * PyLong_SHIFT)) {
+            if ((8 * sizeof(unsigned long) > 2 * PyLong_SHIFT)) {
+                __PYX_VERIFY_RETURN_INT(unsigned PY_LONG_LONG, unsigned long, (((((unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0])))
+            } else if ((8 * sizeof(unsigned PY_LONG_LONG) >= 2 * PyLong_SHIFT)) {
+                return (unsigned PY_LONG_LONG) (((((unsigned PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[0]));
+            }
+        } else
+        if (size == 3 && (8 * sizeof(unsigned PY_LONG_LONG) > 2 * PyLong_SHIFT)) {
+            if ((8 * sizeof(unsigned long) > 3 * PyLong_SHIFT)) {
+                __PYX_VERIFY_RETURN_INT(unsigned PY_LONG_LONG, unsigned long, (((((((unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0])))
+            } else if ((8 * sizeof(unsigned PY_LONG_LONG) >= 3 * PyLong_SHIFT)) {
+                return (unsigned PY_LONG_LONG) (((((((unsigned PY_LONG_LONG)digits[2]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[0]));
+            }
+        } else
+        if (size == 4 && (8 * sizeof(unsigned PY_LONG_LONG) > 3 * PyLong_SHIFT)) {
+            if ((8 * sizeof(unsigned long) > 4 * PyLong_SHIFT)) {
+                __PYX_VERIFY_RETURN_INT(unsigned PY_LONG_LONG, unsigned long, (((((((((unsigned long)digits[3]) << PyLong_SHIFT) | (unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0])))
+            } else if ((8 * sizeof(unsigned PY_LONG_LONG) >= 4 * PyLong_SHIFT)) {
+                return (unsigned PY_LONG_LONG) (((((((((unsigned PY_LONG_LONG)digits[3]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[2]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[0]));
+            }
+        } else
+        {}
+    }
+#elif CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX < 0x030C00A7
+    if (unlikely(Py_SIZE(x) < 0)) {
+        goto raise_neg_overflow;
+    }
+#else
+    {
+        int result = PyObject_RichCompareBool(x, Py_False, Py_LT);
+        if (unlikely(result < 0))
+            return (unsigned PY_LONG_LONG) -1;
+        if (unlikely(result == 1))
+            goto raise_neg_overflow;
+    }
+#endif
+    if ((sizeof(unsigned PY_LONG_LONG) <= sizeof(unsigned long))) {
+        __PYX_VERIFY_RETURN_INT_EXC(unsigned PY_LONG_LONG, unsigned long, PyLong_AsUnsignedLong(x))
+    } else if ((sizeof(unsigned PY_LONG_LONG) <= sizeof(unsigned PY_LONG_LONG))) {
+        __PYX_VERIFY_RETURN_INT_EXC(unsigned PY_LONG_LONG, unsigned PY_LONG_LONG, PyLong_AsUnsignedLongLong(x))
+    }
+    return __Pyx_LargePyLong___Pyx_PyLong_As_unsigned_PY_LONG_LONG(x);
+raise_neg_overflow:
+    return __Pyx_raise_neg_overflow___Pyx_PyLong_As_unsigned_PY_LONG_LONG();
+raise_overflow:
+    return __Pyx_raise_overflow___Pyx_PyLong_As_unsigned_PY_LONG_LONG();
+}
+static CYTHON_INLINE unsigned PY_LONG_LONG __Pyx_PySLong___Pyx_PyLong_As_unsigned_PY_LONG_LONG(PyObject *x) {
+    const int is_unsigned = 0;
+#if CYTHON_USE_PYLONG_INTERNALS
+    if (__Pyx_PyLong_IsNeg(x)) {
+        const Py_ssize_t size = __Pyx_PyLong_DigitCount(x);
+        const digit* digits = __Pyx_PyLong_Digits(x);
+        if (size == 2 && (8 * sizeof(unsigned PY_LONG_LONG) > 1 * PyLong_SHIFT)) {
+            if ((8 * sizeof(long) > 2 * PyLong_SHIFT)) {
+                long ival = - (long) (((((unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0]));
+                __PYX_VERIFY_RETURN_INT(unsigned PY_LONG_LONG, long, ival)
+            } else if ((8 * sizeof(unsigned PY_LONG_LONG) - 1 > 2 * PyLong_SHIFT)) {
+                return (unsigned PY_LONG_LONG) (((unsigned PY_LONG_LONG) -1) * (((((unsigned PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[0])));
+            }
+        } else
+        if (size == 3 && (8 * sizeof(unsigned PY_LONG_LONG) > 2 * PyLong_SHIFT)) {
+            if ((8 * sizeof(long) > 3 * PyLong_SHIFT)) {
+                long ival = - (long) (((((((unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0]));
+                __PYX_VERIFY_RETURN_INT(unsigned PY_LONG_LONG, long, ival)
+            } else if ((8 * sizeof(unsigned PY_LONG_LONG) - 1 > 3 * PyLong_SHIFT)) {
+                return (unsigned PY_LONG_LONG) (((unsigned PY_LONG_LONG) -1) * (((((((unsigned PY_LONG_LONG)digits[2]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[0])));
+            }
+        } else
+        if (size == 4 && (8 * sizeof(unsigned PY_LONG_LONG) > 3 * PyLong_SHIFT)) {
+            if ((8 * sizeof(long) > 4 * PyLong_SHIFT)) {
+                long ival = - (long) (((((((((unsigned long)digits[3]) << PyLong_SHIFT) | (unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0]));
+                __PYX_VERIFY_RETURN_INT(unsigned PY_LONG_LONG, long, ival)
+            } else if ((8 * sizeof(unsigned PY_LONG_LONG) - 1 > 4 * PyLong_SHIFT)) {
+                return (unsigned PY_LONG_LONG) (((unsigned PY_LONG_LONG) -1) * (((((((((unsigned PY_LONG_LONG)digits[3]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[2]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[0])));
+            }
+        } else
+        {}
+    } else {
+        const Py_ssize_t size = __Pyx_PyLong_DigitCount(x);
+        const digit* digits = __Pyx_PyLong_Digits(x);
+        if (size == 2 && (8 * sizeof(unsigned PY_LONG_LONG) > 1 * PyLong_SHIFT)) {
+            if ((8 * sizeof(long) > 2 * PyLong_SHIFT)) {
+                __PYX_VERIFY_RETURN_INT(unsigned PY_LONG_LONG, unsigned long, (((((unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0])))
+            } else if ((8 * sizeof(unsigned PY_LONG_LONG) - 1 > 2 * PyLong_SHIFT)) {
+                return (unsigned PY_LONG_LONG) (((((unsigned PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[0]));
+            }
+        } else
+        if (size == 3 && (8 * sizeof(unsigned PY_LONG_LONG) > 2 * PyLong_SHIFT)) {
+            if ((8 * sizeof(long) > 3 * PyLong_SHIFT)) {
+                __PYX_VERIFY_RETURN_INT(unsigned PY_LONG_LONG, unsigned long, (((((((unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0])))
+            } else if ((8 * sizeof(unsigned PY_LONG_LONG) - 1 > 3 * PyLong_SHIFT)) {
+                return (unsigned PY_LONG_LONG) (((((((unsigned PY_LONG_LONG)digits[2]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[0]));
+            }
+        } else
+        if (size == 4 && (8 * sizeof(unsigned PY_LONG_LONG) > 3 * PyLong_SHIFT)) {
+            if ((8 * sizeof(long) > 4 * PyLong_SHIFT)) {
+                __PYX_VERIFY_RETURN_INT(unsigned PY_LONG_LONG, unsigned long, (((((((((unsigned long)digits[3]) << PyLong_SHIFT) | (unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0])))
+            } else if ((8 * sizeof(unsigned PY_LONG_LONG) - 1 > 4 * PyLong_SHIFT)) {
+                return (unsigned PY_LONG_LONG) (((((((((unsigned PY_LONG_LONG)digits[3]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[2]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[0]));
+            }
+        } else
+        {}
+    }
+#endif
+    #if __PYX_LIMITED_VERSION_HEX >= 0x030d0000
+    if ((sizeof(unsigned PY_LONG_LONG) <= sizeof(int)) && (sizeof(int) < sizeof(long))) {
+        __PYX_VERIFY_RETURN_INT_EXC(unsigned PY_LONG_LONG, int, PyLong_AsInt(x))
+    } else
+    #endif
+    if ((sizeof(unsigned PY_LONG_LONG) <= sizeof(long))) {
+        __PYX_VERIFY_RETURN_INT_EXC(unsigned PY_LONG_LONG, long, PyLong_AsLong(x))
+    } else if ((sizeof(unsigned PY_LONG_LONG) <= sizeof(PY_LONG_LONG))) {
+        __PYX_VERIFY_RETURN_INT_EXC(unsigned PY_LONG_LONG, PY_LONG_LONG, PyLong_AsLongLong(x))
+    }
+    return __Pyx_LargePyLong___Pyx_PyLong_As_unsigned_PY_LONG_LONG(x);
+raise_neg_overflow:
+    return __Pyx_raise_neg_overflow___Pyx_PyLong_As_unsigned_PY_LONG_LONG();
+raise_overflow:
+    return __Pyx_raise_overflow___Pyx_PyLong_As_unsigned_PY_LONG_LONG();
+}
+static unsigned PY_LONG_LONG __Pyx_LargePyLong___Pyx_PyLong_As_unsigned_PY_LONG_LONG(PyObject *x) {
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wconversion"
+#endif
+    const unsigned PY_LONG_LONG neg_one = (unsigned PY_LONG_LONG) -1, const_zero = (unsigned PY_LONG_LONG) 0;
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic pop
+#endif
+    const int is_unsigned = neg_one > const_zero;
+    unsigned PY_LONG_LONG val;
+    int ret = -1;
+#if PY_VERSION_HEX >= 0x030d00A6 && !CYTHON_COMPILING_IN_LIMITED_API
+    Py_ssize_t bytes_copied = PyLong_AsNativeBytes(
+        x, &val, sizeof(val), Py_ASNATIVEBYTES_NATIVE_ENDIAN | (is_unsigned ? Py_ASNATIVEBYTES_UNSIGNED_BUFFER | Py_ASNATIVEBYTES_REJECT_NEGATIVE : 0));
+    if (unlikely(bytes_copied == -1)) {
+    } else if (unlikely(bytes_copied > (Py_ssize_t) sizeof(val))) {
+        goto raise_overflow;
+    } else {
+        ret = 0;
+    }
+#elif PY_VERSION_HEX < 0x030d0000 && !(CYTHON_COMPILING_IN_PYPY || CYTHON_COMPILING_IN_LIMITED_API) || defined(_PyLong_AsByteArray)
+    int one = 1; int is_little = (int)*(unsigned char *)&one;
+    unsigned char *bytes = (unsigned char *)&val;
+    ret = _PyLong_AsByteArray((PyLongObject *)x,
+                                bytes, sizeof(val),
+                                is_little, !is_unsigned);
+    if ((0)) goto raise_overflow;
+#else
+    PyObject *v;
+    PyObject *stepval = NULL, *mask = NULL, *shift = NULL;
+    int bits, remaining_bits, is_negative = 0;
+    int chunk_size = (sizeof(long) < 8) ? 30 : 62;
+    if (likely(PyLong_CheckExact(x))) {
+        v = __Pyx_NewRef(x);
+    } else {
+        v = PyNumber_Long(x);
+        if (unlikely(!v)) return (unsigned PY_LONG_LONG) -1;
+        assert(PyLong_CheckExact(v));
+    }
+    {
+        int result = PyObject_RichCompareBool(v, Py_False, Py_LT);
+        if (unlikely(result < 0)) {
+            Py_DECREF(v);
+            return (unsigned PY_LONG_LONG) -1;
+        }
+        is_negative = result == 1;
+    }
+    if (is_unsigned && unlikely(is_negative)) {
+        Py_DECREF(v);
+        PyErr_SetString(PyExc_OverflowError,
+            "can't convert negative value to unsigned PY_LONG_LONG");
+        return (unsigned PY_LONG_LONG) -1;
+    } else if (is_negative) {
+        stepval = PyNumber_Invert(v);
+        Py_DECREF(v);
+        if (unlikely(!stepval))
+            return (unsigned PY_LONG_LONG) -1;
+    } else {
+        stepval = v;
+    }
+    v = NULL;
+    val = (unsigned PY_LONG_LONG) 0;
+    mask = PyLong_FromLong((1L << chunk_size) - 1); if (unlikely(!mask)) goto done;
+    shift = PyLong_FromLong(chunk_size); if (unlikely(!shift)) goto done;
+    for (bits = 0; bits < (int) sizeof(unsigned PY_LONG_LONG) * 8 - chunk_size; bits += chunk_size) {
+        PyObject *tmp, *digit;
+        long idigit;
+        digit = PyNumber_And(stepval, mask);
+        if (unlikely(!digit)) goto done;
+        idigit = PyLong_AsLong(digit);
+        Py_DECREF(digit);
+        if (unlikely(idigit < 0)) goto done;
+        val |= ((unsigned PY_LONG_LONG) idigit) << bits;
+        tmp = PyNumber_Rshift(stepval, shift);
+        if (unlikely(!tmp)) goto done;
+        Py_DECREF(stepval); stepval = tmp;
+    }
+    Py_DECREF(shift); shift = NULL;
+    Py_DECREF(mask); mask = NULL;
+    {
+        long idigit = PyLong_AsLong(stepval);
+        if (unlikely(idigit < 0)) goto done;
+        remaining_bits = ((int) sizeof(unsigned PY_LONG_LONG) * 8) - bits - (is_unsigned ? 0 : 1);
+        if (unlikely(idigit >= (1L << remaining_bits)))
+            goto raise_overflow;
+        val |= ((unsigned PY_LONG_LONG) idigit) << bits;
+    }
+    if (!is_unsigned) {
+        if (unlikely(val & (((unsigned PY_LONG_LONG) 1) << (sizeof(unsigned PY_LONG_LONG) * 8 - 1))))
+            goto raise_overflow;
+        if (is_negative)
+            val = ~val;
+    }
+    ret = 0;
+done:
+    Py_XDECREF(shift);
+    Py_XDECREF(mask);
+    Py_XDECREF(stepval);
+#endif
+    if (unlikely(ret))
+        return (unsigned PY_LONG_LONG) -1;
+    return val;
+raise_overflow:
+    return __Pyx_raise_overflow___Pyx_PyLong_As_unsigned_PY_LONG_LONG();
+}
+static CYTHON_INLINE unsigned PY_LONG_LONG __Pyx_PyLong___Pyx_PyLong_As_unsigned_PY_LONG_LONG(PyObject *x) {
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wconversion"
+#endif
+    const unsigned PY_LONG_LONG neg_one = (unsigned PY_LONG_LONG) -1, const_zero = (unsigned PY_LONG_LONG) 0;
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic pop
+#endif
+    const int is_unsigned = neg_one > const_zero;
+    if (is_unsigned) {
+        #if CYTHON_USE_PYLONG_INTERNALS
+        if (unlikely(__Pyx_PyLong_IsNeg(x))) {
+            goto raise_neg_overflow;
+        } else if (__Pyx_PyLong_IsCompact(x)) {
+            __PYX_VERIFY_RETURN_INT(unsigned PY_LONG_LONG, __Pyx_compact_upylong, __Pyx_PyLong_CompactValueUnsigned(x))
+        } else
+        #endif
+        {
+            return __Pyx_PyULong___Pyx_PyLong_As_unsigned_PY_LONG_LONG(x);
+        }
+    } else {
+        #if CYTHON_USE_PYLONG_INTERNALS
+        if (__Pyx_PyLong_IsCompact(x)) {
+            __PYX_VERIFY_RETURN_INT(unsigned PY_LONG_LONG, __Pyx_compact_pylong, __Pyx_PyLong_CompactValue(x))
+        } else
+        #endif
+        {
+            return __Pyx_PySLong___Pyx_PyLong_As_unsigned_PY_LONG_LONG(x);
+        }
+    }
+#if CYTHON_USE_PYLONG_INTERNALS
+raise_neg_overflow:
+    return __Pyx_raise_neg_overflow___Pyx_PyLong_As_unsigned_PY_LONG_LONG();
+raise_overflow:
+    return __Pyx_raise_overflow___Pyx_PyLong_As_unsigned_PY_LONG_LONG();
+#endif
+}
+static unsigned PY_LONG_LONG __Pyx_NonPyLong___Pyx_PyLong_As_unsigned_PY_LONG_LONG(PyObject *x) {
+    unsigned PY_LONG_LONG val;
+    PyObject *tmp = __Pyx_PyNumber_Long(x);
+    if (!tmp) return (unsigned PY_LONG_LONG) -1;
+    val = __Pyx_PyLong_As_unsigned_PY_LONG_LONG(tmp);
+    Py_DECREF(tmp);
+    return val;
+}
+static CYTHON_INLINE unsigned PY_LONG_LONG __Pyx_PyLong_As_unsigned_PY_LONG_LONG(PyObject *x) {
+    if (likely(PyLong_Check(x))) {
+        return __Pyx_PyLong___Pyx_PyLong_As_unsigned_PY_LONG_LONG(x);
+    } else {
+        return __Pyx_NonPyLong___Pyx_PyLong_As_unsigned_PY_LONG_LONG(x);
+    }
+}
+
+/* CIntFromPy */
+static PY_LONG_LONG __Pyx_LargePyLong___Pyx_PyLong_As_PY_LONG_LONG(PyObject *x);
+static PY_LONG_LONG __Pyx_raise_neg_overflow___Pyx_PyLong_As_PY_LONG_LONG(void) {
+    const char* type_name = "PY_LONG_LONG";
+    PyErr_Format(PyExc_OverflowError,
+        "can't convert negative value to %.200s", type_name);
+    return (PY_LONG_LONG) -1;
+}
+static PY_LONG_LONG __Pyx_raise_overflow___Pyx_PyLong_As_PY_LONG_LONG(void) {
+    const char* type_name = "PY_LONG_LONG";
+    PyErr_Format(PyExc_OverflowError,
+        "value too large to convert to %.200s", type_name);
+    return (PY_LONG_LONG) -1;
+}
+static CYTHON_INLINE PY_LONG_LONG __Pyx_PyULong___Pyx_PyLong_As_PY_LONG_LONG(PyObject *x) {
+    const int is_unsigned = 1;
+#if CYTHON_USE_PYLONG_INTERNALS
+    {
+        const digit* digits = __Pyx_PyLong_Digits(x);
+        const Py_ssize_t size = __Pyx_PyLong_DigitCount(x);
+        if (size == 2 && (8 * sizeof(PY_LONG_LONG) > 1 * PyLong_SHIFT)) {
+            if ((8 * sizeof(unsigned long) > 2 * PyLong_SHIFT)) {
+                __PYX_VERIFY_RETURN_INT(PY_LONG_LONG, unsigned long, (((((unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0])))
+            } else if ((8 * sizeof(PY_LONG_LONG) >= 2 * PyLong_SHIFT)) {
+                return (PY_LONG_LONG) (((((PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (PY_LONG_LONG)digits[0]));
+            }
+        } else
+        if (size == 3 && (8 * sizeof(PY_LONG_LONG) > 2 * PyLong_SHIFT)) {
+            if ((8 * sizeof(unsigned long) > 3 * PyLong_SHIFT)) {
+                __PYX_VERIFY_RETURN_INT(PY_LONG_LONG, unsigned long, (((((((unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0])))
+            } else if ((8 * sizeof(PY_LONG_LONG) >= 3 * PyLong_SHIFT)) {
+                return (PY_LONG_LONG) (((((((PY_LONG_LONG)digits[2]) << PyLong_SHIFT) | (PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (PY_LONG_LONG)digits[0]));
+            }
+        } else
+        if (size == 4 && (8 * sizeof(PY_LONG_LONG) > 3 * PyLong_SHIFT)) {
+            if ((8 * sizeof(unsigned long) > 4 * PyLong_SHIFT)) {
+                __PYX_VERIFY_RETURN_INT(PY_LONG_LONG, unsigned long, (((((((((unsigned long)digits[3]) << PyLong_SHIFT) | (unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0])))
+            } else if ((8 * sizeof(PY_LONG_LONG) >= 4 * PyLong_SHIFT)) {
+                return (PY_LONG_LONG) (((((((((PY_LONG_LONG)digits[3]) << PyLong_SHIFT) | (PY_LONG_LONG)digits[2]) << PyLong_SHIFT) | (PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (PY_LONG_LONG)digits[0]));
+            }
+        } else
+        {}
+    }
+#elif CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX < 0x030C00A7
+    if (unlikely(Py_SIZE(x) < 0)) {
+        goto raise_neg_overflow;
+    }
+#else
+    {
+        int result = PyObject_RichCompareBool(x, Py_False, Py_LT);
+        if (unlikely(result < 0))
+            return (PY_LONG_LONG) -1;
+        if (unlikely(result == 1))
+            goto raise_neg_overflow;
+    }
+#endif
+    if ((sizeof(PY_LONG_LONG) <= sizeof(unsigned long))) {
+        __PYX_VERIFY_RETURN_INT_EXC(PY_LONG_LONG, unsigned long, PyLong_AsUnsignedLong(x))
+    } else if ((sizeof(PY_LONG_LONG) <= sizeof(unsigned PY_LONG_LONG))) {
+        __PYX_VERIFY_RETURN_INT_EXC(PY_LONG_LONG, unsigned PY_LONG_LONG, PyLong_AsUnsignedLongLong(x))
+    }
+    return __Pyx_LargePyLong___Pyx_PyLong_As_PY_LONG_LONG(x);
+raise_neg_overflow:
+    return __Pyx_raise_neg_overflow___Pyx_PyLong_As_PY_LONG_LONG();
+raise_overflow:
+    return __Pyx_raise_overflow___Pyx_PyLong_As_PY_LONG_LONG();
+}
+static CYTHON_INLINE PY_LONG_LONG __Pyx_PySLong___Pyx_PyLong_As_PY_LONG_LONG(PyObject *x) {
+    const int is_unsigned = 0;
+#if CYTHON_USE_PYLONG_INTERNALS
+    if (__Pyx_PyLong_IsNeg(x)) {
+        const Py_ssize_t size = __Pyx_PyLong_DigitCount(x);
+        const digit* digits = __Pyx_PyLong_Digits(x);
+        if (size == 2 && (8 * sizeof(PY_LONG_LONG) > 1 * PyLong_SHIFT)) {
+            if ((8 * sizeof(long) > 2 * PyLong_SHIFT)) {
+                long ival = - (long) (((((unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0]));
+                __PYX_VERIFY_RETURN_INT(PY_LONG_LONG, long, ival)
+            } else if ((8 * sizeof(PY_LONG_LONG) - 1 > 2 * PyLong_SHIFT)) {
+                return (PY_LONG_LONG) (((PY_LONG_LONG) -1) * (((((PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (PY_LONG_LONG)digits[0])));
+            }
+        } else
+        if (size == 3 && (8 * sizeof(PY_LONG_LONG) > 2 * PyLong_SHIFT)) {
+            if ((8 * sizeof(long) > 3 * PyLong_SHIFT)) {
+                long ival = - (long) (((((((unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0]));
+                __PYX_VERIFY_RETURN_INT(PY_LONG_LONG, long, ival)
+            } else if ((8 * sizeof(PY_LONG_LONG) - 1 > 3 * PyLong_SHIFT)) {
+                return (PY_LONG_LONG) (((PY_LONG_LONG) -1) * (((((((PY_LONG_LONG)digits[2]) << PyLong_SHIFT) | (PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (PY_LONG_LONG)digits[0])));
+            }
+        } else
+        if (size == 4 && (8 * sizeof(PY_LONG_LONG) > 3 * PyLong_SHIFT)) {
+            if ((8 * sizeof(long) > 4 * PyLong_SHIFT)) {
+                long ival = - (long) (((((((((unsigned long)digits[3]) << PyLong_SHIFT) | (unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0]));
+                __PYX_VERIFY_RETURN_INT(PY_LONG_LONG, long, ival)
+            } else if ((8 * sizeof(PY_LONG_LONG) - 1 > 4 * PyLong_SHIFT)) {
+                return (PY_LONG_LONG) (((PY_LONG_LONG) -1) * (((((((((PY_LONG_LONG)digits[3]) << PyLong_SHIFT) | (PY_LONG_LONG)digits[2]) << PyLong_SHIFT) | (PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (PY_LONG_LONG)digits[0])));
+            }
+        } else
+        {}
+    } else {
+        const Py_ssize_t size = __Pyx_PyLong_DigitCount(x);
+        const digit* digits = __Pyx_PyLong_Digits(x);
+        if (size == 2 && (8 * sizeof(PY_LONG_LONG) > 1 * PyLong_SHIFT)) {
+            if ((8 * sizeof(long) > 2 * PyLong_SHIFT)) {
+                __PYX_VERIFY_RETURN_INT(PY_LONG_LONG, unsigned long, (((((unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0])))
+            } else if ((8 * sizeof(PY_LONG_LONG) - 1 > 2 * PyLong_SHIFT)) {
+                return (PY_LONG_LONG) (((((PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (PY_LONG_LONG)digits[0]));
+            }
+        } else
+        if (size == 3 && (8 * sizeof(PY_LONG_LONG) > 2 * PyLong_SHIFT)) {
+            if ((8 * sizeof(long) > 3 * PyLong_SHIFT)) {
+                __PYX_VERIFY_RETURN_INT(PY_LONG_LONG, unsigned long, (((((((unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0])))
+            } else if ((8 * sizeof(PY_LONG_LONG) - 1 > 3 * PyLong_SHIFT)) {
+                return (PY_LONG_LONG) (((((((PY_LONG_LONG)digits[2]) << PyLong_SHIFT) | (PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (PY_LONG_LONG)digits[0]));
+            }
+        } else
+        if (size == 4 && (8 * sizeof(PY_LONG_LONG) > 3 * PyLong_SHIFT)) {
+            if ((8 * sizeof(long) > 4 * PyLong_SHIFT)) {
+                __PYX_VERIFY_RETURN_INT(PY_LONG_LONG, unsigned long, (((((((((unsigned long)digits[3]) << PyLong_SHIFT) | (unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0])))
+            } else if ((8 * sizeof(PY_LONG_LONG) - 1 > 4 * PyLong_SHIFT)) {
+                return (PY_LONG_LONG) (((((((((PY_LONG_LONG)digits[3]) << PyLong_SHIFT) | (PY_LONG_LONG)digits[2]) << PyLong_SHIFT) | (PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (PY_LONG_LONG)digits[0]));
+            }
+        } else
+        {}
+    }
+#endif
+    #if __PYX_LIMITED_VERSION_HEX >= 0x030d0000
+    if ((sizeof(PY_LONG_LONG) <= sizeof(int)) && (sizeof(int) < sizeof(long))) {
+        __PYX_VERIFY_RETURN_INT_EXC(PY_LONG_LONG, int, PyLong_AsInt(x))
+    } else
+    #endif
+    if ((sizeof(PY_LONG_LONG) <= sizeof(long))) {
+        __PYX_VERIFY_RETURN_INT_EXC(PY_LONG_LONG, long, PyLong_AsLong(x))
+    } else if ((sizeof(PY_LONG_LONG) <= sizeof(PY_LONG_LONG))) {
+        __PYX_VERIFY_RETURN_INT_EXC(PY_LONG_LONG, PY_LONG_LONG, PyLong_AsLongLong(x))
+    }
+    return __Pyx_LargePyLong___Pyx_PyLong_As_PY_LONG_LONG(x);
+raise_neg_overflow:
+    return __Pyx_raise_neg_overflow___Pyx_PyLong_As_PY_LONG_LONG();
+raise_overflow:
+    return __Pyx_raise_overflow___Pyx_PyLong_As_PY_LONG_LONG();
+}
+static PY_LONG_LONG __Pyx_LargePyLong___Pyx_PyLong_As_PY_LONG_LONG(PyObject *x) {
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wconversion"
+#endif
+    const PY_LONG_LONG neg_one = (PY_LONG_LONG) -1, const_zero = (PY_LONG_LONG) 0;
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic pop
+#endif
+    const int is_unsigned = neg_one > const_zero;
+    PY_LONG_LONG val;
+    int ret = -1;
+#if PY_VERSION_HEX >= 0x030d00A6 && !CYTHON_COMPILING_IN_LIMITED_API
+    Py_ssize_t bytes_copied = PyLong_AsNativeBytes(
+        x, &val, sizeof(val), Py_ASNATIVEBYTES_NATIVE_ENDIAN | (is_unsigned ? Py_ASNATIVEBYTES_UNSIGNED_BUFFER | Py_ASNATIVEBYTES_REJECT_NEGATIVE : 0));
+    if (unlikely(bytes_copied == -1)) {
+    } else if (unlikely(bytes_copied > (Py_ssize_t) sizeof(val))) {
+        goto raise_overflow;
+    } else {
+        ret = 0;
+    }
+#elif PY_VERSION_HEX < 0x030d0000 && !(CYTHON_COMPILING_IN_PYPY || CYTHON_COMPILING_IN_LIMITED_API) || defined(_PyLong_AsByteArray)
+    int one = 1; int is_little = (int)*(unsigned char *)&one;
+    unsigned char *bytes = (unsigned char *)&val;
+    ret = _PyLong_AsByteArray((PyLongObject *)x,
+                                bytes, sizeof(val),
+                                is_little, !is_unsigned);
+    if ((0)) goto raise_overflow;
+#else
+    PyObject *v;
+    PyObject *stepval = NULL, *mask = NULL, *shift = NULL;
+    int bits, remaining_bits, is_negative = 0;
+    int chunk_size = (sizeof(long) < 8) ? 30 : 62;
+    if (likely(PyLong_CheckExact(x))) {
+        v = __Pyx_NewRef(x);
+    } else {
+        v = PyNumber_Long(x);
+        if (unlikely(!v)) return (PY_LONG_LONG) -1;
+        assert(PyLong_CheckExact(v));
+    }
+    {
+        int result = PyObject_RichCompareBool(v, Py_False, Py_LT);
+        if (unlikely(result < 0)) {
+            Py_DECREF(v);
+            return (PY_LONG_LONG) -1;
+        }
+        is_negative = result == 1;
+    }
+    if (is_unsigned && unlikely(is_negative)) {
+        Py_DECREF(v);
+        PyErr_SetString(PyExc_OverflowError,
+            "can't convert negative value to PY_LONG_LONG");
+        return (PY_LONG_LONG) -1;
+    } else if (is_negative) {
+        stepval = PyNumber_Invert(v);
+        Py_DECREF(v);
+        if (unlikely(!stepval))
+            return (PY_LONG_LONG) -1;
+    } else {
+        stepval = v;
+    }
+    v = NULL;
+    val = (PY_LONG_LONG) 0;
+    mask = PyLong_FromLong((1L << chunk_size) - 1); if (unlikely(!mask)) goto done;
+    shift = PyLong_FromLong(chunk_size); if (unlikely(!shift)) goto done;
+    for (bits = 0; bits < (int) sizeof(PY_LONG_LONG) * 8 - chunk_size; bits += chunk_size) {
+        PyObject *tmp, *digit;
+        long idigit;
+        digit = PyNumber_And(stepval, mask);
+        if (unlikely(!digit)) goto done;
+        idigit = PyLong_AsLong(digit);
+        Py_DECREF(digit);
+        if (unlikely(idigit < 0)) goto done;
+        val |= ((PY_LONG_LONG) idigit) << bits;
+        tmp = PyNumber_Rshift(stepval, shift);
+        if (unlikely(!tmp)) goto done;
+        Py_DECREF(stepval); stepval = tmp;
+    }
+    Py_DECREF(shift); shift = NULL;
+    Py_DECREF(mask); mask = NULL;
+    {
+        long idigit = PyLong_AsLong(stepval);
+        if (unlikely(idigit < 0)) goto done;
+        remaining_bits = ((int) sizeof(PY_LONG_LONG) * 8) - bits - (is_unsigned ? 0 : 1);
+        if (unlikely(idigit >= (1L << remaining_bits)))
+            goto raise_overflow;
+        val |= ((PY_LONG_LONG) idigit) << bits;
+    }
+    if (!is_unsigned) {
+        if (unlikely(val & (((PY_LONG_LONG) 1) << (sizeof(PY_LONG_LONG) * 8 - 1))))
+            goto raise_overflow;
+        if (is_negative)
+            val = ~val;
+    }
+    ret = 0;
+done:
+    Py_XDECREF(shift);
+    Py_XDECREF(mask);
+    Py_XDECREF(stepval);
+#endif
+    if (unlikely(ret))
+        return (PY_LONG_LONG) -1;
+    return val;
+raise_overflow:
+    return __Pyx_raise_overflow___Pyx_PyLong_As_PY_LONG_LONG();
+}
+static CYTHON_INLINE PY_LONG_LONG __Pyx_PyLong___Pyx_PyLong_As_PY_LONG_LONG(PyObject *x) {
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wconversion"
+#endif
+    const PY_LONG_LONG neg_one = (PY_LONG_LONG) -1, const_zero = (PY_LONG_LONG) 0;
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic pop
+#endif
+    const int is_unsigned = neg_one > const_zero;
+    if (is_unsigned) {
+        #if CYTHON_USE_PYLONG_INTERNALS
+        if (unlikely(__Pyx_PyLong_IsNeg(x))) {
+            goto raise_neg_overflow;
+        } else if (__Pyx_PyLong_IsCompact(x)) {
+            __PYX_VERIFY_RETURN_INT(PY_LONG_LONG, __Pyx_compact_upylong, __Pyx_PyLong_CompactValueUnsigned(x))
+        } else
+        #endif
+        {
+            return __Pyx_PyULong___Pyx_PyLong_As_PY_LONG_LONG(x);
+        }
+    } else {
+        #if CYTHON_USE_PYLONG_INTERNALS
+        if (__Pyx_PyLong_IsCompact(x)) {
+            __PYX_VERIFY_RETURN_INT(PY_LONG_LONG, __Pyx_compact_pylong, __Pyx_PyLong_CompactValue(x))
+        } else
+        #endif
+        {
+            return __Pyx_PySLong___Pyx_PyLong_As_PY_LONG_LONG(x);
+        }
+    }
+#if CYTHON_USE_PYLONG_INTERNALS
+raise_neg_overflow:
+    return __Pyx_raise_neg_overflow___Pyx_PyLong_As_PY_LONG_LONG();
+raise_overflow:
+    return __Pyx_raise_overflow___Pyx_PyLong_As_PY_LONG_LONG();
+#endif
+}
+static PY_LONG_LONG __Pyx_NonPyLong___Pyx_PyLong_As_PY_LONG_LONG(PyObject *x) {
+    PY_LONG_LONG val;
+    PyObject *tmp = __Pyx_PyNumber_Long(x);
+    if (!tmp) return (PY_LONG_LONG) -1;
+    val = __Pyx_PyLong_As_PY_LONG_LONG(tmp);
+    Py_DECREF(tmp);
+    return val;
+}
+static CYTHON_INLINE PY_LONG_LONG __Pyx_PyLong_As_PY_LONG_LONG(PyObject *x) {
+    if (likely(PyLong_Check(x))) {
+        return __Pyx_PyLong___Pyx_PyLong_As_PY_LONG_LONG(x);
+    } else {
+        return __Pyx_NonPyLong___Pyx_PyLong_As_PY_LONG_LONG(x);
     }
 }
 

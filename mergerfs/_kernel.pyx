@@ -395,3 +395,86 @@ def pack_dirents(list entries, Py_ssize_t off, size_t size):
         memset(p + used + sizeof(fuse_dirent) + namelen, 0, rec - sizeof(fuse_dirent) - namelen)
         used += rec
     return out[:used]
+
+
+cdef struct fuse_attr:
+    uint64_t ino
+    uint64_t size
+    uint64_t blocks
+    uint64_t atime
+    uint64_t mtime
+    uint64_t ctime
+    uint32_t atimensec
+    uint32_t mtimensec
+    uint32_t ctimensec
+    uint32_t mode
+    uint32_t nlink
+    uint32_t uid
+    uint32_t gid
+    uint32_t rdev
+    uint32_t blksize
+    uint32_t flags
+
+cdef struct fuse_entry_out:
+    uint64_t nodeid
+    uint64_t generation
+    uint64_t entry_valid
+    uint64_t attr_valid
+    uint32_t entry_valid_nsec
+    uint32_t attr_valid_nsec
+    fuse_attr attr
+
+cdef struct fuse_attr_out:
+    uint64_t attr_valid
+    uint32_t attr_valid_nsec
+    uint32_t dummy
+    fuse_attr attr
+
+
+cdef inline void _split(long long v, uint64_t *sec, uint32_t *nsec) noexcept:
+    """ns -> (sec, nsec), rounding down for times before 1970 (cdivision truncates)."""
+    cdef long long s = v // 1000000000
+    if v < 0 and s * 1000000000 != v:
+        s -= 1
+    sec[0] = <uint64_t>s
+    nsec[0] = <uint32_t>(v - s * 1000000000)
+
+
+cdef void _fill_attr(fuse_attr *a, uint64_t ino, object st) except *:
+    cdef unsigned long long rdev = st.st_rdev
+    cdef unsigned int major = <unsigned int>(((rdev >> 8) & 0xfff) | ((rdev >> 32) & ~0xfff))
+    cdef unsigned int minor = <unsigned int>((rdev & 0xff) | ((rdev >> 12) & ~0xff))
+    a.ino = ino
+    a.size = <uint64_t>st.st_size
+    a.blocks = <uint64_t>st.st_blocks
+    _split(st.st_atime_ns, &a.atime, &a.atimensec)
+    _split(st.st_mtime_ns, &a.mtime, &a.mtimensec)
+    _split(st.st_ctime_ns, &a.ctime, &a.ctimensec)
+    a.mode = <uint32_t>st.st_mode
+    a.nlink = <uint32_t>st.st_nlink
+    a.uid = <uint32_t>(st.st_uid & 0xFFFFFFFF)
+    a.gid = <uint32_t>(st.st_gid & 0xFFFFFFFF)
+    # the kernel decodes fuse_attr.rdev with new_decode_dev
+    a.rdev = <uint32_t>((minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12))
+    a.blksize = <uint32_t>st.st_blksize
+    a.flags = 0
+
+
+def entry_out(uint64_t nodeid, st, uint64_t entry_valid, uint64_t attr_valid):
+    """fuse_entry_out for a LOOKUP-like reply (``st``: an os.stat_result)."""
+    cdef fuse_entry_out e
+    memset(&e, 0, sizeof(e))
+    e.nodeid = nodeid
+    e.entry_valid = entry_valid
+    e.attr_valid = attr_valid
+    _fill_attr(&e.attr, nodeid, st)
+    return PyBytes_FromStringAndSize(<char *>&e, sizeof(e))
+
+
+def attr_out(uint64_t nodeid, st, uint64_t attr_valid):
+    """fuse_attr_out for GETATTR/SETATTR."""
+    cdef fuse_attr_out o
+    memset(&o, 0, sizeof(o))
+    o.attr_valid = attr_valid
+    _fill_attr(&o.attr, nodeid, st)
+    return PyBytes_FromStringAndSize(<char *>&o, sizeof(o))

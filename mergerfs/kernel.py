@@ -39,9 +39,7 @@ log = logging.getLogger("mergerfs")
 KERNEL_VERSION, KERNEL_MINOR = 7, 45
 IN_HEADER = struct.Struct("<IIQQIIIHH")  # len opcode unique nodeid uid gid pid total_extlen padding
 OUT_HEADER = struct.Struct("<IiQ")
-ATTR = struct.Struct("<QQQQQQIIIIIIIIII")
-ENTRY_OUT = struct.Struct("<QQQQII" + ATTR.format[1:])
-ATTR_OUT = struct.Struct("<QII" + ATTR.format[1:])
+ENTRY_OUT = struct.Struct("<QQQQII88x")  # a negative entry; positive ones come from _kernel.entry_out
 OPEN_OUT = struct.Struct("<QIi")
 KSTATFS = struct.Struct("<QQQQQIIII24x")
 DIRENT = struct.Struct("<QQII")
@@ -91,27 +89,8 @@ def _cstr(body: bytes, start: int = 0) -> tuple[bytes, int]:
     return body[start:end], end + 1
 
 
-def _rdev_encode(rdev: int) -> int:
-    major, minor = os.major(rdev), os.minor(rdev)
-    return (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12) & 0xFFFFFFFF
-
-
 def _rdev_decode(rdev: int) -> int:
     return os.makedev((rdev >> 8) & 0xFFF, (rdev & 0xFF) | ((rdev >> 12) & 0xFFF00))
-
-
-def _split_ns(ns: int) -> tuple[int, int]:
-    sec, nsec = divmod(ns, 1_000_000_000)
-    return sec & 0xFFFF_FFFF_FFFF_FFFF, nsec
-
-
-def pack_attr(ino: int, st: os.stat_result) -> tuple:
-    a, an = _split_ns(st.st_atime_ns)
-    m, mn = _split_ns(st.st_mtime_ns)
-    c, cn = _split_ns(st.st_ctime_ns)
-    return (ino, st.st_size, st.st_blocks, a, m, c, an, mn, cn, st.st_mode, st.st_nlink,
-            st.st_uid & 0xFFFFFFFF, st.st_gid & 0xFFFFFFFF, _rdev_encode(st.st_rdev),
-            st.st_blksize, 0)
 
 
 class Request:
@@ -391,10 +370,10 @@ class KernelTransport:
         entry, attr, _ = self.req.timeouts()
         if not cacheable:
             entry = attr = 0
-        return ENTRY_OUT.pack(ino, 0, entry, attr, 0, 0, *pack_attr(ino, st))
+        return _kernel.entry_out(ino, st, entry, attr)
 
     def _attr_out(self, ino: int, st) -> bytes:
-        return ATTR_OUT.pack(self.req.timeouts()[1], 0, 0, *pack_attr(ino, st))
+        return _kernel.attr_out(ino, st, self.req.timeouts()[1])
 
     def _pyfh(self, fh: int) -> int:
         assert self.session is not None
@@ -415,7 +394,7 @@ class KernelTransport:
         except OSError as e:
             neg = self.req.timeouts()[2]
             if e.errno == errno.ENOENT and neg:
-                return ENTRY_OUT.pack(0, 0, neg, 0, 0, 0, *([0] * 16))
+                return ENTRY_OUT.pack(0, 0, neg, 0, 0, 0)
             raise
 
     def _forget(self, h, body):
@@ -656,7 +635,7 @@ class KernelTransport:
             rec = ENTRY_OUT.size + 24 + len(name)
             pad = -rec % 8
             if st is None:
-                out.append(ENTRY_OUT.pack(0, 0, 0, 0, 0, 0, *([0] * 16)))
+                out.append(ENTRY_OUT.pack(0, 0, 0, 0, 0, 0))
                 out.append(DIRENT.pack(0, nxt, len(name), dtype))
             else:
                 out.append(self._entry_out(ino, st))

@@ -79,6 +79,9 @@ def current() -> tuple[int, int, tuple[int, ...]]:
 _CAN_SWITCH = os.geteuid() == 0
 
 
+_ROOT = (0, 0, (0,))
+
+
 def _set(creds: tuple[int, int, tuple[int, ...]]) -> None:
     if _CAN_SWITCH and getattr(_local, "creds", None) != creds:
         _fastpath.set_creds(*creds)
@@ -93,8 +96,10 @@ def adopt(creds: tuple[int, int, tuple[int, ...]]) -> None:
 def switch(uid: int, gid: int, pid: int = 0) -> None:
     """Make this thread act as the caller ``uid:gid`` (with its groups), and with
     its I/O priority under ``proxy-ioprio``."""
-    groups = caller_groups(pid, uid, gid) if pid and uid else groups_of(uid, gid)
-    _set((uid, gid, groups))
+    if uid == 0 and gid == 0:  # root's requests: no group lookup
+        _set(_ROOT)
+    else:
+        _set((uid, gid, caller_groups(pid, uid, gid) if pid and uid else groups_of(uid, gid)))
     if proxy_ioprio and pid:
         _proxy_ioprio(pid)
 
@@ -117,7 +122,7 @@ def _proxy_ioprio(pid: int) -> None:
 def as_root():
     """Temporarily act as root (clone-path, moveonenospc copy) and switch back."""
     prev = current()
-    _set((0, 0, (0,)))
+    _set(_ROOT)
     try:
         yield
     finally:
