@@ -36,6 +36,17 @@ def is_reference(cmd: Sequence[str] | None = None) -> bool:
     return os.path.realpath(exe) == os.path.realpath(REFERENCE)
 
 
+def put(path: str, data: bytes) -> None:
+    """Write ``data`` as the whole file at ``path``."""
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def get(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def is_llfuse() -> bool:
     """True when ours runs on the llfuse transport (``-o fuse-binding=llfuse`` in MERGERFS_CMD)."""
     return not is_reference() and "fuse-binding=llfuse" in os.environ.get("MERGERFS_CMD", "")

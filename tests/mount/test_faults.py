@@ -25,22 +25,14 @@ try:
     from .branchfs import MiB, pool, remount_ro, tmpfs_branches, where
     from .helpers import (daemon_pid, err_of, is_pool_mounted, is_reference, pid_alive,
                          run_cmd, unmount, wait_until)
+    from .helpers import get as _get, put as _put
 except ImportError:  # rootdir-less collection
     from branchfs import MiB, pool, remount_ro, tmpfs_branches, where
     from helpers import (daemon_pid, err_of, is_pool_mounted, is_reference, pid_alive,
                          run_cmd, unmount, wait_until)
+    from helpers import get as _get, put as _put
 
 NOCACHE = "cache.files=off,cache.attr=0,cache.entry=0,cache.negative_entry=0"
-
-
-def _put(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def _get(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def _alive(mnt: str) -> None:

@@ -27,10 +27,12 @@ import pytest
 try:
     from .branchfs import MiB, avail, pool, tmpfs_branches, where
     from .helpers import cmd_env, daemon_pid, err_of, is_reference, pid_alive, wait_until
+    from .helpers import get as _get, put as _put
     from .remote import remotes, tools_missing
 except ImportError:  # rootdir-less collection
     from branchfs import MiB, avail, pool, tmpfs_branches, where
     from helpers import cmd_env, daemon_pid, err_of, is_reference, pid_alive, wait_until
+    from helpers import get as _get, put as _put
     from remote import remotes, tools_missing
 
 pytestmark = pytest.mark.skipif(tools_missing() is not None, reason=str(tools_missing()))
@@ -38,16 +40,6 @@ pytestmark = pytest.mark.skipif(tools_missing() is not None, reason=str(tools_mi
 NOCACHE = "cache.files=off,cache.attr=0,cache.entry=0,cache.negative_entry=0"
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                       "README.md")
-
-
-def _put(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def _get(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def _sha(data: bytes) -> str:
