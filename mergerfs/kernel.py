@@ -264,8 +264,8 @@ class KernelTransport:
         if cfg["direct-io-allow-mmap"]:
             want |= DIRECT_IO_ALLOW_MMAP
         if cfg["handle-killpriv-v2"]:
-            # we clear setuid/setgid (and file capabilities) when the kernel says
-            # so; otherwise it asks GETXATTR security.capability before every write(2)
+            # we clear setuid/setgid when the kernel flags a write, truncate or
+            # O_TRUNC open; otherwise it sends a SETATTR of its own first
             want |= HANDLE_KILLPRIV_V2
         pt = cfg["passthrough.io"]
         if pt != "off":

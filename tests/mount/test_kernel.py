@@ -292,3 +292,76 @@ def test_cache_files_per_process(mount_pool, comm, cached):
     out = subprocess.run([sys.executable, "-c", PER_PROCESS_READER, os.path.join(p.mnt, "f"), comm,
                           branch_file], capture_output=True, text=True, timeout=30, check=True).stdout.split()
     assert out == (["old!", "old!"] if cached else ["old!", "NEW!"])
+
+
+FLUSH, SETATTR = 25, 4
+
+
+@pytest.mark.parametrize("mode, read_only_flushes, write_flushes", [
+    ("never", False, False), ("always", True, True), ("opened-for-write", False, True)])
+def test_flush_on_close(mount_pool, mode, read_only_flushes, write_flushes):
+    """flush-on-close decides whether close() sends FLUSH (FOPEN_NOFLUSH otherwise)."""
+    p = mount_pool(n=1, options=f"flush-on-close={mode},minfreespace=0")
+    path = os.path.join(p.mnt, "f")
+    with open(path, "wb") as f:
+        f.write(b"x")
+    with requests_seen(p.mnt) as ro:
+        with open(path, "rb") as f:
+            f.read()
+    with requests_seen(p.mnt) as rw:
+        with open(path, "r+b") as f:
+            f.write(b"y")
+    assert OPEN in ro and OPEN in rw
+    assert (FLUSH in ro, FLUSH in rw) == (read_only_flushes, write_flushes)
+
+
+@pytest.mark.parametrize("v2", [True, False])
+def test_handle_killpriv_v2_clears_setuid_ourselves(mount_pool, v2):
+    """A non-owner's write to a setuid file clears the bit either way, as natively;
+    with handle-killpriv-v2 we do it on the WRITE the kernel flags, with no SETATTR."""
+    base = tempfile.mkdtemp(dir="/tmp", prefix="mfs-killpriv-")  # a branch nobody can reach
+    os.chmod(base, 0o755)
+    try:
+        _killpriv_case(mount_pool, base, v2)
+    finally:
+        subprocess.run(["rm", "-rf", base], check=False)
+
+
+def _killpriv_case(mount_pool, base, v2):
+    p = mount_pool(options=f"handle-killpriv-v2={str(v2).lower()},minfreespace=0", branches=[base])
+    path = os.path.join(p.mnt, "f")
+    with open(path, "wb"):
+        pass
+    os.chmod(path, 0o4777)
+    # nobody cannot walk to the pytest tmp dir: hand it the pool's root as an fd
+    dfd = os.open(p.mnt, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with requests_seen(p.mnt) as seen:
+            subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c",
+                            f"echo x >> /proc/self/fd/{dfd}/f"], check=True, cwd="/", pass_fds=(dfd,))
+    finally:
+        os.close(dfd)
+    assert WRITE in seen
+    assert oct(os.stat(os.path.join(p.branches[0], "f")).st_mode & 0o7777) == oct(0o777)
+    if v2:
+        assert SETATTR not in seen, seen
+
+
+@pytest.mark.parametrize("allow", [True, False])
+def test_direct_io_allow_mmap(mount_pool, allow):
+    """cache.files=off opens with direct_io; shared mmap of such a file works only
+    when direct-io-allow-mmap lets the kernel map it."""
+    import mmap
+
+    p = mount_pool(n=1, options=f"cache.files=off,direct-io-allow-mmap={str(allow).lower()},minfreespace=0")
+    path = os.path.join(p.mnt, "f")
+    with open(path, "wb") as f:
+        f.write(b"m" * 4096)
+    with open(path, "r+b") as f:
+        try:
+            with mmap.mmap(f.fileno(), 4096, mmap.MAP_SHARED) as m:
+                mapped = m[:1] == b"m"
+        except OSError as e:
+            mapped = False
+            assert e.errno == errno.ENODEV
+    assert mapped == allow
