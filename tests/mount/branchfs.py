@@ -17,9 +17,9 @@ import time
 from collections.abc import Iterator, Sequence
 
 try:
-    from .helpers import REFERENCE, REPO, cmd_env, err_of, is_reference, pool_cmd, unmount
+    from .helpers import REFERENCE, REPO, cmd_env, err_of, is_reference, pool_cmd, unmount  # noqa: F401 - re-exported
 except ImportError:  # rootdir-less collection
-    from helpers import REFERENCE, REPO, cmd_env, err_of, is_reference, pool_cmd, unmount
+    from helpers import REFERENCE, REPO, cmd_env, err_of, is_reference, pool_cmd, unmount  # noqa: F401 - re-exported
 
 MiB = 1024 * 1024
 

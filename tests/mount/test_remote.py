@@ -266,7 +266,7 @@ def test_gone_remote_receives_no_new_files():
                     == f"{remote.mnt}: filesystem gone\n")
             st = _ctl(mnt, "status")
             assert st.returncode == 0, st.stderr
-            assert f"unavailable: filesystem gone" in st.stdout, st.stdout
+            assert "unavailable: filesystem gone" in st.stdout, st.stdout
             js = json.loads(_ctl(mnt, "status", "--json").stdout)
             row = next(b for b in js["branches"] if b["path"] == remote.mnt)
             assert row["unavailable"] == "filesystem gone"
