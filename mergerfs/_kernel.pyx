@@ -110,7 +110,7 @@ cdef struct write_reply:
 
 cdef struct Slot:
     int fd          # branch fd answered in C; -1: the Python session answers
-    int backing     # passthrough backing id, 0 if none
+    int backing     # 1: this open uses its inode's passthrough backing (kernel.py holds the id)
     uint64_t pyfh   # the request layer's handle number
 
 

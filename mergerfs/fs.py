@@ -795,25 +795,21 @@ class FileSystem:
         return result, bytes(buf[:out_size])
 
     def fsyncdir(self, relpath: str, datasync: bool) -> None:
+        self._on_branch_dirs(relpath, os.fdatasync if datasync else os.fsync)
+
+    def syncfs(self) -> None:
+        """syncfs(2) of every branch's filesystem."""
+        self._on_branch_dirs("/", _fastpath.syncfs)
+
+    def _on_branch_dirs(self, relpath: str, fn) -> None:
+        """``fn(fd)`` on ``relpath``'s directory on every branch that has it."""
         for b in self.snap.branches:
             try:
                 fd = os.open(b.full(relpath), os.O_RDONLY | os.O_DIRECTORY)
             except OSError:
                 continue
             try:
-                (os.fdatasync if datasync else os.fsync)(fd)
-            finally:
-                os.close(fd)
-
-    def syncfs(self) -> None:
-        """syncfs(2) of every branch's filesystem."""
-        for b in self.snap.branches:
-            try:
-                fd = os.open(b.path, os.O_RDONLY | os.O_DIRECTORY)
-            except OSError:
-                continue
-            try:
-                _fastpath.syncfs(fd)
+                fn(fd)
             finally:
                 os.close(fd)
 

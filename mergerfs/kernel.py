@@ -17,6 +17,7 @@ done with the inode, and no handler may wait on that.
 
 from __future__ import annotations
 
+import enum
 import errno
 import logging
 import os
@@ -64,19 +65,55 @@ OPEN_KILL_SUIDGID = 1  # fuse_open_in.open_flags
 NOTIFY_INVAL_INODE = 2
 PAGE = 4096
 
-(LOOKUP, FORGET, GETATTR, SETATTR, READLINK, SYMLINK, MKNOD, MKDIR, UNLINK, RMDIR, RENAME, LINK,
- OPEN, READ, WRITE, STATFS, RELEASE, FSYNC, SETXATTR, GETXATTR, LISTXATTR, REMOVEXATTR, FLUSH, INIT,
- OPENDIR, READDIR, RELEASEDIR, FSYNCDIR, ACCESS, CREATE, INTERRUPT, DESTROY, IOCTL, BATCH_FORGET,
- FALLOCATE, READDIRPLUS, RENAME2, LSEEK, COPY_FILE_RANGE, SYNCFS, COPY_FILE_RANGE_64) = (
-    1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 20, 21, 22, 23, 24, 25, 26, 27, 28,
-    29, 30, 34, 35, 36, 38, 39, 42, 43, 44, 45, 46, 47, 50, 53)
-_NO_REPLY = frozenset({FORGET, BATCH_FORGET, INTERRUPT})
-_NAMES = {v: k for k, v in globals().items() if k.isupper() and isinstance(v, int) and 0 < v < 64
-          and k in ("LOOKUP FORGET GETATTR SETATTR READLINK SYMLINK MKNOD MKDIR UNLINK RMDIR RENAME LINK "
-                    "OPEN READ WRITE STATFS RELEASE FSYNC SETXATTR GETXATTR LISTXATTR REMOVEXATTR FLUSH "
-                    "INIT OPENDIR READDIR RELEASEDIR FSYNCDIR ACCESS CREATE INTERRUPT DESTROY IOCTL "
-                    "BATCH_FORGET FALLOCATE READDIRPLUS RENAME2 LSEEK COPY_FILE_RANGE SYNCFS "
-                    "COPY_FILE_RANGE_64").split()}
+
+
+class Op(enum.IntEnum):
+    """FUSE opcodes (fuse_kernel.h 7.45) this session decodes."""
+
+    LOOKUP = 1
+    FORGET = 2
+    GETATTR = 3
+    SETATTR = 4
+    READLINK = 5
+    SYMLINK = 6
+    MKNOD = 8
+    MKDIR = 9
+    UNLINK = 10
+    RMDIR = 11
+    RENAME = 12
+    LINK = 13
+    OPEN = 14
+    READ = 15
+    WRITE = 16
+    STATFS = 17
+    RELEASE = 18
+    FSYNC = 20
+    SETXATTR = 21
+    GETXATTR = 22
+    LISTXATTR = 23
+    REMOVEXATTR = 24
+    FLUSH = 25
+    INIT = 26
+    OPENDIR = 27
+    READDIR = 28
+    RELEASEDIR = 29
+    FSYNCDIR = 30
+    ACCESS = 34
+    CREATE = 35
+    INTERRUPT = 36
+    DESTROY = 38
+    IOCTL = 39
+    BATCH_FORGET = 42
+    FALLOCATE = 43
+    READDIRPLUS = 44
+    RENAME2 = 45
+    LSEEK = 46
+    COPY_FILE_RANGE = 47
+    SYNCFS = 50
+    COPY_FILE_RANGE_64 = 53
+
+
+_NO_REPLY = frozenset({Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT})
 
 # mount(2) flags for the generic options
 _MS = {"ro": 1, "nosuid": 2, "nodev": 4, "noexec": 8, "sync": 16, "dirsync": 128, "noatime": 1024}
@@ -91,6 +128,21 @@ def _cstr(body: bytes, start: int = 0) -> tuple[bytes, int]:
 
 def _rdev_decode(rdev: int) -> int:
     return os.makedev((rdev >> 8) & 0xFFF, (rdev & 0xFF) | ((rdev >> 12) & 0xFFF00))
+
+
+def _frame(unique: int, error: int, payload: bytes = b"") -> bytes:
+    """One message to the kernel: out header (``error`` is -errno in a reply,
+    the notification code with ``unique`` 0) and payload."""
+    return OUT_HEADER.pack(OUT_HEADER.size + len(payload), error, unique) + payload
+
+
+def _send(fd: int, message: bytes) -> None:
+    """Write a reply; an interrupted request or a gone connection is no error."""
+    try:
+        os.write(fd, message)
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ENODEV, errno.EBADF):
+            raise
 
 
 class Request:
@@ -126,16 +178,15 @@ class _Notifier:
 
     def _run(self) -> None:
         while (ino := self._queue.get()) is not None:
-            payload = struct.pack("<Qqq", ino, 0, 0)
             try:
-                os.writev(self.fd, [OUT_HEADER.pack(16 + len(payload), NOTIFY_INVAL_INODE, 0), payload])
+                os.write(self.fd, _frame(0, NOTIFY_INVAL_INODE, struct.pack("<Qqq", ino, 0, 0)))
             except OSError as e:  # ENOENT: the kernel does not hold it any more
                 if e.errno in (errno.ENODEV, errno.EBADF):
                     return
 
 
 class KernelTransport:
-    """Mount, serve until unmounted, close: the shape mount.py drives."""
+    """Mount, serve until unmounted, close: the shape lifecycle.py drives."""
 
     def __init__(self, fs) -> None:
         self.fs = fs
@@ -146,28 +197,26 @@ class KernelTransport:
         self.mnt = ""
         self.device: str | None = None
         self.debug = False
-        self.fusermount = False
         self.session: _kernel.Session | None = None
-        self.flags = 0
         self.minor = 0
         self._passthrough: int | None = None  # O_ACCMODE values passed through, once INIT allows
         self._backing: dict[int, list[int]] = {}  # nodeid -> [backing id, opens]
         self._cached_opens: dict[int, int] = {}  # nodeid -> opens without passthrough
         self._pt_lock = threading.Lock()
         self._handlers = {
-            LOOKUP: self._lookup, FORGET: self._forget, BATCH_FORGET: self._batch_forget,
-            GETATTR: self._getattr, SETATTR: self._setattr, READLINK: self._readlink,
-            SYMLINK: self._symlink, MKNOD: self._mknod, MKDIR: self._mkdir, UNLINK: self._unlink,
-            RMDIR: self._rmdir, RENAME: self._rename, RENAME2: self._rename2, LINK: self._link,
-            OPEN: self._open, READ: self._read, WRITE: self._write, STATFS: self._statfs,
-            RELEASE: self._release, FSYNC: self._fsync, SETXATTR: self._setxattr,
-            GETXATTR: self._getxattr, LISTXATTR: self._listxattr, REMOVEXATTR: self._removexattr,
-            FLUSH: self._flush, OPENDIR: self._opendir, READDIR: self._readdir,
-            READDIRPLUS: self._readdirplus, RELEASEDIR: self._releasedir, FSYNCDIR: self._fsyncdir,
-            ACCESS: self._access, CREATE: self._create, INTERRUPT: self._ignore,
-            DESTROY: self._empty, IOCTL: self._ioctl, FALLOCATE: self._fallocate, LSEEK: self._lseek,
-            COPY_FILE_RANGE: self._copy_file_range, COPY_FILE_RANGE_64: self._copy_file_range,
-            SYNCFS: self._syncfs, INIT: self._empty,
+            Op.LOOKUP: self._lookup, Op.FORGET: self._forget, Op.BATCH_FORGET: self._batch_forget,
+            Op.GETATTR: self._getattr, Op.SETATTR: self._setattr, Op.READLINK: self._readlink,
+            Op.SYMLINK: self._symlink, Op.MKNOD: self._mknod, Op.MKDIR: self._mkdir, Op.UNLINK: self._unlink,
+            Op.RMDIR: self._rmdir, Op.RENAME: self._rename, Op.RENAME2: self._rename2, Op.LINK: self._link,
+            Op.OPEN: self._open, Op.READ: self._read, Op.WRITE: self._write, Op.STATFS: self._statfs,
+            Op.RELEASE: self._release, Op.FSYNC: self._fsync, Op.SETXATTR: self._setxattr,
+            Op.GETXATTR: self._getxattr, Op.LISTXATTR: self._listxattr, Op.REMOVEXATTR: self._removexattr,
+            Op.FLUSH: self._flush, Op.OPENDIR: self._opendir, Op.READDIR: self._readdir,
+            Op.READDIRPLUS: self._readdirplus, Op.RELEASEDIR: self._releasedir, Op.FSYNCDIR: self._fsyncdir,
+            Op.ACCESS: self._access, Op.CREATE: self._create, Op.INTERRUPT: self._ignore,
+            Op.DESTROY: self._empty, Op.IOCTL: self._ioctl, Op.FALLOCATE: self._fallocate, Op.LSEEK: self._lseek,
+            Op.COPY_FILE_RANGE: self._copy_file_range, Op.COPY_FILE_RANGE_64: self._copy_file_range,
+            Op.SYNCFS: self._syncfs, Op.INIT: self._empty,
         }
 
     # ------------------------------------------------------------ lifecycle
@@ -213,7 +262,6 @@ class KernelTransport:
 
     def _mount_fusermount(self, mnt: str, fsname: str, subtype: str, opts: set[str]) -> int:
         """Non-root: fusermount3 mounts and hands the /dev/fuse fd back over a socket."""
-        self.fusermount = True
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         keep = [o for o in opts if not o.startswith(("fsname=", "subtype="))]
         keep += [f"fsname={fsname}", f"subtype={subtype}"]
@@ -238,12 +286,12 @@ class KernelTransport:
         """Answer the kernel's INIT with what both sides support."""
         data = os.read(self.devfd, 1 << 16)
         h = Request(data)
-        if h.opcode != INIT:
+        if h.opcode != Op.INIT:
             raise OSError(errno.EPROTO, f"expected INIT, got opcode {h.opcode}")
         major, minor, max_readahead, flags = struct.unpack_from("<IIII", data, IN_HEADER.size)
         if major != KERNEL_VERSION:
             # a newer major: tell it ours and fail; an older one we cannot speak
-            self._reply(self.devfd, h.unique, 0, struct.pack("<II", KERNEL_VERSION, KERNEL_MINOR).ljust(24, b"\0"))
+            _send(self.devfd, _frame(h.unique, 0, struct.pack("<II", KERNEL_VERSION, KERNEL_MINOR).ljust(24, b"\0")))
             raise OSError(errno.EPROTO, f"kernel FUSE protocol {major}.{minor} unsupported")
         if flags & INIT_EXT and len(data) >= IN_HEADER.size + 20:
             flags |= struct.unpack_from("<I", data, IN_HEADER.size + 16)[0] << 32
@@ -272,7 +320,7 @@ class KernelTransport:
             want |= PASSTHROUGH
         elif cfg["cache.writeback"]:
             want |= WRITEBACK_CACHE  # the kernel refuses both at once
-        self.flags = got = want & flags
+        got = want & flags
         self.minor = min(minor, KERNEL_MINOR)
         if got & PASSTHROUGH:
             self._passthrough = {"ro": {os.O_RDONLY}, "wo": {os.O_WRONLY},
@@ -283,7 +331,7 @@ class KernelTransport:
         out = INIT_OUT.pack(KERNEL_VERSION, self.minor, max_readahead, got & 0xFFFFFFFF, 64, 48,
                             max_write, 1, pages, 0, got >> 32,
                             cfg["passthrough.max-stack-depth"] if got & PASSTHROUGH else 0, 0)
-        self._reply(self.devfd, h.unique, 0, out if self.minor >= 23 else out[:24])
+        _send(self.devfd, _frame(h.unique, 0, out if self.minor >= 23 else out[:24]))
         assert self.session is not None
         self.session.configure(max_write, self.minor)
         log.debug("INIT: kernel %d.%d offered %#x, negotiated %#x, max_write %d", major, minor, flags,
@@ -328,27 +376,17 @@ class KernelTransport:
             self.devfd = -1
 
     # ------------------------------------------------------------ replies
-    @staticmethod
-    def _reply(fd: int, unique: int, err: int, payload: bytes = b"") -> None:
-        try:
-            if payload:
-                os.writev(fd, [OUT_HEADER.pack(16 + len(payload), -err, unique), payload])
-            else:
-                os.write(fd, OUT_HEADER.pack(16, -err, unique))
-        except OSError as e:
-            if e.errno not in (errno.ENOENT, errno.ENODEV, errno.EBADF):  # interrupted or gone
-                raise
-
     def dispatch(self, data: bytes) -> bytes | None:
         """Decode, act as the caller, answer: the whole reply, or None (no
         reply). Never raises."""
         h = Request(data)
         if self.debug:  # libfuse's -d trace, which scripts and users grep
-            print(f"unique: {h.unique}, opcode: {_NAMES.get(h.opcode, '?')} ({h.opcode}), nodeid: {h.nodeid}, "
+            name = Op(h.opcode).name if h.opcode in self._handlers else "?"
+            print(f"unique: {h.unique}, opcode: {name} ({h.opcode}), nodeid: {h.nodeid}, "
                   f"insize: {len(data)}, pid: {h.pid}", file=sys.stderr, flush=True)
         handler = self._handlers.get(h.opcode)
         if handler is None:
-            return OUT_HEADER.pack(16, -errno.ENOSYS, h.unique)
+            return _frame(h.unique, -errno.ENOSYS)
         try:
             if h.uid != 0xFFFFFFFF and h.opcode not in _NO_REPLY:
                 ugid.switch(h.uid, h.gid, h.pid)
@@ -361,9 +399,8 @@ class KernelTransport:
         else:
             if h.opcode in _NO_REPLY:
                 return None
-            payload = payload or b""
-            return OUT_HEADER.pack(16 + len(payload), 0, h.unique) + payload
-        return None if h.opcode in _NO_REPLY else OUT_HEADER.pack(16, -err, h.unique)
+            return _frame(h.unique, 0, payload or b"")
+        return None if h.opcode in _NO_REPLY else _frame(h.unique, -err)
 
     # ------------------------------------------------------------ encoding
     def _entry_out(self, ino: int, st, cacheable: bool = True) -> bytes:
@@ -599,7 +636,7 @@ class KernelTransport:
         fh_in, off_in, _, fh_out, off_out, length, flags = struct.unpack_from("<QQQQQQQ", body)
         n = self.req.copy_file_range(self._pyfh(fh_in), off_in, self._pyfh(fh_out), off_out,
                                      min(length, 1 << 30), flags)
-        return struct.pack("<Q", n) if h.opcode == COPY_FILE_RANGE_64 else struct.pack("<II", n, 0)
+        return struct.pack("<Q", n) if h.opcode == Op.COPY_FILE_RANGE_64 else struct.pack("<II", n, 0)
 
     def _ioctl(self, h, body):
         fh, flags, cmd, _, in_size, out_size = struct.unpack_from("<QIIQII", body)

@@ -33,7 +33,7 @@ from mergerfs.branches import expand, invalid_branches
 
 log = logging.getLogger("mergerfs")
 
-#: llfuse workers when threads=0. Python code runs on one core whatever the core
+#: Request workers when threads=0 (either transport). Python code runs on one core whatever the core
 #: count, so more workers only fight over the GIL: 4 KiB O_DIRECT reads from 4
 #: jobs ran 42k IOPS with 16 workers, 80-95k with 4 (reference 115k); 4 still
 #: overlaps blocking I/O on different disks. benchmarks/README.md has the numbers.
@@ -42,7 +42,7 @@ MAX_THREADS = 256  # each worker is an OS thread with its own stack: no runaway 
 
 
 def worker_count(threads: int) -> int:
-    """llfuse workers for ``threads``: 0 = default, -N = cores / N (as upstream), capped."""
+    """Request workers for ``threads``: 0 = default, -N = cores / N (as upstream), capped."""
     if threads == 0:
         return DEFAULT_THREADS
     if threads < 0:

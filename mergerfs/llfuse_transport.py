@@ -227,7 +227,7 @@ class Operations(llfuse.Operations):
 
 
 class Transport:
-    """Mount, serve until unmounted, close: the shape mount.py drives."""
+    """Mount, serve until unmounted, close: the shape lifecycle.py drives."""
 
     def __init__(self, fs) -> None:
         self.ops = Operations(fs)

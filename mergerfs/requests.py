@@ -153,17 +153,15 @@ class Requests:
             if ino != inodes.ROOT:
                 self.notifier.inval_inode(ino)
 
-    def handle(self, fh: int):
+    def _file(self, fh: int):
+        """(nodeid, Handle or DirHandle) of an open fh; EBADF if none."""
         try:
-            return self._files[fh][1]
+            return self._files[fh]
         except KeyError:
             raise oserror(errno.EBADF) from None
 
-    def nodeid_of(self, fh: int) -> int:
-        try:
-            return self._files[fh][0]
-        except KeyError:
-            raise oserror(errno.EBADF) from None
+    def handle(self, fh: int):
+        return self._file(fh)[1]
 
     @contextmanager
     def _open_handle(self, inode: int):
@@ -256,7 +254,7 @@ class Requests:
         the kernel asks us to drop setuid/setgid as native would (handle-killpriv-v2)."""
         if inode == CONTROL_INO:
             raise oserror(errno.EPERM)
-        change = (mode, uid, gid, size, atime, mtime, now_hint)
+        change = (mode, uid, gid, size, atime, mtime, now_hint, kill_priv)
         if fh is not None:
             st = self._setattr_on(self.handle(fh), self._FD_OPS, *change)
         else:
@@ -265,8 +263,6 @@ class Requests:
                     st = self._setattr_on(h, self._FD_OPS, *change)
                 else:
                     st = self._setattr_on(self.rel(inode), self._PATH_OPS, *change)
-        if kill_priv and mode is None:
-            st = self._kill_priv(self.rel(inode), self._PATH_OPS, st)
         self._saw(inode, st, ours=True)
         return self.attr(st)
 
@@ -274,7 +270,8 @@ class Requests:
     _FD_OPS = ("fchmod", "fchown", "ftruncate", "futimens", "fgetattr")
     _PATH_OPS = ("chmod", "chown", "truncate", "utimens", "getattr")
 
-    def _setattr_on(self, target, ops, mode, uid, gid, size, atime, mtime, now_hint) -> os.stat_result:
+    def _setattr_on(self, target, ops, mode, uid, gid, size, atime, mtime, now_hint,
+                    kill_priv) -> os.stat_result:
         chmod, chown, truncate, utimens, stat = (getattr(self.fs, n) for n in ops)
         if mode is not None:
             mode = S.S_IMODE(mode)
@@ -294,7 +291,8 @@ class Requests:
             truncate(target, size)
         if atime is not None or mtime is not None:
             utimens(target, atime, mtime, now_hint)
-        return stat(target)
+        st = stat(target)
+        return self._kill_priv(target, ops, st) if kill_priv and mode is None else st
 
     def kill_priv(self, fh: int) -> None:
         """A write or O_TRUNC open by a user without CAP_FSETID: drop setuid/setgid."""
@@ -454,9 +452,7 @@ class Requests:
         return self.fs.read(self.handle(fh), off, size)
 
     def write(self, fh: int, off: int, buf) -> int:
-        ino, h = self._files.get(fh) or (0, None)
-        if h is None:
-            raise oserror(errno.EBADF)
+        ino, h = self._file(fh)
         n = self.fs.write(h, off, buf)
         if not self.auto_inval:
             # The kernel saw this change (it sent it): keep its cache, track the new state.
