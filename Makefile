@@ -47,7 +47,8 @@ test: build lint
 
 lint: venv
 	@$(VPY) -m pip show -q ruff >/dev/null 2>&1 || $(VPY) -m pip install -q ruff
-	$(VPY) -m ruff check mergerfs tests benchmarks scripts
+	$(VPY) -m ruff check mergerfs tests benchmarks scripts setup.py
+	$(VPY) -m ruff format --check mergerfs tests benchmarks scripts setup.py
 
 unit: build
 	$(VPY) -m pytest tests/unit

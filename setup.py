@@ -5,8 +5,10 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=cythonize(
-        [Extension("mergerfs._fastpath", ["mergerfs/_fastpath.pyx"]),
-         Extension("mergerfs._kernel", ["mergerfs/_kernel.pyx"])],
+        [
+            Extension("mergerfs._fastpath", ["mergerfs/_fastpath.pyx"]),
+            Extension("mergerfs._kernel", ["mergerfs/_kernel.pyx"]),
+        ],
         compiler_directives={"language_level": "3"},
     ),
 )

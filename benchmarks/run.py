@@ -7,6 +7,7 @@ rotates every round), the median time per side gives ratio = reference time / ou
 (> 1: we are faster).  Two option sets: the same options on every side, and each
 side's best options (passthrough I/O where supported).  See README.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,7 @@ class Side:
 SIDES = [
     Side("ours", "ours", os.path.join(REPO, ".venv", "bin", "mergerfs")),
     Side("deb", "2.33.5", "/usr/bin/mergerfs"),
-    Side("up", "2.42", os.path.realpath(os.path.join(REPO, "..", "shared", "reference",
-                                                       "mergerfs-2.42.0-17"))),
+    Side("up", "2.42", os.path.realpath(os.path.join(REPO, "..", "shared", "reference", "mergerfs-2.42.0-17"))),
 ]
 REFS = ["deb", "up"]
 LABEL = {s.key: s.label for s in SIDES}
@@ -50,17 +50,23 @@ LABEL["native"] = "native"
 # epmfs where 2.42 and ours use pfrd.
 COMMON = "minfreespace=100M,category.create=pfrd"
 OPTION_SETS = {
-    "same": ("same options on every side", {
-        "ours": "cache.files=partial",
-        "deb": "cache.files=partial",
-        "up": "cache.files=partial",
-    }),
-    "best": ("best options per side: passthrough I/O where supported", {
-        # our kernel transport will honour passthrough.io; until then it is parsed and ignored
-        "ours": "cache.files=auto-full,passthrough.io=rw",
-        "deb": "cache.files=auto-full",  # 2.33.5 has no passthrough
-        "up": "cache.files=auto-full,passthrough.io=rw",
-    }),
+    "same": (
+        "same options on every side",
+        {
+            "ours": "cache.files=partial",
+            "deb": "cache.files=partial",
+            "up": "cache.files=partial",
+        },
+    ),
+    "best": (
+        "best options per side: passthrough I/O where supported",
+        {
+            # our kernel transport will honour passthrough.io; until then it is parsed and ignored
+            "ours": "cache.files=auto-full,passthrough.io=rw",
+            "deb": "cache.files=auto-full",  # 2.33.5 has no passthrough
+            "up": "cache.files=auto-full,passthrough.io=rw",
+        },
+    ),
 }
 NOTES = []  # odd things seen during the run (daemons surviving unmount, failures)
 
@@ -71,6 +77,7 @@ def note(msg):
 
 
 # ---------------------------------------------------------------- mounts and cleanup
+
 
 def sh(*cmd, **kw):
     kw.setdefault("timeout", TIMEOUT)
@@ -92,8 +99,7 @@ def is_mounted(path):
 
 def force_unmount(path):
     """umount, then fusermount, then a lazy umount; quiet; bounded in time."""
-    for cmd in (["umount", path], ["fusermount3", "-u", path], ["fusermount", "-u", path],
-                ["umount", "-l", path]):
+    for cmd in (["umount", path], ["fusermount3", "-u", path], ["fusermount", "-u", path], ["umount", "-l", path]):
         if not is_mounted(path):
             return
         try:
@@ -116,8 +122,9 @@ class Pool:
         with open(self.log, "ab") as log:
             # own session: a Ctrl-C in the terminal reaches the harness, which then
             # unmounts in order, not the daemons directly
-            self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=log, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            )
             POOLS.append(self)
         self.wait_mounted()
 
@@ -125,8 +132,9 @@ class Pool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.side.label}: daemon exited with {self.proc.returncode}"
-                                   f" before mounting: {self.log_tail()}")
+                raise RuntimeError(
+                    f"{self.side.label}: daemon exited with {self.proc.returncode} before mounting: {self.log_tail()}"
+                )
             if is_mounted(self.mnt):
                 os.stat(self.mnt)  # the root answers
                 return
@@ -169,8 +177,7 @@ class Pool:
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            note(f"{self.side.label} (pid {self.proc.pid}) still running 5 s after its "
-                 f"unmount; killed by PID")
+            note(f"{self.side.label} (pid {self.proc.pid}) still running 5 s after its unmount; killed by PID")
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=3)
@@ -204,8 +211,7 @@ def mount_tmpfs(path, size="12g"):
 
 def cleanup(base):
     """Stop every daemon, unmount every tmpfs, remove the scratch dir; never raises."""
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM,
-                                                          signal.SIGHUP)}
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         for p in reversed(POOLS):
             try:
@@ -227,6 +233,7 @@ def cleanup(base):
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def drop_dentries():
     """Evict dentries/inodes so metadata workloads start cold (kernel sends FORGETs)."""
@@ -260,11 +267,11 @@ def split_tree(roots, top, ndirs, per_dir, size=0):
 
 def make_tarball(path, nfiles):
     import random
+
     rnd = random.Random(5)
     src = tempfile.mkdtemp(prefix="mfsbench-tarsrc-")
     try:
-        words = [("".join(rnd.choice("abcdefghijklmnop") for _ in range(rnd.randint(2, 9))))
-                 for _ in range(500)]
+        words = [("".join(rnd.choice("abcdefghijklmnop") for _ in range(rnd.randint(2, 9)))) for _ in range(500)]
         for i in range(nfiles):
             d = os.path.join(src, "proj", f"mod{i // 30:03d}")
             os.makedirs(d, exist_ok=True)
@@ -280,6 +287,7 @@ def make_tarball(path, nfiles):
 # ---------------------------------------------------------------- workloads
 # Each workload: prepare(ctx) once per run (untimed, data written on the branches and
 # on native), run(target_dir, ctx) -> seconds (timed part only).
+
 
 class Ctx:
     def __init__(self, quick, branches, native, work):
@@ -321,8 +329,7 @@ def run_seqread(d, ctx):
 def run_seqwrite(d, ctx):
     p = os.path.join(d, "seqwrite.bin")
     try:
-        return timed(lambda: dd(["if=/dev/zero", f"of={p}", "bs=1M",
-                                 f"count={ctx.write_mib}", "conv=fsync"]))
+        return timed(lambda: dd(["if=/dev/zero", f"of={p}", "bs=1M", f"count={ctx.write_mib}", "conv=fsync"]))
     finally:
         if os.path.exists(p):
             os.unlink(p)
@@ -335,11 +342,24 @@ def prep_fio(ctx):
 
 def run_fio(d, ctx):
     """Seconds per 10k 4 KiB reads (1 / IOPS scaled), so ratios read like times."""
-    out = sh("fio", "--name=rr", f"--filename={d}/fio.bin", "--rw=randread", "--bs=4k",
-             "--direct=1", "--numjobs=4", "--size=256M", "--time_based",
-             f"--runtime={ctx.fio_runtime}", "--group_reporting", "--ioengine=psync",
-             "--output-format=json", capture_output=True, text=True).stdout
-    iops = json.loads(out[out.index("{"):])["jobs"][0]["read"]["iops"]
+    out = sh(
+        "fio",
+        "--name=rr",
+        f"--filename={d}/fio.bin",
+        "--rw=randread",
+        "--bs=4k",
+        "--direct=1",
+        "--numjobs=4",
+        "--size=256M",
+        "--time_based",
+        f"--runtime={ctx.fio_runtime}",
+        "--group_reporting",
+        "--ioengine=psync",
+        "--output-format=json",
+        capture_output=True,
+        text=True,
+    ).stdout
+    iops = json.loads(out[out.index("{") :])["jobs"][0]["read"]["iops"]
     return 10000.0 / iops
 
 
@@ -352,10 +372,12 @@ def run_smallfiles(d, ctx):
         for k in range(ndirs):
             os.makedirs(os.path.join(top, f"d{k:02d}"))
         for i in range(n):
-            fd = os.open(os.path.join(top, f"d{i % ndirs:02d}", f"f{i:05d}"),
-                         os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(
+                os.path.join(top, f"d{i % ndirs:02d}", f"f{i:05d}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644
+            )
             os.write(fd, data)
             os.close(fd)
+
     try:
         return timed(go)
     finally:
@@ -370,8 +392,7 @@ def prep_find(ctx):
 
 def run_find(d, ctx):
     drop_dentries()
-    return timed(lambda: sh("find", os.path.join(d, "find"), "-printf", "%s %m %U\n",
-                            stdout=subprocess.DEVNULL))
+    return timed(lambda: sh("find", os.path.join(d, "find"), "-printf", "%s %m %U\n", stdout=subprocess.DEVNULL))
 
 
 def prep_ls(ctx):
@@ -399,8 +420,7 @@ def prep_cat(ctx):
 
 def run_cat(d, ctx):
     drop_dentries()
-    return timed(lambda: sh("xargs", "-a", os.path.join(ctx.work, "catlist"), "cat",
-                            cwd=d, stdout=subprocess.DEVNULL))
+    return timed(lambda: sh("xargs", "-a", os.path.join(ctx.work, "catlist"), "cat", cwd=d, stdout=subprocess.DEVNULL))
 
 
 def prep_tar(ctx):
@@ -435,8 +455,7 @@ def prep_meta(ctx):
 
 def run_meta(d, ctx):
     top = os.path.join(d, "meta")
-    names = [os.path.join(top, f"d{k:03d}", f"f{i:05d}")
-             for k in range(10) for i in range(ctx.meta // 10)]
+    names = [os.path.join(top, f"d{k:03d}", f"f{i:05d}") for k in range(10) for i in range(ctx.meta // 10)]
 
     def go():
         for p in names:
@@ -447,6 +466,7 @@ def run_meta(d, ctx):
         for p in names[::2]:
             if os.path.exists(p):
                 os.unlink(p)
+
     try:
         return timed(go)
     finally:
@@ -455,8 +475,7 @@ def run_meta(d, ctx):
             for i in range(ctx.meta // 10):
                 r = ctx.native if d == ctx.native else ctx.branches[i % 2]
                 p = os.path.join(r, "meta", f"d{k:03d}", f"f{i:05d}")
-                for q in [os.path.join(b, "meta", f"d{k:03d}", f"f{i:05d}.r")
-                          for b in ctx.branches + [ctx.native]]:
+                for q in [os.path.join(b, "meta", f"d{k:03d}", f"f{i:05d}.r") for b in ctx.branches + [ctx.native]]:
                     if os.path.exists(q):
                         os.unlink(q)
                 if not os.path.exists(p):
@@ -478,25 +497,23 @@ WORKLOADS = {  # name: (prepare, run)
 }
 DESCR = {
     "seqread": "`dd bs=1M` of a 1 GiB file (128 MiB in --quick) to /dev/null, its pool "
-               "pages dropped first (posix_fadvise DONTNEED)",
+    "pages dropped first (posix_fadvise DONTNEED)",
     "seqwrite": "`dd bs=1M conv=fsync` of 512 MiB (64 MiB) into a new file",
     "fio-randread": "fio, 4 KiB O_DIRECT random reads of a 256 MiB file, 4 jobs, psync, 4 s "
-                    "(2 s); the time column is seconds per 10k reads (1/IOPS)",
+    "(2 s); the time column is seconds per 10k reads (1/IOPS)",
     "smallfiles": "create + write 4 KiB + close of 4000 (500) files in 40 new dirs",
     "find-stat": "`find -printf '%s %m %U'` (a stat per file) over 10k (1250) files in "
-                 "100 dirs, each dir on both branches; dentries dropped first",
-    "ls-f": "`ls -f` of one directory of 20k (2500) entries, half on each branch; "
-            "dentries dropped first",
+    "100 dirs, each dir on both branches; dentries dropped first",
+    "ls-f": "`ls -f` of one directory of 20k (2500) entries, half on each branch; dentries dropped first",
     "cat-small": "`xargs cat` of 1000 (120) 2 KiB files in 10 dirs; dentries dropped first",
-    "untar": "`tar -xf` of a generated source tree: 3000 (375) text files of 0.3-10 KiB "
-             "in 100 (13) dirs",
+    "untar": "`tar -xf` of a generated source tree: 3000 (375) text files of 0.3-10 KiB in 100 (13) dirs",
     "rm-rf": "`rm -rf` of that extracted tree",
-    "metadata-mix": "per file of 1000 (120): rename, chmod, utime, rename back; then "
-                    "unlink half",
+    "metadata-mix": "per file of 1000 (120): rename, chmod, utime, rename back; then unlink half",
 }
 
 
 # ---------------------------------------------------------------- the RSS walk
+
 
 def walk_rss(pool, ctx):
     """Idle RSS, RSS after an os.walk + lstat of ctx.walk files, RSS once forgotten."""
@@ -520,6 +537,7 @@ def walk_rss(pool, ctx):
 
 # ---------------------------------------------------------------- PNG chart
 
+
 def write_png(path, groups, series_colors, width=900, height=360):
     """Bar chart of ratios: groups = [(label, [v_series0, ...])]; a line at 1.0."""
     vmax = max([2.0] + [v for _, vs in groups for v in vs if v])
@@ -535,6 +553,7 @@ def write_png(path, groups, series_colors, width=900, height=360):
         for x in range(x0, x1):
             if not dash or (x // 4) % 2 == 0:
                 pix[y][x] = color
+
     g = 0.0
     step = 0.5 if vmax <= 5 else 1.0
     while g <= vmax + 1e-9:
@@ -564,16 +583,20 @@ def write_png(path, groups, series_colors, width=900, height=360):
     raw = b"".join(b"\x00" + bytes(c for p in row for c in p) for row in pix)
 
     def chunk(tag, data):
-        return (struct.pack(">I", len(data)) + tag + data
-                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
-    png = (b"\x89PNG\r\n\x1a\n"
-           + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw, 9))
+        + chunk(b"IEND", b"")
+    )
     with open(path, "wb") as f:
         f.write(png)
 
 
 # ---------------------------------------------------------------- running a set
+
 
 def geomean(xs):
     xs = [x for x in xs if x]
@@ -596,8 +619,9 @@ def mount_all(setname, args, ctx, base, logdir, tag):
     pools = []
     try:
         for s in SIDES:
-            pools.append(Pool(s, ctx.branches, os.path.join(d, f"m_{s.key}"),
-                              side_options(setname, s.key, args), logdir))
+            pools.append(
+                Pool(s, ctx.branches, os.path.join(d, f"m_{s.key}"), side_options(setname, s.key, args), logdir)
+            )
     except BaseException:
         close_all([p for p in POOLS if os.path.dirname(p.mnt) == d])
         raise
@@ -621,10 +645,13 @@ def run_set(setname, args, ctx, base, logdir, R):
             time.sleep(2.0)
             for p in pools:
                 R["rss"][(setname, p.name)] = r = walk_rss(p, ctx)
-                print(f"[{setname}] walk {LABEL[p.name]:7} idle {r['idle'] / 1024:6.1f} MiB  "
-                      f"after {r['files']} files {r['after'] / 1024:6.1f} MiB  forgotten "
-                      f"{r['forgot'] / 1024:6.1f} MiB  ({r['walk_s']:.1f} s, cpu "
-                      f"{r['walk_cpu']:.2f} s)", flush=True)
+                print(
+                    f"[{setname}] walk {LABEL[p.name]:7} idle {r['idle'] / 1024:6.1f} MiB  "
+                    f"after {r['files']} files {r['after'] / 1024:6.1f} MiB  forgotten "
+                    f"{r['forgot'] / 1024:6.1f} MiB  ({r['walk_s']:.1f} s, cpu "
+                    f"{r['walk_cpu']:.2f} s)",
+                    flush=True,
+                )
         finally:
             close_all(pools)
     if not names:
@@ -660,9 +687,13 @@ def run_set(setname, args, ctx, base, logdir, R):
             med = {k: statistics.median(v) for k, v in times.items()}
             R["times"][(setname, w)] = med
             R["cpu"][(setname, w)] = {k: sum(v) / len(v) for k, v in cpu.items() if v}
-            print(f"[{setname}] {w:13} " + "  ".join(
-                f"{LABEL[k]} {med[k]:7.3f}s" for k in ("ours", "deb", "up", "native"))
-                + "  ratio " + " ".join(f"{med[r] / med['ours']:5.2f}" for r in REFS), flush=True)
+            print(
+                f"[{setname}] {w:13} "
+                + "  ".join(f"{LABEL[k]} {med[k]:7.3f}s" for k in ("ours", "deb", "up", "native"))
+                + "  ratio "
+                + " ".join(f"{med[r] / med['ours']:5.2f}" for r in REFS),
+                flush=True,
+            )
         for p in pools:
             R["rss_end"][(setname, p.name)] = p.rss_kib()
     finally:
@@ -670,6 +701,7 @@ def run_set(setname, args, ctx, base, logdir, R):
 
 
 # ---------------------------------------------------------------- report
+
 
 def fmt_s(x):
     return "—" if x is None else (f"{x:.3f}" if x < 10 else f"{x:.2f}")
@@ -680,9 +712,11 @@ def mib(k):
 
 
 def set_table(s, R, names):
-    L = ["| workload | ours s | 2.33.5 s | 2.42 s | native s | **2.33.5 / ours** | "
-         "**2.42 / ours** | daemon CPU ms ours / 2.33.5 / 2.42 |",
-         "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    L = [
+        "| workload | ours s | 2.33.5 s | 2.42 s | native s | **2.33.5 / ours** | "
+        "**2.42 / ours** | daemon CPU ms ours / 2.33.5 / 2.42 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     ratios = {r: [] for r in REFS}
     for w in names:
         if (s, w) in R["failed"]:
@@ -696,49 +730,65 @@ def set_table(s, R, names):
             ratios[r].append(rr[r])
         c = R["cpu"][(s, w)]
         cpu = " / ".join(f"{c[k] * 1000:.0f}" if k in c else "—" for k in ("ours", "deb", "up"))
-        L.append(f"| {w} | {fmt_s(m['ours'])} | {fmt_s(m['deb'])} | {fmt_s(m['up'])} | "
-                 f"{fmt_s(m['native'])} | **{rr['deb']:.2f}** | **{rr['up']:.2f}** | {cpu} |")
+        L.append(
+            f"| {w} | {fmt_s(m['ours'])} | {fmt_s(m['deb'])} | {fmt_s(m['up'])} | "
+            f"{fmt_s(m['native'])} | **{rr['deb']:.2f}** | **{rr['up']:.2f}** | {cpu} |"
+        )
     gm = {r: geomean(ratios[r]) for r in REFS}
     L.append(f"| **geometric mean** | | | | | **{gm['deb']:.2f}** | **{gm['up']:.2f}** | |")
     return L, gm
 
 
 def rss_table(s, R):
-    L = ["| daemon | idle MiB | after walk MiB | forgotten MiB | walk s | walk CPU s | "
-         "after workloads MiB |", "|---|---:|---:|---:|---:|---:|---:|"]
+    L = [
+        "| daemon | idle MiB | after walk MiB | forgotten MiB | walk s | walk CPU s | after workloads MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for side in SIDES:
         r = R["rss"].get((s, side.key))
         end = R["rss_end"].get((s, side.key))
         if not r and end is None:
             continue
         r = r or {}
-        L.append(f"| {side.label} | {mib(r.get('idle'))} | {mib(r.get('after'))} | "
-                 f"{mib(r.get('forgot'))} | {fmt_s(r.get('walk_s'))} | "
-                 f"{fmt_s(r.get('walk_cpu'))} | {mib(end)} |")
+        L.append(
+            f"| {side.label} | {mib(r.get('idle'))} | {mib(r.get('after'))} | "
+            f"{mib(r.get('forgot'))} | {fmt_s(r.get('walk_s'))} | "
+            f"{fmt_s(r.get('walk_cpu'))} | {mib(end)} |"
+        )
     return L
 
 
 def write_markdown(path, args, R, png_name, elapsed, sets):
     names = [w for w in WORKLOADS if any(k[1] == w for k in list(R["times"]) + list(R["failed"]))]
     walkn = next((r["files"] for r in R["rss"].values()), 0)
-    L = ["# Benchmark results", "",
-         f"Generated by `benchmarks/run.py {' '.join(sys.argv[1:])}` on "
-         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.reps} round(s) "
-         f"(ours, 2.33.5, 2.42, native; order rotated each round; medians), {os.cpu_count()} "
-         f"CPUs, kernel {os.uname().release}, ours at {R['commit']}, run took "
-         f"{elapsed / 60:.1f} min.", "",
-         "Branches: two tmpfs mounts shared by the three pools; native = a third tmpfs "
-         "(the physical limit). **ratio = reference time / our time: > 1 means we are "
-         "faster.** Daemon CPU = utime+stime of the daemon process per round (mean; "
-         "10 ms resolution).", "",
-         "**Noise:** a shared 2-core VM; absolute times drift between runs and single "
-         "workloads swing by ±20 % (sequential read the most); the interleaving keeps the "
-         "ratios of one run comparable. Read ratios, not seconds.", ""]
+    L = [
+        "# Benchmark results",
+        "",
+        f"Generated by `benchmarks/run.py {' '.join(sys.argv[1:])}` on "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.reps} round(s) "
+        f"(ours, 2.33.5, 2.42, native; order rotated each round; medians), {os.cpu_count()} "
+        f"CPUs, kernel {os.uname().release}, ours at {R['commit']}, run took "
+        f"{elapsed / 60:.1f} min.",
+        "",
+        "Branches: two tmpfs mounts shared by the three pools; native = a third tmpfs "
+        "(the physical limit). **ratio = reference time / our time: > 1 means we are "
+        "faster.** Daemon CPU = utime+stime of the daemon process per round (mean; "
+        "10 ms resolution).",
+        "",
+        "**Noise:** a shared 2-core VM; absolute times drift between runs and single "
+        "workloads swing by ±20 % (sequential read the most); the interleaving keeps the "
+        "ratios of one run comparable. Read ratios, not seconds.",
+        "",
+    ]
     if png_name:
-        L += [f"![ratios]({png_name})", "",
-              "Chart: one group per workload in table order (k tick marks under group k); "
-              "bars: blue = same/2.33.5, light blue = same/2.42, orange = best/2.33.5, "
-              "red-brown = best/2.42; dashed red line = 1.0.", ""]
+        L += [
+            f"![ratios]({png_name})",
+            "",
+            "Chart: one group per workload in table order (k tick marks under group k); "
+            "bars: blue = same/2.33.5, light blue = same/2.42, orange = best/2.33.5, "
+            "red-brown = best/2.42; dashed red line = 1.0.",
+            "",
+        ]
     for s in sets:
         title, opts = OPTION_SETS[s]
         L += [f"## {s}: {title}", ""]
@@ -748,8 +798,11 @@ def write_markdown(path, args, R, png_name, elapsed, sets):
             t, gm = set_table(s, R, names)
             L += t + [""]
         if any(k[0] == s for k in list(R["rss"]) + list(R["rss_end"])):
-            L += [f"Daemon RSS (walk: `os.walk` + `lstat` of {walkn} files on freshly "
-                  f"mounted pools; forgotten = after dropping dentries, 1 s later):", ""]
+            L += [
+                f"Daemon RSS (walk: `os.walk` + `lstat` of {walkn} files on freshly "
+                f"mounted pools; forgotten = after dropping dentries, 1 s later):",
+                "",
+            ]
             L += rss_table(s, R) + [""]
     if NOTES:
         L += ["## Notes from this run", ""] + [f"- {n}" for n in NOTES] + [""]
@@ -762,28 +815,40 @@ def write_markdown(path, args, R, png_name, elapsed, sets):
 
 def git_commit():
     try:
-        out = subprocess.run(["git", "-C", REPO, "log", "-1", "--format=%h %s"],
-                             capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--", "mergerfs"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        out = subprocess.run(
+            ["git", "-C", REPO, "log", "-1", "--format=%h %s"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", REPO, "status", "--porcelain", "--", "mergerfs"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
         return f"`{out[:60]}`" + (" (+ uncommitted changes)" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "?"
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true",
-                    help="one short round of everything, small sizes (< 3 min)")
-    ap.add_argument("--only", action="append", choices=list(WORKLOADS) + ["walk"],
-                    help="run only this workload (repeatable); 'walk' = the RSS walk")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="one short round of everything, small sizes (< 3 min)")
+    ap.add_argument(
+        "--only",
+        action="append",
+        choices=list(WORKLOADS) + ["walk"],
+        help="run only this workload (repeatable); 'walk' = the RSS walk",
+    )
     ap.add_argument("--reps", type=int, default=None, help="rounds (default 5, --quick 1)")
     ap.add_argument("--sets", default="same,best", help="option sets: same,best")
-    ap.add_argument("--binding", choices=["kernel", "llfuse"],
-                    help="our side only: -o fuse-binding=BINDING (default: the daemon's own)")
-    ap.add_argument("--ours-options", "--ours-opts", dest="ours_options", default="",
-                    help="extra -o options for OUR pool only (levers, e.g. threads=2)")
+    ap.add_argument(
+        "--binding",
+        choices=["kernel", "llfuse"],
+        help="our side only: -o fuse-binding=BINDING (default: the daemon's own)",
+    )
+    ap.add_argument(
+        "--ours-options",
+        "--ours-opts",
+        dest="ours_options",
+        default="",
+        help="extra -o options for OUR pool only (levers, e.g. threads=2)",
+    )
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args()
     if args.reps is None:
@@ -806,6 +871,7 @@ def main():
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
+
     # SIGINT too: a job started with '&' by a non-interactive shell inherits it ignored
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, interrupt)
@@ -815,8 +881,7 @@ def main():
     base = tempfile.mkdtemp(prefix="mfsbench-")
     logdir = os.path.join(base, "logs")
     os.makedirs(logdir)
-    print(f"scratch {base}; ours: {SIDES[0].binary} -o {side_options(sets[0], 'ours', args)}",
-          flush=True)
+    print(f"scratch {base}; ours: {SIDES[0].binary} -o {side_options(sets[0], 'ours', args)}", flush=True)
     status = 0
     try:
         b = [os.path.join(base, "b1"), os.path.join(base, "b2")]
@@ -850,13 +915,20 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     suffix = "-quick" if args.quick else ""
     names = [w for w in WORKLOADS if any(k[1] == w for k in R["times"])]
-    groups = [(w, [(R["times"][(s, w)][r] / R["times"][(s, w)]["ours"])
-                   if (s, w) in R["times"] else None
-                   for s in ("same", "best") for r in REFS]) for w in names]
+    groups = [
+        (
+            w,
+            [
+                (R["times"][(s, w)][r] / R["times"][(s, w)]["ours"]) if (s, w) in R["times"] else None
+                for s in ("same", "best")
+                for r in REFS
+            ],
+        )
+        for w in names
+    ]
     png = f"ratios{suffix}.png" if names and status != 130 else None
     if png:
-        write_png(os.path.join(args.out, png), groups,
-                  [(60, 110, 200), (140, 180, 240), (240, 140, 40), (150, 70, 30)])
+        write_png(os.path.join(args.out, png), groups, [(60, 110, 200), (140, 180, 240), (240, 140, 40), (150, 70, 30)])
     if status == 130:  # interrupted: show what there is, keep the last complete record
         suffix += "-interrupted"
     md = os.path.join(args.out, f"latest{suffix}.md")

@@ -89,8 +89,9 @@ def mount(branches: str | Iterable[str], mountpoint: str, options=None) -> Pool:
     if opts := _options(options):
         cmd += ["-o", opts]
     cmd += [branches, mountpoint]
-    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, check=False)
+    proc = subprocess.run(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False
+    )
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.splitlines() if ln and "warning:" not in ln]
         msg = (lines[-1] if lines else proc.stderr.strip()) or "mount failed"

@@ -230,9 +230,10 @@ def expand_specs(specs: list[BranchSpec]) -> list[BranchSpec]:
 
 def expand(specs: list[BranchSpec], global_minfreespace: int) -> tuple[Branch, ...]:
     """The concrete branches, each with its minfreespace resolved."""
-    return tuple(Branch(s.pattern, s.mode,
-                        global_minfreespace if s.minfreespace is None else s.minfreespace)
-                 for s in expand_specs(specs))
+    return tuple(
+        Branch(s.pattern, s.mode, global_minfreespace if s.minfreespace is None else s.minfreespace)
+        for s in expand_specs(specs)
+    )
 
 
 def invalid_branches(branches: tuple[Branch, ...]) -> list[str]:
@@ -271,8 +272,7 @@ class Stalled(OSError):
 
 
 class _Job:
-    __slots__ = ("fn", "args", "creds", "done", "result", "error", "cancelled", "started", "timeout",
-                 "key")
+    __slots__ = ("fn", "args", "creds", "done", "result", "error", "cancelled", "started", "timeout", "key")
 
     def __init__(self, fn, args, creds, timeout: float) -> None:
         self.fn, self.args, self.creds, self.timeout = fn, args, creds, timeout
@@ -304,8 +304,11 @@ class _Lane:
             return False
         if not self.stalled_logged:
             self.stalled_logged = True
-            log.warning("branch %s: no answer for over %.1fs; left out until it answers",
-                        self.key, max(now - j.started for j in self.running))
+            log.warning(
+                "branch %s: no answer for over %.1fs; left out until it answers",
+                self.key,
+                max(now - j.started for j in self.running),
+            )
         return True
 
 
@@ -359,6 +362,7 @@ class Lanes:
     def submit(self, key: str, timeout: float, fn, *args) -> _Job:
         """Queue ``fn(*args)`` on ``key``'s lane (:class:`Stalled` at once if it is stalled)."""
         from mergerfs import ugid  # noqa: PLC0415 - ugid needs the compiled extension
+
         job = _Job(fn, args, ugid.current(), timeout)
         job.done = threading.Event()
         job.key = key
@@ -371,8 +375,7 @@ class Lanes:
                 lane.cond.notify()
             elif lane.threads < self.width:
                 lane.threads += 1
-                threading.Thread(target=self._work, args=(key, lane), name=f"branch-io {key}",
-                                 daemon=True).start()
+                threading.Thread(target=self._work, args=(key, lane), name=f"branch-io {key}", daemon=True).start()
         return job
 
     def result(self, job: _Job, deadline: float):
@@ -427,6 +430,7 @@ class Lanes:
 
     def _work(self, key: str, lane: _Lane) -> None:
         from mergerfs import ugid  # noqa: PLC0415
+
         while True:
             with self._lock:
                 job = None
@@ -485,8 +489,9 @@ class Probe:
     mounted there again (whatever its device number) the branch is back.
     """
 
-    def __init__(self, statfs_cache_seconds: float = 0, rng: random.Random | None = None,
-                 lanes: Lanes | None = None) -> None:
+    def __init__(
+        self, statfs_cache_seconds: float = 0, rng: random.Random | None = None, lanes: Lanes | None = None
+    ) -> None:
         self.ttl = statfs_cache_seconds
         self._cache: dict[str, tuple[float, SpaceInfo]] = {}
         self._lock = threading.Lock()
@@ -554,8 +559,11 @@ class Probe:
                 (self._gone.add if gone else self._gone.discard)(path)
         if changed:
             if gone:
-                log.warning("branch %s: its filesystem went away (now on its parent's device); "
-                            "no new files go there until it is back", path)
+                log.warning(
+                    "branch %s: its filesystem went away (now on its parent's device); "
+                    "no new files go there until it is back",
+                    path,
+                )
             else:
                 log.warning("branch %s: its filesystem is back", path)
         return gone
@@ -571,8 +579,9 @@ class Probe:
             return sorted(self._gone)
 
     # -- space
-    def fsinfo(self, path: str, stale_ok: bool = False,
-               inline: bool = False) -> tuple[os.stat_result, os.statvfs_result]:
+    def fsinfo(
+        self, path: str, stale_ok: bool = False, inline: bool = False
+    ) -> tuple[os.stat_result, os.statvfs_result]:
         """(stat, statvfs) of ``path`` within :data:`STATFS_TIMEOUT`; with
         ``stale_ok`` a stalled branch answers its last known facts. ``inline``:
         ask in the calling thread (see :meth:`Lanes.direct`)."""

@@ -74,9 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     except OptionError as e:
         return _fail(str(e))
     if action == "help":
-        print(USAGE + "\n\n  -f  stay in the foreground\n  -d  debug log to stderr (implies -f)\n"
-              "  -o OPT[,OPT...]  mount options\n  -n  accepted (mount(8)'s no-mtab)\n  -h  this help\n  -v  version\n\noptions:\n"
-              + help_text())
+        print(
+            USAGE + "\n\n  -f  stay in the foreground\n  -d  debug log to stderr (implies -f)\n"
+            "  -o OPT[,OPT...]  mount options\n  -n  accepted (mount(8)'s no-mtab)\n  -h  this help\n  -v  version\n\noptions:\n"
+            + help_text()
+        )
         return 0
     if action == "version":
         print(f"mergerfs version: {COMPAT_VERSION} (python mergerfs {__version__})")

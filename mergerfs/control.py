@@ -49,8 +49,7 @@ class Control:
         if key == "mount":
             return os.fsencode(cfg.mountpoint or "")
         if key == UNAVAILABLE:
-            return "".join(f"{p}: {why}\n" for p, why in self.unavailable().items()).encode(
-                "utf-8", "surrogateescape")
+            return "".join(f"{p}: {why}\n" for p, why in self.unavailable().items()).encode("utf-8", "surrogateescape")
         if key in COMMANDS:
             raise oserror(errno.ENODATA)
         try:
@@ -59,8 +58,7 @@ class Control:
             raise oserror(errno.ENODATA) from None
         if opt.name == "branches":  # as the reference: the expanded list
             specs = expand_specs(cfg["branches"])
-            text = (":".join(s.pattern for s in specs) if key == "srcmounts"
-                    else format_branches(specs))
+            text = ":".join(s.pattern for s in specs) if key == "srcmounts" else format_branches(specs)
         else:
             text = cfg.format(opt.name)
         return text.encode("utf-8", "surrogateescape")
@@ -114,7 +112,7 @@ class Control:
     def _key(name: str) -> str:
         if not name.startswith(PREFIX):
             raise oserror(errno.ENODATA)
-        return name[len(PREFIX):]
+        return name[len(PREFIX) :]
 
     # ------------------------------------------------------ per-path keys
     def path_getxattr(self, relpath: str, name: str) -> bytes:

@@ -38,8 +38,17 @@ IOCTLS = frozenset({0x80086601, 0x40086602, 0x80087601, 0x40087602, 0x801C581F, 
 #: A branch answering these does not know whether a path exists (a network
 #: filesystem whose server is down): such a branch counts as not having it,
 #: so lookups and creates on the other branches go on (as the reference).
-_UNREACHABLE = frozenset({errno.EIO, errno.ENOTCONN, errno.ETIMEDOUT, errno.EHOSTDOWN,
-                          errno.EHOSTUNREACH, errno.ECONNABORTED, errno.ECONNRESET})
+_UNREACHABLE = frozenset(
+    {
+        errno.EIO,
+        errno.ENOTCONN,
+        errno.ETIMEDOUT,
+        errno.EHOSTDOWN,
+        errno.EHOSTUNREACH,
+        errno.ECONNABORTED,
+        errno.ECONNRESET,
+    }
+)
 
 _OPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
 _ACCMODE = os.O_ACCMODE
@@ -185,12 +194,10 @@ class FileSystem:
         self.reconfigure(self.snap.cfg)
 
     # -------------------------------------------------------------- policies
-    def _select(self, snap: Snapshot, category: str, func: str, relpath: str,
-                probe: RequestProbe) -> list[Branch]:
+    def _select(self, snap: Snapshot, category: str, func: str, relpath: str, probe: RequestProbe) -> list[Branch]:
         return policies.select(category, snap.cfg.policy(func), snap.branches, relpath, probe)
 
-    def _found(self, snap: Snapshot, func: str, relpath: str,
-               probe: RequestProbe) -> tuple[Branch, os.stat_result]:
+    def _found(self, snap: Snapshot, func: str, relpath: str, probe: RequestProbe) -> tuple[Branch, os.stat_result]:
         """First branch the search policy of ``func`` picks, with its lstat."""
         if snap.cfg.policy(func) == "ff":  # the common case, without building candidates
             for b in snap.branches:
@@ -298,8 +305,10 @@ class FileSystem:
                 target = os.stat(b.full(relpath))
             except OSError:
                 return st
-            if follow == "all" or (follow == "directory" and S.S_ISDIR(target.st_mode)) or (
-                follow == "regular" and S.S_ISREG(target.st_mode)
+            if (
+                follow == "all"
+                or (follow == "directory" and S.S_ISDIR(target.st_mode))
+                or (follow == "regular" and S.S_ISREG(target.st_mode))
             ):
                 return target
             return st
@@ -335,8 +344,7 @@ class FileSystem:
         snap = self.snap
         b, st = self._found(snap, "open", relpath, RequestProbe(self.probe))
         path = b.full(relpath)
-        if (snap.cfg["link-cow"] and (flags & _ACCMODE) != os.O_RDONLY
-                and S.S_ISREG(st.st_mode) and st.st_nlink > 1):
+        if snap.cfg["link-cow"] and (flags & _ACCMODE) != os.O_RDONLY and S.S_ISREG(st.st_mode) and st.st_nlink > 1:
             _break_link(path, st)
         fd = os.open(path, (flags & ~_OPEN_STRIP) | os.O_CLOEXEC)
         return self._register(Handle(fd, b, relpath, flags))
@@ -345,13 +353,15 @@ class FileSystem:
         snap = self.snap
         hack = snap.cfg["nfsopenhack"]
         writable = (flags & _ACCMODE) != os.O_RDONLY
-        needs_hack = writable and not (mode & 0o200) and (
-            hack == "all" or (hack == "git" and "/.git/" in relpath))
+        needs_hack = writable and not (mode & 0o200) and (hack == "all" or (hack == "git" and "/.git/" in relpath))
 
         def attempt(b: Branch, probe) -> Handle:
             path = b.full(relpath)
-            fd = os.open(path, (flags & ~_OPEN_STRIP) | os.O_CREAT | (flags & os.O_EXCL) | os.O_CLOEXEC,
-                         (mode | 0o200) if needs_hack else mode)
+            fd = os.open(
+                path,
+                (flags & ~_OPEN_STRIP) | os.O_CREAT | (flags & os.O_EXCL) | os.O_CLOEXEC,
+                (mode | 0o200) if needs_hack else mode,
+            )
             if needs_hack:
                 os.fchmod(fd, mode)
             return Handle(fd, b, relpath, flags)
@@ -395,17 +405,14 @@ class FileSystem:
         self._acting(self.snap, "chmod", relpath, lambda p: os.chmod(p, mode))
 
     def chown(self, relpath: str, uid: int, gid: int) -> None:
-        self._acting(self.snap, "chown", relpath,
-                     lambda p: os.chown(p, uid, gid, follow_symlinks=False))
+        self._acting(self.snap, "chown", relpath, lambda p: os.chown(p, uid, gid, follow_symlinks=False))
 
     def truncate(self, relpath: str, size: int) -> None:
         self._acting(self.snap, "truncate", relpath, lambda p: os.truncate(p, size))
 
-    def utimens(self, relpath: str, atime_ns: int | None, mtime_ns: int | None,
-                now_hint: bool = False) -> None:
+    def utimens(self, relpath: str, atime_ns: int | None, mtime_ns: int | None, now_hint: bool = False) -> None:
         """Set times; ``None`` leaves that time unchanged (UTIME_OMIT)."""
-        self._acting(self.snap, "utimens", relpath,
-                     lambda p: _utimens(p, atime_ns, mtime_ns, now_hint))
+        self._acting(self.snap, "utimens", relpath, lambda p: _utimens(p, atime_ns, mtime_ns, now_hint))
 
     # --------------------------------------------------------- rename / link
     def rename(self, old: str, new: str, flags: int = 0) -> None:
@@ -449,8 +456,7 @@ class FileSystem:
                 continue  # its parent is not on that branch: nothing to remove
             _remove_quietly(path)
 
-    def _exchange(self, snap: Snapshot, probe: RequestProbe, sources: list[Branch], old: str,
-                  new: str) -> None:
+    def _exchange(self, snap: Snapshot, probe: RequestProbe, sources: list[Branch], old: str, new: str) -> None:
         """RENAME_EXCHANGE on every branch holding both names; a pool where no
         branch holds both cannot swap them atomically: EXDEV."""
         both = [b for b in sources if probe.exists(b, new)]
@@ -463,8 +469,7 @@ class FileSystem:
             agg.run(lambda p: _fastpath.renameat2(p, b.full(new), RENAME_EXCHANGE), b.full(old))
         agg.raise_if_failed()
 
-    def _place_on(self, snap: Snapshot, probe: RequestProbe, b: Branch, parent: str,
-                  preserve: bool, func: str) -> None:
+    def _place_on(self, snap: Snapshot, probe: RequestProbe, b: Branch, parent: str, preserve: bool, func: str) -> None:
         """Make sure ``parent`` exists on ``b`` before a rename/link lands there.
 
         Path preserving: only if the create policy would pick ``b`` anyway;
@@ -546,13 +551,13 @@ class FileSystem:
 
     def setxattr(self, relpath: str, name: str, value: bytes, flags: int = 0) -> None:
         self._xattr_gate(self.snap.cfg, name)
-        self._acting(self.snap, "setxattr", relpath,
-                     lambda p: os.setxattr(p, name, value, flags, follow_symlinks=False))
+        self._acting(
+            self.snap, "setxattr", relpath, lambda p: os.setxattr(p, name, value, flags, follow_symlinks=False)
+        )
 
     def removexattr(self, relpath: str, name: str) -> None:
         self._xattr_gate(self.snap.cfg, name)
-        self._acting(self.snap, "removexattr", relpath,
-                     lambda p: os.removexattr(p, name, follow_symlinks=False))
+        self._acting(self.snap, "removexattr", relpath, lambda p: os.removexattr(p, name, follow_symlinks=False))
 
     @staticmethod
     def _xattr_gate(cfg, name: str) -> None:
@@ -584,8 +589,7 @@ class FileSystem:
             raise
         if not S.S_ISDIR(st.st_mode):
             raise oserror(errno.ENOTDIR)
-        return DirHandle(os.open(b.full(relpath), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC),
-                         relpath)
+        return DirHandle(os.open(b.full(relpath), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), relpath)
 
     def releasedir(self, dh: DirHandle) -> None:
         if dh.fd >= 0:
@@ -616,8 +620,9 @@ class FileSystem:
         Every listing runs on its branch's lane with :data:`LIST_TIMEOUT`: a
         stalled branch is left out of this listing instead of hanging it. If no
         branch could be listed, the first error is raised."""
-        listings = self.probe.lanes.calls([(b.path, _list_one, (_full_or_missing(b, rel),)) for b in branches],
-                                          LIST_TIMEOUT)
+        listings = self.probe.lanes.calls(
+            [(b.path, _list_one, (_full_or_missing(b, rel),)) for b in branches], LIST_TIMEOUT
+        )
         raw: list = []
         seen: set[bytes] = set()
         devs: list[int] = []
@@ -662,12 +667,29 @@ class FileSystem:
             drop_avail = (ignore == "ro" and (readonly or b.nc)) or (ignore == "nc" and b.nc)
             rows.append((vfs, drop_avail))
         if not rows:
-            return dict(f_bsize=4096, f_frsize=4096, f_blocks=0, f_bfree=0, f_bavail=0,
-                        f_files=0, f_ffree=0, f_favail=0, f_namemax=255)
+            return dict(
+                f_bsize=4096,
+                f_frsize=4096,
+                f_blocks=0,
+                f_bfree=0,
+                f_bavail=0,
+                f_files=0,
+                f_ffree=0,
+                f_favail=0,
+                f_namemax=255,
+            )
         frsize = min(v.f_frsize for v, _ in rows) or 4096
-        out = dict(f_bsize=min(v.f_bsize for v, _ in rows), f_frsize=frsize, f_blocks=0, f_bfree=0,
-                   f_bavail=0, f_files=0, f_ffree=0, f_favail=0,
-                   f_namemax=min(v.f_namemax for v, _ in rows))
+        out = dict(
+            f_bsize=min(v.f_bsize for v, _ in rows),
+            f_frsize=frsize,
+            f_blocks=0,
+            f_bfree=0,
+            f_bavail=0,
+            f_files=0,
+            f_ffree=0,
+            f_favail=0,
+            f_namemax=min(v.f_namemax for v, _ in rows),
+        )
         for v, drop_avail in rows:
             scale = v.f_frsize / frsize
             out["f_blocks"] += int(v.f_blocks * scale)
@@ -778,8 +800,7 @@ class FileSystem:
     def lseek(self, h: Handle, off: int, whence: int) -> int:
         return os.lseek(h.fd, off, whence)
 
-    def copy_file_range(self, src: Handle, off_in: int, dst: Handle, off_out: int,
-                        length: int, flags: int) -> int:
+    def copy_file_range(self, src: Handle, off_in: int, dst: Handle, off_out: int, length: int, flags: int) -> int:
         if flags:
             raise oserror(errno.EINVAL)
         return os.copy_file_range(src.fd, dst.fd, length, off_in, off_out)
@@ -825,8 +846,7 @@ class FileSystem:
     def ftruncate(self, h: Handle, size: int) -> None:
         os.ftruncate(h.fd, size)
 
-    def futimens(self, h: Handle, atime_ns: int | None, mtime_ns: int | None,
-                 now_hint: bool = False) -> None:
+    def futimens(self, h: Handle, atime_ns: int | None, mtime_ns: int | None, now_hint: bool = False) -> None:
         _utimens(h.fd, atime_ns, mtime_ns, now_hint)
 
 
@@ -836,8 +856,7 @@ def synthetic_stat(mode: int, nlink: int = 1) -> os.stat_result:
     now = time.time_ns()
     return os.stat_result(
         (mode, 0, 0, nlink, 0, 0, 0, now // 10**9, now // 10**9, now // 10**9),
-        {"st_atime_ns": now, "st_mtime_ns": now, "st_ctime_ns": now, "st_blksize": 4096,
-         "st_blocks": 0, "st_rdev": 0},
+        {"st_atime_ns": now, "st_mtime_ns": now, "st_ctime_ns": now, "st_blksize": 4096, "st_blocks": 0, "st_rdev": 0},
     )
 
 
@@ -869,8 +888,7 @@ def copy_xattrs(src: str, dst: str) -> None:
         return
     for name in names:
         try:
-            os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=False),
-                        follow_symlinks=False)
+            os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=False), follow_symlinks=False)
         except OSError:
             pass
 

@@ -19,9 +19,12 @@ ROOT = 1  # llfuse.ROOT_INODE; kept here so this module stays llfuse-free
 #: ``inodecalc`` values and the codes ``_fastpath`` computes with.
 _CODES = {
     "passthrough": _fastpath.CALC_PASSTHROUGH,
-    "path-hash": _fastpath.CALC_PATH, "path-hash32": _fastpath.CALC_PATH | _fastpath.CALC_32,
-    "devino-hash": _fastpath.CALC_DEVINO, "devino-hash32": _fastpath.CALC_DEVINO | _fastpath.CALC_32,
-    "hybrid-hash": _fastpath.CALC_HYBRID, "hybrid-hash32": _fastpath.CALC_HYBRID | _fastpath.CALC_32,
+    "path-hash": _fastpath.CALC_PATH,
+    "path-hash32": _fastpath.CALC_PATH | _fastpath.CALC_32,
+    "devino-hash": _fastpath.CALC_DEVINO,
+    "devino-hash32": _fastpath.CALC_DEVINO | _fastpath.CALC_32,
+    "hybrid-hash": _fastpath.CALC_HYBRID,
+    "hybrid-hash32": _fastpath.CALC_HYBRID | _fastpath.CALC_32,
 }
 CALCS = tuple(_CODES)
 
@@ -38,8 +41,13 @@ def mode_code(mode: str) -> int:
 
 def calc(mode: str, relpath: str, st_mode: int, dev: int, ino: int) -> int:
     """The ``st_ino`` mergerfs reports for an entry, per ``inodecalc`` ``mode``."""
-    return _fastpath.inode_calc(mode_code(mode), relpath.encode("utf-8", "surrogateescape"),
-                                S.S_ISDIR(st_mode), dev & (2**64 - 1), ino & (2**64 - 1))
+    return _fastpath.inode_calc(
+        mode_code(mode),
+        relpath.encode("utf-8", "surrogateescape"),
+        S.S_ISDIR(st_mode),
+        dev & (2**64 - 1),
+        ino & (2**64 - 1),
+    )
 
 
 class Node:
@@ -109,8 +117,7 @@ class InodeTable:
         with self._lock:
             return list(self._nodes)
 
-    def remember(self, ino: int, relpath: str, ident: int | None,
-                 isdir: bool = False) -> tuple[int, bool]:
+    def remember(self, ino: int, relpath: str, ident: int | None, isdir: bool = False) -> tuple[int, bool]:
         """Count one kernel lookup of ``relpath`` answered with ``ino``.
 
         Returns ``(nodeid, replaced)``. If ``ino`` is held for a *different*
@@ -227,7 +234,7 @@ class InodeTable:
                 del self._by_path[p]
             for p, i in moved:
                 child = self._nodes[i]
-                q = new + p[len(old):]
+                q = new + p[len(old) :]
                 child.paths = tuple(q if x == p else x for x in child.paths)
                 self._by_path[q] = i
 

@@ -66,8 +66,10 @@ def install(dirs: dict[str, str], force: bool = False, uninstall: bool = False) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mergerfs-install-helper",
-                                 description="Link this installation's mergerfs where mount(8) and fstab find it.")
+    ap = argparse.ArgumentParser(
+        prog="mergerfs-install-helper",
+        description="Link this installation's mergerfs where mount(8) and fstab find it.",
+    )
     ap.add_argument("--bindir", default="/usr/local/bin", help="where 'mergerfs' goes (default: %(default)s)")
     ap.add_argument("--sbindir", default="/sbin", help="where 'mount.mergerfs' goes (default: %(default)s)")
     ap.add_argument("--force", action="store_true", help="replace existing files")

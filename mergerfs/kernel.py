@@ -66,7 +66,6 @@ NOTIFY_INVAL_INODE = 2
 PAGE = 4096
 
 
-
 class Op(enum.IntEnum):
     """FUSE opcodes (fuse_kernel.h 7.45) this session decodes."""
 
@@ -117,8 +116,7 @@ _NO_REPLY = frozenset({Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT})
 
 # mount(2) flags for the generic options
 _MS = {"ro": 1, "nosuid": 2, "nodev": 4, "noexec": 8, "sync": 16, "dirsync": 128, "noatime": 1024}
-_MS_UNSET = {"rw": "ro", "suid": "nosuid", "dev": "nodev", "exec": "noexec", "async": "sync",
-             "atime": "noatime"}
+_MS_UNSET = {"rw": "ro", "suid": "nosuid", "dev": "nodev", "exec": "noexec", "async": "sync", "atime": "noatime"}
 
 
 def _cstr(body: bytes, start: int = 0) -> tuple[bytes, int]:
@@ -151,8 +149,7 @@ class Request:
     __slots__ = ("opcode", "unique", "nodeid", "uid", "gid", "pid")
 
     def __init__(self, data: bytes) -> None:
-        (_, self.opcode, self.unique, self.nodeid, self.uid, self.gid, self.pid, _,
-         _) = IN_HEADER.unpack_from(data)
+        (_, self.opcode, self.unique, self.nodeid, self.uid, self.gid, self.pid, _, _) = IN_HEADER.unpack_from(data)
 
 
 class _Notifier:
@@ -204,19 +201,47 @@ class KernelTransport:
         self._cached_opens: dict[int, int] = {}  # nodeid -> opens without passthrough
         self._pt_lock = threading.Lock()
         self._handlers = {
-            Op.LOOKUP: self._lookup, Op.FORGET: self._forget, Op.BATCH_FORGET: self._batch_forget,
-            Op.GETATTR: self._getattr, Op.SETATTR: self._setattr, Op.READLINK: self._readlink,
-            Op.SYMLINK: self._symlink, Op.MKNOD: self._mknod, Op.MKDIR: self._mkdir, Op.UNLINK: self._unlink,
-            Op.RMDIR: self._rmdir, Op.RENAME: self._rename, Op.RENAME2: self._rename2, Op.LINK: self._link,
-            Op.OPEN: self._open, Op.READ: self._read, Op.WRITE: self._write, Op.STATFS: self._statfs,
-            Op.RELEASE: self._release, Op.FSYNC: self._fsync, Op.SETXATTR: self._setxattr,
-            Op.GETXATTR: self._getxattr, Op.LISTXATTR: self._listxattr, Op.REMOVEXATTR: self._removexattr,
-            Op.FLUSH: self._flush, Op.OPENDIR: self._opendir, Op.READDIR: self._readdir,
-            Op.READDIRPLUS: self._readdirplus, Op.RELEASEDIR: self._releasedir, Op.FSYNCDIR: self._fsyncdir,
-            Op.ACCESS: self._access, Op.CREATE: self._create, Op.INTERRUPT: self._ignore,
-            Op.DESTROY: self._empty, Op.IOCTL: self._ioctl, Op.FALLOCATE: self._fallocate, Op.LSEEK: self._lseek,
-            Op.COPY_FILE_RANGE: self._copy_file_range, Op.COPY_FILE_RANGE_64: self._copy_file_range,
-            Op.SYNCFS: self._syncfs, Op.INIT: self._empty,
+            Op.LOOKUP: self._lookup,
+            Op.FORGET: self._forget,
+            Op.BATCH_FORGET: self._batch_forget,
+            Op.GETATTR: self._getattr,
+            Op.SETATTR: self._setattr,
+            Op.READLINK: self._readlink,
+            Op.SYMLINK: self._symlink,
+            Op.MKNOD: self._mknod,
+            Op.MKDIR: self._mkdir,
+            Op.UNLINK: self._unlink,
+            Op.RMDIR: self._rmdir,
+            Op.RENAME: self._rename,
+            Op.RENAME2: self._rename2,
+            Op.LINK: self._link,
+            Op.OPEN: self._open,
+            Op.READ: self._read,
+            Op.WRITE: self._write,
+            Op.STATFS: self._statfs,
+            Op.RELEASE: self._release,
+            Op.FSYNC: self._fsync,
+            Op.SETXATTR: self._setxattr,
+            Op.GETXATTR: self._getxattr,
+            Op.LISTXATTR: self._listxattr,
+            Op.REMOVEXATTR: self._removexattr,
+            Op.FLUSH: self._flush,
+            Op.OPENDIR: self._opendir,
+            Op.READDIR: self._readdir,
+            Op.READDIRPLUS: self._readdirplus,
+            Op.RELEASEDIR: self._releasedir,
+            Op.FSYNCDIR: self._fsyncdir,
+            Op.ACCESS: self._access,
+            Op.CREATE: self._create,
+            Op.INTERRUPT: self._ignore,
+            Op.DESTROY: self._empty,
+            Op.IOCTL: self._ioctl,
+            Op.FALLOCATE: self._fallocate,
+            Op.LSEEK: self._lseek,
+            Op.COPY_FILE_RANGE: self._copy_file_range,
+            Op.COPY_FILE_RANGE_64: self._copy_file_range,
+            Op.SYNCFS: self._syncfs,
+            Op.INIT: self._empty,
         }
 
     # ------------------------------------------------------------ lifecycle
@@ -251,8 +276,12 @@ class KernelTransport:
                 data.append(f"{k}={v}")
         st = os.stat(mnt)
         fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
-        data[:0] = [f"fd={fd}", f"rootmode={S.S_IFMT(st.st_mode):o}", f"user_id={os.getuid()}",
-                    f"group_id={os.getgid()}"]
+        data[:0] = [
+            f"fd={fd}",
+            f"rootmode={S.S_IFMT(st.st_mode):o}",
+            f"user_id={os.getuid()}",
+            f"group_id={os.getgid()}",
+        ]
         try:
             _kernel.mount(fsname, mnt, "fuse." + subtype, flags, ",".join(data))
         except OSError:
@@ -267,12 +296,16 @@ class KernelTransport:
         keep += [f"fsname={fsname}", f"subtype={subtype}"]
         try:
             env = dict(os.environ, _FUSE_COMMFD=str(theirs.fileno()))
-            proc = subprocess.run(["fusermount3", "-o", ",".join(keep), "--", mnt], env=env,
-                                  pass_fds=(theirs.fileno(),), stderr=subprocess.PIPE, check=False)
+            proc = subprocess.run(
+                ["fusermount3", "-o", ",".join(keep), "--", mnt],
+                env=env,
+                pass_fds=(theirs.fileno(),),
+                stderr=subprocess.PIPE,
+                check=False,
+            )
             theirs.close()
             if proc.returncode != 0:
-                raise OSError(errno.EPERM, proc.stderr.decode(errors="replace").strip()
-                              or "fusermount3 failed")
+                raise OSError(errno.EPERM, proc.stderr.decode(errors="replace").strip() or "fusermount3 failed")
             _, fds, _, _ = socket.recv_fds(ours, 1, 1)
             if not fds:
                 raise OSError(errno.EIO, "fusermount3 handed back no /dev/fuse fd")
@@ -297,8 +330,7 @@ class KernelTransport:
             flags |= struct.unpack_from("<I", data, IN_HEADER.size + 16)[0] << 32
         cfg = self.cfg
         pages = max(1, min(cfg["fuse-msg-size"], _max_pages_limit()))
-        want = (ATOMIC_O_TRUNC | BIG_WRITES | AUTO_INVAL_DATA | PARALLEL_DIROPS | MAX_PAGES | ASYNC_DIO
-                | INIT_EXT)
+        want = ATOMIC_O_TRUNC | BIG_WRITES | AUTO_INVAL_DATA | PARALLEL_DIROPS | MAX_PAGES | ASYNC_DIO | INIT_EXT
         if cfg["async-read"]:
             want |= ASYNC_READ
         if cfg["export-support"]:
@@ -323,19 +355,31 @@ class KernelTransport:
         got = want & flags
         self.minor = min(minor, KERNEL_MINOR)
         if got & PASSTHROUGH:
-            self._passthrough = {"ro": {os.O_RDONLY}, "wo": {os.O_WRONLY},
-                                 "rw": {os.O_RDONLY, os.O_WRONLY, os.O_RDWR}}[pt]
+            self._passthrough = {"ro": {os.O_RDONLY}, "wo": {os.O_WRONLY}, "rw": {os.O_RDONLY, os.O_WRONLY, os.O_RDWR}}[
+                pt
+            ]
         elif pt != "off":
             log.warning("passthrough.io=%s: the kernel does not offer passthrough; normal I/O", pt)
         max_write = pages * PAGE
-        out = INIT_OUT.pack(KERNEL_VERSION, self.minor, max_readahead, got & 0xFFFFFFFF, 64, 48,
-                            max_write, 1, pages, 0, got >> 32,
-                            cfg["passthrough.max-stack-depth"] if got & PASSTHROUGH else 0, 0)
+        out = INIT_OUT.pack(
+            KERNEL_VERSION,
+            self.minor,
+            max_readahead,
+            got & 0xFFFFFFFF,
+            64,
+            48,
+            max_write,
+            1,
+            pages,
+            0,
+            got >> 32,
+            cfg["passthrough.max-stack-depth"] if got & PASSTHROUGH else 0,
+            0,
+        )
         _send(self.devfd, _frame(h.unique, 0, out if self.minor >= 23 else out[:24]))
         assert self.session is not None
         self.session.configure(max_write, self.minor)
-        log.debug("INIT: kernel %d.%d offered %#x, negotiated %#x, max_write %d", major, minor, flags,
-                  got, max_write)
+        log.debug("INIT: kernel %d.%d offered %#x, negotiated %#x, max_write %d", major, minor, flags, got, max_write)
 
     def serve(self, workers: int) -> None:
         """Run ``workers`` threads, one per (cloned) fd, until the mount goes away."""
@@ -355,8 +399,7 @@ class KernelTransport:
                 if e.errno not in (errno.ENODEV, errno.EBADF):
                     errors.append(e)
 
-        threads = [threading.Thread(target=work, args=(fd,), name=f"fuse-{i}", daemon=True)
-                   for i, fd in enumerate(fds)]
+        threads = [threading.Thread(target=work, args=(fd,), name=f"fuse-{i}", daemon=True) for i, fd in enumerate(fds)]
         for t in threads:
             t.start()
         for t in threads:
@@ -382,15 +425,19 @@ class KernelTransport:
         h = Request(data)
         if self.debug:  # libfuse's -d trace, which scripts and users grep
             name = Op(h.opcode).name if h.opcode in self._handlers else "?"
-            print(f"unique: {h.unique}, opcode: {name} ({h.opcode}), nodeid: {h.nodeid}, "
-                  f"insize: {len(data)}, pid: {h.pid}", file=sys.stderr, flush=True)
+            print(
+                f"unique: {h.unique}, opcode: {name} ({h.opcode}), nodeid: {h.nodeid}, "
+                f"insize: {len(data)}, pid: {h.pid}",
+                file=sys.stderr,
+                flush=True,
+            )
         handler = self._handlers.get(h.opcode)
         if handler is None:
             return _frame(h.unique, -errno.ENOSYS)
         try:
             if h.uid != 0xFFFFFFFF and h.opcode not in _NO_REPLY:
                 ugid.switch(h.uid, h.gid, h.pid)
-            payload = handler(h, data[IN_HEADER.size:])
+            payload = handler(h, data[IN_HEADER.size :])
         except OSError as e:
             err = e.errno or errno.EIO
         except Exception:
@@ -448,18 +495,24 @@ class KernelTransport:
         return self._attr_out(h.nodeid, self.req.getattr(h.nodeid, self._pyfh(fh) if flags & 1 else None))
 
     def _setattr(self, h, body):
-        (valid, _, fh, size, _, atime, mtime, _, atimensec, mtimensec, _, mode, _, uid, gid,
-         _) = SETATTR_IN.unpack_from(body)
+        (valid, _, fh, size, _, atime, mtime, _, atimensec, mtimensec, _, mode, _, uid, gid, _) = (
+            SETATTR_IN.unpack_from(body)
+        )
         now = time.time_ns()
         at = now if valid & FATTR_ATIME_NOW else atime * 1_000_000_000 + atimensec
         mt = now if valid & FATTR_MTIME_NOW else mtime * 1_000_000_000 + mtimensec
         st = self.req.setattr(
-            h.nodeid, self._pyfh(fh) if valid & FATTR_FH else None,
-            mode=mode if valid & FATTR_MODE else None, uid=uid if valid & FATTR_UID else None,
-            gid=gid if valid & FATTR_GID else None, size=size if valid & FATTR_SIZE else None,
-            atime=at if valid & FATTR_ATIME else None, mtime=mt if valid & FATTR_MTIME else None,
+            h.nodeid,
+            self._pyfh(fh) if valid & FATTR_FH else None,
+            mode=mode if valid & FATTR_MODE else None,
+            uid=uid if valid & FATTR_UID else None,
+            gid=gid if valid & FATTR_GID else None,
+            size=size if valid & FATTR_SIZE else None,
+            atime=at if valid & FATTR_ATIME else None,
+            mtime=mt if valid & FATTR_MTIME else None,
             now_hint=bool(valid & FATTR_ATIME_NOW and valid & FATTR_MTIME_NOW),
-            kill_priv=bool(valid & FATTR_KILL_SUIDGID))
+            kill_priv=bool(valid & FATTR_KILL_SUIDGID),
+        )
         return self._attr_out(h.nodeid, st)
 
     def _readlink(self, h, body):
@@ -532,8 +585,11 @@ class KernelTransport:
         refuses a second), and an inode open without passthrough cannot get it."""
         with self._pt_lock:
             held = self._backing.get(nodeid)
-            if held is None and (self._passthrough is None or flags & os.O_ACCMODE not in self._passthrough
-                                 or self._cached_opens.get(nodeid)):
+            if held is None and (
+                self._passthrough is None
+                or flags & os.O_ACCMODE not in self._passthrough
+                or self._cached_opens.get(nodeid)
+            ):
                 self._cached_opens[nodeid] = self._cached_opens.get(nodeid, 0) + 1
                 return 0
             if held is None:
@@ -605,7 +661,7 @@ class KernelTransport:
         start = 40 if self.minor >= 9 else 24
         if flags & WRITE_KILL_SUIDGID:
             self.req.kill_priv(self._pyfh(fh))
-        n = self.req.write(self._pyfh(fh), off, memoryview(body)[start:start + size])
+        n = self.req.write(self._pyfh(fh), off, memoryview(body)[start : start + size])
         return struct.pack("<II", n, 0)
 
     def _flush(self, h, body):
@@ -634,15 +690,16 @@ class KernelTransport:
 
     def _copy_file_range(self, h, body):
         fh_in, off_in, _, fh_out, off_out, length, flags = struct.unpack_from("<QQQQQQQ", body)
-        n = self.req.copy_file_range(self._pyfh(fh_in), off_in, self._pyfh(fh_out), off_out,
-                                     min(length, 1 << 30), flags)
+        n = self.req.copy_file_range(
+            self._pyfh(fh_in), off_in, self._pyfh(fh_out), off_out, min(length, 1 << 30), flags
+        )
         return struct.pack("<Q", n) if h.opcode == Op.COPY_FILE_RANGE_64 else struct.pack("<II", n, 0)
 
     def _ioctl(self, h, body):
         fh, flags, cmd, _, in_size, out_size = struct.unpack_from("<QIIQII", body)
         if flags & (1 << 4):  # FUSE_IOCTL_DIR
             raise OSError(errno.ENOTTY, "no directory ioctls")
-        result, out = self.req.ioctl(self._pyfh(fh), cmd, body[32:32 + in_size], out_size)
+        result, out = self.req.ioctl(self._pyfh(fh), cmd, body[32 : 32 + in_size], out_size)
         return struct.pack("<iIII", result, 0, 0, 0) + out
 
     # ------------------------------------------------------------ dirs
@@ -689,8 +746,17 @@ class KernelTransport:
 
     def _statfs(self, h, body):
         v = self.req.statfs(h.nodeid)
-        return KSTATFS.pack(v["f_blocks"], v["f_bfree"], v["f_bavail"], v["f_files"], v["f_ffree"],
-                            v["f_bsize"], v["f_namemax"], v["f_frsize"], 0)
+        return KSTATFS.pack(
+            v["f_blocks"],
+            v["f_bfree"],
+            v["f_bavail"],
+            v["f_files"],
+            v["f_ffree"],
+            v["f_bsize"],
+            v["f_namemax"],
+            v["f_frsize"],
+            0,
+        )
 
     def _access(self, h, body):
         self.req.access(h.nodeid, struct.unpack_from("<I", body)[0])
@@ -702,7 +768,7 @@ class KernelTransport:
     def _setxattr(self, h, body):
         size, flags = struct.unpack_from("<II", body)
         name, i = _cstr(body, 8)
-        self.req.setxattr(h.nodeid, name, body[i:i + size], flags)
+        self.req.setxattr(h.nodeid, name, body[i : i + size], flags)
 
     def _getxattr(self, h, body):
         (size,) = struct.unpack_from("<I", body)

@@ -95,8 +95,9 @@ def check(cfg) -> None:
 
 
 def _have_fusermount() -> bool:
-    return any(os.access(os.path.join(d, "fusermount"), os.X_OK)
-               for d in os.environ.get("PATH", "/usr/bin:/bin").split(":"))
+    return any(
+        os.access(os.path.join(d, "fusermount"), os.X_OK) for d in os.environ.get("PATH", "/usr/bin:/bin").split(":")
+    )
 
 
 def _fsname(cfg, branches) -> str:
@@ -186,8 +187,7 @@ def _setup_logging(foreground: bool, level: str, log_file: str = "") -> None:
         else:
             if not foreground:
                 os.dup2(fd, 2, inheritable=True)  # libfuse's trace, faults printed by Python
-            h = logging.StreamHandler(os.fdopen(fd, "a", buffering=1, encoding="utf-8",
-                                                errors="backslashreplace"))
+            h = logging.StreamHandler(os.fdopen(fd, "a", buffering=1, encoding="utf-8", errors="backslashreplace"))
             h.setFormatter(logging.Formatter("%(asctime)s mergerfs[%(process)d]: %(levelname)s: %(message)s"))
     if not log_file and not foreground:
         null = os.open(os.devnull, os.O_WRONLY)
@@ -215,16 +215,16 @@ def run(cfg, foreground: bool = False, debug: bool = False) -> int:
         for problem in invalid_branches(branches):
             print(f"mergerfs: warning: {problem}", file=sys.stderr)
         if not branches or len(invalid_branches(branches)) == len(branches):
-            print("mergerfs: warning: no valid branch found; the pool shows an error entry",
-                  file=sys.stderr)
+            print("mergerfs: warning: no valid branch found; the pool shows an error entry", file=sys.stderr)
     except MountError as e:
         print(f"mergerfs: {e}", file=sys.stderr)
         return 1
     level = _log_level(cfg, debug)
     if foreground:
         _setup_logging(True, level, cfg["log.file"])
-        return _serve(cfg, lambda msg: None if msg == "ok" else print(f"mergerfs: {msg}", file=sys.stderr),
-                      debug, foreground=True)
+        return _serve(
+            cfg, lambda msg: None if msg == "ok" else print(f"mergerfs: {msg}", file=sys.stderr), debug, foreground=True
+        )
     return _daemonize(cfg, level)
 
 
@@ -320,6 +320,7 @@ def _serve(cfg, notify, debug: bool = False, foreground: bool = False) -> int:
             bdi.set_readahead(new["readahead"], mnt, [b.path for b in fs.snap.branches])
         if [old[k] for k in ("log.file", "debug", "log-level")] != [new[k] for k in ("log.file", "debug", "log-level")]:
             _setup_logging(foreground, _log_level(new, debug), new["log.file"])
+
     fs.listeners.append(follow)
 
     # Our workers read and process (2.42's process-thread-count=-1 model): a
@@ -338,8 +339,11 @@ def _serve(cfg, notify, debug: bool = False, foreground: bool = False) -> int:
     t = threading.Thread(target=loop, name="fuse-loop", daemon=True)
     t.start()
     # readahead once the kernel's INIT is answered: INIT sets the pool's bdi itself
-    threading.Thread(target=_report_ready, args=(mnt, notify, t, lambda: bdi.set_readahead(
-        cfg["readahead"], mnt, [b.path for b in fs.snap.branches])), daemon=True).start()
+    threading.Thread(
+        target=_report_ready,
+        args=(mnt, notify, t, lambda: bdi.set_readahead(cfg["readahead"], mnt, [b.path for b in fs.snap.branches])),
+        daemon=True,
+    ).start()
 
     def stop(signum, frame) -> None:
         log.info("signal %d: unmounting %s", signum, mnt)

@@ -66,8 +66,19 @@ class Operations(llfuse.Operations):
         e.generation = 0
         e.entry_timeout = entry if cacheable else 0
         e.attr_timeout = attr if cacheable else 0
-        for k in ("st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size", "st_blksize",
-                  "st_blocks", "st_atime_ns", "st_mtime_ns", "st_ctime_ns"):
+        for k in (
+            "st_mode",
+            "st_nlink",
+            "st_uid",
+            "st_gid",
+            "st_rdev",
+            "st_size",
+            "st_blksize",
+            "st_blocks",
+            "st_atime_ns",
+            "st_mtime_ns",
+            "st_ctime_ns",
+        ):
             setattr(e, k, getattr(st, k))
         return e
 
@@ -103,10 +114,16 @@ class Operations(llfuse.Operations):
         # and within a second of now may be that (see fs._utimens for why it matters).
         hint = atime is not None and atime == mtime and abs(time.time_ns() - atime) < 1_000_000_000
         st = self.req.setattr(
-            inode, fh, mode=attr.st_mode if fields.update_mode else None,
+            inode,
+            fh,
+            mode=attr.st_mode if fields.update_mode else None,
             uid=attr.st_uid if fields.update_uid else None,
             gid=attr.st_gid if fields.update_gid else None,
-            size=attr.st_size if fields.update_size else None, atime=atime, mtime=mtime, now_hint=hint)
+            size=attr.st_size if fields.update_size else None,
+            atime=atime,
+            mtime=mtime,
+            now_hint=hint,
+        )
         return self._attr(st, inode)
 
     @_handler

@@ -51,7 +51,7 @@ def _ranged(lo: int, hi: int, base: int = 10) -> Callable[[str], int]:
 
 
 _uint = _ranged(0, 2**64 - 1)  # uint64_t
-_int = _ranged(-2**31, 2**31 - 1)  # int
+_int = _ranged(-(2**31), 2**31 - 1)  # int
 #: Generic FUSE options with a number: libfuse reads them as unsigned int (umask: octal mode).
 _FUSE_NUMBER = {"umask": _ranged(0, 0o7777, 8)}
 
@@ -91,7 +91,7 @@ def _readdir(text: str) -> str:
     if mode not in ("seq", "cosr", "cor") or len(nums) > 2:
         raise ValueError(text)
     for n in nums:
-        _ranged(-2**31, 2**31 - 1)(n)
+        _ranged(-(2**31), 2**31 - 1)(n)
     return text
 
 
@@ -153,8 +153,7 @@ BRANCHES = Kind("BRANCHES", parse_branches, format_branches)
 
 #: Functions per category (spec section 3).
 FUNCS = {
-    "action": ("chmod", "chown", "link", "removexattr", "rename", "rmdir", "setxattr",
-               "truncate", "unlink", "utimens"),
+    "action": ("chmod", "chown", "link", "removexattr", "rename", "rmdir", "setxattr", "truncate", "unlink", "utimens"),
     "create": ("create", "mkdir", "mknod", "symlink"),
     "search": ("access", "getattr", "getxattr", "listxattr", "open", "readlink"),
 }
@@ -201,126 +200,255 @@ def _cache_files_alias(mode: str):
 
 
 _OPTION_LIST = [
-    _o("branches", BRANCHES, [], "':'-separated branch paths or globs, each PATH[=RW|RO|NC[,MINFREESPACE]]",
-       aliases=("srcmounts",)),
+    _o(
+        "branches",
+        BRANCHES,
+        [],
+        "':'-separated branch paths or globs, each PATH[=RW|RO|NC[,MINFREESPACE]]",
+        aliases=("srcmounts",),
+    ),
     _o("mountpoint", STR, None, "where the pool is mounted", runtime=False),
     _o("config", STR, None, "read options from FILE (key=value per line)", runtime=False),
     _o("minfreespace", SIZE, 4 << 30, "minimum available space for create policies (per branch overridable)"),
-    _o("moveonenospc", Kind("true|false|POLICY", _moveonenospc), "pfrd",
-       "on ENOSPC/EDQUOT during write move the file to a branch the policy picks (true = mfs)"),
+    _o(
+        "moveonenospc",
+        Kind("true|false|POLICY", _moveonenospc),
+        "pfrd",
+        "on ENOSPC/EDQUOT during write move the file to a branch the policy picks (true = mfs)",
+    ),
     _o("dropcacheonclose", BOOL, False, "posix_fadvise(DONTNEED) branch files on close"),
     _o("symlinkify", BOOL, False, "report files unmodified for symlinkify-timeout as symlinks to their branch path"),
     _o("symlinkify-timeout", UINT, 3600, "seconds before symlinkify applies", key="symlinkify_timeout"),
     _o("nullrw", BOOL, False, "reads return zeros, writes are discarded (benchmarking)", runtime=False),
     _o("ignorepponrename", BOOL, False, "ignore path preservation on rename and link"),
-    _o("link-cow", BOOL, False, "break hard links (copy) when a linked file is opened for writing",
-       key="link_cow"),
-    _o("nfsopenhack", _enum("off", "git", "all"), "off",
-       "create-for-write with a read-only mode still opens (NFS export quirk)"),
-    _o("security-capability", BOOL, True, "pass security.capability through (false: answer ENOATTR)",
-       key="security_capability"),
+    _o("link-cow", BOOL, False, "break hard links (copy) when a linked file is opened for writing", key="link_cow"),
+    _o(
+        "nfsopenhack",
+        _enum("off", "git", "all"),
+        "off",
+        "create-for-write with a read-only mode still opens (NFS export quirk)",
+    ),
+    _o(
+        "security-capability",
+        BOOL,
+        True,
+        "pass security.capability through (false: answer ENOATTR)",
+        key="security_capability",
+    ),
     _o("xattr", _enum("passthrough", "noattr", "nosys"), "passthrough", "xattr handling"),
     _o("statfs", _enum("base", "full"), "base", "statfs over all branches, or only those holding the path"),
-    _o("statfs-ignore", _enum("none", "ro", "nc"), "none", "leave RO or NC branches' free space out of statfs",
-       key="statfs_ignore"),
+    _o(
+        "statfs-ignore",
+        _enum("none", "ro", "nc"),
+        "none",
+        "leave RO or NC branches' free space out of statfs",
+        key="statfs_ignore",
+    ),
     _o("posix-acl", BOOL, False, "enable POSIX ACLs", runtime=False, key="posix_acl"),
-    _o("async-read", BOOL, True, "allow concurrent reads of one file (accepted; kernel default)",
-       runtime=False, key="async_read"),
-    _o("inodecalc", _enum("passthrough", "path-hash", "path-hash32", "devino-hash", "devino-hash32",
-                          "hybrid-hash", "hybrid-hash32"), "hybrid-hash", "how st_ino is calculated"),
-    _o("cache.files", _enum("libfuse", "off", "partial", "full", "auto-full", "per-process"), "off",
-       "page caching of file data"),
-    _o("cache.files.process-names", Kind("NAME|NAME...", _process_names), "qbittorrent-nox|rtorrent",
-       "'|'-separated process names given partial caching under cache.files=per-process"),
+    _o(
+        "async-read",
+        BOOL,
+        True,
+        "allow concurrent reads of one file (accepted; kernel default)",
+        runtime=False,
+        key="async_read",
+    ),
+    _o(
+        "inodecalc",
+        _enum(
+            "passthrough", "path-hash", "path-hash32", "devino-hash", "devino-hash32", "hybrid-hash", "hybrid-hash32"
+        ),
+        "hybrid-hash",
+        "how st_ino is calculated",
+    ),
+    _o(
+        "cache.files",
+        _enum("libfuse", "off", "partial", "full", "auto-full", "per-process"),
+        "off",
+        "page caching of file data",
+    ),
+    _o(
+        "cache.files.process-names",
+        Kind("NAME|NAME...", _process_names),
+        "qbittorrent-nox|rtorrent",
+        "'|'-separated process names given partial caching under cache.files=per-process",
+    ),
     _o("cache.entry", UINT, 1, "seconds the kernel caches name lookups"),
     _o("cache.attr", UINT, 1, "seconds the kernel caches attributes"),
-    _o("cache.negative-entry", UINT, 0, "seconds the kernel caches failed lookups",
-       key="cache.negative_entry"),
+    _o("cache.negative-entry", UINT, 0, "seconds the kernel caches failed lookups", key="cache.negative_entry"),
     _o("cache.statfs", UINT, 0, "seconds branch statvfs results are reused by policies"),
-    _o("cache.symlinks", BOOL, False, "kernel symlink caching (accepted; not carried by libfuse 2)",
-       runtime=False),
+    _o("cache.symlinks", BOOL, False, "kernel symlink caching (accepted; not carried by libfuse 2)", runtime=False),
     _o("cache.readdir", BOOL, False, "kernel readdir caching (accepted; not carried by libfuse 2)"),
-    _o("cache.writeback", BOOL, False, "kernel writeback caching (accepted; not carried by llfuse)",
-       runtime=False),
+    _o("cache.writeback", BOOL, False, "kernel writeback caching (accepted; not carried by llfuse)", runtime=False),
     _o("cache.open", UINT, 0, "seconds open policy results are cached (accepted)", listed=False),
-    _o("rename-exdev", _enum("passthrough", "rel-symlink", "abs-symlink"), "passthrough",
-       "what rename does on EXDEV"),
-    _o("link-exdev", _enum("passthrough", "rel-symlink", "abs-base-symlink", "abs-pool-symlink"),
-       "passthrough", "what link does on EXDEV"),
-    _o("follow-symlinks", _enum("never", "directory", "regular", "all"), "never",
-       "report symlinks as their targets"),
+    _o("rename-exdev", _enum("passthrough", "rel-symlink", "abs-symlink"), "passthrough", "what rename does on EXDEV"),
+    _o(
+        "link-exdev",
+        _enum("passthrough", "rel-symlink", "abs-base-symlink", "abs-pool-symlink"),
+        "passthrough",
+        "what link does on EXDEV",
+    ),
+    _o("follow-symlinks", _enum("never", "directory", "regular", "all"), "never", "report symlinks as their targets"),
     _o("export-support", BOOL, True, "tell the kernel the pool may be exported over NFS", runtime=False),
-    _o("kernel-permissions-check", BOOL, True, "kernel checks mode bits (default_permissions)",
-       runtime=False),
-    _o("lazy-umount-mountpoint", BOOL, False, "lazily unmount whatever is mounted at the mountpoint first",
-       runtime=False),
+    _o("kernel-permissions-check", BOOL, True, "kernel checks mode bits (default_permissions)", runtime=False),
+    _o(
+        "lazy-umount-mountpoint",
+        BOOL,
+        False,
+        "lazily unmount whatever is mounted at the mountpoint first",
+        runtime=False,
+    ),
     _o("threads", INT, 0, "worker threads (0 = default)", runtime=False, listed=False),
-    _o("read-thread-count", INT, 0, "worker threads reading requests (mapped onto threads)",
-       runtime=False),
-    _o("process-thread-count", INT, -1, "worker threads processing requests (mapped onto threads)",
-       runtime=False),
-    _o("process-thread-queue-depth", INT, 2,
-       "requests queued per processing thread (accepted: llfuse and our kernel session keep no queue)",
-       runtime=False),
-    _o("pin-threads", _enum(*PIN_THREADS), "false",
-       "CPU pinning strategy of the threads (accepted: one interpreter lock runs the Python side "
-       "on one core at a time, so pinning has nothing to spread)", runtime=False),
-    _o("scheduling-priority", Kind("-20..19", _ranged(-20, 19)), -10,
-       "nice value the daemon sets for itself at start", runtime=False),
+    _o("read-thread-count", INT, 0, "worker threads reading requests (mapped onto threads)", runtime=False),
+    _o("process-thread-count", INT, -1, "worker threads processing requests (mapped onto threads)", runtime=False),
+    _o(
+        "process-thread-queue-depth",
+        INT,
+        2,
+        "requests queued per processing thread (accepted: llfuse and our kernel session keep no queue)",
+        runtime=False,
+    ),
+    _o(
+        "pin-threads",
+        _enum(*PIN_THREADS),
+        "false",
+        "CPU pinning strategy of the threads (accepted: one interpreter lock runs the Python side "
+        "on one core at a time, so pinning has nothing to spread)",
+        runtime=False,
+    ),
+    _o(
+        "scheduling-priority",
+        Kind("-20..19", _ranged(-20, 19)),
+        -10,
+        "nice value the daemon sets for itself at start",
+        runtime=False,
+    ),
     _o("proxy-ioprio", BOOL, False, "do branch I/O with the I/O priority (ionice) of the calling thread"),
-    _o("readahead", Kind("KIB|SIZE", _readahead), 0,
-       "read_ahead_kb of the pool and of each branch's block device, if > 0 (SIZE with a suffix: bytes)"),
-    _o("never-forget-nodes", BOOL, False, "keep every node the kernel forgets (stable nodeids for NFS)",
-       runtime=False, aliases=("noforget", "remember-nodes")),
+    _o(
+        "readahead",
+        Kind("KIB|SIZE", _readahead),
+        0,
+        "read_ahead_kb of the pool and of each branch's block device, if > 0 (SIZE with a suffix: bytes)",
+    ),
+    _o(
+        "never-forget-nodes",
+        BOOL,
+        False,
+        "keep every node the kernel forgets (stable nodeids for NFS)",
+        runtime=False,
+        aliases=("noforget", "remember-nodes"),
+    ),
     _o("allow-idmap", BOOL, True, "allow idmapped mounts of the pool (kernel session)", runtime=False),
-    _o("debug", BOOL, False, "log every request and debug messages (to log.file if set; bare 'debug' "
-       "as in 2.33.5 also works)"),
+    _o(
+        "debug",
+        BOOL,
+        False,
+        "log every request and debug messages (to log.file if set; bare 'debug' as in 2.33.5 also works)",
+    ),
     _o("log.file", Kind("PATH", _abs_path), "", "file the log goes to (default: syslog, or stderr with -f)"),
-    _o("fuse-msg-size", Kind("PAGES|SIZE", _msg_size), 256,
-       "max FUSE message size: pages, or SIZE such as 1M (read back in pages)",
-       runtime=False, key="fuse_msg_size"),
-    _o("fuse-binding", _enum("kernel", "llfuse"), "kernel",
-       "extension: transport speaking to the kernel (kernel: our own /dev/fuse session; llfuse: libfuse 2)",
-       runtime=False),
-    _o("passthrough.io", _enum("off", "ro", "wo", "rw"), "off",
-       "let the kernel read/write branch files itself for opens of this access mode (root, kernel >= 6.9)",
-       runtime=False),
-    _o("passthrough.max-stack-depth", Kind("1|2", _ranged(1, 2)), 1, "filesystem stacking depth allowed above a passthrough branch",
-       runtime=False),
+    _o(
+        "fuse-msg-size",
+        Kind("PAGES|SIZE", _msg_size),
+        256,
+        "max FUSE message size: pages, or SIZE such as 1M (read back in pages)",
+        runtime=False,
+        key="fuse_msg_size",
+    ),
+    _o(
+        "fuse-binding",
+        _enum("kernel", "llfuse"),
+        "kernel",
+        "extension: transport speaking to the kernel (kernel: our own /dev/fuse session; llfuse: libfuse 2)",
+        runtime=False,
+    ),
+    _o(
+        "passthrough.io",
+        _enum("off", "ro", "wo", "rw"),
+        "off",
+        "let the kernel read/write branch files itself for opens of this access mode (root, kernel >= 6.9)",
+        runtime=False,
+    ),
+    _o(
+        "passthrough.max-stack-depth",
+        Kind("1|2", _ranged(1, 2)),
+        1,
+        "filesystem stacking depth allowed above a passthrough branch",
+        runtime=False,
+    ),
     _o("direct-io-allow-mmap", BOOL, True, "allow shared mmap of files opened with direct_io", runtime=False),
     _o("parallel-direct-writes", BOOL, True, "allow concurrent direct_io writes to one file", runtime=False),
-    _o("handle-killpriv", BOOL, True, "the filesystem clears setuid/setgid on write/truncate/chown",
-       runtime=False),
+    _o("handle-killpriv", BOOL, True, "the filesystem clears setuid/setgid on write/truncate/chown", runtime=False),
     _o("handle-killpriv-v2", BOOL, True, "as handle-killpriv, with the kernel saying when", runtime=False),
-    _o("flush-on-close", _enum("never", "always", "opened-for-write"), "opened-for-write",
-       "when close() sends FLUSH to the daemon"),
-    _o("branches-mount-timeout", UINT, 0, "seconds to wait at start for branches to be mounted",
-       runtime=False),
-    _o("branches-mount-timeout-fail", BOOL, False, "exit if branches are still not mounted after the timeout",
-       runtime=False),
-    _o("func.readdir", Kind("seq|cosr|cor[:THREADS[:QUEUE]]", _readdir), "seq",
-       "readdir: branches listed in turn (seq) or concurrently (cosr, cor; THREADS workers, "
-       "0 = one per branch); the merged listing is the same"),
-    _o("fsname", STR, "", "filesystem name shown in /proc/mounts (default: from branches)",
-       runtime=False),
+    _o(
+        "flush-on-close",
+        _enum("never", "always", "opened-for-write"),
+        "opened-for-write",
+        "when close() sends FLUSH to the daemon",
+    ),
+    _o("branches-mount-timeout", UINT, 0, "seconds to wait at start for branches to be mounted", runtime=False),
+    _o(
+        "branches-mount-timeout-fail",
+        BOOL,
+        False,
+        "exit if branches are still not mounted after the timeout",
+        runtime=False,
+    ),
+    _o(
+        "func.readdir",
+        Kind("seq|cosr|cor[:THREADS[:QUEUE]]", _readdir),
+        "seq",
+        "readdir: branches listed in turn (seq) or concurrently (cosr, cor; THREADS workers, "
+        "0 = one per branch); the merged listing is the same",
+    ),
+    _o("fsname", STR, "", "filesystem name shown in /proc/mounts (default: from branches)", runtime=False),
     _o("readdirplus", BOOL, False, "accepted; not carried by libfuse 2", runtime=False, listed=False),
     _o("log.metrics", BOOL, False, "accepted for compatibility", listed=False),
-    _o("log-level", _enum("debug", "info", "warning", "error"), "info",
-       "extension: lowest severity logged (to syslog when daemonised, stderr with -f; -d means debug)",
-       runtime=False),
-    _o("use_ino", BOOL, True, "accepted; inode numbers always come from inodecalc", runtime=False,
-       listed=False),
-    _o("direct_io", BOOL, False, "deprecated: cache.files=off", runtime=False,
-       expand=_cache_files_alias("off"), listed=False),
-    _o("kernel_cache", BOOL, False, "deprecated: cache.files=full", runtime=False,
-       expand=_cache_files_alias("full"), listed=False),
-    _o("auto_cache", BOOL, False, "deprecated: cache.files=auto-full", runtime=False,
-       expand=_cache_files_alias("auto-full"), listed=False),
+    _o(
+        "log-level",
+        _enum("debug", "info", "warning", "error"),
+        "info",
+        "extension: lowest severity logged (to syslog when daemonised, stderr with -f; -d means debug)",
+        runtime=False,
+    ),
+    _o("use_ino", BOOL, True, "accepted; inode numbers always come from inodecalc", runtime=False, listed=False),
+    _o(
+        "direct_io",
+        BOOL,
+        False,
+        "deprecated: cache.files=off",
+        runtime=False,
+        expand=_cache_files_alias("off"),
+        listed=False,
+    ),
+    _o(
+        "kernel_cache",
+        BOOL,
+        False,
+        "deprecated: cache.files=full",
+        runtime=False,
+        expand=_cache_files_alias("full"),
+        listed=False,
+    ),
+    _o(
+        "auto_cache",
+        BOOL,
+        False,
+        "deprecated: cache.files=auto-full",
+        runtime=False,
+        expand=_cache_files_alias("auto-full"),
+        listed=False,
+    ),
 ]
 for _cat, _funcs in FUNCS.items():
-    _OPTION_LIST.append(_o(f"category.{_cat}", POLICY, CATEGORY_DEFAULTS[_cat],
-                           f"policy of every {_cat} function",
-                           expand=(lambda fs: lambda p: {f"func.{f}": p for f in fs})(_funcs)))
+    _OPTION_LIST.append(
+        _o(
+            f"category.{_cat}",
+            POLICY,
+            CATEGORY_DEFAULTS[_cat],
+            f"policy of every {_cat} function",
+            expand=(lambda fs: lambda p: {f"func.{f}": p for f in fs})(_funcs),
+        )
+    )
     for _f in _funcs:
         _OPTION_LIST.append(_o(f"func.{_f}", POLICY, CATEGORY_DEFAULTS[_cat], f"policy of {_f} ({_cat})"))
 
@@ -335,20 +463,85 @@ for _opt in _OPTION_LIST:
 # Generic mount options fstab/mount(8) hand us. Values: pass to FUSE as-is,
 # or None: accepted and ignored (the kernel mount flags libfuse 2 sets itself,
 # or options only mount(8) cares about).
-_FUSE_PASS = {"allow_other", "allow_root", "default_permissions", "ro", "rw", "nosuid", "nodev",
-              "noexec", "suid", "dev", "exec", "sync", "async", "dirsync", "atime", "noatime"}
-_IGNORED = {"defaults", "nonempty", "nofail", "noauto", "auto", "user", "users", "nouser", "owner",
-            "group", "_netdev", "relatime", "norelatime", "strictatime", "nostrictatime",
-            "lazytime", "nolazytime", "diratime", "nodiratime", "hard_remove", "large_read",
-            "big_writes", "splice_read", "splice_write", "splice_move", "auto_unmount",
-            "atomic_o_trunc", "no_remote_lock", "dropcacheonclose_", "iversion", "noiversion",
-            "silent", "loud", "blkdev"}
-_FUSE_VALUED = {"fsname", "subtype", "max_read", "max_write", "max_readahead", "uid", "gid", "umask",
-                "blksize", "max_background", "congestion_threshold"}
-_NUMERIC = {"uid", "gid", "umask", "max_read", "max_write", "max_readahead", "blksize",
-            "max_background", "congestion_threshold"}
-_IGNORED_PREFIXES = ("x-", "comment=", "context=", "fscontext=", "defcontext=", "rootcontext=",
-                     "helper=")
+_FUSE_PASS = {
+    "allow_other",
+    "allow_root",
+    "default_permissions",
+    "ro",
+    "rw",
+    "nosuid",
+    "nodev",
+    "noexec",
+    "suid",
+    "dev",
+    "exec",
+    "sync",
+    "async",
+    "dirsync",
+    "atime",
+    "noatime",
+}
+_IGNORED = {
+    "defaults",
+    "nonempty",
+    "nofail",
+    "noauto",
+    "auto",
+    "user",
+    "users",
+    "nouser",
+    "owner",
+    "group",
+    "_netdev",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "nostrictatime",
+    "lazytime",
+    "nolazytime",
+    "diratime",
+    "nodiratime",
+    "hard_remove",
+    "large_read",
+    "big_writes",
+    "splice_read",
+    "splice_write",
+    "splice_move",
+    "auto_unmount",
+    "atomic_o_trunc",
+    "no_remote_lock",
+    "dropcacheonclose_",
+    "iversion",
+    "noiversion",
+    "silent",
+    "loud",
+    "blkdev",
+}
+_FUSE_VALUED = {
+    "fsname",
+    "subtype",
+    "max_read",
+    "max_write",
+    "max_readahead",
+    "uid",
+    "gid",
+    "umask",
+    "blksize",
+    "max_background",
+    "congestion_threshold",
+}
+_NUMERIC = {
+    "uid",
+    "gid",
+    "umask",
+    "max_read",
+    "max_write",
+    "max_readahead",
+    "blksize",
+    "max_background",
+    "congestion_threshold",
+}
+_IGNORED_PREFIXES = ("x-", "comment=", "context=", "fscontext=", "defcontext=", "rootcontext=", "helper=")
 
 
 def lookup(key: str) -> Option:
@@ -461,8 +654,14 @@ def parse_o(text: str) -> list[tuple[str, str | None]]:
         if not token:
             continue
         key, sep, value = token.partition("=")
-        if (out and not sep and _looks_like_size(token) and out[-1][0] in ("branches", "srcmounts")
-                and out[-1][1] and re.search(r"=(RW|RO|NC)$", out[-1][1], re.IGNORECASE)):
+        if (
+            out
+            and not sep
+            and _looks_like_size(token)
+            and out[-1][0] in ("branches", "srcmounts")
+            and out[-1][1]
+            and re.search(r"=(RW|RO|NC)$", out[-1][1], re.IGNORECASE)
+        ):
             out[-1] = (out[-1][0], f"{out[-1][1]},{token}")
             continue
         out.append((key.strip(), value if sep else None))
@@ -518,10 +717,12 @@ def help_text() -> str:
         if o.name.startswith("func.") and o.name != "func.readdir":
             continue
         default = Config.defaults().format(o.name) if o.expand is None or o.name.startswith("category.") else ""
-        lines.append(f"    -o {o.name}={o.kind.name}\n        {o.doc}"
-                     + (f" (default: {default})" if default else ""))
-    lines.append("    -o func.FUNC=POLICY\n        policy of one function (FUNC: "
-                 + ", ".join(f for fs in FUNCS.values() for f in fs) + ")")
+        lines.append(f"    -o {o.name}={o.kind.name}\n        {o.doc}" + (f" (default: {default})" if default else ""))
+    lines.append(
+        "    -o func.FUNC=POLICY\n        policy of one function (FUNC: "
+        + ", ".join(f for fs in FUNCS.values() for f in fs)
+        + ")"
+    )
     lines.append("    POLICY: " + ", ".join(policies.NAMES))
     return "\n".join(lines)
 
@@ -538,10 +739,14 @@ def markdown_table() -> str:
             continue
         default = defaults.format(o.name) if o.expand is None or o.name.startswith("category.") else ""
         names = ", ".join(f"`{n}`" for n in o.spellings)
-        rows.append(f"| {names} | {_cell(o.kind.name)} | {_cell(default)} | "
-                    f"{'yes' if o.runtime else 'no'} | {_cell(o.doc)} |")
-    rows.append("| `func.FUNC` | POLICY | per category | yes | one function's policy: "
-                + ", ".join(f for fs in FUNCS.values() for f in fs) + " |")
+        rows.append(
+            f"| {names} | {_cell(o.kind.name)} | {_cell(default)} | {'yes' if o.runtime else 'no'} | {_cell(o.doc)} |"
+        )
+    rows.append(
+        "| `func.FUNC` | POLICY | per category | yes | one function's policy: "
+        + ", ".join(f for fs in FUNCS.values() for f in fs)
+        + " |"
+    )
     return "\n".join(rows)
 
 

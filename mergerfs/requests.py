@@ -75,8 +75,9 @@ class Requests:
     already read).
     """
 
-    def __init__(self, fs: fs_mod.FileSystem, notifier: Notifier, *, auto_inval: bool = False,
-                 cache_by_notify: bool = False) -> None:
+    def __init__(
+        self, fs: fs_mod.FileSystem, notifier: Notifier, *, auto_inval: bool = False, cache_by_notify: bool = False
+    ) -> None:
         self.fs = fs
         self.notifier = notifier
         self.auto_inval = auto_inval
@@ -117,13 +118,19 @@ class Requests:
             fields[4] = uid
         if gid is not None:
             fields[5] = gid
-        return os.stat_result(fields, {k: getattr(st, k) for k in (
-            "st_atime_ns", "st_mtime_ns", "st_ctime_ns", "st_blksize", "st_blocks", "st_rdev")})
+        return os.stat_result(
+            fields,
+            {
+                k: getattr(st, k)
+                for k in ("st_atime_ns", "st_mtime_ns", "st_ctime_ns", "st_blksize", "st_blocks", "st_rdev")
+            },
+        )
 
     def _entry(self, relpath: str, st: os.stat_result) -> tuple[int, os.stat_result]:
         """Reply to a lookup-like request: count the kernel's reference."""
-        ino, replaced = self.table.remember(self.fs.inode_of(relpath, st), relpath,
-                                            inodes.identity(st.st_dev, st.st_ino), S.S_ISDIR(st.st_mode))
+        ino, replaced = self.table.remember(
+            self.fs.inode_of(relpath, st), relpath, inodes.identity(st.st_dev, st.st_ino), S.S_ISDIR(st.st_mode)
+        )
         if replaced:
             self.notifier.inval_inode(ino)
         self._saw(ino, st)
@@ -245,10 +252,20 @@ class Requests:
         self._saw(inode, st)
         return self.attr(st)
 
-    def setattr(self, inode: int, fh: int | None, *, mode: int | None = None, uid: int | None = None,
-                gid: int | None = None, size: int | None = None, atime: int | None = None,
-                mtime: int | None = None, now_hint: bool = False,
-                kill_priv: bool = False) -> os.stat_result:
+    def setattr(
+        self,
+        inode: int,
+        fh: int | None,
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        size: int | None = None,
+        atime: int | None = None,
+        mtime: int | None = None,
+        now_hint: bool = False,
+        kill_priv: bool = False,
+    ) -> os.stat_result:
         """Change what is given (``None``: leave it); times in ns. ``now_hint``:
         both times may be "now" as the caller asked (see fs._utimens). ``kill_priv``:
         the kernel asks us to drop setuid/setgid as native would (handle-killpriv-v2)."""
@@ -270,8 +287,7 @@ class Requests:
     _FD_OPS = ("fchmod", "fchown", "ftruncate", "futimens", "fgetattr")
     _PATH_OPS = ("chmod", "chown", "truncate", "utimens", "getattr")
 
-    def _setattr_on(self, target, ops, mode, uid, gid, size, atime, mtime, now_hint,
-                    kill_priv) -> os.stat_result:
+    def _setattr_on(self, target, ops, mode, uid, gid, size, atime, mtime, now_hint, kill_priv) -> os.stat_result:
         chmod, chown, truncate, utimens, stat = (getattr(self.fs, n) for n in ops)
         if mode is not None:
             mode = S.S_IMODE(mode)
@@ -316,8 +332,12 @@ class Requests:
         kernel checks permissions (so it, not a user's chmod, asked for it)."""
         old = S.S_IMODE(st.st_mode)
         setid = S.S_ISUID | S.S_ISGID
-        return (bool(self.fs.snap.cfg["kernel-permissions-check"]) and mode != old
-                and mode & ~setid == old & ~setid and not mode & setid & ~old)
+        return (
+            bool(self.fs.snap.cfg["kernel-permissions-check"])
+            and mode != old
+            and mode & ~setid == old & ~setid
+            and not mode & setid & ~old
+        )
 
     def _path_moved_on(self, inode: int, h) -> bool:
         """True when the open file's path no longer names it (unlinked, renamed
@@ -352,8 +372,9 @@ class Requests:
         self.fs.symlink(os.fsdecode(target), rel)
         return self._lookup_entry(rel)
 
-    def create(self, parent: int, name: bytes, mode: int, flags: int,
-               pid: int = 0) -> tuple[int, int, os.stat_result, int]:
+    def create(
+        self, parent: int, name: bytes, mode: int, flags: int, pid: int = 0
+    ) -> tuple[int, int, os.stat_result, int]:
         """(fh, nodeid, attributes, cache decision) of a newly created file."""
         rel = self.child(parent, name)
         h = self.fs.create(rel, flags, mode)
@@ -389,8 +410,7 @@ class Requests:
         self.fs.rmdir(rel)
         self.table.unlinked(rel)
 
-    def rename(self, parent_old: int, name_old: bytes, parent_new: int, name_new: bytes,
-               flags: int = 0) -> None:
+    def rename(self, parent_old: int, name_old: bytes, parent_new: int, name_new: bytes, flags: int = 0) -> None:
         old = self.child(parent_old, name_old)
         new = self.child(parent_new, name_new)
         if control_mod.NAME in (old[1:], new[1:]):
@@ -478,10 +498,8 @@ class Requests:
     def lseek(self, fh: int, off: int, whence: int) -> int:
         return self.fs.lseek(self.handle(fh), off, whence)
 
-    def copy_file_range(self, fh_in: int, off_in: int, fh_out: int, off_out: int,
-                        length: int, flags: int) -> int:
-        return self.fs.copy_file_range(self.handle(fh_in), off_in, self.handle(fh_out), off_out,
-                                       length, flags)
+    def copy_file_range(self, fh_in: int, off_in: int, fh_out: int, off_out: int, length: int, flags: int) -> int:
+        return self.fs.copy_file_range(self.handle(fh_in), off_in, self.handle(fh_out), off_out, length, flags)
 
     def ioctl(self, fh: int, cmd: int, arg: bytes, out_size: int) -> tuple[int, bytes]:
         return self.fs.ioctl(self.handle(fh), cmd, arg, out_size)
@@ -535,7 +553,7 @@ class Requests:
         if inode == CONTROL_INO:
             return self.control.getxattr(key)
         rel = self.rel(inode)
-        if key.startswith(control_mod.PREFIX) and key[len(control_mod.PREFIX):] in control_mod.PATH_KEYS:
+        if key.startswith(control_mod.PREFIX) and key[len(control_mod.PREFIX) :] in control_mod.PATH_KEYS:
             return self.control.path_getxattr(rel, key)
         return self.fs.getxattr(rel, key)
 

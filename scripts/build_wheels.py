@@ -35,8 +35,10 @@ def _run(cmd: list[str], **kw) -> str:
 
 
 def _py_info(py: str) -> dict:
-    code = ("import json, sys, importlib.util as u; print(json.dumps({'tag': 'cp%d%d' % sys.version_info[:2],"
-            " 'isolated': not all(u.find_spec(m) for m in ('Cython', 'setuptools', 'wheel'))}))")
+    code = (
+        "import json, sys, importlib.util as u; print(json.dumps({'tag': 'cp%d%d' % sys.version_info[:2],"
+        " 'isolated': not all(u.find_spec(m) for m in ('Cython', 'setuptools', 'wheel'))}))"
+    )
     return json.loads(_run([py, "-c", code]))
 
 
@@ -103,8 +105,11 @@ def build(pythons: list[str], out: str, llfuse: str) -> list[str]:
             _run(pip + ["--no-binary", "llfuse", f"llfuse=={llfuse}"], cwd=tmp)
             fixed = os.path.join(tmp, info["tag"] + "-fixed")
             for whl in sorted(os.listdir(raw)):
-                _run([sys.executable, "-m", "auditwheel", "repair", "--strip", "-w", fixed,
-                      os.path.join(raw, whl)], env=env, stderr=subprocess.STDOUT)
+                _run(
+                    [sys.executable, "-m", "auditwheel", "repair", "--strip", "-w", fixed, os.path.join(raw, whl)],
+                    env=env,
+                    stderr=subprocess.STDOUT,
+                )
             for whl in sorted(os.listdir(fixed)):
                 shutil.copyfile(os.path.join(fixed, whl), os.path.join(out, whl))
                 made.append(whl)

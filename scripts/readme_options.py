@@ -11,6 +11,10 @@ from mergerfs.options import markdown_table  # noqa: E402
 
 readme = ROOT / "README.md"
 text = readme.read_text()
-new = re.sub(r"(<!-- options:begin -->\n).*?(<!-- options:end -->)",
-             lambda m: m.group(1) + markdown_table() + "\n" + m.group(2), text, flags=re.S)
+new = re.sub(
+    r"(<!-- options:begin -->\n).*?(<!-- options:end -->)",
+    lambda m: m.group(1) + markdown_table() + "\n" + m.group(2),
+    text,
+    flags=re.S,
+)
 readme.write_text(new)

@@ -30,8 +30,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def wheelhouse() -> dict[str, str]:
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "build_wheels.py")],
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "build_wheels.py")], capture_output=True, text=True, timeout=900
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     names = r.stdout.split()
     found = {}
@@ -58,8 +59,14 @@ def _fresh_venv(path) -> str:
 
 
 def _offline_env(bindir: str, sysbin: str) -> dict[str, str]:
-    env = {"PATH": f"{bindir}:{sysbin}", "HOME": os.path.dirname(bindir), "LANG": "C.UTF-8",
-           "PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    env = {
+        "PATH": f"{bindir}:{sysbin}",
+        "HOME": os.path.dirname(bindir),
+        "LANG": "C.UTF-8",
+        "PIP_NO_INDEX": "1",
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    }
     for c in COMPILERS:
         assert shutil.which(c, path=env["PATH"]) is None, c
     return env
@@ -83,16 +90,23 @@ def test_wheels_are_binary_and_sourceless(wheelhouse):
 def test_offline_install_runs_and_serves_a_pool(wheelhouse, tmp_path):
     bindir = _fresh_venv(tmp_path / "env")
     env = _offline_env(bindir, _bare_path(tmp_path))
-    r = subprocess.run(["pip", "install", "-q", "--no-index", "--find-links", WHEELS, "mergerfs"],
-                       env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        ["pip", "install", "-q", "--no-index", "--find-links", WHEELS, "mergerfs"],
+        env=env,
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     for script in ("mergerfs", "mount.mergerfs", "mergerfs-install-helper"):
         assert os.path.exists(os.path.join(bindir, script)), script
     r = subprocess.run(["mergerfs", "--version"], env=env, cwd="/", capture_output=True, text=True)
     assert r.returncode == 0 and "2.33.5" in r.stdout, r.stdout + r.stderr
     code = "import mergerfs, mergerfs._fastpath as f, llfuse; print(mergerfs.__file__, f.__file__, llfuse.__file__)"
-    files = subprocess.run(["python", "-c", code], env=env, cwd="/", check=True, capture_output=True,
-                           text=True).stdout.split()
+    files = subprocess.run(
+        ["python", "-c", code], env=env, cwd="/", check=True, capture_output=True, text=True
+    ).stdout.split()
     assert all(f.startswith(str(tmp_path / "env")) for f in files), files  # not the source tree
 
     disks = [tmp_path / "d1", tmp_path / "d2"]
@@ -100,8 +114,14 @@ def test_offline_install_runs_and_serves_a_pool(wheelhouse, tmp_path):
     for d in (*disks, mnt):
         d.mkdir()
     (disks[1] / "hello").write_text("served\n")
-    r = subprocess.run(["mergerfs", "-o", "category.create=mfs", ":".join(map(str, disks)), str(mnt)],
-                       env=env, cwd="/", capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        ["mergerfs", "-o", "category.create=mfs", ":".join(map(str, disks)), str(mnt)],
+        env=env,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     try:
         assert r.returncode == 0, r.stderr
         assert (mnt / "hello").read_text() == "served\n"
@@ -123,13 +143,26 @@ def test_offline_install_runs_and_serves_a_pool(wheelhouse, tmp_path):
 def test_source_tree_builds_with_a_compiler(tmp_path):
     """`pip install .` path: the checkout builds (compiler and libfuse-dev present) and installs."""
     out = tmp_path / "w"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(out), ROOT], check=True, cwd=tmp_path, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), ROOT],
+        check=True,
+        cwd=tmp_path,
+        capture_output=True,
+    )
     (wheel,) = out.glob("mergerfs-*.whl")
     assert "linux" in wheel.name  # a binary wheel, not a pure one
     bindir = _fresh_venv(tmp_path / "env")
-    subprocess.run([os.path.join(bindir, "pip"), "install", "-q", "--no-deps", "--no-index", str(wheel)],
-                   check=True, cwd=tmp_path, capture_output=True)
-    f = subprocess.run([os.path.join(bindir, "python"), "-c", "import mergerfs._fastpath as f; print(f.__file__)"],
-                       check=True, capture_output=True, text=True, cwd="/").stdout.strip()
+    subprocess.run(
+        [os.path.join(bindir, "pip"), "install", "-q", "--no-deps", "--no-index", str(wheel)],
+        check=True,
+        cwd=tmp_path,
+        capture_output=True,
+    )
+    f = subprocess.run(
+        [os.path.join(bindir, "python"), "-c", "import mergerfs._fastpath as f; print(f.__file__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd="/",
+    ).stdout.strip()
     assert f.endswith(".so") and f.startswith(str(tmp_path / "env"))

@@ -26,15 +26,33 @@ from types import ModuleType
 
 #: Policy names users type, in documentation order.
 NAMES = (
-    "all", "epall", "epff", "eplfs", "eplup", "eplus", "epmfs", "eppfrd", "eprand",
-    "erofs", "ff", "lfs", "lup", "lus", "mfs", "msplfs", "msplus", "mspmfs",
-    "msppfrd", "newest", "pfrd", "rand",
+    "all",
+    "epall",
+    "epff",
+    "eplfs",
+    "eplup",
+    "eplus",
+    "epmfs",
+    "eppfrd",
+    "eprand",
+    "erofs",
+    "ff",
+    "lfs",
+    "lup",
+    "lus",
+    "mfs",
+    "msplfs",
+    "msplus",
+    "mspmfs",
+    "msppfrd",
+    "newest",
+    "pfrd",
+    "rand",
 )
 
 #: Policies whose create only considers branches where the parent exists.
 PATH_PRESERVING = frozenset(
-    {"epall", "epff", "eplfs", "eplup", "eplus", "epmfs", "eppfrd", "eprand",
-     "msplfs", "msplus", "mspmfs", "msppfrd"}
+    {"epall", "epff", "eplfs", "eplup", "eplus", "epmfs", "eppfrd", "eprand", "msplfs", "msplus", "mspmfs", "msppfrd"}
 )
 
 CATEGORIES = ("action", "create", "search")

@@ -29,8 +29,7 @@ class Candidates(list):
         raise oserror(self.error if self.error is not None else errno.ENOENT)
 
 
-def eligible(category: str, branches, relpath: str, probe, existing: bool,
-             enough: int = 0) -> Candidates:
+def eligible(category: str, branches, relpath: str, probe, existing: bool, enough: int = 0) -> Candidates:
     """Branches that qualify for ``category``; ``existing``: relpath must exist
     there. ``enough``: stop once that many qualify (``first`` needs one: a
     lookup on a 6-disk pool then probes only up to the disk that has it)."""
@@ -163,6 +162,7 @@ def path_preserving(pick) -> tuple:
     def bind(category):
         def run(branches, relpath: str, probe) -> list:
             return _choose(pick, category, branches, relpath, probe, existing=True)
+
         return run
 
     return bind("action"), bind("create"), bind("search")

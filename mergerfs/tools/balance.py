@@ -12,8 +12,19 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from mergerfs.tools.common import (add_filters, find_pool, full, human, locked_branches, parser, run,
-                                   say, selected, transfer_all, walk_files)
+from mergerfs.tools.common import (
+    add_filters,
+    find_pool,
+    full,
+    human,
+    locked_branches,
+    parser,
+    run,
+    say,
+    selected,
+    transfer_all,
+    walk_files,
+)
 
 PROG = "mergerfs-balance"
 
@@ -43,9 +54,10 @@ def plan(branches, args) -> list[tuple[str, str, str, int]]:
             st, dev = os.statvfs(b.path), os.stat(b.path).st_dev
         except OSError:
             continue
-        d = disks.setdefault(dev, Disk(dev, st.f_blocks * st.f_frsize,
-                                       (st.f_blocks - st.f_bfree) * st.f_frsize,
-                                       st.f_bavail * st.f_frsize))
+        d = disks.setdefault(
+            dev,
+            Disk(dev, st.f_blocks * st.f_frsize, (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_bavail * st.f_frsize),
+        )
         d.branches.append(b)
     # candidate files per disk, largest first; a file moves at most once
     files: dict[int, list] = {}
@@ -87,11 +99,17 @@ def plan(branches, args) -> list[tuple[str, str, str, int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser(PROG, "Move files from the fullest to the emptiest branches of a pool "
-                     "until their usage is within a percentage.")
+    p = parser(
+        PROG, "Move files from the fullest to the emptiest branches of a pool until their usage is within a percentage."
+    )
     p.add_argument("mount", metavar="MOUNTPOINT")
-    p.add_argument("-p", "--percentage", type=float, default=2.0,
-                   help="stop when the used%% of branches differs by at most this (default 2)")
+    p.add_argument(
+        "-p",
+        "--percentage",
+        type=float,
+        default=2.0,
+        help="stop when the used%% of branches differs by at most this (default 2)",
+    )
     add_filters(p)
     p.add_argument("-n", "--dry-run", action="store_true", help="print the moves, change nothing")
     args = p.parse_args(argv)
@@ -107,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 say(f"{len(moves) - failed} files moved, {failed} failed")
             return 1 if failed else 0
+
     return run(PROG, body)
 
 

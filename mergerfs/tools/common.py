@@ -49,8 +49,8 @@ def _unescape(field: str) -> str:
     """Undo /proc/mounts octal escapes (``\\040`` for a space, ...)."""
     out, i = [], 0
     while i < len(field):
-        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
             i += 4
         else:
             out.append(field[i])
@@ -89,7 +89,7 @@ class Pool:
         os.setxattr(self.ctl, PREFIX + key, value.encode("utf-8", "surrogateescape"))
 
     def keys(self) -> list[str]:
-        return sorted(k[len(PREFIX):] for k in os.listxattr(self.ctl) if k.startswith(PREFIX))
+        return sorted(k[len(PREFIX) :] for k in os.listxattr(self.ctl) if k.startswith(PREFIX))
 
     def options(self) -> dict[str, str]:
         out = {}
@@ -233,10 +233,22 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def add_filters(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-i", "--include", action="append", default=[], metavar="GLOB",
-                   help="only files whose name matches (repeatable)")
-    p.add_argument("-e", "--exclude", action="append", default=[], metavar="GLOB",
-                   help="skip files whose name or relpath matches (repeatable)")
+    p.add_argument(
+        "-i",
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only files whose name matches (repeatable)",
+    )
+    p.add_argument(
+        "-e",
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="skip files whose name or relpath matches (repeatable)",
+    )
     p.add_argument("-s", "--min-size", type=size_arg, default=0, metavar="SIZE")
     p.add_argument("-S", "--max-size", type=size_arg, default=None, metavar="SIZE")
 
@@ -391,8 +403,7 @@ def transfer(src_branch: str, dst_branch: str, rel: str, move: bool) -> None:
         raise ToolError(f"{rel}: already on {dst_branch}", 1)
     clone_dirs(src_branch, dst_branch, os.path.dirname(rel))
     tmp = os.path.join(os.path.dirname(dst), f"{TOOL_PREFIX}{os.getpid()}.tmp")
-    _write_journal(dst_branch, {"src": src_branch, "dst": dst_branch, "rel": rel,
-                                "tmp": tmp, "move": move})
+    _write_journal(dst_branch, {"src": src_branch, "dst": dst_branch, "rel": rel, "tmp": tmp, "move": move})
     try:
         _crashpoint("journal")
         h = hashlib.sha256()
@@ -457,8 +468,9 @@ def recover(branches: Sequence[str], log: Callable[[str], None] | None = None) -
 
 # ------------------------------------------------------------ shared pieces
 def execute_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-e", "--execute", action="store_true",
-                   help="make the changes (default: only print what would be done)")
+    p.add_argument(
+        "-e", "--execute", action="store_true", help="make the changes (default: only print what would be done)"
+    )
 
 
 def holders_of(branches: Sequence[Branch], reldir: str) -> dict[str, list[tuple[str, os.stat_result]]]:
@@ -470,8 +482,9 @@ def holders_of(branches: Sequence[Branch], reldir: str) -> dict[str, list[tuple[
     return out
 
 
-def transfer_all(prog: str, work: Sequence[tuple[str, str, str, int]], move: bool, execute: bool,
-                 quiet: bool = False) -> int:
+def transfer_all(
+    prog: str, work: Sequence[tuple[str, str, str, int]], move: bool, execute: bool, quiet: bool = False
+) -> int:
     """Run (or, not ``execute``, only print) [(rel, src, dst, size)] transfers; returns failures."""
     verb = ("moved" if move else "copied") if execute else ("would move" if move else "would copy")
     bar_ = Progress(sum(w[3] for w in work), "moving" if move else "copying", quiet or not execute)

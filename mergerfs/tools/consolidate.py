@@ -5,15 +5,29 @@ from __future__ import annotations
 import os
 import sys
 
-from mergerfs.tools.common import (ToolError, avail, execute_flag, find_pool, holders_of, human,
-                                   locked_branches, parser, run, say, transfer_all)
+from mergerfs.tools.common import (
+    ToolError,
+    avail,
+    execute_flag,
+    find_pool,
+    holders_of,
+    human,
+    locked_branches,
+    parser,
+    run,
+    say,
+    transfer_all,
+)
 
 PROG = "mergerfs-consolidate"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser(PROG, "Move the files under a pool directory onto one branch (by default the one "
-                     "already holding most of its bytes). Dry-run unless --execute.")
+    p = parser(
+        PROG,
+        "Move the files under a pool directory onto one branch (by default the one "
+        "already holding most of its bytes). Dry-run unless --execute.",
+    )
     p.add_argument("path", metavar="DIR", help="a pool directory")
     p.add_argument("-b", "--branch", help="the branch to gather onto")
     execute_flag(p)
@@ -58,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             failed = transfer_all(PROG, [(r, s, target, n) for r, s, n in work], True, args.execute, args.quiet)
             say(f"{len(work) - failed} files onto {target}, {skipped} skipped, {failed} failed")
             return 1 if failed else 0
+
     return run(PROG, body)
 
 

@@ -10,8 +10,20 @@ import shutil
 import subprocess
 import sys
 
-from mergerfs.tools.common import (Pool, ToolError, _unescape, bar, emit_json, find_pool, full, human,
-                                   parser, run, say, walk_files)
+from mergerfs.tools.common import (
+    Pool,
+    ToolError,
+    _unescape,
+    bar,
+    emit_json,
+    find_pool,
+    full,
+    human,
+    parser,
+    run,
+    say,
+    walk_files,
+)
 
 PROG = "mergerfs-ctl"
 
@@ -45,8 +57,7 @@ def _branch_rows(pool: Pool, count_files: bool) -> list[dict]:
             total = st.f_blocks * st.f_frsize
             free = st.f_bavail * st.f_frsize
             used = (st.f_blocks - st.f_bfree) * st.f_frsize
-            row.update(total=total, used=used, free=free,
-                       dev=os.stat(b.path).st_dev)
+            row.update(total=total, used=used, free=free, dev=os.stat(b.path).st_dev)
         except OSError as e:
             row["error"] = os.strerror(e.errno or 0)
         if count_files and "error" not in row:
@@ -66,9 +77,15 @@ def status(pool: Pool, args) -> int:
     if args.json:
         for r in rows:
             r.pop("dev", None)
-        emit_json({"mount": pool.mnt, "version": pool.get("version"),
-                   "category.create": pool.get("category.create"),
-                   "branches": rows, "total": tot})
+        emit_json(
+            {
+                "mount": pool.mnt,
+                "version": pool.get("version"),
+                "category.create": pool.get("category.create"),
+                "branches": rows,
+                "total": tot,
+            }
+        )
         return 0
     say(f"pool {pool.mnt}  mergerfs {pool.get('version')}  create={pool.get('category.create')}")
     width = max([len(r["path"]) for r in rows] + [6])
@@ -79,12 +96,16 @@ def status(pool: Pool, args) -> int:
             say(f"  {r['path']:<{width}}  {r['mode']:<4}  {r['error']}")
             continue
         frac = r["used"] / r["total"] if r["total"] else 0.0
-        line = (f"  {r['path']:<{width}}  {r['mode']:<4} {human(r['used']):>8} {human(r['free']):>8} "
-                f"{human(r['total']):>8}  {bar(frac)} {frac:4.0%}")
+        line = (
+            f"  {r['path']:<{width}}  {r['mode']:<4} {human(r['used']):>8} {human(r['free']):>8} "
+            f"{human(r['total']):>8}  {bar(frac)} {frac:4.0%}"
+        )
         say(line + (f" {r['files']:>9}" if args.files else ""))
     frac = tot["used"] / tot["total"] if tot["total"] else 0.0
-    say(f"  {'total':<{width}}       {human(tot['used']):>8} {human(tot['free']):>8} "
-        f"{human(tot['total']):>8}  {bar(frac)} {frac:4.0%}")
+    say(
+        f"  {'total':<{width}}       {human(tot['used']):>8} {human(tot['free']):>8} "
+        f"{human(tot['total']):>8}  {bar(frac)} {frac:4.0%}"
+    )
     return 0
 
 
@@ -98,8 +119,15 @@ def info(pool: Pool, args) -> int:
     rel = pool.relpath(path)
     holders = [b for b in pool.branches() if full(b.path, rel) in paths]
     if args.json:
-        emit_json({"path": path, "relpath": rel, "basepath": base,
-                   "branches": [{"path": b.path, "mode": b.mode} for b in holders], "allpaths": paths})
+        emit_json(
+            {
+                "path": path,
+                "relpath": rel,
+                "basepath": base,
+                "branches": [{"path": b.path, "mode": b.mode} for b in holders],
+                "allpaths": paths,
+            }
+        )
         return 0
     say(f"{rel}  (shown from {base})")
     for p in paths:
@@ -123,8 +151,11 @@ def get(pool: Pool, args) -> int:
 
 
 def _why(e: OSError) -> str:
-    return {errno.ENODATA: "no such key", errno.EROFS: "read-only (not settable at runtime)",
-            errno.EINVAL: "invalid value"}.get(e.errno or 0, os.strerror(e.errno or 0))
+    return {
+        errno.ENODATA: "no such key",
+        errno.EROFS: "read-only (not settable at runtime)",
+        errno.EINVAL: "invalid value",
+    }.get(e.errno or 0, os.strerror(e.errno or 0))
 
 
 def _set(pool: Pool, key: str, value: str) -> None:
@@ -176,14 +207,19 @@ def _mount_of(path: str, table: list[list[str]]) -> dict:
     for fields in table:
         mp = _unescape(fields[4])
         if (real == mp or real.startswith(mp.rstrip("/") + "/")) and (
-                best is None or len(mp) >= len(_unescape(best[4]))):
+            best is None or len(mp) >= len(_unescape(best[4]))
+        ):
             best = fields
     if best is None:
         return {}
     sep = best.index("-")
-    return {"mountpoint": _unescape(best[4]), "fstype": best[sep + 1],
-            "source": _unescape(best[sep + 2]), "options": best[5],
-            "super_options": best[sep + 3] if len(best) > sep + 3 else ""}
+    return {
+        "mountpoint": _unescape(best[4]),
+        "fstype": best[sep + 1],
+        "source": _unescape(best[sep + 2]),
+        "options": best[5],
+        "super_options": best[sep + 3] if len(best) > sep + 3 else "",
+    }
 
 
 def _recent_log(log_file: str) -> tuple[str, list[str]]:
@@ -191,8 +227,13 @@ def _recent_log(log_file: str) -> tuple[str, list[str]]:
     if log_file and os.path.isfile(log_file):
         return log_file, _tail(log_file)
     if shutil.which("journalctl"):
-        r = subprocess.run(["journalctl", "--no-pager", "-q", "-n", str(LOG_LINES), "-t", "mergerfs"],
-                           capture_output=True, text=True, errors="replace", timeout=30)
+        r = subprocess.run(
+            ["journalctl", "--no-pager", "-q", "-n", str(LOG_LINES), "-t", "mergerfs"],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=30,
+        )
         if r.returncode == 0 and r.stdout.strip():
             return "journalctl -t mergerfs", r.stdout.splitlines()[-LOG_LINES:]
     for path in ("/var/log/syslog", "/var/log/messages", "/var/log/daemon.log"):
@@ -228,14 +269,22 @@ def collect_info(pool: Pool, args) -> int:
     for r in branches:
         r.pop("dev", None)
         m = _mount_of(r["path"], table)
-        r.update(fstype=m.get("fstype", "?"), source=m.get("source", "?"),
-                 mountpoint=m.get("mountpoint", "?"), mount_options=m.get("options", "?"))
+        r.update(
+            fstype=m.get("fstype", "?"),
+            source=m.get("source", "?"),
+            mountpoint=m.get("mountpoint", "?"),
+            mount_options=m.get("options", "?"),
+        )
     pool_mount = _mount_of(pool.mnt, table)
     uname = platform.uname()
     where, lines = _recent_log(options.get("log.file", ""))
     info = {
-        "version": options.get("version", "?"), "tools_version": __version__,
-        "pid": pid, "command": cmdline, "options": options, "branches": branches,
+        "version": options.get("version", "?"),
+        "tools_version": __version__,
+        "pid": pid,
+        "command": cmdline,
+        "options": options,
+        "branches": branches,
         "mount": pool_mount,
         "kernel": {"release": uname.release, "version": uname.version, "machine": uname.machine},
         "fuse_connections": sorted(os.path.basename(p) for p in glob.glob("/sys/fs/fuse/connections/*")),
@@ -250,8 +299,7 @@ def collect_info(pool: Pool, args) -> int:
     say("== mount\n" + " ".join(f"{k}={v}" for k, v in pool_mount.items()))
     say("== branches")
     for r in branches:
-        space = (f"free {human(r['free'])} of {human(r['total'])}" if "error" not in r
-                 else f"error: {r['error']}")
+        space = f"free {human(r['free'])} of {human(r['total'])}" if "error" not in r else f"error: {r['error']}"
         say(f"  {r['path']} {r['mode']}  {r['fstype']} {r['source']} on {r['mountpoint']}  {space}")
     say("== options")
     for k, v in options.items():
@@ -289,8 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--first", action="store_true")
     where.add_argument("--last", action="store_true", help="(default)")
     s.set_defaults(fn=add_branch)
-    s = sub.add_parser("collect-info", help="what a bug report needs: version, options, branches "
-                       "with filesystems and space, mount entry, kernel, recent log lines")
+    s = sub.add_parser(
+        "collect-info",
+        help="what a bug report needs: version, options, branches "
+        "with filesystems and space, mount entry, kernel, recent log lines",
+    )
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=collect_info)
     s = sub.add_parser("remove-branch", help="remove a branch (its files stay on disk)")
@@ -304,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             target = args.path  # the pool holding PATH
         pool = find_pool(target, exact=args.mount is not None)
         return args.fn(pool, args)
+
     return run(PROG, body)
 
 

@@ -5,8 +5,20 @@ from __future__ import annotations
 import os
 import sys
 
-from mergerfs.tools.common import (Progress, avail, digest, emit_json, execute_flag, find_pool,
-                                   holders_of, human, parser, pool_lock, run, say)
+from mergerfs.tools.common import (
+    Progress,
+    avail,
+    digest,
+    emit_json,
+    execute_flag,
+    find_pool,
+    holders_of,
+    human,
+    parser,
+    pool_lock,
+    run,
+    say,
+)
 
 PROG = "mergerfs-dedup"
 # rule -> sort key over (branch index, branch path, lstat); the smallest key is kept
@@ -22,13 +34,22 @@ RULES = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser(PROG, "Report files present on more than one branch; with --execute keep one "
-                     "copy per file (chosen by --rule) and remove the others.")
+    p = parser(
+        PROG,
+        "Report files present on more than one branch; with --execute keep one "
+        "copy per file (chosen by --rule) and remove the others.",
+    )
     p.add_argument("path", metavar="PATH", help="a pool path (directory or file)")
-    p.add_argument("-r", "--rule", choices=sorted(RULES), default="newest",
-                   help="which copy to keep (default newest; ties: earlier branch)")
-    p.add_argument("--identical-only", action="store_true",
-                   help="only resolve files whose copies have the same content")
+    p.add_argument(
+        "-r",
+        "--rule",
+        choices=sorted(RULES),
+        default="newest",
+        help="which copy to keep (default newest; ties: earlier branch)",
+    )
+    p.add_argument(
+        "--identical-only", action="store_true", help="only resolve files whose copies have the same content"
+    )
     p.add_argument("--json", action="store_true", help="report as JSON")
     execute_flag(p)
     args = p.parse_args(argv)
@@ -46,9 +67,15 @@ def main(argv: list[str] | None = None) -> int:
                 sums = {b: digest(os.path.join(b, rel.lstrip("/"))) for b, _ in have}
                 identical = len(set(sums.values())) == 1
                 keep = min(have, key=lambda h: RULES[args.rule](index[h[0]], h[0], h[1]))[0]
-                entry = {"relpath": rel, "identical": identical, "keep": keep, "remove": [],
-                         "copies": [{"branch": b, "size": st.st_size, "mtime": st.st_mtime,
-                                     "sha256": sums[b]} for b, st in have]}
+                entry = {
+                    "relpath": rel,
+                    "identical": identical,
+                    "keep": keep,
+                    "remove": [],
+                    "copies": [
+                        {"branch": b, "size": st.st_size, "mtime": st.st_mtime, "sha256": sums[b]} for b, st in have
+                    ],
+                }
                 if identical or not args.identical_only:
                     entry["remove"] = [b for b, _ in have if b != keep]
                 for b in entry["remove"]:
@@ -62,21 +89,25 @@ def main(argv: list[str] | None = None) -> int:
                             sys.stderr.write(f"{PROG}: {rel} on {b}: {e.strerror}\n")
                             continue
                     if not args.json:
-                        say(f"{'removed' if args.execute else 'would remove'} {rel} on {b} "
-                            f"(keeping {keep}{', identical' if identical else ''})")
+                        say(
+                            f"{'removed' if args.execute else 'would remove'} {rel} on {b} "
+                            f"(keeping {keep}{', identical' if identical else ''})"
+                        )
                 if not entry["remove"] and not args.json:
                     say(f"kept {rel}: copies differ ({', '.join(b for b, _ in have)})")
                 report.append(entry)
                 prog.advance()
             prog.close()
             if args.json:
-                emit_json({"mount": pool.mnt, "rule": args.rule, "executed": args.execute,
-                           "duplicates": report})
+                emit_json({"mount": pool.mnt, "rule": args.rule, "executed": args.execute, "duplicates": report})
             else:
-                say(f"{len(report)} duplicated files, "
+                say(
+                    f"{len(report)} duplicated files, "
                     f"{human(sum(c['size'] for e in report for c in e['copies'] if c['branch'] in e['remove']))}"
-                    f" {'freed' if args.execute else 'removable'}")
+                    f" {'freed' if args.execute else 'removable'}"
+                )
             return 1 if failed else 0
+
     return run(PROG, body)
 
 

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import sys
 
-from mergerfs.tools.common import (ToolError, avail, execute_flag, find_pool, holders_of, locked_branches,
-                                   parser, run, transfer_all)
+from mergerfs.tools.common import (
+    ToolError,
+    avail,
+    execute_flag,
+    find_pool,
+    holders_of,
+    locked_branches,
+    parser,
+    run,
+    transfer_all,
+)
 
 PROG = "mergerfs-dup"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser(PROG, "Copy files under PATH so each exists on COUNT branches (newest copy wins). "
-                     "Dry-run unless --execute.")
+    p = parser(
+        PROG, "Copy files under PATH so each exists on COUNT branches (newest copy wins). Dry-run unless --execute."
+    )
     p.add_argument("path", metavar="PATH", help="a pool path (directory or file)")
     p.add_argument("-c", "--count", type=int, default=2, help="copies wanted (default 2)")
     execute_flag(p)
@@ -38,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                 work += [(rel, src, d, st.st_size) for d in dests]
             failed = transfer_all(PROG, work, False, args.execute, args.quiet)
             return 1 if failed else 0
+
     return run(PROG, body)
 
 

@@ -10,8 +10,7 @@ import os
 import stat
 import sys
 
-from mergerfs.tools.common import (PREFIX, Progress, emit_json, find_pool, full, parser, pool_lock, run,
-                                   say, walk_dirs)
+from mergerfs.tools.common import PREFIX, Progress, emit_json, find_pool, full, parser, pool_lock, run, say, walk_dirs
 
 PROG = "mergerfs-fsck"
 
@@ -21,8 +20,11 @@ def _meta(st: os.stat_result) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser(PROG, "Report directories whose mode or owner differ between branches; "
-                     "--fix makes every copy match the one the pool shows.")
+    p = parser(
+        PROG,
+        "Report directories whose mode or owner differ between branches; "
+        "--fix makes every copy match the one the pool shows.",
+    )
     p.add_argument("path", metavar="PATH", help="a pool path (directory)")
     p.add_argument("-f", "--fix", action="store_true", help="change the mismatching copies")
     p.add_argument("--json", action="store_true", help="report as JSON")
@@ -45,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                 if len(have) < 2:
                     continue
                 try:
-                    base = os.fsdecode(os.getxattr(pool.mnt + (rel if rel != "/" else ""),
-                                                   PREFIX + "basepath"))
+                    base = os.fsdecode(os.getxattr(pool.mnt + (rel if rel != "/" else ""), PREFIX + "basepath"))
                 except OSError:
                     base = have[0]
                 if base not in have:
@@ -56,8 +57,14 @@ def main(argv: list[str] | None = None) -> int:
                     st = os.lstat(full(b, rel))
                     if _meta(st) == _meta(want):
                         continue
-                    entry = {"relpath": rel, "branch": b, "reference": base,
-                             "have": _meta(st), "want": _meta(want), "fixed": False}
+                    entry = {
+                        "relpath": rel,
+                        "branch": b,
+                        "reference": base,
+                        "have": _meta(st),
+                        "want": _meta(want),
+                        "fixed": False,
+                    }
                     if args.fix:
                         try:
                             if mode[b] == "RO":
@@ -71,15 +78,18 @@ def main(argv: list[str] | None = None) -> int:
                     report.append(entry)
                     if not args.json:
                         h, w = entry["have"], entry["want"]
-                        say(f"{'fixed' if entry['fixed'] else 'mismatch'} {rel} on {b}: "
+                        say(
+                            f"{'fixed' if entry['fixed'] else 'mismatch'} {rel} on {b}: "
                             f"mode {h['mode']} owner {h['uid']}:{h['gid']}, "
-                            f"{base} has mode {w['mode']} owner {w['uid']}:{w['gid']}")
+                            f"{base} has mode {w['mode']} owner {w['uid']}:{w['gid']}"
+                        )
             prog.close()
             if args.json:
                 emit_json({"mount": pool.mnt, "fixed": args.fix, "mismatches": report})
             else:
                 say(f"{len(report)} mismatches")
             return 1 if failed or (report and not args.fix) else 0
+
     return run(PROG, body)
 
 

@@ -30,8 +30,7 @@ class MountError(RuntimeError):
 
 def ours_importable() -> bool:
     """Whether ``python -m mergerfs -v`` from the repo works yet."""
-    r = subprocess.run([sys.executable, "-m", "mergerfs", "-v"], env=cmd_env(),
-                       capture_output=True, timeout=30)
+    r = subprocess.run([sys.executable, "-m", "mergerfs", "-v"], env=cmd_env(), capture_output=True, timeout=30)
     return r.returncode == 0
 
 
@@ -48,6 +47,7 @@ def _mounted(path: str) -> str | None:
 
 
 # -- branches ---------------------------------------------------------------
+
 
 def mount_tmpfs(path: str, size_mb: float, *, ro: bool = False) -> str:
     """Mount a fresh tmpfs of ``size_mb`` MiB on ``path`` (created)."""
@@ -97,8 +97,7 @@ def used(branch: str) -> int:
 
 
 @contextlib.contextmanager
-def tmpfs_branches(sizes_mb: Sequence[float], *, ro: Sequence[int] = (),
-                   prefix: str = "mfsbr") -> Iterator[list[str]]:
+def tmpfs_branches(sizes_mb: Sequence[float], *, ro: Sequence[int] = (), prefix: str = "mfsbr") -> Iterator[list[str]]:
     """Yield branch paths, one tmpfs each of the given sizes; indexes in ``ro`` remounted read-only.
 
     To seed a read-only branch, leave it out of ``ro`` and call :func:`remount_ro` later.
@@ -125,8 +124,10 @@ def tmpfs_branches(sizes_mb: Sequence[float], *, ro: Sequence[int] = (),
 
 # -- pool -------------------------------------------------------------------
 
-def mount_pool_cmd(cmd: Sequence[str], branches: Sequence[str], mnt: str,
-                   options: str | Sequence[str] = "", timeout: float = 20.0) -> None:
+
+def mount_pool_cmd(
+    cmd: Sequence[str], branches: Sequence[str], mnt: str, options: str | Sequence[str] = "", timeout: float = 20.0
+) -> None:
     """Run ``cmd -o OPTIONS BRANCHES MNT`` (it daemonises) and wait for the FUSE mount.
 
     ``branches`` entries may carry ``=MODE,MINFREESPACE`` suffixes.  Raises
@@ -156,8 +157,12 @@ def mount_pool_cmd(cmd: Sequence[str], branches: Sequence[str], mnt: str,
 
 
 @contextlib.contextmanager
-def pool(branches: Sequence[str], options: str | Sequence[str] = "",
-         cmd: Sequence[str] | None = None, skip_reject: bool = False) -> Iterator[str]:
+def pool(
+    branches: Sequence[str],
+    options: str | Sequence[str] = "",
+    cmd: Sequence[str] | None = None,
+    skip_reject: bool = False,
+) -> Iterator[str]:
     """Mount a pool over ``branches`` with the command under test; always unmounted.
 
     ``skip_reject``: if the *reference* rejects the options (an upstream-only

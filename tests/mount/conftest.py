@@ -12,15 +12,13 @@ from collections.abc import Callable, Iterator
 import pytest
 
 try:
-    from .helpers import (FSTYPE, Pool, abort_connection, daemon_pid, mount, pid_alive, unmount,
-                          wait_until)
+    from .helpers import FSTYPE, Pool, abort_connection, daemon_pid, mount, pid_alive, unmount, wait_until
 except ImportError:  # rootdir-less collection
-    from helpers import (FSTYPE, Pool, abort_connection, daemon_pid, mount, pid_alive, unmount,
-                         wait_until)
+    from helpers import FSTYPE, Pool, abort_connection, daemon_pid, mount, pid_alive, unmount, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-_STARTED: set[int] = set()   # daemon PIDs this session started
-STALE_AGE = 1800             # a foreign pytest basetemp older than this is abandoned
+_STARTED: set[int] = set()  # daemon PIDs this session started
+STALE_AGE = 1800  # a foreign pytest basetemp older than this is abandoned
 # A test whose pool hangs gets its FUSE connections aborted after this many seconds.
 WATCHDOG = float(os.environ.get("MERGERFS_TEST_WATCHDOG", "180"))
 
@@ -82,6 +80,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             return time.time() - os.stat(base).st_mtime > STALE_AGE
         except OSError:
             return True
+
     _sweep(stale)
 
 
@@ -123,8 +122,12 @@ def mount_pool(tmp_path) -> Iterator[Callable[..., Pool]]:
     pools: list[Pool] = []
     count = [0]
 
-    def factory(n: int = 3, options: str = "", branches: list[str] | None = None,
-                layout: list[dict[str, bytes | None]] | None = None) -> Pool:
+    def factory(
+        n: int = 3,
+        options: str = "",
+        branches: list[str] | None = None,
+        layout: list[dict[str, bytes | None]] | None = None,
+    ) -> Pool:
         k = count[0]
         count[0] += 1
         if branches is None:
@@ -148,6 +151,7 @@ def mount_pool(tmp_path) -> Iterator[Callable[..., Pool]]:
             abort_connection(p.mnt)
             if p.pid and pid_alive(p.pid):
                 os.kill(p.pid, signal.SIGKILL)
+
     timer = threading.Timer(WATCHDOG, watchdog)
     timer.daemon = True
     timer.start()

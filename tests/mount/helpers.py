@@ -81,8 +81,13 @@ def mountinfo(path: str) -> dict[str, str] | None:
             fields = line.split()
             if _unescape(fields[4]) == path:
                 sep = fields.index("-")
-                found = {"dev": fields[2], "type": fields[sep + 1], "source": _unescape(fields[sep + 2]),
-                         "options": fields[5], "super": fields[sep + 3] if len(fields) > sep + 3 else ""}
+                found = {
+                    "dev": fields[2],
+                    "type": fields[sep + 1],
+                    "source": _unescape(fields[sep + 2]),
+                    "options": fields[5],
+                    "super": fields[sep + 3] if len(fields) > sep + 3 else "",
+                }
     return found
 
 
@@ -150,8 +155,7 @@ def unmount(mnt: str, timeout: float = 10.0) -> None:
 
 
 def run_cmd(args: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
-    return subprocess.run(pool_cmd() + list(args), env=cmd_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(pool_cmd() + list(args), env=cmd_env(), capture_output=True, text=True, timeout=timeout)
 
 
 @dataclasses.dataclass
@@ -219,10 +223,12 @@ def compare(fn_pool: Callable[[], Any], fn_native: Callable[[], Any]) -> Outcome
 
 def as_user(uid: int, gid: int, groups: Sequence[int] = ()) -> Callable[[], None]:
     """preexec_fn dropping to ``uid``/``gid`` with supplementary ``groups``."""
+
     def drop() -> None:
         os.setgroups(list(groups))
         os.setgid(gid)
         os.setuid(uid)
+
     return drop
 
 

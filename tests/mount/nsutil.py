@@ -15,8 +15,13 @@ except ImportError:
 
 def run_private(argv: list[str], timeout: float = 90, env: dict[str, str] | None = None) -> str:
     """Run ``argv`` in a new private mount namespace; assert exit 0; return stdout."""
-    r = subprocess.run(["unshare", "--mount", "--propagation", "private", *argv],
-                       capture_output=True, text=True, timeout=timeout, env=env)
+    r = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     assert r.returncode == 0, f"rc={r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     return r.stdout
 

@@ -103,8 +103,13 @@ class Server:
         self._timer: threading.Timer | None = None
 
     def start(self, timeout: float = 10.0) -> None:
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         if not wait_until(lambda: self.proc.poll() is None and _port_open(self.port), timeout, 0.05):
             raise RuntimeError(f"{self.argv[0]} did not listen on 127.0.0.1:{self.port}")
 
@@ -147,9 +152,13 @@ class Remote:
 
     def mount(self, timeout: float = 15.0) -> None:
         os.makedirs(self.mnt, exist_ok=True)
-        self.client = subprocess.Popen(self.mount_argv, stdin=subprocess.DEVNULL,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                       start_new_session=True)
+        self.client = subprocess.Popen(
+            self.mount_argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         if not wait_until(lambda: self.client.poll() is None and self.mounted(), timeout, 0.05):
             self.unmount()
             raise RuntimeError(f"{self.kind} mount at {self.mnt} did not come up")
@@ -180,8 +189,12 @@ class Remotes:
         self.key = os.path.join(base, "id_ed25519")
         self.hostkey = os.path.join(base, "host_ed25519")
         for k in (self.key, self.hostkey):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mergerfs-test",
-                            "-f", k], check=True, capture_output=True, timeout=30)
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mergerfs-test", "-f", k],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
         self.authorized = os.path.join(base, "authorized_keys")
         shutil.copy(self.key + ".pub", self.authorized)
         os.chmod(self.authorized, 0o600)
@@ -204,19 +217,29 @@ class Remotes:
         port = free_port()
         cfg = os.path.join(self.base, f"sshd{n}.conf")
         with open(cfg, "w") as f:
-            f.write(f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {self.hostkey}\n"
-                    f"AuthorizedKeysFile {self.authorized}\nPermitRootLogin prohibit-password\n"
-                    "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-                    "StrictModes no\nSubsystem sftp internal-sftp\nPidFile none\nLogLevel QUIET\n"
-                    "MaxStartups 100\n")
+            f.write(
+                f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {self.hostkey}\n"
+                f"AuthorizedKeysFile {self.authorized}\nPermitRootLogin prohibit-password\n"
+                "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+                "StrictModes no\nSubsystem sftp internal-sftp\nPidFile none\nLogLevel QUIET\n"
+                "MaxStartups 100\n"
+            )
         if not os.path.isdir("/run/sshd"):  # sshd's privilege-separation directory
             os.makedirs("/run/sshd", mode=0o755)
             self.made_run_sshd = True
         server = Server([SSHD, "-D", "-e", "-f", cfg], port, served)
         self.servers.append(server)
         server.start()
-        opts = [f"IdentityFile={self.key}", "StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null",
-                "BatchMode=yes", "LogLevel=QUIET", "ConnectTimeout=2", "dir_cache=no", "reconnect"]
+        opts = [
+            f"IdentityFile={self.key}",
+            "StrictHostKeyChecking=no",
+            "UserKnownHostsFile=/dev/null",
+            "BatchMode=yes",
+            "LogLevel=QUIET",
+            "ConnectTimeout=2",
+            "dir_cache=no",
+            "reconnect",
+        ]
         if keepalive:
             opts += ["ServerAliveInterval=1", "ServerAliveCountMax=1"]
         mnt = self._dir(f"sshfs{n}")
@@ -236,16 +259,56 @@ class Remotes:
         conf = os.path.join(self.base, "rclone.conf")
         open(conf, "a").close()
         common = ["--config", conf, "--cache-dir", self._dir("rclone-cache"), "--log-level", "ERROR"]
-        server = Server(["rclone", "serve", "sftp", served, "--addr", f"127.0.0.1:{port}",
-                         "--key", self.hostkey, "--authorized-keys", self.authorized] + common,
-                        port, served)
+        server = Server(
+            [
+                "rclone",
+                "serve",
+                "sftp",
+                served,
+                "--addr",
+                f"127.0.0.1:{port}",
+                "--key",
+                self.hostkey,
+                "--authorized-keys",
+                self.authorized,
+            ]
+            + common,
+            port,
+            served,
+        )
         self.servers.append(server)
         server.start()
         mnt = self._dir(f"rclone{n}")
-        argv = ["rclone", "mount", ":sftp:", mnt, "--sftp-host", "127.0.0.1",
-                "--sftp-port", str(port), "--sftp-user", "root", "--sftp-key-file", self.key,
-                "--dir-cache-time", "0s", "--attr-timeout", "0s", "--contimeout", "2s",
-                "--timeout", "5s", "--low-level-retries", "1", "--retries", "1"] + common + (extra or [])
+        argv = (
+            [
+                "rclone",
+                "mount",
+                ":sftp:",
+                mnt,
+                "--sftp-host",
+                "127.0.0.1",
+                "--sftp-port",
+                str(port),
+                "--sftp-user",
+                "root",
+                "--sftp-key-file",
+                self.key,
+                "--dir-cache-time",
+                "0s",
+                "--attr-timeout",
+                "0s",
+                "--contimeout",
+                "2s",
+                "--timeout",
+                "5s",
+                "--low-level-retries",
+                "1",
+                "--retries",
+                "1",
+            ]
+            + common
+            + (extra or [])
+        )
         remote = Remote("rclone", server, mnt, argv)
         self.remotes.append(remote)
         remote.mount()

@@ -44,11 +44,14 @@ def test_daemon_exits_when_unmounted_from_outside(tmp_path):
         pool.unmount()
 
 
-@pytest.mark.parametrize("branches, mnt, options, message", [
-    ("{t}", "{t}/missing", "", "mountpoint {t}/missing does not exist"),
-    ("{t}", "{t}/mnt", "category.create=best", "invalid value for option 'category.create': 'best'"),
-    ("{t}", "{t}/mnt", "nosuchoption=1", "invalid option 'nosuchoption'"),
-])
+@pytest.mark.parametrize(
+    "branches, mnt, options, message",
+    [
+        ("{t}", "{t}/missing", "", "mountpoint {t}/missing does not exist"),
+        ("{t}", "{t}/mnt", "category.create=best", "invalid value for option 'category.create': 'best'"),
+        ("{t}", "{t}/mnt", "nosuchoption=1", "invalid option 'nosuchoption'"),
+    ],
+)
 def test_errors_are_the_cli_lines(tmp_path, branches, mnt, options, message):
     (tmp_path / "mnt").mkdir()
     t = str(tmp_path)

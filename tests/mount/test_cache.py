@@ -28,8 +28,7 @@ def _write(path, data):
 def test_outside_change_same_size_is_seen(mount_pool, mode):
     if is_reference() and mode in ("full", "per-process"):
         pytest.skip("the reference keeps (full) or may not know (per-process) this mode")
-    p = mount_pool(n=2, options=f"cache.files={mode},cache.attr=0,cache.entry=0",
-                   layout=[{"f": b"A" * 8192}])
+    p = mount_pool(n=2, options=f"cache.files={mode},cache.attr=0,cache.entry=0", layout=[{"f": b"A" * 8192}])
     f = p.path("f")
     assert _read(f) == b"A" * 8192  # now cached
     branch = p.branch_path(0, "f")

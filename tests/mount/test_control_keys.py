@@ -78,8 +78,9 @@ def test_settable_keys_match_reference(tmp_path):
     b.mkdir()
     seen = []
     for cmd in (pool_cmd(), [REFERENCE]):
-        with pool_of([str(b)], "cache.files=off,category.create=epmfs,moveonenospc=false,fsname=pool,minfreespace=1G",
-                     cmd=cmd) as mnt:
+        with pool_of(
+            [str(b)], "cache.files=off,category.create=epmfs,moveonenospc=false,fsname=pool,minfreespace=1G", cmd=cmd
+        ) as mnt:
             snap = snapshot(mnt)
             seen.append((snap, {k: try_set(mnt, k, v) for k, v in snap.items()}))
     (ours, our_rc), (ref, ref_rc) = seen
@@ -104,7 +105,7 @@ def test_bad_value_einval_and_untouched(pool):
     before = snapshot(pool.mnt)
     for k, v in before.items():
         bad = _bad_value(k, v)
-        if bad is None or (is_reference() and k[len(P):].startswith(REF_CRASHES)):
+        if bad is None or (is_reference() and k[len(P) :].startswith(REF_CRASHES)):
             continue
         rc = try_set(pool.mnt, k, bad)
         assert rc in (errno.EINVAL, errno.EROFS), (k, errno.errorcode.get(rc, rc))
@@ -122,12 +123,40 @@ def test_unknown_and_informational(pool):
     assert ei.value.errno == errno.ENODATA
 
 
-HOSTILE = [b"", b"nosuchpolicy", b"-1", b"-9223372036854775809", b"99999999999999999999999999999",
-           b"1e400", b"\x00", b"\xff\xfe\x00junk\x00", b"A" * 65536, "é".encode() * 32768,
-           b"+<", b"-", b"=", b"::::", b"1" * 4096]
-HOSTILE_KEYS = ["category.create", "category.search", "func.getattr", "func.open", "minfreespace",
-                "moveonenospc", "cache.attr", "cache.files", "inodecalc", "statfs", "xattr",
-                "symlinkify-timeout", "nfsopenhack", "fsname", "branches"]
+HOSTILE = [
+    b"",
+    b"nosuchpolicy",
+    b"-1",
+    b"-9223372036854775809",
+    b"99999999999999999999999999999",
+    b"1e400",
+    b"\x00",
+    b"\xff\xfe\x00junk\x00",
+    b"A" * 65536,
+    "é".encode() * 32768,
+    b"+<",
+    b"-",
+    b"=",
+    b"::::",
+    b"1" * 4096,
+]
+HOSTILE_KEYS = [
+    "category.create",
+    "category.search",
+    "func.getattr",
+    "func.open",
+    "minfreespace",
+    "moveonenospc",
+    "cache.attr",
+    "cache.files",
+    "inodecalc",
+    "statfs",
+    "xattr",
+    "symlinkify-timeout",
+    "nfsopenhack",
+    "fsname",
+    "branches",
+]
 
 
 @pytest.mark.skipif(is_reference(), reason="the reference daemon dies on several of these writes")
@@ -167,6 +196,7 @@ def test_concurrent_writers(pool):
                 errors.append((v, rc))
             if not i % 10:
                 try_set(pool.mnt, P + "minfreespace", str(1 << (seed + 20)).encode())
+
     threads = [threading.Thread(target=writer, args=(s,)) for s in range(4)]
     for t in threads:
         t.start()
@@ -196,12 +226,20 @@ IO_LOOP = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("drop_own", [
-    False,
-    pytest.param(True, marks=pytest.mark.xfail(
-        condition=is_reference(), strict=True,
-        reason="2.33.5 answers fstat on an open fd by path: ENOENT once its branch is removed")),
-])
+@pytest.mark.parametrize(
+    "drop_own",
+    [
+        False,
+        pytest.param(
+            True,
+            marks=pytest.mark.xfail(
+                condition=is_reference(),
+                strict=True,
+                reason="2.33.5 answers fstat on an open fd by path: ENOENT once its branch is removed",
+            ),
+        ),
+    ],
+)
 def test_branch_changes_while_a_file_is_open(mount_pool, tmp_path, drop_own):
     """The open file's I/O goes on, with every byte landing, while branches come and go
     (``drop_own``: including the branch holding that very file)."""
@@ -212,8 +250,7 @@ def test_branch_changes_while_a_file_is_open(mount_pool, tmp_path, drop_own):
     with open(p.branch_path(0, "busy"), "wb") as f:
         f.write(b"\0" * 64 * 4096)
     orig = os.getxattr(ctl(p.mnt), P + "branches")
-    proc = subprocess.Popen([sys.executable, "-c", IO_LOOP, p.path("busy"), "1.5"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", IO_LOOP, p.path("busy"), "1.5"], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "open\n"
         for round_ in range(40):
@@ -235,5 +272,5 @@ def test_branch_changes_while_a_file_is_open(mount_pool, tmp_path, drop_own):
     for i in range(count):
         last[i % 64] = i
     for slot, i in last.items():
-        assert data[slot * 4096:(slot + 1) * 4096] == (b"%08d" % i) * 512
+        assert data[slot * 4096 : (slot + 1) * 4096] == (b"%08d" % i) * 512
     assert os.getxattr(ctl(p.mnt), P + "branches") == orig

@@ -36,16 +36,18 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class _FileHandle(ctypes.Structure):
-    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int),
-                ("f_handle", ctypes.c_ubyte * MAX_HANDLE_SZ)]
+    _fields_ = [
+        ("handle_bytes", ctypes.c_uint),
+        ("handle_type", ctypes.c_int),
+        ("f_handle", ctypes.c_ubyte * MAX_HANDLE_SZ),
+    ]
 
 
 def name_to_handle(path: str) -> _FileHandle:
     fh = _FileHandle()
     fh.handle_bytes = MAX_HANDLE_SZ
     mount_id = ctypes.c_int()
-    if _libc.name_to_handle_at(AT_FDCWD, os.fsencode(path), ctypes.byref(fh),
-                               ctypes.byref(mount_id), 0) != 0:
+    if _libc.name_to_handle_at(AT_FDCWD, os.fsencode(path), ctypes.byref(fh), ctypes.byref(mount_id), 0) != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e), path)
     return fh
@@ -60,7 +62,7 @@ def open_by_handle(mount_fd: int, fh: _FileHandle, flags: int = os.O_RDONLY) -> 
 
 
 def raw(fh: _FileHandle) -> bytes:
-    return bytes(fh.f_handle[:fh.handle_bytes])
+    return bytes(fh.f_handle[: fh.handle_bytes])
 
 
 def drop_caches() -> None:
@@ -80,9 +82,11 @@ def llfuse_transport(mnt: str) -> bool:
 
 
 #: What the llfuse transport cannot do, for the xfail marks below.
-LLFUSE_NO_EXPORT = ("llfuse (libfuse 2.9) never sets FUSE_EXPORT_SUPPORT in its INIT reply "
-                    "(flags=0x21 under -d): the kernel answers ESTALE for any handle whose "
-                    "inode it has evicted, without asking the daemon")
+LLFUSE_NO_EXPORT = (
+    "llfuse (libfuse 2.9) never sets FUSE_EXPORT_SUPPORT in its INIT reply "
+    "(flags=0x21 under -d): the kernel answers ESTALE for any handle whose "
+    "inode it has evicted, without asking the daemon"
+)
 
 
 class Export:
@@ -122,6 +126,7 @@ def _mount(options: str, request):
         os.close(ex.fd)
         for cm in reversed(stack):
             cm.__exit__(None, None, None)
+
     request.addfinalizer(close)
     return ex
 
@@ -247,4 +252,3 @@ def test_handle_of_a_replaced_file_is_estale(exported):
     with pytest.raises(OSError) as e:
         os.close(ex.open(fh))
     assert e.value.errno == errno.ESTALE
-

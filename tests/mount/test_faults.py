@@ -23,13 +23,11 @@ import pytest
 
 try:
     from .branchfs import MiB, pool, remount_ro, tmpfs_branches, where
-    from .helpers import (daemon_pid, err_of, is_pool_mounted, is_reference, pid_alive,
-                         run_cmd, unmount, wait_until)
+    from .helpers import daemon_pid, err_of, is_pool_mounted, is_reference, pid_alive, run_cmd, unmount, wait_until
     from .helpers import get as _get, put as _put
 except ImportError:  # rootdir-less collection
     from branchfs import MiB, pool, remount_ro, tmpfs_branches, where
-    from helpers import (daemon_pid, err_of, is_pool_mounted, is_reference, pid_alive,
-                         run_cmd, unmount, wait_until)
+    from helpers import daemon_pid, err_of, is_pool_mounted, is_reference, pid_alive, run_cmd, unmount, wait_until
     from helpers import get as _get, put as _put
 
 NOCACHE = "cache.files=off,cache.attr=0,cache.entry=0,cache.negative_entry=0"
@@ -47,9 +45,9 @@ def _alive(mnt: str) -> None:
 
 # -- a branch directory removed -----------------------------------------------
 
+
 def test_branch_dir_removed(mount_pool, native):
-    p = mount_pool(n=3, options=NOCACHE,
-                   layout=[{"a": b"A", "d/x": b"X1"}, {"b": b"B", "d/y": b"Y2"}, {"c": b"C"}])
+    p = mount_pool(n=3, options=NOCACHE, layout=[{"a": b"A", "d/x": b"X1"}, {"b": b"B", "d/y": b"Y2"}, {"c": b"C"}])
     shutil.rmtree(p.branches[1])
     shutil.rmtree(native)  # native: the files of a removed directory answer ENOENT
     assert err_of(os.stat, p.path("b")) == err_of(os.stat, os.path.join(native, "b")) == errno.ENOENT
@@ -66,8 +64,9 @@ def test_branch_dir_removed(mount_pool, native):
     _alive(p.mnt)
 
 
-@pytest.mark.xfail(condition=is_reference(), strict=True,
-                   reason="2.33.5 answers fstat on the open file ENOENT once its branch is gone")
+@pytest.mark.xfail(
+    condition=is_reference(), strict=True, reason="2.33.5 answers fstat on the open file ENOENT once its branch is gone"
+)
 def test_open_file_survives_branch_dir_removal(mount_pool, native):
     """An open file keeps working after its branch directory is removed, as an
     unlinked open native file does."""
@@ -92,6 +91,7 @@ def test_open_file_survives_branch_dir_removal(mount_pool, native):
 
 
 # -- a tmpfs branch unmounted lazily ------------------------------------------
+
 
 def _clear_dir(path: str) -> None:
     """Remove what the pool wrote into a branch's underlying dir after its umount."""
@@ -138,8 +138,11 @@ def test_tmpfs_branch_lazily_unmounted():
                 assert os.pread(rd, 1000, 0) == b"L" * 1000
                 os.close(rd)
                 # the branch path is now the empty directory underneath
-                assert err_of(os.stat, os.path.join(m, "lost")) == \
-                    err_of(os.stat, os.path.join(br[1], "lost")) == errno.ENOENT
+                assert (
+                    err_of(os.stat, os.path.join(m, "lost"))
+                    == err_of(os.stat, os.path.join(br[1], "lost"))
+                    == errno.ENOENT
+                )
                 assert err_of(os.listdir, os.path.join(m, "dir")) == errno.ENOENT
                 assert sorted(os.listdir(m)) == ["keep", "other"]
                 assert _get(os.path.join(m, "keep")) == b"K"
@@ -155,6 +158,7 @@ def test_tmpfs_branch_lazily_unmounted():
 
 
 # -- a tmpfs branch remounted read-only ---------------------------------------
+
 
 def test_tmpfs_branch_remounted_readonly():
     with tmpfs_branches([16, 16, 16]) as br:
@@ -174,8 +178,9 @@ def test_tmpfs_branch_remounted_readonly():
                 def both(fn, rel, *args):
                     a = err_of(fn, os.path.join(m, rel), *args)
                     b = err_of(fn, npath, *args)
-                    assert a == b, f"{fn.__name__} {rel}: pool {errno.errorcode.get(a, a)} " \
-                                   f"!= native {errno.errorcode.get(b, b)}"
+                    assert a == b, (
+                        f"{fn.__name__} {rel}: pool {errno.errorcode.get(a, a)} != native {errno.errorcode.get(b, b)}"
+                    )
                     return a
 
                 assert both(os.open, "ro", os.O_WRONLY) == errno.EROFS
@@ -204,6 +209,7 @@ def test_tmpfs_branch_remounted_readonly():
 
 # -- a branch fills up --------------------------------------------------------
 
+
 def _pattern(seed: int, n: int) -> bytes:
     return random.Random(seed).randbytes(n)
 
@@ -214,7 +220,7 @@ def _write_all(fd: int, data: bytes, step: int) -> int:
     done = 0
     while done < len(data):
         try:
-            n = os.write(fd, data[done:done + step])
+            n = os.write(fd, data[done : done + step])
         except OSError as e:
             e.done = done  # type: ignore[attr-defined]
             raise
@@ -274,8 +280,10 @@ def test_fill_without_moveonenospc_loses_nothing_written():
 
 # -- SIGKILL mid-write --------------------------------------------------------
 
-@pytest.mark.xfail(condition=is_reference(), strict=True,
-                   reason="2.33.5 has no lazy-umount-mountpoint: it refuses the dead mountpoint")
+
+@pytest.mark.xfail(
+    condition=is_reference(), strict=True, reason="2.33.5 has no lazy-umount-mountpoint: it refuses the dead mountpoint"
+)
 def test_sigkill_mid_write_keeps_fsynced_data(mount_pool):
     p = mount_pool(n=2, options="category.create=ff")
     pid = p.pid
@@ -289,7 +297,7 @@ def test_sigkill_mid_write_keeps_fsynced_data(mount_pool):
         off = 0
         try:
             while off < len(data):
-                off += os.write(fd, data[off:off + 65536 + 17])
+                off += os.write(fd, data[off : off + 65536 + 17])
                 if off // 65536 % 4 == 0:
                     os.fsync(fd)
                     synced[0] = off
@@ -309,7 +317,7 @@ def test_sigkill_mid_write_keeps_fsynced_data(mount_pool):
     assert wait_until(lambda: not pid_alive(pid), 10)
     on_branch = _get(p.branch_path(0, "journal"))
     assert len(on_branch) >= synced[0] > 0
-    assert on_branch == data[:len(on_branch)], "branch holds bytes never written"
+    assert on_branch == data[: len(on_branch)], "branch holds bytes never written"
     # the stale mount answers ENOTCONN until the next start clears it
     assert err_of(os.stat, p.mnt) == errno.ENOTCONN
     # (helpers.mount would os.makedirs the dead mountpoint: run the command itself)
@@ -321,7 +329,7 @@ def test_sigkill_mid_write_keeps_fsynced_data(mount_pool):
         assert again and again != pid
         assert os.stat(p.mnt)
         got = _get(p.path("journal"))
-        assert got[:synced[0]] == data[:synced[0]]
+        assert got[: synced[0]] == data[: synced[0]]
         _put(p.path("after"), b"ok")
         assert _get(p.branch_path(0, "after")) == b"ok"
         with open("/proc/self/mountinfo") as f:

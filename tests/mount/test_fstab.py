@@ -53,9 +53,11 @@ def layout(tmp_path):
         f.write("from disk2\n")
     opts = "defaults,allow_other,category.create=mfs,minfreespace=1G,nofail,x-systemd.requires=local-fs.target"
     with open(os.path.join(t, "fstab"), "w") as f:
-        f.write(f"# test fstab\n{t}/disk*  {t}/pool  fuse.mergerfs  {opts}  0 0\n"
-                f"mergerfs#{t}/disk1:{t}/disk2  {t}/pool2  fuse  defaults,allow_other  0 0\n"
-                f"{t}/disk1:{t}/disk2  {t}/pool3  mergerfs  defaults,noauto  0 0\n")
+        f.write(
+            f"# test fstab\n{t}/disk*  {t}/pool  fuse.mergerfs  {opts}  0 0\n"
+            f"mergerfs#{t}/disk1:{t}/disk2  {t}/pool2  fuse  defaults,allow_other  0 0\n"
+            f"{t}/disk1:{t}/disk2  {t}/pool3  mergerfs  defaults,noauto  0 0\n"
+        )
     yield t
     kill_leftovers(f"{t}/pool")
 
@@ -91,7 +93,10 @@ def _expected_exe() -> str:
 def test_fuse_mergerfs_line_mount_read_umount(layout):
     """`mount POOL` with a fuse.mergerfs line (glob source, generic options): serves both disks."""
     t = layout
-    out = in_namespace(t, _install(t) + f"""\
+    out = in_namespace(
+        t,
+        _install(t)
+        + f"""\
         mount --fstab {t}/fstab {t}/pool
         echo "types: $(types)"
         echo "exe: $(exe {t}/pool)"
@@ -100,7 +105,8 @@ def test_fuse_mergerfs_line_mount_read_umount(layout):
         echo new > {t}/pool/three
         umount {t}/pool
         echo "after: $(types)"
-        """)
+        """,
+    )
     assert f"types: {t}/pool fuse.mergerfs" in out
     assert _expected_exe() in out.split("exe: ")[1].splitlines()[0]
     assert "create: mfs" in out
@@ -112,7 +118,10 @@ def test_fuse_mergerfs_line_mount_read_umount(layout):
 def test_mount_all_of_type_and_legacy_form(layout):
     """`mount -a -t fuse.mergerfs,fuse` mounts the new and the legacy line, skips noauto; umount ends the daemons."""
     t = layout
-    out = in_namespace(t, _install(t) + f"""\
+    out = in_namespace(
+        t,
+        _install(t)
+        + f"""\
         mount --fstab {t}/fstab -a -t fuse.mergerfs,fuse
         echo "types: $(types | tr '\\n' ';')"
         cat {t}/pool2/one
@@ -126,7 +135,8 @@ def test_mount_all_of_type_and_legacy_form(layout):
         for i in $(seq 100); do alive=0; for p in $pids; do [ -e /proc/$p ] && alive=1; done
             [ $alive = 0 ] && break; sleep 0.1; done
         echo "alive: $alive"
-        """)
+        """,
+    )
     both = f"types: {t}/pool fuse.mergerfs;{t}/pool2 fuse.mergerfs;"
     assert both in out
     assert f"again: {t}/pool fuse.mergerfs;{t}/pool2 fuse.mergerfs;" in out  # noauto pool3 untouched, no doubles
@@ -140,13 +150,18 @@ def test_type_mergerfs_uses_mount_helper(layout):
     """Type `mergerfs` (noauto line, mounted explicitly): mount(8) runs /sbin/mount.mergerfs SPEC DIR -o OPTS."""
     t = layout
     bind = "" if is_reference() else f"mount --bind {OUR_SCRIPTS}/mount.mergerfs {MOUNT_MERGERFS}\n"
-    out = in_namespace(t, _install(t) + bind + f"""\
+    out = in_namespace(
+        t,
+        _install(t)
+        + bind
+        + f"""\
         mount --fstab {t}/fstab {t}/pool3
         echo "types: $(types)"
         echo "exe: $(exe {t}/pool3)"
         cat {t}/pool3/two
         umount {t}/pool3
-        """)
+        """,
+    )
     assert f"types: {t}/pool3 fuse.mergerfs" in out
     assert _expected_exe() in out.split("exe: ")[1].splitlines()[0]
     assert "from disk2" in out
@@ -160,8 +175,14 @@ def test_install_helper_links(tmp_path):
     b, s = tmp_path / "bin", tmp_path / "sbin"
     s.mkdir()
     (s / "mount.mergerfs").write_text("foreign")
-    run = lambda *a: subprocess.run([helper, "--bindir", str(b), "--sbindir", str(s), *a],  # noqa: E731
-                                    capture_output=True, text=True, check=True).stdout
+    run = lambda *a: (
+        subprocess.run(
+            [helper, "--bindir", str(b), "--sbindir", str(s), *a],  # noqa: E731
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     out = run()
     assert os.path.realpath(b / "mergerfs") == os.path.realpath(os.path.join(OUR_SCRIPTS, "mergerfs"))
     assert "kept" in out and (s / "mount.mergerfs").read_text() == "foreign"

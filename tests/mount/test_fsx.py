@@ -176,17 +176,35 @@ except Exception as e:
 """
 
 
-@pytest.mark.skipif(is_reference(), reason="2.33.5 passes O_DIRECT to the branch file (EINVAL on "
-                    "this branch filesystem) and its cache.files=off (direct_io) refuses mmap")
+@pytest.mark.skipif(
+    is_reference(),
+    reason="2.33.5 passes O_DIRECT to the branch file (EINVAL on "
+    "this branch filesystem) and its cache.files=off (direct_io) refuses mmap",
+)
 def test_fsx(mount_pool):
     p = mount_pool(n=1, options="cache.files=off,cache.attr=0,cache.entry=0")
     procs = []
     for i in range(WORKERS):
         seed = SEED + i
-        procs.append((seed, subprocess.Popen(
-            [sys.executable, "-c", WORKER, p.path(f"fsx{i}"), p.branch_path(0, f"fsx{i}"),
-             str(seed), str(OPS_PER_WORKER)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+        procs.append(
+            (
+                seed,
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-c",
+                        WORKER,
+                        p.path(f"fsx{i}"),
+                        p.branch_path(0, f"fsx{i}"),
+                        str(seed),
+                        str(OPS_PER_WORKER),
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                ),
+            )
+        )
     total, failures = 0, []
     for seed, pr in procs:
         out, err = pr.communicate(timeout=600)
@@ -196,8 +214,10 @@ def test_fsx(mount_pool):
         res = json.loads(out)
         total += res["ops"]
         if res["error"]:
-            failures.append(f"seed {seed} (worker {seed - SEED} of FSX_SEED={SEED}) after "
-                            f"{res['ops']} ops: {res['error']}; last ops {res['last']}")
+            failures.append(
+                f"seed {seed} (worker {seed - SEED} of FSX_SEED={SEED}) after "
+                f"{res['ops']} ops: {res['error']}; last ops {res['last']}"
+            )
     print(f"\nfsx: {WORKERS} workers, {total} operations, {len(failures)} failures")
     assert not failures, "\n".join(failures)
     assert total >= 100_000

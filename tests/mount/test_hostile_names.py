@@ -21,15 +21,29 @@ OPTS = "category.create=ff,cache.attr=0,cache.entry=0,cache.negative_entry=0"
 
 NAMES = [
     b"a" * 255,
-    "é".encode() * 127 + b"x",          # 255 bytes of multibyte UTF-8
+    "é".encode() * 127 + b"x",  # 255 bytes of multibyte UTF-8
     b"\xff\xfe\x80not-utf8",
     b"latin1-\xe9t\xe9",
     b"new\nline",
     b"tab\tand\rcr\x01\x7f",
-    b"-o", b"--help", b"-", b"-f", b"--", b"-o allow_other",
-    b" lead", b"trail ", b"...", b".hidden", b"..x", b"x..",
-    b"back\\slash", b"star*?[]", b"semi;colon|pipe$`", b"colon:equals=RO",
-    b".mergerfs_x", b"%s%n%x",
+    b"-o",
+    b"--help",
+    b"-",
+    b"-f",
+    b"--",
+    b"-o allow_other",
+    b" lead",
+    b"trail ",
+    b"...",
+    b".hidden",
+    b"..x",
+    b"x..",
+    b"back\\slash",
+    b"star*?[]",
+    b"semi;colon|pipe$`",
+    b"colon:equals=RO",
+    b".mergerfs_x",
+    b"%s%n%x",
 ]
 
 
@@ -64,20 +78,21 @@ def _seq(root: bytes, name: bytes) -> list:
     def read(path):
         with open(path, "rb") as f:
             return f.read()
+
     step(create)
     step(lambda: size(p))
     step(lambda: name in os.listdir(root))
     step(lambda: os.rename(p, q))
     step(lambda: read(q))
     step(lambda: os.rename(q, p))
-    step(lambda: os.mkdir(p))                 # EEXIST
+    step(lambda: os.mkdir(p))  # EEXIST
     step(lambda: os.unlink(p))
     step(lambda: os.mkdir(p, 0o750))
     step(lambda: os.close(os.open(os.path.join(p, name), os.O_CREAT | os.O_WRONLY, 0o600)))
     step(lambda: sorted(os.listdir(p)))
     step(lambda: os.symlink(name, os.path.join(p, b"l")))
     step(lambda: os.readlink(os.path.join(p, b"l")))
-    step(lambda: os.rmdir(p))                 # ENOTEMPTY
+    step(lambda: os.rmdir(p))  # ENOTEMPTY
     step(lambda: os.unlink(os.path.join(p, name)))
     step(lambda: os.unlink(os.path.join(p, b"l")))
     step(lambda: os.rmdir(p))
@@ -98,20 +113,22 @@ def test_name_matches_native(roots, name):
     assert os.path.isfile(os.path.join(b, name))
 
 
-_REF_ENOENT = pytest.mark.xfail(condition=is_reference(), strict=True,
-                                reason="2.33.5 answers a lookup of a too-long name ENOENT")
+_REF_ENOENT = pytest.mark.xfail(
+    condition=is_reference(), strict=True, reason="2.33.5 answers a lookup of a too-long name ENOENT"
+)
 
 
-@pytest.mark.parametrize("n", [pytest.param(256, marks=_REF_ENOENT), pytest.param(300, marks=_REF_ENOENT),
-                               4096])
+@pytest.mark.parametrize("n", [pytest.param(256, marks=_REF_ENOENT), pytest.param(300, marks=_REF_ENOENT), 4096])
 def test_too_long_names(roots, n):
     _, mnt, native = roots
     name = b"n" * n
-    for fn in (lambda r: os.open(os.path.join(r, name), os.O_CREAT | os.O_WRONLY, 0o644),
-               lambda r: os.stat(os.path.join(r, name)),
-               lambda r: os.mkdir(os.path.join(r, name)),
-               lambda r: os.symlink(b"t", os.path.join(r, name)),
-               lambda r: os.rename(os.path.join(r, b"."), os.path.join(r, name))):
+    for fn in (
+        lambda r: os.open(os.path.join(r, name), os.O_CREAT | os.O_WRONLY, 0o644),
+        lambda r: os.stat(os.path.join(r, name)),
+        lambda r: os.mkdir(os.path.join(r, name)),
+        lambda r: os.symlink(b"t", os.path.join(r, name)),
+        lambda r: os.rename(os.path.join(r, b"."), os.path.join(r, name)),
+    ):
         a, b = errname(outcome(lambda: fn(mnt))), errname(outcome(lambda: fn(native)))
         assert a == b
         assert a[1] in ("ENAMETOOLONG", "EBUSY", "EINVAL")
@@ -131,7 +148,7 @@ def test_longest_path(roots):
         seq.append(errname(outcome(lambda: open(os.path.join(root, rel, b"f"), "wb").close())))
         outs.append(seq)
     assert outs[0] == outs[1]
-    assert ("ENAMETOOLONG" in str(outs[0])), outs[0]
+    assert "ENAMETOOLONG" in str(outs[0]), outs[0]
 
 
 def test_dotdot_games(roots):
@@ -178,10 +195,12 @@ def test_symlinks_out_of_the_pool(roots, tmp_path):
         b0 = os.fsencode(p.branches[0])
         assert os.readlink(os.path.join(b0, b"l")) == target
         assert stat.S_ISLNK(os.lstat(os.path.join(mnt, b"l")).st_mode)
-        for fn in (lambda r: os.readlink(os.path.join(r, b"l")),
-                   lambda r: _read(os.path.join(r, b"l")),
-                   lambda r: os.lstat(os.path.join(r, b"l")).st_size,
-                   lambda r: os.getxattr(os.path.join(r, b"l"), "user.x", follow_symlinks=False)):
+        for fn in (
+            lambda r: os.readlink(os.path.join(r, b"l")),
+            lambda r: _read(os.path.join(r, b"l")),
+            lambda r: os.lstat(os.path.join(r, b"l")).st_size,
+            lambda r: os.getxattr(os.path.join(r, b"l"), "user.x", follow_symlinks=False),
+        ):
             a, b = errname(outcome(lambda: fn(mnt))), errname(outcome(lambda: fn(native)))
             assert a == b, target
         for root in (mnt, native):

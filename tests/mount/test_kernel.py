@@ -106,9 +106,22 @@ echo "daemon outlived its mount" >&2; exit 1
 def _python_for_nobody() -> str:
     """An interpreter user nobody can run with our compiled modules importable."""
     for exe in (sys.executable, "/usr/bin/python3"):
-        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "env",
-                            f"PYTHONPATH={REPO}", exe, "-c", "import mergerfs._kernel"],
-                           capture_output=True, cwd="/", check=False)
+        r = subprocess.run(
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "env",
+                f"PYTHONPATH={REPO}",
+                exe,
+                "-c",
+                "import mergerfs._kernel",
+            ],
+            capture_output=True,
+            cwd="/",
+            check=False,
+        )
         if r.returncode == 0:
             return exe
     pytest.skip("no interpreter user nobody can run with this checkout importable")
@@ -125,8 +138,24 @@ def test_nonroot_mount_via_fusermount3_falls_back_from_passthrough(tmp_path):
         for d in ("b1", "b2", "mnt"):
             os.mkdir(os.path.join(t, d))
             os.chown(os.path.join(t, d), 65534, 65534)
-        r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", NONROOT, "sh",
-                            t, _python_for_nobody(), REPO], capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                NONROOT,
+                "sh",
+                t,
+                _python_for_nobody(),
+                REPO,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 0, r.stdout + r.stderr
         assert f"{t}/mnt fuse.mergerfs" in r.stdout
         assert r.stdout.split()[-1] == "nobody"
@@ -155,8 +184,15 @@ def _text(path: str) -> str:
 #: The kernel's FUSE client refuses these before asking any daemon (fs/fuse/file.c):
 #: an application sees EOPNOTSUPP, as from any filesystem without them.
 KERNEL_REFUSED = {"collapse", "insert"}
-FALLOC = {"default": 0, "keep_size": 1, "punch_hole": 3, "collapse": 8, "zero_range": 0x10,
-          "zero_keep": 0x11, "insert": 0x20}
+FALLOC = {
+    "default": 0,
+    "keep_size": 1,
+    "punch_hole": 3,
+    "collapse": 8,
+    "zero_range": 0x10,
+    "zero_keep": 0x11,
+    "insert": 0x20,
+}
 
 
 @pytest.mark.parametrize("mode", sorted(FALLOC))
@@ -259,8 +295,9 @@ def test_readdirplus_100k_entries(mount_pool):
     os.mkdir(d)
     os.mkdir(os.path.join(p.branches[1], "big"))
     for i in range(100_000):
-        os.close(os.open(os.path.join(d if i % 2 else p.branches[1] + "/big", f"f{i:06d}"),
-                         os.O_CREAT | os.O_WRONLY, 0o644))
+        os.close(
+            os.open(os.path.join(d if i % 2 else p.branches[1] + "/big", f"f{i:06d}"), os.O_CREAT | os.O_WRONLY, 0o644)
+        )
     with os.scandir(os.path.join(p.mnt, "big")) as it:
         names = [(e.name, e.is_file(follow_symlinks=False)) for e in it]
     assert len(names) == 100_000 and all(f for _, f in names)
@@ -284,21 +321,31 @@ def test_cache_files_per_process(mount_pool, comm, cached):
     through the page cache (a change behind the pool's back stays unseen while it
     holds the file open); any other process gets direct I/O and sees it at once."""
     # attributes cached long: the kernel must not refetch them (and drop its pages) mid-test
-    p = mount_pool(n=1, options="cache.files=per-process,cache.files.process-names=rtorrent,minfreespace=0,"
-                                "cache.attr=60,cache.entry=60")
+    p = mount_pool(
+        n=1,
+        options="cache.files=per-process,cache.files.process-names=rtorrent,minfreespace=0,"
+        "cache.attr=60,cache.entry=60",
+    )
     branch_file = os.path.join(p.branches[0], "f")
     with open(branch_file, "wb") as f:
         f.write(b"old!")
-    out = subprocess.run([sys.executable, "-c", PER_PROCESS_READER, os.path.join(p.mnt, "f"), comm,
-                          branch_file], capture_output=True, text=True, timeout=30, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", PER_PROCESS_READER, os.path.join(p.mnt, "f"), comm, branch_file],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.split()
     assert out == (["old!", "old!"] if cached else ["old!", "NEW!"])
 
 
 FLUSH, SETATTR = 25, 4
 
 
-@pytest.mark.parametrize("mode, read_only_flushes, write_flushes", [
-    ("never", False, False), ("always", True, True), ("opened-for-write", False, True)])
+@pytest.mark.parametrize(
+    "mode, read_only_flushes, write_flushes",
+    [("never", False, False), ("always", True, True), ("opened-for-write", False, True)],
+)
 def test_flush_on_close(mount_pool, mode, read_only_flushes, write_flushes):
     """flush-on-close decides whether close() sends FLUSH (FOPEN_NOFLUSH otherwise)."""
     p = mount_pool(n=1, options=f"flush-on-close={mode},minfreespace=0")
@@ -337,8 +384,20 @@ def _killpriv_case(mount_pool, base, v2):
     dfd = os.open(p.mnt, os.O_RDONLY | os.O_DIRECTORY)
     try:
         with requests_seen(p.mnt) as seen:
-            subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c",
-                            f"echo x >> /proc/self/fd/{dfd}/f"], check=True, cwd="/", pass_fds=(dfd,))
+            subprocess.run(
+                [
+                    "setpriv",
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                    "sh",
+                    "-c",
+                    f"echo x >> /proc/self/fd/{dfd}/f",
+                ],
+                check=True,
+                cwd="/",
+                pass_fds=(dfd,),
+            )
     finally:
         os.close(dfd)
     assert WRITE in seen

@@ -14,11 +14,31 @@ except ImportError:
     from helpers import is_reference
 
 try:
-    from .helpers import (cmd_env, daemon_pid, is_pool_mounted, mount, mountinfo, pid_alive,
-                          pool_cmd, run_cmd, unmount, wait_until)
+    from .helpers import (
+        cmd_env,
+        daemon_pid,
+        is_pool_mounted,
+        mount,
+        mountinfo,
+        pid_alive,
+        pool_cmd,
+        run_cmd,
+        unmount,
+        wait_until,
+    )
 except ImportError:
-    from helpers import (cmd_env, daemon_pid, is_pool_mounted, mount, mountinfo, pid_alive,
-                         pool_cmd, run_cmd, unmount, wait_until)
+    from helpers import (
+        cmd_env,
+        daemon_pid,
+        is_pool_mounted,
+        mount,
+        mountinfo,
+        pid_alive,
+        pool_cmd,
+        run_cmd,
+        unmount,
+        wait_until,
+    )
 
 
 @pytest.fixture
@@ -47,8 +67,9 @@ def test_unknown_option(dirs):
     assert mountinfo(mnt) is None
 
 
-@pytest.mark.xfail(condition=is_reference(), strict=True,
-                   reason="2.33.5 prints the error for a bad value but exits 0 and mounts")
+@pytest.mark.xfail(
+    condition=is_reference(), strict=True, reason="2.33.5 prints the error for a bad value but exits 0 and mounts"
+)
 def test_bad_value(dirs):
     b1, b2, mnt = dirs
     r = run_cmd(["-o", "minfreespace=lots", f"{b1}:{b2}", mnt])
@@ -81,8 +102,11 @@ def test_missing_branch_still_mounts(dirs, tmp_path):
     assert os.path.exists(os.path.join(b1, "f"))
 
 
-@pytest.mark.xfail(condition=is_reference(), strict=True,
-                   reason="2.33.5 mounts but its root answers ENOENT; upstream shows one error entry")
+@pytest.mark.xfail(
+    condition=is_reference(),
+    strict=True,
+    reason="2.33.5 mounts but its root answers ENOENT; upstream shows one error entry",
+)
 def test_no_valid_branch_shows_error_entry(dirs, tmp_path):
     _, _, mnt = dirs
     mount([str(tmp_path / "missing1"), str(tmp_path / "missing2")], mnt)
@@ -131,8 +155,9 @@ def test_daemon_ends(dirs, how):
 
 def test_foreground(dirs):
     b1, b2, mnt = dirs
-    proc = subprocess.Popen(pool_cmd() + ["-f", f"{b1}:{b2}", mnt], env=cmd_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        pool_cmd() + ["-f", f"{b1}:{b2}", mnt], env=cmd_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         assert wait_until(lambda: is_pool_mounted(mnt), 20), "foreground mount never appeared"
         open(os.path.join(mnt, "x"), "w").close()

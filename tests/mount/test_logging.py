@@ -45,8 +45,12 @@ def dirs(tmp_path):
 def _daemon_syslog(t, options: str) -> dict:
     if shutil.which("unshare") is None:
         pytest.skip("needs unshare(1)")
-    spec = {"cmd": pool_cmd(), "args": ["-o", options, f"{t}/disk1:{t}/disk2", f"{t}/pool"],
-            "mnt": f"{t}/pool", "requests": REQUESTS}
+    spec = {
+        "cmd": pool_cmd(),
+        "args": ["-o", options, f"{t}/disk1:{t}/disk2", f"{t}/pool"],
+        "mnt": f"{t}/pool",
+        "requests": REQUESTS,
+    }
     out = run_private([sys.executable, os.path.join(HERE, "ns_syslog.py"), json.dumps(spec)], env=cmd_env())
     result = json.loads(out.strip().splitlines()[-1])
     assert result["rc"] == 0, result["stderr"]
@@ -61,7 +65,7 @@ def test_daemon_logs_to_syslog_by_level(dirs, level):
     r = _daemon_syslog(dirs, f"log-level={level},branches-mount-timeout=1")
     msgs = r["messages"]
     prefix = f"mergerfs[{r['pid']}]: "
-    assert all(m[m.index(">") + 1:].startswith(prefix) for m in msgs), msgs
+    assert all(m[m.index(">") + 1 :].startswith(prefix) for m in msgs), msgs
     warnings = [m for m in msgs if m.startswith(DAEMON_WARNING)]
     infos = [m for m in msgs if m.startswith(DAEMON_INFO)]
     assert len(warnings) == (level != "error") and len(infos) == 3 * (level == "info"), msgs
@@ -74,8 +78,13 @@ def test_daemon_logs_to_syslog_by_level(dirs, level):
 
 def _foreground(t, *flags: str) -> str:
     """Run -f with ``flags``, make requests, unmount; return stderr."""
-    proc = subprocess.Popen(pool_cmd() + ["-f", *flags, f"{t}/disk1:{t}/disk2", f"{t}/pool"],
-                            env=cmd_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        pool_cmd() + ["-f", *flags, f"{t}/disk1:{t}/disk2", f"{t}/pool"],
+        env=cmd_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert wait_until(lambda: is_pool_mounted(f"{t}/pool"), 20), "foreground mount never appeared"
         for i in range(20):

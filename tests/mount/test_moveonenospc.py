@@ -49,7 +49,7 @@ def write_past_capacity(fd, total=6 * MiB):
     while written < total:
         view = memoryview(CHUNK)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         written += len(CHUNK)
     return written
 
@@ -78,7 +78,7 @@ def test_moveonenospc_moves_file(br, value):
         with open(p, "rb") as f:
             data = f.read()
         assert data[:4] == b"head" and data[-4:] == b"tail"
-        assert data[4:4 + n] == CHUNK * (n // len(CHUNK))
+        assert data[4 : 4 + n] == CHUNK * (n // len(CHUNK))
     # the small branch got its space back
     assert os.statvfs(br[0]).f_bfree * os.statvfs(br[0]).f_frsize > 3 * MiB
 

@@ -76,11 +76,15 @@ def test_unlinked_file_data_visible_via_rename_path(mount_pool, native):
             os.close(fd)
         with open(os.path.join(root, "b"), "rb") as f:
             return f.read()
+
     compare(lambda: run(p.mnt), lambda: run(native))
 
 
-@pytest.mark.xfail(condition=is_reference(), strict=True,
-                   reason="2.33.5 answers ESTALE on an fd of a removed directory; native keeps it usable")
+@pytest.mark.xfail(
+    condition=is_reference(),
+    strict=True,
+    reason="2.33.5 answers ESTALE on an fd of a removed directory; native keeps it usable",
+)
 def test_unlinked_dir_fd(mount_pool, native):
     """fstat/fchmod on an fd of a removed directory; listdir of it is empty."""
     p = mount_pool(options=OPTS)
@@ -96,4 +100,5 @@ def test_unlinked_dir_fd(mount_pool, native):
             return stat.filemode(s.st_mode), stat.filemode(os.fstat(fd).st_mode), os.listdir(fd)
         finally:
             os.close(fd)
+
     compare(lambda: run(p.mnt), lambda: run(native))

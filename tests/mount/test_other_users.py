@@ -65,8 +65,10 @@ def run_as(uid: int, root: str, expr: str, gid: int | None = None, groups=(), um
         os.setgid(gid)
         os.setuid(uid)
         os.umask(umask)
-    r = subprocess.run([USER_PY, "-c", SCRIPT, root, expr], preexec_fn=drop, capture_output=True,
-                       text=True, timeout=30, cwd="/")
+
+    r = subprocess.run(
+        [USER_PY, "-c", SCRIPT, root, expr], preexec_fn=drop, capture_output=True, text=True, timeout=30, cwd="/"
+    )
     assert r.returncode == 0, r.stderr
     return ast.literal_eval(r.stdout.strip())
 
@@ -147,7 +149,7 @@ BOB_DENIED = [
     ("os.rename(p + '/pub', p + '/sticky/pub')", "EACCES"),
     ("create(p + '/pub/new')", "EACCES"),
     ("os.symlink('x', p + '/pub/l')", "EACCES"),
-    ("os.link(p + '/pub/f', p + '/sticky/hl')", "EPERM"),   # protected_hardlinks
+    ("os.link(p + '/pub/f', p + '/sticky/hl')", "EPERM"),  # protected_hardlinks
     ("os.chmod(p + '/pub/f', 0o666)", "EPERM"),
     ("os.setxattr(p + '/pub/f', 'user.x', b'1')", "EACCES"),
 ]
@@ -156,6 +158,7 @@ BOB_DENIED = [
 @pytest.mark.parametrize("expr,err", BOB_DENIED, ids=[e for e, _ in BOB_DENIED])
 def test_second_user_denied(env, expr, err):
     import errno as E
+
     ok, got, _ = both(env, _alice_private, BOB, expr)
     assert not ok and got == getattr(E, err)
 
@@ -180,8 +183,7 @@ def _open_dir(root):
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o077, 0o000])
 def test_created_with_callers_umask(env, umask):
     p, _ = env
-    ok, _, val = both(env, _open_dir, BOB, "(create(p + '/open/f'), mkdir(p + '/open/d'))",
-                      umask=umask)
+    ok, _, val = both(env, _open_dir, BOB, "(create(p + '/open/f'), mkdir(p + '/open/d'))", umask=umask)
     assert ok
     (fu, fg, fmode), (du, dg, dmode) = val
     assert (fu, fg, du, dg) == (BOB, BOB, BOB, BOB)
@@ -198,13 +200,21 @@ def _setid_file(root):
     os.chmod(f, 0o6777)
 
 
-@pytest.mark.parametrize("expr", [
-    "write(p + '/sid')",
-    "write(p + '/sid', flags=os.O_TRUNC)",
-    pytest.param("os.truncate(p + '/sid', 3)", marks=pytest.mark.xfail(
-        condition=is_reference(), strict=True,
-        reason="2.33.5 runs the kernel's setid-clearing chmod as the caller: EPERM")),
-])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "write(p + '/sid')",
+        "write(p + '/sid', flags=os.O_TRUNC)",
+        pytest.param(
+            "os.truncate(p + '/sid', 3)",
+            marks=pytest.mark.xfail(
+                condition=is_reference(),
+                strict=True,
+                reason="2.33.5 runs the kernel's setid-clearing chmod as the caller: EPERM",
+            ),
+        ),
+    ],
+)
 def test_setid_bits_cleared_by_non_owner_write(env, expr):
     """A write by someone other than the owner drops S_ISUID and S_ISGID (group-executable)."""
     p, native = env
@@ -217,8 +227,7 @@ def test_setid_bits_cleared_by_non_owner_write(env, expr):
 
 def test_setid_bits_on_owner_write(env):
     """The owner's own write (no CAP_FSETID) does what native does."""
-    both(env, _setid_file, ALICE, "(write(p + '/sid'), oct(os.stat(p + '/sid').st_mode & 0o7777))",
-         gid=GROUP)
+    both(env, _setid_file, ALICE, "(write(p + '/sid'), oct(os.stat(p + '/sid').st_mode & 0o7777))", gid=GROUP)
 
 
 def test_root_mount_implies_allow_other(base):
@@ -236,5 +245,6 @@ def test_root_mount_implies_allow_other(base):
     ok, _, listing = run_as(BOB, p.mnt, "sorted(os.listdir(p))")
     assert ok and listing == ["f"]
     import errno as E
+
     ok, err, _ = run_as(BOB, p.mnt, "read(p + '/f')")
     assert not ok and err == E.EACCES  # mode 0600: refused by the permission check

@@ -74,8 +74,13 @@ def get(path: str) -> bytes:
 
 def st(path: str, follow: bool = True) -> tuple:
     s = os.stat(path) if follow else os.lstat(path)
-    return (stat.filemode(s.st_mode), s.st_size if not stat.S_ISDIR(s.st_mode) else None,
-            s.st_nlink, s.st_uid, s.st_gid)
+    return (
+        stat.filemode(s.st_mode),
+        s.st_size if not stat.S_ISDIR(s.st_mode) else None,
+        s.st_nlink,
+        s.st_uid,
+        s.st_gid,
+    )
 
 
 def fdo(path: str, flags: int, body, mode: int = 0o644):
@@ -87,6 +92,7 @@ def fdo(path: str, flags: int, body, mode: int = 0o644):
 
 
 # -- setups ---------------------------------------------------------------
+
 
 def s_none(r):
     pass
@@ -234,8 +240,14 @@ CASES = {
     "open_trunc": (s_file, lambda r: (fdo(J(r, "f"), os.O_WRONLY | os.O_TRUNC, lambda fd: None), get(J(r, "f")))),
     "open_append": (s_file, _append),
     "open_excl_exists": (s_file, lambda r: fdo(J(r, "f"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, lambda fd: 0)),
-    "open_excl_new": (s_none, lambda r: (fdo(J(r, "n"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, lambda fd: 0, 0o640), st(J(r, "n")))),
-    "open_creat_existing": (s_file, lambda r: (fdo(J(r, "f"), os.O_CREAT | os.O_WRONLY, lambda fd: 0, 0o600), st(J(r, "f")))),
+    "open_excl_new": (
+        s_none,
+        lambda r: (fdo(J(r, "n"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, lambda fd: 0, 0o640), st(J(r, "n"))),
+    ),
+    "open_creat_existing": (
+        s_file,
+        lambda r: (fdo(J(r, "f"), os.O_CREAT | os.O_WRONLY, lambda fd: 0, 0o600), st(J(r, "f"))),
+    ),
     "open_missing": (s_none, lambda r: fdo(J(r, "nope"), os.O_RDONLY, lambda fd: 0)),
     "open_direct": (s_file, _direct),
     "open_noatime": (s_file, lambda r: fdo(J(r, "f"), os.O_RDONLY | os.O_NOATIME, lambda fd: os.read(fd, 4))),
@@ -308,8 +320,10 @@ CASES = {
     "rename_missing": (s_tree, lambda r: _rename(r, "nope", "x")),
     "rename_into_missing_dir": (s_tree, lambda r: _rename(r, "f", "zz/f")),
     "rename_symlink": (s_tree, lambda r: (_rename(r, "l", "l2"), os.readlink(J(r, "l2")))),
-    "rename_hardlink_onto_itself": (s_tree, lambda r: (os.link(J(r, "f"), J(r, "h")), _rename(r, "f", "h"),
-                                                       st(J(r, "h")))),
+    "rename_hardlink_onto_itself": (
+        s_tree,
+        lambda r: (os.link(J(r, "f"), J(r, "h")), _rename(r, "f", "h"), st(J(r, "h"))),
+    ),
     # link
     "link": (s_tree, lambda r: _link(r, "f", "d/h")),
     "link_eexist": (s_tree, lambda r: _link(r, "f", "d/g")),
@@ -324,12 +338,17 @@ CASES = {
     "xattr_roundtrip": (s_file, _xattr_roundtrip),
     "xattr_get_missing": (s_file, lambda r: os.getxattr(J(r, "f"), "user.none")),
     "xattr_remove_missing": (s_file, lambda r: os.removexattr(J(r, "f"), "user.none")),
-    "xattr_create_exists": (s_file, lambda r: (os.setxattr(J(r, "f"), "user.a", b"1"),
-                                               os.setxattr(J(r, "f"), "user.a", b"2", os.XATTR_CREATE))),
+    "xattr_create_exists": (
+        s_file,
+        lambda r: (os.setxattr(J(r, "f"), "user.a", b"1"), os.setxattr(J(r, "f"), "user.a", b"2", os.XATTR_CREATE)),
+    ),
     "xattr_replace_missing": (s_file, lambda r: os.setxattr(J(r, "f"), "user.a", b"1", os.XATTR_REPLACE)),
     "xattr_dir": (s_tree, lambda r: (os.setxattr(J(r, "d"), "user.a", b"dv"), os.getxattr(J(r, "d"), "user.a"))),
     "xattr_list_empty": (s_file, lambda r: [x for x in os.listxattr(J(r, "f")) if x.startswith("user.")]),
-    "xattr_big_value": (s_file, lambda r: (os.setxattr(J(r, "f"), "user.big", b"v" * 3000), len(os.getxattr(J(r, "f"), "user.big")))),
+    "xattr_big_value": (
+        s_file,
+        lambda r: (os.setxattr(J(r, "f"), "user.big", b"v" * 3000), len(os.getxattr(J(r, "f"), "user.big"))),
+    ),
     # names and paths
     "name_255": (s_none, lambda r: (put(J(r, "n" * 255), b"x"), os.listdir(r))),
     "name_256": (s_none, lambda r: put(J(r, "n" * 256), b"x")),
@@ -337,13 +356,22 @@ CASES = {
     "mkdir_name_256": (s_none, lambda r: os.mkdir(J(r, "n" * 256))),
     "deep_path": (s_none, _deep),
     "path_over_path_max": (s_none, _too_long_path),
-    "non_utf8_name": (s_none, lambda r: (put(os.path.join(os.fsencode(r), b"caf\xe9\xff\x80"), b"b"),
-                                         os.listdir(os.fsencode(r)),
-                                         get(os.path.join(os.fsencode(r), b"caf\xe9\xff\x80")))),
-    "non_utf8_dir_rename": (s_none, lambda r: (os.mkdir(os.path.join(os.fsencode(r), b"\xfe")),
-                                               os.rename(os.path.join(os.fsencode(r), b"\xfe"),
-                                                         os.path.join(os.fsencode(r), b"\xfd\xfc")),
-                                               os.listdir(os.fsencode(r)))),
+    "non_utf8_name": (
+        s_none,
+        lambda r: (
+            put(os.path.join(os.fsencode(r), b"caf\xe9\xff\x80"), b"b"),
+            os.listdir(os.fsencode(r)),
+            get(os.path.join(os.fsencode(r), b"caf\xe9\xff\x80")),
+        ),
+    ),
+    "non_utf8_dir_rename": (
+        s_none,
+        lambda r: (
+            os.mkdir(os.path.join(os.fsencode(r), b"\xfe")),
+            os.rename(os.path.join(os.fsencode(r), b"\xfe"), os.path.join(os.fsencode(r), b"\xfd\xfc")),
+            os.listdir(os.fsencode(r)),
+        ),
+    ),
     "spaces_and_newlines": (s_none, lambda r: (put(J(r, "a b\nc\td"), b"z"), os.listdir(r))),
 }
 
@@ -373,7 +401,7 @@ def test_parity(roots, case):
 # Spread layout: where mergerfs semantics (not a POSIX deviation) make a case differ.
 SPREAD_SKIP: dict[str, str] = {
     "rename_dir_over_nonempty": "mergerfs rename succeeds if any branch succeeds (spec 5): the target "
-                                "dir is empty on some branches, so no ENOTEMPTY",
+    "dir is empty on some branches, so no ENOTEMPTY",
 }
 
 
@@ -405,16 +433,27 @@ def test_statfs_exists(roots):
 def test_umask_applies(roots):
     old = os.umask(0o027)
     try:
-        compare(lambda: (put(J(roots[0], "u")), os.mkdir(J(roots[0], "ud"), 0o777),
-                         st(J(roots[0], "u")), st(J(roots[0], "ud"))),
-                lambda: (put(J(roots[1], "u")), os.mkdir(J(roots[1], "ud"), 0o777),
-                         st(J(roots[1], "u")), st(J(roots[1], "ud"))))
+        compare(
+            lambda: (
+                put(J(roots[0], "u")),
+                os.mkdir(J(roots[0], "ud"), 0o777),
+                st(J(roots[0], "u")),
+                st(J(roots[0], "ud")),
+            ),
+            lambda: (
+                put(J(roots[1], "u")),
+                os.mkdir(J(roots[1], "ud"), 0o777),
+                st(J(roots[1], "u")),
+                st(J(roots[1], "ud")),
+            ),
+        )
     finally:
         os.umask(old)
 
 
 def test_fd_ops_parity(roots):
     """lseek SEEK_END / fstat / fsync / fdatasync on an open fd."""
+
     def run(r):
         s_file(r)
         fd = os.open(J(r, "f"), os.O_RDWR)
@@ -427,4 +466,5 @@ def test_fd_ops_parity(roots):
             return end, s.st_size, stat.filemode(s.st_mode), os.pread(fd, 4, end)
         finally:
             os.close(fd)
+
     compare(lambda: run(roots[0]), lambda: run(roots[1]))

@@ -54,7 +54,6 @@ def touch(path, data=b""):
         f.write(data)
 
 
-
 UPSTREAM_ONLY = {"lup", "eplup"}
 
 
@@ -63,13 +62,24 @@ def skip_upstream_only(policy):
     if policy in UPSTREAM_ONLY and is_reference():
         pytest.skip("lup/eplup: upstream only; reference 2.33.5 crashes (ECONNABORTED) on create")
 
+
 # create policy -> expected branch of a new file at the root ("/" exists everywhere).
 ROOT_FILE = {
-    "all": [FF], "epall": [FF], "epff": [FF], "ff": [FF],
-    "mfs": [MFS], "epmfs": [MFS], "mspmfs": [MFS],
-    "lfs": [LFS], "eplfs": [LFS], "msplfs": [LFS],
-    "lus": [LUS], "eplus": [LUS], "msplus": [LUS],
-    "lup": [LUP], "eplup": [LUP],
+    "all": [FF],
+    "epall": [FF],
+    "epff": [FF],
+    "ff": [FF],
+    "mfs": [MFS],
+    "epmfs": [MFS],
+    "mspmfs": [MFS],
+    "lfs": [LFS],
+    "eplfs": [LFS],
+    "msplfs": [LFS],
+    "lus": [LUS],
+    "eplus": [LUS],
+    "msplus": [LUS],
+    "lup": [LUP],
+    "eplup": [LUP],
 }
 
 
@@ -88,10 +98,21 @@ def test_create_root_file(br, policy):
 # Parent "p" exists on branches 1, 3, 4 only.
 EP_PARENT = [LFS, LUP, LUS]
 EP_FILE = {
-    "epff": [LFS], "epall": [LFS], "epmfs": [LUP], "eplfs": [LFS], "eplus": [LUS],
-    "eplup": [LUP], "mspmfs": [LUP], "msplfs": [LFS], "msplus": [LUS],
+    "epff": [LFS],
+    "epall": [LFS],
+    "epmfs": [LUP],
+    "eplfs": [LFS],
+    "eplus": [LUS],
+    "eplup": [LUP],
+    "mspmfs": [LUP],
+    "msplfs": [LFS],
+    "msplus": [LUS],
     # non-path-preserving: parent is cloned onto the chosen branch
-    "ff": [FF], "all": [FF], "mfs": [MFS], "lfs": [LFS], "lus": [LUS],
+    "ff": [FF],
+    "all": [FF],
+    "mfs": [MFS],
+    "lfs": [LFS],
+    "lus": [LUS],
 }
 
 
@@ -114,9 +135,15 @@ def test_create_parent_on_some(br, policy):
             assert where(br, "p/d") == EP_FILE[policy]
 
 
-@pytest.mark.parametrize("policy,expect", [
-    ("mspmfs", LUP), ("msplfs", LFS), ("msplus", LUP), ("msppfrd", None),
-])
+@pytest.mark.parametrize(
+    "policy,expect",
+    [
+        ("mspmfs", LUP),
+        ("msplfs", LFS),
+        ("msplus", LUP),
+        ("msppfrd", None),
+    ],
+)
 def test_msp_walks_up(br, policy, expect):
     """msp*: no branch has a/b, so fall back to branches having a, then clone a/b there."""
     mkdirs_on(br, [LFS, LUP], "a")
@@ -158,10 +185,16 @@ def test_erofs_create(br):
     assert where(br, "f") == where(br, "d") == where(br, "s") == []
 
 
-@pytest.mark.parametrize("policy,allowed", [
-    ("rand", range(5)), ("eprand", EP_PARENT), ("pfrd", range(5)), ("eppfrd", EP_PARENT),
-    ("msppfrd", EP_PARENT),
-])
+@pytest.mark.parametrize(
+    "policy,allowed",
+    [
+        ("rand", range(5)),
+        ("eprand", EP_PARENT),
+        ("pfrd", range(5)),
+        ("eppfrd", EP_PARENT),
+        ("msppfrd", EP_PARENT),
+    ],
+)
 def test_random_policies(br, policy, allowed):
     """Random policies land on an allowed branch and spread over several; pfrd favours space."""
     mkdirs_on(br, EP_PARENT, "p")
@@ -185,6 +218,7 @@ def test_random_policies(br, policy, allowed):
 
 
 # -- filtering: minfreespace, modes, read-only mounts, error precedence ---------------------
+
 
 def test_global_minfreespace(br):
     """minfreespace=64M leaves only MFS (120M free) as a candidate, even for ff and lfs."""
@@ -276,6 +310,7 @@ def test_readonly_mounted_branch():
 
 # -- action and search ---------------------------------------------------------------------
 
+
 def _copies(br, idxs, rel="f", sizes=None):
     for n, i in enumerate(idxs):
         touch(os.path.join(br[i], rel), b"x" * (sizes[n] if sizes else 1))
@@ -300,12 +335,26 @@ def test_func_chmod_epff_first_only(br):
     assert all(os.stat(os.path.join(br[i], "f")).st_mtime == 5000 for i in (LFS, MFS, LUS))
 
 
-@pytest.mark.parametrize("policy,expect", [
-    ("eplfs", [LFS]), ("epmfs", [MFS]), ("eplus", [LUS]), ("all", [LFS, MFS, LUS]),
-    ("ff", [LFS]), ("mfs", [MFS]), ("lfs", [LFS]), ("lus", [LUS]), ("epff", [LFS]),
-    ("newest", [LUS]), ("mspmfs", [MFS]), ("msplfs", [LFS]), ("msplus", [LUS]),
-    ("eplup", [MFS]), ("lup", [MFS]),
-])
+@pytest.mark.parametrize(
+    "policy,expect",
+    [
+        ("eplfs", [LFS]),
+        ("epmfs", [MFS]),
+        ("eplus", [LUS]),
+        ("all", [LFS, MFS, LUS]),
+        ("ff", [LFS]),
+        ("mfs", [MFS]),
+        ("lfs", [LFS]),
+        ("lus", [LUS]),
+        ("epff", [LFS]),
+        ("newest", [LUS]),
+        ("mspmfs", [MFS]),
+        ("msplfs", [LFS]),
+        ("msplus", [LUS]),
+        ("eplup", [MFS]),
+        ("lup", [MFS]),
+    ],
+)
 def test_action_space_policies(br, policy, expect):
     """Action policies act on the subset of branches holding the path, chosen by the rule."""
     skip_upstream_only(policy)
@@ -315,8 +364,7 @@ def test_action_space_policies(br, policy, expect):
         os.utime(os.path.join(br[i], "f"), (now - age, now - age))
     with pool(br, f"{BASE},category.action={policy}") as m:
         os.chmod(os.path.join(m, "f"), 0o600)
-    changed = [i for i in (LFS, MFS, LUS)
-               if stat.S_IMODE(os.stat(os.path.join(br[i], "f")).st_mode) == 0o600]
+    changed = [i for i in (LFS, MFS, LUS) if stat.S_IMODE(os.stat(os.path.join(br[i], "f")).st_mode) == 0o600]
     assert changed == expect
 
 
@@ -331,8 +379,7 @@ def test_action_random_policies(br, policy):
         for k in range(8):
             os.chmod(os.path.join(m, f"f{k}"), 0o600)
     for k in range(8):
-        changed = [i for i in (LFS, MFS, LUS)
-                   if stat.S_IMODE(os.stat(os.path.join(br[i], f"f{k}")).st_mode) == 0o600]
+        changed = [i for i in (LFS, MFS, LUS) if stat.S_IMODE(os.stat(os.path.join(br[i], f"f{k}")).st_mode) == 0o600]
         assert len(changed) == 1, (k, changed)
         seen.add(changed[0])
     if policy in ("rand", "eprand"):
@@ -355,11 +402,26 @@ def test_action_unlink_epall_removes_all(br):
     assert where(br, "f") == []
 
 
-@pytest.mark.parametrize("policy,expect_size", [
-    ("ff", 1), ("epff", 1), ("newest", 3), ("epmfs", 2), ("eplfs", 1), ("eplus", 3),
-    ("all", 1), ("epall", 1), ("mfs", 2), ("lfs", 1), ("lus", 3), ("mspmfs", 2), ("msplfs", 1),
-    ("eplup", 2), ("lup", 2),
-])
+@pytest.mark.parametrize(
+    "policy,expect_size",
+    [
+        ("ff", 1),
+        ("epff", 1),
+        ("newest", 3),
+        ("epmfs", 2),
+        ("eplfs", 1),
+        ("eplus", 3),
+        ("all", 1),
+        ("epall", 1),
+        ("mfs", 2),
+        ("lfs", 1),
+        ("lus", 3),
+        ("mspmfs", 2),
+        ("msplfs", 1),
+        ("eplup", 2),
+        ("lup", 2),
+    ],
+)
 def test_search_getattr(br, policy, expect_size):
     """func.getattr picks the copy whose attributes the pool reports."""
     skip_upstream_only(policy)
@@ -400,6 +462,7 @@ def test_search_open_reads_chosen_copy(br):
 
 # -- option ordering ------------------------------------------------------------------------
 
+
 def test_later_option_overrides(br):
     with pool(br, f"{BASE},category.create=mfs,func.create=ff") as m:
         touch(os.path.join(m, "f"))
@@ -433,12 +496,12 @@ def test_separate_o_accumulate(br):
 
 # -- clone path -----------------------------------------------------------------------------
 
+
 def test_clone_path_copies_attrs(br):
     """Creating a/b/c/file on a branch lacking a/b/c clones the dirs: mode, owner, times, xattrs."""
     src = br[LUP]
     os.makedirs(os.path.join(src, "a/b/c"))
-    attrs = {"a": (0o711, 1234, 2345, 100000), "a/b": (0o750, 1235, 2346, 200000),
-             "a/b/c": (0o775, 1236, 2347, 300000)}
+    attrs = {"a": (0o711, 1234, 2345, 100000), "a/b": (0o750, 1235, 2346, 200000), "a/b/c": (0o775, 1236, 2347, 300000)}
     for rel, (mode, uid, gid, t) in attrs.items():
         p = os.path.join(src, rel)
         os.chmod(p, mode)
@@ -470,8 +533,7 @@ def test_clone_path_mkdir_all(br):
         assert stat.S_IMODE(os.stat(os.path.join(b, "x")).st_mode) == 0o700
 
 
-@pytest.mark.parametrize("mode,expect", [("RO", errno.EROFS), ("NC", errno.EROFS),
-                                         ("RW,1G", errno.ENOSPC)])
+@pytest.mark.parametrize("mode,expect", [("RO", errno.EROFS), ("NC", errno.EROFS), ("RW,1G", errno.ENOSPC)])
 def test_ep_parent_only_on_excluded_branch(br, mode, expect):
     """The parent exists, but only on a branch filtered out: the filter's reason wins over ENOENT."""
     mkdirs_on(br, [MFS], "p")

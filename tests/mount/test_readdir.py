@@ -12,11 +12,14 @@ OPTS = "cache.files=off,cache.attr=0,cache.entry=0,cache.negative_entry=0"
 
 
 def test_merged_listing_dedup_first_wins(mount_pool):
-    p = mount_pool(options=OPTS, layout=[
-        {"same": b"first", "only1": b"1", "d/": None, "d/x": b"x"},
-        {"same": b"second-longer", "only2": b"22", "d/": None, "d/y": b"y"},
-        {"same": b"third!!!!!!!!!!!!!!!!!", "only3": b"333", "d/": None, "d/x": b"other"},
-    ])
+    p = mount_pool(
+        options=OPTS,
+        layout=[
+            {"same": b"first", "only1": b"1", "d/": None, "d/x": b"x"},
+            {"same": b"second-longer", "only2": b"22", "d/": None, "d/y": b"y"},
+            {"same": b"third!!!!!!!!!!!!!!!!!", "only3": b"333", "d/": None, "d/x": b"other"},
+        ],
+    )
     names = os.listdir(p.mnt)
     assert sorted(names) == ["d", "only1", "only2", "only3", "same"]
     assert len(names) == len(set(names))
@@ -38,10 +41,16 @@ def test_d_type_without_stat(mount_pool):
     p = mount_pool(options=OPTS, layout=[{"f": b"", "d/": None}, {}, {}])
     os.symlink("f", p.branch_path(1, "l"))
     os.mkfifo(p.branch_path(2, "fifo"))
-    got = {e.name: (e.is_dir(follow_symlinks=False), e.is_file(follow_symlinks=False),
-                    e.is_symlink()) for e in os.scandir(p.mnt)}
-    assert got == {"f": (False, True, False), "d": (True, False, False),
-                   "l": (False, False, True), "fifo": (False, False, False)}
+    got = {
+        e.name: (e.is_dir(follow_symlinks=False), e.is_file(follow_symlinks=False), e.is_symlink())
+        for e in os.scandir(p.mnt)
+    }
+    assert got == {
+        "f": (False, True, False),
+        "d": (True, False, False),
+        "l": (False, False, True),
+        "fifo": (False, False, False),
+    }
     # scandir's d_type must agree with lstat
     for e in os.scandir(p.mnt):
         mode = os.lstat(e.path).st_mode

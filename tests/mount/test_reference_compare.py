@@ -17,24 +17,45 @@ import time
 import pytest
 
 try:
-    from .branchfs import (REFERENCE, fill, is_reference, ours_importable, pool, pool_cmd,
-                           tmpfs_branches, tree)
+    from .branchfs import REFERENCE, fill, is_reference, ours_importable, pool, pool_cmd, tmpfs_branches, tree
 except ImportError:  # tests/mount is not a package
-    from branchfs import (REFERENCE, fill, is_reference, ours_importable, pool, pool_cmd,
-                          tmpfs_branches, tree)
+    from branchfs import REFERENCE, fill, is_reference, ours_importable, pool, pool_cmd, tmpfs_branches, tree
 
 pytestmark = pytest.mark.mount
 
-POLICIES = ["ff", "epff", "mfs", "epmfs", "lfs", "eplfs", "lus", "eplus", "all", "epall",
-            "newest", "mspmfs", "msplfs", "msplus", "erofs"]
+POLICIES = [
+    "ff",
+    "epff",
+    "mfs",
+    "epmfs",
+    "lfs",
+    "eplfs",
+    "lus",
+    "eplus",
+    "all",
+    "epall",
+    "newest",
+    "mspmfs",
+    "msplfs",
+    "msplus",
+    "erofs",
+]
 
 #: (size MiB, filled MiB): avail 12, 2, 120, 63, 7.5; used 4, 2, 8, 1, 0.5.
 SHAPE = [(16, 4), (4, 2), (128, 8), (64, 1), (8, 0.5)]
 
 #: relpath -> branches it is seeded on (dirs end in "/").
 SEED = {
-    "p/": [1, 3, 4], "a/": [1, 3], "q/": [1], "empty/": [2, 4], "deep/x/": [4],
-    "seed_x": [0], "seed_y": [2], "seed_z": [0, 2], "seed_multi": [0, 3], "p/old": [3],
+    "p/": [1, 3, 4],
+    "a/": [1, 3],
+    "q/": [1],
+    "empty/": [2, 4],
+    "deep/x/": [4],
+    "seed_x": [0],
+    "seed_y": [2],
+    "seed_z": [0, 2],
+    "seed_multi": [0, 3],
+    "p/old": [3],
 }
 
 
@@ -141,11 +162,9 @@ def test_same_as_reference(ours, policy):
         pytest.skip("reference mergerfs not installed")
     ref_errs, ref_trees = run([REFERENCE], policy)
     our_errs, our_trees = run(ours, policy)
-    diffs = [f"{a[0]}: reference {a[1]}, ours {b[1]}" for a, b in zip(ref_errs, our_errs)
-             if a != b]
+    diffs = [f"{a[0]}: reference {a[1]}, ours {b[1]}" for a, b in zip(ref_errs, our_errs) if a != b]
     assert not diffs, "errno differs:\n" + "\n".join(diffs)
     for i, (rt, ot) in enumerate(zip(ref_trees, our_trees)):
         only_ref = {k: v for k, v in rt.items() if ot.get(k) != v}
         only_ours = {k: v for k, v in ot.items() if rt.get(k) != v}
-        assert not only_ref and not only_ours, \
-            f"branch {i}: reference has {only_ref}, ours has {only_ours}"
+        assert not only_ref and not only_ours, f"branch {i}: reference has {only_ref}, ours has {only_ours}"

@@ -38,8 +38,7 @@ except ImportError:  # rootdir-less collection
 pytestmark = pytest.mark.skipif(tools_missing() is not None, reason=str(tools_missing()))
 
 NOCACHE = "cache.files=off,cache.attr=0,cache.entry=0,cache.negative_entry=0"
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                      "README.md")
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "README.md")
 
 
 def _sha(data: bytes) -> str:
@@ -57,11 +56,17 @@ def local_and_sshfs(options: str, keepalive: bool = True):
 
 
 def _ctl(mnt: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mergerfs.tools.ctl", "--mount", mnt, *args],
-                          env=cmd_env(), capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "mergerfs.tools.ctl", "--mount", mnt, *args],
+        env=cmd_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 # -- placement, bytes, listing -------------------------------------------------
+
 
 def test_create_policies_see_the_remote_space():
     with local_and_sshfs("minfreespace=1M,category.create=mfs") as (mnt, local, remote):
@@ -99,7 +104,7 @@ def test_bytes_reach_the_remote_and_listings_merge():
         with open(os.path.join(mnt, "big"), "r+b") as f:  # an in-place write
             f.seek(MiB)
             f.write(b"patched")
-        patched = data[:MiB] + b"patched" + data[MiB + 7:]
+        patched = data[:MiB] + b"patched" + data[MiB + 7 :]
         assert _sha(_get(os.path.join(remote.served, "big"))) == _sha(patched)
         os.makedirs(os.path.join(local, "d"))
         os.makedirs(os.path.join(remote.served, "d"))
@@ -113,6 +118,7 @@ def test_bytes_reach_the_remote_and_listings_merge():
 
 
 # -- faults ---------------------------------------------------------------------
+
 
 def _timed(argv: list[str], timeout: float = 8.0) -> tuple[float | None, str]:
     """(seconds ``argv`` took or None if it had not finished after ``timeout``, its output).
@@ -134,10 +140,12 @@ def _record(timings: dict) -> None:
 
 def _local_ops(mnt: str) -> dict[str, tuple[float | None, str]]:
     """stat and cat of a file of the local branch, df of the pool, ls of a local directory."""
-    return {"stat": _timed(["stat", "-c", "%s", os.path.join(mnt, "local/f")]),
-            "cat": _timed(["cat", os.path.join(mnt, "local/f")]),
-            "df": _timed(["stat", "-f", "-c", "%b", mnt]),
-            "ls": _timed(["ls", os.path.join(mnt, "local")])}
+    return {
+        "stat": _timed(["stat", "-c", "%s", os.path.join(mnt, "local/f")]),
+        "cat": _timed(["cat", os.path.join(mnt, "local/f")]),
+        "df": _timed(["stat", "-f", "-c", "%b", mnt]),
+        "ls": _timed(["ls", os.path.join(mnt, "local")]),
+    }
 
 
 def test_remote_killed_mid_read():
@@ -197,8 +205,11 @@ def test_remote_killed_mid_read():
         assert daemon_pid(mnt) == pid
 
 
-@pytest.mark.xfail(condition=is_reference(), strict=True,
-                   reason="2.33.5 lists and statfs's every branch without a deadline: ls and df hang")
+@pytest.mark.xfail(
+    condition=is_reference(),
+    strict=True,
+    reason="2.33.5 lists and statfs's every branch without a deadline: ls and df hang",
+)
 def test_hung_remote_leaves_local_requests_answering():
     """The server SIGSTOPped (sshfs without keepalive: its requests hang until the
     server resumes). Local-only stat and cat never touch the remote (the local
@@ -206,8 +217,7 @@ def test_hung_remote_leaves_local_requests_answering():
     at most 1 s, the first listing at most 5 s, then the stalled branch is left
     out at once (df counts its last known size) until it answers again.
     Latencies are appended to the file ``MERGERFS_REMOTE_TIMINGS`` names, if set."""
-    with local_and_sshfs("minfreespace=1M,category.create=mfs", keepalive=False) as (mnt, local,
-                                                                                     remote):
+    with local_and_sshfs("minfreespace=1M,category.create=mfs", keepalive=False) as (mnt, local, remote):
         os.makedirs(os.path.join(local, "local"))
         _put(os.path.join(local, "local", "f"), b"local")
         os.makedirs(os.path.join(remote.served, "local"))
@@ -218,14 +228,23 @@ def test_hung_remote_leaves_local_requests_answering():
         try:
             first = _local_ops(mnt)
             again = _local_ops(mnt)
-            key = _timed(["getfattr", "--only-values", "-n", "user.mergerfs.branches-unavailable",
-                          os.path.join(mnt, ".mergerfs")])
+            key = _timed(
+                [
+                    "getfattr",
+                    "--only-values",
+                    "-n",
+                    "user.mergerfs.branches-unavailable",
+                    os.path.join(mnt, ".mergerfs"),
+                ]
+            )
             status = _timed([sys.executable, "-m", "mergerfs.tools.ctl", "--mount", mnt, "status"])
         finally:
             remote.server.resume()
-        timings = {"healthy": {k: v[0] for k, v in healthy.items()},
-                   "hung, first": {k: v[0] for k, v in first.items()},
-                   "hung, again": {k: v[0] for k, v in again.items()}}
+        timings = {
+            "healthy": {k: v[0] for k, v in healthy.items()},
+            "hung, first": {k: v[0] for k, v in first.items()},
+            "hung, again": {k: v[0] for k, v in again.items()},
+        }
         _record(timings)
         limits = {"stat": 1, "cat": 1, "df": 3, "ls": 7}
         for op, limit in limits.items():
@@ -242,8 +261,9 @@ def test_hung_remote_leaves_local_requests_answering():
         assert wait_until(lambda: sorted(os.listdir(os.path.join(mnt, "local"))) == ["f", "r"], 5, 0.1)
 
 
-@pytest.mark.xfail(condition=is_reference(), strict=True,
-                   reason="2.33.5 creates files in the bare mountpoint of a gone remote")
+@pytest.mark.xfail(
+    condition=is_reference(), strict=True, reason="2.33.5 creates files in the bare mountpoint of a gone remote"
+)
 def test_gone_remote_receives_no_new_files():
     """``rclone mount`` exits (it unmounts itself), leaving the bare mountpoint
     directory on the local disk. The pool must not create files there (they would
@@ -262,8 +282,7 @@ def test_gone_remote_receives_no_new_files():
             os.mkdir(os.path.join(mnt, "dir"))
             assert os.listdir(remote.mnt) == []  # nothing in the bare directory
             assert sorted(os.listdir(local)) == ["b", "dir"]
-            assert (os.getxattr(ctl, "user.mergerfs.branches-unavailable").decode()
-                    == f"{remote.mnt}: filesystem gone\n")
+            assert os.getxattr(ctl, "user.mergerfs.branches-unavailable").decode() == f"{remote.mnt}: filesystem gone\n"
             st = _ctl(mnt, "status")
             assert st.returncode == 0, st.stderr
             assert "unavailable: filesystem gone" in st.stdout, st.stdout
@@ -279,6 +298,7 @@ def test_gone_remote_receives_no_new_files():
 
 
 # -- the README's recipe ----------------------------------------------------------
+
 
 def _recipe() -> tuple[list[str], str]:
     """(rclone mount flags, mergerfs -o options) of the README's rclone recipe."""
@@ -319,7 +339,5 @@ def test_readme_rclone_recipe():
             assert where([local, remote.mnt], "grow") == [1]
             for name, data in (("b", b), ("grow", b"start" + tail)):
                 path = os.path.join(remote.served, name)
-                assert wait_until(lambda: os.path.exists(path) and _sha(_get(path)) == _sha(data), 10,
-                                  0.1), name
+                assert wait_until(lambda: os.path.exists(path) and _sha(_get(path)) == _sha(data), 10, 0.1), name
                 assert _sha(_get(os.path.join(mnt, name))) == _sha(data)
-

@@ -36,13 +36,13 @@ def put(br, i, rel, data=b"data"):
         f.write(data)
 
 
-
 def read(p):
     with open(p, "rb") as f:
         return f.read()
 
 
 # -- rename ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("policy", ["epmfs", "ff", "mfs"])
 def test_rename_within_branch(br, policy):
@@ -83,8 +83,9 @@ def test_rename_pp_target_parent_elsewhere_exdev(br):
     assert where(br, "f") == [0] and where(br, "d/f") == [] and where(br, "d") == [1]
 
 
-@pytest.mark.parametrize("opts", ["category.create=ff", "category.create=mfs",
-                                  "category.create=epmfs,ignorepponrename=true"])
+@pytest.mark.parametrize(
+    "opts", ["category.create=ff", "category.create=mfs", "category.create=epmfs,ignorepponrename=true"]
+)
 def test_rename_non_pp_clones_parent(br, opts):
     """Non-path-preserving (or ignorepponrename): clone the target parent onto the source branch."""
     put(br, 0, "f")
@@ -165,6 +166,7 @@ def test_rename_exdev_passthrough(br):
 
 # -- link -----------------------------------------------------------------------------------
 
+
 def test_link_same_branch(br):
     put(br, 0, "f")
     with pool(br, f"{BASE},category.create=epmfs") as m:
@@ -212,8 +214,11 @@ def test_link_exdev_symlink(br, kind):
         os.link(os.path.join(m, "f"), os.path.join(m, "d", "g"))
         target = os.readlink(os.path.join(m, "d", "g"))
         assert read(os.path.join(m, "d", "g")) == b"data"
-        expect = {"rel-symlink": "../f", "abs-base-symlink": os.path.join(br[0], "f"),
-                  "abs-pool-symlink": os.path.join(m, "f")}[kind]
+        expect = {
+            "rel-symlink": "../f",
+            "abs-base-symlink": os.path.join(br[0], "f"),
+            "abs-pool-symlink": os.path.join(m, "f"),
+        }[kind]
         assert target == expect
     assert where(br, "d/g") == [1] and where(br, "f") == [0]
     assert os.path.islink(os.path.join(br[1], "d", "g"))

@@ -37,8 +37,9 @@ def test_handler_bug_is_eio_and_mount_survives(tmp_path):
     (b / "fine").write_text("ok")
     log_path = tmp_path / "log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-c", INJECT, "-f", str(b), str(mnt)],
-                                stderr=log, env=cmd_env(), cwd=REPO)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", INJECT, "-f", str(b), str(mnt)], stderr=log, env=cmd_env(), cwd=REPO
+        )
     try:
         assert wait_until(lambda: is_pool_mounted(str(mnt)), 20)
         for _ in range(3):
@@ -61,6 +62,7 @@ def test_stat_racing_close_never_ebadf(mount_pool):
     """RELEASE is sent asynchronously after close(): a stat racing with it must
     see the file (found through the open fd or the path), never EBADF."""
     import threading
+
     p = mount_pool(n=2, options="cache.attr=0,cache.entry=0", layout=[{"f": b"data"}])
     f = p.path("f")
     stop = threading.Event()

@@ -20,11 +20,33 @@ import time
 import pytest
 
 try:
-    from .helpers import (cmd_env, daemon_pid, is_pool_mounted, is_reference, mount, mountinfo, pid_alive,
-                          pool_cmd, run_cmd, unmount, wait_until)
+    from .helpers import (
+        cmd_env,
+        daemon_pid,
+        is_pool_mounted,
+        is_reference,
+        mount,
+        mountinfo,
+        pid_alive,
+        pool_cmd,
+        run_cmd,
+        unmount,
+        wait_until,
+    )
 except ImportError:
-    from helpers import (cmd_env, daemon_pid, is_pool_mounted, is_reference, mount, mountinfo, pid_alive,
-                         pool_cmd, run_cmd, unmount, wait_until)
+    from helpers import (
+        cmd_env,
+        daemon_pid,
+        is_pool_mounted,
+        is_reference,
+        mount,
+        mountinfo,
+        pid_alive,
+        pool_cmd,
+        run_cmd,
+        unmount,
+        wait_until,
+    )
 
 upstream_only = pytest.mark.skipif(is_reference(), reason="option added after 2.33.5")
 
@@ -74,8 +96,9 @@ def test_sigusr1_reexpands_branch_globs(t):
 def test_branches_mount_timeout_fail(t):
     """Plain directories never become mounts: with -fail the command exits 1 after the wait."""
     start = time.monotonic()
-    r = run_cmd(["-o", "branches-mount-timeout=1,branches-mount-timeout-fail=true",
-                 f"{t}/disk1:{t}/disk2", f"{t}/pool"])
+    r = run_cmd(
+        ["-o", "branches-mount-timeout=1,branches-mount-timeout-fail=true", f"{t}/disk1:{t}/disk2", f"{t}/pool"]
+    )
     assert r.returncode == 1 and "branches not mounted after 1s" in r.stderr, r.stderr
     assert time.monotonic() - start >= 1
     assert mountinfo(str(t / "pool")) is None
@@ -86,13 +109,16 @@ def test_branches_mount_timeout_waits_for_disks(t):
     """The pool mounts only once both branch dirs are mounts, and serves what is on them."""
     for d in ("disk1", "disk2"):
         (t / d / "underneath").write_text("hidden by the disk")
-    late = threading.Timer(1.0, lambda: [_tmpfs(t / d) for d in ("disk1", "disk2")]
-                           + [(t / "disk2" / "ondisk").write_text("x")])
+    late = threading.Timer(
+        1.0, lambda: [_tmpfs(t / d) for d in ("disk1", "disk2")] + [(t / "disk2" / "ondisk").write_text("x")]
+    )
     late.start()
     try:
         start = time.monotonic()
-        r = run_cmd(["-o", "branches-mount-timeout=30,branches-mount-timeout-fail=true",
-                     f"{t}/disk1:{t}/disk2", f"{t}/pool"], timeout=60)
+        r = run_cmd(
+            ["-o", "branches-mount-timeout=30,branches-mount-timeout-fail=true", f"{t}/disk1:{t}/disk2", f"{t}/pool"],
+            timeout=60,
+        )
         waited = time.monotonic() - start
     finally:
         late.join()
@@ -138,8 +164,9 @@ def test_lazy_umount_live_upgrade(t):
 
 
 # ------------------------------------------------------------- systemd unit
-UNIT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                    "contrib", "mergerfs-pool.service")
+UNIT = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "contrib", "mergerfs-pool.service"
+)
 VENV_MERGERFS = os.path.join(os.path.dirname(sys.executable), "mergerfs")
 
 

@@ -136,6 +136,13 @@ def make_machine(pool, native):
 def test_pool_matches_native(mount_pool, native):
     pool = mount_pool(options=OPTS)
     machine = make_machine(pool, native)
-    run_state_machine_as_test(machine, settings=settings(
-        max_examples=30, stateful_step_count=30, deadline=None, database=None,
-        suppress_health_check=list(HealthCheck)))
+    run_state_machine_as_test(
+        machine,
+        settings=settings(
+            max_examples=30,
+            stateful_step_count=30,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        ),
+    )

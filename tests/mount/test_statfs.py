@@ -30,8 +30,13 @@ def br():
 
 def in_bytes(st):
     f = st.f_frsize
-    return {"blocks": st.f_blocks * f, "bfree": st.f_bfree * f, "bavail": st.f_bavail * f,
-            "files": st.f_files, "ffree": st.f_ffree}
+    return {
+        "blocks": st.f_blocks * f,
+        "bfree": st.f_bfree * f,
+        "bavail": st.f_bavail * f,
+        "files": st.f_files,
+        "ffree": st.f_ffree,
+    }
 
 
 def summed(paths, no_avail=()):
@@ -48,8 +53,9 @@ def summed(paths, no_avail=()):
 
 def close(got, want):
     """Equal, up to a few inodes consumed by the pool itself between the two statvfs calls."""
-    assert {k: got[k] for k in ("blocks", "bfree", "bavail", "files")} == \
-        {k: want[k] for k in ("blocks", "bfree", "bavail", "files")}
+    assert {k: got[k] for k in ("blocks", "bfree", "bavail", "files")} == {
+        k: want[k] for k in ("blocks", "bfree", "bavail", "files")
+    }
     assert abs(got["ffree"] - want["ffree"]) <= 4
 
 
@@ -92,16 +98,21 @@ def test_statfs_ignore_nc(br):
 def test_statfs_ignore_ro_mounted_readonly(br):
     """A branch whose filesystem is mounted read-only counts as RO for statfs_ignore=ro (spec 7)."""
     if is_reference():
-        pytest.skip("reference 2.33.5 quirk: statfs_ignore=ro only looks at the RO/NC mode, "
-                    "a read-only-mounted RW branch still counts")
+        pytest.skip(
+            "reference 2.33.5 quirk: statfs_ignore=ro only looks at the RO/NC mode, "
+            "a read-only-mounted RW branch still counts"
+        )
     remount_ro(br[1])
     with pool(br, f"{BASE},statfs_ignore=ro") as m:
         close(in_bytes(os.statvfs(m)), summed(br, no_avail=(br[1],)))
 
 
-@pytest.mark.xfail(condition=is_llfuse(), strict=True,
-                   reason="llfuse's statfs handler is not given the inode (spec 14): "
-                          "ours answers statfs=full for the pool root; see docs/DIFFERENCES.md")
+@pytest.mark.xfail(
+    condition=is_llfuse(),
+    strict=True,
+    reason="llfuse's statfs handler is not given the inode (spec 14): "
+    "ours answers statfs=full for the pool root; see docs/DIFFERENCES.md",
+)
 def test_statfs_full_only_where_path_exists(br):
     with pool(br, f"{BASE},statfs=full") as m:
         close(in_bytes(os.statvfs(os.path.join(m, "d"))), summed([br[0], br[2]]))

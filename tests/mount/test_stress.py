@@ -195,10 +195,15 @@ def _forget() -> None:
 
 
 def _round(p, seconds: float, seed: int) -> dict[str, int]:
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, p.mnt, str(i), str(seconds),
-                               str(seed * 1000 + i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
-             for i in range(PROCS)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, p.mnt, str(i), str(seconds), str(seed * 1000 + i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(PROCS)
+    ]
     total: dict[str, int] = {}
     failures = []
     for i, pr in enumerate(procs):
@@ -240,8 +245,10 @@ def test_concurrent_mixed_operations(mount_pool):
     rss_end = _rss_kib(pid)
 
     ops = sum(main.values()) + sum(warm.values())
-    print(f"\nstress: {PROCS} procs, {ops} ops ({main}), fds {base_fds}->{fds_warm}->{fds_end}, "
-          f"rss {rss_warm}->{rss_end} KiB")
+    print(
+        f"\nstress: {PROCS} procs, {ops} ops ({main}), fds {base_fds}->{fds_warm}->{fds_end}, "
+        f"rss {rss_warm}->{rss_end} KiB"
+    )
     assert ops > 2000, ops
     assert pid_alive(pid)
     assert fds_end <= base_fds, f"daemon fds {base_fds} -> {fds_end}: leaked"
@@ -280,16 +287,21 @@ print(bad)
 """
 
 
-@pytest.mark.skipif(is_llfuse(), reason="cache.files=off without direct_io (llfuse cannot set it, "
-                    "docs/DIFFERENCES.md): a reader racing an O_TRUNC rewrite can get zeros")
+@pytest.mark.skipif(
+    is_llfuse(),
+    reason="cache.files=off without direct_io (llfuse cannot set it, "
+    "docs/DIFFERENCES.md): a reader racing an O_TRUNC rewrite can get zeros",
+)
 def test_truncating_writer_vs_reader(mount_pool, native):
     """8 processes rewrite (O_TRUNC) and read 4 shared files of only b'x': a read
     never returns a byte that nobody wrote. Native is run first as the oracle."""
     results = {}
     p = mount_pool(n=3, options="cache.files=off,cache.attr=0,cache.entry=0")
     for name, root in (("native", native), ("pool", p.mnt)):
-        procs = [subprocess.Popen([sys.executable, "-c", TRUNC_WORKER, root, str(i), "4"],
-                                  stdout=subprocess.PIPE, text=True) for i in range(8)]
+        procs = [
+            subprocess.Popen([sys.executable, "-c", TRUNC_WORKER, root, str(i), "4"], stdout=subprocess.PIPE, text=True)
+            for i in range(8)
+        ]
         results[name] = sum(int(pr.communicate(timeout=60)[0]) for pr in procs)
     assert results["native"] == 0
     assert results["pool"] == 0, f"{results['pool']} reads returned bytes never written"

@@ -41,8 +41,9 @@ def cmd(request) -> list[str]:
 def tool(name: str, *args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     e = cmd_env()
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", f"mergerfs.tools.{name}", *args], env=e,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", f"mergerfs.tools.{name}", *args], env=e, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def sha(path: str) -> str:
@@ -96,6 +97,7 @@ def test_refuses_what_is_not_a_pool(name, tmp_path):
 
 def test_one_tool_at_a_time(tmp_path):
     from mergerfs.tools.common import find_pool, pool_lock
+
     with tmpfs_branches([4, 4]) as br, pool(br, NOCACHE) as mnt:
         put(br[0], "f", 1000, 1)
         with pool_lock(find_pool(mnt, exact=True)):
@@ -131,8 +133,10 @@ def test_ctl(cmd, tmp_path):
             assert [b["path"] for b in info["branches"]] == br[:2]
             assert info["relpath"] == "/a/one"
             # get / set / bad set
-            assert tool("ctl", "--mount", mnt, "get", "category.create").stdout.strip() == \
-                os.getxattr(os.path.join(mnt, ".mergerfs"), "user.mergerfs.category.create").decode()
+            assert (
+                tool("ctl", "--mount", mnt, "get", "category.create").stdout.strip()
+                == os.getxattr(os.path.join(mnt, ".mergerfs"), "user.mergerfs.category.create").decode()
+            )
             assert tool("ctl", "--mount", mnt, "set", "category.create", "mfs").returncode == 0
             assert json.loads(tool("ctl", "--mount", mnt, "get", "--json").stdout)["category.create"] == "mfs"
             r = tool("ctl", "--mount", mnt, "set", "minfreespace", "lots")
@@ -188,8 +192,9 @@ def _check_after_crash(br: list[str], mnt: str, expect: dict[str, str]) -> None:
         doubles += len(got[rel]) > 1
         assert sha(os.path.join(mnt, rel)) == h
     assert doubles <= 1
-    assert sorted(e for e in os.listdir(os.path.join(mnt, "d0")) if not e.startswith(".mergerfs-tools")) == \
-        sorted(os.path.basename(r) for r in expect if r.startswith("d0/"))
+    assert sorted(e for e in os.listdir(os.path.join(mnt, "d0")) if not e.startswith(".mergerfs-tools")) == sorted(
+        os.path.basename(r) for r in expect if r.startswith("d0/")
+    )
 
 
 def _no_tool_files(br: list[str]) -> None:
@@ -204,8 +209,12 @@ def test_balance_sigkill_mid_run(cmd):
         expect = _seed_balance(br, 48, 512 * 1024)
         with pool(br, NOCACHE, cmd=cmd) as mnt:
             for stop_after in (2, 5):
-                proc = subprocess.Popen([sys.executable, "-m", "mergerfs.tools.balance", mnt, "-p", "3"],
-                                        env=cmd_env(), stdout=subprocess.PIPE, text=True)
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "mergerfs.tools.balance", mnt, "-p", "3"],
+                    env=cmd_env(),
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
                 try:
                     for _ in range(stop_after):
                         assert proc.stdout.readline().startswith(("moved", "recovered")), "ran out of moves"
@@ -248,6 +257,7 @@ def test_balance_ctrl_c_cleans_up_at_once(step):
 
 def test_mover_on_a_full_disk_leaves_the_source():
     from mergerfs.tools.common import JOURNAL, transfer
+
     with tmpfs_branches([8, 1]) as br:
         h = put(br[0], "d/big", 2 * MiB, 5)
         with pytest.raises(OSError) as ei:
@@ -319,11 +329,13 @@ def test_fsck(cmd):
             r = tool("fsck", mnt, "--json")
             assert r.returncode == 1
             rows = json.loads(r.stdout)["mismatches"]
-            assert {(m["relpath"], m["branch"]) for m in rows} == \
-                {("/share", b) for b in br if os.stat(os.path.join(b, "share")).st_mode & 0o7777 != want} | \
-                {("/share/sub", b) for b in br
-                 if os.stat(os.path.join(b, "share/sub")).st_uid !=
-                 os.stat(os.path.join(base, "share/sub")).st_uid}
+            assert {(m["relpath"], m["branch"]) for m in rows} == {
+                ("/share", b) for b in br if os.stat(os.path.join(b, "share")).st_mode & 0o7777 != want
+            } | {
+                ("/share/sub", b)
+                for b in br
+                if os.stat(os.path.join(b, "share/sub")).st_uid != os.stat(os.path.join(base, "share/sub")).st_uid
+            }
             r = tool("fsck", mnt, "--fix")
             assert r.returncode == 0, r.stderr
             assert len({os.stat(os.path.join(b, "share")).st_mode for b in br}) == 1
@@ -333,8 +345,7 @@ def test_fsck(cmd):
 
 def test_consolidate(cmd):
     with tmpfs_branches([8, 8, 8]) as br:
-        expect = {f"album/t{i}": put(br[i % 3], f"album/t{i}", 40_000 * (1 + (i % 3 == 1)), i)
-                  for i in range(9)}
+        expect = {f"album/t{i}": put(br[i % 3], f"album/t{i}", 40_000 * (1 + (i % 3 == 1)), i) for i in range(9)}
         other = put(br[0], "elsewhere", 10, 99)
         with pool(br, NOCACHE, cmd=cmd) as mnt:
             before = files_on(br)
@@ -359,8 +370,15 @@ def test_ctl_collect_info(mount_pool, tmp_path):
     r = tool("ctl", "-m", p.mnt, "collect-info")
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    for needle in ("== mergerfs 2.33.5", f"log.file={logf}", "category.create=mfs", platform.release(),
-                   "fstype=fuse.mergerfs", f"mountpoint={p.mnt}", f"INFO: mounted {p.mnt}"):
+    for needle in (
+        "== mergerfs 2.33.5",
+        f"log.file={logf}",
+        "category.create=mfs",
+        platform.release(),
+        "fstype=fuse.mergerfs",
+        f"mountpoint={p.mnt}",
+        f"INFO: mounted {p.mnt}",
+    ):
         assert needle in out, (needle, out)
     for b in p.branches:
         assert any(line.strip().startswith(f"{b} RW") and "free" in line for line in out.splitlines()), out

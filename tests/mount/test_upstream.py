@@ -79,8 +79,11 @@ def slow_branches(tmp_path):
         for i in range(3):
             m = tmp_path / f"slow{i}"
             m.mkdir()
-            procs.append(subprocess.Popen([sys.executable, os.path.join(here, "slowfs.py"), str(m),
-                                           str(SLOW), f"s{i}", "shared"]))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, os.path.join(here, "slowfs.py"), str(m), str(SLOW), f"s{i}", "shared"]
+                )
+            )
             mnts.append(str(m))
             assert wait_until(lambda: (mountinfo(str(m)) or {}).get("type", "").startswith("fuse"), 10)
         yield mnts
@@ -119,6 +122,7 @@ def test_readdir_concurrency(slow_branches, impl, mode):
 
 # -- signals ----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("sig", ["SIGHUP", "SIGUSR1", "SIGUSR2"])
 def test_signals_leave_the_pool_serving(tmp_path, impl, sig):
@@ -137,6 +141,7 @@ def test_signals_leave_the_pool_serving(tmp_path, impl, sig):
         pid = int(os.getxattr(os.path.join(mnt, ".mergerfs"), P + "pid"))
         os.kill(pid, getattr(signal, sig))
         import time
+
         time.sleep(0.5)
         assert pid_alive(pid) and is_pool_mounted(mnt)
         assert os.listdir(mnt) == ["f"]
@@ -148,7 +153,9 @@ def test_signals_leave_the_pool_serving(tmp_path, impl, sig):
 OURS_ONLY = {P + "log-level", P + "fuse-binding"}
 #: Read back differently, on purpose (docs/DIFFERENCES.md).
 VALUE_DIFFERS = {
-    P + "version", P + "pid", P + "mountpoint",
+    P + "version",
+    P + "pid",
+    P + "mountpoint",
     P + "symlinkify-timeout",  # 2.42 reads -1 though its docs (and 2.33.5) say 3600
 }
 #: Runtime-settable in one and not the other, on purpose (docs/DIFFERENCES.md):
@@ -156,7 +163,9 @@ RC_DIFFERS = {
     P + "config",  # 2.42: ENOENT (a write is refused); ours: EROFS like every mount-time key
     P + "lazy-umount-mountpoint",  # only means something before mounting
     # the kernel session's flags (the kernel transport's issue decides)
-    P + "parallel-direct-writes", P + "passthrough.io", P + "passthrough.max-stack-depth",
+    P + "parallel-direct-writes",
+    P + "passthrough.io",
+    P + "passthrough.max-stack-depth",
 }
 
 
@@ -184,10 +193,8 @@ def test_control_file_lists_what_2_42_lists(tmp_path):
             seen[impl] = (list(listing), listing, rcs)
     (ours_keys, ours, our_rc), (ref_keys, ref, ref_rc) = seen["ours"], seen["2.42"]
     assert [k for k in ours_keys if k not in OURS_ONLY] == ref_keys
-    assert {k: ours[k] for k in ref if k not in VALUE_DIFFERS} == \
-        {k: ref[k] for k in ref if k not in VALUE_DIFFERS}
-    assert {k: our_rc[k] for k in ref if k not in RC_DIFFERS} == \
-        {k: ref_rc[k] for k in ref if k not in RC_DIFFERS}
+    assert {k: ours[k] for k in ref if k not in VALUE_DIFFERS} == {k: ref[k] for k in ref if k not in VALUE_DIFFERS}
+    assert {k: our_rc[k] for k in ref if k not in RC_DIFFERS} == {k: ref_rc[k] for k in ref if k not in RC_DIFFERS}
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -196,9 +203,12 @@ def test_old_spellings_still_read_and_write(tmp_path, impl):
     b.mkdir()
     with mounted(impl, [str(b)]) as mnt:
         c = os.path.join(mnt, ".mergerfs")
-        for old, new in (("symlinkify_timeout", "symlinkify-timeout"), ("link_cow", "link-cow"),
-                         ("cache.negative_entry", "cache.negative-entry"),
-                         ("statfs_ignore", "statfs-ignore")):
+        for old, new in (
+            ("symlinkify_timeout", "symlinkify-timeout"),
+            ("link_cow", "link-cow"),
+            ("cache.negative_entry", "cache.negative-entry"),
+            ("statfs_ignore", "statfs-ignore"),
+        ):
             assert os.getxattr(c, P + old) == os.getxattr(c, P + new)
         assert os.getxattr(c, P + "srcmounts") == str(b).encode()
         assert os.getxattr(c, P + "mount") == mnt.encode()
@@ -246,6 +256,7 @@ def test_reads_back_as_2_42(tmp_path, impl, opt, key, back):
 def _tmpfs(tmp_path):
     """A tmpfs branch (no block device: readahead touches only the pool's own bdi)."""
     import subprocess
+
     d = tmp_path / "tmpfs"
     d.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(d)], check=True)
@@ -264,6 +275,7 @@ def _cleanup():
 
 
 # -- effects --------------------------------------------------------------------
+
 
 def _threads(pid: int) -> list[int]:
     return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
@@ -290,16 +302,17 @@ def test_scheduling_priority_is_every_threads_nice(tmp_path, impl, opt, nice):
 def test_proxy_ioprio_does_branch_io_at_the_callers_priority(tmp_path, impl, on):
     """A worker that served an idle-class (ionice -c3) caller carries its class."""
     import subprocess
+
     b = tmp_path / "b"
     b.mkdir()
     (b / "f").write_text("x")
     with mounted(impl, [str(b)], f"proxy-ioprio={'true' if on else 'false'},cache.files=off") as mnt:
         for _ in range(8):
-            subprocess.run(["ionice", "-c3", "cat", os.path.join(mnt, "f")], check=True,
-                           capture_output=True)
+            subprocess.run(["ionice", "-c3", "cat", os.path.join(mnt, "f")], check=True, capture_output=True)
         pid = int(os.getxattr(os.path.join(mnt, ".mergerfs"), P + "pid"))
-        classes = [subprocess.run(["ionice", "-p", str(t)], capture_output=True, text=True).stdout
-                   for t in _threads(pid)]
+        classes = [
+            subprocess.run(["ionice", "-p", str(t)], capture_output=True, text=True).stdout for t in _threads(pid)
+        ]
     assert any("idle" in c for c in classes) == on, classes
 
 
@@ -310,6 +323,7 @@ def test_readahead_sets_pool_and_branch_devices(tmp_path, impl):
     setting the read_ahead_kb of the disk under the *mountpoint* (the machine's own
     disk here) instead of this loop device's."""
     import subprocess
+
     try:
         from .helpers import mountinfo, wait_until
     except ImportError:
@@ -318,8 +332,9 @@ def test_readahead_sets_pool_and_branch_devices(tmp_path, impl):
     disk.mkdir()
     with open(img, "wb") as f:
         f.truncate(16 << 20)
-    loop = subprocess.run(["losetup", "-f", "--show", str(img)], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    loop = subprocess.run(
+        ["losetup", "-f", "--show", str(img)], capture_output=True, text=True, check=True
+    ).stdout.strip()
     try:
         subprocess.run(["mkfs.ext4", "-q", loop], check=True)
         subprocess.run(["mount", loop, str(disk)], check=True)
@@ -332,6 +347,7 @@ def test_readahead_sets_pool_and_branch_devices(tmp_path, impl):
                 def ra(path: str) -> str:
                     with open(path) as f:
                         return f.read().strip()
+
                 assert wait_until(lambda: ra(pool_ra) == "768", 3), ra(pool_ra)
                 with open(loop_ra) as f:
                     assert f.read().strip() == "768"
@@ -356,6 +372,7 @@ def test_log_file_and_debug(tmp_path, impl):
     with mounted(impl, [str(b)], f"debug=true,log.file={logf}") as mnt:
         os.stat(os.path.join(mnt, "seen-in-trace"))
         import time
+
         time.sleep(0.3)
         text = logf.read_text(errors="replace")
         assert "LOOKUP" in text, text[-1000:]

@@ -75,9 +75,11 @@ def _ensure(kind: str, name: str, ident: int) -> bool:
     if kind == "group":
         subprocess.run(["groupadd", "-g", str(ident), name], check=True, capture_output=True)
     else:
-        subprocess.run(["useradd", "-M", "-N", "-u", str(ident), "-g", str(ident), "-G", GROUP,
-                        "-s", "/usr/sbin/nologin", name],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["useradd", "-M", "-N", "-u", str(ident), "-g", str(ident), "-G", GROUP, "-s", "/usr/sbin/nologin", name],
+            check=True,
+            capture_output=True,
+        )
     return True
 
 
@@ -99,8 +101,10 @@ def as_user(op: str, *paths: str, groups: tuple[int, ...] = ()):
         os.setgroups(list(groups))
         os.setgid(GID)
         os.setuid(UID)
-    r = subprocess.run([USER_PY, "-c", USER_SCRIPT, op, *paths], preexec_fn=drop,
-                       capture_output=True, text=True, timeout=30, cwd="/")
+
+    r = subprocess.run(
+        [USER_PY, "-c", USER_SCRIPT, op, *paths], preexec_fn=drop, capture_output=True, text=True, timeout=30, cwd="/"
+    )
     assert r.returncode == 0, r.stderr
     return ast.literal_eval(r.stdout.strip())
 
@@ -118,8 +122,11 @@ def env(testuser):
         os.chmod(d, 0o755)
     p = None
     try:
-        p = mount(branches, mnt, "allow_other,category.create=ff,cache.files=off,"
-                                 "cache.attr=0,cache.entry=0,cache.negative_entry=0")
+        p = mount(
+            branches,
+            mnt,
+            "allow_other,category.create=ff,cache.files=off,cache.attr=0,cache.entry=0,cache.negative_entry=0",
+        )
         os.chmod(mnt, 0o755)
         yield p, native
     finally:
@@ -174,13 +181,23 @@ def test_mkdir_owned_by_user(env):
     assert (s.st_uid, s.st_gid) == (UID, GID)
 
 
-@pytest.mark.parametrize("op,expect", [
-    ("write", "EACCES"), ("read", None), ("truncate", "EACCES"), ("chmod", "EPERM"),
-    ("chown", "EPERM"), ("utime_set", "EPERM"), ("utime_now", "EACCES"), ("setxattr", "EACCES"),
-    ("access_w", None),
-])
+@pytest.mark.parametrize(
+    "op,expect",
+    [
+        ("write", "EACCES"),
+        ("read", None),
+        ("truncate", "EACCES"),
+        ("chmod", "EPERM"),
+        ("chown", "EPERM"),
+        ("utime_set", "EPERM"),
+        ("utime_now", "EACCES"),
+        ("setxattr", "EACCES"),
+        ("access_w", None),
+    ],
+)
 def test_root_file_0644(env, op, expect):
     import errno as E
+
     p, native = env
     ok, err, _ = both(p, native, _root_file, op, "rootfile")
     if expect is None:
@@ -189,12 +206,17 @@ def test_root_file_0644(env, op, expect):
         assert not ok and err == getattr(E, expect)
 
 
-@pytest.mark.parametrize("op,rel,expect", [
-    ("mkdir", "rootdir/x", "EACCES"), ("create", "rootdir/x", "EACCES"),
-    ("listdir", "rootdir", None),
-])
+@pytest.mark.parametrize(
+    "op,rel,expect",
+    [
+        ("mkdir", "rootdir/x", "EACCES"),
+        ("create", "rootdir/x", "EACCES"),
+        ("listdir", "rootdir", None),
+    ],
+)
 def test_root_dir_0755(env, op, rel, expect):
     import errno as E
+
     p, native = env
     ok, err, _ = both(p, native, _root_dir, op, rel)
     assert ok if expect is None else (not ok and err == getattr(E, expect))
@@ -202,33 +224,39 @@ def test_root_dir_0755(env, op, rel, expect):
 
 def test_unlink_in_root_dir(env):
     import errno as E
+
     p, native = env
 
     def setup(root):
         _root_dir(root)
         open(os.path.join(root, "rootdir", "f"), "w").close()
+
     ok, err, _ = both(p, native, setup, "unlink", "rootdir/f")
     assert not ok and err == E.EACCES
 
 
 def test_sticky_dir(env):
     import errno as E
+
     p, native = env
 
     def setup(root):
         _root_dir(root, 0o1777)
         open(os.path.join(root, "rootdir", "f"), "w").close()
+
     ok, err, _ = both(p, native, setup, "unlink", "rootdir/f")
     assert not ok and err in (E.EPERM, E.EACCES)
 
 
 def test_private_dir_denied(env):
     import errno as E
+
     p, native = env
 
     def setup(root):
         _root_dir(root, 0o700)
         open(os.path.join(root, "rootdir", "f"), "w").close()
+
     ok, err, _ = both(p, native, setup, "read", "rootdir/f")
     assert not ok and err == E.EACCES
 
@@ -255,8 +283,11 @@ def _group_dir2(root):
     os.chmod(d, 0o770)
 
 
-@pytest.mark.xfail(condition=is_reference(), strict=True,
-                   reason="2.33.5 takes supplementary groups from the user database, not the caller")
+@pytest.mark.xfail(
+    condition=is_reference(),
+    strict=True,
+    reason="2.33.5 takes supplementary groups from the user database, not the caller",
+)
 def test_caller_groups_not_in_group_db(env):
     """A group the caller holds (setgroups) but /etc/group does not list still grants access."""
     p, native = env
@@ -266,6 +297,7 @@ def test_caller_groups_not_in_group_db(env):
 
 def test_without_supplementary_group_denied(env):
     import errno as E
+
     p, native = env
     ok, err, _ = both(p, native, _group_dir, "create", "grpdir/f")
     assert not ok and err == E.EACCES
@@ -279,6 +311,7 @@ def test_rename_user_files(env):
         f = os.path.join(root, "userdir", "a")
         open(f, "w").close()
         os.chown(f, UID, GID)
+
     ok, _, _ = both(p, native, setup, "rename", "userdir/a", "userdir/b")
     assert ok
     assert os.path.exists(os.path.join(p.mnt, "userdir", "b"))

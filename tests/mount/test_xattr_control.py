@@ -32,8 +32,16 @@ def test_stat(pool):
 
 def test_listxattr_has_options(pool):
     keys = os.listxattr(ctl(pool))
-    for k in ("branches", "minfreespace", "category.create", "func.getattr", "moveonenospc",
-              "cache.files", "version", "pid"):
+    for k in (
+        "branches",
+        "minfreespace",
+        "category.create",
+        "func.getattr",
+        "moveonenospc",
+        "cache.files",
+        "version",
+        "pid",
+    ):
         assert P + k in keys, k
     assert all(k.startswith(P) for k in keys)
 
@@ -48,42 +56,63 @@ def test_info_keys(pool):
     assert int(get(pool, "pid")) > 0
     assert get(pool, "mount") == pool.mnt
     assert get(pool, "branches").split(":")[0].split("=")[0] == pool.branches[0]
+
     def paths(v):
         return [b.split("=")[0] for b in v.split(":")]
+
     assert paths(get(pool, "srcmounts")) == paths(get(pool, "branches"))
 
 
-@pytest.mark.xfail(condition=is_reference(), strict=True,
-                   reason="2.33.5 reports the pid of its pre-fork parent, not the daemon")
+@pytest.mark.xfail(
+    condition=is_reference(), strict=True, reason="2.33.5 reports the pid of its pre-fork parent, not the daemon"
+)
 def test_pid_is_daemon(pool):
     pid = int(get(pool, "pid"))
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         assert pool.mnt.encode() in f.read()
 
 
-@pytest.mark.parametrize("key,value,expect", [
-    ("category.create", "mfs", "mfs"),
-    ("func.getattr", "newest", "newest"),
-    ("minfreespace", "1G", "1073741824"),
-    ("moveonenospc", "false", "false"),
-    ("dropcacheonclose", "true", "true"),
-])
+@pytest.mark.parametrize(
+    "key,value,expect",
+    [
+        ("category.create", "mfs", "mfs"),
+        ("func.getattr", "newest", "newest"),
+        ("minfreespace", "1G", "1073741824"),
+        ("moveonenospc", "false", "false"),
+        ("dropcacheonclose", "true", "true"),
+    ],
+)
 def test_set_then_get(pool, key, value, expect):
     os.setxattr(ctl(pool), P + key, value.encode())
     got = get(pool, key)
     assert got == expect or (key == "minfreespace" and got in ("1G", "1073741824"))
 
 
-@pytest.mark.parametrize("key,value", [
-    pytest.param("category.create", "nosuchpolicy", marks=pytest.mark.xfail(
-        condition=is_reference(), strict=True,
-        reason="2.33.5 daemon crashes on an unknown policy name for a category")),
-    pytest.param("func.getattr", "nosuchpolicy", marks=pytest.mark.xfail(
-        condition=is_reference(), strict=True,
-        reason="2.33.5 daemon crashes on an unknown policy name for a func")),
-    ("minfreespace", "lots"),
-    ("moveonenospc", "maybe"),
-])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        pytest.param(
+            "category.create",
+            "nosuchpolicy",
+            marks=pytest.mark.xfail(
+                condition=is_reference(),
+                strict=True,
+                reason="2.33.5 daemon crashes on an unknown policy name for a category",
+            ),
+        ),
+        pytest.param(
+            "func.getattr",
+            "nosuchpolicy",
+            marks=pytest.mark.xfail(
+                condition=is_reference(),
+                strict=True,
+                reason="2.33.5 daemon crashes on an unknown policy name for a func",
+            ),
+        ),
+        ("minfreespace", "lots"),
+        ("moveonenospc", "maybe"),
+    ],
+)
 def test_bad_value_einval_unchanged(pool, key, value):
     before = get(pool, key)
     with pytest.raises(OSError) as ei:
@@ -168,21 +197,24 @@ def test_glob_branches_read_back_expanded(mount_pool, tmp_path):
     assert get(p, "branches") == f"{d2}=RW:{o}=NC"
 
 
-@pytest.mark.parametrize("value", [
-    "=:=:=",         # empty paths (both references refuse it)
-    "=RW",
-    "{b0}::{b1}",    # an empty entry among real ones (2.42 refuses it)
-    "{b0}:",
-    "",              # nothing at all
-    ":",
-    "rel",           # relative: the daemon's cwd means nothing to the caller
-    "{b0}:rel=RO",
-    "+>rel",
-    "+<=",
-    "{missing}",     # nothing valid: the pool would show only its error entry
-    "{missing}*",
-    "-<<",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "=:=:=",  # empty paths (both references refuse it)
+        "=RW",
+        "{b0}::{b1}",  # an empty entry among real ones (2.42 refuses it)
+        "{b0}:",
+        "",  # nothing at all
+        ":",
+        "rel",  # relative: the daemon's cwd means nothing to the caller
+        "{b0}:rel=RO",
+        "+>rel",
+        "+<=",
+        "{missing}",  # nothing valid: the pool would show only its error entry
+        "{missing}*",
+        "-<<",
+    ],
+)
 def test_bad_branches_einval_unchanged(mount_pool, tmp_path, value):
     p = mount_pool(n=2)
     before = get(p, "branches")

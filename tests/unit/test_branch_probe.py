@@ -94,8 +94,15 @@ def test_calls_wait_once_for_all():
     lanes = Lanes()
     release = threading.Event()
     t0 = time.monotonic()
-    out = lanes.calls([("/a", lambda: "a", ()), ("/hung", release.wait, (5,)),
-                       ("/hung2", release.wait, (5,)), ("/b", os.stat, ("/nonexistent/x",))], 0.3)
+    out = lanes.calls(
+        [
+            ("/a", lambda: "a", ()),
+            ("/hung", release.wait, (5,)),
+            ("/hung2", release.wait, (5,)),
+            ("/b", os.stat, ("/nonexistent/x",)),
+        ],
+        0.3,
+    )
     took = time.monotonic() - t0
     release.set()
     assert out[0] == "a"

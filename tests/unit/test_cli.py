@@ -18,15 +18,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def run(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=REPO)
-    return subprocess.run([sys.executable, "-m", "mergerfs", *args], capture_output=True,
-                          text=True, timeout=30, env=env, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "mergerfs", *args], capture_output=True, text=True, timeout=30, env=env, cwd=cwd
+    )
 
 
 def fuse_mounts(under) -> set[str]:
     """Pools mounted below ``under`` (other pools on the machine are not ours to judge)."""
     with open("/proc/self/mounts") as f:
-        return {line.split()[1] for line in f
-                if line.split()[2].startswith("fuse") and line.split()[1].startswith(str(under))}
+        return {
+            line.split()[1]
+            for line in f
+            if line.split()[2].startswith("fuse") and line.split()[1].startswith(str(under))
+        }
 
 
 @pytest.fixture(scope="module")
@@ -165,11 +169,14 @@ def test_mountpoint_already_a_pool(area):
         subprocess.run(["fusermount", "-u", mnt], capture_output=True)
 
 
-@pytest.mark.parametrize("argv,expect", [
-    (["/a:/b", "/pool", "-o", "rw,allow_other"], ["/a:/b", "/pool", "-o", "rw,allow_other"]),
-    (["/a:/b", "/pool", "-o", "rw", "-n", "-v", "-s"], ["/a:/b", "/pool", "-o", "rw"]),
-    (["/a:/b", "/pool", "-orw"], ["/a:/b", "/pool", "-orw"]),
-])
+@pytest.mark.parametrize(
+    "argv,expect",
+    [
+        (["/a:/b", "/pool", "-o", "rw,allow_other"], ["/a:/b", "/pool", "-o", "rw,allow_other"]),
+        (["/a:/b", "/pool", "-o", "rw", "-n", "-v", "-s"], ["/a:/b", "/pool", "-o", "rw"]),
+        (["/a:/b", "/pool", "-orw"], ["/a:/b", "/pool", "-orw"]),
+    ],
+)
 def test_mount_helper_translates_mount8_arguments(monkeypatch, argv, expect):
     seen = []
     monkeypatch.setattr("mergerfs.cli.main", lambda a: seen.append(a) or 0)
@@ -186,16 +193,18 @@ def test_mount_helper_fake_mount_does_nothing(monkeypatch):
 def run_helper(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=REPO)
     code = "import sys; from mergerfs.cli import mount_helper; sys.exit(mount_helper())"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          timeout=30, env=env)
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=30, env=env)
 
 
-@pytest.mark.parametrize("tail,needle", [
-    (["-o", "rw,nosuchoption"], "nosuchoption"),
-    (["-o", "defaults,_netdev,cache.files=sometimes"], "cache.files"),
-    (["-n", "-s", "-o", "rw,minfreespace=lots"], "minfreespace"),
-    (["-orw,umask=99"], "umask"),
-])
+@pytest.mark.parametrize(
+    "tail,needle",
+    [
+        (["-o", "rw,nosuchoption"], "nosuchoption"),
+        (["-o", "defaults,_netdev,cache.files=sometimes"], "cache.files"),
+        (["-n", "-s", "-o", "rw,minfreespace=lots"], "minfreespace"),
+        (["-orw,umask=99"], "umask"),
+    ],
+)
 def test_mount_helper_bad_options_one_line(area, tail, needle):
     """As mount(8) runs it (``mount.mergerfs SPEC DIR [-sfnv] -o OPTS``): same one-line refusals."""
     before = fuse_mounts(area)
@@ -215,9 +224,15 @@ def test_mount_helper_fake_mount_exits_before_parsing(area):
 REFERENCE = "/usr/bin/mergerfs"
 #: Invocations both refuse (the reference prints one to three lines, "fuse: ..." or
 #: "* ERROR: ..."). None of these mounts, so running the reference is harmless.
-BOTH_REFUSE = [[], ["{d}/b1"], ["-x", "{d}/b1", "{d}/mnt"], ["-o", "nosuch", "{d}/b1", "{d}/mnt"],
-               ["{d}/b1", "{d}/b2", "{d}/mnt"], ["-o", "config={d}/missing.conf", "{d}/b1", "{d}/mnt"],
-               ["{d}/b1", "{d}/nope"]]
+BOTH_REFUSE = [
+    [],
+    ["{d}/b1"],
+    ["-x", "{d}/b1", "{d}/mnt"],
+    ["-o", "nosuch", "{d}/b1", "{d}/mnt"],
+    ["{d}/b1", "{d}/b2", "{d}/mnt"],
+    ["-o", "config={d}/missing.conf", "{d}/b1", "{d}/mnt"],
+    ["{d}/b1", "{d}/nope"],
+]
 # Documented, deliberately not asserted: 2.33.5 prints "* ERROR: invalid value - ..." (or
 # nothing) and still mounts, exit 0, for cache.attr=-1, category.create=best, uid=-1,
 # gid=99999999999999999999, threads=99999999999999999999, minfreespace=99999999999999999999T;
@@ -252,8 +267,7 @@ def test_relative_branch_resolves_against_the_callers_cwd(area):
     r = run("b2", "mnt", cwd=str(area))
     assert r.returncode == 0, r.stderr
     try:
-        assert os.getxattr(os.path.join(mnt, ".mergerfs"), "user.mergerfs.branches") \
-            == f"{area}/b2=RW".encode()
+        assert os.getxattr(os.path.join(mnt, ".mergerfs"), "user.mergerfs.branches") == f"{area}/b2=RW".encode()
         assert "rel-marker" in os.listdir(mnt)
     finally:
         subprocess.run(["fusermount", "-u", mnt], capture_output=True)

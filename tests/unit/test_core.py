@@ -8,8 +8,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mergerfs import inodes
-from mergerfs.branches import (Branch, BranchSpec, format_branches, format_size, parse_branch_spec,
-                               parse_branches, parse_size)
+from mergerfs.branches import (
+    Branch,
+    BranchSpec,
+    format_branches,
+    format_size,
+    parse_branch_spec,
+    parse_branches,
+    parse_size,
+)
 from mergerfs.control import _edit_branches
 from mergerfs.errors import Aggregate, rank, worse
 
@@ -36,8 +43,9 @@ def test_aggregate_any_success_wins_else_first_error():
     assert e.value.errno == errno.ENOENT
 
 
-@pytest.mark.parametrize("text,value", [("0", 0), ("10", 10), ("1K", 1024), ("4G", 4 << 30),
-                                        ("2t", 2 << 40), ("7B", 7)])
+@pytest.mark.parametrize(
+    "text,value", [("0", 0), ("10", 10), ("1K", 1024), ("4G", 4 << 30), ("2t", 2 << 40), ("7B", 7)]
+)
 def test_parse_size(text, value):
     assert parse_size(text) == value
 
@@ -162,15 +170,18 @@ def test_table_never_merges_two_objects():
     assert c == 100 and replaced
 
 
-@pytest.mark.parametrize("edit,expect", [
-    ("/x", "/x=RW"),
-    ("+/x", "/a=RW:/b=RO:/x=RW"),
-    ("+>/x", "/a=RW:/b=RO:/x=RW"),
-    ("+</x", "/x=RW:/a=RW:/b=RO"),
-    ("-/a", "/b=RO"),
-    ("-<", "/b=RO"),
-    ("->", "/a=RW"),
-])
+@pytest.mark.parametrize(
+    "edit,expect",
+    [
+        ("/x", "/x=RW"),
+        ("+/x", "/a=RW:/b=RO:/x=RW"),
+        ("+>/x", "/a=RW:/b=RO:/x=RW"),
+        ("+</x", "/x=RW:/a=RW:/b=RO"),
+        ("-/a", "/b=RO"),
+        ("-<", "/b=RO"),
+        ("->", "/a=RW"),
+    ],
+)
 def test_control_branch_edits(edit, expect):
     assert format_branches(parse_branches(_edit_branches("/a=RW:/b=RO", edit))) == expect
 
@@ -179,6 +190,7 @@ def test_worker_count_default_negative_and_cap():
     import os
 
     from mergerfs.lifecycle import DEFAULT_THREADS, MAX_THREADS, worker_count
+
     assert worker_count(0) == DEFAULT_THREADS
     assert worker_count(1) == 2 and worker_count(8) == 8
     assert worker_count(2**31 - 1) == MAX_THREADS

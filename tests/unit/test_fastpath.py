@@ -127,6 +127,7 @@ def test_set_creds_is_per_thread():
 def _model(mode: str, relpath: bytes, isdir: bool, dev: int, ino: int) -> int:
     def fix(v):
         return v if v > 1 else v + 2
+
     if mode == "passthrough":
         return fix(ino)
     base = mode.removesuffix("32")
@@ -137,19 +138,23 @@ def _model(mode: str, relpath: bytes, isdir: bool, dev: int, ino: int) -> int:
     return fix(v & 0xFFFFFFFF) if mode.endswith("32") else v
 
 
-MODES = ("passthrough", "path-hash", "path-hash32", "devino-hash", "devino-hash32",
-         "hybrid-hash", "hybrid-hash32")
+MODES = ("passthrough", "path-hash", "path-hash32", "devino-hash", "devino-hash32", "hybrid-hash", "hybrid-hash32")
 
 
 @settings(max_examples=300, deadline=None)
-@given(mode=st.sampled_from(MODES), name=st.binary(min_size=1, max_size=40).filter(lambda b: b"/" not in b),
-       parent=st.sampled_from([b"/", b"/d", b"/d/\xff\xfe"]), isdir=st.booleans(),
-       dev=st.integers(0, 2**64 - 1), ino=st.integers(0, 2**64 - 1))
+@given(
+    mode=st.sampled_from(MODES),
+    name=st.binary(min_size=1, max_size=40).filter(lambda b: b"/" not in b),
+    parent=st.sampled_from([b"/", b"/d", b"/d/\xff\xfe"]),
+    isdir=st.booleans(),
+    dev=st.integers(0, 2**64 - 1),
+    ino=st.integers(0, 2**64 - 1),
+)
 def test_inode_rules_match_the_model(mode, name, parent, isdir, dev, ino):
     from mergerfs import inodes
+
     path = (b"" if parent == b"/" else parent) + b"/" + name
     want = _model(mode, path, isdir, dev, ino)
     assert inodes.calc(mode, os.fsdecode(path), 0o40755 if isdir else 0o100644, dev, ino) == want
     row = [(name, 4 if isdir else 8, ino, 1)]
-    assert _fastpath.readdir_inodes(row, parent, [0, dev], inodes.mode_code(mode)) == \
-        [(name, 4 if isdir else 8, want)]
+    assert _fastpath.readdir_inodes(row, parent, [0, dev], inodes.mode_code(mode)) == [(name, 4 if isdir else 8, want)]

@@ -98,53 +98,112 @@ SPEC_MORE = {
 UNSPECIFIED = {"mountpoint", "config", "readdirplus", "log.metrics"}
 #: 2.42's read-back forms of values given in another spelling: (option, given, reads back)
 READ_BACK = [
-    ("fuse-msg-size", "1M", "256"), ("fuse-msg-size", "64K", "16"), ("fuse-msg-size", "6K", "2"),
-    ("fuse-msg-size", "4096B", "1"), ("fuse-msg-size", "1G", "65535"), ("fuse-msg-size", "100000", "65535"),
+    ("fuse-msg-size", "1M", "256"),
+    ("fuse-msg-size", "64K", "16"),
+    ("fuse-msg-size", "6K", "2"),
+    ("fuse-msg-size", "4096B", "1"),
+    ("fuse-msg-size", "1G", "65535"),
+    ("fuse-msg-size", "100000", "65535"),
     ("fuse_msg_size", "2M", "512"),
-    ("func.readdir", "cosr:4:8", "cosr:4:8"), ("func.readdir", "cor:2", "cor:2"), ("func.readdir", "seq", "seq"),
+    ("func.readdir", "cosr:4:8", "cosr:4:8"),
+    ("func.readdir", "cor:2", "cor:2"),
+    ("func.readdir", "seq", "seq"),
     ("cache.files.process-names", "b|a|b", "a|b"),
-    ("readahead", "1M", "1024"), ("readahead", "4K", "4"), ("readahead", "128", "128"),
-    ("noforget", None, "true"), ("remember-nodes", "true", "true"), ("never-forget-nodes", None, "true"),
+    ("readahead", "1M", "1024"),
+    ("readahead", "4K", "4"),
+    ("readahead", "128", "128"),
+    ("noforget", None, "true"),
+    ("remember-nodes", "true", "true"),
+    ("never-forget-nodes", None, "true"),
     ("debug", None, "true"),  # 2.33.5's bare 'debug' (2.42 wants debug=true)
 ]
 #: ... and the values 2.42 refuses too, or that we refuse where it misbehaves
-REFUSED = [("fuse-msg-size", "0"), ("fuse-msg-size", "-1"), ("fuse-msg-size", "abc"),
-           ("func.readdir", "cosr:x"), ("func.readdir", "cor:1:2:3"), ("func.readdir", "seq:"),
-           ("readahead", "-1"), ("readahead", "1.5M"), ("scheduling-priority", "-21"),
-           ("debug", "x"), ("log.file", "relative.log")]
+REFUSED = [
+    ("fuse-msg-size", "0"),
+    ("fuse-msg-size", "-1"),
+    ("fuse-msg-size", "abc"),
+    ("func.readdir", "cosr:x"),
+    ("func.readdir", "cor:1:2:3"),
+    ("func.readdir", "seq:"),
+    ("readahead", "-1"),
+    ("readahead", "1.5M"),
+    ("scheduling-priority", "-21"),
+    ("debug", "x"),
+    ("log.file", "relative.log"),
+]
 #: Each enum the spec spells out, complete (section numbers in the spec).
 SPEC_ENUMS = {
     "nfsopenhack": "off git all",
     "xattr": "passthrough noattr nosys",
     "statfs": "base full",
     "statfs-ignore": "none ro nc",
-    "inodecalc": "passthrough path-hash path-hash32 devino-hash devino-hash32 hybrid-hash "
-                 "hybrid-hash32",
+    "inodecalc": "passthrough path-hash path-hash32 devino-hash devino-hash32 hybrid-hash hybrid-hash32",
     "cache.files": "libfuse off partial full auto-full per-process",
     "follow-symlinks": "never directory regular all",
     "rename-exdev": "passthrough rel-symlink abs-symlink",
     "link-exdev": "passthrough rel-symlink abs-base-symlink abs-pool-symlink",
 }
-SPEC_POLICIES = ("all epall ff epff mfs epmfs lfs eplfs lus eplus lup eplup rand eprand pfrd "
-                 "eppfrd newest mspmfs msplfs msplus msppfrd erofs").split()
+SPEC_POLICIES = (
+    "all epall ff epff mfs epmfs lfs eplfs lus eplus lup eplup rand eprand pfrd "
+    "eppfrd newest mspmfs msplfs msplus msppfrd erofs"
+).split()
 FUNCS = {
     "action": "chmod chown link removexattr rename rmdir setxattr truncate unlink utimens",
     "create": "create mkdir mknod symlink",
     "search": "access getattr getxattr listxattr open readlink",
 }
 ALIASES = {  # old spelling -> canonical, spec section 1
-    "srcmounts": "branches", "statfs_ignore": "statfs-ignore", "link_cow": "link-cow",
-    "symlinkify_timeout": "symlinkify-timeout", "security_capability": "security-capability",
-    "cache.negative_entry": "cache.negative-entry", "async_read": "async-read",
+    "srcmounts": "branches",
+    "statfs_ignore": "statfs-ignore",
+    "link_cow": "link-cow",
+    "symlinkify_timeout": "symlinkify-timeout",
+    "security_capability": "security-capability",
+    "cache.negative_entry": "cache.negative-entry",
+    "async_read": "async-read",
     "fuse_msg_size": "fuse-msg-size",
 }
-GENERIC = ["defaults", "rw", "ro", "allow_other", "default_permissions", "nonempty", "nofail",
-           "noauto", "auto", "_netdev", "x-systemd.requires=zfs.target",
-           "x-systemd.mount-timeout=30", "x-systemd.automount", "x-systemd.device-timeout=5s",
-           "nosuid", "nodev", "noexec", "suid", "dev", "exec", "user", "nouser", "users",
-           "atime", "noatime", "relatime", "norelatime", "strictatime", "nostrictatime",
-           "diratime", "nodiratime", "lazytime", "fsname=pool", "subtype=mergerfs",
-           "uid=1000", "gid=100", "umask=022", "umask=0", "use_ino", "comment=x-gvfs-hide"]
+GENERIC = [
+    "defaults",
+    "rw",
+    "ro",
+    "allow_other",
+    "default_permissions",
+    "nonempty",
+    "nofail",
+    "noauto",
+    "auto",
+    "_netdev",
+    "x-systemd.requires=zfs.target",
+    "x-systemd.mount-timeout=30",
+    "x-systemd.automount",
+    "x-systemd.device-timeout=5s",
+    "nosuid",
+    "nodev",
+    "noexec",
+    "suid",
+    "dev",
+    "exec",
+    "user",
+    "nouser",
+    "users",
+    "atime",
+    "noatime",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "nostrictatime",
+    "diratime",
+    "nodiratime",
+    "lazytime",
+    "fsname=pool",
+    "subtype=mergerfs",
+    "uid=1000",
+    "gid=100",
+    "umask=022",
+    "umask=0",
+    "use_ino",
+    "comment=x-gvfs-hide",
+]
 
 
 def apply_all(text: str) -> Config:
@@ -204,8 +263,7 @@ def test_old_spellings_are_aliases(old, new):
     assert options.lookup(old.replace("-", "_")).name == new
 
 
-@pytest.mark.parametrize("old,mode", [("direct_io", "off"), ("kernel_cache", "full"),
-                                      ("auto_cache", "auto-full")])
+@pytest.mark.parametrize("old,mode", [("direct_io", "off"), ("kernel_cache", "full"), ("auto_cache", "auto-full")])
 def test_deprecated_cache_flags(old, mode):
     assert apply_all(f"cache.files=partial,{old}")["cache.files"] == mode
 
@@ -248,12 +306,37 @@ def test_control_keys_are_2_42s_sorted():
     """The control file lists 2.42's names in its order (2.33.5 spellings still resolve)."""
     keys = Config.defaults().keys()
     assert keys == sorted(keys)
-    for k in ("cache.negative-entry", "symlinkify-timeout", "link-cow", "security-capability",
-              "statfs-ignore", "posix-acl", "async-read", "fuse-msg-size", "mountpoint", "config",
-              "readahead", "never-forget-nodes", "log.file", "debug", "proxy-ioprio"):
+    for k in (
+        "cache.negative-entry",
+        "symlinkify-timeout",
+        "link-cow",
+        "security-capability",
+        "statfs-ignore",
+        "posix-acl",
+        "async-read",
+        "fuse-msg-size",
+        "mountpoint",
+        "config",
+        "readahead",
+        "never-forget-nodes",
+        "log.file",
+        "debug",
+        "proxy-ioprio",
+    ):
         assert k in keys, k
-    for old in ("symlinkify_timeout", "cache.negative_entry", "link_cow", "srcmounts", "threads",
-                "direct_io", "kernel_cache", "auto_cache", "readdirplus", "log.metrics", "cache.open"):
+    for old in (
+        "symlinkify_timeout",
+        "cache.negative_entry",
+        "link_cow",
+        "srcmounts",
+        "threads",
+        "direct_io",
+        "kernel_cache",
+        "auto_cache",
+        "readdirplus",
+        "log.metrics",
+        "cache.open",
+    ):
         assert old not in keys, old
 
 
@@ -275,34 +358,60 @@ def test_policy_names_are_the_spec_ones():
 
 def test_every_table_option_has_an_expectation_here():
     """A new option in the table must get its default and values written down above."""
-    covered = (set(SPEC) | set(SPEC_MORE) | UNSPECIFIED | {"direct_io", "kernel_cache", "auto_cache"}
-               | {f"func.{f}" for fs in FUNCS.values() for f in fs.split()})
+    covered = (
+        set(SPEC)
+        | set(SPEC_MORE)
+        | UNSPECIFIED
+        | {"direct_io", "kernel_cache", "auto_cache"}
+        | {f"func.{f}" for fs in FUNCS.values() for f in fs.split()}
+    )
     assert set(options.OPTIONS) - covered == set()
 
 
 def test_every_spec_name_is_an_option():
     """Every option the spec names is accepted (the option table may hold more)."""
-    named = (set(SPEC) | set(SPEC_MORE) | set(ALIASES) | {"direct_io", "kernel_cache", "auto_cache"}
-             | {f"func.{f}" for fs in FUNCS.values() for f in fs.split()})
+    named = (
+        set(SPEC)
+        | set(SPEC_MORE)
+        | set(ALIASES)
+        | {"direct_io", "kernel_cache", "auto_cache"}
+        | {f"func.{f}" for fs in FUNCS.values() for f in fs.split()}
+    )
     for n in named:
         options.lookup(n)
 
 
-@pytest.mark.parametrize("text,ok", [
-    # uint64: what the reference's C type holds
-    ("cache.attr=18446744073709551615", True), ("cache.attr=18446744073709551616", False),
-    ("cache.attr=-0", True), ("cache.attr=-1", False), ("cache.attr=0x10", False),
-    # int (threads): signed 32 bit
-    ("threads=-2147483648", True), ("threads=2147483647", True),
-    ("threads=2147483648", False), ("threads=-2147483649", False),
-    # SIZE: uint64 bytes, suffixes only B K M G T
-    ("minfreespace=16777215T", True), ("minfreespace=16777216T", False),
-    ("minfreespace=1P", False), ("minfreespace=1.5G", False), ("minfreespace=-1", False),
-    ("minfreespace=1g", True),
-    # generic FUSE numbers: uid_t/gid_t, octal umask
-    ("uid=4294967295", True), ("uid=4294967296", False), ("gid=-1", False),
-    ("umask=7777", True), ("umask=10000", False), ("umask=8", False), ("umask=-1", False),
-])
+@pytest.mark.parametrize(
+    "text,ok",
+    [
+        # uint64: what the reference's C type holds
+        ("cache.attr=18446744073709551615", True),
+        ("cache.attr=18446744073709551616", False),
+        ("cache.attr=-0", True),
+        ("cache.attr=-1", False),
+        ("cache.attr=0x10", False),
+        # int (threads): signed 32 bit
+        ("threads=-2147483648", True),
+        ("threads=2147483647", True),
+        ("threads=2147483648", False),
+        ("threads=-2147483649", False),
+        # SIZE: uint64 bytes, suffixes only B K M G T
+        ("minfreespace=16777215T", True),
+        ("minfreespace=16777216T", False),
+        ("minfreespace=1P", False),
+        ("minfreespace=1.5G", False),
+        ("minfreespace=-1", False),
+        ("minfreespace=1g", True),
+        # generic FUSE numbers: uid_t/gid_t, octal umask
+        ("uid=4294967295", True),
+        ("uid=4294967296", False),
+        ("gid=-1", False),
+        ("umask=7777", True),
+        ("umask=10000", False),
+        ("umask=8", False),
+        ("umask=-1", False),
+    ],
+)
 def test_number_ranges(text, ok):
     if ok:
         apply_all(text)
@@ -340,9 +449,11 @@ def test_branches_with_modes_and_minfreespace_in_o():
 
 def test_config_file(tmp_path):
     f = tmp_path / "pool.conf"
-    f.write_text("# a pool\n\n   \n\t# indented comment\nbranches=/a:/b\nmountpoint=/pool\n"
-                 "  category.create = mfs \ndropcacheonclose  # bare bool, trailing comment\n"
-                 "allow_other\nx-systemd.automount\n")
+    f.write_text(
+        "# a pool\n\n   \n\t# indented comment\nbranches=/a:/b\nmountpoint=/pool\n"
+        "  category.create = mfs \ndropcacheonclose  # bare bool, trailing comment\n"
+        "allow_other\nx-systemd.automount\n"
+    )
     cfg = apply_all(f"minfreespace=1G,config={f},cache.attr=7")
     assert cfg.format("branches") == "/a=RW:/b=RW" and cfg.mountpoint == "/pool"
     assert cfg.policy("mkdir") == "mfs" and cfg["dropcacheonclose"] is True
@@ -350,11 +461,18 @@ def test_config_file(tmp_path):
     assert "allow_other" in cfg.fuse_options
 
 
-@pytest.mark.parametrize("body,needle", [("bogus=1\n", "bogus"), ("cache.attr=soon\n", "soon"),
-                                         ("category.create=\n", "category.create"),
-                                         ("# fine\n\nminfreespace\n", "minfreespace"),
-                                         ("=5\n", "missing option name"), ("cache.attr 5\n", "cache.attr 5"),
-                                         ("branches=/a=XX\n", "XX")])
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        ("bogus=1\n", "bogus"),
+        ("cache.attr=soon\n", "soon"),
+        ("category.create=\n", "category.create"),
+        ("# fine\n\nminfreespace\n", "minfreespace"),
+        ("=5\n", "missing option name"),
+        ("cache.attr 5\n", "cache.attr 5"),
+        ("branches=/a=XX\n", "XX"),
+    ],
+)
 def test_config_file_bad_line(tmp_path, body, needle):
     f = tmp_path / "bad.conf"
     f.write_text(body)
@@ -385,15 +503,25 @@ def test_control_keys_cover_the_spec():
 # ------------------------------------------------------------- round trips
 SIZES = st.integers(0, 2**64 - 1)
 #: 2.42's numeric options with their own ranges (as stored)
-NUMERIC_2_42 = {"scheduling-priority": st.integers(-20, 19), "readahead": st.integers(0, 2**64 - 1),
-                "fuse-msg-size": st.integers(1, 65535)}
+NUMERIC_2_42 = {
+    "scheduling-priority": st.integers(-20, 19),
+    "readahead": st.integers(0, 2**64 - 1),
+    "fuse-msg-size": st.integers(1, 65535),
+}
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, database=None)
 
 
 @SETTINGS
-@given(st.sampled_from([n for n, o in options.OPTIONS.items()
-                        if o.expand is None and o.name not in ("mountpoint", "config", "branches")]),
-       st.data())
+@given(
+    st.sampled_from(
+        [
+            n
+            for n, o in options.OPTIONS.items()
+            if o.expand is None and o.name not in ("mountpoint", "config", "branches")
+        ]
+    ),
+    st.data(),
+)
 def test_format_parses_back(name, data):
     """Whatever a key reads back as, set again, reads back the same (control file contract)."""
     opt = options.OPTIONS[name]
@@ -403,7 +531,7 @@ def test_format_parses_back(name, data):
     elif kind in (options.UINT,):
         value = data.draw(st.integers(0, 2**64 - 1))
     elif kind is options.INT:
-        value = data.draw(st.integers(-2**31, 2**31 - 1))
+        value = data.draw(st.integers(-(2**31), 2**31 - 1))
     elif kind is options.SIZE:
         value = data.draw(SIZES)
     elif kind is options.POLICY:
@@ -414,12 +542,14 @@ def test_format_parses_back(name, data):
         value = data.draw(st.sampled_from(["", "/var/log/mergerfs.log", "/tmp/a b"]))
     elif name == "func.readdir":
         value = data.draw(st.sampled_from(["seq", "cosr", "cor"])) + data.draw(
-            st.sampled_from(["", ":0", ":4", ":4:8", ":-2:1"]))
+            st.sampled_from(["", ":0", ":4", ":4:8", ":-2:1"])
+        )
     elif name == "cache.files.process-names":
         value = "|".join(sorted(data.draw(st.sets(st.sampled_from(["a", "rtorrent", "x-y"]), min_size=1))))
     elif kind is options.STR:
-        value = data.draw(st.text(st.characters(blacklist_characters=",\\\n\0",
-                                                blacklist_categories=("Cs",)), max_size=20))
+        value = data.draw(
+            st.text(st.characters(blacklist_characters=",\\\n\0", blacklist_categories=("Cs",)), max_size=20)
+        )
     else:  # enums and moveonenospc
         text = data.draw(st.sampled_from(kind.name.split("|")))
         value = opt.parse(text if text != "POLICY" else "mfs")
@@ -437,14 +567,16 @@ def test_branches_round_trip(data):
     """Branch lists with modes and per-branch minfreespace read back as written."""
     name = "branches"
     paths = st.text("abcXYZ019 ._-*", min_size=1, max_size=8).map(lambda t: "/" + t)
-    value = data.draw(st.lists(st.tuples(paths, st.sampled_from(["RW", "RO", "NC", "rw", "nc"]),
-                                         st.one_of(st.none(), SIZES)), max_size=4))
+    value = data.draw(
+        st.lists(
+            st.tuples(paths, st.sampled_from(["RW", "RO", "NC", "rw", "nc"]), st.one_of(st.none(), SIZES)), max_size=4
+        )
+    )
     text = ":".join(p + "=" + m + ("" if s is None else f",{s}") for p, m, s in value)
     cfg = Config.defaults()
     cfg.apply(name, text)
     # independent model of what was written: path, upper-cased mode, bytes
-    assert [(b.pattern, b.mode, b.minfreespace) for b in cfg[name]] == \
-        [(p, m.upper(), s) for p, m, s in value]
+    assert [(b.pattern, b.mode, b.minfreespace) for b in cfg[name]] == [(p, m.upper(), s) for p, m, s in value]
     again = Config.defaults()
     again.apply(name, cfg.format(name))  # control file: setxattr takes the text as is
     assert again[name] == cfg[name]
@@ -455,15 +587,19 @@ def test_branches_round_trip(data):
 @SETTINGS
 @given(st.integers(0, 2**24 - 1))
 def test_size_suffixes(n):
-    for suffix, mult in (("", 1), ("B", 1), ("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30),
-                         ("T", 1 << 40)):
+    for suffix, mult in (("", 1), ("B", 1), ("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40)):
         for s in (suffix, suffix.lower()):
             assert apply_all(f"minfreespace={n}{s}")["minfreespace"] == n * mult
 
 
 @SETTINGS
-@given(st.lists(st.tuples(st.sampled_from(["cache.attr", "cache.entry", "symlinkify-timeout"]),
-                          st.integers(0, 99)), min_size=1, max_size=8))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["cache.attr", "cache.entry", "symlinkify-timeout"]), st.integers(0, 99)),
+        min_size=1,
+        max_size=8,
+    )
+)
 def test_last_setting_wins(pairs):
     cfg = apply_all(",".join(f"{k}={v}" for k, v in pairs))
     last = {}

@@ -88,9 +88,9 @@ class Facts:
     """What the fake probe knows about one branch."""
 
     def __init__(self, paths, space, mtimes):
-        self.paths = paths        # relpaths that exist on the branch
-        self.space = space        # SpaceInfo, or an errno if statvfs fails
-        self.mtimes = mtimes      # relpath -> mtime
+        self.paths = paths  # relpaths that exist on the branch
+        self.space = space  # SpaceInfo, or an errno if statvfs fails
+        self.mtimes = mtimes  # relpath -> mtime
 
 
 class FakeProbe:
@@ -210,8 +210,7 @@ def choose(rule, kept, err, facts, relpath):
     if rule == "rand":
         return frozenset(b.path for b in kept)
     if rule == "pfrd":
-        weights = {b.path: (0 if isinstance(facts[b.path].space, int)
-                            else facts[b.path].space.available) for b in kept}
+        weights = {b.path: (0 if isinstance(facts[b.path].space, int) else facts[b.path].space.available) for b in kept}
         if sum(weights.values()) == 0:
             return frozenset(weights)  # no weights: any of them
         return frozenset(p for p, w in weights.items() if w > 0)
@@ -226,14 +225,25 @@ def choose(rule, kept, err, facts, relpath):
 
 #: policy -> (rule, path preserving for create?, most-shared-path walk?)
 SPEC = {
-    "all": ("all", False, False), "epall": ("all", True, False),
-    "ff": ("ff", False, False), "epff": ("ff", True, False),
-    "mfs": ("mfs", False, False), "epmfs": ("mfs", True, False), "mspmfs": ("mfs", True, True),
-    "lfs": ("lfs", False, False), "eplfs": ("lfs", True, False), "msplfs": ("lfs", True, True),
-    "lus": ("lus", False, False), "eplus": ("lus", True, False), "msplus": ("lus", True, True),
-    "lup": ("lup", False, False), "eplup": ("lup", True, False),
-    "rand": ("rand", False, False), "eprand": ("rand", True, False),
-    "pfrd": ("pfrd", False, False), "eppfrd": ("pfrd", True, False),
+    "all": ("all", False, False),
+    "epall": ("all", True, False),
+    "ff": ("ff", False, False),
+    "epff": ("ff", True, False),
+    "mfs": ("mfs", False, False),
+    "epmfs": ("mfs", True, False),
+    "mspmfs": ("mfs", True, True),
+    "lfs": ("lfs", False, False),
+    "eplfs": ("lfs", True, False),
+    "msplfs": ("lfs", True, True),
+    "lus": ("lus", False, False),
+    "eplus": ("lus", True, False),
+    "msplus": ("lus", True, True),
+    "lup": ("lup", False, False),
+    "eplup": ("lup", True, False),
+    "rand": ("rand", False, False),
+    "eprand": ("rand", True, False),
+    "pfrd": ("pfrd", False, False),
+    "eppfrd": ("pfrd", True, False),
     "msppfrd": ("pfrd", True, True),
     "newest": ("newest", True, False),
 }
@@ -291,17 +301,16 @@ def test_policy_matches_model(policy, category, pool, relpath, seed):
 
 def _draws(policy, category, branches, facts, n=6000, relpath="/"):
     probe = FakeProbe(facts, seed=1234)
-    return collections.Counter(
-        policies.select(category, policy, branches, relpath, probe)[0].path for _ in range(n))
+    return collections.Counter(policies.select(category, policy, branches, relpath, probe)[0].path for _ in range(n))
 
 
 def _facts(avails):
-    return {f"/b{i}": Facts({"/"}, SpaceInfo(a, 0, a + 1, False), {"/": 0})
-            for i, a in enumerate(avails)}
+    return {f"/b{i}": Facts({"/"}, SpaceInfo(a, 0, a + 1, False), {"/": 0}) for i, a in enumerate(avails)}
 
 
-@pytest.mark.parametrize("policy,category", [("rand", "create"), ("eprand", "create"),
-                                             ("rand", "action"), ("eprand", "search")])
+@pytest.mark.parametrize(
+    "policy,category", [("rand", "create"), ("eprand", "create"), ("rand", "action"), ("eprand", "search")]
+)
 def test_rand_is_uniform(policy, category):
     facts = _facts([5, 5, 5, 5])
     branches = tuple(Branch(p, "RW", 0) for p in facts)
@@ -311,9 +320,10 @@ def test_rand_is_uniform(policy, category):
         assert abs(c / 6000 - 0.25) < 0.03
 
 
-@pytest.mark.parametrize("policy,category", [("pfrd", "create"), ("eppfrd", "create"),
-                                             ("msppfrd", "create"), ("pfrd", "search"),
-                                             ("eppfrd", "action")])
+@pytest.mark.parametrize(
+    "policy,category",
+    [("pfrd", "create"), ("eppfrd", "create"), ("msppfrd", "create"), ("pfrd", "search"), ("eppfrd", "action")],
+)
 def test_pfrd_weighted_by_available_space(policy, category):
     facts = _facts([100, 200, 700, 0])
     branches = tuple(Branch(p, "RW", 0) for p in facts)
@@ -327,8 +337,10 @@ def test_pfrd_weighted_by_available_space(policy, category):
 def test_msp_walks_up_to_the_shared_parent(policy):
     # /a/b exists nowhere; /a only on b1: the create lands on b1, not on b0
     # (which has more space and only "/").
-    facts = {"/b0": Facts({"/"}, SpaceInfo(900, 0, 1000, False), {}),
-             "/b1": Facts({"/", "/a"}, SpaceInfo(10, 990, 1000, False), {})}
+    facts = {
+        "/b0": Facts({"/"}, SpaceInfo(900, 0, 1000, False), {}),
+        "/b1": Facts({"/", "/a"}, SpaceInfo(10, 990, 1000, False), {}),
+    }
     branches = (Branch("/b0", "RW", 0), Branch("/b1", "RW", 0))
     got = policies.select("create", policy, branches, "/a/b", FakeProbe(facts))
     assert [b.path for b in got] == ["/b1"]
@@ -340,12 +352,18 @@ def test_msp_walks_up_to_the_shared_parent(policy):
 
 def test_error_precedence_across_branches():
     """ENOENT < ENOSPC < EROFS < other: the most significant reason wins."""
-    facts = {"/full": Facts({"/"}, SpaceInfo(0, 10, 10, False), {}),
-             "/ro": Facts({"/"}, SpaceInfo(10, 0, 10, True), {}),
-             "/gone": Facts({"/"}, errno.EIO, {})}
+    facts = {
+        "/full": Facts({"/"}, SpaceInfo(0, 10, 10, False), {}),
+        "/ro": Facts({"/"}, SpaceInfo(10, 0, 10, True), {}),
+        "/gone": Facts({"/"}, errno.EIO, {}),
+    }
     full, ro, gone = (Branch(p, "RW", 1) for p in facts)
-    for branches, want in [((full,), errno.ENOSPC), ((full, ro), errno.EROFS),
-                           ((ro, full), errno.EROFS), ((full, ro, gone), errno.EIO)]:
+    for branches, want in [
+        ((full,), errno.ENOSPC),
+        ((full, ro), errno.EROFS),
+        ((ro, full), errno.EROFS),
+        ((full, ro, gone), errno.EIO),
+    ]:
         with pytest.raises(OSError) as e:
             policies.select("create", "mfs", branches, "/", FakeProbe(facts))
         assert e.value.errno == want
@@ -358,8 +376,10 @@ def test_msp_spills_past_a_holder_that_cannot_take_it(policy, holder):
     parent is RO, NC or below minfreespace, the create walks up and lands on a
     branch sharing a higher ancestor; the ep twin fails instead."""
     mode, avail = holder
-    facts = {"/b0": Facts({"/", "/a"}, SpaceInfo(avail, 10, avail + 10, False), {}),
-             "/b1": Facts({"/"}, SpaceInfo(500, 10, 510, False), {})}
+    facts = {
+        "/b0": Facts({"/", "/a"}, SpaceInfo(avail, 10, avail + 10, False), {}),
+        "/b1": Facts({"/"}, SpaceInfo(500, 10, 510, False), {}),
+    }
     branches = (Branch("/b0", mode, 100), Branch("/b1", "RW", 100))
     got = policies.select("create", policy, branches, "/a", FakeProbe(facts))
     assert [b.path for b in got] == ["/b1"]
@@ -371,8 +391,10 @@ def test_msp_spills_past_a_holder_that_cannot_take_it(policy, holder):
 def test_msp_reports_the_worst_reason_of_the_whole_walk():
     # /a/b held by a full branch (ENOSPC), nothing qualifies at "/" either
     # (the other branch is RO mode): the answer ranks EROFS over ENOSPC.
-    facts = {"/b0": Facts({"/", "/a", "/a/b"}, SpaceInfo(0, 10, 10, False), {}),
-             "/b1": Facts({"/"}, SpaceInfo(500, 10, 510, False), {})}
+    facts = {
+        "/b0": Facts({"/", "/a", "/a/b"}, SpaceInfo(0, 10, 10, False), {}),
+        "/b1": Facts({"/"}, SpaceInfo(500, 10, 510, False), {}),
+    }
     branches = (Branch("/b0", "RW", 1), Branch("/b1", "RO", 1))
     for policy in ("msplfs", "msplus", "mspmfs", "msppfrd"):
         with pytest.raises(OSError) as e:
@@ -423,6 +445,5 @@ def test_pool_generator_reaches_every_case():
             seen["mtime-tie"] += 1
 
     sample()
-    for case in ("ok", "ok-many", errno.ENOENT, errno.ENOSPC, errno.EROFS, errno.EIO,
-                 "space-tie", "mtime-tie"):
+    for case in ("ok", "ok-many", errno.ENOENT, errno.ENOSPC, errno.EROFS, errno.EIO, "space-tie", "mtime-tie"):
         assert seen[case] > 0, (case, seen)
