@@ -30,7 +30,7 @@ venv: deps $(VENV)/.stamp
 
 # The extension is built in place and the package installed editable, so the
 # venv's `mergerfs` command and the tests run this checkout.
-$(VENV)/.built: $(VENV)/.stamp setup.py mergerfs/_fastpath.pyx mergerfs/_kernel.pyx mergerfs/_io.pxi
+$(VENV)/.built: $(VENV)/.stamp setup.py $(wildcard mergerfs/*.pyx mergerfs/*.pxd mergerfs/*.pxi)
 	$(VPY) setup.py -q build_ext --inplace
 	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
@@ -75,4 +75,4 @@ readme: build
 	$(VPY) scripts/readme_options.py
 
 clean:
-	rm -rf build dist *.egg-info wheels/*.whl wheels/.stamp mergerfs/_fastpath.c mergerfs/_fastpath*.so mergerfs/_kernel.c mergerfs/_kernel*.so $(VENV)/.built
+	rm -rf build dist *.egg-info wheels/*.whl wheels/.stamp mergerfs/_fastpath.c mergerfs/_fastpath*.so mergerfs/_kernel.c mergerfs/_kernel*.so mergerfs/_nodes.c mergerfs/_nodes*.so $(VENV)/.built

@@ -5,19 +5,29 @@ and the requests it answers without the GIL.
 Each worker thread owns one (cloned) ``/dev/fuse`` fd and one request buffer,
 reused for every request and its reply. READ, WRITE and FLUSH of an open file
 are answered here from the handle table (kernel fh -> branch fd) with the GIL
-released for the whole request; every other request is handed, as bytes, to
-the Python session (:mod:`mergerfs.kernel`), which decides and replies. The
-handle table is changed only under the GIL (open/release run in Python) and
-read without it: the kernel sends no READ/WRITE on a handle after RELEASE.
+released for the whole request; so are FORGET/BATCH_FORGET, and LOOKUP and
+GETATTR of a known nodeid while the config allows the plain case (first-found
+search, no symlink following or attribute overrides): the node table
+(:mod:`mergerfs._nodes`), a branch search with lstat and inodecalc, all in C.
+Every other request, and every case the C path does not recognise, is handed,
+as bytes, to the Python session (:mod:`mergerfs.kernel`), which decides and
+replies. The handle table is changed only under the GIL (open/release run in
+Python) and read without it: the kernel sends no READ/WRITE on a handle after
+RELEASE.
 Protocol facts: FUSE 7.45 (declared here, not taken from the installed header).
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset, strlen
 from libc.errno cimport errno, EINTR, EAGAIN, ENOENT, ENODEV, ENOSPC, EDQUOT
-from libc.stdint cimport uint16_t, uint32_t, uint64_t, int32_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport malloc, free, calloc
 from posix.types cimport off_t
+from posix.time cimport timespec
+
+from mergerfs._fastpath cimport _calc
+from mergerfs._nodes cimport Node, NodeTable, stamp, pthread_mutex_t, pthread_mutex_init, pthread_mutex_lock, \
+    pthread_mutex_unlock
 
 import logging
 import os
@@ -32,6 +42,28 @@ include "_io.pxi"
 
 cdef extern from "<sys/ioctl.h>" nogil:
     int c_ioctl "ioctl"(int fd, unsigned long request, ...)
+
+cdef extern from "<string.h>" nogil:
+    size_t strnlen(const char *s, size_t maxlen)
+
+cdef extern from "<sys/stat.h>" nogil:
+    cdef struct stat_t "stat":
+        unsigned long long st_dev
+        unsigned long long st_ino
+        unsigned long long st_nlink
+        unsigned int st_mode
+        unsigned int st_uid
+        unsigned int st_gid
+        unsigned long long st_rdev
+        long long st_size
+        long long st_blksize
+        long long st_blocks
+        timespec st_atim
+        timespec st_mtim
+        timespec st_ctim
+    int c_lstat "lstat"(const char *path, stat_t *buf)
+    bint S_ISDIR(unsigned int mode)
+    bint S_ISREG(unsigned int mode)
 
 cdef extern from "<sys/mount.h>" nogil:
     int c_mount "mount"(const char *source, const char *target, const char *fstype,
@@ -89,12 +121,71 @@ cdef struct fuse_backing_map:
     uint32_t flags
     uint64_t padding
 
+cdef struct fuse_forget_in:
+    uint64_t nlookup
+
+cdef struct fuse_batch_forget_in:
+    uint32_t count
+    uint32_t dummy
+
+cdef struct fuse_forget_one:
+    uint64_t nodeid
+    uint64_t nlookup
+
+cdef struct fuse_getattr_in:
+    uint32_t getattr_flags
+    uint32_t dummy
+    uint64_t fh
+
 cdef enum:
+    FUSE_LOOKUP = 1
+    FUSE_FORGET = 2
+    FUSE_GETATTR = 3
     FUSE_READ = 15
     FUSE_WRITE = 16
     FUSE_FLUSH = 25
+    FUSE_INTERRUPT = 36
+    FUSE_BATCH_FORGET = 42
+    FUSE_GETATTR_FH = 1
     IN_HDR = 40   # sizeof(fuse_in_header)
     OUT_HDR = 16  # sizeof(fuse_out_header)
+    PATH_MAX = 4096
+    ROOT_ID = 1
+    NO_UID = 0xFFFFFFFF
+
+cdef struct fuse_attr:
+    uint64_t ino
+    uint64_t size
+    uint64_t blocks
+    uint64_t atime
+    uint64_t mtime
+    uint64_t ctime
+    uint32_t atimensec
+    uint32_t mtimensec
+    uint32_t ctimensec
+    uint32_t mode
+    uint32_t nlink
+    uint32_t uid
+    uint32_t gid
+    uint32_t rdev
+    uint32_t blksize
+    uint32_t flags
+
+cdef struct fuse_entry_out:
+    uint64_t nodeid
+    uint64_t generation
+    uint64_t entry_valid
+    uint64_t attr_valid
+    uint32_t entry_valid_nsec
+    uint32_t attr_valid_nsec
+    fuse_attr attr
+
+cdef struct fuse_attr_out:
+    uint64_t attr_valid
+    uint32_t attr_valid_nsec
+    uint32_t dummy
+    fuse_attr attr
+
 
 # _IOR/_IOW(229, nr, size): the FUSE device ioctls
 cdef unsigned long IOC_CLONE = 0x8004E500          # _IOR(229, 0, uint32_t)
@@ -119,7 +210,10 @@ cdef class Session:
 
     ``slow`` is called (with the GIL) as ``slow(request_bytes)`` for every
     request the C path does not answer; it returns the whole reply (bytes) or
-    None (no reply), and never raises.
+    None (no reply), and never raises. ``switch(uid, gid, pid)`` makes the
+    calling worker act as a request's caller before the C path touches a
+    branch; ``replaced(nodeid)`` is told when a lookup found another object
+    under a nodeid the kernel holds (its cached data must go).
     """
 
     cdef readonly int devfd
@@ -130,10 +224,17 @@ cdef class Session:
     cdef uint32_t nfree
     cdef uint32_t next_slot
     cdef public object slow
+    cdef public object switch
+    cdef public object replaced
     cdef public bint trace  # every request to ``slow`` (-d): no C path
+    cdef readonly NodeTable table
+    cdef FastConfig *fast  # NULL: LOOKUP/GETATTR go to Python
+    cdef pthread_mutex_t fast_mu
 
-    def __cinit__(self, int devfd):
+    def __cinit__(self, int devfd, NodeTable table):
         self.devfd = devfd
+        self.table = table
+        pthread_mutex_init(&self.fast_mu, NULL)
         self.bufsize = 1 << 17
         self.write_in_size = sizeof(fuse_write_in)
         self.slots = <Slot *>calloc(MAX_SLOTS, sizeof(Slot))
@@ -146,6 +247,48 @@ cdef class Session:
     def __dealloc__(self):
         free(self.slots)
         free(self.free_slots)
+        if self.fast != NULL:
+            _free_config(self.fast)
+
+    def set_fast(self, branches, int calc=0, uint64_t entry=0, uint64_t attr=0, uint64_t negative=0,
+                 bint creds_fixed=False, bint pid_bound=False):
+        """Let the C path answer LOOKUP/GETATTR over ``branches`` (their roots as
+        bytes, in order) with these inodecalc code and cache timeouts; None: never."""
+        cdef FastConfig *c = NULL
+        cdef FastConfig *old
+        cdef bytes b
+        cdef int i
+        if branches is not None:
+            c = <FastConfig *>calloc(1, sizeof(FastConfig))
+            if c == NULL:
+                raise MemoryError()
+            c.branches = <char **>calloc(len(branches) + 1, sizeof(char *))
+            c.lens = <size_t *>calloc(len(branches) + 1, sizeof(size_t))
+            if c.branches == NULL or c.lens == NULL:
+                _free_config(c)
+                raise MemoryError()
+            for i, b in enumerate(branches):
+                if b == b"/":
+                    b = b""  # "/" + relpath: the relpath itself
+                c.branches[i] = <char *>malloc(len(b) + 1)
+                if c.branches[i] == NULL:
+                    _free_config(c)
+                    raise MemoryError()
+                memcpy(c.branches[i], <const char *>b, len(b) + 1)
+                c.lens[i] = len(b)
+                c.nbranches = i + 1
+            c.calc = calc
+            c.entry_valid = entry
+            c.attr_valid = attr
+            c.negative_valid = negative
+            c.creds_fixed = creds_fixed
+            c.pid_bound = pid_bound
+        pthread_mutex_lock(&self.fast_mu)
+        old = self.fast
+        self.fast = c
+        if old != NULL and old.refs == 0:
+            _free_config(old)
+        pthread_mutex_unlock(&self.fast_mu)
 
     def configure(self, size_t max_write, int minor):
         """After INIT: buffers hold the largest request, WRITE's header has its minor's size."""
@@ -193,6 +336,9 @@ cdef class Session:
         cdef char *buf = <char *>malloc(self.bufsize)
         cdef ssize_t n = 0
         cdef int err = 0
+        cdef Caller caller
+        cdef fuse_in_header h
+        memset(&caller, 0, sizeof(caller))
         if buf == NULL:
             raise MemoryError()
         try:
@@ -204,10 +350,14 @@ cdef class Session:
                         if err == EINTR or err == EAGAIN or err == ENOENT:
                             continue  # ENOENT: the request was interrupted before we read it
                         break
-                    if n < <ssize_t>IN_HDR or self._hot(fd, buf, n):
+                    if n < <ssize_t>IN_HDR or self._hot(&caller, fd, buf, n):
                         continue
+                    h = (<fuse_in_header *>buf)[0]
                     with gil:
                         n = self._python(buf, n)
+                    if h.uid != NO_UID and h.opcode != FUSE_FORGET and h.opcode != FUSE_BATCH_FORGET \
+                            and h.opcode != FUSE_INTERRUPT:  # Python switched to this caller
+                        _carry(&caller, &h)
                     if n > 0:  # the reply, written without the GIL
                         c_write(fd, buf, <size_t>n)
         finally:
@@ -235,10 +385,16 @@ cdef class Session:
             log.exception("request dispatch failed")
             return 0
 
-    cdef bint _hot(self, int fd, char *buf, ssize_t n) noexcept nogil:
+    cdef bint _hot(self, Caller *w, int fd, char *buf, ssize_t n) noexcept nogil:
         cdef fuse_in_header *h = <fuse_in_header *>buf
         if self.trace:
             return False
+        if h.opcode == FUSE_LOOKUP:
+            return _lookup(self, w, fd, buf, n)
+        if h.opcode == FUSE_GETATTR and n >= <ssize_t>(IN_HDR + sizeof(fuse_getattr_in)):
+            return _getattr(self, w, fd, buf)
+        if h.opcode == FUSE_FORGET or h.opcode == FUSE_BATCH_FORGET:
+            return _forget(self, buf, n)
         if h.opcode == FUSE_READ:
             return self._read(fd, buf, h.unique)
         if h.opcode == FUSE_WRITE:
@@ -397,40 +553,6 @@ def pack_dirents(list entries, Py_ssize_t off, size_t size):
     return out[:used]
 
 
-cdef struct fuse_attr:
-    uint64_t ino
-    uint64_t size
-    uint64_t blocks
-    uint64_t atime
-    uint64_t mtime
-    uint64_t ctime
-    uint32_t atimensec
-    uint32_t mtimensec
-    uint32_t ctimensec
-    uint32_t mode
-    uint32_t nlink
-    uint32_t uid
-    uint32_t gid
-    uint32_t rdev
-    uint32_t blksize
-    uint32_t flags
-
-cdef struct fuse_entry_out:
-    uint64_t nodeid
-    uint64_t generation
-    uint64_t entry_valid
-    uint64_t attr_valid
-    uint32_t entry_valid_nsec
-    uint32_t attr_valid_nsec
-    fuse_attr attr
-
-cdef struct fuse_attr_out:
-    uint64_t attr_valid
-    uint32_t attr_valid_nsec
-    uint32_t dummy
-    fuse_attr attr
-
-
 cdef inline void _split(long long v, uint64_t *sec, uint32_t *nsec) noexcept:
     """ns -> (sec, nsec), rounding down for times before 1970 (cdivision truncates)."""
     cdef long long s = v // 1000000000
@@ -478,3 +600,6 @@ def attr_out(uint64_t nodeid, st, uint64_t attr_valid):
     o.attr_valid = attr_valid
     _fill_attr(&o.attr, nodeid, st)
     return PyBytes_FromStringAndSize(<char *>&o, sizeof(o))
+
+
+include "_metadata.pxi"

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 
-from mergerfs import _kernel, ugid
+from mergerfs import _kernel, inodes, ugid
 from mergerfs.lifecycle import mounted_device, unmount
 from mergerfs.requests import DIRECT, KEEP, Requests
 
@@ -256,10 +256,14 @@ class KernelTransport:
         else:
             self.devfd = self._mount_fusermount(mnt, fsname, subtype, opts)
         self.device = mounted_device(mnt)
-        self.session = _kernel.Session(self.devfd)
+        self.session = _kernel.Session(self.devfd, self.req.table)
         self.session.slow = self.dispatch
+        self.session.switch = ugid.switch
+        self.session.replaced = self.notifier.inval_inode
         self.session.trace = self.debug = "debug" in generic
         self._init()
+        self._fast_path()
+        self.fs.listeners.append(self._fast_path)
         self.notifier.start(self.devfd)
 
     def _mount_root(self, mnt: str, fsname: str, subtype: str, generic: dict) -> int:
@@ -381,6 +385,34 @@ class KernelTransport:
         self.session.configure(max_write, self.minor)
         log.debug("INIT: kernel %d.%d offered %#x, negotiated %#x, max_write %d", major, minor, flags, got, max_write)
 
+    def _fast_path(self, *_changed) -> None:
+        """Let the compiled loop answer LOOKUP and GETATTR while the config has
+        the plain shape it implements: a first-found getattr search, and
+        attributes reported as the branch's lstat gives them (no symlink
+        following, symlinkify or uid/gid/umask overrides). Otherwise Python
+        answers them. Called again after every config change."""
+        assert self.session is not None
+        cfg = self.fs.snap.cfg
+        plain = (
+            cfg.policy("getattr") == "ff"
+            and cfg["follow-symlinks"] == "never"
+            and not cfg["symlinkify"]
+            and self.req.force is None
+        )
+        if not plain:
+            self.session.set_fast(None)
+            return
+        entry, attr, negative = self.req.timeouts()
+        self.session.set_fast(
+            [os.fsencode(b.path) for b in self.fs.snap.branches],
+            inodes.mode_code(cfg["inodecalc"]),
+            entry,
+            attr,
+            negative,
+            creds_fixed=not ugid.acts_as_caller(),
+            pid_bound=cfg["proxy-ioprio"],
+        )
+
     def serve(self, workers: int) -> None:
         """Run ``workers`` threads, one per (cloned) fd, until the mount goes away."""
         assert self.session is not None
@@ -431,10 +463,10 @@ class KernelTransport:
                 file=sys.stderr,
                 flush=True,
             )
-        handler = self._handlers.get(h.opcode)
-        if handler is None:
-            return _frame(h.unique, -errno.ENOSYS)
+        handler = self._handlers.get(h.opcode, self._enosys)
         try:
+            # every request with a caller, answered or not: the compiled loop
+            # takes this thread's identity to be the last such request's
             if h.uid != 0xFFFFFFFF and h.opcode not in _NO_REPLY:
                 ugid.switch(h.uid, h.gid, h.pid)
             payload = handler(h, data[IN_HEADER.size :])
@@ -471,6 +503,10 @@ class KernelTransport:
     @staticmethod
     def _empty(h, body):
         return b""
+
+    @staticmethod
+    def _enosys(h, body):
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def _lookup(self, h, body):
         try:

@@ -141,13 +141,13 @@ class Requests:
         changed behind the kernel's back, drop the kernel's cached pages."""
         if not S.S_ISREG(st.st_mode):
             return
-        node = self.table.get(ino)
-        if node is None:
-            return
         current = inodes.stamp(st)
-        if not ours and not self.auto_inval and node.seen is not None and node.seen != current:
+        try:
+            before = self.table.swap_seen(ino, current)
+        except OSError:  # forgotten meanwhile
+            return
+        if not ours and not self.auto_inval and before is not None and before != current:
             self.notifier.inval_inode(ino)
-        node.seen = current
 
     def _lookup_entry(self, relpath: str) -> tuple[int, os.stat_result]:
         return self._entry(relpath, self.fs.getattr(relpath))
@@ -238,17 +238,17 @@ class Requests:
     def getattr(self, inode: int, fh: int | None = None) -> os.stat_result:
         if inode == CONTROL_INO:
             return self.control_attr()
-        node = self.table.node(inode)
+        path = self.table.relpath(inode)
         h = self._files.get(fh, (0, None))[1] if fh is not None else None
         if isinstance(h, fs_mod.Handle):  # the kernel pins an fh it names
             st = self.fs.fgetattr(h)
-        elif node.fhs:
+        elif self.table.has_fh(inode):
             with self._open_handle(inode) as h:
                 # An open file is the kernel's inode even if its path was unlinked
                 # or renamed over: its fd is the truth.
-                st = self.fs.fgetattr(h) if h is not None else self.fs.getattr(node.path)
-        else:  # the common case, without the borrowing (a read of fhs is atomic)
-            st = self.fs.getattr(node.path)
+                st = self.fs.fgetattr(h) if h is not None else self.fs.getattr(path)
+        else:  # the common case, without the borrowing
+            st = self.fs.getattr(path)
         self._saw(inode, st)
         return self.attr(st)
 
@@ -447,10 +447,8 @@ class Requests:
         keep the kernel's pages unless ``cache.files`` says to drop them or the
         branch file changed behind the kernel's back."""
         st = self.fs.fgetattr(h)
-        node = self.table.node(inode)
         current = inodes.stamp(st)
-        changed = current != node.seen
-        node.seen = current
+        changed = current != self.table.swap_seen(inode, current)
         if mode == "off":
             decision = DIRECT
         elif changed or mode in ("partial", "libfuse"):

@@ -82,6 +82,11 @@ _CAN_SWITCH = os.geteuid() == 0
 _ROOT = (0, 0, (0,))
 
 
+def acts_as_caller() -> bool:
+    """Whether requests run with their caller's identity (False: the daemon is not root)."""
+    return _CAN_SWITCH
+
+
 def _set(creds: tuple[int, int, tuple[int, ...]]) -> None:
     if _CAN_SWITCH and getattr(_local, "creds", None) != creds:
         _fastpath.set_creds(*creds)

@@ -1,0 +1,6 @@
+from libc.stdint cimport uint8_t, uint64_t
+
+
+# The inodecalc rule, shared with the compiled session and node table.
+cdef uint64_t _calc(int mode, const uint8_t *head, size_t hlen, const uint8_t *tail, size_t tlen,
+                    bint isdir, uint64_t dev, uint64_t ino) noexcept nogil

@@ -1,0 +1,298 @@
+# The metadata requests the session answers without the GIL (included by
+# _kernel.pyx after Session): FORGET/BATCH_FORGET, and LOOKUP/GETATTR of the
+# plain case, a first-found search of the branches with lstat. Anything else
+# (an error other than ENOENT, a path longer than PATH_MAX, an open file, the
+# control file, "." and "..", a name the root answers specially) returns
+# False, untouched, and the Python session answers it.
+
+cdef struct FastConfig:
+    int refs            # workers using it now; freed when 0 and replaced
+    int nbranches
+    char **branches     # branch roots in order ("" for "/")
+    size_t *lens
+    int calc            # inodecalc as _fastpath's code
+    uint64_t entry_valid
+    uint64_t attr_valid
+    uint64_t negative_valid
+    bint creds_fixed    # the daemon cannot switch identity: every caller is served as itself
+    bint pid_bound      # proxy-ioprio: credentials are per calling thread, not per user
+
+
+cdef struct Caller:
+    uint32_t uid        # whose credentials this worker thread carries now
+    uint32_t gid
+    uint32_t pid
+    int64_t since       # when they were set (ns): a caller's groups are re-read after a second, as ugid does
+    bint valid
+
+
+cdef extern from "<time.h>" nogil:
+    int clock_gettime(int clk, timespec *ts)
+    int CLOCK_MONOTONIC_COARSE
+
+
+cdef inline int64_t _now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef inline void _carry(Caller *w, const fuse_in_header *h) noexcept nogil:
+    """This worker now acts as ``h``'s caller."""
+    w.uid = h.uid
+    w.gid = h.gid
+    w.pid = h.pid
+    w.since = _now_ns()
+    w.valid = True
+
+
+cdef void _free_config(FastConfig *c) noexcept nogil:
+    cdef int i
+    for i in range(c.nbranches):
+        free(c.branches[i])
+    free(c.branches)
+    free(c.lens)
+    free(c)
+
+
+cdef FastConfig *_acquire(Session s) noexcept nogil:
+    cdef FastConfig *c
+    pthread_mutex_lock(&s.fast_mu)
+    c = s.fast
+    if c != NULL:
+        c.refs += 1
+    pthread_mutex_unlock(&s.fast_mu)
+    return c
+
+
+cdef void _release(Session s, FastConfig *c) noexcept nogil:
+    pthread_mutex_lock(&s.fast_mu)
+    c.refs -= 1
+    if c.refs == 0 and c != s.fast:
+        _free_config(c)
+    pthread_mutex_unlock(&s.fast_mu)
+
+
+cdef bint _as_caller(Session s, FastConfig *c, Caller *w, fuse_in_header *h) noexcept nogil:
+    """Make this worker act as the request's caller; False if that takes a
+    decision only Python can make (it then answers the whole request)."""
+    if c.creds_fixed:
+        return True
+    if h.uid == NO_UID:
+        return False
+    if w.valid and w.uid == h.uid and w.gid == h.gid and (
+        w.pid == h.pid or (h.uid == 0 and h.gid == 0 and not c.pid_bound)
+    ) and _now_ns() - w.since < 1000000000:
+        return True
+    with gil:
+        try:
+            s.switch(h.uid, h.gid, h.pid)
+        except BaseException:
+            log.exception("switching to uid %d gid %d", h.uid, h.gid)
+            w.valid = False
+            return False
+    _carry(w, h)
+    return True
+
+
+cdef ssize_t _relpath(NodeTable t, uint64_t nodeid, const char *name, size_t namelen, char *out,
+                      bint closed_only) noexcept nogil:
+    """``nodeid``'s relpath (joined with ``name`` if given) into ``out`` (PATH_MAX):
+    its length, or -1 (unknown nodeid, open file when ``closed_only``, too long)."""
+    cdef Node *n
+    cdef size_t plen
+    cdef ssize_t rv = -1
+    t.lock()
+    n = t.node(nodeid)
+    if n != NULL and not (closed_only and n.nfh):
+        plen = strlen(n.path)
+        if name == NULL:
+            if plen < PATH_MAX:
+                memcpy(out, n.path, plen + 1)
+                rv = <ssize_t>plen
+        elif plen + 1 + namelen < PATH_MAX:
+            if plen == 1:  # the root: "/name"
+                plen = 0
+            memcpy(out, n.path, plen)
+            out[plen] = 47  # "/"
+            memcpy(out + plen + 1, name, namelen)
+            out[plen + 1 + namelen] = 0
+            rv = <ssize_t>(plen + 1 + namelen)
+    t.unlock()
+    return rv
+
+
+cdef int _search(FastConfig *c, const char *rel, size_t rellen, stat_t *st) noexcept nogil:
+    """First-found: 0 and the lstat of ``rel`` on the first branch holding it;
+    ENOENT if none does; -1 for anything Python must judge."""
+    cdef char full[PATH_MAX]
+    cdef int i
+    cdef size_t bl
+    cdef bint root = rellen == 1
+    for i in range(c.nbranches):
+        bl = c.lens[i]
+        if bl + rellen >= PATH_MAX:
+            return -1
+        memcpy(full, c.branches[i], bl)
+        if root and bl:  # the branch root itself, as given (no trailing "/")
+            full[bl] = 0
+        else:
+            memcpy(full + bl, rel, rellen + 1)
+        if c_lstat(full, st) == 0:
+            return 0
+        if errno != ENOENT:
+            return -1
+    return ENOENT
+
+
+cdef void _fill_attr_c(fuse_attr *a, uint64_t ino, const stat_t *st) noexcept nogil:
+    cdef unsigned long long rdev = st.st_rdev
+    cdef unsigned int major = <unsigned int>(((rdev >> 8) & 0xfff) | ((rdev >> 32) & ~0xfff))
+    cdef unsigned int minor = <unsigned int>((rdev & 0xff) | ((rdev >> 12) & ~0xff))
+    a.ino = ino
+    a.size = <uint64_t>st.st_size
+    a.blocks = <uint64_t>st.st_blocks
+    a.atime = <uint64_t>st.st_atim.tv_sec
+    a.atimensec = <uint32_t>st.st_atim.tv_nsec
+    a.mtime = <uint64_t>st.st_mtim.tv_sec
+    a.mtimensec = <uint32_t>st.st_mtim.tv_nsec
+    a.ctime = <uint64_t>st.st_ctim.tv_sec
+    a.ctimensec = <uint32_t>st.st_ctim.tv_nsec
+    a.mode = st.st_mode
+    a.nlink = <uint32_t>st.st_nlink
+    a.uid = st.st_uid
+    a.gid = st.st_gid
+    # the kernel decodes fuse_attr.rdev with new_decode_dev
+    a.rdev = <uint32_t>((minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12))
+    a.blksize = <uint32_t>st.st_blksize
+    a.flags = 0
+
+
+cdef void _saw(NodeTable t, uint64_t nodeid, const stat_t *st) noexcept nogil:
+    """Record the (size, mtime) the kernel now has of a regular file (it drops
+    stale pages itself: FUSE_AUTO_INVAL_DATA is required for this path)."""
+    cdef Node *n
+    if not S_ISREG(st.st_mode):
+        return
+    t.lock()
+    n = t.node(nodeid)
+    if n != NULL:
+        n.seen = stamp(<uint64_t>st.st_size, <int64_t>st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec)
+        n.has_seen = 1
+    t.unlock()
+
+
+cdef struct entry_reply:
+    fuse_out_header h
+    fuse_entry_out e
+
+cdef struct attr_reply:
+    fuse_out_header h
+    fuse_attr_out a
+
+
+cdef bint _lookup(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept nogil:
+    cdef fuse_in_header *h = <fuse_in_header *>buf
+    cdef const char *name = buf + IN_HDR
+    cdef size_t namelen = strnlen(name, <size_t>(n - IN_HDR))
+    cdef char rel[PATH_MAX]
+    cdef ssize_t rellen
+    cdef stat_t st
+    cdef int found
+    cdef uint64_t nodeid = 0
+    cdef bint replaced = False
+    cdef entry_reply out
+    if namelen == 0 or namelen >= <size_t>(n - IN_HDR) or (name[0] == 46 and (  # "."
+            namelen == 1 or (namelen == 2 and name[1] == 46))):
+        return False
+    cdef FastConfig *c = _acquire(s)
+    if c == NULL:
+        return False
+    rellen = _relpath(s.table, h.nodeid, name, namelen, rel, False)
+    found = -1
+    if rellen > 0 and not (h.nodeid == ROOT_ID and _is_control(name, namelen)) and _as_caller(s, c, w, h):
+        found = _search(c, rel, <size_t>rellen, &st)
+    if found == 0:
+        s.table.lock()
+        nodeid = s.table.remember_c(
+            _calc(c.calc, <const uint8_t *>rel, <size_t>rellen, NULL, 0, S_ISDIR(st.st_mode), st.st_dev, st.st_ino),
+            rel, True, st.st_dev, st.st_ino, S_ISDIR(st.st_mode), &replaced)
+        s.table.unlock()
+    memset(&out, 0, sizeof(out))
+    out.e.entry_valid = c.entry_valid
+    out.e.attr_valid = c.attr_valid
+    if found == ENOENT and h.nodeid != ROOT_ID:  # the root's missing names can be special (the error entry)
+        out.e.entry_valid = c.negative_valid
+    _release(s, c)
+    if found == ENOENT and h.nodeid != ROOT_ID:
+        if out.e.entry_valid == 0:
+            _reply_error(fd, h.unique, ENOENT)
+            return True
+        out.e.attr_valid = 0
+    elif nodeid == 0:
+        return False
+    else:
+        if replaced:
+            with gil:
+                s.replaced(nodeid)
+        _saw(s.table, nodeid, &st)
+        out.e.nodeid = nodeid
+        _fill_attr_c(&out.e.attr, nodeid, &st)
+    out.h.len = sizeof(out)
+    out.h.error = 0
+    out.h.unique = h.unique
+    c_write(fd, &out, sizeof(out))
+    return True
+
+
+cdef bint _is_control(const char *name, size_t namelen) noexcept nogil:
+    return namelen == 9 and memcmp(name, b".mergerfs", 9) == 0
+
+
+cdef bint _getattr(Session s, Caller *w, int fd, char *buf) noexcept nogil:
+    cdef fuse_in_header *h = <fuse_in_header *>buf
+    cdef fuse_getattr_in *g = <fuse_getattr_in *>(buf + IN_HDR)
+    cdef char rel[PATH_MAX]
+    cdef ssize_t rellen
+    cdef stat_t st
+    cdef int found = -1
+    cdef attr_reply out
+    if g.getattr_flags & FUSE_GETATTR_FH:
+        return False  # an open file: its fd is the truth (Python)
+    cdef FastConfig *c = _acquire(s)
+    if c == NULL:
+        return False
+    rellen = _relpath(s.table, h.nodeid, NULL, 0, rel, True)
+    if rellen > 0 and _as_caller(s, c, w, h):
+        found = _search(c, rel, <size_t>rellen, &st)
+    memset(&out, 0, sizeof(out))
+    out.a.attr_valid = c.attr_valid
+    _release(s, c)
+    if found != 0:
+        return False
+    _saw(s.table, h.nodeid, &st)
+    _fill_attr_c(&out.a.attr, h.nodeid, &st)
+    out.h.len = sizeof(out)
+    out.h.error = 0
+    out.h.unique = h.unique
+    c_write(fd, &out, sizeof(out))
+    return True
+
+
+cdef bint _forget(Session s, char *buf, ssize_t n) noexcept nogil:
+    cdef fuse_in_header *h = <fuse_in_header *>buf
+    cdef fuse_batch_forget_in *b
+    cdef fuse_forget_one *one
+    cdef uint32_t i
+    s.table.lock()
+    if h.opcode == FUSE_FORGET:
+        s.table.forget_c(h.nodeid, (<fuse_forget_in *>(buf + IN_HDR)).nlookup)
+    else:
+        b = <fuse_batch_forget_in *>(buf + IN_HDR)
+        one = <fuse_forget_one *>(buf + IN_HDR + sizeof(fuse_batch_forget_in))
+        for i in range(b.count):
+            if <char *>(one + i + 1) > buf + n:
+                break
+            s.table.forget_c(one[i].nodeid, one[i].nlookup)
+    s.table.unlock()
+    return True
