@@ -62,6 +62,9 @@ cdef extern from "<sys/stat.h>" nogil:
         timespec st_mtim
         timespec st_ctim
     int c_lstat "lstat"(const char *path, stat_t *buf)
+
+cdef extern from "<sys/xattr.h>" nogil:
+    ssize_t lgetxattr(const char *path, const char *name, void *value, size_t size)
     bint S_ISDIR(unsigned int mode)
     bint S_ISREG(unsigned int mode)
 
@@ -143,6 +146,7 @@ cdef enum:
     FUSE_GETATTR = 3
     FUSE_READ = 15
     FUSE_WRITE = 16
+    FUSE_GETXATTR = 22
     FUSE_FLUSH = 25
     FUSE_INTERRUPT = 36
     FUSE_BATCH_FORGET = 42
@@ -251,9 +255,11 @@ cdef class Session:
             _free_config(self.fast)
 
     def set_fast(self, branches, int calc=0, uint64_t entry=0, uint64_t attr=0, uint64_t negative=0,
+                 bint getxattr=False, bint capability=False, bint posix_acl=False,
                  bint creds_fixed=False, bint pid_bound=False):
-        """Let the C path answer LOOKUP/GETATTR over ``branches`` (their roots as
-        bytes, in order) with these inodecalc code and cache timeouts; None: never."""
+        """Let the C path answer LOOKUP/GETATTR (and GETXATTR if ``getxattr``) over
+        ``branches`` (their roots as bytes, in order) with this inodecalc code and
+        these cache timeouts; None: never."""
         cdef FastConfig *c = NULL
         cdef FastConfig *old
         cdef bytes b
@@ -281,6 +287,9 @@ cdef class Session:
             c.entry_valid = entry
             c.attr_valid = attr
             c.negative_valid = negative
+            c.getxattr = getxattr
+            c.capability = capability
+            c.posix_acl = posix_acl
             c.creds_fixed = creds_fixed
             c.pid_bound = pid_bound
         pthread_mutex_lock(&self.fast_mu)
@@ -395,6 +404,8 @@ cdef class Session:
             return _getattr(self, w, fd, buf)
         if h.opcode == FUSE_FORGET or h.opcode == FUSE_BATCH_FORGET:
             return _forget(self, buf, n)
+        if h.opcode == FUSE_GETXATTR and n > <ssize_t>(IN_HDR + 8):
+            return _getxattr(self, w, fd, buf, n)
         if h.opcode == FUSE_READ:
             return self._read(fd, buf, h.unique)
         if h.opcode == FUSE_WRITE:

@@ -1,6 +1,6 @@
 # The metadata requests the session answers without the GIL (included by
-# _kernel.pyx after Session): FORGET/BATCH_FORGET, and LOOKUP/GETATTR of the
-# plain case, a first-found search of the branches with lstat. Anything else
+# _kernel.pyx after Session): FORGET/BATCH_FORGET, and LOOKUP/GETATTR/GETXATTR
+# of the plain case, a first-found search of the branches with lstat. Anything else
 # (an error other than ENOENT, a path longer than PATH_MAX, an open file, the
 # control file, "." and "..", a name the root answers specially) returns
 # False, untouched, and the Python session answers it.
@@ -14,6 +14,9 @@ cdef struct FastConfig:
     uint64_t entry_valid
     uint64_t attr_valid
     uint64_t negative_valid
+    bint getxattr       # GETXATTR too (xattr=passthrough, first-found getxattr)
+    bint capability     # security.capability is read from the branch (security-capability=true)
+    bint posix_acl      # system.posix_acl_* are read from the branch (posix-acl=true)
     bint creds_fixed    # the daemon cannot switch identity: every caller is served as itself
     bint pid_bound      # proxy-ioprio: credentials are per calling thread, not per user
 
@@ -122,10 +125,10 @@ cdef ssize_t _relpath(NodeTable t, uint64_t nodeid, const char *name, size_t nam
     return rv
 
 
-cdef int _search(FastConfig *c, const char *rel, size_t rellen, stat_t *st) noexcept nogil:
-    """First-found: 0 and the lstat of ``rel`` on the first branch holding it;
-    ENOENT if none does; -1 for anything Python must judge."""
-    cdef char full[PATH_MAX]
+cdef int _search(FastConfig *c, const char *rel, size_t rellen, stat_t *st, char *full) noexcept nogil:
+    """First-found: 0, the lstat of ``rel`` on the first branch holding it and
+    its full path in ``full`` (PATH_MAX); ENOENT if none holds it; -1 for
+    anything Python must judge."""
     cdef int i
     cdef size_t bl
     cdef bint root = rellen == 1
@@ -196,6 +199,7 @@ cdef bint _lookup(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept n
     cdef const char *name = buf + IN_HDR
     cdef size_t namelen = strnlen(name, <size_t>(n - IN_HDR))
     cdef char rel[PATH_MAX]
+    cdef char full[PATH_MAX]
     cdef ssize_t rellen
     cdef stat_t st
     cdef int found
@@ -211,7 +215,7 @@ cdef bint _lookup(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept n
     rellen = _relpath(s.table, h.nodeid, name, namelen, rel, False)
     found = -1
     if rellen > 0 and not (h.nodeid == ROOT_ID and _is_control(name, namelen)) and _as_caller(s, c, w, h):
-        found = _search(c, rel, <size_t>rellen, &st)
+        found = _search(c, rel, <size_t>rellen, &st, full)
     if found == 0:
         s.table.lock()
         nodeid = s.table.remember_c(
@@ -253,6 +257,7 @@ cdef bint _getattr(Session s, Caller *w, int fd, char *buf) noexcept nogil:
     cdef fuse_in_header *h = <fuse_in_header *>buf
     cdef fuse_getattr_in *g = <fuse_getattr_in *>(buf + IN_HDR)
     cdef char rel[PATH_MAX]
+    cdef char full[PATH_MAX]
     cdef ssize_t rellen
     cdef stat_t st
     cdef int found = -1
@@ -264,7 +269,7 @@ cdef bint _getattr(Session s, Caller *w, int fd, char *buf) noexcept nogil:
         return False
     rellen = _relpath(s.table, h.nodeid, NULL, 0, rel, True)
     if rellen > 0 and _as_caller(s, c, w, h):
-        found = _search(c, rel, <size_t>rellen, &st)
+        found = _search(c, rel, <size_t>rellen, &st, full)
     memset(&out, 0, sizeof(out))
     out.a.attr_valid = c.attr_valid
     _release(s, c)
@@ -295,4 +300,75 @@ cdef bint _forget(Session s, char *buf, ssize_t n) noexcept nogil:
                 break
             s.table.forget_c(one[i].nodeid, one[i].nlookup)
     s.table.unlock()
+    return True
+
+
+cdef struct fuse_getxattr_in:
+    uint32_t size
+    uint32_t padding
+
+cdef struct getxattr_reply:
+    fuse_out_header h
+    uint32_t size       # fuse_getxattr_out: the value's size, asked with size 0
+    uint32_t padding
+
+
+cdef bint _xattr_plain(FastConfig *c, const char *name, size_t namelen) noexcept nogil:
+    """A name read straight from the branch (not the control keys, nor one the config gates)."""
+    if namelen >= 14 and memcmp(name, b"user.mergerfs.", 14) == 0:
+        return False
+    if not c.capability and namelen == 19 and memcmp(name, b"security.capability", 19) == 0:
+        return False
+    if not c.posix_acl and namelen >= 17 and memcmp(name, b"system.posix_acl_", 17) == 0:
+        return False
+    return True
+
+
+cdef bint _getxattr(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept nogil:
+    cdef fuse_in_header *h = <fuse_in_header *>buf
+    cdef uint32_t size = (<fuse_getxattr_in *>(buf + IN_HDR)).size
+    cdef const char *inname = buf + IN_HDR + sizeof(fuse_getxattr_in)
+    cdef size_t namelen = strnlen(inname, <size_t>(n - IN_HDR) - sizeof(fuse_getxattr_in))
+    cdef char name[256]
+    cdef char rel[PATH_MAX]
+    cdef char full[PATH_MAX]
+    cdef ssize_t rellen
+    cdef stat_t st
+    cdef int found = -1
+    cdef ssize_t got
+    cdef int err = 0
+    cdef uint64_t unique = h.unique
+    cdef getxattr_reply out
+    if namelen == 0 or namelen > 255 or namelen >= <size_t>(n - IN_HDR) - sizeof(fuse_getxattr_in) \
+            or OUT_HDR + <size_t>size > s.bufsize:
+        return False
+    memcpy(name, inname, namelen + 1)  # the reply overwrites the request
+    cdef FastConfig *c = _acquire(s)
+    if c == NULL:
+        return False
+    if c.getxattr and _xattr_plain(c, name, namelen):
+        rellen = _relpath(s.table, h.nodeid, NULL, 0, rel, False)
+        if rellen > 0 and _as_caller(s, c, w, h):
+            found = _search(c, rel, <size_t>rellen, &st, full)
+    _release(s, c)
+    if found != 0:
+        return False
+    got = lgetxattr(full, name, buf + OUT_HDR if size else NULL, size)
+    if got < 0:
+        err = errno
+        _reply_error(fd, unique, err)
+        return True
+    if size == 0:
+        out.h.len = sizeof(out)
+        out.h.error = 0
+        out.h.unique = unique
+        out.size = <uint32_t>got
+        out.padding = 0
+        c_write(fd, &out, sizeof(out))
+        return True
+    cdef fuse_out_header *o = <fuse_out_header *>buf
+    o.len = <uint32_t>(OUT_HDR + got)
+    o.error = 0
+    o.unique = unique
+    c_write(fd, buf, OUT_HDR + <size_t>got)
     return True

@@ -22,10 +22,8 @@ import errno
 import logging
 import os
 import queue
-import socket
 import stat as S
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -295,6 +293,9 @@ class KernelTransport:
 
     def _mount_fusermount(self, mnt: str, fsname: str, subtype: str, opts: set[str]) -> int:
         """Non-root: fusermount3 mounts and hands the /dev/fuse fd back over a socket."""
+        import socket  # noqa: PLC0415 - only this path: each costs the daemon ~0.7 MiB
+        import subprocess  # noqa: PLC0415
+
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         keep = [o for o in opts if not o.startswith(("fsname=", "subtype="))]
         keep += [f"fsname={fsname}", f"subtype={subtype}"]
@@ -409,6 +410,9 @@ class KernelTransport:
             entry,
             attr,
             negative,
+            getxattr=cfg["xattr"] == "passthrough" and cfg.policy("getxattr") == "ff",
+            capability=cfg["security-capability"],
+            posix_acl=cfg["posix-acl"],
             creds_fixed=not ugid.acts_as_caller(),
             pid_bound=cfg["proxy-ioprio"],
         )

@@ -59,6 +59,10 @@ def run():
         os.setxattr(p, "user.u", b"1"); return None
     if op == "truncate":
         os.truncate(p, 0); return None
+    if op == "stat":
+        s = os.stat(p); return (s.st_mode, s.st_uid)
+    if op == "getxattr":
+        return os.getxattr(p, "user.k")
     raise SystemExit("bad op " + op)
 try:
     print(repr((True, None, run())))
@@ -110,8 +114,11 @@ def as_user(op: str, *paths: str, groups: tuple[int, ...] = ()):
 
 
 @pytest.fixture
-def env(testuser):
-    """(pool, native root) under a world-traversable dir; pool mounted allow_other."""
+def env(testuser, request):
+    """(pool, native root) under a world-traversable dir; pool mounted allow_other
+    (plus the test's ``extra_options`` marker, if any)."""
+    marker = request.node.get_closest_marker("extra_options")
+    extra = "," + marker.args[0] if marker else ""
     base = tempfile.mkdtemp(prefix="mfsusers-", dir="/tmp")
     os.chmod(base, 0o755)
     branches = [os.path.join(base, f"b{i}") for i in (1, 2)]
@@ -125,7 +132,7 @@ def env(testuser):
         p = mount(
             branches,
             mnt,
-            "allow_other,category.create=ff,cache.files=off,cache.attr=0,cache.entry=0,cache.negative_entry=0",
+            "allow_other,category.create=ff,cache.files=off,cache.attr=0,cache.entry=0,cache.negative_entry=0" + extra,
         )
         os.chmod(mnt, 0o755)
         yield p, native
@@ -315,3 +322,24 @@ def test_rename_user_files(env):
     ok, _, _ = both(p, native, setup, "rename", "userdir/a", "userdir/b")
     assert ok
     assert os.path.exists(os.path.join(p.mnt, "userdir", "b"))
+
+
+@pytest.mark.extra_options("kernel-permissions-check=false")
+def test_lookups_switch_identity_between_callers(env):
+    """The compiled LOOKUP/GETATTR/GETXATTR path acts as each caller in turn: root's
+    answers in a 0700 directory never leak to the user, and the user's refusal
+    never sticks to root. The kernel checks no permissions here and caches no
+    entries: every stat is a request the daemon answers as its caller."""
+    p, native = env
+    for root in (p.mnt, native):
+        _root_dir(root, 0o700)
+        with open(os.path.join(root, "rootdir", "f"), "wb") as f:
+            f.write(b"x")
+        os.setxattr(os.path.join(root, "rootdir", "f"), "user.k", b"v")
+    for _ in range(3):
+        for root in (p.mnt, native):
+            f = os.path.join(root, "rootdir", "f")
+            assert os.stat(f).st_size == 1 and os.getxattr(f, "user.k") == b"v"  # root, as itself
+        for op in ("stat", "getxattr"):
+            pool_out = as_user(op, os.path.join(p.mnt, "rootdir", "f"))
+            assert pool_out == as_user(op, os.path.join(native, "rootdir", "f")) == (False, 13, None)
