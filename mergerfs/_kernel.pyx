@@ -144,6 +144,7 @@ cdef enum:
     FUSE_LOOKUP = 1
     FUSE_FORGET = 2
     FUSE_GETATTR = 3
+    FUSE_SETATTR = 4
     FUSE_READ = 15
     FUSE_WRITE = 16
     FUSE_GETXATTR = 22
@@ -254,12 +255,13 @@ cdef class Session:
         if self.fast != NULL:
             _free_config(self.fast)
 
-    def set_fast(self, branches, int calc=0, uint64_t entry=0, uint64_t attr=0, uint64_t negative=0,
-                 bint getxattr=False, bint capability=False, bint posix_acl=False,
-                 bint creds_fixed=False, bint pid_bound=False):
-        """Let the C path answer LOOKUP/GETATTR (and GETXATTR if ``getxattr``) over
-        ``branches`` (their roots as bytes, in order) with this inodecalc code and
-        these cache timeouts; None: never."""
+    def set_fast(self, branches, readonly=(), int calc=0, uint64_t entry=0, uint64_t attr=0,
+                 uint64_t negative=0, int actions=0, bint getxattr=False, bint capability=False,
+                 bint posix_acl=False, bint creds_fixed=False, bint pid_bound=False):
+        """Let the C path answer LOOKUP/GETATTR over ``branches`` (their roots as
+        bytes, in order; ``readonly``: which have mode RO) with this inodecalc
+        code and these cache timeouts, SETATTR of the ``actions`` (ACT_* bits)
+        whose policy is epall, GETXATTR if ``getxattr``; None: none of it."""
         cdef FastConfig *c = NULL
         cdef FastConfig *old
         cdef bytes b
@@ -270,7 +272,8 @@ cdef class Session:
                 raise MemoryError()
             c.branches = <char **>calloc(len(branches) + 1, sizeof(char *))
             c.lens = <size_t *>calloc(len(branches) + 1, sizeof(size_t))
-            if c.branches == NULL or c.lens == NULL:
+            c.readonly = <bint *>calloc(len(branches) + 1, sizeof(bint))
+            if c.branches == NULL or c.lens == NULL or c.readonly == NULL:
                 _free_config(c)
                 raise MemoryError()
             for i, b in enumerate(branches):
@@ -282,8 +285,10 @@ cdef class Session:
                     raise MemoryError()
                 memcpy(c.branches[i], <const char *>b, len(b) + 1)
                 c.lens[i] = len(b)
+                c.readonly[i] = i < len(readonly) and readonly[i]
                 c.nbranches = i + 1
             c.calc = calc
+            c.actions = actions
             c.entry_valid = entry
             c.attr_valid = attr
             c.negative_valid = negative
@@ -404,6 +409,8 @@ cdef class Session:
             return _getattr(self, w, fd, buf)
         if h.opcode == FUSE_FORGET or h.opcode == FUSE_BATCH_FORGET:
             return _forget(self, buf, n)
+        if h.opcode == FUSE_SETATTR and n >= <ssize_t>(IN_HDR + sizeof(fuse_setattr_in)):
+            return _setattr(self, w, fd, buf)
         if h.opcode == FUSE_GETXATTR and n > <ssize_t>(IN_HDR + 8):
             return _getxattr(self, w, fd, buf, n)
         if h.opcode == FUSE_READ:

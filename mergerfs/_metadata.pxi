@@ -10,10 +10,12 @@ cdef struct FastConfig:
     int nbranches
     char **branches     # branch roots in order ("" for "/")
     size_t *lens
+    bint *readonly      # branch mode RO: left out of actions
     int calc            # inodecalc as _fastpath's code
     uint64_t entry_valid
     uint64_t attr_valid
     uint64_t negative_valid
+    int actions         # ACT_* funcs whose action policy is epall: SETATTR of them here
     bint getxattr       # GETXATTR too (xattr=passthrough, first-found getxattr)
     bint capability     # security.capability is read from the branch (security-capability=true)
     bint posix_acl      # system.posix_acl_* are read from the branch (posix-acl=true)
@@ -55,6 +57,7 @@ cdef void _free_config(FastConfig *c) noexcept nogil:
         free(c.branches[i])
     free(c.branches)
     free(c.lens)
+    free(c.readonly)
     free(c)
 
 
@@ -98,16 +101,34 @@ cdef bint _as_caller(Session s, FastConfig *c, Caller *w, fuse_in_header *h) noe
     return True
 
 
+cdef struct Facts:
+    uint32_t nfh        # open handles of the node
+    bint has_ident      # its identity on the branch, when known
+    uint64_t dev
+    uint64_t ino
+
+
+cdef inline bint _same_object(const Facts *f, const stat_t *st) noexcept nogil:
+    """A node with open handles may be answered by its path only while the path
+    still names the object the handles hold (else the fd is the truth: Python)."""
+    return f.nfh == 0 or (f.has_ident and f.dev == st.st_dev and f.ino == st.st_ino)
+
+
 cdef ssize_t _relpath(NodeTable t, uint64_t nodeid, const char *name, size_t namelen, char *out,
-                      bint closed_only) noexcept nogil:
+                      Facts *facts) noexcept nogil:
     """``nodeid``'s relpath (joined with ``name`` if given) into ``out`` (PATH_MAX):
-    its length, or -1 (unknown nodeid, open file when ``closed_only``, too long)."""
+    its length, or -1 (unknown nodeid, too long). ``facts``, if given: the node's."""
     cdef Node *n
     cdef size_t plen
     cdef ssize_t rv = -1
     t.lock()
     n = t.node(nodeid)
-    if n != NULL and not (closed_only and n.nfh):
+    if n != NULL and facts != NULL:
+        facts.nfh = n.nfh
+        facts.has_ident = n.has_ident
+        facts.dev = n.dev
+        facts.ino = n.ino
+    if n != NULL:
         plen = strlen(n.path)
         if name == NULL:
             if plen < PATH_MAX:
@@ -212,7 +233,7 @@ cdef bint _lookup(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept n
     cdef FastConfig *c = _acquire(s)
     if c == NULL:
         return False
-    rellen = _relpath(s.table, h.nodeid, name, namelen, rel, False)
+    rellen = _relpath(s.table, h.nodeid, name, namelen, rel, NULL)
     found = -1
     if rellen > 0 and not (h.nodeid == ROOT_ID and _is_control(name, namelen)) and _as_caller(s, c, w, h):
         found = _search(c, rel, <size_t>rellen, &st, full)
@@ -267,13 +288,14 @@ cdef bint _getattr(Session s, Caller *w, int fd, char *buf) noexcept nogil:
     cdef FastConfig *c = _acquire(s)
     if c == NULL:
         return False
-    rellen = _relpath(s.table, h.nodeid, NULL, 0, rel, True)
+    cdef Facts facts
+    rellen = _relpath(s.table, h.nodeid, NULL, 0, rel, &facts)
     if rellen > 0 and _as_caller(s, c, w, h):
         found = _search(c, rel, <size_t>rellen, &st, full)
     memset(&out, 0, sizeof(out))
     out.a.attr_valid = c.attr_valid
     _release(s, c)
-    if found != 0:
+    if found != 0 or not _same_object(&facts, &st):
         return False
     _saw(s.table, h.nodeid, &st)
     _fill_attr_c(&out.a.attr, h.nodeid, &st)
@@ -347,7 +369,7 @@ cdef bint _getxattr(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept
     if c == NULL:
         return False
     if c.getxattr and _xattr_plain(c, name, namelen):
-        rellen = _relpath(s.table, h.nodeid, NULL, 0, rel, False)
+        rellen = _relpath(s.table, h.nodeid, NULL, 0, rel, NULL)
         if rellen > 0 and _as_caller(s, c, w, h):
             found = _search(c, rel, <size_t>rellen, &st, full)
     _release(s, c)
@@ -371,4 +393,169 @@ cdef bint _getxattr(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept
     o.error = 0
     o.unique = unique
     c_write(fd, buf, OUT_HDR + <size_t>got)
+    return True
+
+
+# ---------------------------------------------------------------- SETATTR
+cdef extern from "<sys/stat.h>" nogil:
+    int c_chmod "chmod"(const char *path, unsigned int mode)
+    int utimensat(int dirfd, const char *path, const timespec *times, int flags)
+    bint S_ISLNK(unsigned int mode)
+    long UTIME_NOW
+    long UTIME_OMIT
+
+cdef extern from "<unistd.h>" nogil:
+    int lchown(const char *path, unsigned int owner, unsigned int group)
+
+cdef extern from "<fcntl.h>" nogil:
+    int AT_FDCWD
+    int AT_SYMLINK_NOFOLLOW
+
+cdef extern from "<sys/statvfs.h>" nogil:
+    cdef struct statvfs_t "statvfs":
+        unsigned long f_flag
+    int c_statvfs "statvfs"(const char *path, statvfs_t *buf)
+    unsigned long ST_RDONLY
+
+cdef struct fuse_setattr_in:
+    uint32_t valid
+    uint32_t padding
+    uint64_t fh
+    uint64_t size
+    uint64_t lock_owner
+    uint64_t atime
+    uint64_t mtime
+    uint64_t ctime
+    uint32_t atimensec
+    uint32_t mtimensec
+    uint32_t ctimensec
+    uint32_t mode
+    uint32_t unused4
+    uint32_t uid
+    uint32_t gid
+    uint32_t unused5
+
+cdef enum:
+    FATTR_MODE = 1
+    FATTR_UID = 2
+    FATTR_GID = 4
+    FATTR_ATIME = 16
+    FATTR_MTIME = 32
+    FATTR_ATIME_NOW = 128
+    FATTR_MTIME_NOW = 256
+    FATTR_CTIME = 1024
+    FATTR_KILL_SUIDGID = 2048
+    # what the compiled SETATTR does: no fh, no size (truncate), the rest by path
+    FATTR_PLAIN = FATTR_MODE | FATTR_UID | FATTR_GID | FATTR_ATIME | FATTR_MTIME | FATTR_ATIME_NOW \
+        | FATTR_MTIME_NOW | FATTR_CTIME | FATTR_KILL_SUIDGID
+
+cpdef enum:
+    # FastConfig.actions: these funcs' action policy is epall (set_fast's ``actions``)
+    ACT_CHMOD = 1
+    ACT_CHOWN = 2
+    ACT_UTIMENS = 4
+
+
+cdef bint _act(FastConfig *c, const char *rel, size_t rellen, int op, const fuse_setattr_in *a) noexcept nogil:
+    """epall: apply ``op`` on every branch holding ``rel`` that is not read-only
+    (by mode or mount). True if it succeeded on one at least and failed on none;
+    False leaves the whole request to Python, which redoes it (each op is
+    idempotent) and judges the errors."""
+    cdef char full[PATH_MAX]
+    cdef stat_t st
+    cdef statvfs_t vfs
+    cdef timespec times[2]
+    cdef int i
+    cdef int rc
+    cdef int done = 0
+    cdef size_t bl
+    cdef bint root = rellen == 1
+    for i in range(c.nbranches):
+        if c.readonly[i]:
+            continue
+        bl = c.lens[i]
+        if bl + rellen >= PATH_MAX:
+            return False
+        memcpy(full, c.branches[i], bl)
+        full[bl] = 0
+        if bl == 0:  # the branch "/"
+            full[0] = 47
+            full[1] = 0
+        if c_statvfs(full, &vfs) != 0:
+            return False
+        if not root or not bl:
+            memcpy(full + bl, rel, rellen + 1)
+        if c_lstat(full, &st) != 0:
+            if errno == ENOENT:
+                continue
+            return False
+        if vfs.f_flag & ST_RDONLY:
+            continue
+        if op == ACT_CHMOD:
+            rc = c_chmod(full, a.mode & 0o7777)
+        elif op == ACT_CHOWN:
+            rc = lchown(full, a.uid if a.valid & FATTR_UID else <unsigned int>-1,
+                        a.gid if a.valid & FATTR_GID else <unsigned int>-1)
+        else:
+            times[0].tv_sec = <long>a.atime
+            times[0].tv_nsec = a.atimensec
+            times[1].tv_sec = <long>a.mtime
+            times[1].tv_nsec = a.mtimensec
+            if not a.valid & FATTR_ATIME:
+                times[0].tv_nsec = UTIME_OMIT
+            elif a.valid & FATTR_ATIME_NOW:
+                times[0].tv_nsec = UTIME_NOW
+            if not a.valid & FATTR_MTIME:
+                times[1].tv_nsec = UTIME_OMIT
+            elif a.valid & FATTR_MTIME_NOW:
+                times[1].tv_nsec = UTIME_NOW
+            rc = utimensat(AT_FDCWD, full, times, AT_SYMLINK_NOFOLLOW)
+        if rc != 0:
+            return False
+        done += 1
+    return done > 0
+
+
+cdef bint _setattr(Session s, Caller *w, int fd, char *buf) noexcept nogil:
+    cdef fuse_in_header *h = <fuse_in_header *>buf
+    cdef fuse_setattr_in *a = <fuse_setattr_in *>(buf + IN_HDR)
+    cdef char rel[PATH_MAX]
+    cdef char full[PATH_MAX]
+    cdef ssize_t rellen
+    cdef stat_t st
+    cdef Facts facts
+    cdef bint ok = False
+    cdef unsigned int mode
+    cdef attr_reply out
+    if a.valid & ~FATTR_PLAIN:
+        return False
+    cdef FastConfig *c = _acquire(s)
+    if c == NULL:
+        return False
+    rellen = _relpath(s.table, h.nodeid, NULL, 0, rel, &facts)
+    if (rellen > 0 and _as_caller(s, c, w, h) and _search(c, rel, <size_t>rellen, &st, full) == 0
+            and _same_object(&facts, &st) and not (S_ISLNK(st.st_mode) and a.valid & FATTR_MODE)):
+        ok = True
+        if a.valid & FATTR_MODE:
+            ok = c.actions & ACT_CHMOD and _act(c, rel, <size_t>rellen, ACT_CHMOD, a)
+        if ok and a.valid & (FATTR_UID | FATTR_GID):
+            ok = c.actions & ACT_CHOWN and _act(c, rel, <size_t>rellen, ACT_CHOWN, a)
+        if ok and a.valid & (FATTR_ATIME | FATTR_MTIME):
+            ok = c.actions & ACT_UTIMENS and _act(c, rel, <size_t>rellen, ACT_UTIMENS, a)
+        ok = ok and _search(c, rel, <size_t>rellen, &st, full) == 0
+    memset(&out, 0, sizeof(out))
+    out.a.attr_valid = c.attr_valid
+    _release(s, c)
+    if not ok:
+        return False
+    mode = st.st_mode
+    if a.valid & FATTR_KILL_SUIDGID and not a.valid & FATTR_MODE and S_ISREG(mode) and (
+            mode & 0o4000 or (mode & 0o2000 and mode & 0o10)):
+        return False  # setuid/setgid to drop as native would: Python (its chown already stands)
+    _saw(s.table, h.nodeid, &st)
+    _fill_attr_c(&out.a.attr, h.nodeid, &st)
+    out.h.len = sizeof(out)
+    out.h.error = 0
+    out.h.unique = h.unique
+    c_write(fd, &out, sizeof(out))
     return True

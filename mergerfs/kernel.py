@@ -111,6 +111,8 @@ class Op(enum.IntEnum):
 
 
 _NO_REPLY = frozenset({Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT})
+#: The compiled SETATTR's bits for chmod, chown and utimens (each when its policy is epall).
+_SETATTR_ACTIONS = (_kernel.ACT_CHMOD, _kernel.ACT_CHOWN, _kernel.ACT_UTIMENS)
 
 # mount(2) flags for the generic options
 _MS = {"ro": 1, "nosuid": 2, "nodev": 4, "noexec": 8, "sync": 16, "dirsync": 128, "noatime": 1024}
@@ -387,11 +389,12 @@ class KernelTransport:
         log.debug("INIT: kernel %d.%d offered %#x, negotiated %#x, max_write %d", major, minor, flags, got, max_write)
 
     def _fast_path(self, *_changed) -> None:
-        """Let the compiled loop answer LOOKUP and GETATTR while the config has
-        the plain shape it implements: a first-found getattr search, and
-        attributes reported as the branch's lstat gives them (no symlink
-        following, symlinkify or uid/gid/umask overrides). Otherwise Python
-        answers them. Called again after every config change."""
+        """Let the compiled loop answer LOOKUP, GETATTR, GETXATTR and SETATTR
+        while the config has the plain shape it implements: a first-found
+        search, epall actions, and attributes reported as the branch's lstat
+        gives them (no symlink following, symlinkify or uid/gid/umask
+        overrides). Otherwise Python answers them. Called again after every
+        config change."""
         assert self.session is not None
         cfg = self.fs.snap.cfg
         plain = (
@@ -404,12 +407,16 @@ class KernelTransport:
             self.session.set_fast(None)
             return
         entry, attr, negative = self.req.timeouts()
+        branches = self.fs.snap.branches
+        epall = [cfg.policy(func) == "epall" for func in ("chmod", "chown", "utimens")]
         self.session.set_fast(
-            [os.fsencode(b.path) for b in self.fs.snap.branches],
+            [os.fsencode(b.path) for b in branches],
+            [b.mode == "RO" for b in branches],
             inodes.mode_code(cfg["inodecalc"]),
             entry,
             attr,
             negative,
+            actions=sum(bit for bit, on in zip(_SETATTR_ACTIONS, epall) if on),
             getxattr=cfg["xattr"] == "passthrough" and cfg.policy("getxattr") == "ff",
             capability=cfg["security-capability"],
             posix_acl=cfg["posix-acl"],

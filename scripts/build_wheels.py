@@ -55,7 +55,7 @@ def inputs_hash(pythons: list[str], llfuse: str) -> str:
     h = hashlib.sha256(f"{pythons}|{llfuse}".encode())
     files = [os.path.join(ROOT, f) for f in SOURCES]
     for d, _, names in os.walk(os.path.join(ROOT, "mergerfs")):
-        files += [os.path.join(d, n) for n in names if n.endswith((".py", ".pyx", ".pyi", ".typed"))]
+        files += [os.path.join(d, n) for n in names if n.endswith((".py", ".pyx", ".pxd", ".pxi", ".pyi", ".typed"))]
     for f in sorted(files):
         if os.path.exists(f):
             h.update(os.path.relpath(f, ROOT).encode())

@@ -16,12 +16,12 @@ pytestmark = pytest.mark.mount
 INJECT = textwrap.dedent("""
     import sys
     from mergerfs import fs
-    real = fs.FileSystem.getattr
-    def getattr(self, relpath):
+    real = fs.FileSystem.open
+    def open(self, relpath, flags):
         if relpath.endswith("boom"):
             raise ZeroDivisionError("injected bug")
-        return real(self, relpath)
-    fs.FileSystem.getattr = getattr
+        return real(self, relpath, flags)
+    fs.FileSystem.open = open
     from mergerfs.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
@@ -44,7 +44,7 @@ def test_handler_bug_is_eio_and_mount_survives(tmp_path):
         assert wait_until(lambda: is_pool_mounted(str(mnt)), 20)
         for _ in range(3):
             with pytest.raises(OSError) as e:
-                os.stat(mnt / "boom")
+                (mnt / "boom").read_text()
             assert e.value.errno == errno.EIO
         assert (mnt / "fine").read_text() == "ok"
         (mnt / "new").write_text("still writable")
