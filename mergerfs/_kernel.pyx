@@ -145,6 +145,7 @@ cdef enum:
     FUSE_FORGET = 2
     FUSE_GETATTR = 3
     FUSE_SETATTR = 4
+    FUSE_UNLINK = 10
     FUSE_READ = 15
     FUSE_WRITE = 16
     FUSE_GETXATTR = 22
@@ -411,6 +412,8 @@ cdef class Session:
             return _forget(self, buf, n)
         if h.opcode == FUSE_SETATTR and n >= <ssize_t>(IN_HDR + sizeof(fuse_setattr_in)):
             return _setattr(self, w, fd, buf)
+        if h.opcode == FUSE_UNLINK:
+            return _unlink(self, w, fd, buf, n)
         if h.opcode == FUSE_GETXATTR and n > <ssize_t>(IN_HDR + 8):
             return _getxattr(self, w, fd, buf, n)
         if h.opcode == FUSE_READ:

@@ -406,6 +406,7 @@ cdef extern from "<sys/stat.h>" nogil:
 
 cdef extern from "<unistd.h>" nogil:
     int lchown(const char *path, unsigned int owner, unsigned int group)
+    int c_unlink "unlink"(const char *path)
 
 cdef extern from "<fcntl.h>" nogil:
     int AT_FDCWD
@@ -454,13 +455,15 @@ cpdef enum:
     ACT_CHMOD = 1
     ACT_CHOWN = 2
     ACT_UTIMENS = 4
+    ACT_UNLINK = 8
 
 
 cdef bint _act(FastConfig *c, const char *rel, size_t rellen, int op, const fuse_setattr_in *a) noexcept nogil:
     """epall: apply ``op`` on every branch holding ``rel`` that is not read-only
-    (by mode or mount). True if it succeeded on one at least and failed on none;
-    False leaves the whole request to Python, which redoes it (each op is
-    idempotent) and judges the errors."""
+    (by mode or mount). Any success wins (as Python's Aggregate): True once one
+    branch succeeded, whatever the others answer. Before that, anything but a
+    plain "not here" returns False with nothing changed, and Python does the
+    whole request and judges the errors."""
     cdef char full[PATH_MAX]
     cdef stat_t st
     cdef statvfs_t vfs
@@ -482,16 +485,20 @@ cdef bint _act(FastConfig *c, const char *rel, size_t rellen, int op, const fuse
             full[0] = 47
             full[1] = 0
         if c_statvfs(full, &vfs) != 0:
+            if done:
+                continue
             return False
         if not root or not bl:
             memcpy(full + bl, rel, rellen + 1)
         if c_lstat(full, &st) != 0:
-            if errno == ENOENT:
+            if errno == ENOENT or done:
                 continue
             return False
         if vfs.f_flag & ST_RDONLY:
             continue
-        if op == ACT_CHMOD:
+        if op == ACT_UNLINK:
+            rc = c_unlink(full)
+        elif op == ACT_CHMOD:
             rc = c_chmod(full, a.mode & 0o7777)
         elif op == ACT_CHOWN:
             rc = lchown(full, a.uid if a.valid & FATTR_UID else <unsigned int>-1,
@@ -511,6 +518,8 @@ cdef bint _act(FastConfig *c, const char *rel, size_t rellen, int op, const fuse
                 times[1].tv_nsec = UTIME_NOW
             rc = utimensat(AT_FDCWD, full, times, AT_SYMLINK_NOFOLLOW)
         if rc != 0:
+            if done:
+                continue
             return False
         done += 1
     return done > 0
@@ -558,4 +567,29 @@ cdef bint _setattr(Session s, Caller *w, int fd, char *buf) noexcept nogil:
     out.h.error = 0
     out.h.unique = h.unique
     c_write(fd, &out, sizeof(out))
+    return True
+
+
+cdef bint _unlink(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept nogil:
+    cdef fuse_in_header *h = <fuse_in_header *>buf
+    cdef const char *name = buf + IN_HDR
+    cdef size_t namelen = strnlen(name, <size_t>(n - IN_HDR))
+    cdef char rel[PATH_MAX]
+    cdef ssize_t rellen
+    cdef bint ok = False
+    if namelen == 0 or namelen >= <size_t>(n - IN_HDR):
+        return False
+    cdef FastConfig *c = _acquire(s)
+    if c == NULL:
+        return False
+    if c.actions & ACT_UNLINK:
+        rellen = _relpath(s.table, h.nodeid, name, namelen, rel, NULL)
+        ok = rellen > 0 and _as_caller(s, c, w, h) and _act(c, rel, <size_t>rellen, ACT_UNLINK, NULL)
+    _release(s, c)
+    if not ok:
+        return False
+    s.table.lock()
+    s.table._unbind(rel)  # the name no longer names its node (which keeps it for open fds)
+    s.table.unlock()
+    _reply_error(fd, h.unique, 0)
     return True

@@ -111,8 +111,8 @@ class Op(enum.IntEnum):
 
 
 _NO_REPLY = frozenset({Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT})
-#: The compiled SETATTR's bits for chmod, chown and utimens (each when its policy is epall).
-_SETATTR_ACTIONS = (_kernel.ACT_CHMOD, _kernel.ACT_CHOWN, _kernel.ACT_UTIMENS)
+#: The compiled actions: SETATTR's chmod, chown and utimens, and UNLINK (each when its policy is epall).
+_ACTIONS = (_kernel.ACT_CHMOD, _kernel.ACT_CHOWN, _kernel.ACT_UTIMENS, _kernel.ACT_UNLINK)
 
 # mount(2) flags for the generic options
 _MS = {"ro": 1, "nosuid": 2, "nodev": 4, "noexec": 8, "sync": 16, "dirsync": 128, "noatime": 1024}
@@ -389,8 +389,8 @@ class KernelTransport:
         log.debug("INIT: kernel %d.%d offered %#x, negotiated %#x, max_write %d", major, minor, flags, got, max_write)
 
     def _fast_path(self, *_changed) -> None:
-        """Let the compiled loop answer LOOKUP, GETATTR, GETXATTR and SETATTR
-        while the config has the plain shape it implements: a first-found
+        """Let the compiled loop answer LOOKUP, GETATTR, GETXATTR, SETATTR and
+        UNLINK while the config has the plain shape it implements: a first-found
         search, epall actions, and attributes reported as the branch's lstat
         gives them (no symlink following, symlinkify or uid/gid/umask
         overrides). Otherwise Python answers them. Called again after every
@@ -408,7 +408,7 @@ class KernelTransport:
             return
         entry, attr, negative = self.req.timeouts()
         branches = self.fs.snap.branches
-        epall = [cfg.policy(func) == "epall" for func in ("chmod", "chown", "utimens")]
+        epall = [cfg.policy(func) == "epall" for func in ("chmod", "chown", "utimens", "unlink")]
         self.session.set_fast(
             [os.fsencode(b.path) for b in branches],
             [b.mode == "RO" for b in branches],
@@ -416,7 +416,7 @@ class KernelTransport:
             entry,
             attr,
             negative,
-            actions=sum(bit for bit, on in zip(_SETATTR_ACTIONS, epall) if on),
+            actions=sum(bit for bit, on in zip(_ACTIONS, epall) if on),
             getxattr=cfg["xattr"] == "passthrough" and cfg.policy("getxattr") == "ff",
             capability=cfg["security-capability"],
             posix_acl=cfg["posix-acl"],

@@ -76,7 +76,7 @@ def test_wheels_are_binary_and_sourceless(wheelhouse):
     with zipfile.ZipFile(wheelhouse["mergerfs"]) as z:
         names = z.namelist()
     assert "manylinux" in os.path.basename(wheelhouse["mergerfs"])
-    for ext in ("_fastpath", "_kernel"):
+    for ext in ("_fastpath", "_kernel", "_nodes"):
         assert any(n.startswith(f"mergerfs/{ext}.") and n.endswith(".so") for n in names), ext
     assert not [n for n in names if n.endswith((".pyx", ".c", ".pxd"))]
     assert {"mergerfs/cli.py", "mergerfs/policies/ff.py", "mergerfs/install.py"} <= set(names)
