@@ -1,11 +1,36 @@
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+from mergerfs._nodes import NodeTable
+
+ACT_CHMOD: int
+ACT_CHOWN: int
+ACT_UTIMENS: int
+ACT_UNLINK: int
 
 class Session:
     devfd: int
     bufsize: int
     slow: Callable[[bytes], bytes | None]
+    switch: Callable[[int, int, int], None]
+    replaced: Callable[[int], None]
     trace: bool
-    def __init__(self, devfd: int) -> None: ...
+    table: NodeTable
+    def __init__(self, devfd: int, table: NodeTable) -> None: ...
+    def set_fast(
+        self,
+        branches: Sequence[bytes] | None,
+        readonly: Sequence[bool] = (),
+        calc: int = 0,
+        entry: int = 0,
+        attr: int = 0,
+        negative: int = 0,
+        actions: int = 0,
+        getxattr: bool = False,
+        capability: bool = False,
+        posix_acl: bool = False,
+        creds_fixed: bool = False,
+        pid_bound: bool = False,
+    ) -> None: ...
     def configure(self, max_write: int, minor: int) -> None: ...
     def add(self, pyfh: int, fd: int, backing: int = 0) -> int: ...
     def pyfh(self, fh: int) -> int: ...
@@ -16,6 +41,7 @@ def clone_fd(devfd: int) -> int: ...
 def backing_open(devfd: int, fd: int) -> int: ...
 def backing_close(devfd: int, backing: int) -> None: ...
 def mount(source: str, target: str, fstype: str, flags: int, data: str) -> None: ...
+def umount_lazy(target: str) -> None: ...
 def pack_dirents(entries: list[tuple[bytes, int, int]], off: int, size: int) -> bytes: ...
 def entry_out(nodeid: int, st: object, entry_valid: int, attr_valid: int) -> bytes: ...
 def attr_out(nodeid: int, st: object, attr_valid: int) -> bytes: ...

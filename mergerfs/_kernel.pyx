@@ -71,6 +71,8 @@ cdef extern from "<sys/xattr.h>" nogil:
 cdef extern from "<sys/mount.h>" nogil:
     int c_mount "mount"(const char *source, const char *target, const char *fstype,
                         unsigned long flags, const void *data)
+    int c_umount2 "umount2"(const char *target, int flags)
+    int MNT_DETACH
 
 log = logging.getLogger("mergerfs")
 
@@ -535,6 +537,17 @@ def mount(source, target, fstype, unsigned long flags, data):
     cdef bytes f = os.fsencode(fstype)
     cdef bytes d = os.fsencode(data)
     if c_mount(s, t, f, flags, <const char *>d) != 0:
+        raise OSError(errno, os.strerror(errno))
+
+
+def umount_lazy(target):
+    """umount2(MNT_DETACH) (root): the kernel ends the session; open files keep working."""
+    cdef bytes t = os.fsencode(target)
+    cdef const char *path = t
+    cdef int rv
+    with nogil:
+        rv = c_umount2(path, MNT_DETACH)
+    if rv != 0:
         raise OSError(errno, os.strerror(errno))
 
 

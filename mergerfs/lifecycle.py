@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import errno
 import logging
-import logging.handlers
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -194,8 +192,10 @@ def _setup_logging(foreground: bool, level: str, log_file: str = "") -> None:
         os.dup2(null, 2, inheritable=True)  # no longer a log file's
         os.close(null)
     if not log_file and not foreground and os.path.exists(SYSLOG_SOCKET):
+        from logging.handlers import SysLogHandler  # noqa: PLC0415 - ~1.3 MiB a daemon without syslog never needs
+
         try:
-            h = logging.handlers.SysLogHandler(SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+            h = SysLogHandler(SYSLOG_SOCKET, facility=SysLogHandler.LOG_DAEMON)
             h.setFormatter(logging.Formatter("mergerfs[%(process)d]: %(message)s"))
         except OSError:
             h = None
@@ -399,7 +399,18 @@ def _report_ready(mnt: str, notify, loop: threading.Thread, then=lambda: None) -
 
 
 def unmount(mnt: str) -> None:
-    """Lazy unmount: the kernel ends our session; open files keep working until closed."""
+    """Lazy unmount: the kernel ends our session; open files keep working until closed.
+    Root detaches it itself; others ask fusermount3 (a daemon then needs no subprocess)."""
+    if os.geteuid() == 0:
+        from mergerfs import _kernel  # noqa: PLC0415 - compiled; only where a pool is unmounted
+
+        try:
+            _kernel.umount_lazy(mnt)
+            return
+        except OSError:
+            pass  # not a mount point, or a namespace that forbids it: let the tools say
+    import subprocess  # noqa: PLC0415
+
     for cmd in (["fusermount3", "-u", "-z", mnt], ["fusermount", "-u", "-z", mnt], ["umount", "-l", mnt]):
         try:
             if subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
