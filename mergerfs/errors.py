@@ -7,6 +7,7 @@ operations that act on several branches ("any success wins").
 from __future__ import annotations
 
 import errno
+import os
 
 # ENOENT < ENOSPC < EROFS < anything else: the reason that tells the user most.
 _RANK = {errno.ENOENT: 0, errno.ENOSPC: 1, errno.EROFS: 2}
@@ -25,8 +26,6 @@ def worse(current: int | None, new: int) -> int:
 
 
 def oserror(err: int, path: str | None = None) -> OSError:
-    import os
-
     return OSError(err, os.strerror(err), path) if path else OSError(err, os.strerror(err))
 
 
