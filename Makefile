@@ -29,8 +29,10 @@ $(VENV)/.stamp: pyproject.toml
 venv: deps $(VENV)/.stamp
 
 # The extension is built in place and the package installed editable, so the
-# venv's `mergerfs` command and the tests run this checkout.
+# venv's `mergerfs` command and the tests run this checkout. The generated C goes
+# first: cythonize would keep it after a change of setup.py's directives.
 $(VENV)/.built: $(VENV)/.stamp setup.py mergerfs/_fastpath.pyx mergerfs/_kernel.pyx mergerfs/_io.pxi
+	rm -f mergerfs/_fastpath.c mergerfs/_kernel.c
 	$(VPY) setup.py -q build_ext --inplace
 	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
