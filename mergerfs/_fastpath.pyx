@@ -9,11 +9,13 @@ OSError once, at the ``def`` boundary.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from libc.errno cimport errno, EINTR
 from libc.stdint cimport uint64_t, uint8_t
 from posix.types cimport off_t, uid_t, gid_t
 
+cdef object os  # a module global the C code reaches directly
 import os
 
 include "_io.pxi"
@@ -53,17 +55,18 @@ cdef extern from "<fcntl.h>" nogil:
 
 def pread(int fd, size_t size, off_t offset):
     """Read up to ``size`` bytes at ``offset``; shorter only at end of file."""
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
+    if size > <size_t>PY_SSIZE_T_MAX:
+        raise OverflowError("size too large")
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>size)
     cdef char *buf = PyBytes_AS_STRING(out)
     cdef size_t done
-    cdef int err
+    cdef int err[1]  # out-parameter, set by pread_full
     with nogil:
-        done = pread_full(fd, buf, size, offset, &err)
-    if err and done == 0:
-        raise OSError(err, os.strerror(err))
+        done = pread_full(fd, buf, size, offset, err)
+    if err[0] and done == 0:
+        raise OSError(err[0], os.strerror(err[0]))
     if done != size:
-        # Resize in place; the object is ours alone, so this is safe.
-        out = out[:done]
+        out = out[:<Py_ssize_t>done]
     return out
 
 
@@ -79,14 +82,14 @@ def pwrite(int fd, data, off_t offset):
     cdef const char *buf = <const char *>view.buf
     cdef size_t size = <size_t>view.len
     cdef size_t done
-    cdef int err
+    cdef int err[1]  # out-parameter, set by pwrite_full
     try:
         with nogil:
-            done = pwrite_full(fd, buf, size, offset, &err)
+            done = pwrite_full(fd, buf, size, offset, err)
     finally:
         PyBuffer_Release(&view)
-    if err and done == 0:
-        raise OSError(err, os.strerror(err))
+    if err[0] and done == 0:
+        raise OSError(err[0], os.strerror(err[0]))
     return done
 
 
@@ -107,7 +110,7 @@ def readdir_merge(paths):
     cdef bint opened = False
     cdef int idx
     cdef const char *cpath
-    cdef list batch
+    cdef object path
     cdef stat st
     cdef int rv
     cdef unsigned char dtype
@@ -155,6 +158,7 @@ def set_creds(uid_t uid, gid_t gid, groups):
     """
     cdef gid_t gl[256]
     cdef int n = 0
+    cdef gid_t g
     for g in groups:
         if n >= 256:
             break
@@ -232,34 +236,41 @@ cdef uint64_t _calc(int mode, const uint8_t *head, size_t hlen, const uint8_t *t
     return _fix(v & 0xFFFFFFFFULL) if mode & CALC_32 else v
 
 
-def hash64(bytes data):
+def hash64(bytes data not None):
     """FNV-1a 64 with a final avalanche mix: stable across runs and machines."""
     cdef const uint8_t *p = <const uint8_t *>PyBytes_AS_STRING(data)
-    cdef size_t n = len(data)
+    cdef size_t n = <size_t>len(data)
     cdef uint64_t h
     with nogil:
         h = _fnv_mix(_fnv_feed(_FNV_BASIS, p, n))
     return h
 
 
-def inode_calc(int mode, bytes relpath, bint isdir, uint64_t dev, uint64_t ino):
+def inode_calc(int mode, bytes relpath not None, bint isdir, uint64_t dev, uint64_t ino):
     """st_ino for one entry (``mode``: a CALC_* code)."""
-    return _calc(mode, <const uint8_t *>PyBytes_AS_STRING(relpath), len(relpath), NULL, 0, isdir, dev, ino)
+    cdef size_t n = <size_t>len(relpath)
+    return _calc(mode, <const uint8_t *>PyBytes_AS_STRING(relpath), n, NULL, 0, isdir, dev, ino)
 
 
-def readdir_inodes(list rows, bytes parent, list devs, int mode):
+def readdir_inodes(list rows not None, bytes parent not None, list devs not None, int mode):
     """readdir_merge rows -> ``[(name, d_type, st_ino)]`` under ``mode``.
 
     ``parent`` is the directory's relpath as bytes, ``devs`` each branch's
     st_dev (path-hashed names are ``parent/name``)."""
     cdef list out = []
     cdef bytes prefix = b"/" if parent == b"/" else parent + b"/"
+    cdef const uint8_t *cprefix = <const uint8_t *>PyBytes_AS_STRING(prefix)
+    cdef size_t plen = <size_t>len(prefix)
     cdef bytes bname
     cdef unsigned char dtype
+    cdef uint64_t dino
+    cdef object idx  # a Python int: devs[idx] stays bounds-checked (boundscheck is off)
+    cdef uint64_t dev
     cdef uint64_t ino
     for bname, dtype, dino, idx in rows:
-        ino = _calc(mode, <const uint8_t *>PyBytes_AS_STRING(prefix), len(prefix),
-                    <const uint8_t *>PyBytes_AS_STRING(bname), len(bname), dtype == 4, devs[idx], dino)  # 4: DT_DIR
+        dev = devs[idx]
+        ino = _calc(mode, cprefix, plen, <const uint8_t *>PyBytes_AS_STRING(bname), <size_t>len(bname),
+                    dtype == 4, dev, dino)  # 4: DT_DIR
         out.append((bname, dtype, ino))
     return out
 
@@ -296,13 +307,12 @@ cdef _check(int rv, int err):
 def fallocate(int fd, int mode, off_t offset, off_t length):
     """fallocate(2) with every mode (os.posix_fallocate knows only mode 0)."""
     cdef int rv
-    cdef int err = 0
+    cdef int err
     with nogil:
-        while True:
+        rv = c_fallocate(fd, mode, offset, length)
+        while rv != 0 and errno == EINTR:
             rv = c_fallocate(fd, mode, offset, length)
-            if rv == 0 or errno != EINTR:
-                err = errno
-                break
+        err = errno
     _check(rv, err)
 
 

@@ -1,5 +1,7 @@
 from collections.abc import Callable, Sequence
 
+from typing_extensions import Self, disjoint_base
+
 from mergerfs._nodes import NodeTable
 
 ACT_CHMOD: int
@@ -7,15 +9,14 @@ ACT_CHOWN: int
 ACT_UTIMENS: int
 ACT_UNLINK: int
 
+@disjoint_base
 class Session:
     devfd: int
     bufsize: int
     slow: Callable[[bytes], bytes | None]
-    switch: Callable[[int, int, int], None]
-    replaced: Callable[[int], None]
     trace: bool
     table: NodeTable
-    def __init__(self, devfd: int, table: NodeTable) -> None: ...
+    def __new__(cls, devfd: int, table: NodeTable) -> Self: ...
     def set_fast(
         self,
         branches: Sequence[bytes] | None,

@@ -24,11 +24,13 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport malloc, free, calloc
 from posix.types cimport off_t
 from posix.time cimport timespec
+from posix.types cimport time_t
 
 from mergerfs._fastpath cimport _calc
 from mergerfs._nodes cimport Node, NodeTable, stamp, pthread_mutex_t, pthread_mutex_init, pthread_mutex_lock, \
     pthread_mutex_unlock
 
+cdef object logging, os, log  # module globals the C code reaches directly
 import logging
 import os
 
@@ -218,10 +220,7 @@ cdef class Session:
 
     ``slow`` is called (with the GIL) as ``slow(request_bytes)`` for every
     request the C path does not answer; it returns the whole reply (bytes) or
-    None (no reply), and never raises. ``switch(uid, gid, pid)`` makes the
-    calling worker act as a request's caller before the C path touches a
-    branch; ``replaced(nodeid)`` is told when a lookup found another object
-    under a nodeid the kernel holds (its cached data must go).
+    None (no reply), and never raises.
     """
 
     cdef readonly int devfd
@@ -232,8 +231,6 @@ cdef class Session:
     cdef uint32_t nfree
     cdef uint32_t next_slot
     cdef public object slow
-    cdef public object switch
-    cdef public object replaced
     cdef public bint trace  # every request to ``slow`` (-d): no C path
     cdef readonly NodeTable table
     cdef FastConfig *fast  # NULL: LOOKUP/GETATTR go to Python
@@ -269,25 +266,28 @@ cdef class Session:
         cdef FastConfig *old
         cdef bytes b
         cdef int i
+        cdef size_t count, blen
         if branches is not None:
             c = <FastConfig *>calloc(1, sizeof(FastConfig))
             if c == NULL:
                 raise MemoryError()
-            c.branches = <char **>calloc(len(branches) + 1, sizeof(char *))
-            c.lens = <size_t *>calloc(len(branches) + 1, sizeof(size_t))
-            c.readonly = <bint *>calloc(len(branches) + 1, sizeof(bint))
+            count = <size_t>len(branches) + 1
+            c.branches = <char **>calloc(count, sizeof(char *))
+            c.lens = <size_t *>calloc(count, sizeof(size_t))
+            c.readonly = <bint *>calloc(count, sizeof(bint))
             if c.branches == NULL or c.lens == NULL or c.readonly == NULL:
                 _free_config(c)
                 raise MemoryError()
             for i, b in enumerate(branches):
                 if b == b"/":
                     b = b""  # "/" + relpath: the relpath itself
-                c.branches[i] = <char *>malloc(len(b) + 1)
+                blen = <size_t>len(b)
+                c.branches[i] = <char *>malloc(blen + 1)
                 if c.branches[i] == NULL:
                     _free_config(c)
                     raise MemoryError()
-                memcpy(c.branches[i], <const char *>b, len(b) + 1)
-                c.lens[i] = len(b)
+                memcpy(c.branches[i], <const char *>b, blen + 1)
+                c.lens[i] = blen
                 c.readonly[i] = i < len(readonly) and readonly[i]
                 c.nbranches = i + 1
             c.calc = calc
@@ -339,7 +339,7 @@ cdef class Session:
         """Free kernel fh ``fh``: (request-layer handle, passthrough backing id)."""
         if fh == 0 or fh >= self.next_slot or self.slots[fh].pyfh == 0:
             return 0, 0
-        out = (self.slots[fh].pyfh, self.slots[fh].backing)
+        cdef tuple out = (self.slots[fh].pyfh, self.slots[fh].backing)
         self.slots[fh].fd = -1
         self.slots[fh].pyfh = 0
         self.slots[fh].backing = 0
@@ -351,7 +351,7 @@ cdef class Session:
     def serve(self, int fd):
         """Answer requests on ``fd`` until the connection ends (unmount: ENODEV)."""
         cdef char *buf = <char *>malloc(self.bufsize)
-        cdef ssize_t n = 0
+        cdef ssize_t n
         cdef int err = 0
         cdef Caller caller
         cdef fuse_in_header h
@@ -371,7 +371,11 @@ cdef class Session:
                         continue
                     h = (<fuse_in_header *>buf)[0]
                     with gil:
-                        n = self._python(buf, n)
+                        try:
+                            n = self._python(buf, n)
+                        except BaseException:  # a bug of the session: logged, the worker goes on
+                            log.exception("request dispatch failed")
+                            n = 0
                     if h.uid != NO_UID and h.opcode != FUSE_FORGET and h.opcode != FUSE_BATCH_FORGET \
                             and h.opcode != FUSE_INTERRUPT:  # Python switched to this caller
                         _carry(&caller, &h)
@@ -382,25 +386,21 @@ cdef class Session:
         if err != ENODEV:
             raise OSError(err, os.strerror(err))
 
-    cdef ssize_t _python(self, char *buf, ssize_t n) noexcept:
+    cdef ssize_t _python(self, char *buf, ssize_t n) except -1:
         """Hand the request to the Python session; its reply is copied back
         into ``buf`` (the GIL is not needed again to send it). Returns its size."""
         cdef const char *p
         cdef Py_ssize_t size
-        try:
-            reply = self.slow(PyBytes_FromStringAndSize(buf, n))
-            if reply is None:
-                return 0
-            size = len(<bytes>reply)
-            if <size_t>size > self.bufsize:
-                log.error("reply of %d bytes exceeds the buffer: dropped", size)
-                return 0
-            p = PyBytes_AS_STRING(reply)
-            memcpy(buf, p, size)
-            return size
-        except BaseException:
-            log.exception("request dispatch failed")
+        cdef object reply = self.slow(PyBytes_FromStringAndSize(buf, n))
+        if reply is None:
             return 0
+        size = len(<bytes>reply)
+        if <size_t>size > self.bufsize:
+            log.error("reply of %d bytes exceeds the buffer: dropped", size)
+            return 0
+        p = PyBytes_AS_STRING(reply)
+        memcpy(buf, p, <size_t>size)
+        return size
 
     cdef bint _hot(self, Caller *w, int fd, char *buf, ssize_t n) noexcept nogil:
         cdef fuse_in_header *h = <fuse_in_header *>buf
@@ -437,13 +437,13 @@ cdef class Session:
         cdef size_t size = r.size
         cdef off_t off = <off_t>r.offset
         cdef size_t done
-        cdef int err
+        cdef int err[1]  # out-parameter, set by pread_full
         if bfd < 0 or size + OUT_HDR > self.bufsize:
             return False
         # the request is consumed: its buffer takes the reply
-        done = pread_full(bfd, buf + OUT_HDR, size, off, &err)
-        if err and done == 0:
-            _reply_error(fd, unique, err)
+        done = pread_full(bfd, buf + OUT_HDR, size, off, err)
+        if err[0] and done == 0:
+            _reply_error(fd, unique, err[0])
             return True
         cdef fuse_out_header *o = <fuse_out_header *>buf
         o.len = <uint32_t>(OUT_HDR + done)
@@ -459,14 +459,14 @@ cdef class Session:
         cdef size_t size = w.size
         cdef off_t off = <off_t>w.offset
         cdef size_t done
-        cdef int err
+        cdef int err[1]  # out-parameter, set by pwrite_full
         if bfd < 0 or IN_HDR + self.write_in_size + size > <size_t>n or w.write_flags & 4:
             return False  # 4: FUSE_WRITE_KILL_SUIDGID, setuid/setgid to drop first (Python)
-        done = pwrite_full(bfd, data, size, off, &err)
-        if err and done == 0:
-            if err == ENOSPC or err == EDQUOT:
+        done = pwrite_full(bfd, data, size, off, err)
+        if err[0] and done == 0:
+            if err[0] == ENOSPC or err[0] == EDQUOT:
                 return False  # moveonenospc is a decision: the Python session's
-            _reply_error(fd, unique, err)
+            _reply_error(fd, unique, err[0])
             return True
         cdef write_reply out
         out.h.len = sizeof(write_reply)
@@ -504,8 +504,10 @@ cdef void _reply_error(int fd, uint64_t unique, int err) noexcept nogil:
 def clone_fd(int devfd):
     """A new ``/dev/fuse`` fd reading requests of ``devfd``'s connection."""
     cdef int fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
-    cdef uint32_t master = <uint32_t>devfd
-    if c_ioctl(fd, IOC_CLONE, &master) != 0:
+    cdef uint32_t master[1]  # the ioctl reads it through its address
+    cdef int err
+    master[0] = <uint32_t>devfd
+    if c_ioctl(fd, IOC_CLONE, master) != 0:
         err = errno
         os.close(fd)
         raise OSError(err, os.strerror(err))
@@ -525,8 +527,9 @@ def backing_open(int devfd, int fd):
 
 
 def backing_close(int devfd, int backing):
-    cdef uint32_t b = <uint32_t>backing
-    if c_ioctl(devfd, IOC_BACKING_CLOSE, &b) != 0:
+    cdef uint32_t b[1]  # the ioctl reads it through its address
+    b[0] = <uint32_t>backing
+    if c_ioctl(devfd, IOC_BACKING_CLOSE, b) != 0:
         raise OSError(errno, os.strerror(errno))
 
 
@@ -561,18 +564,19 @@ cdef struct fuse_dirent:
 def pack_dirents(list entries, Py_ssize_t off, size_t size):
     """READDIR's reply: ``entries[off:]`` as ``fuse_dirent`` records (8-byte
     aligned, each entry's offset the index after it) while they fit ``size``."""
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>size)
     cdef char *p = PyBytes_AS_STRING(out)
     cdef size_t used = 0
     cdef size_t rec
-    cdef Py_ssize_t i
-    cdef Py_ssize_t namelen
+    cdef Py_ssize_t i = off
+    cdef size_t namelen
     cdef bytes name
+    cdef object entry
     cdef fuse_dirent *d
-    for i in range(off, len(entries)):
+    while i < len(entries):
         entry = entries[i]
         name = <bytes>entry[0]
-        namelen = len(name)
+        namelen = <size_t>len(name)
         rec = (sizeof(fuse_dirent) + namelen + 7) & ~(<size_t>7)
         if used + rec > size:
             break
@@ -584,36 +588,36 @@ def pack_dirents(list entries, Py_ssize_t off, size_t size):
         memcpy(p + used + sizeof(fuse_dirent), PyBytes_AS_STRING(name), namelen)
         memset(p + used + sizeof(fuse_dirent) + namelen, 0, rec - sizeof(fuse_dirent) - namelen)
         used += rec
-    return out[:used]
+        i += 1
+    return out[:<Py_ssize_t>used]
 
 
-cdef inline void _split(long long v, uint64_t *sec, uint32_t *nsec) noexcept:
+cdef inline void _split(long long v, timespec *ts) noexcept:
     """ns -> (sec, nsec), rounding down for times before 1970 (cdivision truncates)."""
     cdef long long s = v // 1000000000
     if v < 0 and s * 1000000000 != v:
         s -= 1
-    sec[0] = <uint64_t>s
-    nsec[0] = <uint32_t>(v - s * 1000000000)
+    ts.tv_sec = <time_t>s
+    ts.tv_nsec = <long>(v - s * 1000000000)
 
 
 cdef void _fill_attr(fuse_attr *a, uint64_t ino, object st) except *:
-    cdef unsigned long long rdev = st.st_rdev
-    cdef unsigned int major = <unsigned int>(((rdev >> 8) & 0xfff) | ((rdev >> 32) & ~0xfff))
-    cdef unsigned int minor = <unsigned int>((rdev & 0xff) | ((rdev >> 12) & ~0xff))
-    a.ino = ino
-    a.size = <uint64_t>st.st_size
-    a.blocks = <uint64_t>st.st_blocks
-    _split(st.st_atime_ns, &a.atime, &a.atimensec)
-    _split(st.st_mtime_ns, &a.mtime, &a.mtimensec)
-    _split(st.st_ctime_ns, &a.ctime, &a.ctimensec)
-    a.mode = <uint32_t>st.st_mode
-    a.nlink = <uint32_t>st.st_nlink
-    a.uid = <uint32_t>(st.st_uid & 0xFFFFFFFF)
-    a.gid = <uint32_t>(st.st_gid & 0xFFFFFFFF)
-    # the kernel decodes fuse_attr.rdev with new_decode_dev
-    a.rdev = <uint32_t>((minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12))
-    a.blksize = <uint32_t>st.st_blksize
-    a.flags = 0
+    """From an os.stat_result, through the one filler of the C path."""
+    cdef stat_t c
+    c.st_dev = st.st_dev
+    c.st_ino = st.st_ino
+    c.st_nlink = st.st_nlink
+    c.st_mode = st.st_mode
+    c.st_uid = st.st_uid & 0xFFFFFFFF
+    c.st_gid = st.st_gid & 0xFFFFFFFF
+    c.st_rdev = st.st_rdev
+    c.st_size = st.st_size
+    c.st_blksize = st.st_blksize
+    c.st_blocks = st.st_blocks
+    _split(st.st_atime_ns, &c.st_atim)
+    _split(st.st_mtime_ns, &c.st_mtim)
+    _split(st.st_ctime_ns, &c.st_ctim)
+    _fill_attr_c(a, ino, &c)
 
 
 def entry_out(uint64_t nodeid, st, uint64_t entry_valid, uint64_t attr_valid):

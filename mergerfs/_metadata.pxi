@@ -79,26 +79,16 @@ cdef void _release(Session s, FastConfig *c) noexcept nogil:
     pthread_mutex_unlock(&s.fast_mu)
 
 
-cdef bint _as_caller(Session s, FastConfig *c, Caller *w, fuse_in_header *h) noexcept nogil:
-    """Make this worker act as the request's caller; False if that takes a
-    decision only Python can make (it then answers the whole request)."""
+cdef bint _as_caller(FastConfig *c, const Caller *w, const fuse_in_header *h) noexcept nogil:
+    """Whether this worker already acts as the request's caller (Python set its
+    credentials for an earlier request of the same caller, under a second ago).
+    If not, Python answers this request and switches them (ugid.switch): the
+    next request of this caller on this worker takes the C path."""
     if c.creds_fixed:
         return True
-    if h.uid == NO_UID:
-        return False
-    if w.valid and w.uid == h.uid and w.gid == h.gid and (
+    return w.valid and h.uid != NO_UID and w.uid == h.uid and w.gid == h.gid and (
         w.pid == h.pid or (h.uid == 0 and h.gid == 0 and not c.pid_bound)
-    ) and _now_ns() - w.since < 1000000000:
-        return True
-    with gil:
-        try:
-            s.switch(h.uid, h.gid, h.pid)
-        except BaseException:
-            log.exception("switching to uid %d gid %d", h.uid, h.gid)
-            w.valid = False
-            return False
-    _carry(w, h)
-    return True
+    ) and _now_ns() - w.since < 1000000000
 
 
 cdef struct Facts:
@@ -171,8 +161,8 @@ cdef int _search(FastConfig *c, const char *rel, size_t rellen, stat_t *st, char
 
 cdef void _fill_attr_c(fuse_attr *a, uint64_t ino, const stat_t *st) noexcept nogil:
     cdef unsigned long long rdev = st.st_rdev
-    cdef unsigned int major = <unsigned int>(((rdev >> 8) & 0xfff) | ((rdev >> 32) & ~0xfff))
-    cdef unsigned int minor = <unsigned int>((rdev & 0xff) | ((rdev >> 12) & ~0xff))
+    cdef unsigned int major = <unsigned int>(((rdev >> 8) & 0xfffULL) | ((rdev >> 32) & ~0xfffULL))
+    cdef unsigned int minor = <unsigned int>((rdev & 0xffULL) | ((rdev >> 12) & ~0xffULL))
     a.ino = ino
     a.size = <uint64_t>st.st_size
     a.blocks = <uint64_t>st.st_blocks
@@ -187,7 +177,7 @@ cdef void _fill_attr_c(fuse_attr *a, uint64_t ino, const stat_t *st) noexcept no
     a.uid = st.st_uid
     a.gid = st.st_gid
     # the kernel decodes fuse_attr.rdev with new_decode_dev
-    a.rdev = <uint32_t>((minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12))
+    a.rdev = <uint32_t>((minor & 0xffU) | (major << 8) | ((minor & ~0xffU) << 12))
     a.blksize = <uint32_t>st.st_blksize
     a.flags = 0
 
@@ -225,7 +215,7 @@ cdef bint _lookup(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept n
     cdef stat_t st
     cdef int found
     cdef uint64_t nodeid = 0
-    cdef bint replaced = False
+    cdef bint replaced[1]  # out-parameter of remember_c (always False here: see may_replace)
     cdef entry_reply out
     if namelen == 0 or namelen >= <size_t>(n - IN_HDR) or (name[0] == 46 and (  # "."
             namelen == 1 or (namelen == 2 and name[1] == 46))):
@@ -235,13 +225,13 @@ cdef bint _lookup(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept n
         return False
     rellen = _relpath(s.table, h.nodeid, name, namelen, rel, NULL)
     found = -1
-    if rellen > 0 and not (h.nodeid == ROOT_ID and _is_control(name, namelen)) and _as_caller(s, c, w, h):
+    if rellen > 0 and not (h.nodeid == ROOT_ID and _is_control(name, namelen)) and _as_caller(c, w, h):
         found = _search(c, rel, <size_t>rellen, &st, full)
     if found == 0:
         s.table.lock()
         nodeid = s.table.remember_c(
             _calc(c.calc, <const uint8_t *>rel, <size_t>rellen, NULL, 0, S_ISDIR(st.st_mode), st.st_dev, st.st_ino),
-            rel, True, st.st_dev, st.st_ino, S_ISDIR(st.st_mode), &replaced)
+            rel, True, st.st_dev, st.st_ino, S_ISDIR(st.st_mode), False, replaced)
         s.table.unlock()
     memset(&out, 0, sizeof(out))
     out.e.entry_valid = c.entry_valid
@@ -257,9 +247,6 @@ cdef bint _lookup(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept n
     elif nodeid == 0:
         return False
     else:
-        if replaced:
-            with gil:
-                s.replaced(nodeid)
         _saw(s.table, nodeid, &st)
         out.e.nodeid = nodeid
         _fill_attr_c(&out.e.attr, nodeid, &st)
@@ -290,7 +277,7 @@ cdef bint _getattr(Session s, Caller *w, int fd, char *buf) noexcept nogil:
         return False
     cdef Facts facts
     rellen = _relpath(s.table, h.nodeid, NULL, 0, rel, &facts)
-    if rellen > 0 and _as_caller(s, c, w, h):
+    if rellen > 0 and _as_caller(c, w, h):
         found = _search(c, rel, <size_t>rellen, &st, full)
     memset(&out, 0, sizeof(out))
     out.a.attr_valid = c.attr_valid
@@ -358,7 +345,6 @@ cdef bint _getxattr(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept
     cdef stat_t st
     cdef int found = -1
     cdef ssize_t got
-    cdef int err = 0
     cdef uint64_t unique = h.unique
     cdef getxattr_reply out
     if namelen == 0 or namelen > 255 or namelen >= <size_t>(n - IN_HDR) - sizeof(fuse_getxattr_in) \
@@ -370,15 +356,14 @@ cdef bint _getxattr(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept
         return False
     if c.getxattr and _xattr_plain(c, name, namelen):
         rellen = _relpath(s.table, h.nodeid, NULL, 0, rel, NULL)
-        if rellen > 0 and _as_caller(s, c, w, h):
+        if rellen > 0 and _as_caller(c, w, h):
             found = _search(c, rel, <size_t>rellen, &st, full)
     _release(s, c)
     if found != 0:
         return False
     got = lgetxattr(full, name, buf + OUT_HDR if size else NULL, size)
     if got < 0:
-        err = errno
-        _reply_error(fd, unique, err)
+        _reply_error(fd, unique, errno)
         return True
     if size == 0:
         out.h.len = sizeof(out)
@@ -536,13 +521,13 @@ cdef bint _setattr(Session s, Caller *w, int fd, char *buf) noexcept nogil:
     cdef bint ok = False
     cdef unsigned int mode
     cdef attr_reply out
-    if a.valid & ~FATTR_PLAIN:
+    if a.valid & ~(<uint32_t>FATTR_PLAIN):
         return False
     cdef FastConfig *c = _acquire(s)
     if c == NULL:
         return False
     rellen = _relpath(s.table, h.nodeid, NULL, 0, rel, &facts)
-    if (rellen > 0 and _as_caller(s, c, w, h) and _search(c, rel, <size_t>rellen, &st, full) == 0
+    if (rellen > 0 and _as_caller(c, w, h) and _search(c, rel, <size_t>rellen, &st, full) == 0
             and _same_object(&facts, &st) and not (S_ISLNK(st.st_mode) and a.valid & FATTR_MODE)):
         ok = True
         if a.valid & FATTR_MODE:
@@ -584,7 +569,7 @@ cdef bint _unlink(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept n
         return False
     if c.actions & ACT_UNLINK:
         rellen = _relpath(s.table, h.nodeid, name, namelen, rel, NULL)
-        ok = rellen > 0 and _as_caller(s, c, w, h) and _act(c, rel, <size_t>rellen, ACT_UNLINK, NULL)
+        ok = rellen > 0 and _as_caller(c, w, h) and _act(c, rel, <size_t>rellen, ACT_UNLINK, NULL)
     _release(s, c)
     if not ok:
         return False

@@ -68,5 +68,5 @@ cdef class NodeTable:
     cdef void unlock(self) noexcept nogil
     cdef Node *node(self, uint64_t nodeid) noexcept nogil
     cdef uint64_t remember_c(self, uint64_t ino, const char *path, bint has_ident, uint64_t dev,
-                             uint64_t st_ino, bint isdir, bint *replaced) noexcept nogil
+                             uint64_t st_ino, bint isdir, bint may_replace, bint *replaced) noexcept nogil
     cdef void forget_c(self, uint64_t nodeid, uint64_t count) noexcept nogil

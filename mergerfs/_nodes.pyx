@@ -20,6 +20,7 @@ from libc.string cimport memcpy, strcmp, strlen, strncmp
 
 from mergerfs._fastpath cimport _calc
 
+cdef object errno  # a module global the C code reaches directly
 import errno
 
 cdef extern from "<malloc.h>" nogil:
@@ -128,10 +129,10 @@ cdef class NodeTable:
             free(n)
             return NULL
         n.nodeid = nodeid
-        n.has_ident = has_ident
+        n.has_ident = <uint8_t>has_ident
         n.dev = dev
         n.ino = ino
-        n.isdir = isdir
+        n.isdir = <uint8_t>isdir
         cdef size_t i = _slot_of(nodeid, self.ncap)
         while self.nodes[i] != NULL:
             i = (i + 1) & (self.ncap - 1)
@@ -274,7 +275,7 @@ cdef class NodeTable:
 
     # ------------------------------------------------------------ for the C session
     cdef uint64_t remember_c(self, uint64_t ino, const char *path, bint has_ident, uint64_t dev,
-                             uint64_t st_ino, bint isdir, bint *replaced) noexcept nogil:
+                             uint64_t st_ino, bint isdir, bint may_replace, bint *replaced) noexcept nogil:
         """Count one kernel lookup of ``path`` answered with ``ino`` (mutex held).
 
         Returns the nodeid (0: out of memory). If ``ino`` is held for a
@@ -282,10 +283,11 @@ cdef class NodeTable:
         reused, two branches with the same passthrough inode), a fresh number is
         derived so the kernel never merges two objects. ``replaced``: the same
         name now holds a different object under the same number, and the
-        kernel's cached data of it must go.
+        kernel's cached data of it must go; without ``may_replace`` that case
+        returns 0 with nothing changed (the caller cannot notify the kernel).
         """
         cdef uint64_t salt = 0
-        cdef Node *n
+        cdef Node *n = NULL
         cdef char *salted = NULL
         cdef size_t plen = strlen(path)
         cdef int digits
@@ -301,10 +303,13 @@ cdef class NodeTable:
             if n.has_ident == has_ident and (not has_ident or (n.dev == dev and n.ino == st_ino)):
                 break
             if _name(n, path) != NULL:
-                n.has_ident = has_ident
+                if not may_replace:
+                    free(salted)
+                    return 0
+                n.has_ident = <uint8_t>has_ident
                 n.dev = dev
                 n.ino = st_ino
-                n.isdir = isdir
+                n.isdir = <uint8_t>isdir
                 n.has_seen = 0
                 replaced[0] = True
                 break
@@ -316,7 +321,7 @@ cdef class NodeTable:
                 memcpy(salted, path, plen)
                 salted[plen] = 0
             digits = _decimal(salted + plen + 1, salt)
-            ino = _path_hash(salted, plen + 1 + digits)
+            ino = _path_hash(salted, plen + 1 + <size_t>digits)
         free(salted)
         self._bind(n, path)
         n.nlookup += 1
@@ -338,14 +343,14 @@ cdef class NodeTable:
         cdef bint has_ident = ident is not None
         cdef uint64_t dev = (ident >> 64) & 0xFFFFFFFFFFFFFFFF if has_ident else 0
         cdef uint64_t st_ino = ident & 0xFFFFFFFFFFFFFFFF if has_ident else 0
-        cdef bint replaced = False
+        cdef bint replaced[1]  # out-parameter, set by remember_c
         cdef uint64_t got
         self.lock()
-        got = self.remember_c(ino, PyBytes_AS_STRING(p), has_ident, dev, st_ino, isdir, &replaced)
+        got = self.remember_c(ino, PyBytes_AS_STRING(p), has_ident, dev, st_ino, isdir, True, replaced)
         self.unlock()
         if got == 0:
             raise MemoryError()
-        return got, replaced
+        return got, replaced[0]
 
     def forget(self, uint64_t nodeid, uint64_t count):
         self.lock()
@@ -373,7 +378,9 @@ cdef class NodeTable:
     def paths(self, uint64_t nodeid) -> tuple:
         """Every name of ``nodeid``, newest first."""
         cdef uint32_t i
-        out = []
+        cdef list out = []
+        cdef list names
+        cdef bytes p
         self.lock()
         cdef Node *n = self.node(nodeid)
         if n != NULL:
@@ -383,11 +390,14 @@ cdef class NodeTable:
         self.unlock()
         if not out:
             raise OSError(errno.ESTALE, "stale inode")
-        return tuple(_dec(p) for p in out)
+        names = []
+        for p in out:
+            names.append(_dec(p))
+        return tuple(names)
 
     def nodeids(self) -> list:
         cdef size_t i
-        out = []
+        cdef list out = []
         self.lock()
         for i in range(self.ncap):
             if self.nodes[i] != NULL:
@@ -396,7 +406,7 @@ cdef class NodeTable:
         return out
 
     def __len__(self):
-        return self.ncount
+        return <Py_ssize_t>self.ncount
 
     def swap_seen(self, uint64_t nodeid, uint64_t value):
         """Record the stamp() the kernel now has for ``nodeid``; the one before (None: none).
@@ -422,7 +432,7 @@ cdef class NodeTable:
 
     def exchanged(self, a: str, b: str):
         """RENAME_EXCHANGE swapped what ``a`` and ``b`` name (subtrees included)."""
-        tmp = "//exchange"  # no relpath holds "//"
+        cdef str tmp = "//exchange"  # no relpath holds "//"
         self.renamed(a, tmp)
         self.renamed(b, a)
         self.renamed(tmp, b)
@@ -455,22 +465,25 @@ cdef class NodeTable:
         """Every name under directory ``old/`` now starts with ``new/``."""
         cdef size_t olen = strlen(old)
         cdef size_t i
-        moved = []  # (node address, old name) pairs, collected before the map changes
+        cdef list moved = []  # (node address, old name) pairs, collected before the map changes
+        cdef tuple item
         for i in range(self.pcap):
             if (self.slots[i].node != NULL and strncmp(self.slots[i].key, old, olen) == 0
                     and self.slots[i].key[olen] == 47):  # "/"
                 moved.append((<size_t>self.slots[i].node, <bytes>self.slots[i].key))
         cdef bytes prefix = <bytes>new
+        cdef bytes p
         cdef bytes q
         cdef Node *child
         cdef PathSlot *s
-        for addr, p in moved:
-            s = self._find(p)
+        for item in moved:
+            s = self._find(<bytes>item[1])
             if s != NULL:
                 self._del_slot(s)
-        for addr, p in moved:
-            child = <Node *><size_t>addr
-            q = prefix + p[olen:]
+        for item in moved:
+            child = <Node *><size_t>item[0]
+            p = <bytes>item[1]
+            q = prefix + p[<Py_ssize_t>olen:]
             _rename_name(child, p, q)
             self._put_name(child, _name(child, q))
         return 0
@@ -486,7 +499,7 @@ cdef class NodeTable:
         self.fhs.setdefault(nodeid, set()).add(fh)
 
     def drop_fh(self, uint64_t nodeid, uint64_t fh):
-        held = self.fhs.get(nodeid)
+        cdef object held = self.fhs.get(nodeid)
         if held is None or fh not in held:
             return
         held.discard(fh)
@@ -502,7 +515,7 @@ cdef class NodeTable:
 
     def any_fh(self, uint64_t nodeid):
         """Some open handle of ``nodeid``, or None."""
-        held = self.fhs.get(nodeid)
+        cdef object held = self.fhs.get(nodeid)
         return next(iter(held)) if held else None
 
     def has_fh(self, uint64_t nodeid) -> bool:

@@ -17,11 +17,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping
+from typing import Union
 
 from mergerfs.lifecycle import MountError, is_mountpoint, unmount
 
+#: Mount options as ``-o`` takes them: one string, a list of ``key[=value]``, or a
+#: mapping where True means a bare flag and False leaves the key out.
+Options = Union[str, Iterable[str], Mapping[str, object], None]
 
-def _options(options) -> str:
+
+def _options(options: Options) -> str:
     if options is None:
         return ""
     if isinstance(options, str):
@@ -63,7 +68,7 @@ class Pool:
     def __enter__(self) -> Pool:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.unmount()
 
     def __repr__(self) -> str:
@@ -78,7 +83,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def mount(branches: str | Iterable[str], mountpoint: str, options=None) -> Pool:
+def mount(branches: str | Iterable[str], mountpoint: str, options: Options = None) -> Pool:
     """Mount a pool of ``branches`` (a ``:``-joined string or a list) at
     ``mountpoint``; ``options`` as ``-o`` takes them (a string, a list, or a
     mapping where True means a bare flag)."""

@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     if action == "help":
         print(
             USAGE + "\n\n  -f  stay in the foreground\n  -d  debug log to stderr (implies -f)\n"
-            "  -o OPT[,OPT...]  mount options\n  -n  accepted (mount(8)'s no-mtab)\n  -h  this help\n  -v  version\n\noptions:\n"
-            + help_text()
+            "  -o OPT[,OPT...]  mount options\n  -n  accepted (mount(8)'s no-mtab)\n"
+            "  -h  this help\n  -v  version\n\noptions:\n" + help_text()
         )
         return 0
     if action == "version":

@@ -7,6 +7,8 @@ operations that act on several branches ("any success wins").
 from __future__ import annotations
 
 import errno
+import os
+from collections.abc import Callable
 
 # ENOENT < ENOSPC < EROFS < anything else: the reason that tells the user most.
 _RANK = {errno.ENOENT: 0, errno.ENOSPC: 1, errno.EROFS: 2}
@@ -25,8 +27,6 @@ def worse(current: int | None, new: int) -> int:
 
 
 def oserror(err: int, path: str | None = None) -> OSError:
-    import os
-
     return OSError(err, os.strerror(err), path) if path else OSError(err, os.strerror(err))
 
 
@@ -50,7 +50,7 @@ class Aggregate:
         if self.first_error is None:
             self.first_error = err
 
-    def run(self, fn, *args) -> None:
+    def run(self, fn: Callable[..., object], *args: object) -> None:
         """Call ``fn(*args)``, recording success or its OSError errno."""
         try:
             fn(*args)

@@ -258,8 +258,6 @@ class KernelTransport:
         self.device = mounted_device(mnt)
         self.session = _kernel.Session(self.devfd, self.req.table)
         self.session.slow = self.dispatch
-        self.session.switch = ugid.switch
-        self.session.replaced = self.notifier.inval_inode
         self.session.trace = self.debug = "debug" in generic
         self._init()
         self._fast_path()

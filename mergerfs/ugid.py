@@ -14,6 +14,7 @@ import os
 import pwd
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from mergerfs import _fastpath
@@ -124,7 +125,7 @@ def _proxy_ioprio(pid: int) -> None:
 
 
 @contextmanager
-def as_root():
+def as_root() -> Iterator[None]:
     """Temporarily act as root (clone-path, moveonenospc copy) and switch back."""
     prev = current()
     _set(_ROOT)

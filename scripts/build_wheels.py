@@ -101,8 +101,8 @@ def build(pythons: list[str], out: str, llfuse: str) -> list[str]:
             pip = [py, "-m", "pip", "wheel", "-q", "--no-deps", "-w", raw]
             if not info["isolated"]:
                 pip.append("--no-build-isolation")
-            _run(pip + [sdist], cwd=tmp)
-            _run(pip + ["--no-binary", "llfuse", f"llfuse=={llfuse}"], cwd=tmp)
+            _run([*pip, sdist], cwd=tmp)
+            _run([*pip, "--no-binary", "llfuse", f"llfuse=={llfuse}"], cwd=tmp)
             fixed = os.path.join(tmp, info["tag"] + "-fixed")
             for whl in sorted(os.listdir(raw)):
                 _run(

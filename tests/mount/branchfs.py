@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 try:
-    from .helpers import REFERENCE, REPO, cmd_env, err_of, is_reference, pool_cmd, unmount  # noqa: F401 - re-exported
+    from .helpers import REFERENCE, REPO, cmd_env, err_of, is_reference, pool_cmd, unmount
 except ImportError:  # rootdir-less collection
     from helpers import REFERENCE, REPO, cmd_env, err_of, is_reference, pool_cmd, unmount  # noqa: F401 - re-exported
 

@@ -50,7 +50,7 @@ def _sweep(pred: Callable[[str], bool]) -> None:
             continue
         pid = daemon_pid(mnt)
         unmount(mnt)
-        if pid and pid in _STARTED and not wait_until(lambda: not pid_alive(pid), 5):
+        if pid and pid in _STARTED and not wait_until(lambda pid=pid: not pid_alive(pid), 5):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -88,7 +88,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     """Unmount anything still mounted under this session's basetemp; stop our daemons."""
     try:
         base = str(session.config._tmp_path_factory.getbasetemp())  # type: ignore[attr-defined]
-    except Exception:
+    except Exception:  # noqa: BLE001 - a private pytest API: whatever fails, there is no basetemp
         base = None
     if base:
         _sweep(lambda m: m.startswith(base + "/"))
@@ -159,7 +159,7 @@ def mount_pool(tmp_path) -> Iterator[Callable[..., Pool]]:
     timer.cancel()
     for p in pools:
         unmount(p.mnt)
-        if p.pid and not wait_until(lambda: not pid_alive(p.pid), 10):
+        if p.pid and not wait_until(lambda p=p: not pid_alive(p.pid), 10):
             try:
                 os.kill(p.pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -34,7 +34,7 @@ def kill_leftovers(fragment: str) -> None:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             continue
-        if not wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 5):
+        if not wait_until(lambda pid=pid: not os.path.exists(f"/proc/{pid}"), 5):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

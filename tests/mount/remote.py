@@ -271,8 +271,8 @@ class Remotes:
                 self.hostkey,
                 "--authorized-keys",
                 self.authorized,
-            ]
-            + common,
+                *common,
+            ],
             port,
             served,
         )

@@ -256,7 +256,7 @@ def test_branch_changes_while_a_file_is_open(mount_pool, tmp_path, drop_own):
         for round_ in range(40):
             e = str(extra[round_ % 3])
             steps = [f"+>{e}", f"-{e}", f"+<{e}", "-<"] + ([f"-{p.branches[0]}"] if drop_own else [])
-            for v in steps + [orig.decode()]:
+            for v in [*steps, orig.decode()]:
                 assert try_set(p.mnt, P + "branches", v.encode()) == 0, v
             listing = os.listdir(p.mnt)
             assert "busy" in listing

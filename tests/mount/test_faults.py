@@ -23,12 +23,32 @@ import pytest
 
 try:
     from .branchfs import MiB, pool, remount_ro, tmpfs_branches, where
-    from .helpers import daemon_pid, err_of, is_pool_mounted, is_reference, pid_alive, run_cmd, unmount, wait_until
-    from .helpers import get as _get, put as _put
+    from .helpers import (
+        daemon_pid,
+        err_of,
+        get as _get,
+        is_pool_mounted,
+        is_reference,
+        pid_alive,
+        put as _put,
+        run_cmd,
+        unmount,
+        wait_until,
+    )
 except ImportError:  # rootdir-less collection
     from branchfs import MiB, pool, remount_ro, tmpfs_branches, where
-    from helpers import daemon_pid, err_of, is_pool_mounted, is_reference, pid_alive, run_cmd, unmount, wait_until
-    from helpers import get as _get, put as _put
+    from helpers import (
+        daemon_pid,
+        err_of,
+        get as _get,
+        is_pool_mounted,
+        is_reference,
+        pid_alive,
+        put as _put,
+        run_cmd,
+        unmount,
+        wait_until,
+    )
 
 NOCACHE = "cache.files=off,cache.attr=0,cache.entry=0,cache.negative_entry=0"
 

@@ -175,14 +175,11 @@ def test_install_helper_links(tmp_path):
     b, s = tmp_path / "bin", tmp_path / "sbin"
     s.mkdir()
     (s / "mount.mergerfs").write_text("foreign")
-    run = lambda *a: (
-        subprocess.run(
-            [helper, "--bindir", str(b), "--sbindir", str(s), *a],  # noqa: E731
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+
+    def run(*a: str) -> str:
+        cmd = [helper, "--bindir", str(b), "--sbindir", str(s), *a]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
     out = run()
     assert os.path.realpath(b / "mergerfs") == os.path.realpath(os.path.join(OUR_SCRIPTS, "mergerfs"))
     assert "kept" in out and (s / "mount.mergerfs").read_text() == "foreign"

@@ -7,6 +7,7 @@ is exactly the bytes asked for, inside the branch.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 
@@ -50,6 +51,10 @@ NAMES = [
 def _read(path: bytes) -> bytes:
     with open(path, "rb") as f:
         return f.read()
+
+
+def _create(path: bytes) -> None:
+    open(path, "wb").close()
 
 
 @pytest.fixture
@@ -129,7 +134,7 @@ def test_too_long_names(roots, n):
         lambda r: os.symlink(b"t", os.path.join(r, name)),
         lambda r: os.rename(os.path.join(r, b"."), os.path.join(r, name)),
     ):
-        a, b = errname(outcome(lambda: fn(mnt))), errname(outcome(lambda: fn(native)))
+        a, b = errname(outcome(functools.partial(fn, mnt))), errname(outcome(functools.partial(fn, native)))
         assert a == b
         assert a[1] in ("ENAMETOOLONG", "EBUSY", "EINVAL")
 
@@ -144,8 +149,8 @@ def test_longest_path(roots):
         rel = b""
         for _ in range(16):
             rel = os.path.join(rel, comp)
-            seq.append(errname(outcome(lambda: os.mkdir(os.path.join(root, rel)))))
-        seq.append(errname(outcome(lambda: open(os.path.join(root, rel, b"f"), "wb").close())))
+            seq.append(errname(outcome(functools.partial(os.mkdir, os.path.join(root, rel)))))
+        seq.append(errname(outcome(functools.partial(_create, os.path.join(root, rel, b"f")))))
         outs.append(seq)
     assert outs[0] == outs[1]
     assert "ENAMETOOLONG" in str(outs[0]), outs[0]
@@ -171,7 +176,7 @@ def test_dotdot_games(roots):
         lambda r: os.stat(os.path.join(r, b"d/e/../../hl")).st_nlink,
     ]
     for fn in checks:
-        a, b = errname(outcome(lambda: fn(mnt))), errname(outcome(lambda: fn(native)))
+        a, b = errname(outcome(functools.partial(fn, mnt))), errname(outcome(functools.partial(fn, native)))
         assert a == b
     # the pool root's .. is the mountpoint's parent, exactly as for any directory
     assert os.stat(os.path.join(mnt, b"..")).st_ino == os.stat(os.path.dirname(mnt)).st_ino
@@ -201,7 +206,7 @@ def test_symlinks_out_of_the_pool(roots, tmp_path):
             lambda r: os.lstat(os.path.join(r, b"l")).st_size,
             lambda r: os.getxattr(os.path.join(r, b"l"), "user.x", follow_symlinks=False),
         ):
-            a, b = errname(outcome(lambda: fn(mnt))), errname(outcome(lambda: fn(native)))
+            a, b = errname(outcome(functools.partial(fn, mnt))), errname(outcome(functools.partial(fn, native)))
             assert a == b, target
         for root in (mnt, native):
             os.unlink(os.path.join(root, b"l"))

@@ -352,12 +352,10 @@ def test_flush_on_close(mount_pool, mode, read_only_flushes, write_flushes):
     path = os.path.join(p.mnt, "f")
     with open(path, "wb") as f:
         f.write(b"x")
-    with requests_seen(p.mnt) as ro:
-        with open(path, "rb") as f:
-            f.read()
-    with requests_seen(p.mnt) as rw:
-        with open(path, "r+b") as f:
-            f.write(b"y")
+    with requests_seen(p.mnt) as ro, open(path, "rb") as f:
+        f.read()
+    with requests_seen(p.mnt) as rw, open(path, "r+b") as f:
+        f.write(b"y")
     assert OPEN in ro and OPEN in rw
     assert (FLUSH in ro, FLUSH in rw) == (read_only_flushes, write_flushes)
 

@@ -156,7 +156,7 @@ def test_daemon_ends(dirs, how):
 def test_foreground(dirs):
     b1, b2, mnt = dirs
     proc = subprocess.Popen(
-        pool_cmd() + ["-f", f"{b1}:{b2}", mnt], env=cmd_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [*pool_cmd(), "-f", f"{b1}:{b2}", mnt], env=cmd_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
         assert wait_until(lambda: is_pool_mounted(mnt), 20), "foreground mount never appeared"

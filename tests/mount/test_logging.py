@@ -79,7 +79,7 @@ def test_daemon_logs_to_syslog_by_level(dirs, level):
 def _foreground(t, *flags: str) -> str:
     """Run -f with ``flags``, make requests, unmount; return stderr."""
     proc = subprocess.Popen(
-        pool_cmd() + ["-f", *flags, f"{t}/disk1:{t}/disk2", f"{t}/pool"],
+        [*pool_cmd(), "-f", *flags, f"{t}/disk1:{t}/disk2", f"{t}/pool"],
         env=cmd_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

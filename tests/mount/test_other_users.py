@@ -185,7 +185,7 @@ def test_created_with_callers_umask(env, umask):
     p, _ = env
     ok, _, val = both(env, _open_dir, BOB, "(create(p + '/open/f'), mkdir(p + '/open/d'))", umask=umask)
     assert ok
-    (fu, fg, fmode), (du, dg, dmode) = val
+    (fu, fg, _), (du, dg, _) = val
     assert (fu, fg, du, dg) == (BOB, BOB, BOB, BOB)
     [i] = p.where("open/f")
     st = os.stat(p.branch_path(i, "open/f"))
@@ -217,7 +217,7 @@ def _setid_file(root):
 )
 def test_setid_bits_cleared_by_non_owner_write(env, expr):
     """A write by someone other than the owner drops S_ISUID and S_ISGID (group-executable)."""
-    p, native = env
+    p, _ = env
     expr = f"({expr}, oct(os.stat(p + '/sid').st_mode & 0o7777))"
     ok, _, (_, mode) = both(env, _setid_file, BOB, expr)
     assert ok and int(mode, 8) & 0o6000 == 0, mode

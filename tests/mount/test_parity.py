@@ -231,7 +231,7 @@ CASES = {
     # stat
     "stat_file": (s_file, lambda r: st(J(r, "f"))),
     "stat_dir": (s_tree, lambda r: st(J(r, "d"))),
-    "lstat_symlink": (s_tree, lambda r: st(J(r, "l"), follow=False)[0:1] + (os.readlink(J(r, "l")),)),
+    "lstat_symlink": (s_tree, lambda r: (*st(J(r, "l"), follow=False)[0:1], os.readlink(J(r, "l")))),
     "stat_symlink_follows": (s_tree, lambda r: st(J(r, "l"))),
     "stat_dangling": (s_tree, lambda r: st(J(r, "dangling"))),
     "stat_missing": (s_none, lambda r: st(J(r, "nope"))),

@@ -455,9 +455,8 @@ def test_search_open_reads_chosen_copy(br):
     touch(os.path.join(br[FF], "f"), b"old")
     touch(os.path.join(br[LUS], "f"), b"new!")
     os.utime(os.path.join(br[FF], "f"), (1000, 1000))
-    with pool(br, f"{BASE},func.open=newest,func.getattr=newest") as m:
-        with open(os.path.join(m, "f"), "rb") as f:
-            assert f.read() == b"new!"
+    with pool(br, f"{BASE},func.open=newest,func.getattr=newest") as m, open(os.path.join(m, "f"), "rb") as f:
+        assert f.read() == b"new!"
 
 
 # -- option ordering ------------------------------------------------------------------------
@@ -484,7 +483,7 @@ def test_separate_o_accumulate(br):
         from branchfs import mount_pool_cmd, pool_cmd, unmount
 
     mnt = tempfile.mkdtemp(prefix="mfspool-", dir="/tmp")
-    cmd = pool_cmd() + ["-o", f"{BASE},category.create=ff"]
+    cmd = [*pool_cmd(), "-o", f"{BASE},category.create=ff"]
     try:
         mount_pool_cmd(cmd, br, mnt, "category.create=lfs")
         touch(os.path.join(mnt, "f"))
@@ -502,7 +501,7 @@ def test_clone_path_copies_attrs(br):
     src = br[LUP]
     os.makedirs(os.path.join(src, "a/b/c"))
     attrs = {"a": (0o711, 1234, 2345, 100000), "a/b": (0o750, 1235, 2346, 200000), "a/b/c": (0o775, 1236, 2347, 300000)}
-    for rel, (mode, uid, gid, t) in attrs.items():
+    for rel, (mode, uid, gid, _) in attrs.items():
         p = os.path.join(src, rel)
         os.chmod(p, mode)
         os.chown(p, uid, gid)

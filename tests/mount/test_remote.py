@@ -26,13 +26,11 @@ import pytest
 
 try:
     from .branchfs import MiB, avail, pool, tmpfs_branches, where
-    from .helpers import cmd_env, daemon_pid, err_of, is_reference, pid_alive, wait_until
-    from .helpers import get as _get, put as _put
+    from .helpers import cmd_env, daemon_pid, err_of, get as _get, is_reference, pid_alive, put as _put, wait_until
     from .remote import remotes, tools_missing
 except ImportError:  # rootdir-less collection
     from branchfs import MiB, avail, pool, tmpfs_branches, where
-    from helpers import cmd_env, daemon_pid, err_of, is_reference, pid_alive, wait_until
-    from helpers import get as _get, put as _put
+    from helpers import cmd_env, daemon_pid, err_of, get as _get, is_reference, pid_alive, put as _put, wait_until
     from remote import remotes, tools_missing
 
 pytestmark = pytest.mark.skipif(tools_missing() is not None, reason=str(tools_missing()))
@@ -324,7 +322,7 @@ def test_readme_rclone_recipe():
     then go to the remote; a file outgrowing the local disk moves there whole."""
     flags, options = _recipe()
     with tmpfs_branches([16], prefix="mfsremote") as (local,), remotes() as r:
-        remote = r.rclone(extra=flags + ["--vfs-write-back", "0s"])  # upload at close: no waiting
+        remote = r.rclone(extra=[*flags, "--vfs-write-back", "0s"])  # upload at close: no waiting
         with pool([local, remote.mnt], options + ",minfreespace=4M") as mnt:
             _put(os.path.join(mnt, "a"), os.urandom(MiB))
             _put(os.path.join(mnt, "grow"), b"start")
@@ -339,5 +337,5 @@ def test_readme_rclone_recipe():
             assert where([local, remote.mnt], "grow") == [1]
             for name, data in (("b", b), ("grow", b"start" + tail)):
                 path = os.path.join(remote.served, name)
-                assert wait_until(lambda: os.path.exists(path) and _sha(_get(path)) == _sha(data), 10, 0.1), name
+                assert wait_until(lambda p=path, d=data: os.path.exists(p) and _sha(_get(p)) == _sha(d), 10, 0.1), name
                 assert _sha(_get(os.path.join(mnt, name))) == _sha(data)

@@ -150,7 +150,7 @@ def test_lazy_umount_live_upgrade(t):
     (t / "disk1" / "f").write_text("old daemon's file")
     mount([str(t / "disk1")], mnt)
     old = daemon_pid(mnt)
-    held = open(os.path.join(mnt, "f"))
+    held = open(os.path.join(mnt, "f"))  # noqa: SIM115 - held open across the takeover
     try:
         mount([str(t / "disk1"), str(t / "disk2")], mnt, "lazy-umount-mountpoint=true")
         new = daemon_pid(mnt)

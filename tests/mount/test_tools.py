@@ -173,7 +173,7 @@ def test_balance(cmd):
             assert files_on(br) == before  # dry run changes nothing
             r = tool("balance", mnt, "-p", "5", "-e", "*.keep")
             assert r.returncode == 0, r.stderr
-            assert_once(br, {k: v for k, v in expect.items()})  # moved, each exactly once
+            assert_once(br, dict(expect))  # moved, each exactly once
             assert os.path.exists(os.path.join(br[0], "d0/pinned.keep"))
             pcts = [used_pct(b) for b in br]
             assert max(pcts) - min(pcts) <= 5 + 2, pcts  # one file's worth of slack

@@ -69,7 +69,6 @@ def slow_branches(tmp_path):
     import sys
 
     try:
-        from .helpers import is_pool_mounted as _unused  # noqa: F401
         from .helpers import mountinfo, wait_until
     except ImportError:
         from helpers import mountinfo, wait_until
@@ -85,7 +84,7 @@ def slow_branches(tmp_path):
                 )
             )
             mnts.append(str(m))
-            assert wait_until(lambda: (mountinfo(str(m)) or {}).get("type", "").startswith("fuse"), 10)
+            assert wait_until(lambda m=m: (mountinfo(str(m)) or {}).get("type", "").startswith("fuse"), 10)
         yield mnts
     finally:
         for m in mnts:

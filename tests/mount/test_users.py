@@ -124,7 +124,7 @@ def env(testuser, request):
     branches = [os.path.join(base, f"b{i}") for i in (1, 2)]
     native = os.path.join(base, "native")
     mnt = os.path.join(base, "mnt")
-    for d in branches + [native]:
+    for d in [*branches, native]:
         os.mkdir(d)
         os.chmod(d, 0o755)
     p = None
@@ -173,7 +173,7 @@ def _user_dir(root):
 
 def test_create_owned_by_user(env):
     p, native = env
-    ok, err, val = both(p, native, _user_dir, "create", "userdir/f")
+    ok, _, val = both(p, native, _user_dir, "create", "userdir/f")
     assert ok and val == (UID, GID)
     [i] = p.where("userdir/f")
     s = os.stat(p.branch_path(i, "userdir/f"))

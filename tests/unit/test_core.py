@@ -4,8 +4,7 @@ inode numbering and the nodeid table, branch-list edits of the control file."""
 import errno
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from mergerfs import inodes
 from mergerfs.branches import (

@@ -8,8 +8,7 @@ import tempfile
 import threading
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from mergerfs import _fastpath
 

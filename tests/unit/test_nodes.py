@@ -5,8 +5,7 @@ and directories, exchanges, unlinks, opens and releases."""
 
 from __future__ import annotations
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from mergerfs import _fastpath, inodes
 

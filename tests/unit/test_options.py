@@ -11,8 +11,7 @@ import pathlib
 import re
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from mergerfs import options, policies
 from mergerfs.options import Config, OptionError, parse_o
@@ -243,7 +242,7 @@ def test_category_sets_every_function_and_func_overrides_in_order(cat):
 
 
 def test_every_func_accepts_every_policy():
-    for cat, funcs in FUNCS.items():
+    for funcs in FUNCS.values():
         for f in funcs.split():
             for p in policies.NAMES:
                 assert apply_all(f"func.{f}={p}").policy(f) == p
@@ -344,9 +343,9 @@ def test_control_keys_are_2_42s_sorted():
 def test_enum_values_are_exactly_the_spec_ones(name):
     for v in SPEC_ENUMS[name].split():
         assert apply_all(f"{name}={v}")[name] == v
-    for v in ("", v.upper(), v + "x", "none-such"):
+    for bad in ("", v.upper(), v + "x", "none-such"):
         with pytest.raises(OptionError):
-            apply_all(f"{name}={v}")
+            apply_all(f"{name}={bad}")
 
 
 def test_policy_names_are_the_spec_ones():

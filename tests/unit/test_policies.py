@@ -63,7 +63,7 @@ Mount-level placement: tests/mount/test_policies_mount.py.
 | `newest` | model[newest-action] | model[newest-create] | model[newest-search] |
 | `pfrd` | model[pfrd-action] | model[pfrd-create] + pfrd_weighted_by_available_space, pfrd_weights_only_qualifying_branches | model[pfrd-search] + pfrd_weighted_by_available_space |
 | `rand` | model[rand-action] + rand_is_uniform | model[rand-create] + rand_is_uniform | model[rand-search] |
-"""
+"""  # noqa: E501 - a markdown table, one row a line
 
 from __future__ import annotations
 
@@ -73,8 +73,7 @@ import random
 from fractions import Fraction
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from mergerfs import policies
 from mergerfs.branches import Branch, SpaceInfo
@@ -158,9 +157,7 @@ def qualifying(category, branches, facts, relpath, existing):
     for b in branches:
         f = facts[b.path]
         why = None
-        if category != "search" and b.mode == "RO":
-            why = errno.EROFS
-        elif category == "create" and b.mode == "NC":
+        if (category != "search" and b.mode == "RO") or (category == "create" and b.mode == "NC"):
             why = errno.EROFS
         elif existing and relpath not in f.paths:
             why = errno.ENOENT
