@@ -151,12 +151,6 @@ STR = Kind("STR", str)
 POLICY = Kind("POLICY", _policy)
 BRANCHES = Kind("BRANCHES", parse_branches, format_branches)
 
-#: Functions per category (spec section 3).
-FUNCS = {
-    "action": ("chmod", "chown", "link", "removexattr", "rename", "rmdir", "setxattr", "truncate", "unlink", "utimens"),
-    "create": ("create", "mkdir", "mknod", "symlink"),
-    "search": ("access", "getattr", "getxattr", "listxattr", "open", "readlink"),
-}
 CATEGORY_DEFAULTS = {"action": "epall", "create": "pfrd", "search": "ff"}
 
 
@@ -439,7 +433,8 @@ _OPTION_LIST = [
         listed=False,
     ),
 ]
-for _cat, _funcs in FUNCS.items():
+for _cat in policies.CATEGORIES:
+    _funcs = policies.funcs(_cat)
     _OPTION_LIST.append(
         _o(
             f"category.{_cat}",
@@ -627,7 +622,7 @@ class Config:
     def format(self, name: str) -> str:
         opt = OPTIONS[name]
         if name.startswith("category."):
-            found = dict.fromkeys(self.values[f"func.{f}"] for f in FUNCS[name.split(".", 1)[1]])
+            found = dict.fromkeys(self.values[f"func.{f}"] for f in policies.funcs(name.split(".", 1)[1]))
             return ",".join(found)
         if opt.expand is not None:
             return opt.kind.format(False)
@@ -718,11 +713,7 @@ def help_text() -> str:
             continue
         default = Config.defaults().format(o.name) if o.expand is None or o.name.startswith("category.") else ""
         lines.append(f"    -o {o.name}={o.kind.name}\n        {o.doc}" + (f" (default: {default})" if default else ""))
-    lines.append(
-        "    -o func.FUNC=POLICY\n        policy of one function (FUNC: "
-        + ", ".join(f for fs in FUNCS.values() for f in fs)
-        + ")"
-    )
+    lines.append("    -o func.FUNC=POLICY\n        policy of one function (FUNC: " + ", ".join(policies.FUNCS) + ")")
     lines.append("    POLICY: " + ", ".join(policies.NAMES))
     return "\n".join(lines)
 
@@ -743,9 +734,7 @@ def markdown_table() -> str:
             f"| {names} | {_cell(o.kind.name)} | {_cell(default)} | {'yes' if o.runtime else 'no'} | {_cell(o.doc)} |"
         )
     rows.append(
-        "| `func.FUNC` | POLICY | per category | yes | one function's policy: "
-        + ", ".join(f for fs in FUNCS.values() for f in fs)
-        + " |"
+        "| `func.FUNC` | POLICY | per category | yes | one function's policy: " + ", ".join(policies.FUNCS) + " |"
     )
     return "\n".join(rows)
 
