@@ -1,6 +1,6 @@
 """Shared plumbing for the pool tools.
 
-- finding a pool: ``fuse.mergerfs`` entries of /proc/mounts, then the control
+- finding a pool: ``fuse.mergerfs`` entries of the mount table, then the control
   file must answer ``user.mergerfs.version``;
 - the control file: get/set/list ``user.mergerfs.*`` with os.getxattr/setxattr;
 - output: human sizes, a usage bar, a progress bar on stderr when it is a tty,
@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from mergerfs import mounts
 from mergerfs.branches import parse_branches, parse_size
 
 CTL = ".mergerfs"
@@ -45,30 +46,6 @@ class ToolError(Exception):
 
 
 # ------------------------------------------------------------------ the pool
-def _unescape(field: str) -> str:
-    """Undo /proc/mounts octal escapes (``\\040`` for a space, ...)."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def pool_mounts() -> list[str]:
-    """Mountpoints of every ``fuse.mergerfs`` filesystem in /proc/mounts."""
-    out = []
-    with open("/proc/mounts") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 2 and fields[2] == FSTYPE:
-                out.append(_unescape(fields[1]))
-    return out
-
-
 @dataclass(frozen=True)
 class Branch:
     path: str
@@ -113,22 +90,21 @@ class Pool:
 
 def find_pool(path: str | None, exact: bool = False) -> Pool:
     """The pool at (``exact``) or containing ``path``; the only one mounted if ``path`` is None."""
-    mounts = pool_mounts()
+    pools = [m for m in mounts.mounts() if m.fstype == FSTYPE]
     if path is None:
-        if not mounts:
+        if not pools:
             raise ToolError("no mergerfs pool is mounted (none of type fuse.mergerfs in /proc/mounts)")
-        if len(mounts) > 1:
-            raise ToolError("several mergerfs pools are mounted (" + ", ".join(mounts) + "): pass one")
-        mnt = mounts[0]
+        if len(pools) > 1:
+            raise ToolError(
+                "several mergerfs pools are mounted (" + ", ".join(m.mountpoint for m in pools) + "): pass one"
+            )
+        mnt = pools[0].mountpoint
     else:
         real = os.path.realpath(path)
-        if exact:
-            hits = [m for m in mounts if m == real]
-        else:
-            hits = [m for m in mounts if real == m or real.startswith(m.rstrip("/") + "/")]
-        if not hits:
+        hit = mounts.mounted_at(real, pools) if exact else mounts.holding(real, pools)
+        if hit is None:
             raise ToolError(f"{path}: not a mergerfs pool" + ("" if exact else " (nor inside one)"))
-        mnt = max(hits, key=len)
+        mnt = hit.mountpoint
     pool = Pool(mnt)
     try:
         pool.get("version")
