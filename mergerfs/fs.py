@@ -21,7 +21,8 @@ import time
 from typing import NamedTuple
 
 from mergerfs import _fastpath, inodes, policies, ugid
-from mergerfs.branches import LIST_TIMEOUT, Branch, Probe, expand
+from mergerfs.branches import Branch, expand
+from mergerfs.probe import Probe, RequestProbe
 from mergerfs.errors import Aggregate, oserror
 
 log = logging.getLogger("mergerfs")
@@ -35,23 +36,10 @@ RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2  # renameat2(2) flags
 #: ioctls passed to the branch file (the inode-flag family chattr/lsattr use);
 #: anything else answers ENOTTY as on a filesystem without them.
 IOCTLS = frozenset({0x80086601, 0x40086602, 0x80087601, 0x40087602, 0x801C581F, 0x401C5820})
-#: A branch answering these does not know whether a path exists (a network
-#: filesystem whose server is down): such a branch counts as not having it,
-#: so lookups and creates on the other branches go on (as the reference).
-_UNREACHABLE = frozenset(
-    {
-        errno.EIO,
-        errno.ENOTCONN,
-        errno.ETIMEDOUT,
-        errno.EHOSTDOWN,
-        errno.EHOSTUNREACH,
-        errno.ECONNABORTED,
-        errno.ECONNRESET,
-    }
-)
-
 _OPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
 _ACCMODE = os.O_ACCMODE
+#: Seconds a branch's directory listing may take before the listing goes without it.
+LIST_TIMEOUT = 5.0
 
 
 def dirname(relpath: str) -> str:
@@ -68,58 +56,6 @@ class Snapshot(NamedTuple):
 
     cfg: object
     branches: tuple[Branch, ...]
-
-
-class RequestProbe:
-    """Per-operation view of :class:`Probe` that remembers ``lstat`` results.
-
-    Policies ask "does the path exist on this branch?"; the operation then
-    needs the very stat that answered it. Memoising avoids a second syscall.
-    """
-
-    __slots__ = ("_base", "_stats", "_errors")
-
-    def __init__(self, base: Probe) -> None:
-        self._base = base
-        self._stats: dict[tuple[str, str], os.stat_result | None] = {}
-        self._errors: dict[str, int] = {}  # relpath -> first errno other than ENOENT
-
-    def why_missing(self, relpath: str) -> int:
-        """Why ``relpath`` was not found: EACCES, ENAMETOOLONG... beat ENOENT,
-        so a denied lookup answers like native, not as a missing file."""
-        return self._errors.get(relpath, errno.ENOENT)
-
-    def lstat(self, branch: Branch, relpath: str) -> os.stat_result | None:
-        key = (branch.path, relpath)
-        try:
-            return self._stats[key]
-        except KeyError:
-            pass
-        try:
-            st: os.stat_result | None = os.lstat(branch.full(relpath))
-        except OSError as e:
-            st = None
-            if e.errno != errno.ENOENT and e.errno not in _UNREACHABLE:
-                self._errors.setdefault(relpath, e.errno)
-        self._stats[key] = st
-        return st
-
-    def exists(self, branch: Branch, relpath: str) -> bool:
-        return self.lstat(branch, relpath) is not None
-
-    def forget(self, branch: Branch, relpath: str) -> None:
-        """The operation changed ``relpath`` on ``branch``: ask the disk next time."""
-        self._stats.pop((branch.path, relpath), None)
-
-    def mtime(self, branch: Branch, relpath: str) -> float | None:
-        st = self.lstat(branch, relpath)
-        return st.st_mtime if st is not None else None
-
-    def space(self, branch: Branch):
-        return self._base.space(branch)
-
-    def random(self) -> float:
-        return self._base.random()
 
 
 class Handle:

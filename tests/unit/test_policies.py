@@ -77,7 +77,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mergerfs import policies
-from mergerfs.branches import Branch, SpaceInfo
+from mergerfs.branches import Branch
+from mergerfs.probe import SpaceInfo
 
 PATHS = ("/", "/a", "/a/b")
 RANK = {errno.ENOENT: 0, errno.ENOSPC: 1, errno.EROFS: 2}  # anything else: 3
