@@ -25,7 +25,7 @@ from mergerfs.errors import Aggregate, oserror
 from mergerfs.probe import Probe, RequestProbe
 
 if TYPE_CHECKING:
-    from mergerfs.options import Config
+    from mergerfs.config import Config
 
 log = logging.getLogger("mergerfs")
 

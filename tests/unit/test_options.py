@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mergerfs import options, policies
-from mergerfs.options import Config, OptionError, parse_o
+from mergerfs.config import Config, parse_o
+from mergerfs.options import OptionError
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 G = 1 << 30
