@@ -31,21 +31,10 @@ class StatfsOps(Core):
             readonly = b.ro or bool(vfs.f_flag & os.ST_RDONLY)
             drop_avail = (ignore == "ro" and (readonly or b.nc)) or (ignore == "nc" and b.nc)
             rows.append((vfs, drop_avail))
-        if not rows:
-            return dict(
-                f_bsize=4096,
-                f_frsize=4096,
-                f_blocks=0,
-                f_bfree=0,
-                f_bavail=0,
-                f_files=0,
-                f_ffree=0,
-                f_favail=0,
-                f_namemax=255,
-            )
-        frsize = min(v.f_frsize for v, _ in rows) or 4096
+        # the defaults: no branch answered, an empty filesystem of the usual geometry
+        frsize = min((v.f_frsize for v, _ in rows), default=4096) or 4096
         out = dict(
-            f_bsize=min(v.f_bsize for v, _ in rows),
+            f_bsize=min((v.f_bsize for v, _ in rows), default=4096),
             f_frsize=frsize,
             f_blocks=0,
             f_bfree=0,
@@ -53,7 +42,7 @@ class StatfsOps(Core):
             f_files=0,
             f_ffree=0,
             f_favail=0,
-            f_namemax=min(v.f_namemax for v, _ in rows),
+            f_namemax=min((v.f_namemax for v, _ in rows), default=255),
         )
         for v, drop_avail in rows:
             scale = v.f_frsize / frsize

@@ -196,9 +196,12 @@ def emit_json(obj: object) -> None:
 
 
 # -------------------------------------------------------------- the CLI frame
-def parser(prog: str, description: str) -> argparse.ArgumentParser:
+def parser(prog: str, description: str, path: tuple[str, str] | None = None) -> argparse.ArgumentParser:
+    """The tool's argument parser; ``path``: (metavar, help) of its pool path argument."""
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    if path is not None:
+        p.add_argument("path", metavar=path[0], help=path[1])
     return p
 
 
