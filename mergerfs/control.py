@@ -14,8 +14,8 @@ import threading
 
 from mergerfs import COMPAT_VERSION, options
 from mergerfs.branches import check_runtime, expand_specs, format_branches, parse_branches
-from mergerfs.lanes import Stalled
 from mergerfs.errors import oserror
+from mergerfs.lanes import Stalled
 
 NAME = ".mergerfs"
 PREFIX = "user.mergerfs."

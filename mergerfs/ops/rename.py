@@ -8,8 +8,8 @@ import os
 
 from mergerfs import _fastpath, policies, ugid
 from mergerfs.branches import Branch
-from mergerfs.errors import Aggregate, oserror
 from mergerfs.clone import remove_quietly
+from mergerfs.errors import Aggregate, oserror
 from mergerfs.ops.core import EXDEV_DIR, Snapshot, dirname, join
 from mergerfs.ops.create import CreateOps
 from mergerfs.probe import RequestProbe

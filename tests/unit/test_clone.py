@@ -78,8 +78,8 @@ def test_clonepath_copies_each_missing_directory(tmp_path):
 
 
 def test_link_cow_gives_the_opened_name_its_own_copy(tmp_path):
-    from mergerfs.fs import FileSystem
     from mergerfs.config import Config
+    from mergerfs.fs import FileSystem
 
     branch = tmp_path / "b"
     branch.mkdir()
