@@ -36,6 +36,7 @@ from mergerfs.ops.remove import RemoveOps
 from mergerfs.ops.rename import RENAME_EXCHANGE, RENAME_NOREPLACE, RenameOps
 from mergerfs.ops.statfs import StatfsOps
 from mergerfs.ops.xattr import XattrOps
+from mergerfs.probe import RequestProbe
 
 __all__ = [
     "ERROR_ENTRY",
@@ -46,6 +47,7 @@ __all__ = [
     "DirHandle",
     "FileSystem",
     "Handle",
+    "RequestProbe",
     "Snapshot",
     "copy_xattrs",
     "dirname",
