@@ -38,7 +38,11 @@ def test_handler_bug_is_eio_and_mount_survives(tmp_path):
     log_path = tmp_path / "log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-c", INJECT, "-f", str(b), str(mnt)], stderr=log, env=cmd_env(), cwd=REPO
+            # func.getattr=newest: Python answers lookups (the compiled loop serves only the plain ff search)
+            [sys.executable, "-c", INJECT, "-f", "-o", "func.getattr=newest", str(b), str(mnt)],
+            stderr=log,
+            env=cmd_env(),
+            cwd=REPO,
         )
     try:
         assert wait_until(lambda: is_pool_mounted(str(mnt)), 20)
