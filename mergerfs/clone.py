@@ -19,6 +19,7 @@ import stat as S
 from collections.abc import Callable
 
 from mergerfs import _fastpath
+from mergerfs.branches import Branch
 from mergerfs.errors import oserror
 
 CHUNK = 1 << 20
@@ -92,9 +93,9 @@ def clonefile(
 
 
 def clonepath(
-    dst,
+    dst: Branch,
     relpath: str,
-    source: Callable[[str], tuple],
+    source: Callable[[str], tuple[Branch, os.stat_result]],
     probe,
     privileged: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> None:
