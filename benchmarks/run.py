@@ -26,6 +26,8 @@ import tempfile
 import time
 import zlib
 
+from mergerfs import mounts
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 MiB = 1 << 20
@@ -86,12 +88,7 @@ def sh(*cmd, **kw):
 
 
 def mountpoints():
-    out = set()
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mp = line.split()[4]
-            out.add(mp.encode().decode("unicode_escape"))
-    return out
+    return {m.mountpoint for m in mounts.mounts()}
 
 
 def is_mounted(path):

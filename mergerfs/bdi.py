@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 
+from mergerfs import mounts
+
 log = logging.getLogger("mergerfs")
 
 SYSFS = "/sys"
@@ -14,14 +16,8 @@ SYSFS = "/sys"
 def _mount_dev(mountpoint: str) -> str | None:
     """``MAJ:MIN`` of what is mounted at ``mountpoint``, from mountinfo (a stat of
     our own pool from the daemon could wait on itself before the loop runs)."""
-    found = None
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            fields = line.split()
-            mp = fields[4].decode("utf-8", "surrogateescape")
-            if mp.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\") == mountpoint:
-                found = fields[2].decode()
-    return found
+    m = mounts.mounted_at(mountpoint)
+    return m.dev if m is not None else None
 
 
 def readahead_files(dev: str) -> list[str]:

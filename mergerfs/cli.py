@@ -2,7 +2,7 @@
 
 Parses argv the way the reference (libfuse's option parser) does: options and
 positionals in any order, ``-o`` repeatable, later settings winning. Turns the
-result into a :class:`~mergerfs.options.Config` and hands it to
+result into a :class:`~mergerfs.config.Config` and hands it to
 :func:`mergerfs.lifecycle.run`. Every refusal is one line on stderr and exit 1.
 """
 
@@ -12,7 +12,8 @@ import os
 import sys
 
 from mergerfs import COMPAT_VERSION, __version__
-from mergerfs.options import Config, OptionError, help_text, parse_o
+from mergerfs.config import Config, parse_o
+from mergerfs.options import OptionError, help_text
 
 USAGE = "usage: mergerfs [options] <branches> <mountpoint>"
 

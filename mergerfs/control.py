@@ -13,8 +13,9 @@ import os
 import threading
 
 from mergerfs import COMPAT_VERSION, options
-from mergerfs.branches import Stalled, check_runtime, expand_specs, format_branches, parse_branches
+from mergerfs.branches import check_runtime, expand_specs, format_branches, parse_branches
 from mergerfs.errors import oserror
+from mergerfs.lanes import Stalled
 
 NAME = ".mergerfs"
 PREFIX = "user.mergerfs."

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 
-from mergerfs import bdi
+from mergerfs import bdi, mounts
 from mergerfs.branches import expand, invalid_branches
 
 log = logging.getLogger("mergerfs")
@@ -52,25 +52,15 @@ class MountError(Exception):
     """A problem that stops the mount; its text is the one line the user sees."""
 
 
-def _mountinfo() -> dict[str, str]:
-    """Mountpoint -> ``major:minor`` of what is mounted there (the newest mount wins)."""
-    points = {}
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            fields = line.split()
-            field = fields[4].decode("utf-8", "surrogateescape")
-            points[field.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")] = fields[2].decode()
-    return points
-
-
 def is_mountpoint(path: str) -> bool:
-    return os.path.realpath(path) in _mountinfo()
+    return mounts.mounted_at(os.path.realpath(path)) is not None
 
 
 def mounted_device(path: str) -> str | None:
     """``major:minor`` of the filesystem mounted at ``path`` (resolved: it is not
     resolved here, so a daemon may ask about its own mount), or None."""
-    return _mountinfo().get(path)
+    m = mounts.mounted_at(path)
+    return m.dev if m is not None else None
 
 
 def check(cfg) -> None:

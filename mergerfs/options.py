@@ -1,14 +1,13 @@
 """The option table: one :class:`Option` per option drives everything.
 
-``-o`` parsing, config files, the control file's ``user.mergerfs.*`` keys,
-``--help`` and the README's option table all read :data:`OPTIONS`; there is
-no other list of option names. :class:`Config` holds parsed values by
-canonical name and is copied, changed and swapped whole (never edited live).
+``-o`` parsing and config files (:mod:`mergerfs.config`), the control file's
+``user.mergerfs.*`` keys, ``--help`` and the README's option table all read
+:data:`OPTIONS`; there is no other list of option names. Each option's
+:class:`Kind` says how its value is parsed and written back.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 from typing import Any, Callable, NamedTuple
 
@@ -38,7 +37,7 @@ def _bool(text: str) -> bool:
     raise ValueError(text)
 
 
-def _ranged(lo: int, hi: int, base: int = 10) -> Callable[[str], int]:
+def ranged(lo: int, hi: int, base: int = 10) -> Callable[[str], int]:
     """An integer parser refusing what the reference's C type cannot hold."""
 
     def parse(text: str) -> int:
@@ -50,10 +49,8 @@ def _ranged(lo: int, hi: int, base: int = 10) -> Callable[[str], int]:
     return parse
 
 
-_uint = _ranged(0, 2**64 - 1)  # uint64_t
-_int = _ranged(-(2**31), 2**31 - 1)  # int
-#: Generic FUSE options with a number: libfuse reads them as unsigned int (umask: octal mode).
-_FUSE_NUMBER = {"umask": _ranged(0, 0o7777, 8)}
+_uint = ranged(0, 2**64 - 1)  # uint64_t
+_int = ranged(-(2**31), 2**31 - 1)  # int
 
 
 def _size(text: str) -> int:
@@ -91,7 +88,7 @@ def _readdir(text: str) -> str:
     if mode not in ("seq", "cosr", "cor") or len(nums) > 2:
         raise ValueError(text)
     for n in nums:
-        _ranged(-(2**31), 2**31 - 1)(n)
+        ranged(-(2**31), 2**31 - 1)(n)
     return text
 
 
@@ -151,12 +148,6 @@ STR = Kind("STR", str)
 POLICY = Kind("POLICY", _policy)
 BRANCHES = Kind("BRANCHES", parse_branches, format_branches)
 
-#: Functions per category (spec section 3).
-FUNCS = {
-    "action": ("chmod", "chown", "link", "removexattr", "rename", "rmdir", "setxattr", "truncate", "unlink", "utimens"),
-    "create": ("create", "mkdir", "mknod", "symlink"),
-    "search": ("access", "getattr", "getxattr", "listxattr", "open", "readlink"),
-}
 CATEGORY_DEFAULTS = {"action": "epall", "create": "pfrd", "search": "ff"}
 
 
@@ -318,7 +309,7 @@ _OPTION_LIST = [
     ),
     _o(
         "scheduling-priority",
-        Kind("-20..19", _ranged(-20, 19)),
+        Kind("-20..19", ranged(-20, 19)),
         -10,
         "nice value the daemon sets for itself at start",
         runtime=False,
@@ -370,7 +361,7 @@ _OPTION_LIST = [
     ),
     _o(
         "passthrough.max-stack-depth",
-        Kind("1|2", _ranged(1, 2)),
+        Kind("1|2", ranged(1, 2)),
         1,
         "filesystem stacking depth allowed above a passthrough branch",
         runtime=False,
@@ -439,7 +430,8 @@ _OPTION_LIST = [
         listed=False,
     ),
 ]
-for _cat, _funcs in FUNCS.items():
+for _cat in policies.CATEGORIES:
+    _funcs = policies.funcs(_cat)
     _OPTION_LIST.append(
         _o(
             f"category.{_cat}",
@@ -460,89 +452,6 @@ for _opt in _OPTION_LIST:
         _ALIASES[_k.replace("-", "_")] = _opt.name
         _ALIASES[_k.replace("_", "-")] = _opt.name
 
-# Generic mount options fstab/mount(8) hand us. Values: pass to FUSE as-is,
-# or None: accepted and ignored (the kernel mount flags libfuse 2 sets itself,
-# or options only mount(8) cares about).
-_FUSE_PASS = {
-    "allow_other",
-    "allow_root",
-    "default_permissions",
-    "ro",
-    "rw",
-    "nosuid",
-    "nodev",
-    "noexec",
-    "suid",
-    "dev",
-    "exec",
-    "sync",
-    "async",
-    "dirsync",
-    "atime",
-    "noatime",
-}
-_IGNORED = {
-    "defaults",
-    "nonempty",
-    "nofail",
-    "noauto",
-    "auto",
-    "user",
-    "users",
-    "nouser",
-    "owner",
-    "group",
-    "_netdev",
-    "relatime",
-    "norelatime",
-    "strictatime",
-    "nostrictatime",
-    "lazytime",
-    "nolazytime",
-    "diratime",
-    "nodiratime",
-    "hard_remove",
-    "large_read",
-    "big_writes",
-    "splice_read",
-    "splice_write",
-    "splice_move",
-    "auto_unmount",
-    "atomic_o_trunc",
-    "no_remote_lock",
-    "dropcacheonclose_",
-    "iversion",
-    "noiversion",
-    "silent",
-    "loud",
-    "blkdev",
-}
-_FUSE_VALUED = {
-    "fsname",
-    "subtype",
-    "max_read",
-    "max_write",
-    "max_readahead",
-    "uid",
-    "gid",
-    "umask",
-    "blksize",
-    "max_background",
-    "congestion_threshold",
-}
-_NUMERIC = {
-    "uid",
-    "gid",
-    "umask",
-    "max_read",
-    "max_write",
-    "max_readahead",
-    "blksize",
-    "max_background",
-    "congestion_threshold",
-}
-_IGNORED_PREFIXES = ("x-", "comment=", "context=", "fscontext=", "defcontext=", "rootcontext=", "helper=")
-
 
 def lookup(key: str) -> Option:
     """The option named ``key`` (any accepted spelling); OptionError if unknown."""
@@ -552,179 +461,24 @@ def lookup(key: str) -> Option:
     return OPTIONS[name]
 
 
-# -------------------------------------------------------------------- config
-class Config:
-    """Parsed option values by canonical name, plus the generic FUSE options."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, Any] = {}
-        self.fuse_options: list[str] = []
-        self.mountpoint: str | None = None
-
-    @classmethod
-    def defaults(cls) -> "Config":
-        cfg = cls()
-        for opt in _OPTION_LIST:
-            if opt.expand is None:
-                cfg.values[opt.name] = list(opt.default) if isinstance(opt.default, list) else opt.default
-        return cfg
-
-    def copy(self) -> "Config":
-        c = Config()
-        c.values = dict(self.values)
-        c.fuse_options = list(self.fuse_options)
-        c.mountpoint = self.mountpoint
-        return c
-
-    def __getitem__(self, name: str) -> Any:
-        return self.values[name]
-
-    def policy(self, func: str) -> str:
-        return self.values[f"func.{func}"]
-
-    def apply(self, key: str, value: str | None) -> None:
-        """Apply ``key[=value]``; on error raise OptionError and change nothing."""
-        key = key.strip()
-        if key in _IGNORED or (key + ("" if value is None else "=")).startswith(_IGNORED_PREFIXES):
-            return
-        if key in _FUSE_PASS and value is None:
-            self._fuse(key)
-            return
-        if key in _FUSE_VALUED and key != "fsname":
-            if value is None:
-                raise OptionError(f"option '{key}' needs a value")
-            try:
-                if key in _NUMERIC:
-                    _FUSE_NUMBER.get(key, _ranged(0, 2**32 - 1))(value)
-            except ValueError:
-                raise OptionError(f"invalid value for option '{key}': '{value}'") from None
-            self._fuse(f"{key}={value}")
-            return
-        if not key:
-            raise OptionError(f"missing option name in '={value or ''}'")
-        opt = lookup(key)
-        parsed = opt.parse(value)
-        if opt.name == "mountpoint":
-            self.mountpoint = parsed
-            return
-        if opt.name == "config":
-            self.values["config"] = parsed
-            for lineno, (k, v) in load_config_file(parsed):
-                try:
-                    self.apply(k, v)
-                except OptionError as e:
-                    raise OptionError(f"{parsed}:{lineno}: {e}") from None
-            return
-        if opt.expand is not None:
-            self.values.update(opt.expand(parsed))
-        else:
-            self.values[opt.name] = parsed
-
-    def _fuse(self, opt: str) -> None:
-        name = opt.partition("=")[0]
-        self.fuse_options = [o for o in self.fuse_options if o.partition("=")[0] != name] + [opt]
-
-    def format(self, name: str) -> str:
-        opt = OPTIONS[name]
-        if name.startswith("category."):
-            found = dict.fromkeys(self.values[f"func.{f}"] for f in FUNCS[name.split(".", 1)[1]])
-            return ",".join(found)
-        if opt.expand is not None:
-            return opt.kind.format(False)
-        if name == "mountpoint":
-            return self.mountpoint or ""
-        value = self.values.get(name)
-        return "" if value is None else opt.kind.format(value)
-
-    def keys(self) -> list[str]:
-        """Control-file keys in listing order: 2.42's names, sorted as 2.42 lists them
-        (2.33.5's spellings, ``srcmounts`` and ``mount`` still read and write)."""
-        return sorted(o.name for o in _OPTION_LIST if o.listed)
-
-
-# ------------------------------------------------------------------ parsing
-def parse_o(text: str) -> list[tuple[str, str | None]]:
-    """Split one ``-o`` argument into (key, value|None) pairs.
-
-    A bare size after a branch entry (``branches=/a=RW,10G``) belongs to that
-    entry's minfreespace, not to a new option.
-    """
-    out: list[tuple[str, str | None]] = []
-    for token in _split_commas(text):
-        if not token:
-            continue
-        key, sep, value = token.partition("=")
-        if (
-            out
-            and not sep
-            and _looks_like_size(token)
-            and out[-1][0] in ("branches", "srcmounts")
-            and out[-1][1]
-            and re.search(r"=(RW|RO|NC)$", out[-1][1], re.IGNORECASE)
-        ):
-            out[-1] = (out[-1][0], f"{out[-1][1]},{token}")
-            continue
-        out.append((key.strip(), value if sep else None))
-    return out
-
-
-def _split_commas(text: str) -> list[str]:
-    parts, cur, escape = [], [], False
-    for ch in text:
-        if escape:
-            cur.append(ch)
-            escape = False
-        elif ch == "\\":
-            escape = True
-        elif ch == ",":
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    parts.append("".join(cur))
-    return parts
-
-
-def _looks_like_size(token: str) -> bool:
-    try:
-        parse_size(token)
-    except ValueError:
-        return False
-    return True
-
-
-def load_config_file(path: str) -> list[tuple[int, tuple[str, str | None]]]:
-    """(line number, (key, value|None)) for each setting in a config file."""
-    try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise OptionError(f"cannot read config file '{path}': {e.strerror}") from None
-    out: list[tuple[int, tuple[str, str | None]]] = []
-    for lineno, line in enumerate(lines, 1):
-        line = line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
-        if not line:
-            continue
-        key, sep, value = line.partition("=")
-        out.append((lineno, (key.strip(), value.strip() if sep else None)))
-    return out
-
-
 # --------------------------------------------------------------- docs/help
 def help_text() -> str:
     lines = []
     for o in _OPTION_LIST:
         if o.name.startswith("func.") and o.name != "func.readdir":
             continue
-        default = Config.defaults().format(o.name) if o.expand is None or o.name.startswith("category.") else ""
+        default = _default_text(o)
         lines.append(f"    -o {o.name}={o.kind.name}\n        {o.doc}" + (f" (default: {default})" if default else ""))
-    lines.append(
-        "    -o func.FUNC=POLICY\n        policy of one function (FUNC: "
-        + ", ".join(f for fs in FUNCS.values() for f in fs)
-        + ")"
-    )
+    lines.append("    -o func.FUNC=POLICY\n        policy of one function (FUNC: " + ", ".join(policies.FUNCS) + ")")
     lines.append("    POLICY: " + ", ".join(policies.NAMES))
     return "\n".join(lines)
+
+
+def _default_text(o: Option) -> str:
+    """The default as ``-o`` would write it (none shown for aliases of other options)."""
+    if o.expand is not None and not o.name.startswith("category."):
+        return ""
+    return "" if o.default is None else o.kind.format(o.default)
 
 
 def _cell(text: str) -> str:
@@ -732,20 +486,17 @@ def _cell(text: str) -> str:
 
 
 def markdown_table() -> str:
-    defaults = Config.defaults()
     rows = ["| option | values | default | runtime | description |", "|---|---|---|---|---|"]
     for o in _OPTION_LIST:
         if o.name.startswith("func.") and o.name != "func.readdir":
             continue
-        default = defaults.format(o.name) if o.expand is None or o.name.startswith("category.") else ""
+        default = _default_text(o)
         names = ", ".join(f"`{n}`" for n in o.spellings)
         rows.append(
             f"| {names} | {_cell(o.kind.name)} | {_cell(default)} | {'yes' if o.runtime else 'no'} | {_cell(o.doc)} |"
         )
     rows.append(
-        "| `func.FUNC` | POLICY | per category | yes | one function's policy: "
-        + ", ".join(f for fs in FUNCS.values() for f in fs)
-        + " |"
+        "| `func.FUNC` | POLICY | per category | yes | one function's policy: " + ", ".join(policies.FUNCS) + " |"
     )
     return "\n".join(rows)
 

@@ -10,7 +10,7 @@ Every policy is a module in this package exposing three pure functions::
 ``relpath`` the ``/``-prefixed pool path whose existence matters (for create
 functions: the *parent* directory of the new entry), ``probe`` supplies the
 facts (``exists``, ``space``, ``mtime``, ``random``; see
-:class:`~mergerfs.branches.Probe`). A policy never touches the disk itself.
+:class:`~mergerfs.probe.Probe`). A policy never touches the disk itself.
 
 Results are ordered; the caller decides how many it uses (create uses the
 first, except mkdir/mknod/symlink under ``all``/``epall``; action uses all;
@@ -21,34 +21,60 @@ Non-``ep`` policies delegate action and search to their ``ep`` twin.
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
-#: Policy names users type, in documentation order.
-NAMES = (
-    "all",
-    "epall",
-    "epff",
-    "eplfs",
-    "eplup",
-    "eplus",
-    "epmfs",
-    "eppfrd",
-    "eprand",
-    "erofs",
-    "ff",
-    "lfs",
-    "lup",
-    "lus",
-    "mfs",
-    "msplfs",
-    "msplus",
-    "mspmfs",
-    "msppfrd",
-    "newest",
-    "pfrd",
-    "rand",
+from mergerfs.policies import all as all_
+from mergerfs.policies import (
+    epall,
+    epff,
+    eplfs,
+    eplup,
+    eplus,
+    epmfs,
+    eppfrd,
+    eprand,
+    erofs,
+    ff,
+    lfs,
+    lup,
+    lus,
+    mfs,
+    msplfs,
+    msplus,
+    mspmfs,
+    msppfrd,
+    newest,
+    pfrd,
+    rand,
 )
+
+#: Policy name -> its module, in documentation order.
+REGISTRY: dict[str, ModuleType] = {
+    "all": all_,
+    "epall": epall,
+    "epff": epff,
+    "eplfs": eplfs,
+    "eplup": eplup,
+    "eplus": eplus,
+    "epmfs": epmfs,
+    "eppfrd": eppfrd,
+    "eprand": eprand,
+    "erofs": erofs,
+    "ff": ff,
+    "lfs": lfs,
+    "lup": lup,
+    "lus": lus,
+    "mfs": mfs,
+    "msplfs": msplfs,
+    "msplus": msplus,
+    "mspmfs": mspmfs,
+    "msppfrd": msppfrd,
+    "newest": newest,
+    "pfrd": pfrd,
+    "rand": rand,
+}
+#: Policy names users type, in documentation order.
+NAMES = tuple(REGISTRY)
 
 #: Policies whose create only considers branches where the parent exists.
 PATH_PRESERVING = frozenset(
@@ -57,20 +83,42 @@ PATH_PRESERVING = frozenset(
 
 CATEGORIES = ("action", "create", "search")
 
-_cache: dict[str, ModuleType] = {}
+#: Each function's category (spec section 3): the one table the options
+#: (``func.*``, ``category.*``), the operations and ``--help`` read; grouped by category.
+FUNCS: dict[str, str] = {
+    "chmod": "action",
+    "chown": "action",
+    "link": "action",
+    "removexattr": "action",
+    "rename": "action",
+    "rmdir": "action",
+    "setxattr": "action",
+    "truncate": "action",
+    "unlink": "action",
+    "utimens": "action",
+    "create": "create",
+    "mkdir": "create",
+    "mknod": "create",
+    "symlink": "create",
+    "access": "search",
+    "getattr": "search",
+    "getxattr": "search",
+    "listxattr": "search",
+    "open": "search",
+    "readlink": "search",
+}
+
+
+def funcs(category: str) -> tuple[str, ...]:
+    """The functions of ``category``, in table order."""
+    return tuple(f for f, c in FUNCS.items() if c == category)
 
 
 def get(name: str) -> ModuleType:
     """The policy module for ``name``; KeyError for an unknown policy."""
-    mod = _cache.get(name)
-    if mod is None:
-        if name not in NAMES:
-            raise KeyError(name)
-        mod = importlib.import_module(f"{__name__}.{name}")
-        _cache[name] = mod
-    return mod
+    return REGISTRY[name]
 
 
 def select(category: str, name: str, branches, relpath: str, probe):
     """Run policy ``name`` for ``category`` ('action'|'create'|'search')."""
-    return getattr(get(name), category)(branches, relpath, probe)
+    return getattr(REGISTRY[name], category)(branches, relpath, probe)

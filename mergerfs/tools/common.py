@@ -1,6 +1,6 @@
 """Shared plumbing for the pool tools.
 
-- finding a pool: ``fuse.mergerfs`` entries of /proc/mounts, then the control
+- finding a pool: ``fuse.mergerfs`` entries of the mount table, then the control
   file must answer ``user.mergerfs.version``;
 - the control file: get/set/list ``user.mergerfs.*`` with os.getxattr/setxattr;
 - output: human sizes, a usage bar, a progress bar on stderr when it is a tty,
@@ -23,9 +23,11 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
-from mergerfs.branches import parse_branches, parse_size
+from mergerfs import mounts
+from mergerfs.branches import Branch, parse_branches, parse_size
+from mergerfs.clone import CHUNK, clonefile, clonepath
+from mergerfs.probe import Probe, RequestProbe
 
 CTL = ".mergerfs"
 PREFIX = "user.mergerfs."
@@ -33,7 +35,6 @@ FSTYPE = "fuse.mergerfs"
 # Names the tools create on branches; every walk skips them, recovery removes them.
 TOOL_PREFIX = ".mergerfs-tools."
 JOURNAL = TOOL_PREFIX + "journal"
-CHUNK = 1 << 20
 
 
 class ToolError(Exception):
@@ -45,36 +46,6 @@ class ToolError(Exception):
 
 
 # ------------------------------------------------------------------ the pool
-def _unescape(field: str) -> str:
-    """Undo /proc/mounts octal escapes (``\\040`` for a space, ...)."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def pool_mounts() -> list[str]:
-    """Mountpoints of every ``fuse.mergerfs`` filesystem in /proc/mounts."""
-    out = []
-    with open("/proc/mounts") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 2 and fields[2] == FSTYPE:
-                out.append(_unescape(fields[1]))
-    return out
-
-
-@dataclass(frozen=True)
-class Branch:
-    path: str
-    mode: str  # RW, RO or NC
-
-
 class Pool:
     """A mounted pool reached through its control file."""
 
@@ -113,22 +84,21 @@ class Pool:
 
 def find_pool(path: str | None, exact: bool = False) -> Pool:
     """The pool at (``exact``) or containing ``path``; the only one mounted if ``path`` is None."""
-    mounts = pool_mounts()
+    pools = [m for m in mounts.mounts() if m.fstype == FSTYPE]
     if path is None:
-        if not mounts:
+        if not pools:
             raise ToolError("no mergerfs pool is mounted (none of type fuse.mergerfs in /proc/mounts)")
-        if len(mounts) > 1:
-            raise ToolError("several mergerfs pools are mounted (" + ", ".join(mounts) + "): pass one")
-        mnt = mounts[0]
+        if len(pools) > 1:
+            raise ToolError(
+                "several mergerfs pools are mounted (" + ", ".join(m.mountpoint for m in pools) + "): pass one"
+            )
+        mnt = pools[0].mountpoint
     else:
         real = os.path.realpath(path)
-        if exact:
-            hits = [m for m in mounts if m == real]
-        else:
-            hits = [m for m in mounts if real == m or real.startswith(m.rstrip("/") + "/")]
-        if not hits:
+        hit = mounts.mounted_at(real, pools) if exact else mounts.holding(real, pools)
+        if hit is None:
             raise ToolError(f"{path}: not a mergerfs pool" + ("" if exact else " (nor inside one)"))
-        mnt = max(hits, key=len)
+        mnt = hit.mountpoint
     pool = Pool(mnt)
     try:
         pool.get("version")
@@ -226,9 +196,12 @@ def emit_json(obj: object) -> None:
 
 
 # -------------------------------------------------------------- the CLI frame
-def parser(prog: str, description: str) -> argparse.ArgumentParser:
+def parser(prog: str, description: str, path: tuple[str, str] | None = None) -> argparse.ArgumentParser:
+    """The tool's argument parser; ``path``: (metavar, help) of its pool path argument."""
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    if path is not None:
+        p.add_argument("path", metavar=path[0], help=path[1])
     return p
 
 
@@ -312,11 +285,18 @@ def full(branch: str, rel: str) -> str:
     return os.path.join(branch, rel.lstrip("/")) if rel != "/" else branch
 
 
-def digest(path: str) -> str:
+def digest(file: str | int) -> str:
+    """SHA-256 of a file, by path or open fd (read from its start)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
+    if isinstance(file, int):
+        off = 0
+        while chunk := os.pread(file, CHUNK, off):
             h.update(chunk)
+            off += len(chunk)
+    else:
+        with open(file, "rb") as f:
+            while chunk := f.read(CHUNK):
+                h.update(chunk)
     return h.hexdigest()
 
 
@@ -361,31 +341,6 @@ def _write_journal(branch: str, entry: dict) -> None:
     _fsync_dir(branch)
 
 
-def clone_dirs(src_branch: str, dst_branch: str, reldir: str) -> None:
-    """Create ``reldir``'s missing parents on ``dst_branch`` with the source's mode, owner, times."""
-    parts = [p for p in reldir.strip("/").split("/") if p]
-    for i in range(1, len(parts) + 1):
-        rel = "/".join(parts[:i])
-        d = os.path.join(dst_branch, rel)
-        if os.path.isdir(d):
-            continue
-        st = os.stat(os.path.join(src_branch, rel))
-        os.mkdir(d, stat.S_IMODE(st.st_mode))
-        os.chown(d, st.st_uid, st.st_gid)
-        os.chmod(d, stat.S_IMODE(st.st_mode))
-        os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
-def _copy_meta(src: str, dst: str, st: os.stat_result) -> None:
-    with contextlib.suppress(OSError):
-        for name in os.listxattr(src, follow_symlinks=False):
-            with contextlib.suppress(OSError):
-                os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=False))
-    os.chown(dst, st.st_uid, st.st_gid)
-    os.chmod(dst, stat.S_IMODE(st.st_mode))
-    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
 def transfer(src_branch: str, dst_branch: str, rel: str, move: bool) -> None:
     """Copy (``move``: and then remove the source of) ``rel`` from one branch to another.
 
@@ -397,31 +352,36 @@ def transfer(src_branch: str, dst_branch: str, rel: str, move: bool) -> None:
     dropped, or the move is completed if the renamed copy is verified.
     Raises OSError/ToolError; the file is then untouched at its source.
     """
+    src_b, dst_b = Branch(src_branch), Branch(dst_branch)
     src, dst = full(src_branch, rel), full(dst_branch, rel)
     st = os.lstat(src)
     if os.path.lexists(dst):
         raise ToolError(f"{rel}: already on {dst_branch}", 1)
-    clone_dirs(src_branch, dst_branch, os.path.dirname(rel))
+    clonepath(dst_b, os.path.dirname(rel), lambda r: (src_b, os.stat(src_b.full(r))), RequestProbe(Probe()))
     tmp = os.path.join(os.path.dirname(dst), f"{TOOL_PREFIX}{os.getpid()}.tmp")
     _write_journal(dst_branch, {"src": src_branch, "dst": dst_branch, "rel": rel, "tmp": tmp, "move": move})
     try:
         _crashpoint("journal")
         h = hashlib.sha256()
-        with open(src, "rb") as fi, open(tmp, "xb") as fo:
-            while chunk := fi.read(CHUNK):
-                h.update(chunk)
-                fo.write(chunk)
-                _crashpoint("copy")
-            fo.flush()
-            os.fsync(fo.fileno())
-        if os.stat(tmp).st_size != st.st_size or digest(tmp) != h.hexdigest():
-            raise ToolError(f"{rel}: copy on {dst_branch} does not verify", 1)
-        now = os.lstat(src)
-        if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
-            raise ToolError(f"{rel}: changed while being copied, left in place", 1)
-        _copy_meta(src, tmp, st)
-        _crashpoint("verified")
-        os.rename(tmp, dst)
+
+        def each(chunk: bytes) -> None:
+            h.update(chunk)
+            _crashpoint("copy")
+
+        def check(out: int) -> None:
+            os.fsync(out)
+            if os.fstat(out).st_size != st.st_size or digest(out) != h.hexdigest():
+                raise ToolError(f"{rel}: copy on {dst_branch} does not verify", 1)
+            now = os.lstat(src)
+            if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+                raise ToolError(f"{rel}: changed while being copied, left in place", 1)
+            _crashpoint("verified")
+
+        fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            clonefile(fd, st, tmp, dst, src, each, check)
+        finally:
+            os.close(fd)
         _fsync_dir(os.path.dirname(dst))
         _crashpoint("renamed")
         if move:

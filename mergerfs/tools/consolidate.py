@@ -20,15 +20,14 @@ from mergerfs.tools.common import (
 )
 
 PROG = "mergerfs-consolidate"
+ABOUT = (
+    "Move the files under a pool directory onto one branch (by default the one "
+    "already holding most of its bytes). Dry-run unless --execute."
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser(
-        PROG,
-        "Move the files under a pool directory onto one branch (by default the one "
-        "already holding most of its bytes). Dry-run unless --execute.",
-    )
-    p.add_argument("path", metavar="DIR", help="a pool directory")
+    p = parser(PROG, ABOUT, ("DIR", "a pool directory"))
     p.add_argument("-b", "--branch", help="the branch to gather onto")
     execute_flag(p)
     args = p.parse_args(argv)

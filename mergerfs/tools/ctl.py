@@ -10,10 +10,10 @@ import shutil
 import subprocess
 import sys
 
+from mergerfs import mounts
 from mergerfs.tools.common import (
     Pool,
     ToolError,
-    _unescape,
     bar,
     emit_json,
     find_pool,
@@ -195,31 +195,14 @@ def remove_branch(pool: Pool, args) -> int:
 LOG_LINES = 50
 
 
-def _mountinfo() -> list[list[str]]:
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        return [line.split() for line in f]
-
-
-def _mount_of(path: str, table: list[list[str]]) -> dict:
+def _mount_of(path: str, table: list[mounts.Mount]) -> dict:
     """The mountinfo entry holding ``path``: the longest mountpoint above it."""
-    real = os.path.realpath(path)
-    best: list[str] | None = None
-    for fields in table:
-        mp = _unescape(fields[4])
-        if (real == mp or real.startswith(mp.rstrip("/") + "/")) and (
-            best is None or len(mp) >= len(_unescape(best[4]))
-        ):
-            best = fields
-    if best is None:
+    m = mounts.holding(os.path.realpath(path), table)
+    if m is None:
         return {}
-    sep = best.index("-")
-    return {
-        "mountpoint": _unescape(best[4]),
-        "fstype": best[sep + 1],
-        "source": _unescape(best[sep + 2]),
-        "options": best[5],
-        "super_options": best[sep + 3] if len(best) > sep + 3 else "",
-    }
+    out = m._asdict()
+    del out["dev"]
+    return out
 
 
 def _recent_log(log_file: str) -> tuple[str, list[str]]:
@@ -257,7 +240,7 @@ def collect_info(pool: Pool, args) -> int:
     """What a bug report needs, in one go (nothing is changed)."""
     from mergerfs import __version__
 
-    table = _mountinfo()
+    table = mounts.mounts()
     options = pool.options()
     pid = options.get("pid", "")
     try:

@@ -21,6 +21,10 @@ from mergerfs.tools.common import (
 )
 
 PROG = "mergerfs-dedup"
+ABOUT = (
+    "Report files present on more than one branch; with --execute keep one "
+    "copy per file (chosen by --rule) and remove the others."
+)
 # rule -> sort key over (branch index, branch path, lstat); the smallest key is kept
 RULES = {
     "newest": lambda i, b, st: (-st.st_mtime_ns, i),
@@ -34,12 +38,7 @@ RULES = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser(
-        PROG,
-        "Report files present on more than one branch; with --execute keep one "
-        "copy per file (chosen by --rule) and remove the others.",
-    )
-    p.add_argument("path", metavar="PATH", help="a pool path (directory or file)")
+    p = parser(PROG, ABOUT, ("PATH", "a pool path (directory or file)"))
     p.add_argument(
         "-r",
         "--rule",

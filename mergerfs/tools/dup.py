@@ -17,13 +17,11 @@ from mergerfs.tools.common import (
 )
 
 PROG = "mergerfs-dup"
+ABOUT = "Copy files under PATH so each exists on COUNT branches (newest copy wins). Dry-run unless --execute."
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser(
-        PROG, "Copy files under PATH so each exists on COUNT branches (newest copy wins). Dry-run unless --execute."
-    )
-    p.add_argument("path", metavar="PATH", help="a pool path (directory or file)")
+    p = parser(PROG, ABOUT, ("PATH", "a pool path (directory or file)"))
     p.add_argument("-c", "--count", type=int, default=2, help="copies wanted (default 2)")
     execute_flag(p)
     args = p.parse_args(argv)

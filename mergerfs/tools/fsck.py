@@ -13,6 +13,10 @@ import sys
 from mergerfs.tools.common import PREFIX, Progress, emit_json, find_pool, full, parser, pool_lock, run, say, walk_dirs
 
 PROG = "mergerfs-fsck"
+ABOUT = (
+    "Report directories whose mode or owner differ between branches; "
+    "--fix makes every copy match the one the pool shows."
+)
 
 
 def _meta(st: os.stat_result) -> dict:
@@ -20,12 +24,7 @@ def _meta(st: os.stat_result) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser(
-        PROG,
-        "Report directories whose mode or owner differ between branches; "
-        "--fix makes every copy match the one the pool shows.",
-    )
-    p.add_argument("path", metavar="PATH", help="a pool path (directory)")
+    p = parser(PROG, ABOUT, ("PATH", "a pool path (directory)"))
     p.add_argument("-f", "--fix", action="store_true", help="change the mismatching copies")
     p.add_argument("--json", action="store_true", help="report as JSON")
     args = p.parse_args(argv)

@@ -16,6 +16,8 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 
+from mergerfs import mounts
+
 try:
     from .helpers import REFERENCE, REPO, cmd_env, err_of, is_reference, pool_cmd, unmount
 except ImportError:  # rootdir-less collection
@@ -36,14 +38,8 @@ def ours_importable() -> bool:
 
 def _mounted(path: str) -> str | None:
     """Filesystem type mounted exactly at ``path``, else None."""
-    path = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            mp = fields[4].replace("\\040", " ")
-            if mp == path:
-                return fields[fields.index("-") + 1]
-    return None
+    m = mounts.mounted_at(os.path.realpath(path))
+    return m.fstype if m is not None else None
 
 
 # -- branches ---------------------------------------------------------------

@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from mergerfs import mounts
+
 try:
     from .helpers import FSTYPE, Pool, abort_connection, daemon_pid, mount, pid_alive, unmount, wait_until
 except ImportError:  # rootdir-less collection
@@ -35,13 +37,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def _pool_mounts() -> list[str]:
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[fields.index("-") + 1] == FSTYPE:
-                out.append(fields[4].replace("\\040", " "))
-    return out
+    return [m.mountpoint for m in mounts.mounts() if m.fstype == FSTYPE]
 
 
 def _sweep(pred: Callable[[str], bool]) -> None:

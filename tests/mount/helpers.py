@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mergerfs import mounts
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FSTYPE = "fuse.mergerfs"
 
@@ -68,27 +70,12 @@ def cmd_env() -> dict[str, str]:
     return env
 
 
-def _unescape(s: str) -> str:
-    return s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
-
-
 def mountinfo(path: str) -> dict[str, str] | None:
     """The last mountinfo entry exactly at ``path`` (type, source, options), else None."""
-    path = os.path.realpath(path)
-    found = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if _unescape(fields[4]) == path:
-                sep = fields.index("-")
-                found = {
-                    "dev": fields[2],
-                    "type": fields[sep + 1],
-                    "source": _unescape(fields[sep + 2]),
-                    "options": fields[5],
-                    "super": fields[sep + 3] if len(fields) > sep + 3 else "",
-                }
-    return found
+    m = mounts.mounted_at(os.path.realpath(path))
+    if m is None:
+        return None
+    return {"dev": m.dev, "type": m.fstype, "source": m.source, "options": m.options, "super": m.super_options}
 
 
 def abort_connection(path: str) -> None:

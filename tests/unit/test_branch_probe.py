@@ -10,7 +10,9 @@ import time
 
 import pytest
 
-from mergerfs.branches import Branch, Lanes, Probe, Stalled
+from mergerfs.branches import Branch
+from mergerfs.lanes import Lanes, Stalled
+from mergerfs.probe import Probe
 
 
 def test_lane_answers_and_passes_errors():

@@ -209,3 +209,12 @@ def test_never_forget_nodes_keeps_forgotten_nodes():
     t2.forget(c, 1)
     with pytest.raises(OSError):
         t2.relpath(c)
+
+
+def test_mount_table_fields_are_unescaped():
+    from mergerfs import mounts
+
+    assert mounts.unescape(r"/a\040b\011c\012d\134e\040") == "/a b\tc\nd\\e "
+    assert mounts.unescape(r"/x\08y") == r"/x\08y"  # not an escape: kept as written
+    root = mounts.holding("/proc/self")
+    assert root is not None and root.fstype == "proc"

@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from mergerfs import options, policies
-from mergerfs.options import Config, OptionError, parse_o
+from mergerfs.config import Config, parse_o
+from mergerfs.options import OptionError
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 G = 1 << 30

@@ -76,7 +76,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from mergerfs import policies
-from mergerfs.branches import Branch, SpaceInfo
+from mergerfs.branches import Branch
+from mergerfs.probe import SpaceInfo
 
 PATHS = ("/", "/a", "/a/b")
 RANK = {errno.ENOENT: 0, errno.ENOSPC: 1, errno.EROFS: 2}  # anything else: 3

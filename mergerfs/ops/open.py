@@ -1,0 +1,32 @@
+"""open: the search policy's branch file, with ``link-cow`` breaking a hard
+link before a write."""
+
+from __future__ import annotations
+
+import os
+import stat as S
+import threading
+
+from mergerfs.clone import clonefile
+from mergerfs.ops.core import OPEN_STRIP, Core, Handle
+from mergerfs.probe import RequestProbe
+
+
+class OpenOps(Core):
+    def open(self, relpath: str, flags: int) -> Handle:
+        snap = self.snap
+        b, st = self._found(snap, "open", relpath, RequestProbe(self.probe))
+        path = b.full(relpath)
+        if snap.cfg["link-cow"] and (flags & os.O_ACCMODE) != os.O_RDONLY and S.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            _break_link(path, st)
+        fd = os.open(path, (flags & ~OPEN_STRIP) | os.O_CLOEXEC)
+        return self._register(Handle(fd, b, relpath, flags))
+
+
+def _break_link(path: str, st: os.stat_result) -> None:
+    """link-cow: give this name its own copy before it is opened for writing."""
+    src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        clonefile(src, st, f"{path}.mergerfs.cow.{os.getpid()}.{threading.get_ident()}", path, path)
+    finally:
+        os.close(src)
