@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 MODES = ("RW", "RO", "NC")
 
@@ -36,8 +36,7 @@ def format_size(value: int) -> str:
     return str(value)
 
 
-@dataclass(frozen=True)
-class BranchSpec:
+class BranchSpec(NamedTuple):
     """One ``PATH[=MODE[,MINFREESPACE]]`` entry as the user wrote it (PATH may be a glob)."""
 
     pattern: str
@@ -96,8 +95,7 @@ def format_branches(specs: list[BranchSpec]) -> str:
     return ":".join(s.format() for s in specs)
 
 
-@dataclass(frozen=True)
-class Branch:
+class Branch(NamedTuple):
     """A concrete branch root after glob expansion.
 
     ``minfreespace`` is resolved (per-branch value or the global one) when the
