@@ -211,6 +211,42 @@ def test_create_mkdir_mknod_symlink_answer_the_new_entry(mkenv):
     assert S.S_ISLNK(st.st_mode) and e.req.readlink(ln) == b"../f"
 
 
+def test_unlink_rmdir_and_what_the_nodes_then_answer(mkenv):
+    e = mkenv()
+    e.p.both("/d/f", b"x", (0, 1))
+    e.p.both("/e", None, (1,))
+    d, f, dd = e.look("/d"), e.look("/d/f"), e.look("/e")
+    for call, native in [
+        (lambda: e.req.rmdir(ROOT, b"d"), lambda: os.rmdir(e.p.n("/d"))),
+        (lambda: e.req.unlink(ROOT, b"d"), lambda: os.unlink(e.p.n("/d"))),
+        (lambda: e.req.unlink(d, b"f"), lambda: os.unlink(e.p.n("/d/f"))),
+        (lambda: e.req.unlink(d, b"f"), lambda: os.unlink(e.p.n("/d/f"))),
+        (lambda: e.req.rmdir(ROOT, b"d"), lambda: os.rmdir(e.p.n("/d"))),
+        (lambda: e.req.rmdir(ROOT, b"e"), lambda: os.rmdir(e.p.n("/e"))),
+    ]:
+        assert outcome(call) == outcome(native)
+    assert e.p.where("/d") == e.p.where("/e") == []
+    for ino in (d, f, dd):  # still held by the kernel, their names gone
+        assert err_of(e.req.getattr, ino) == errno.ENOENT
+
+
+def test_attr_handle_and_control_attr(mkenv):
+    e = mkenv()
+    e.p.put(0, "/f", b"x")
+    f = e.look("/f")
+    st = e.p.fs.getattr("/f")
+    assert e.req.attr(st) == st  # no uid=/gid=/umask= options: as the branch says
+    cst = e.req.control_attr()
+    assert (S.S_IFMT(cst.st_mode), S.S_IMODE(cst.st_mode), cst.st_size) == (S.S_IFREG, 0o444, 0)
+    fh, _ = e.req.open(f, os.O_RDONLY)
+    try:
+        h = e.req.handle(fh)
+        assert h.fd == e.req.fd(fh) and h.relpath == "/f"
+    finally:
+        e.req.release(fh)
+    assert err_of(e.req.handle, fh) == errno.EBADF
+
+
 def test_forced_owner_and_mode_options(mkenv):
     e = mkenv(options="uid=1234,gid=2345,umask=027")
     e.p.put(0, "/f", b"")
