@@ -13,6 +13,7 @@ import ctypes
 import errno
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -223,3 +224,33 @@ def slurp(path: str) -> bytes:
 def touch(path: str) -> None:
     with open(path, "wb"):
         pass
+
+
+def _entry(path: str) -> tuple:
+    """What a branch copy and its native twin must share."""
+    st = os.lstat(path)
+    xattrs = sorted((k, os.getxattr(path, k, follow_symlinks=False)) for k in os.listxattr(path, follow_symlinks=False))
+    if stat.S_ISLNK(st.st_mode):
+        return ("link", os.readlink(path), xattrs)
+    if stat.S_ISDIR(st.st_mode):
+        return ("dir", stat.S_IMODE(st.st_mode), xattrs)
+    return ("file", stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_nlink, slurp(path), xattrs)
+
+
+def stale_copies(p: Pool) -> list[str]:
+    """Branch entries that disagree with the native tree: a name natively gone, a
+    copy with other content or metadata, a regular file on two branches. The
+    merged view hides such leftovers until the copy in front goes away."""
+    bad = []
+    files: dict[str, int] = {}
+    for i, root in enumerate(p.branches):
+        for dirpath, dirs, names in os.walk(root):
+            for name in dirs + names:
+                path = os.path.join(dirpath, name)
+                rel = path[len(root) :]
+                native = p.n(rel)
+                if not os.path.lexists(native) or _entry(path) != _entry(native):
+                    bad.append(f"branch {i}: {rel}")
+                elif stat.S_ISREG(os.lstat(path).st_mode):
+                    files[rel] = files.get(rel, 0) + 1
+    return bad + [f"{rel} on {k} branches" for rel, k in files.items() if k > 1]

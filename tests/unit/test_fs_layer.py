@@ -21,6 +21,8 @@ import tempfile
 import time
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from poolkit import (
     FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE,
@@ -35,6 +37,7 @@ from poolkit import (
     outcome,
     renameat2,
     slurp,
+    stale_copies,
     tmpfs,
     touch,
 )
@@ -411,6 +414,54 @@ def test_mkdir_epall_creates_on_every_branch_holding_the_parent(mkpool):
     assert p.where("/d/sub") == [0, 2]
 
 
+@pytest.fixture(scope="module")
+def placement_pool():
+    """Four branch directories and one FileSystem, reconfigured per example."""
+    root = tempfile.mkdtemp(prefix="mfs-unit-place-")
+    try:
+        yield Pool(root, 4)
+    finally:
+        shutil.rmtree(root)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    layout=st.lists(st.tuples(st.sampled_from(["RW", "RO", "NC"]), st.booleans()), min_size=1, max_size=4),
+    policy=st.sampled_from(["ff", "epff", "all", "epall"]),
+    func=st.sampled_from(["mkdir", "create", "symlink"]),
+)
+def test_create_placement_follows_the_policy_rules(placement_pool, layout, policy, func):
+    """Where a new entry lands, from the spec's words: RO and NC branches take no
+    new entries (EROFS); ``ep`` policies only branches already holding the parent
+    (the others clone it there); ``ff``/``epff`` the first candidate, ``all``/
+    ``epall`` every one, except for a file, which is created once."""
+    holders = [i for i, (_, has) in enumerate(layout) if has]
+    assume(holders)  # the kernel looked the parent up: it exists somewhere
+    p = placement_pool
+    p.wipe()
+    for i in holders:
+        p.put(i, "/parent", None)
+    cfg = p.cfg.copy()
+    cfg.apply("branches", ":".join(f"{p.b(i)}={mode}" for i, (mode, _) in enumerate(layout)))
+    cfg.apply(f"func.{func}", policy)
+    p.fs.reconfigure(cfg)
+    candidates = [i for i, (mode, has) in enumerate(layout) if mode == "RW" and (has or not policy.startswith("ep"))]
+    if policy in ("ff", "epff") or func == "create":
+        candidates = candidates[:1]
+
+    def make():
+        if func == "mkdir":
+            p.fs.mkdir("/parent/new", 0o755)
+        elif func == "symlink":
+            p.fs.symlink("t", "/parent/new")
+        else:
+            p.fs.release(p.fs.create("/parent/new", os.O_WRONLY, 0o644))
+
+    assert err_of(make) == (0 if candidates else errno.EROFS)
+    assert p.where("/parent/new") == candidates
+    assert p.where("/parent") == sorted(set(holders) | set(candidates))
+
+
 # --------------------------------------------------------- unlink rmdir
 def test_unlink_removes_every_copy(mkpool):
     p = mkpool(3)
@@ -620,6 +671,7 @@ def test_rename_matches_native(mkpool, old, new):
     os.link(p.n("/a"), p.n("/hl"))
     assert outcome(p.fs.rename, old, new) == outcome(os.rename, p.n(old), p.n(new))
     assert pool_tree(p) == _tree(p.native)
+    assert stale_copies(p) == []
 
 
 @pytest.mark.parametrize(
@@ -643,6 +695,7 @@ def test_rename_errors_match_native(mkpool, old, new):
     assert native != 0
     assert err_of(p.fs.rename, old, new) == native
     assert pool_tree(p) == _tree(p.native)
+    assert stale_copies(p) == []
 
 
 def test_rename_path_preserving_refuses_to_cross_branches(mkpool):
@@ -696,6 +749,7 @@ def test_rename_flags_match_native(mkpool, flags, target):
         return
     assert mine == native
     assert pool_tree(p) == _tree(p.native)
+    assert stale_copies(p) == []
 
 
 def test_rename_exchange_of_directories_on_two_branches(mkpool):
@@ -707,6 +761,7 @@ def test_rename_exchange_of_directories_on_two_branches(mkpool):
     p.fs.rename("/x", "/y", RENAME_EXCHANGE)
     renameat2(p.n("/x"), p.n("/y"), RENAME_EXCHANGE)
     assert pool_tree(p) == _tree(p.native)
+    assert stale_copies(p) == []
 
 
 @pytest.mark.xfail(
@@ -728,6 +783,7 @@ def test_rename_exchange_where_a_branch_holds_one_name(mkpool):
         assert e.errno == errno.EXDEV
         renameat2(p.n("/a"), p.n("/b"), RENAME_EXCHANGE)  # refused: the native side undone
     assert pool_tree(p) == _tree(p.native)
+    assert stale_copies(p) == []
 
 
 def test_rename_dir_over_a_dir_non_empty_on_another_branch(mkpool):
@@ -753,6 +809,7 @@ def test_link_matches_native(mkpool):
     assert p.fs.getattr("/a").st_nlink == os.lstat(p.n("/a")).st_nlink == 3
     assert p.fs.getattr("/d/c").st_ino == p.fs.getattr("/a").st_ino
     assert pool_tree(p) == _tree(p.native)
+    assert stale_copies(p) == []
 
 
 @pytest.mark.parametrize("mode", ["passthrough", "rel-symlink", "abs-base-symlink", "abs-pool-symlink"])

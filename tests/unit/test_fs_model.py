@@ -3,7 +3,8 @@
 Hypothesis drives the filesystem layer (:class:`mergerfs.fs.FileSystem`) and
 ``os`` on a native directory with the same calls; each step must give the same
 result or errno, and afterwards the merged tree (readdir, getattr, read,
-readlink, xattrs) must equal the native tree. Extra rules place entries
+readlink, xattrs) must equal the native tree, and every copy on every branch
+must agree with it (no leftover hidden behind the copy in front). Extra rules place entries
 directly on chosen branches, so directories spread over several branches and
 files live on any of them, whatever the create policy would have picked.
 
@@ -33,7 +34,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
-from poolkit import RENAME_EXCHANGE, RENAME_NOREPLACE, Pool, outcome, renameat2
+from poolkit import RENAME_EXCHANGE, RENAME_NOREPLACE, Pool, outcome, renameat2, stale_copies
 
 from mergerfs.fs import dirname, join
 
@@ -409,6 +410,10 @@ class PoolVsNative(RuleBasedStateMachine):
     @invariant()
     def same_tree(self):
         assert pool_tree(self.p) == native_tree(self.p.native)
+
+    @invariant()
+    def no_hidden_leftovers(self):
+        assert stale_copies(self.p) == []
 
 
 def _is_dir(path: str) -> bool:
