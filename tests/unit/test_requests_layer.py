@@ -670,10 +670,10 @@ class Bookkeeping(RuleBasedStateMachine):
         os.mkdir(self.keep)
         for name in NAMES[:3]:
             self._keep(self.e.p.put(0, "/" + name.decode(), name * 3))
+        self.held: dict[int, list] = {}  # nodeid -> [count, name, content]
 
     def _keep(self, path: str) -> None:
         os.link(path, os.path.join(self.keep, str(len(os.listdir(self.keep)))))
-        self.held: dict[int, list] = {}  # nodeid -> [count, name, content]
 
     def _node_of(self, name: bytes):
         return next((ino for ino, (_, n, _) in self.held.items() if n == name), None)
