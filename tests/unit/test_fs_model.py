@@ -444,7 +444,7 @@ def test_random_sequences_match_native(options):
         run_state_machine_as_test(
             PoolVsNative,
             settings=settings(
-                max_examples=30,
+                max_examples=25,
                 stateful_step_count=25,
                 deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
