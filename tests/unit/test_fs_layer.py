@@ -21,8 +21,7 @@ import tempfile
 import time
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from poolkit import (
     FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE,
@@ -1151,7 +1150,7 @@ def test_moveonenospc_on_fallocate(small_big):
 
 
 def test_moveonenospc_with_nowhere_to_go_is_enospc(small_big):
-    root, (small, big) = small_big
+    root, (small, _) = small_big
     p = Pool(root, branches=[small], options=f"{MOVE_BASE},moveonenospc=true")
     with opened(p.fs, "/f", os.O_RDWR, 0o644) as h:
         assert err_of(_fill, p.fs, h, 2 << 20) == errno.ENOSPC

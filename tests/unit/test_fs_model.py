@@ -31,8 +31,7 @@ import stat as S
 import tempfile
 
 import pytest
-from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 from poolkit import RENAME_EXCHANGE, RENAME_NOREPLACE, Pool, outcome, renameat2, stale_copies
 
@@ -180,7 +179,7 @@ def native_tree(root: str, rel: str = "/") -> dict:
         child = join(rel, name)
         path = os.path.join(base, name)
         st = os.lstat(path)
-        out[child] = _describe(st, path, lambda: os.readlink(path), lambda: _read(path), _native_xattrs(path))
+        out[child] = _describe(st, path, os.readlink, _read, _native_xattrs(path))
         if S.S_ISDIR(st.st_mode):
             out.update(native_tree(root, child))
     return out
@@ -196,11 +195,12 @@ def _native_xattrs(path: str) -> dict:
 
 
 def _describe(st, path, readlink, read, xattrs) -> tuple:
+    """An entry for comparison; ``readlink(path)``/``read(path)`` only where they apply."""
     if S.S_ISLNK(st.st_mode):
-        return ("link", readlink(), xattrs)
+        return ("link", readlink(path), xattrs)
     if S.S_ISDIR(st.st_mode):
         return ("dir", S.S_IMODE(st.st_mode), xattrs)
-    return ("file", S.S_IMODE(st.st_mode), st.st_nlink, st.st_size, read(), xattrs)
+    return ("file", S.S_IMODE(st.st_mode), st.st_nlink, st.st_size, read(path), xattrs)
 
 
 _DTYPE = {S.S_IFREG: 8, S.S_IFDIR: 4, S.S_IFLNK: 10}
@@ -220,7 +220,7 @@ def pool_tree(p: Pool, rel: str = "/") -> dict:
         assert dtype == _DTYPE[S.S_IFMT(st.st_mode)], child  # readdir's type is getattr's
         assert ino == fs.inode_of(child, st), child  # and so is its inode number
         xattrs = {k: fs.getxattr(child, k) for k in fs.listxattr(child)}
-        out[child] = _describe(st, child, lambda: fs.readlink(child), lambda: p.content(child), xattrs)
+        out[child] = _describe(st, child, fs.readlink, p.content, xattrs)
         if S.S_ISDIR(st.st_mode):
             out.update(pool_tree(p, child))
     return out

@@ -18,8 +18,7 @@ import stat as S
 import tempfile
 
 import pytest
-from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 from poolkit import RENAME_EXCHANGE, Pool, as_user, err_of, fd_count, outcome, slurp
 
@@ -396,12 +395,12 @@ def test_setattr_matches_native(mkenv):
     f = e.look("/f")
     n = e.p.n("/f")
     steps = [
-        (dict(mode=S.S_IFREG | 0o4711), lambda: os.chmod(n, 0o4711)),
-        (dict(uid=1234), lambda: os.chown(n, 1234, -1)),
-        (dict(gid=2345), lambda: os.chown(n, -1, 2345)),
-        (dict(size=4), lambda: os.truncate(n, 4)),
-        (dict(atime=10**9, mtime=2 * 10**9), lambda: os.utime(n, ns=(10**9, 2 * 10**9))),
-        (dict(mtime=3 * 10**9), lambda: os.utime(n, ns=(10**9, 3 * 10**9))),
+        ({"mode": S.S_IFREG | 0o4711}, lambda: os.chmod(n, 0o4711)),
+        ({"uid": 1234}, lambda: os.chown(n, 1234, -1)),
+        ({"gid": 2345}, lambda: os.chown(n, -1, 2345)),
+        ({"size": 4}, lambda: os.truncate(n, 4)),
+        ({"atime": 10**9, "mtime": 2 * 10**9}, lambda: os.utime(n, ns=(10**9, 2 * 10**9))),
+        ({"mtime": 3 * 10**9}, lambda: os.utime(n, ns=(10**9, 3 * 10**9))),
     ]
     for change, native in steps:
         st = e.req.setattr(f, None, **change)
@@ -522,7 +521,7 @@ def test_readdirplus_skips_an_entry_that_vanished(mkenv):
     fh = e.req.opendir(d)
     try:
         first = e.req.readdirplus(fh, 0, 1)
-        gone = [n for n in (b"a", b"b") if n != first[0][1]][0]
+        gone = next(n for n in (b"a", b"b") if n != first[0][1])
         os.unlink(e.p.b(0, "/d/" + gone.decode()))
         rest = e.req.readdirplus(fh, 1, 10)
         assert [(x[0], x[1], x[3], x[4]) for x in rest] == [(2, gone, 0, None)]
@@ -714,7 +713,7 @@ class Bookkeeping(RuleBasedStateMachine):
 
     @rule(old=st.sampled_from(NAMES), new=st.sampled_from(NAMES))
     def rename(self, old, new):
-        src, dst = (self.e.p.b(0, "/" + x.decode()) for x in (old, new))
+        src = self.e.p.b(0, "/" + old.decode())
         if old == new or not os.path.exists(src):
             return
         moving, replaced = self._node_of(old), self._node_of(new)
