@@ -429,6 +429,10 @@ def _ancestors(rel: str) -> list[str]:
     return out
 
 
+#: Examples per config: modest, so the unit tier stays under a minute; raise it
+#: (MERGERFS_UNIT_EXAMPLES=500) for a deeper search after changing the layer.
+EXAMPLES = int(os.environ.get("MERGERFS_UNIT_EXAMPLES", "15"))
+
 CONFIGS = [
     "category.create=ff",
     "category.create=epff,ignorepponrename=true",  # creates follow where the parent lives
@@ -444,7 +448,7 @@ def test_random_sequences_match_native(options):
         run_state_machine_as_test(
             PoolVsNative,
             settings=settings(
-                max_examples=25,
+                max_examples=EXAMPLES,
                 stateful_step_count=25,
                 deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
