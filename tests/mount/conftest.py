@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,10 +31,32 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
 
 
+FUSE_DEVICE = "/dev/fuse"
+
+
+def fuse_unavailable(device: str = FUSE_DEVICE) -> str | None:
+    """Why no pool can be mounted on this machine, or None if ``device`` opens."""
+    try:
+        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as e:
+        return f"{device} cannot be opened ({e.strerror}): mount tests need FUSE (modprobe fuse)"
+    try:
+        if not stat.S_ISCHR(os.fstat(fd).st_mode):
+            return f"{device} is not a character device: mount tests need FUSE"
+    finally:
+        os.close(fd)
+    return None
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if str(item.fspath).startswith(HERE):
-            item.add_marker(pytest.mark.mount)
+    ours = [item for item in items if str(item.fspath).startswith(HERE)]
+    if not ours:
+        return
+    why = fuse_unavailable()  # once per session, not once per test
+    for item in ours:
+        item.add_marker(pytest.mark.mount)
+        if why:
+            item.add_marker(pytest.mark.skip(reason=why))
 
 
 def _pool_mounts() -> list[str]:
