@@ -63,6 +63,7 @@ cdef class NodeTable:
     cdef void _unbind(self, const char *path) noexcept nogil
     cdef void _drop(self, Node *n) noexcept nogil
     cdef void _shrink(self) noexcept nogil
+    cdef void _make_newest_and_count(self, Node *n, const char *path) noexcept nogil
     cdef int _renamed(self, const char *old, const char *new) except -1
     cdef int _move_below(self, const char *old, const char *new) except -1
     cdef void unlock(self) noexcept nogil

@@ -278,8 +278,11 @@ cdef class NodeTable:
                              uint64_t st_ino, bint isdir, bint may_replace, bint *replaced) noexcept nogil:
         """Count one kernel lookup of ``path`` answered with ``ino`` (mutex held).
 
-        Returns the nodeid (0: out of memory). If ``ino`` is held for a
-        *different* object at a different name (a renamed directory's path hash
+        Returns the nodeid (0: out of memory). A name already bound to this
+        very object (same identity) answers the nodeid the kernel holds for
+        it, whatever ``ino`` is now: a renamed directory's path hash, or a
+        number derived for it earlier, must not give one object two nodeids.
+        If ``ino`` is held for a *different* object at a different name (a renamed directory's path hash
         reused, two branches with the same passthrough inode), a fresh number is
         derived so the kernel never merges two objects. ``replaced``: the same
         name now holds a different object under the same number, and the
@@ -291,7 +294,13 @@ cdef class NodeTable:
         cdef char *salted = NULL
         cdef size_t plen = strlen(path)
         cdef int digits
+        cdef PathSlot *bound = self._find(path)
         replaced[0] = False
+        if bound != NULL and has_ident and bound.node.has_ident and bound.node.dev == dev \
+                and bound.node.ino == st_ino:
+            n = bound.node
+            self._make_newest_and_count(n, path)
+            return n.nodeid
         while True:
             n = self.node(ino)
             if n == NULL:
@@ -323,9 +332,12 @@ cdef class NodeTable:
             digits = _decimal(salted + plen + 1, salt)
             ino = _path_hash(salted, plen + 1 + <size_t>digits)
         free(salted)
+        self._make_newest_and_count(n, path)
+        return ino
+
+    cdef void _make_newest_and_count(self, Node *n, const char *path) noexcept nogil:
         self._bind(n, path)
         n.nlookup += 1
-        return ino
 
     cdef void forget_c(self, uint64_t nodeid, uint64_t count) noexcept nogil:
         cdef Node *n = self.node(nodeid)

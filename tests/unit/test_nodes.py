@@ -21,6 +21,11 @@ class Model:
         self.by_path: dict[str, int] = {"/": ROOT}
 
     def remember(self, ino: int, path: str, ident, isdir: bool) -> tuple[int, bool]:
+        bound = self.by_path.get(path)
+        if bound is not None and ident is not None and self.nodes[bound][2] == ident:
+            self._bind(bound, path)  # the nodeid the kernel holds for this object
+            self.nodes[bound][1] += 1
+            return bound, False
         salt, replaced = 0, False
         while True:
             n = self.nodes.get(ino)

@@ -139,12 +139,6 @@ def test_rename_moves_the_nodes_of_a_subtree(mkenv):
     assert e.p.where("/z/g") == [1] and e.p.where("/a") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Requests.lookup of a renamed directory the kernel still holds mints a second nodeid "
-    "(inodecalc's hash of the new path) instead of answering the held one; docs/DIFFERENCES.md says "
-    "the directory's st_ino stays while the kernel holds the inode",
-)
 def test_a_renamed_directory_keeps_its_nodeid_while_held(mkenv):
     e = mkenv()
     e.p.put(0, "/a/f", b"")
@@ -154,11 +148,6 @@ def test_a_renamed_directory_keeps_its_nodeid_while_held(mkenv):
     assert e.req.lookup(ROOT, b"c")[0] == a  # one directory, one nodeid
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a nodeid re-derived for a newcomer (its number was held by another object) is a hash "
-    "of its path at the time; after a rename the next lookup derives yet another: one object, two nodeids",
-)
 def test_a_salted_nodeid_survives_a_rename(mkenv):
     e = mkenv(options="inodecalc=path-hash")
     e.p.put(0, "/x", b"old")
