@@ -35,7 +35,8 @@ class MoveOps(Core):
         to the copy (same fd numbers via dup2), drop the original."""
         snap = self.snap
         rel = h.relpath
-        others = tuple(b for b in snap.branches if b.path != h.branch.path)
+        origin = h.branch.path  # h.branch changes below, with every other handle of the file
+        others = tuple(b for b in snap.branches if b.path != origin)
         probe = RequestProbe(self.probe)
         try:
             dst = policies.select("create", policy, others, dirname(rel), probe)[0]
@@ -58,13 +59,13 @@ class MoveOps(Core):
             # reuse) an fd number between our listing it and dup2 onto it.
             with self._handles_lock:
                 for x in self.handles.values():
-                    if x.branch.path == h.branch.path and x.relpath == rel:
+                    if x.branch.path == origin and x.relpath == rel:
                         fd = os.open(dst_path, (x.flags & ~(OPEN_STRIP | os.O_TRUNC)) | os.O_CLOEXEC)
                         os.dup2(fd, x.fd)
                         os.close(fd)
                         x.branch = dst
             remove_quietly(src_path)
-        log.info("moveonenospc: moved %s from %s to %s", rel, h.branch.path, dst.path)
+        log.info("moveonenospc: moved %s from %s to %s", rel, origin, dst.path)
 
 
 def _moveonenospc_policy(value) -> str | None:

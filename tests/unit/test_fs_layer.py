@@ -1095,20 +1095,7 @@ def test_moveonenospc_moves_the_open_file(small_big, value):
     assert data[:4] == b"head" and data[-4:] == b"tail" and len(data) == end + 4
 
 
-@pytest.mark.parametrize(
-    "other_opened",
-    [
-        "before the writer",
-        pytest.param(
-            "after the writer",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="bug: fs._move compares each handle's branch with h.branch after switching h itself, "
-                "so handles later in the table than the writer stay on the deleted original",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("other_opened", ["before the writer", "after the writer"])
 def test_moveonenospc_switches_every_handle_of_the_file(small_big, other_opened):
     root, (small, big) = small_big
     p = Pool(root, branches=[small, big], options=f"{MOVE_BASE},moveonenospc=true")
