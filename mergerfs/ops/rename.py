@@ -62,15 +62,18 @@ class RenameOps(CreateOps):
             remove_quietly(path)
 
     def _exchange(self, snap: Snapshot, probe: RequestProbe, sources: list[Branch], old: str, new: str) -> None:
-        """RENAME_EXCHANGE on every branch holding both names; a pool where no
-        branch holds both cannot swap them atomically: EXDEV."""
-        both = [b for b in sources if probe.exists(b, new)]
-        if not both:
-            if not any(probe.exists(b, new) for b in snap.branches):
-                raise oserror(errno.ENOENT)
+        """RENAME_EXCHANGE on every branch holding the names. Only a pool whose
+        branches each hold both names or neither (and may all be written) can
+        swap them whole; any other layout would leave a part of one name behind
+        under the other: EXDEV, nothing changed."""
+        old_on = [b.path for b in snap.branches if probe.exists(b, old)]
+        new_on = [b.path for b in snap.branches if probe.exists(b, new)]
+        if not new_on:
+            raise oserror(errno.ENOENT)
+        if old_on != new_on or [b.path for b in sources] != old_on:
             raise oserror(errno.EXDEV)
         agg = Aggregate()
-        for b in both:
+        for b in sources:
             agg.run(lambda p: _fastpath.renameat2(p, b.full(new), RENAME_EXCHANGE), b.full(old))
         agg.raise_if_failed()
 

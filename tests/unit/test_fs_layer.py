@@ -763,11 +763,6 @@ def test_rename_exchange_of_directories_on_two_branches(mkpool):
     assert stale_copies(p) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: fs._exchange swaps only on the branches holding both names; a copy of one name on a branch "
-    "without the other stays put, so part of a directory is left behind under the other name",
-)
 def test_rename_exchange_where_a_branch_holds_one_name(mkpool):
     """/a is a directory on both branches, /b a file on the first: after the swap
     native /b holds all of /a's entries; anything short of that must fail (EXDEV)."""
