@@ -111,7 +111,7 @@ class Operations(llfuse.Operations):
         atime = attr.st_atime_ns if fields.update_atime else None
         mtime = attr.st_mtime_ns if fields.update_mtime else None
         # llfuse turns UTIME_NOW into the current clock reading: both times equal
-        # and within a second of now may be that (see fs._utimens for why it matters).
+        # and within a second of now may be that (see ops/attrs.py, _utimens, for why it matters).
         hint = atime is not None and atime == mtime and abs(time.time_ns() - atime) < 1_000_000_000
         st = self.req.setattr(
             inode,
