@@ -69,9 +69,13 @@ class RenameOps(CreateOps):
             if not any(probe.exists(b, new) for b in snap.branches):
                 raise oserror(errno.ENOENT)
             raise oserror(errno.EXDEV)
+
+        def exchange(old_path: str, b: Branch) -> None:
+            _fastpath.renameat2(old_path, b.full(new), RENAME_EXCHANGE)
+
         agg = Aggregate()
         for b in both:
-            agg.run(lambda p: _fastpath.renameat2(p, b.full(new), RENAME_EXCHANGE), b.full(old))
+            agg.run(exchange, b.full(old), b)
         agg.raise_if_failed()
 
     def _rename_exdev(self, snap: Snapshot, sources: list[Branch], old: str, new: str) -> None:
