@@ -180,7 +180,9 @@ def _open_dir(piece: bytes, parent: int) -> int:
 class FdPath(str):
     """A ``/proc/self/fd/N/NAME`` path that owns fd N: closed when the string is freed."""
 
-    def __new__(cls, text: str, fd: int) -> "FdPath":
+    fd: int
+
+    def __new__(cls, text: str, fd: int) -> FdPath:
         self = super().__new__(cls, text)
         self.fd = fd
         return self

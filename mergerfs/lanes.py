@@ -30,7 +30,8 @@ class _Job:
     def __init__(self, fn, args, creds, timeout: float) -> None:
         self.fn, self.args, self.creds, self.timeout = fn, args, creds, timeout
         self.done: threading.Event | None = None  # only for calls handed to a lane
-        self.result = self.error = None
+        self.result: object = None
+        self.error: BaseException | None = None
         self.cancelled = False
         self.started = 0.0
         self.key = ""
@@ -95,13 +96,13 @@ class Lanes:
         each entry is the result or the exception it raised (:class:`Stalled`
         included), in order."""
         deadline = time.monotonic() + timeout
-        submitted = []
+        submitted: list[_Job | Stalled] = []
         for key, fn, args in jobs:
             try:
                 submitted.append(self.submit(key, timeout, fn, *args))
             except Stalled as e:
                 submitted.append(e)
-        out = []
+        out: list[object] = []
         for job in submitted:
             if isinstance(job, Stalled):
                 out.append(job)

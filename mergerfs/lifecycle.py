@@ -90,15 +90,27 @@ def _have_fusermount() -> bool:
 
 def _fsname(cfg, branches) -> str:
     """Explicit ``fsname``, else the branch paths minus their common prefix,
-    as the reference does (``/srv/disk1:/srv/disk2`` -> ``disk1:disk2``)."""
+    as the reference does (``/srv/alpha:/srv/beta`` -> ``alpha:beta``)."""
     name = cfg["fsname"]
     if name:
         return name
     paths = [b.path for b in branches]
     if len(paths) < 2:
         return paths[0] if paths else "mergerfs"
-    cut = len(os.path.commonprefix(paths))
+    cut = _common_prefix_len(paths)
     return ":".join(p[cut:] for p in paths)
+
+
+def _common_prefix_len(paths: list[str]) -> int:
+    """How many leading characters every path shares, compared character by
+    character, not by component, exactly as the reference's fsname
+    (``/srv/disk1:/srv/disk2`` -> ``1:2``); 0 when the first path is a prefix
+    of all the others (the reference then shows the paths whole)."""
+    first, rest = paths[0], paths[1:]
+    for n, c in enumerate(first):
+        if any(n >= len(p) or p[n] != c for p in rest):
+            return n
+    return 0
 
 
 def fuse_options(cfg, branches) -> set[str]:

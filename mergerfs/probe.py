@@ -273,7 +273,7 @@ class RequestProbe:
             st: os.stat_result | None = os.lstat(branch.full(relpath))
         except OSError as e:
             st = None
-            if e.errno != errno.ENOENT and e.errno not in _UNREACHABLE:
+            if e.errno is not None and e.errno != errno.ENOENT and e.errno not in _UNREACHABLE:
                 self._errors.setdefault(relpath, e.errno)
         self._stats[key] = st
         return st

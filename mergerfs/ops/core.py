@@ -170,9 +170,13 @@ class Core:
     def _acting(self, snap: Snapshot, func: str, relpath: str, fn) -> None:
         """Apply ``fn(fullpath)`` on every branch the action policy returns; any success wins."""
         probe = RequestProbe(self.probe)
+
+        def on(b: Branch) -> None:
+            fn(b.full(relpath))  # full() may fail too: that branch's error
+
         agg = Aggregate()
         for b in self._select(snap, func, relpath, probe):
-            agg.run(lambda: fn(b.full(relpath)))  # full() may fail too: that branch's error
+            agg.run(on, b)
         agg.raise_if_failed()
 
     # ------------------------------------------------------------ clone path

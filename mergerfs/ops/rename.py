@@ -72,9 +72,13 @@ class RenameOps(CreateOps):
             raise oserror(errno.ENOENT)
         if old_on != new_on or [b.path for b in sources] != old_on:
             raise oserror(errno.EXDEV)
+
+        def exchange(old_path: str, b: Branch) -> None:
+            _fastpath.renameat2(old_path, b.full(new), RENAME_EXCHANGE)
+
         agg = Aggregate()
         for b in sources:
-            agg.run(lambda p: _fastpath.renameat2(p, b.full(new), RENAME_EXCHANGE), b.full(old))
+            agg.run(exchange, b.full(old), b)
         agg.raise_if_failed()
 
     def _rename_exdev(self, snap: Snapshot, sources: list[Branch], old: str, new: str) -> None:

@@ -33,17 +33,17 @@ class StatfsOps(Core):
             rows.append((vfs, drop_avail))
         # the defaults: no branch answered, an empty filesystem of the usual geometry
         frsize = min((v.f_frsize for v, _ in rows), default=4096) or 4096
-        out = dict(
-            f_bsize=min((v.f_bsize for v, _ in rows), default=4096),
-            f_frsize=frsize,
-            f_blocks=0,
-            f_bfree=0,
-            f_bavail=0,
-            f_files=0,
-            f_ffree=0,
-            f_favail=0,
-            f_namemax=min((v.f_namemax for v, _ in rows), default=255),
-        )
+        out = {
+            "f_bsize": min((v.f_bsize for v, _ in rows), default=4096),
+            "f_frsize": frsize,
+            "f_blocks": 0,
+            "f_bfree": 0,
+            "f_bavail": 0,
+            "f_files": 0,
+            "f_ffree": 0,
+            "f_favail": 0,
+            "f_namemax": min((v.f_namemax for v, _ in rows), default=255),
+        }
         for v, drop_avail in rows:
             scale = v.f_frsize / frsize
             out["f_blocks"] += int(v.f_blocks * scale)

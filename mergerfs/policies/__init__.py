@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from mergerfs.policies import all as all_
 from mergerfs.policies import (
+    all as all_,
     epall,
     epff,
     eplfs,

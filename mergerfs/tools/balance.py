@@ -12,6 +12,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from mergerfs.branches import Branch
 from mergerfs.tools.common import (
     add_filters,
     find_pool,
@@ -37,7 +38,7 @@ class Disk:
     total: int
     used: int
     free: int
-    branches: list = field(default_factory=list)  # (path, mode)
+    branches: list[Branch] = field(default_factory=list)
 
     @property
     def pct(self) -> float:
@@ -51,12 +52,17 @@ def plan(branches, args) -> list[tuple[str, str, str, int]]:
         if b.mode == "RO":
             continue
         try:
-            st, dev = os.statvfs(b.path), os.stat(b.path).st_dev
+            vfs, dev = os.statvfs(b.path), os.stat(b.path).st_dev
         except OSError:
             continue
         d = disks.setdefault(
             dev,
-            Disk(dev, st.f_blocks * st.f_frsize, (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_bavail * st.f_frsize),
+            Disk(
+                dev,
+                vfs.f_blocks * vfs.f_frsize,
+                (vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize,
+                vfs.f_bavail * vfs.f_frsize,
+            ),
         )
         d.branches.append(b)
     # candidate files per disk, largest first; a file moves at most once
@@ -68,7 +74,8 @@ def plan(branches, args) -> list[tuple[str, str, str, int]]:
                 if st.st_nlink == 1 and selected(args, rel, st.st_size):
                     cands.append((st.st_blocks * 512 or st.st_size, st.st_size, rel, b.path))
         files[d.dev] = sorted(cands, reverse=True)
-    moves, taken = [], set()
+    moves: list[tuple[str, str, str, int]] = []
+    taken: set[tuple[str, str]] = set()
     while True:
         writable = [d for d in disks.values() if any(b.mode == "RW" for b in d.branches)]
         if not writable:

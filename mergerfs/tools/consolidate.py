@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                 if target not in rw:
                     raise ToolError(f"{args.branch}: not a RW branch of {pool.mnt}")
             else:
-                held = {b: 0 for b in rw}
+                held = dict.fromkeys(rw, 0)
                 for have in files.values():
                     for b, st in have:
                         if b in held:

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 
-from mergerfs import mounts
+from mergerfs import __version__, mounts
 from mergerfs.tools.common import (
     Pool,
     ToolError,
@@ -238,8 +238,6 @@ def _tail(path: str, n: int = LOG_LINES) -> list[str]:
 
 def collect_info(pool: Pool, args) -> int:
     """What a bug report needs, in one go (nothing is changed)."""
-    from mergerfs import __version__
-
     table = mounts.mounts()
     options = pool.options()
     pid = options.get("pid", "")

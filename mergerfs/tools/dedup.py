@@ -61,23 +61,23 @@ def main(argv: list[str] | None = None) -> int:
             mode = {b.path: b.mode for b in branches}
             dups = {rel: h for rel, h in holders_of(branches, pool.relpath(args.path)).items() if len(h) > 1}
             prog = Progress(len(dups), "checking", args.quiet or args.json)
-            report, failed = [], 0
+            report, failed, freeable = [], 0, 0
             for rel, have in sorted(dups.items()):
                 sums = {b: digest(os.path.join(b, rel.lstrip("/"))) for b, _ in have}
                 identical = len(set(sums.values())) == 1
                 keep = min(have, key=lambda h: RULES[args.rule](index[h[0]], h[0], h[1]))[0]
+                remove = [b for b, _ in have if b != keep] if identical or not args.identical_only else []
+                freeable += sum(st.st_size for b, st in have if b in remove)
                 entry = {
                     "relpath": rel,
                     "identical": identical,
                     "keep": keep,
-                    "remove": [],
+                    "remove": remove,
                     "copies": [
                         {"branch": b, "size": st.st_size, "mtime": st.st_mtime, "sha256": sums[b]} for b, st in have
                     ],
                 }
-                if identical or not args.identical_only:
-                    entry["remove"] = [b for b, _ in have if b != keep]
-                for b in entry["remove"]:
+                for b in remove:
                     if args.execute:
                         try:
                             if mode[b] == "RO":
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"{'removed' if args.execute else 'would remove'} {rel} on {b} "
                             f"(keeping {keep}{', identical' if identical else ''})"
                         )
-                if not entry["remove"] and not args.json:
+                if not remove and not args.json:
                     say(f"kept {rel}: copies differ ({', '.join(b for b, _ in have)})")
                 report.append(entry)
                 prog.advance()
@@ -100,11 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 emit_json({"mount": pool.mnt, "rule": args.rule, "executed": args.execute, "duplicates": report})
             else:
-                say(
-                    f"{len(report)} duplicated files, "
-                    f"{human(sum(c['size'] for e in report for c in e['copies'] if c['branch'] in e['remove']))}"
-                    f" {'freed' if args.execute else 'removable'}"
-                )
+                say(f"{len(report)} duplicated files, {human(freeable)} {'freed' if args.execute else 'removable'}")
             return 1 if failed else 0
 
     return run(PROG, body)

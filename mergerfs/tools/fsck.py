@@ -36,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
             mode = {b.path: b.mode for b in branches}
             top = pool.relpath(args.path)
             dirs: dict[str, list[str]] = {}
-            for b in branches:
-                for rel in walk_dirs(b.path, top):
-                    dirs.setdefault(rel, []).append(b.path)
+            for br in branches:
+                for rel in walk_dirs(br.path, top):
+                    dirs.setdefault(rel, []).append(br.path)
             prog = Progress(len(dirs), "checking", args.quiet or args.json)
             report, failed = [], 0
             for rel, have in sorted(dirs.items()):
@@ -52,16 +52,17 @@ def main(argv: list[str] | None = None) -> int:
                 if base not in have:
                     base = have[0]
                 want = os.lstat(full(base, rel))
+                w = _meta(want)
                 for b in have:
-                    st = os.lstat(full(b, rel))
-                    if _meta(st) == _meta(want):
+                    h = _meta(os.lstat(full(b, rel)))
+                    if h == w:
                         continue
                     entry = {
                         "relpath": rel,
                         "branch": b,
                         "reference": base,
-                        "have": _meta(st),
-                        "want": _meta(want),
+                        "have": h,
+                        "want": w,
                         "fixed": False,
                     }
                     if args.fix:
@@ -76,7 +77,6 @@ def main(argv: list[str] | None = None) -> int:
                             sys.stderr.write(f"{PROG}: {rel} on {b}: {e.strerror}\n")
                     report.append(entry)
                     if not args.json:
-                        h, w = entry["have"], entry["want"]
                         say(
                             f"{'fixed' if entry['fixed'] else 'mismatch'} {rel} on {b}: "
                             f"mode {h['mode']} owner {h['uid']}:{h['gid']}, "

@@ -197,6 +197,24 @@ def test_worker_count_default_negative_and_cap():
     assert worker_count(-1000) == 2
 
 
+@pytest.mark.parametrize(
+    ("paths", "expect"),
+    [
+        (["/srv/alpha", "/srv/beta"], "alpha:beta"),
+        (["/srv/disk1", "/srv/disk2"], "1:2"),  # character-wise, as the reference (2.33.5 checked)
+        (["/srv/d", "/srv/d2"], "/srv/d:/srv/d2"),  # first is a prefix of the rest: whole paths
+        (["/srv/d2", "/srv/d"], "2:"),
+        (["/x"], "/x"),
+    ],
+)
+def test_default_fsname_strips_common_prefix_like_the_reference(paths, expect):
+    from types import SimpleNamespace
+
+    from mergerfs.lifecycle import _fsname
+
+    assert _fsname({"fsname": ""}, [SimpleNamespace(path=p) for p in paths]) == expect
+
+
 def test_never_forget_nodes_keeps_forgotten_nodes():
     """never-forget-nodes: a FORGET leaves the node answering (NFS file handles stay valid)."""
     t = inodes.InodeTable()
