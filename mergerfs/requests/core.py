@@ -11,9 +11,7 @@ import threading
 from contextlib import contextmanager
 from typing import Protocol
 
-from mergerfs import control as control_mod
-from mergerfs import fs as fs_mod
-from mergerfs import inodes
+from mergerfs import control as control_mod, fs as fs_mod, inodes
 from mergerfs.errors import oserror
 
 #: Nodeid of ``/.mergerfs``; inodes.calc never yields it for a real entry in practice
@@ -155,33 +153,35 @@ class Core:
         with self._fh_lock:
             fh = self.table.any_fh(inode)
             h = self._files.get(fh, (0, None))[1] if fh is not None else None
-            if h is not None:
-                self._borrowed[fh] = self._borrowed.get(fh, 0) + 1
+            borrowed = fh if h is not None else None
+            if borrowed is not None:
+                self._borrowed[borrowed] = self._borrowed.get(borrowed, 0) + 1
         try:
             yield h
         finally:
-            if h is not None:
+            if borrowed is not None:
                 with self._fh_lock:
-                    self._borrowed[fh] -= 1
-                    last = self._borrowed[fh] == 0
+                    self._borrowed[borrowed] -= 1
+                    last = self._borrowed[borrowed] == 0
                     if last:
-                        del self._borrowed[fh]
-                    late = self._closing.pop(fh, None) if last else None
+                        del self._borrowed[borrowed]
+                    late = self._closing.pop(borrowed, None) if last else None
                 if late is not None:
                     self._close(late)
 
     def _forget_fh(self, fh: int):
         """Unregister fh; the handle to close now, or None if a borrower will."""
+        close: fs_mod.Handle | fs_mod.DirHandle | None
         with self._fh_lock:
             try:
-                ino, h = self._files.pop(fh)
+                ino, close = self._files.pop(fh)
             except KeyError:
                 raise oserror(errno.EBADF) from None
             if fh in self._borrowed:
-                self._closing[fh] = h
-                h = None
+                self._closing[fh] = close
+                close = None
         self.table.drop_fh(ino, fh)
-        return ino, h
+        return ino, close
 
     def _close(self, h) -> None:
         if isinstance(h, fs_mod.DirHandle):

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import os
 
-from mergerfs import fs as fs_mod
-from mergerfs import inodes
+from mergerfs import fs as fs_mod, inodes
 from mergerfs.requests.core import CONTROL_INO, Core
 
 
@@ -27,7 +26,7 @@ class DirRequests(Core):
         meanwhile is skipped; its offset still advances)."""
         dh = self.handle(fh)
         entries = self.readdir(fh, off)
-        out = []
+        out: list[tuple[int, bytes, int, int, os.stat_result | None]] = []
         for i in range(off, min(len(entries), off + count)):
             name, dtype, _ = entries[i]
             try:

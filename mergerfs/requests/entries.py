@@ -9,9 +9,7 @@ import errno
 import os
 import stat as S
 
-from mergerfs import control as control_mod
-from mergerfs import fs as fs_mod
-from mergerfs import inodes, ugid
+from mergerfs import control as control_mod, fs as fs_mod, inodes, ugid
 from mergerfs.errors import oserror
 from mergerfs.requests.core import CONTROL_INO, Core
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 import errno
 import os
 
-from mergerfs import fs as fs_mod
-from mergerfs import inodes
+from mergerfs import fs as fs_mod, inodes
 from mergerfs.errors import oserror
 from mergerfs.requests.core import CONTROL_INO, DIRECT, DROP, KEEP, Core, process_name
 
