@@ -1,0 +1,42 @@
+"""Cache invalidations to the kernel, written by one thread of their own: a
+notification can block until the kernel is done with the inode, and no request
+handler may wait on that. Nothing else writes notifications."""
+
+from __future__ import annotations
+
+import errno
+import os
+import queue
+import struct
+import threading
+
+from mergerfs.kernel.protocol import NOTIFY_INVAL_INODE, frame
+
+
+class Notifier:
+    def __init__(self) -> None:
+        self.fd = -1
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def start(self, fd: int) -> None:
+        self.fd = fd
+        self._thread = threading.Thread(target=self._run, name="fuse-notify", daemon=True)
+        self._thread.start()
+
+    def inval_inode(self, ino: int) -> None:
+        """Queue the invalidation of ``ino``'s cached pages and attributes (any thread)."""
+        if self.fd >= 0:
+            self._queue.put(ino)
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+
+    def _run(self) -> None:
+        while (ino := self._queue.get()) is not None:
+            try:
+                os.write(self.fd, frame(0, NOTIFY_INVAL_INODE, struct.pack("<Qqq", ino, 0, 0)))
+            except OSError as e:  # ENOENT: the kernel does not hold it any more
+                if e.errno in (errno.ENODEV, errno.EBADF):
+                    return

@@ -1,0 +1,228 @@
+"""The kernel session's life (mount, serve, close) and its opcode table.
+
+Every request the compiled loop does not answer itself arrives at
+:meth:`KernelTransport.dispatch` as bytes, is decoded once by its handler,
+handed to :class:`~mergerfs.requests.Requests` and answered exactly once
+(FORGET, BATCH_FORGET and INTERRUPT get no reply).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sys
+import threading
+
+from mergerfs import _kernel, inodes, ugid
+from mergerfs.kernel import mount as mounting
+from mergerfs.kernel.dirs import DirHandlers
+from mergerfs.kernel.entries import EntryHandlers
+from mergerfs.kernel.files import FileHandlers, Passthrough
+from mergerfs.kernel.negotiate import negotiate
+from mergerfs.kernel.notifier import Notifier
+from mergerfs.kernel.protocol import IN_HEADER, NO_REPLY, Op, Request, frame
+from mergerfs.kernel.xattrs import XattrHandlers
+from mergerfs.lifecycle import mounted_device, unmount
+from mergerfs.requests import Requests
+
+log = logging.getLogger("mergerfs")
+
+#: The compiled actions: SETATTR's chmod, chown and utimens, and UNLINK (each when its policy is epall).
+_ACTIONS = (_kernel.ACT_CHMOD, _kernel.ACT_CHOWN, _kernel.ACT_UTIMENS, _kernel.ACT_UNLINK)
+
+
+class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
+    """Mount, serve until unmounted, close: the shape lifecycle.py drives."""
+
+    def __init__(self, fs) -> None:
+        self.fs = fs
+        self.notifier = Notifier()
+        self.req = Requests(fs, self.notifier, auto_inval=True)
+        self.cfg = fs.snap.cfg
+        self.devfd = -1
+        self.mnt = ""
+        self.device: str | None = None
+        self.debug = False
+        self.session = None
+        self.minor = 0
+        self.passthrough = Passthrough()
+        # The opcode table: each opcode answered here and its handler (in
+        # entries.py, files.py, dirs.py or xattrs.py); any other gets ENOSYS.
+        self._handlers = {
+            Op.LOOKUP: self._lookup,
+            Op.FORGET: self._forget,
+            Op.BATCH_FORGET: self._batch_forget,
+            Op.GETATTR: self._getattr,
+            Op.SETATTR: self._setattr,
+            Op.READLINK: self._readlink,
+            Op.SYMLINK: self._symlink,
+            Op.MKNOD: self._mknod,
+            Op.MKDIR: self._mkdir,
+            Op.UNLINK: self._unlink,
+            Op.RMDIR: self._rmdir,
+            Op.RENAME: self._rename,
+            Op.RENAME2: self._rename2,
+            Op.LINK: self._link,
+            Op.OPEN: self._open,
+            Op.READ: self._read,
+            Op.WRITE: self._write,
+            Op.STATFS: self._statfs,
+            Op.RELEASE: self._release,
+            Op.FSYNC: self._fsync,
+            Op.SETXATTR: self._setxattr,
+            Op.GETXATTR: self._getxattr,
+            Op.LISTXATTR: self._listxattr,
+            Op.REMOVEXATTR: self._removexattr,
+            Op.FLUSH: self._flush,
+            Op.OPENDIR: self._opendir,
+            Op.READDIR: self._readdir,
+            Op.READDIRPLUS: self._readdirplus,
+            Op.RELEASEDIR: self._releasedir,
+            Op.FSYNCDIR: self._fsyncdir,
+            Op.ACCESS: self._access,
+            Op.CREATE: self._create,
+            Op.INTERRUPT: self._ignore,
+            Op.DESTROY: self._empty,
+            Op.IOCTL: self._ioctl,
+            Op.FALLOCATE: self._fallocate,
+            Op.LSEEK: self._lseek,
+            Op.COPY_FILE_RANGE: self._copy_file_range,
+            Op.COPY_FILE_RANGE_64: self._copy_file_range,
+            Op.SYNCFS: self._syncfs,
+            Op.INIT: self._empty,
+        }
+
+    # ------------------------------------------------------------ lifecycle
+    def mount(self, mnt: str, opts: set[str]) -> None:
+        # Resolved now: once mounted, resolving it would ask this very daemon.
+        self.mnt = mnt = os.path.realpath(mnt)
+        self.devfd = mounting.mount(mnt, opts)
+        self.device = mounted_device(mnt)
+        self.session = session = _kernel.Session(self.devfd, self.req.table)
+        session.slow = self.dispatch
+        session.trace = self.debug = any(o.partition("=")[0] == "debug" for o in opts)
+        agreed = negotiate(self.devfd, self.cfg)
+        self.minor = agreed.minor
+        self.passthrough.enable(self.devfd, agreed.passthrough)
+        session.configure(agreed.max_write, agreed.minor)
+        self._fast_path()
+        self.fs.listeners.append(self._fast_path)
+        self.notifier.start(self.devfd)
+
+    def _fast_path(self, *_changed) -> None:
+        """Let the compiled loop answer LOOKUP, GETATTR, GETXATTR, SETATTR and
+        UNLINK while the config has the plain shape it implements: a first-found
+        search, epall actions, and attributes reported as the branch's lstat
+        gives them (no symlink following, symlinkify or uid/gid/umask
+        overrides). Otherwise Python answers them. Called again after every
+        config change."""
+        assert self.session is not None
+        cfg = self.fs.snap.cfg
+        plain = (
+            cfg.policy("getattr") == "ff"
+            and cfg["follow-symlinks"] == "never"
+            and not cfg["symlinkify"]
+            and self.req.force is None
+        )
+        if not plain:
+            self.session.set_fast(None)
+            return
+        entry, attr, negative = self.req.timeouts()
+        branches = self.fs.snap.branches
+        epall = [cfg.policy(func) == "epall" for func in ("chmod", "chown", "utimens", "unlink")]
+        self.session.set_fast(
+            [os.fsencode(b.path) for b in branches],
+            [b.mode == "RO" for b in branches],
+            inodes.mode_code(cfg["inodecalc"]),
+            entry,
+            attr,
+            negative,
+            actions=sum(bit for bit, on in zip(_ACTIONS, epall) if on),
+            getxattr=cfg["xattr"] == "passthrough" and cfg.policy("getxattr") == "ff",
+            capability=cfg["security-capability"],
+            posix_acl=cfg["posix-acl"],
+            creds_fixed=not ugid.acts_as_caller(),
+            pid_bound=cfg["proxy-ioprio"],
+        )
+
+    def serve(self, workers: int) -> None:
+        """Run ``workers`` threads, one per (cloned) fd, until the mount goes away."""
+        assert self.session is not None
+        session = self.session
+        fds = [self.devfd]
+        for _ in range(workers - 1):
+            try:
+                fds.append(_kernel.clone_fd(self.devfd))
+            except OSError:
+                fds.append(self.devfd)  # no /dev/fuse access (fusermount): share the fd
+        errors: list[BaseException] = []
+
+        def work(fd: int) -> None:
+            try:
+                session.serve(fd)
+            except OSError as e:
+                if e.errno not in (errno.ENODEV, errno.EBADF):
+                    errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(fd,), name=f"fuse-{i}", daemon=True) for i, fd in enumerate(fds)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for fd in set(fds) - {self.devfd}:
+            os.close(fd)
+        if errors:
+            raise errors[0]
+
+    def close(self) -> None:
+        self.notifier.stop()
+        # Only our own mount: after lazy-umount-mountpoint another pool may sit there.
+        if self.devfd >= 0 and self.device and mounted_device(self.mnt) == self.device:
+            unmount(self.mnt)
+        if self.devfd >= 0:
+            os.close(self.devfd)
+            self.devfd = -1
+
+    # ------------------------------------------------------------ replies
+    def dispatch(self, data: bytes) -> bytes | None:
+        """Decode, act as the caller, answer: the whole reply, or None (no
+        reply). Never raises."""
+        h = Request(data)
+        if self.debug:  # libfuse's -d trace, which scripts and users grep
+            name = Op(h.opcode).name if h.opcode in self._handlers else "?"
+            print(
+                f"unique: {h.unique}, opcode: {name} ({h.opcode}), nodeid: {h.nodeid}, "
+                f"insize: {len(data)}, pid: {h.pid}",
+                file=sys.stderr,
+                flush=True,
+            )
+        handler = self._handlers.get(h.opcode, self._enosys)
+        try:
+            # every request with a caller, answered or not: the compiled loop
+            # takes this thread's identity to be the last such request's
+            if h.uid != 0xFFFFFFFF and h.opcode not in NO_REPLY:
+                ugid.switch(h.uid, h.gid, h.pid)
+            payload = handler(h, data[IN_HEADER.size :])
+        except OSError as e:
+            err = e.errno or errno.EIO
+        except Exception:
+            log.exception("unexpected error in opcode %d (nodeid %d)", h.opcode, h.nodeid)
+            err = errno.EIO
+        else:
+            if h.opcode in NO_REPLY:
+                return None
+            return frame(h.unique, 0, payload or b"")
+        return None if h.opcode in NO_REPLY else frame(h.unique, -err)
+
+    @staticmethod
+    def _ignore(h, body):
+        return None
+
+    @staticmethod
+    def _empty(h, body):
+        return b""
+
+    @staticmethod
+    def _enosys(h, body):
+        raise OSError(errno.ENOSYS, "not implemented")

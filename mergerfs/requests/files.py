@@ -1,0 +1,107 @@
+"""Requests on open files, and the cache decision each open makes (what it
+does to the kernel's cached pages: KEEP, DROP or DIRECT)."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from mergerfs import fs as fs_mod, inodes
+from mergerfs.errors import oserror
+from mergerfs.requests.core import CONTROL_INO, DIRECT, DROP, KEEP, Core, process_name
+
+
+class FileRequests(Core):
+    def create(
+        self, parent: int, name: bytes, mode: int, flags: int, pid: int = 0
+    ) -> tuple[int, int, os.stat_result, int]:
+        """(fh, nodeid, attributes, cache decision) of a newly created file."""
+        rel = self.child(parent, name)
+        h = self.fs.create(rel, flags, mode)
+        try:
+            ino, st = self._entry(rel, self.fs.fgetattr(h))
+        except BaseException:
+            self.fs.release(h)
+            raise
+        cache = DIRECT if self._cache_mode(pid) == "off" else KEEP
+        return self._new_fh(ino, h), ino, st, cache
+
+    def _cache_mode(self, pid: int) -> str:
+        cfg = self.fs.snap.cfg
+        mode = cfg["cache.files"]
+        if mode == "per-process":
+            names = cfg["cache.files.process-names"].split("|")
+            return "partial" if pid and process_name(pid) in names else "off"
+        return mode
+
+    def open(self, inode: int, flags: int, pid: int = 0) -> tuple[int, int]:
+        """(fh, cache decision) of an opened file."""
+        if inode == CONTROL_INO:
+            raise oserror(errno.EACCES) if flags & os.O_ACCMODE else oserror(errno.EOPNOTSUPP)
+        h = self.fs.open(self.rel(inode), flags)
+        try:
+            cache = self._freshen(inode, h, self._cache_mode(pid))
+        except BaseException:
+            self.fs.release(h)
+            raise
+        return self._new_fh(inode, h), cache
+
+    def _freshen(self, inode: int, h: fs_mod.Handle, mode: str) -> int:
+        """The open's cache decision: direct I/O under ``cache.files=off``, else
+        keep the kernel's pages unless ``cache.files`` says to drop them or the
+        branch file changed behind the kernel's back."""
+        st = self.fs.fgetattr(h)
+        current = inodes.stamp(st)
+        changed = current != self.table.swap_seen(inode, current)
+        if mode == "off":
+            decision = DIRECT
+        elif changed or mode in ("partial", "libfuse"):
+            decision = DROP
+        else:
+            decision = KEEP
+        if self.cache_by_notify and decision != KEEP:
+            self.notifier.inval_inode(inode)
+        return decision
+
+    def fd(self, fh: int) -> int:
+        """The branch fd behind an open file (for a transport's own data path)."""
+        h = self.handle(fh)
+        if not isinstance(h, fs_mod.Handle):
+            raise oserror(errno.EISDIR)
+        return h.fd
+
+    def read(self, fh: int, off: int, size: int) -> bytes:
+        return self.fs.read(self.handle(fh), off, size)
+
+    def write(self, fh: int, off: int, buf) -> int:
+        ino, h = self._file(fh)
+        n = self.fs.write(h, off, buf)
+        if not self.auto_inval:
+            # The kernel saw this change (it sent it): keep its cache, track the new state.
+            self._saw(ino, self.fs.fgetattr(h), ours=True)
+        return n
+
+    def flush(self, fh: int) -> None:
+        self.fs.flush(self.handle(fh))
+
+    def release(self, fh: int) -> None:
+        ino, h = self._forget_fh(fh)
+        if self.cache_by_notify and self.fs.snap.cfg["cache.files"] == "off":
+            self.notifier.inval_inode(ino)
+        if h is not None:
+            self._close(h)
+
+    def fsync(self, fh: int, datasync: bool) -> None:
+        self.fs.fsync(self.handle(fh), datasync)
+
+    def fallocate(self, fh: int, mode: int, off: int, length: int) -> None:
+        self.fs.fallocate(self.handle(fh), mode, off, length)
+
+    def lseek(self, fh: int, off: int, whence: int) -> int:
+        return self.fs.lseek(self.handle(fh), off, whence)
+
+    def copy_file_range(self, fh_in: int, off_in: int, fh_out: int, off_out: int, length: int, flags: int) -> int:
+        return self.fs.copy_file_range(self.handle(fh_in), off_in, self.handle(fh_out), off_out, length, flags)
+
+    def ioctl(self, fh: int, cmd: int, arg: bytes, out_size: int) -> tuple[int, bytes]:
+        return self.fs.ioctl(self.handle(fh), cmd, arg, out_size)
