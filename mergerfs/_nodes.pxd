@@ -38,7 +38,7 @@ cdef inline uint64_t stamp(uint64_t size, int64_t mtime_ns) noexcept nogil:
     return h
 
 
-cdef class NodeTable:
+cdef class NodeMaps:
     cdef pthread_mutex_t mu
     cdef Node **nodes       # open addressing on nodeid
     cdef size_t ncap
@@ -47,8 +47,6 @@ cdef class NodeTable:
     cdef size_t pcap
     cdef size_t pcount
     cdef size_t peak
-    cdef public bint never_forget
-    cdef dict fhs           # nodeid -> set of open fh numbers (Python's; counted in Node.nfh)
 
     cdef void lock(self) noexcept nogil
     cdef bint _resize_nodes(self, size_t cap) noexcept nogil
@@ -63,11 +61,17 @@ cdef class NodeTable:
     cdef void _unbind(self, const char *path) noexcept nogil
     cdef void _drop(self, Node *n) noexcept nogil
     cdef void _shrink(self) noexcept nogil
+    cdef void unlock(self) noexcept nogil
+    cdef Node *node(self, uint64_t nodeid) noexcept nogil
+
+
+cdef class NodeTable(NodeMaps):
+    cdef public bint never_forget
+    cdef dict fhs           # nodeid -> set of open fh numbers (Python's; counted in Node.nfh)
+
     cdef void _make_newest_and_count(self, Node *n, const char *path) noexcept nogil
     cdef int _renamed(self, const char *old, const char *new) except -1
     cdef int _move_below(self, const char *old, const char *new) except -1
-    cdef void unlock(self) noexcept nogil
-    cdef Node *node(self, uint64_t nodeid) noexcept nogil
     cdef uint64_t remember_c(self, uint64_t ino, const char *path, bint has_ident, uint64_t dev,
                              uint64_t st_ino, bint isdir, bint may_replace, bint *replaced) noexcept nogil
     cdef void forget_c(self, uint64_t nodeid, uint64_t count) noexcept nogil
