@@ -14,10 +14,7 @@ import pytest
 
 from mergerfs import mounts
 
-try:
-    from .helpers import FSTYPE, Pool, abort_connection, daemon_pid, mount, pid_alive, unmount, wait_until
-except ImportError:  # rootdir-less collection
-    from helpers import FSTYPE, Pool, abort_connection, daemon_pid, mount, pid_alive, unmount, wait_until
+from .helpers import FSTYPE, Pool, abort_connection, daemon_pid, mount, pid_alive, unmount, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 _STARTED: set[int] = set()  # daemon PIDs this session started

@@ -9,10 +9,7 @@ import pytest
 import mergerfs
 from mergerfs.lifecycle import MountError, is_mountpoint
 
-try:
-    from .helpers import is_reference, pid_alive
-except ImportError:
-    from helpers import is_reference, pid_alive
+from .helpers import is_reference, pid_alive
 
 pytestmark = pytest.mark.skipif(is_reference(), reason="our Python API")
 

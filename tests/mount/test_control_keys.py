@@ -17,12 +17,8 @@ import threading
 
 import pytest
 
-try:
-    from .branchfs import pool as pool_of
-    from .helpers import REFERENCE, is_reference, pool_cmd
-except ImportError:
-    from branchfs import pool as pool_of
-    from helpers import REFERENCE, is_reference, pool_cmd
+from .branchfs import pool as pool_of
+from .helpers import REFERENCE, is_reference, pool_cmd
 
 P = "user.mergerfs."
 # the 2.33.5 daemon dies on an unknown policy name written to these

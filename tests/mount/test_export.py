@@ -20,12 +20,8 @@ import os
 
 import pytest
 
-try:
-    from .branchfs import MountError, pool, tmpfs_branches
-    from .helpers import daemon_pid, is_reference
-except ImportError:  # rootdir-less collection
-    from branchfs import MountError, pool, tmpfs_branches
-    from helpers import daemon_pid, is_reference
+from .branchfs import MountError, pool, tmpfs_branches
+from .helpers import daemon_pid, is_reference
 
 AT_FDCWD = -100
 MAX_HANDLE_SZ = 128

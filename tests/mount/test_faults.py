@@ -21,34 +21,19 @@ import time
 
 import pytest
 
-try:
-    from .branchfs import MiB, pool, remount_ro, tmpfs_branches, where
-    from .helpers import (
-        daemon_pid,
-        err_of,
-        get as _get,
-        is_pool_mounted,
-        is_reference,
-        pid_alive,
-        put as _put,
-        run_cmd,
-        unmount,
-        wait_until,
-    )
-except ImportError:  # rootdir-less collection
-    from branchfs import MiB, pool, remount_ro, tmpfs_branches, where
-    from helpers import (
-        daemon_pid,
-        err_of,
-        get as _get,
-        is_pool_mounted,
-        is_reference,
-        pid_alive,
-        put as _put,
-        run_cmd,
-        unmount,
-        wait_until,
-    )
+from .branchfs import MiB, pool, remount_ro, tmpfs_branches, where
+from .helpers import (
+    daemon_pid,
+    err_of,
+    get as _get,
+    is_pool_mounted,
+    is_reference,
+    pid_alive,
+    put as _put,
+    run_cmd,
+    unmount,
+    wait_until,
+)
 
 NOCACHE = "cache.files=off,cache.attr=0,cache.entry=0,cache.negative_entry=0"
 

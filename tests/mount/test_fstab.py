@@ -21,12 +21,8 @@ import textwrap
 
 import pytest
 
-try:
-    from .helpers import is_reference, pool_cmd
-    from .nsutil import kill_leftovers, run_private
-except ImportError:
-    from helpers import is_reference, pool_cmd
-    from nsutil import kill_leftovers, run_private
+from .helpers import is_reference, pool_cmd
+from .nsutil import kill_leftovers, run_private
 
 pytestmark = pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1)")
 

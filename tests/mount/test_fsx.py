@@ -19,10 +19,7 @@ import sys
 
 import pytest
 
-try:
-    from .helpers import is_reference
-except ImportError:
-    from helpers import is_reference
+from .helpers import is_reference
 
 pytestmark = pytest.mark.slow
 

@@ -13,10 +13,7 @@ import stat
 
 import pytest
 
-try:
-    from .helpers import errname, is_reference, outcome
-except ImportError:
-    from helpers import errname, is_reference, outcome
+from .helpers import errname, is_reference, outcome
 
 OPTS = "category.create=ff,cache.attr=0,cache.entry=0,cache.negative_entry=0"
 

@@ -17,12 +17,8 @@ import pytest
 
 from mergerfs import _fastpath
 
-try:
-    from .helpers import REPO, is_llfuse, is_reference
-    from .nsutil import kill_leftovers
-except ImportError:
-    from helpers import REPO, is_llfuse, is_reference
-    from nsutil import kill_leftovers
+from .helpers import REPO, is_llfuse, is_reference
+from .nsutil import kill_leftovers
 
 pytestmark = pytest.mark.skipif(is_reference() or is_llfuse(), reason="the kernel session's features")
 READ, WRITE, OPEN = 15, 16, 14

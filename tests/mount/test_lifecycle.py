@@ -8,37 +8,19 @@ import subprocess
 
 import pytest
 
-try:
-    from .helpers import is_reference
-except ImportError:
-    from helpers import is_reference
-
-try:
-    from .helpers import (
-        cmd_env,
-        daemon_pid,
-        is_pool_mounted,
-        mount,
-        mountinfo,
-        pid_alive,
-        pool_cmd,
-        run_cmd,
-        unmount,
-        wait_until,
-    )
-except ImportError:
-    from helpers import (
-        cmd_env,
-        daemon_pid,
-        is_pool_mounted,
-        mount,
-        mountinfo,
-        pid_alive,
-        pool_cmd,
-        run_cmd,
-        unmount,
-        wait_until,
-    )
+from .helpers import (
+    cmd_env,
+    daemon_pid,
+    is_pool_mounted,
+    is_reference,
+    mount,
+    mountinfo,
+    pid_alive,
+    pool_cmd,
+    run_cmd,
+    unmount,
+    wait_until,
+)
 
 
 @pytest.fixture

@@ -19,12 +19,8 @@ import sys
 
 import pytest
 
-try:
-    from .helpers import cmd_env, is_pool_mounted, is_reference, pool_cmd, unmount, wait_until
-    from .nsutil import kill_leftovers, run_private
-except ImportError:
-    from helpers import cmd_env, is_pool_mounted, is_reference, pool_cmd, unmount, wait_until
-    from nsutil import kill_leftovers, run_private
+from .helpers import cmd_env, is_pool_mounted, is_reference, pool_cmd, unmount, wait_until
+from .nsutil import kill_leftovers, run_private
 
 pytestmark = pytest.mark.skipif(is_reference(), reason="log-level and the request trace are ours")
 

@@ -14,10 +14,7 @@ import stat
 
 import pytest
 
-try:
-    from .helpers import compare
-except ImportError:
-    from helpers import compare
+from .helpers import compare
 
 COMP = "c" * 250
 DEPTH = 16  # 16 * 251 = 4016 bytes below the root; a 70-byte name makes 4087 in the pool

@@ -12,10 +12,7 @@ import stat
 
 import pytest
 
-try:
-    from .branchfs import MiB, is_reference, pool, tmpfs_branches, where
-except ImportError:  # tests/mount is not a package
-    from branchfs import MiB, is_reference, pool, tmpfs_branches, where
+from .branchfs import MiB, is_reference, pool, tmpfs_branches, where
 
 pytestmark = pytest.mark.mount
 

@@ -7,10 +7,7 @@ import stat
 
 import pytest
 
-try:
-    from .helpers import compare, is_reference
-except ImportError:
-    from helpers import compare, is_reference
+from .helpers import compare, is_reference
 
 OPTS = "cache.files=off,cache.attr=0,cache.entry=0,cache.negative_entry=0,category.create=ff"
 

@@ -19,10 +19,7 @@ import tempfile
 
 import pytest
 
-try:
-    from .helpers import is_reference, mount, unmount
-except ImportError:
-    from helpers import is_reference, mount, unmount
+from .helpers import is_reference, mount, unmount
 
 ALICE, BOB, GROUP = 4301, 4302, 4310
 USER_PY = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or sys.executable

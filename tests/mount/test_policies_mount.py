@@ -15,10 +15,7 @@ import time
 
 import pytest
 
-try:
-    from .branchfs import err_of, fill, is_reference, pool, remount_ro, tmpfs_branches, where
-except ImportError:  # tests/mount is not a package
-    from branchfs import err_of, fill, is_reference, pool, remount_ro, tmpfs_branches, where
+from .branchfs import err_of, fill, is_reference, pool, remount_ro, tmpfs_branches, where
 
 pytestmark = pytest.mark.mount
 

@@ -16,10 +16,7 @@ import time
 
 import pytest
 
-try:
-    from .branchfs import REFERENCE, fill, is_reference, ours_importable, pool, pool_cmd, tmpfs_branches, tree
-except ImportError:  # tests/mount is not a package
-    from branchfs import REFERENCE, fill, is_reference, ours_importable, pool, pool_cmd, tmpfs_branches, tree
+from .branchfs import REFERENCE, fill, is_reference, ours_importable, pool, pool_cmd, tmpfs_branches, tree
 
 pytestmark = pytest.mark.mount
 

@@ -24,14 +24,9 @@ import time
 
 import pytest
 
-try:
-    from .branchfs import MiB, avail, pool, tmpfs_branches, where
-    from .helpers import cmd_env, daemon_pid, err_of, get as _get, is_reference, pid_alive, put as _put, wait_until
-    from .remote import remotes, tools_missing
-except ImportError:  # rootdir-less collection
-    from branchfs import MiB, avail, pool, tmpfs_branches, where
-    from helpers import cmd_env, daemon_pid, err_of, get as _get, is_reference, pid_alive, put as _put, wait_until
-    from remote import remotes, tools_missing
+from .branchfs import MiB, avail, pool, tmpfs_branches, where
+from .helpers import cmd_env, daemon_pid, err_of, get as _get, is_reference, pid_alive, put as _put, wait_until
+from .remote import remotes, tools_missing
 
 pytestmark = pytest.mark.skipif(tools_missing() is not None, reason=str(tools_missing()))
 

@@ -11,10 +11,7 @@ import os
 
 import pytest
 
-try:
-    from .branchfs import err_of, is_reference, pool, tmpfs_branches, where
-except ImportError:  # tests/mount is not a package
-    from branchfs import err_of, is_reference, pool, tmpfs_branches, where
+from .branchfs import err_of, is_reference, pool, tmpfs_branches, where
 
 pytestmark = pytest.mark.mount
 

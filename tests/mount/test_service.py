@@ -19,34 +19,19 @@ import time
 
 import pytest
 
-try:
-    from .helpers import (
-        cmd_env,
-        daemon_pid,
-        is_pool_mounted,
-        is_reference,
-        mount,
-        mountinfo,
-        pid_alive,
-        pool_cmd,
-        run_cmd,
-        unmount,
-        wait_until,
-    )
-except ImportError:
-    from helpers import (
-        cmd_env,
-        daemon_pid,
-        is_pool_mounted,
-        is_reference,
-        mount,
-        mountinfo,
-        pid_alive,
-        pool_cmd,
-        run_cmd,
-        unmount,
-        wait_until,
-    )
+from .helpers import (
+    cmd_env,
+    daemon_pid,
+    is_pool_mounted,
+    is_reference,
+    mount,
+    mountinfo,
+    pid_alive,
+    pool_cmd,
+    run_cmd,
+    unmount,
+    wait_until,
+)
 
 upstream_only = pytest.mark.skipif(is_reference(), reason="option added after 2.33.5")
 

@@ -10,10 +10,7 @@ import pytest
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-try:
-    from .helpers import errname, outcome
-except ImportError:
-    from helpers import errname, outcome
+from .helpers import errname, outcome
 
 OPTS = "category.create=ff,cache.files=off,cache.attr=0,cache.entry=0,cache.negative_entry=0"
 PATHS = ["a", "b", "d1", "d2", "d1/a", "d1/b", "d1/e", "d1/e/a", "d2/a"]

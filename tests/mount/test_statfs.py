@@ -6,12 +6,8 @@ import os
 
 import pytest
 
-try:
-    from .branchfs import fill, is_reference, pool, remount_ro, tmpfs_branches
-    from .helpers import is_llfuse
-except ImportError:  # tests/mount is not a package
-    from branchfs import fill, is_reference, pool, remount_ro, tmpfs_branches
-    from helpers import is_llfuse
+from .branchfs import fill, is_reference, pool, remount_ro, tmpfs_branches
+from .helpers import is_llfuse
 
 pytestmark = pytest.mark.mount
 

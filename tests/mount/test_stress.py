@@ -18,10 +18,7 @@ import time
 
 import pytest
 
-try:
-    from .helpers import is_llfuse, pid_alive, wait_until
-except ImportError:
-    from helpers import is_llfuse, pid_alive, wait_until
+from .helpers import is_llfuse, pid_alive, wait_until
 
 pytestmark = pytest.mark.slow
 

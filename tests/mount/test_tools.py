@@ -18,12 +18,8 @@ import sys
 
 import pytest
 
-try:
-    from .branchfs import MiB, pool, tmpfs_branches
-    from .helpers import REFERENCE, cmd_env, pool_cmd
-except ImportError:
-    from branchfs import MiB, pool, tmpfs_branches
-    from helpers import REFERENCE, cmd_env, pool_cmd
+from .branchfs import MiB, pool, tmpfs_branches
+from .helpers import REFERENCE, cmd_env, pool_cmd
 
 NOCACHE = "cache.files=off,cache.attr=0,cache.entry=0,cache.negative_entry=0"
 TOOLS = ("ctl", "balance", "dup", "dedup", "fsck", "consolidate")

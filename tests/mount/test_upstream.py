@@ -11,12 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-try:
-    from .branchfs import mount_pool_cmd
-    from .helpers import REFERENCE_42, daemon_pid, err_of, kill_quietly, pool_cmd, unmount
-except ImportError:
-    from branchfs import mount_pool_cmd
-    from helpers import REFERENCE_42, daemon_pid, err_of, kill_quietly, pool_cmd, unmount
+from .branchfs import mount_pool_cmd
+from .helpers import REFERENCE_42, daemon_pid, err_of, kill_quietly, pool_cmd, unmount
 
 P = "user.mergerfs."
 HAVE_42 = os.path.exists(REFERENCE_42)

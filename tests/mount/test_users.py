@@ -11,10 +11,7 @@ import tempfile
 
 import pytest
 
-try:
-    from .helpers import is_reference, mount, unmount
-except ImportError:
-    from helpers import is_reference, mount, unmount
+from .helpers import is_reference, mount, unmount
 
 UID, GID = 4242, 4242
 GROUP_SUPP = 4343

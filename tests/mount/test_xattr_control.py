@@ -8,10 +8,7 @@ import stat
 
 import pytest
 
-try:
-    from .helpers import is_reference
-except ImportError:
-    from helpers import is_reference
+from .helpers import is_reference
 
 CTL = ".mergerfs"
 P = "user.mergerfs."
