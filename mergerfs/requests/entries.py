@@ -63,7 +63,7 @@ class EntryRequests(Core):
         kill_priv: bool = False,
     ) -> os.stat_result:
         """Change what is given (``None``: leave it); times in ns. ``now_hint``:
-        both times may be "now" as the caller asked (see fs._utimens). ``kill_priv``:
+        both times may be "now" as the caller asked (see ops/attrs.py, _utimens). ``kill_priv``:
         the kernel asks us to drop setuid/setgid as native would (handle-killpriv-v2)."""
         if inode == CONTROL_INO:
             raise oserror(errno.EPERM)
