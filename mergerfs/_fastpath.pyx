@@ -252,26 +252,40 @@ def inode_calc(int mode, bytes relpath not None, bint isdir, uint64_t dev, uint6
     return _calc(mode, <const uint8_t *>PyBytes_AS_STRING(relpath), n, NULL, 0, isdir, dev, ino)
 
 
-def readdir_inodes(list rows not None, bytes parent not None, list devs not None, int mode):
-    """readdir_merge rows -> ``[(name, d_type, st_ino)]`` under ``mode``.
+def readdir_inodes(list listings not None, bytes parent not None, list devs not None, int mode,
+                   hidden=()):
+    """Each branch's listing (``readdir_merge`` rows; None: not listed) merged
+    into ``[(name, d_type, st_ino)]`` under ``mode``: each name once, the first
+    branch's wins, none of ``hidden``.
 
     ``parent`` is the directory's relpath as bytes, ``devs`` each branch's
     st_dev (path-hashed names are ``parent/name``)."""
     cdef list out = []
+    cdef set seen = set(hidden)
     cdef bytes prefix = b"/" if parent == b"/" else parent + b"/"
     cdef const uint8_t *cprefix = <const uint8_t *>PyBytes_AS_STRING(prefix)
     cdef size_t plen = <size_t>len(prefix)
+    cdef object rows
+    cdef tuple row
     cdef bytes bname
     cdef unsigned char dtype
-    cdef uint64_t dino
-    cdef object idx  # a Python int: devs[idx] stays bounds-checked (boundscheck is off)
     cdef uint64_t dev
     cdef uint64_t ino
-    for bname, dtype, dino, idx in rows:
+    cdef object idx  # a Python int: devs[idx] stays bounds-checked (boundscheck is off)
+    for idx in range(len(listings)):
+        rows = listings[idx]
+        if rows is None:
+            continue
         dev = devs[idx]
-        ino = _calc(mode, cprefix, plen, <const uint8_t *>PyBytes_AS_STRING(bname), <size_t>len(bname),
-                    dtype == 4, dev, dino)  # 4: DT_DIR
-        out.append((bname, dtype, ino))
+        for row in <list>rows:
+            bname = <bytes>row[0]
+            if bname in seen:
+                continue
+            seen.add(bname)
+            dtype = row[1]
+            ino = _calc(mode, cprefix, plen, <const uint8_t *>PyBytes_AS_STRING(bname), <size_t>len(bname),
+                        dtype == 4, dev, <uint64_t>row[2])  # 4: DT_DIR
+            out.append((bname, dtype, ino))
     return out
 
 

@@ -41,19 +41,16 @@ class ReaddirOps(Core):
         branches = snap.branches
         rel = dh.relpath
         try:
-            raw, devs = self._list(branches, rel)
+            listings, devs = self._list(branches, rel)
         except OSError:
             if rel == "/" and not self._any_branch_root(snap):
                 return [(os.fsencode(ERROR_ENTRY), S.S_IFREG >> 12, 2)]
             raise
-        out = _fastpath.readdir_inodes(raw, os.fsencode(rel), devs, inodes.mode_code(calc))
-        if rel == "/":
-            hidden = {b".mergerfs", EXDEV_DIR.encode()}
-            out = [e for e in out if e[0] not in hidden]
-        return out
+        hidden = _HIDDEN if rel == "/" else ()
+        return _fastpath.readdir_inodes(listings, os.fsencode(rel), devs, inodes.mode_code(calc), hidden)
 
     def _list(self, branches, rel: str) -> tuple[list, list[int]]:
-        """Each branch's listing of ``rel`` merged (first branch wins), and each
+        """Each branch's listing of ``rel`` (None: not listed), and each
         branch's st_dev of it (devino numbers need it; 0: nothing listed).
 
         Every listing runs on its branch's lane with :data:`LIST_TIMEOUT`: a
@@ -62,24 +59,24 @@ class ReaddirOps(Core):
         listings = self.probe.lanes.calls(
             [(b.path, _list_one, (_full_or_missing(b, rel),)) for b in branches], LIST_TIMEOUT
         )
-        raw: list = []
-        seen: set[bytes] = set()
+        rows: list = []
         devs: list[int] = []
         first_err: BaseException | None = None
-        for idx, listing in enumerate(listings):
+        for listing in listings:
             if isinstance(listing, BaseException):
                 first_err = first_err or listing
+                rows.append(None)
                 devs.append(0)
                 continue
-            rows, dev = listing
-            devs.append(dev)
-            for name, dtype, ino, _ in rows:
-                if name not in seen:
-                    seen.add(name)
-                    raw.append((name, dtype, ino, idx))
+            rows.append(listing[0])
+            devs.append(listing[1])
         if first_err is not None and all(isinstance(x, BaseException) for x in listings):
             raise first_err
-        return raw, devs
+        return rows, devs
+
+
+#: Names the root never lists: the control file and rename-exdev's parking directory.
+_HIDDEN = frozenset({b".mergerfs", EXDEV_DIR.encode()})
 
 
 def _list_one(path: str) -> tuple[list, int]:

@@ -155,5 +155,48 @@ def test_inode_rules_match_the_model(mode, name, parent, isdir, dev, ino):
     path = (b"" if parent == b"/" else parent) + b"/" + name
     want = _model(mode, path, isdir, dev, ino)
     assert inodes.calc(mode, os.fsdecode(path), 0o40755 if isdir else 0o100644, dev, ino) == want
-    row = [(name, 4 if isdir else 8, ino, 1)]
-    assert _fastpath.readdir_inodes(row, parent, [0, dev], inodes.mode_code(mode)) == [(name, 4 if isdir else 8, want)]
+    rows = [(name, 4 if isdir else 8, ino, 0)]
+    got = _fastpath.readdir_inodes([None, rows], parent, [0, dev], inodes.mode_code(mode))
+    assert got == [(name, 4 if isdir else 8, want)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    listings=st.lists(
+        st.one_of(
+            st.none(),
+            st.lists(
+                st.tuples(
+                    st.sampled_from([b"a", b"b", b"c", b".mergerfs"]),
+                    st.sampled_from([4, 8]),
+                    st.integers(0, 2**64 - 1),
+                    st.just(0),
+                ),
+                max_size=5,
+            ),
+        ),
+        max_size=4,
+    ),
+    hide=st.booleans(),
+)
+def test_listings_merge_first_branch_wins(listings, hide):
+    """The merge against the obvious model: each name once, from the first branch
+    listing it, numbered with that branch's st_dev; hidden names never."""
+    from mergerfs import inodes
+
+    devs = [7 * (i + 1) for i in range(len(listings))]
+    hidden = {b".mergerfs"} if hide else set()
+    want, seen = [], set(hidden)
+    for i, rows in enumerate(listings):
+        for name, dtype, ino, _ in rows or ():
+            if name not in seen:
+                seen.add(name)
+                want.append(
+                    (
+                        name,
+                        dtype,
+                        _fastpath.inode_calc(inodes.mode_code("devino-hash"), b"/d/" + name, dtype == 4, devs[i], ino),
+                    )
+                )
+    got = _fastpath.readdir_inodes(listings, b"/d", devs, inodes.mode_code("devino-hash"), hidden)
+    assert got == want
