@@ -445,11 +445,7 @@ cdef class Session:
         if err[0] and done == 0:
             _reply_error(fd, unique, err[0])
             return True
-        cdef fuse_out_header *o = <fuse_out_header *>buf
-        o.len = <uint32_t>(OUT_HDR + done)
-        o.error = 0
-        o.unique = unique
-        c_write(fd, buf, OUT_HDR + done)
+        _reply(fd, unique, buf, OUT_HDR + done)
         return True
 
     cdef bint _write(self, int fd, char *buf, ssize_t n, uint64_t unique) noexcept nogil:
@@ -469,12 +465,9 @@ cdef class Session:
             _reply_error(fd, unique, err[0])
             return True
         cdef write_reply out
-        out.h.len = sizeof(write_reply)
-        out.h.error = 0
-        out.h.unique = unique
         out.w.size = <uint32_t>done
         out.w.padding = 0
-        c_write(fd, &out, sizeof(write_reply))
+        _reply(fd, unique, &out, sizeof(write_reply))
         return True
 
     cdef bint _flush(self, int fd, char *buf, uint64_t unique) noexcept nogil:
@@ -490,6 +483,15 @@ cdef class Session:
             err = errno
         _reply_error(fd, unique, err)
         return True
+
+
+cdef void _reply(int fd, uint64_t unique, void *msg, size_t size) noexcept nogil:
+    """Send a success reply: ``msg`` starts with its fuse_out_header, filled in here."""
+    cdef fuse_out_header *o = <fuse_out_header *>msg
+    o.len = <uint32_t>size
+    o.error = 0
+    o.unique = unique
+    c_write(fd, msg, size)
 
 
 cdef void _reply_error(int fd, uint64_t unique, int err) noexcept nogil:

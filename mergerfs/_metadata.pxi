@@ -136,22 +136,28 @@ cdef ssize_t _relpath(NodeTable t, uint64_t nodeid, const char *name, size_t nam
     return rv
 
 
+cdef bint _on_branch(FastConfig *c, int i, const char *rel, size_t rellen, char *full) noexcept nogil:
+    """``rel`` on branch ``i`` as a path in ``full`` (PATH_MAX); for "/" the
+    branch root itself, as given (no trailing "/"). False if it does not fit."""
+    cdef size_t bl = c.lens[i]
+    if bl + rellen >= PATH_MAX:
+        return False
+    memcpy(full, c.branches[i], bl)
+    if rellen == 1 and bl:
+        full[bl] = 0
+    else:
+        memcpy(full + bl, rel, rellen + 1)
+    return True
+
+
 cdef int _search(FastConfig *c, const char *rel, size_t rellen, stat_t *st, char *full) noexcept nogil:
     """First-found: 0, the lstat of ``rel`` on the first branch holding it and
     its full path in ``full`` (PATH_MAX); ENOENT if none holds it; -1 for
     anything Python must judge."""
     cdef int i
-    cdef size_t bl
-    cdef bint root = rellen == 1
     for i in range(c.nbranches):
-        bl = c.lens[i]
-        if bl + rellen >= PATH_MAX:
+        if not _on_branch(c, i, rel, rellen, full):
             return -1
-        memcpy(full, c.branches[i], bl)
-        if root and bl:  # the branch root itself, as given (no trailing "/")
-            full[bl] = 0
-        else:
-            memcpy(full + bl, rel, rellen + 1)
         if c_lstat(full, st) == 0:
             return 0
         if errno != ENOENT:
@@ -233,27 +239,23 @@ cdef bint _lookup(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept n
             _calc(c.calc, <const uint8_t *>rel, <size_t>rellen, NULL, 0, S_ISDIR(st.st_mode), st.st_dev, st.st_ino),
             rel, True, st.st_dev, st.st_ino, S_ISDIR(st.st_mode), False, replaced)
         s.table.unlock()
+    # a miss below the root is plain; the root's may be special (the error entry)
+    cdef bint missing = found == ENOENT and h.nodeid != ROOT_ID
     memset(&out, 0, sizeof(out))
-    out.e.entry_valid = c.entry_valid
-    out.e.attr_valid = c.attr_valid
-    if found == ENOENT and h.nodeid != ROOT_ID:  # the root's missing names can be special (the error entry)
-        out.e.entry_valid = c.negative_valid
+    out.e.entry_valid = c.negative_valid if missing else c.entry_valid
+    out.e.attr_valid = 0 if missing else c.attr_valid
     _release(s, c)
-    if found == ENOENT and h.nodeid != ROOT_ID:
+    if missing:
         if out.e.entry_valid == 0:
             _reply_error(fd, h.unique, ENOENT)
             return True
-        out.e.attr_valid = 0
     elif nodeid == 0:
         return False
     else:
         _saw(s.table, nodeid, &st)
         out.e.nodeid = nodeid
         _fill_attr_c(&out.e.attr, nodeid, &st)
-    out.h.len = sizeof(out)
-    out.h.error = 0
-    out.h.unique = h.unique
-    c_write(fd, &out, sizeof(out))
+    _reply(fd, h.unique, &out, sizeof(out))
     return True
 
 
@@ -286,10 +288,7 @@ cdef bint _getattr(Session s, Caller *w, int fd, char *buf) noexcept nogil:
         return False
     _saw(s.table, h.nodeid, &st)
     _fill_attr_c(&out.a.attr, h.nodeid, &st)
-    out.h.len = sizeof(out)
-    out.h.error = 0
-    out.h.unique = h.unique
-    c_write(fd, &out, sizeof(out))
+    _reply(fd, h.unique, &out, sizeof(out))
     return True
 
 
@@ -366,18 +365,11 @@ cdef bint _getxattr(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept
         _reply_error(fd, unique, errno)
         return True
     if size == 0:
-        out.h.len = sizeof(out)
-        out.h.error = 0
-        out.h.unique = unique
         out.size = <uint32_t>got
         out.padding = 0
-        c_write(fd, &out, sizeof(out))
-        return True
-    cdef fuse_out_header *o = <fuse_out_header *>buf
-    o.len = <uint32_t>(OUT_HDR + got)
-    o.error = 0
-    o.unique = unique
-    c_write(fd, buf, OUT_HDR + <size_t>got)
+        _reply(fd, unique, &out, sizeof(out))
+    else:
+        _reply(fd, unique, buf, OUT_HDR + <size_t>got)
     return True
 
 
@@ -450,33 +442,27 @@ cdef bint _act(FastConfig *c, const char *rel, size_t rellen, int op, const fuse
     plain "not here" returns False with nothing changed, and Python does the
     whole request and judges the errors."""
     cdef char full[PATH_MAX]
+    cdef char root[PATH_MAX]
     cdef stat_t st
     cdef statvfs_t vfs
     cdef timespec times[2]
     cdef int i
     cdef int rc
     cdef int done = 0
-    cdef size_t bl
-    cdef bint root = rellen == 1
     for i in range(c.nbranches):
         if c.readonly[i]:
             continue
-        bl = c.lens[i]
-        if bl + rellen >= PATH_MAX:
-            return False
-        memcpy(full, c.branches[i], bl)
-        full[bl] = 0
-        if bl == 0:  # the branch "/"
-            full[0] = 47
-            full[1] = 0
-        if c_statvfs(full, &vfs) != 0:
+        # as the action filter: is it here, then is its filesystem writable
+        if not _on_branch(c, i, rel, rellen, full) or not _on_branch(c, i, b"/", 1, root):
             if done:
                 continue
             return False
-        if not root or not bl:
-            memcpy(full + bl, rel, rellen + 1)
         if c_lstat(full, &st) != 0:
             if errno == ENOENT or done:
+                continue
+            return False
+        if c_statvfs(root, &vfs) != 0:
+            if done:
                 continue
             return False
         if vfs.f_flag & ST_RDONLY:
@@ -548,10 +534,7 @@ cdef bint _setattr(Session s, Caller *w, int fd, char *buf) noexcept nogil:
         return False  # setuid/setgid to drop as native would: Python (its chown already stands)
     _saw(s.table, h.nodeid, &st)
     _fill_attr_c(&out.a.attr, h.nodeid, &st)
-    out.h.len = sizeof(out)
-    out.h.error = 0
-    out.h.unique = h.unique
-    c_write(fd, &out, sizeof(out))
+    _reply(fd, h.unique, &out, sizeof(out))
     return True
 
 
