@@ -21,14 +21,14 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.string cimport memcmp, memcpy, memset, strlen
 from libc.errno cimport errno, EINTR, EAGAIN, ENOENT, ENODEV, ENOSPC, EDQUOT
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
-from libc.stdlib cimport malloc, free, calloc
+from libc.stdlib cimport malloc, free, calloc, realloc
 from posix.types cimport off_t
 from posix.time cimport timespec
 from posix.types cimport time_t
 
 from mergerfs._fastpath cimport _calc
 from mergerfs._nodes cimport Node, NodeTable, stamp, pthread_mutex_t, pthread_mutex_init, pthread_mutex_lock, \
-    pthread_mutex_unlock
+    pthread_mutex_unlock, pthread_mutex_destroy
 
 cdef object logging, os, log  # module globals the C code reaches directly
 import logging
@@ -235,6 +235,7 @@ cdef class Session:
     cdef readonly NodeTable table
     cdef FastConfig *fast  # NULL: LOOKUP/GETATTR go to Python
     cdef pthread_mutex_t fast_mu
+    cdef DirTable *dirs  # the C directory handles (_dirs.pxi)
 
     def __cinit__(self, int devfd, NodeTable table):
         self.devfd = devfd
@@ -244,7 +245,8 @@ cdef class Session:
         self.write_in_size = sizeof(fuse_write_in)
         self.slots = <Slot *>calloc(MAX_SLOTS, sizeof(Slot))
         self.free_slots = <uint32_t *>calloc(MAX_SLOTS, sizeof(uint32_t))
-        if self.slots == NULL or self.free_slots == NULL:
+        self.dirs = _dirs_new()
+        if self.slots == NULL or self.free_slots == NULL or self.dirs == NULL:
             raise MemoryError()
         self.next_slot = 1  # fh 0 is never handed out
         self.nfree = 0
@@ -252,16 +254,19 @@ cdef class Session:
     def __dealloc__(self):
         free(self.slots)
         free(self.free_slots)
+        _dirs_free(self)  # before the config its handles may hold
         if self.fast != NULL:
             _free_config(self.fast)
 
     def set_fast(self, branches, readonly=(), int calc=0, uint64_t entry=0, uint64_t attr=0,
                  uint64_t negative=0, int actions=0, bint getxattr=False, bint capability=False,
-                 bint posix_acl=False, bint creds_fixed=False, bint pid_bound=False):
+                 bint posix_acl=False, bint creds_fixed=False, bint pid_bound=False, bint readdir=False,
+                 uint32_t dir_flags=0):
         """Let the C path answer LOOKUP/GETATTR over ``branches`` (their roots as
         bytes, in order; ``readonly``: which have mode RO) with this inodecalc
         code and these cache timeouts, SETATTR of the ``actions`` (ACT_* bits)
-        whose policy is epall, GETXATTR if ``getxattr``; None: none of it."""
+        whose policy is epall, GETXATTR if ``getxattr``, OPENDIR/READDIR if
+        ``readdir`` (opened with ``dir_flags``); None: none of it."""
         cdef FastConfig *c = NULL
         cdef FastConfig *old
         cdef bytes b
@@ -300,6 +305,8 @@ cdef class Session:
             c.posix_acl = posix_acl
             c.creds_fixed = creds_fixed
             c.pid_bound = pid_bound
+            c.readdir = readdir
+            c.dir_flags = dir_flags
         pthread_mutex_lock(&self.fast_mu)
         old = self.fast
         self.fast = c
@@ -424,6 +431,8 @@ cdef class Session:
             return self._write(fd, buf, n, h.unique)
         if h.opcode == FUSE_FLUSH:
             return self._flush(fd, buf, h.unique)
+        if FUSE_OPENDIR <= h.opcode <= FUSE_FSYNCDIR:
+            return _dirs_hot(self, w, fd, buf, n)
         return False
 
     cdef inline int _fd(self, uint64_t fh) noexcept nogil:
@@ -504,3 +513,4 @@ cdef void _reply_error(int fd, uint64_t unique, int err) noexcept nogil:
 
 include "_wire.pxi"
 include "_metadata.pxi"
+include "_dirs.pxi"

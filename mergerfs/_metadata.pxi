@@ -21,6 +21,8 @@ cdef struct FastConfig:
     bint posix_acl      # system.posix_acl_* are read from the branch (posix-acl=true)
     bint creds_fixed    # the daemon cannot switch identity: every caller is served as itself
     bint pid_bound      # proxy-ioprio: credentials are per calling thread, not per user
+    bint readdir        # OPENDIR/READDIR here too (_dirs.pxi): plain listings, no READDIRPLUS
+    uint32_t dir_flags  # OPENDIR's open flags (cache.readdir: FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE)
 
 
 cdef struct Caller:

@@ -1,5 +1,10 @@
 """Handlers of the requests on open directories, and on the filesystem as a
-whole (statfs, syncfs)."""
+whole (statfs, syncfs).
+
+A directory opened by the compiled loop (_dirs.pxi) has a kernel fh with
+:data:`C_DIR` set; its READDIR/FSYNCDIR reach Python only when the worker did
+not act as the caller yet: :func:`_kernel.dir_request` answers them here,
+after the dispatcher switched to the caller."""
 
 from __future__ import annotations
 
@@ -10,8 +15,16 @@ from mergerfs import _kernel
 from mergerfs.kernel.base import Base
 from mergerfs.kernel.protocol import DIRENT, ENTRY_OUT, FOPEN_CACHE_DIR, FOPEN_KEEP_CACHE, KSTATFS, OPEN_OUT
 
+#: The bit of a kernel fh made by the compiled OPENDIR (never set in the request layer's numbers).
+C_DIR = 1 << _kernel.DIR_FH_BIT
+
 
 class DirHandlers(Base):
+    def _c_dir(self, h, body):
+        """A request on a C directory handle, answered by the compiled code as this caller."""
+        assert self.session is not None
+        return _kernel.dir_request(self.session, h.opcode, body)
+
     def _opendir(self, h, body):
         fh = self.req.opendir(h.nodeid)
         oflags = FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE if self.fs.snap.cfg["cache.readdir"] else 0
@@ -19,6 +32,8 @@ class DirHandlers(Base):
 
     def _readdir(self, h, body):
         fh, off, size = struct.unpack_from("<QQI", body)
+        if fh & C_DIR:
+            return self._c_dir(h, body)
         return _kernel.pack_dirents(self.req.readdir(fh, off), off, size)
 
     def _readdirplus(self, h, body):
@@ -47,10 +62,15 @@ class DirHandlers(Base):
         return b"".join(out)
 
     def _releasedir(self, h, body):
-        self.req.releasedir(struct.unpack_from("<Q", body)[0])
+        fh = struct.unpack_from("<Q", body)[0]
+        if fh & C_DIR:
+            return self._c_dir(h, body)
+        self.req.releasedir(fh)
 
     def _fsyncdir(self, h, body):
         fh, flags = struct.unpack_from("<QI", body)
+        if fh & C_DIR:
+            return self._c_dir(h, body)
         self.req.fsyncdir(fh, bool(flags & 1))
 
     def _statfs(self, h, body):

@@ -21,7 +21,7 @@ from mergerfs.kernel.entries import EntryHandlers
 from mergerfs.kernel.files import FileHandlers, Passthrough
 from mergerfs.kernel.negotiate import negotiate
 from mergerfs.kernel.notifier import Notifier
-from mergerfs.kernel.protocol import IN_HEADER, NO_REPLY, Op, Request, frame
+from mergerfs.kernel.protocol import FOPEN_CACHE_DIR, FOPEN_KEEP_CACHE, IN_HEADER, NO_REPLY, Op, Request, frame
 from mergerfs.kernel.xattrs import XattrHandlers
 from mergerfs.lifecycle import mounted_device, unmount
 from mergerfs.requests import Requests
@@ -111,12 +111,12 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         self.notifier.start(self.devfd)
 
     def _fast_path(self, *_changed) -> None:
-        """Let the compiled loop answer LOOKUP, GETATTR, GETXATTR, SETATTR and
-        UNLINK while the config has the plain shape it implements: a first-found
-        search, epall actions, and attributes reported as the branch's lstat
-        gives them (no symlink following, symlinkify or uid/gid/umask
-        overrides). Otherwise Python answers them. Called again after every
-        config change."""
+        """Let the compiled loop answer LOOKUP, GETATTR, GETXATTR, SETATTR,
+        UNLINK and the listings (OPENDIR, READDIR) while the config has the
+        plain shape it implements: a first-found search, epall actions,
+        attributes reported as the branch's lstat gives them (no symlink
+        following, symlinkify or uid/gid/umask overrides) and no READDIRPLUS.
+        Otherwise Python answers them. Called again after every config change."""
         assert self.session is not None
         cfg = self.fs.snap.cfg
         plain = (
@@ -144,6 +144,9 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
             posix_acl=cfg["posix-acl"],
             creds_fixed=not ugid.acts_as_caller(),
             pid_bound=cfg["proxy-ioprio"],
+            # a listing is the same whatever func.readdir says (it only sets how branches are read)
+            readdir=not cfg["readdirplus"],
+            dir_flags=FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE if cfg["cache.readdir"] else 0,
         )
 
     def serve(self, workers: int) -> None:

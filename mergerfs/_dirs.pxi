@@ -1,0 +1,623 @@
+# Included by _kernel.pyx after _metadata.pxi: OPENDIR, READDIR, RELEASEDIR and
+# FSYNCDIR of the plain case without the GIL (the set_fast ``readdir`` flag:
+# a first-found search, READDIRPLUS off). The C handles live in their own fh
+# space (DIR_TAG set), so they never meet Python's dir handle numbers; each
+# holds its directory's merged listing as packed fuse_dirent records, read
+# anew at offset 0 as ops/readdir.py does, and the directory on the first branch
+# holding it, opened as the caller (ops/core.DirHandle's fd).
+#
+# What differs from the Python path: no lane and no deadline. Each branch is
+# listed inline by the worker (as the C LOOKUP's lstat already touches it), so
+# a hung branch hangs that READDIR instead of being left out after
+# ops/readdir.LIST_TIMEOUT. Everything else (names, order, d_type, the inodecalc
+# numbers, ".", ".." and the root's hidden names left out, errors, the root's
+# error entry) is what ops/readdir.py produces.
+
+cdef extern from "<fcntl.h>" nogil:
+    int c_open "open"(const char *path, int flags, ...)
+    int O_RDONLY
+    int O_DIRECTORY
+    int O_CLOEXEC
+
+cdef extern from "<sys/stat.h>" nogil:
+    int c_fstat "fstat"(int fd, stat_t *buf)
+    int c_stat "stat"(const char *path, stat_t *buf)
+    int c_fstatat "fstatat"(int dirfd, const char *path, stat_t *buf, int flags)
+
+cdef extern from "<unistd.h>" nogil:
+    int c_fsync "fsync"(int fd)
+    int c_fdatasync "fdatasync"(int fd)
+
+cdef extern from "<unistd.h>" nogil:
+    long c_syscall "syscall"(long number, ...)
+
+cdef extern from "<sys/syscall.h>" nogil:
+    long SYS_getdents64
+
+from libc.errno cimport EBADF, ENOMEM, ENOTDIR, ENAMETOOLONG
+
+cdef enum:
+    FUSE_OPENDIR = 27
+    FUSE_READDIR = 28
+    FUSE_RELEASEDIR = 29
+    FUSE_FSYNCDIR = 30
+    GETDENTS_BUF = 1 << 16
+    DT_DIR = 4
+
+cpdef enum:
+    # the bit that marks a kernel fh as a C directory handle (Python's fh numbers never reach it)
+    DIR_FH_BIT = 63
+cdef uint64_t C_DIR_TAG = 1ULL << DIR_FH_BIT
+
+#: ops/core.ERROR_ENTRY: the root's only entry while no branch root is a directory.
+cdef const char *ERROR_ENTRY = b"error: no valid mergerfs branch found, check config"
+
+cdef struct fuse_open_out:
+    uint64_t fh
+    uint32_t open_flags
+    int32_t backing_id
+
+cdef struct open_reply:
+    fuse_out_header h
+    fuse_open_out o
+
+cdef struct fuse_release_in:
+    uint64_t fh
+    uint32_t flags
+    uint32_t release_flags
+    uint64_t lock_owner
+
+cdef struct linux_dirent64:  # what getdents64 returns, d_name at offset 19
+    uint64_t d_ino
+    int64_t d_off
+    uint16_t d_reclen
+    uint8_t d_type
+    char d_name[1]
+
+cdef struct fuse_fsync_in:
+    uint64_t fh
+    uint32_t fsync_flags
+    uint32_t padding
+
+
+cdef struct DirList:
+    pthread_mutex_t mu  # one READDIR/FSYNCDIR of this handle at a time (two workers may share it)
+    int users           # requests holding it now (under DirTable.mu)
+    bint closed         # RELEASEDIR came: the last user frees it
+    int fd              # the directory on the first branch holding it
+    FastConfig *cfg     # the config it was opened under (a reference): used if the current one is not plain
+    char *rel           # its relpath as opened (NUL-terminated)
+    size_t rellen
+    char *prefix        # rel + "/" ("/" for the root): what path-hashed inode numbers hash before a name
+    size_t plen
+    char *recs          # the listing: fuse_dirent records, 8-byte aligned
+    size_t used
+    size_t cap
+    size_t *offs        # offs[i]: where record i starts; offs[count] == used
+    size_t count
+    size_t ocap
+    uint32_t *hash      # open addressing over the names: record index + 1, 0 empty
+    size_t hcap
+    bint listed
+
+
+cdef struct DirTable:
+    pthread_mutex_t mu
+    DirList **slots
+    uint32_t *free      # slot indexes free for reuse
+    uint32_t nfree
+    uint32_t next       # slots[0:next] have been handed out
+    uint32_t cap
+
+
+cdef DirTable *_dirs_new() noexcept nogil:
+    cdef DirTable *t = <DirTable *>calloc(1, sizeof(DirTable))
+    if t != NULL:
+        pthread_mutex_init(&t.mu, NULL)
+    return t
+
+
+cdef void _dirlist_free(Session s, DirList *d) noexcept nogil:
+    if d.fd >= 0:
+        c_close(d.fd)
+    if d.cfg != NULL:
+        _release(s, d.cfg)
+    pthread_mutex_destroy(&d.mu)
+    free(d.rel)
+    free(d.prefix)
+    free(d.recs)
+    free(d.offs)
+    free(d.hash)
+    free(d)
+
+
+cdef void _dirs_free(Session s) noexcept nogil:
+    """Session dealloc: every handle still open (before the session's own config is freed)."""
+    cdef DirTable *t = s.dirs
+    cdef uint32_t i
+    if t == NULL:
+        return
+    for i in range(t.next):
+        if t.slots[i] != NULL:
+            _dirlist_free(s, t.slots[i])
+    free(t.slots)
+    free(t.free)
+    pthread_mutex_destroy(&t.mu)
+    free(t)
+    s.dirs = NULL
+
+
+cdef uint64_t _dirs_put(DirTable *t, DirList *d) noexcept nogil:
+    """A new tagged fh for ``d``; 0 if the table cannot grow."""
+    cdef uint32_t i
+    cdef uint32_t cap
+    cdef DirList **slots
+    cdef uint32_t *fr
+    pthread_mutex_lock(&t.mu)
+    if t.nfree:
+        t.nfree -= 1
+        i = t.free[t.nfree]
+    else:
+        if t.next == t.cap:
+            cap = 64
+            if t.cap:
+                cap = t.cap << 1
+            if cap > (1U << 30):
+                pthread_mutex_unlock(&t.mu)
+                return 0
+            slots = <DirList **>realloc(t.slots, cap * sizeof(DirList *))
+            if slots != NULL:
+                t.slots = slots
+            fr = <uint32_t *>realloc(t.free, cap * sizeof(uint32_t))
+            if fr != NULL:
+                t.free = fr
+            if slots == NULL or fr == NULL:
+                pthread_mutex_unlock(&t.mu)
+                return 0
+            t.cap = cap
+        i = t.next
+        t.next += 1
+    t.slots[i] = d
+    pthread_mutex_unlock(&t.mu)
+    return C_DIR_TAG | i
+
+
+cdef DirList *_dirs_get(DirTable *t, uint64_t fh, bint take) noexcept nogil:
+    """The handle ``fh`` names, counted as used (give it back with _dirs_done);
+    ``take``: also removed from the table (RELEASEDIR). NULL if none."""
+    cdef uint64_t i = fh & ~C_DIR_TAG
+    cdef DirList *d = NULL
+    pthread_mutex_lock(&t.mu)
+    if i < t.next:
+        d = t.slots[i]
+    if d != NULL:
+        d.users += 1
+        if take:
+            d.closed = True
+            t.slots[i] = NULL
+            t.free[t.nfree] = <uint32_t>i
+            t.nfree += 1
+    pthread_mutex_unlock(&t.mu)
+    return d
+
+
+cdef void _dirs_done(Session s, DirList *d) noexcept nogil:
+    cdef bint last
+    pthread_mutex_lock(&s.dirs.mu)
+    d.users -= 1
+    last = d.closed and d.users == 0
+    pthread_mutex_unlock(&s.dirs.mu)
+    if last:
+        _dirlist_free(s, d)
+
+
+cdef bint _fits(FastConfig *c, size_t rellen) noexcept nogil:
+    """Every branch's path of the directory fits PATH_MAX (else Python: Branch.full)."""
+    cdef int i
+    for i in range(c.nbranches):
+        if c.lens[i] + rellen >= PATH_MAX:
+            return False
+    return True
+
+
+cdef bint _opendir(Session s, Caller *w, int fd, char *buf) noexcept nogil:
+    cdef fuse_in_header *h = <fuse_in_header *>buf
+    cdef char rel[PATH_MAX]
+    cdef char full[PATH_MAX]
+    cdef ssize_t rellen = 0
+    cdef stat_t st
+    cdef int found = -1
+    cdef int dfd
+    cdef DirList *d
+    cdef open_reply out
+    cdef FastConfig *c = _acquire(s)
+    if c == NULL:
+        return False
+    if c.readdir:
+        rellen = _relpath(s.table, h.nodeid, NULL, 0, rel, NULL)
+        if rellen > 0 and _fits(c, <size_t>rellen) and _as_caller(c, w, h):
+            found = _search(c, rel, <size_t>rellen, &st, full)
+    if found == ENOENT and h.nodeid != ROOT_ID:  # the root without a branch has its error entry: Python
+        _release(s, c)
+        _reply_error(fd, h.unique, ENOENT)
+        return True
+    if found != 0:
+        _release(s, c)
+        return False
+    if not S_ISDIR(st.st_mode):
+        _release(s, c)
+        _reply_error(fd, h.unique, ENOTDIR)
+        return True
+    dfd = c_open(full, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    if dfd < 0:
+        _release(s, c)
+        return False  # Python opens it again and answers its error
+    d = <DirList *>calloc(1, sizeof(DirList))
+    if d != NULL:
+        pthread_mutex_init(&d.mu, NULL)
+        d.fd = dfd
+        d.cfg = c  # the reference is the handle's now
+        d.rellen = <size_t>rellen
+        d.rel = <char *>malloc(d.rellen + 1)
+        d.plen = 1 if rellen == 1 else d.rellen + 1
+        d.prefix = <char *>malloc(d.plen)
+    if d == NULL or d.rel == NULL or d.prefix == NULL:
+        if d == NULL:
+            c_close(dfd)
+            _release(s, c)
+        else:
+            _dirlist_free(s, d)
+        return False
+    memcpy(d.rel, rel, d.rellen + 1)
+    memcpy(d.prefix, rel, d.rellen)
+    d.prefix[d.plen - 1] = 47  # "/"
+    memset(&out, 0, sizeof(out))
+    out.o.fh = _dirs_put(s.dirs, d)
+    if out.o.fh == 0:
+        _dirlist_free(s, d)
+        return False
+    out.o.open_flags = c.dir_flags
+    _reply(fd, h.unique, &out, sizeof(out))
+    return True
+
+
+cdef uint64_t _name_hash(const char *name, size_t n) noexcept nogil:
+    cdef uint64_t v = 0xcbf29ce484222325ULL
+    cdef size_t i
+    for i in range(n):
+        v ^= <uint8_t>name[i]
+        v *= 0x100000001b3ULL
+    return v ^ (v >> 29)
+
+
+cdef inline fuse_dirent *_rec(DirList *d, size_t i) noexcept nogil:
+    """Record ``i``; its name follows it."""
+    return <fuse_dirent *>(d.recs + d.offs[i])
+
+
+cdef uint32_t *_hash_slot(DirList *d, const char *name, size_t n) noexcept nogil:
+    """The slot holding ``name``, or the empty slot where it goes."""
+    cdef size_t mask = d.hcap - 1
+    cdef size_t k = <size_t>_name_hash(name, n) & mask
+    cdef fuse_dirent *r
+    while d.hash[k]:
+        r = _rec(d, d.hash[k] - 1)
+        if r.namelen == n and memcmp(<char *>(r + 1), name, n) == 0:
+            break
+        k = (k + 1) & mask
+    return &d.hash[k]
+
+
+cdef bint _hash_grow(DirList *d) noexcept nogil:
+    """Keep the table at most half full (rehashing every record)."""
+    cdef size_t cap = d.hcap * 2 if d.hcap else 1024
+    cdef uint32_t *t = <uint32_t *>calloc(cap, sizeof(uint32_t))
+    cdef size_t i
+    cdef fuse_dirent *r
+    if t == NULL:
+        return False
+    free(d.hash)
+    d.hash = t
+    d.hcap = cap
+    for i in range(d.count):
+        r = _rec(d, i)
+        _hash_slot(d, <char *>(r + 1), r.namelen)[0] = <uint32_t>(i + 1)
+    return True
+
+
+cdef int _add(DirList *d, const char *name, size_t n, uint32_t dtype, uint64_t ino, uint32_t *slot) noexcept nogil:
+    """Append one record (and its name to the table, at ``slot`` if given): 0 or ENOMEM."""
+    cdef size_t rec = (sizeof(fuse_dirent) + n + 7) & ~(<size_t>7)
+    cdef size_t cap
+    cdef char *p
+    cdef size_t *o
+    cdef fuse_dirent *r
+    if d.used + rec > d.cap:
+        cap = d.cap * 2 if d.cap else 1 << 16
+        while cap < d.used + rec:
+            cap *= 2
+        p = <char *>realloc(d.recs, cap)
+        if p == NULL:
+            return ENOMEM
+        d.recs = p
+        d.cap = cap
+    if d.count + 2 > d.ocap:
+        cap = d.ocap * 2 if d.ocap else 1024
+        o = <size_t *>realloc(d.offs, cap * sizeof(size_t))
+        if o == NULL:
+            return ENOMEM
+        d.offs = o
+        d.ocap = cap
+    if d.count >= 0xFFFFFFF0U:
+        return ENOMEM
+    r = <fuse_dirent *>(d.recs + d.used)
+    r.ino = ino
+    r.off = d.count + 1  # the cookie: the index of the next record (as pack_dirents numbers them)
+    r.namelen = <uint32_t>n
+    r.type = dtype
+    memcpy(d.recs + d.used + sizeof(fuse_dirent), name, n)
+    memset(d.recs + d.used + sizeof(fuse_dirent) + n, 0, rec - sizeof(fuse_dirent) - n)
+    d.offs[d.count] = d.used
+    d.used += rec
+    d.count += 1
+    d.offs[d.count] = d.used
+    if slot != NULL:
+        slot[0] = <uint32_t>d.count
+    return 0
+
+
+cdef bint _hidden_at_root(const char *name, size_t n) noexcept nogil:
+    """ops/readdir._HIDDEN: the control file and rename-exdev's parking directory."""
+    return (n == 9 and memcmp(name, b".mergerfs", 9) == 0) or (
+        n == 22 and memcmp(name, b".mergerfs_rename_exdev", 22) == 0)
+
+
+cdef int _list_branch(FastConfig *c, DirList *d, int bfd, char *scratch) noexcept nogil:
+    """Append the names of one branch's directory (``bfd``) not listed yet: 0,
+    -1 (its fstat failed: errno) or -2 (out of memory). A read error ends this
+    branch's listing, as libc's readdir() does for readdir_merge."""
+    cdef stat_t st
+    cdef stat_t est
+    cdef long got
+    cdef long pos
+    cdef linux_dirent64 *ent
+    cdef uint32_t dtype
+    cdef const char *name
+    cdef size_t n
+    cdef uint32_t *slot
+    cdef bint root = d.rellen == 1
+    if c_fstat(bfd, &st) != 0:
+        return -1
+    while True:
+        got = c_syscall(SYS_getdents64, bfd, scratch, <unsigned int>GETDENTS_BUF)
+        if got <= 0:
+            return 0
+        pos = 0
+        while pos < got:
+            ent = <linux_dirent64 *>(scratch + pos)  # the kernel aligns them to 8 bytes
+            dtype = ent.d_type
+            name = ent.d_name
+            pos += ent.d_reclen
+            n = strnlen(name, <size_t>ent.d_reclen - 19)
+            if name[0] == 46 and (n == 1 or (n == 2 and name[1] == 46)):  # "." and ".."
+                continue
+            if root and _hidden_at_root(name, n):
+                continue
+            if (d.count + 1) * 2 > d.hcap and not _hash_grow(d):
+                return -2
+            slot = _hash_slot(d, name, n)
+            if slot[0]:
+                continue  # an earlier branch's
+            if dtype == 0:  # DT_UNKNOWN (some filesystems): ask the branch; gone meanwhile: left out
+                if c_fstatat(bfd, name, &est, AT_SYMLINK_NOFOLLOW) != 0:
+                    continue
+                dtype = (est.st_mode & 0o170000) >> 12
+            if _add(d, name, n, dtype, _calc(c.calc, <const uint8_t *>d.prefix, d.plen, <const uint8_t *>name, n,
+                                             dtype == DT_DIR, st.st_dev, ent.d_ino), slot) != 0:
+                return -2
+
+
+cdef bint _any_branch_root(FastConfig *c) noexcept nogil:
+    cdef stat_t st
+    cdef int i
+    cdef const char *root
+    for i in range(c.nbranches):
+        root = c.branches[i]
+        if c.lens[i] == 0:
+            root = b"/"
+        if c_stat(root, &st) == 0 and S_ISDIR(st.st_mode):
+            return True
+    return False
+
+
+cdef int _list(FastConfig *c, DirList *d) noexcept nogil:
+    """The merged listing anew: each branch's directory in order, each name once
+    (the first branch's), none of the root's hidden names. 0, or the first
+    branch's error when no branch could be listed (ops/readdir.ReaddirOps._list)."""
+    cdef char full[PATH_MAX]
+    cdef char *scratch
+    cdef int first_err = 0
+    cdef bint any_listed = False
+    cdef int i
+    cdef int bfd
+    cdef int rv
+    d.used = 0
+    d.count = 0
+    d.listed = False
+    if d.hash != NULL:
+        memset(d.hash, 0, d.hcap * sizeof(uint32_t))
+    if d.offs == NULL:
+        d.offs = <size_t *>malloc(1024 * sizeof(size_t))
+        d.ocap = 1024
+    scratch = <char *>malloc(GETDENTS_BUF)
+    if scratch == NULL or d.offs == NULL:
+        free(scratch)
+        return ENOMEM
+    d.offs[0] = 0
+    for i in range(c.nbranches):
+        if not _on_branch(c, i, d.rel, d.rellen, full):
+            first_err = first_err or ENAMETOOLONG
+            continue
+        bfd = c_open(full, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if bfd < 0:
+            first_err = first_err or errno
+            continue
+        rv = _list_branch(c, d, bfd, scratch)
+        if rv == -1:
+            first_err = first_err or errno
+        c_close(bfd)
+        if rv == -2:
+            free(scratch)
+            return ENOMEM
+        if rv != 0:
+            continue
+        any_listed = True
+    free(scratch)
+    if not any_listed:
+        if d.rellen == 1 and not _any_branch_root(c):
+            _add(d, ERROR_ENTRY, strlen(ERROR_ENTRY), 0o100000 >> 12, 2, NULL)
+        else:
+            return first_err or ENOENT
+    d.listed = True
+    return 0
+
+
+cdef FastConfig *_dir_config(Session s, DirList *d) noexcept nogil:
+    """The current config if it is plain, else the handle's own (a reference: _release it)."""
+    cdef FastConfig *c = _acquire(s)
+    if c != NULL and c.readdir:
+        return c
+    if c != NULL:
+        _release(s, c)
+    pthread_mutex_lock(&s.fast_mu)
+    d.cfg.refs += 1
+    pthread_mutex_unlock(&s.fast_mu)
+    return d.cfg
+
+
+cdef size_t _dir_answer(Session s, const Caller *w, char *buf, ssize_t n) noexcept nogil:
+    """READDIR, RELEASEDIR or FSYNCDIR of a C handle: the reply, header
+    included, written over the request in ``buf`` (s.bufsize); its size, or 0:
+    the request needs the caller's identity this worker does not act as yet
+    (Python switches it and calls back, ``dir_request``). ``w`` NULL: the
+    worker acts as the caller."""
+    cdef fuse_in_header *h = <fuse_in_header *>buf
+    cdef uint64_t unique = h.unique
+    cdef uint32_t opcode = h.opcode
+    cdef fuse_read_in *r = <fuse_read_in *>(buf + IN_HDR)
+    cdef uint64_t off = 0
+    cdef size_t size = 0
+    cdef uint32_t fsync_flags = 0
+    cdef size_t start, end, j
+    cdef size_t out = OUT_HDR
+    cdef int err = 0
+    cdef int i, bfd
+    cdef char full[PATH_MAX]
+    cdef DirList *d
+    cdef FastConfig *c
+    cdef fuse_out_header *o
+    if opcode == FUSE_READDIR:
+        if n < <ssize_t>(IN_HDR + sizeof(fuse_read_in)):
+            return 0
+        off = r.offset
+        size = r.size
+    elif opcode == FUSE_RELEASEDIR:
+        if n < <ssize_t>(IN_HDR + sizeof(fuse_release_in)):
+            return 0
+    elif opcode == FUSE_FSYNCDIR:
+        if n < <ssize_t>(IN_HDR + sizeof(fuse_fsync_in)):
+            return 0
+        fsync_flags = (<fuse_fsync_in *>(buf + IN_HDR)).fsync_flags
+    else:
+        return 0
+    d = _dirs_get(s.dirs, r.fh, opcode == FUSE_RELEASEDIR)
+    if d == NULL:
+        err = EBADF
+    elif opcode == FUSE_READDIR:
+        pthread_mutex_lock(&d.mu)
+        if off == 0 or not d.listed:
+            if w != NULL and not _as_caller(d.cfg, w, h):
+                pthread_mutex_unlock(&d.mu)
+                _dirs_done(s, d)
+                return 0
+            c = _dir_config(s, d)
+            err = _list(c, d)
+            _release(s, c)
+        if err == 0 and off < d.count:
+            if size > s.bufsize - OUT_HDR:
+                size = s.bufsize - OUT_HDR  # fewer records than asked: the kernel asks again
+            start = d.offs[off]
+            j = <size_t>off
+            while j < d.count and d.offs[j + 1] - start <= size:
+                j += 1
+            end = d.offs[j]
+            memcpy(buf + OUT_HDR, d.recs + start, end - start)
+            out += end - start
+        pthread_mutex_unlock(&d.mu)
+    elif opcode == FUSE_FSYNCDIR:
+        if w != NULL and not _as_caller(d.cfg, w, h):
+            _dirs_done(s, d)
+            return 0
+        # ops/io.fsyncdir: the directory on every branch that has it
+        c = _dir_config(s, d)
+        for i in range(c.nbranches):
+            if not _on_branch(c, i, d.rel, d.rellen, full):
+                continue
+            bfd = c_open(full, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if bfd < 0:
+                continue
+            if (c_fdatasync(bfd) if fsync_flags & 1 else c_fsync(bfd)) != 0:
+                err = errno
+            c_close(bfd)
+            if err:
+                break
+        _release(s, c)
+    if d != NULL:
+        _dirs_done(s, d)
+    o = <fuse_out_header *>buf
+    o.len = <uint32_t>(OUT_HDR if err else out)
+    o.error = -err
+    o.unique = unique
+    return o.len
+
+
+cdef bint _dirs_hot(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept nogil:
+    """OPENDIR of the plain case, and the requests on a C directory handle."""
+    cdef size_t size
+    if (<fuse_in_header *>buf).opcode == FUSE_OPENDIR:
+        return _opendir(s, w, fd, buf)
+    if n < <ssize_t>(IN_HDR + 8) or not (<uint64_t *>(buf + IN_HDR))[0] & C_DIR_TAG:
+        return False
+    size = _dir_answer(s, w, buf, n)
+    if size == 0:
+        return False
+    c_write(fd, buf, size)
+    return True
+
+
+def dir_request(Session s, uint32_t opcode, bytes body):
+    """A request on a C directory handle that reached Python (the worker did not
+    act as its caller yet; Python has switched to it): answered here, in this
+    thread. The reply's payload, or OSError."""
+    cdef char *buf = <char *>malloc(s.bufsize)
+    cdef size_t blen = <size_t>len(body)
+    cdef size_t size
+    cdef fuse_out_header *o = <fuse_out_header *>buf
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        memset(buf, 0, IN_HDR)
+        (<fuse_in_header *>buf).opcode = opcode
+        if blen > s.bufsize - IN_HDR:
+            blen = s.bufsize - IN_HDR
+        memcpy(buf + IN_HDR, PyBytes_AS_STRING(body), blen)
+        (<fuse_in_header *>buf).len = <uint32_t>(IN_HDR + blen)
+        with nogil:
+            size = _dir_answer(s, NULL, buf, <ssize_t>(IN_HDR + blen))
+        if size == 0:
+            raise OSError(22, "not a directory handle request")  # EINVAL
+        if o.error:
+            raise OSError(-o.error, os.strerror(-o.error))
+        return PyBytes_FromStringAndSize(buf + OUT_HDR, <Py_ssize_t>(size - OUT_HDR))
+    finally:
+        free(buf)
