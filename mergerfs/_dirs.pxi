@@ -220,6 +220,25 @@ cdef bint _fits(FastConfig *c, size_t rellen) noexcept nogil:
     return True
 
 
+cdef inline const char *_root(FastConfig *c, int i) noexcept nogil:
+    """Branch ``i``'s root as a path ("/" is kept as "")."""
+    if c.lens[i]:
+        return c.branches[i]
+    return b"/"
+
+
+cdef bint _roots_unchanged(FastConfig *c) noexcept nogil:
+    """Each branch root still on the filesystem it was on when the config was set
+    (local: see mounts.local_devs); a filesystem mounted on one since may be a
+    network's, whose listing needs the lanes' deadline (Python)."""
+    cdef stat_t st
+    cdef int i
+    for i in range(c.nbranches):
+        if c_stat(_root(c, i), &st) != 0 or st.st_dev != c.root_devs[i]:
+            return False
+    return True
+
+
 cdef bint _opendir(Session s, Caller *w, int fd, char *buf) noexcept nogil:
     cdef fuse_in_header *h = <fuse_in_header *>buf
     cdef char rel[PATH_MAX]
@@ -235,7 +254,7 @@ cdef bint _opendir(Session s, Caller *w, int fd, char *buf) noexcept nogil:
         return False
     if c.readdir:
         rellen = _relpath(s.table, h.nodeid, NULL, 0, rel, NULL)
-        if rellen > 0 and _fits(c, <size_t>rellen) and _as_caller(c, w, h):
+        if rellen > 0 and _fits(c, <size_t>rellen) and _as_caller(c, w, h) and _roots_unchanged(c):
             found = _search(c, rel, <size_t>rellen, &st, full)
     if found == ENOENT and h.nodeid != ROOT_ID:  # the root without a branch has its error entry: Python
         _release(s, c)
@@ -420,12 +439,8 @@ cdef int _list_branch(FastConfig *c, DirList *d, int bfd, char *scratch) noexcep
 cdef bint _any_branch_root(FastConfig *c) noexcept nogil:
     cdef stat_t st
     cdef int i
-    cdef const char *root
     for i in range(c.nbranches):
-        root = c.branches[i]
-        if c.lens[i] == 0:
-            root = b"/"
-        if c_stat(root, &st) == 0 and S_ISDIR(st.st_mode):
+        if c_stat(_root(c, i), &st) == 0 and S_ISDIR(st.st_mode):
             return True
     return False
 

@@ -32,7 +32,7 @@ class Session:
         posix_acl: bool = False,
         creds_fixed: bool = False,
         pid_bound: bool = False,
-        readdir: bool = False,
+        root_devs: Sequence[int] | None = None,
         dir_flags: int = 0,
     ) -> None: ...
     def configure(self, max_write: int, minor: int) -> None: ...

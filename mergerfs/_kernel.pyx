@@ -260,13 +260,14 @@ cdef class Session:
 
     def set_fast(self, branches, readonly=(), int calc=0, uint64_t entry=0, uint64_t attr=0,
                  uint64_t negative=0, int actions=0, bint getxattr=False, bint capability=False,
-                 bint posix_acl=False, bint creds_fixed=False, bint pid_bound=False, bint readdir=False,
+                 bint posix_acl=False, bint creds_fixed=False, bint pid_bound=False, root_devs=None,
                  uint32_t dir_flags=0):
         """Let the C path answer LOOKUP/GETATTR over ``branches`` (their roots as
         bytes, in order; ``readonly``: which have mode RO) with this inodecalc
         code and these cache timeouts, SETATTR of the ``actions`` (ACT_* bits)
         whose policy is epall, GETXATTR if ``getxattr``, OPENDIR/READDIR if
-        ``readdir`` (opened with ``dir_flags``); None: none of it."""
+        ``root_devs`` (each branch root's st_dev while they are local
+        filesystems; opened with ``dir_flags``); None: none of it."""
         cdef FastConfig *c = NULL
         cdef FastConfig *old
         cdef bytes b
@@ -305,7 +306,14 @@ cdef class Session:
             c.posix_acl = posix_acl
             c.creds_fixed = creds_fixed
             c.pid_bound = pid_bound
-            c.readdir = readdir
+            if root_devs is not None and len(root_devs) == c.nbranches:
+                c.root_devs = <uint64_t *>calloc(count, sizeof(uint64_t))
+                if c.root_devs == NULL:
+                    _free_config(c)
+                    raise MemoryError()
+                for i in range(c.nbranches):
+                    c.root_devs[i] = root_devs[i]
+                c.readdir = True
             c.dir_flags = dir_flags
         pthread_mutex_lock(&self.fast_mu)
         old = self.fast

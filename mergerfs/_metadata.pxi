@@ -22,6 +22,7 @@ cdef struct FastConfig:
     bint creds_fixed    # the daemon cannot switch identity: every caller is served as itself
     bint pid_bound      # proxy-ioprio: credentials are per calling thread, not per user
     bint readdir        # OPENDIR/READDIR here too (_dirs.pxi): plain listings, no READDIRPLUS
+    uint64_t *root_devs # with readdir: each branch root's st_dev (on a local filesystem) when set
     uint32_t dir_flags  # OPENDIR's open flags (cache.readdir: FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE)
 
 
@@ -60,6 +61,7 @@ cdef void _free_config(FastConfig *c) noexcept nogil:
     free(c.branches)
     free(c.lens)
     free(c.readonly)
+    free(c.root_devs)
     free(c)
 
 

@@ -7,6 +7,7 @@ any thread.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import NamedTuple
 
@@ -68,3 +69,26 @@ def holding(path: str, table: list[Mount] | None = None) -> Mount | None:
         if (path == mp or path.startswith(mp.rstrip("/") + "/")) and (best is None or len(mp) >= len(best.mountpoint)):
             best = m
     return best
+
+
+#: Filesystems on a local device or in memory: their syscalls do not hang on a network.
+LOCAL_FSTYPES = frozenset(
+    {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "ramfs", "f2fs", "zfs", "bcachefs", "jfs", "reiserfs"}
+    | {"nilfs2", "vfat", "exfat", "ntfs3", "hfsplus"}
+)
+
+
+def local_devs(paths: list[str]) -> list[int] | None:
+    """Each path's st_dev if every one lies on a :data:`LOCAL_FSTYPES` filesystem,
+    else None (a network or FUSE filesystem, or a path that does not stat)."""
+    types = {m.dev: m.fstype for m in mounts()}
+    devs = []
+    for path in paths:
+        try:
+            dev = os.stat(path).st_dev
+        except OSError:
+            return None
+        if types.get(f"{os.major(dev)}:{os.minor(dev)}") not in LOCAL_FSTYPES:
+            return None
+        devs.append(dev)
+    return devs

@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 
-from mergerfs import _kernel, inodes, ugid
+from mergerfs import _kernel, inodes, mounts, ugid
 from mergerfs.kernel import mount as mounting
 from mergerfs.kernel.dirs import DirHandlers
 from mergerfs.kernel.entries import EntryHandlers
@@ -144,8 +144,10 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
             posix_acl=cfg["posix-acl"],
             creds_fixed=not ugid.acts_as_caller(),
             pid_bound=cfg["proxy-ioprio"],
-            # a listing is the same whatever func.readdir says (it only sets how branches are read)
-            readdir=not cfg["readdirplus"],
+            # A compiled listing has no deadline: only over local filesystems (a
+            # network branch keeps ops/readdir.py's lanes), and not with READDIRPLUS.
+            # It is the same whatever func.readdir says (how branches are read).
+            root_devs=None if cfg["readdirplus"] else mounts.local_devs([b.path for b in branches]),
             dir_flags=FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE if cfg["cache.readdir"] else 0,
         )
 
