@@ -203,6 +203,8 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
                 flush=True,
             )
         handler = self._handlers.get(h.opcode, self._enosys)
+        if log.isEnabledFor(logging.DEBUG):  # which requests the compiled loop left to Python
+            log.debug("python: opcode %d, nodeid %d, pid %d", h.opcode, h.nodeid, h.pid)
         try:
             # every request with a caller, answered or not: the compiled loop
             # takes this thread's identity to be the last such request's
