@@ -9,7 +9,10 @@ released for the whole request; so are FORGET/BATCH_FORGET, and LOOKUP and
 GETATTR of a known nodeid while the config allows the plain case (first-found
 search, no symlink following or attribute overrides): the node table
 (:mod:`mergerfs._nodes`), a branch search with lstat and inodecalc, all in C.
-Every other request, and every case the C path does not recognise, is handed,
+OPENDIR, READDIR, RELEASEDIR and FSYNCDIR of the plain case are answered here
+too (``_dirs.pxi``): directory handles of their own (a tagged fh), each holding
+its merged listing as packed dirent records, over local filesystems only (a
+compiled listing has no deadline for a hung branch). Every other request, and every case the C path does not recognise, is handed,
 as bytes, to the Python session (:mod:`mergerfs.kernel.transport`), which decides and
 replies. The handle table is changed only under the GIL (open/release run in
 Python) and read without it: the kernel sends no READ/WRITE on a handle after

@@ -134,6 +134,24 @@ def test_names_equal_2_33_5(mount_pool, tmp_path):
         unmount(mnt)
 
 
+def test_cache_readdir_behaves_as_the_python_path(mount_pool):
+    """cache.readdir: the open flags (FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE) as
+    Python gives them: the kernel keeps its cached listing across opens."""
+    cached = OPTS.replace("cache.readdir=false", "cache.readdir=true")
+    layout = [{"d/": None, "d/a": b""}, {"d/": None, "d/b": b""}]
+    c = mount_pool(n=2, options=cached, layout=layout)
+    py = mount_pool(options=cached + ",func.getattr=newest", branches=c.branches)
+    first = [list_path(p.path("d")) for p in (c, py)]
+    st = os.stat(c.branch_path(0, "d"))
+    open(c.branch_path(0, "d/late"), "w").close()
+    os.utime(c.branch_path(0, "d"), ns=(st.st_atime_ns, st.st_mtime_ns))  # unchanged: the cache stays valid
+    again = [list_path(p.path("d")) for p in (c, py)]
+    assert first[0] == first[1] and again[0] == again[1]
+    assert again[0] == first[0]  # the kernel's cache, not a new listing
+    os.utime(c.branch_path(0, "d"))  # changed: both list anew
+    assert [{n for n, _, _ in list_path(p.path("d"))} for p in (c, py)] == [{b"a", b"b", b"late"}] * 2
+
+
 def test_root_hides_control_file_and_exdev_dir(mount_pool):
     layout = [{".mergerfs_rename_exdev/": None, "a": b""}, {".mergerfs": b"x", "b/": None}]
     c = mount_pool(n=2, options=OPTS, layout=layout)

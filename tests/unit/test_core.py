@@ -2,6 +2,7 @@
 inode numbering and the nodeid table, branch-list edits of the control file."""
 
 import errno
+import os
 
 import pytest
 from hypothesis import given, strategies as st
@@ -236,3 +237,18 @@ def test_mount_table_fields_are_unescaped():
     assert mounts.unescape(r"/x\08y") == r"/x\08y"  # not an escape: kept as written
     root = mounts.holding("/proc/self")
     assert root is not None and root.fstype == "proc"
+
+
+def test_local_devs_only_for_local_filesystems(tmp_path):
+    """The compiled listing (no deadline) is for local filesystems only: /proc
+    stands for any other type, a missing path for a root that does not stat."""
+    from mergerfs import mounts
+
+    here = mounts.holding(str(tmp_path))
+    if here is None or here.fstype not in mounts.LOCAL_FSTYPES:
+        pytest.skip(f"{tmp_path} is not on a local filesystem")
+    dev = os.stat(tmp_path).st_dev
+    assert mounts.local_devs([str(tmp_path), str(tmp_path)]) == [dev, dev]
+    assert mounts.local_devs([str(tmp_path), "/proc"]) is None
+    assert mounts.local_devs([str(tmp_path / "missing")]) is None
+    assert mounts.local_devs([]) == []
