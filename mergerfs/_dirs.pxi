@@ -23,8 +23,11 @@ cdef extern from "<sys/stat.h>" nogil:
     int c_fstat "fstat"(int fd, stat_t *buf)
     int c_stat "stat"(const char *path, stat_t *buf)
     int c_fstatat "fstatat"(int dirfd, const char *path, stat_t *buf, int flags)
+    int c_fchmod "fchmod"(int fd, unsigned int mode)
+    int c_futimens "futimens"(int fd, const timespec *times)
 
 cdef extern from "<unistd.h>" nogil:
+    int c_fchown "fchown"(int fd, unsigned int owner, unsigned int group)
     int c_fsync "fsync"(int fd)
     int c_fdatasync "fdatasync"(int fd)
 
@@ -82,6 +85,7 @@ cdef struct fuse_fsync_in:
 
 cdef struct DirList:
     pthread_mutex_t mu  # one READDIR/FSYNCDIR of this handle at a time (two workers may share it)
+    uint64_t nodeid
     int users           # requests holding it now (under DirTable.mu)
     bint closed         # RELEASEDIR came: the last user frees it
     int fd              # the directory on the first branch holding it
@@ -274,6 +278,7 @@ cdef bint _opendir(Session s, Caller *w, int fd, char *buf) noexcept nogil:
     d = <DirList *>calloc(1, sizeof(DirList))
     if d != NULL:
         pthread_mutex_init(&d.mu, NULL)
+        d.nodeid = h.nodeid
         d.fd = dfd
         d.cfg = c  # the reference is the handle's now
         d.rellen = <size_t>rellen
@@ -594,6 +599,98 @@ cdef size_t _dir_answer(Session s, const Caller *w, char *buf, ssize_t n) noexce
     o.error = -err
     o.unique = unique
     return o.len
+
+
+cdef DirList *_dir_of_node(DirTable *t, uint64_t nodeid) noexcept nogil:
+    """An open C handle of directory ``nodeid``, counted as used (_dirs_done), or NULL."""
+    cdef uint32_t i
+    cdef DirList *d = NULL
+    pthread_mutex_lock(&t.mu)
+    for i in range(t.next):
+        if t.slots[i] != NULL and t.slots[i].nodeid == nodeid:
+            d = t.slots[i]
+            d.users += 1
+            break
+    pthread_mutex_unlock(&t.mu)
+    return d
+
+
+cdef size_t _open_dir_attr(Session s, char *buf, ssize_t n, uint64_t attr_valid) noexcept nogil:
+    """GETATTR, or SETATTR of mode/owner/times, of a directory whose path is gone
+    while a C handle holds it open: on that handle's fd, as Python does on its
+    DirHandle's (fstat, fchmod, fchown, futimens). The reply over the request
+    in ``buf``: its size, or 0 (no such handle, or another change)."""
+    cdef fuse_in_header *h = <fuse_in_header *>buf
+    cdef uint64_t unique = h.unique
+    cdef fuse_setattr_in a
+    cdef timespec times[2]
+    cdef stat_t st
+    cdef int err = 0
+    cdef DirList *d
+    cdef attr_reply *out = <attr_reply *>buf
+    memset(&a, 0, sizeof(a))
+    if h.opcode == FUSE_SETATTR:
+        if n < <ssize_t>(IN_HDR + sizeof(fuse_setattr_in)):
+            return 0
+        a = (<fuse_setattr_in *>(buf + IN_HDR))[0]
+        if a.valid & ~(<uint32_t>FATTR_PLAIN):
+            return 0
+    elif h.opcode != FUSE_GETATTR:
+        return 0
+    d = _dir_of_node(s.dirs, h.nodeid)
+    if d == NULL:
+        return 0
+    if a.valid & FATTR_MODE and c_fchmod(d.fd, a.mode & 0o7777) != 0:
+        err = errno
+    if not err and a.valid & (FATTR_UID | FATTR_GID) and c_fchown(
+            d.fd, a.uid if a.valid & FATTR_UID else <unsigned int>-1,
+            a.gid if a.valid & FATTR_GID else <unsigned int>-1) != 0:
+        err = errno
+    if not err and a.valid & (FATTR_ATIME | FATTR_MTIME):
+        _times(&a, times)
+        if c_futimens(d.fd, times) != 0:
+            err = errno
+    if not err and c_fstat(d.fd, &st) != 0:
+        err = errno
+    memset(out, 0, sizeof(attr_reply))
+    if not err:
+        out.a.attr_valid = attr_valid
+        _fill_attr_c(&out.a.attr, h.nodeid, &st)
+    _dirs_done(s, d)
+    out.h.len = <uint32_t>(OUT_HDR if err else sizeof(attr_reply))
+    out.h.error = -err
+    out.h.unique = unique
+    return out.h.len
+
+
+cdef bint _answer_open_dir(Session s, int fd, char *buf, size_t n, uint64_t attr_valid) noexcept nogil:
+    cdef size_t size = _open_dir_attr(s, buf, <ssize_t>n, attr_valid)
+    if size == 0:
+        return False
+    c_write(fd, buf, size)
+    return True
+
+
+def dir_attr(Session s, uint32_t opcode, uint64_t nodeid, bytes body, uint64_t attr_valid):
+    """GETATTR/SETATTR that Python found no path for: answered on an open C
+    handle of the directory (fuse_attr_out), or None if there is none."""
+    cdef size_t blen = <size_t>len(body)
+    cdef char buf[256]  # the largest request (SETATTR, 128 bytes) or reply (120)
+    cdef size_t size
+    cdef fuse_out_header *o = <fuse_out_header *>buf
+    memset(buf, 0, sizeof(buf))
+    (<fuse_in_header *>buf).opcode = opcode
+    (<fuse_in_header *>buf).nodeid = nodeid
+    if blen > sizeof(buf) - IN_HDR:
+        blen = sizeof(buf) - IN_HDR
+    memcpy(buf + IN_HDR, PyBytes_AS_STRING(body), blen)
+    with nogil:
+        size = _open_dir_attr(s, buf, <ssize_t>(IN_HDR + blen), attr_valid)
+    if size == 0:
+        return None
+    if o.error:
+        raise OSError(-o.error, os.strerror(-o.error))
+    return PyBytes_FromStringAndSize(buf + OUT_HDR, <Py_ssize_t>(size - OUT_HDR))
 
 
 cdef bint _dirs_hot(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept nogil:

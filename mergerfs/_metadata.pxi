@@ -288,6 +288,8 @@ cdef bint _getattr(Session s, Caller *w, int fd, char *buf) noexcept nogil:
     memset(&out, 0, sizeof(out))
     out.a.attr_valid = c.attr_valid
     _release(s, c)
+    if found == ENOENT:  # removed: an open C directory handle of it still answers
+        return _answer_open_dir(s, fd, buf, IN_HDR + sizeof(fuse_getattr_in), out.a.attr_valid)
     if found != 0 or not _same_object(&facts, &st):
         return False
     _saw(s.table, h.nodeid, &st)
@@ -439,6 +441,22 @@ cpdef enum:
     ACT_UNLINK = 8
 
 
+cdef void _times(const fuse_setattr_in *a, timespec *times) noexcept nogil:
+    """SETATTR's atime/mtime as utimensat's pair (UTIME_OMIT, UTIME_NOW)."""
+    times[0].tv_sec = <long>a.atime
+    times[0].tv_nsec = a.atimensec
+    times[1].tv_sec = <long>a.mtime
+    times[1].tv_nsec = a.mtimensec
+    if not a.valid & FATTR_ATIME:
+        times[0].tv_nsec = UTIME_OMIT
+    elif a.valid & FATTR_ATIME_NOW:
+        times[0].tv_nsec = UTIME_NOW
+    if not a.valid & FATTR_MTIME:
+        times[1].tv_nsec = UTIME_OMIT
+    elif a.valid & FATTR_MTIME_NOW:
+        times[1].tv_nsec = UTIME_NOW
+
+
 cdef bint _act(FastConfig *c, const char *rel, size_t rellen, int op, const fuse_setattr_in *a) noexcept nogil:
     """epall: apply ``op`` on every branch holding ``rel`` that is not read-only
     (by mode or mount). Any success wins (as Python's Aggregate): True once one
@@ -479,18 +497,7 @@ cdef bint _act(FastConfig *c, const char *rel, size_t rellen, int op, const fuse
             rc = lchown(full, a.uid if a.valid & FATTR_UID else <unsigned int>-1,
                         a.gid if a.valid & FATTR_GID else <unsigned int>-1)
         else:
-            times[0].tv_sec = <long>a.atime
-            times[0].tv_nsec = a.atimensec
-            times[1].tv_sec = <long>a.mtime
-            times[1].tv_nsec = a.mtimensec
-            if not a.valid & FATTR_ATIME:
-                times[0].tv_nsec = UTIME_OMIT
-            elif a.valid & FATTR_ATIME_NOW:
-                times[0].tv_nsec = UTIME_NOW
-            if not a.valid & FATTR_MTIME:
-                times[1].tv_nsec = UTIME_OMIT
-            elif a.valid & FATTR_MTIME_NOW:
-                times[1].tv_nsec = UTIME_NOW
+            _times(a, times)
             rc = utimensat(AT_FDCWD, full, times, AT_SYMLINK_NOFOLLOW)
         if rc != 0:
             if done:
@@ -509,6 +516,7 @@ cdef bint _setattr(Session s, Caller *w, int fd, char *buf) noexcept nogil:
     cdef stat_t st
     cdef Facts facts
     cdef bint ok = False
+    cdef int found = -1
     cdef unsigned int mode
     cdef attr_reply out
     if a.valid & ~(<uint32_t>FATTR_PLAIN):
@@ -517,8 +525,9 @@ cdef bint _setattr(Session s, Caller *w, int fd, char *buf) noexcept nogil:
     if c == NULL:
         return False
     rellen = _relpath(s.table, h.nodeid, NULL, 0, rel, &facts)
-    if (rellen > 0 and _as_caller(c, w, h) and _search(c, rel, <size_t>rellen, &st, full) == 0
-            and _same_object(&facts, &st) and not (S_ISLNK(st.st_mode) and a.valid & FATTR_MODE)):
+    if rellen > 0 and _as_caller(c, w, h):
+        found = _search(c, rel, <size_t>rellen, &st, full)
+    if found == 0 and _same_object(&facts, &st) and not (S_ISLNK(st.st_mode) and a.valid & FATTR_MODE):
         ok = True
         if a.valid & FATTR_MODE:
             ok = c.actions & ACT_CHMOD and _act(c, rel, <size_t>rellen, ACT_CHMOD, a)
@@ -530,6 +539,8 @@ cdef bint _setattr(Session s, Caller *w, int fd, char *buf) noexcept nogil:
     memset(&out, 0, sizeof(out))
     out.a.attr_valid = c.attr_valid
     _release(s, c)
+    if found == ENOENT:  # removed: an open C directory handle of it still answers
+        return _answer_open_dir(s, fd, buf, IN_HDR + sizeof(fuse_setattr_in), out.a.attr_valid)
     if not ok:
         return False
     mode = st.st_mode

@@ -8,6 +8,7 @@ import errno
 import struct
 import time
 
+from mergerfs import _kernel
 from mergerfs.kernel.base import Base
 from mergerfs.kernel.protocol import (
     ENTRY_OUT,
@@ -48,9 +49,27 @@ class EntryHandlers(Base):
 
     def _getattr(self, h, body):
         flags, _, fh = struct.unpack_from("<IIQ", body)
-        return self._attr_out(h.nodeid, self.req.getattr(h.nodeid, self._pyfh(fh) if flags & 1 else None))
+        try:
+            return self._attr_out(h.nodeid, self.req.getattr(h.nodeid, self._pyfh(fh) if flags & 1 else None))
+        except FileNotFoundError:
+            return self._on_open_dir(h, body)
+
+    def _on_open_dir(self, h, body):
+        """A directory removed while the compiled session holds it open: its
+        handle's fd answers (as a Python DirHandle's would); else ENOENT."""
+        assert self.session is not None
+        reply = _kernel.dir_attr(self.session, h.opcode, h.nodeid, body, self.req.timeouts()[1])
+        if reply is None:
+            raise OSError(errno.ENOENT, "no such file or directory")
+        return reply
 
     def _setattr(self, h, body):
+        try:
+            return self._setattr_path(h, body)
+        except FileNotFoundError:
+            return self._on_open_dir(h, body)
+
+    def _setattr_path(self, h, body):
         (valid, _, fh, size, _, atime, mtime, _, atimensec, mtimensec, _, mode, _, uid, gid, _) = (
             SETATTR_IN.unpack_from(body)
         )

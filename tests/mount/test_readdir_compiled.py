@@ -263,7 +263,7 @@ def test_concurrent_readers_of_one_handle(mount_pool):
         os.close(fd)
 
 
-@pytest.mark.parametrize("opts", [OPTS, PYTHON_PATH], ids=["compiled", "python"])
+@pytest.mark.parametrize("opts", [OPTS, MT_OPTS, PYTHON_PATH], ids=["compiled", "workers", "python"])
 def test_directory_removed_on_first_branch_while_open(mount_pool, opts):
     layout = [{"d/": None, "d/a": b"", "d/both": b"1"}, {"d/": None, "d/b": b"", "d/both": b"22"}]
     p = mount_pool(n=2, options=opts, layout=layout)
@@ -282,6 +282,11 @@ def test_directory_removed_on_first_branch_while_open(mount_pool, opts):
         with pytest.raises(OSError) as e:
             listing(fd)
         assert e.value.errno == errno.ENOENT  # no branch has it: the first branch's error
+        # the handle's fd still answers for it (as native for a removed directory)
+        os.fchmod(fd, 0o700)
+        os.utime(fd, ns=(10**18, 10**18))
+        st = os.fstat(fd)
+        assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700 and st.st_mtime_ns == 10**18
     finally:
         os.close(fd)
 
