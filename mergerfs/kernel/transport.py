@@ -28,8 +28,15 @@ from mergerfs.requests import Requests
 
 log = logging.getLogger("mergerfs")
 
-#: The compiled actions: SETATTR's chmod, chown and utimens, and UNLINK (each when its policy is epall).
-_ACTIONS = (_kernel.ACT_CHMOD, _kernel.ACT_CHOWN, _kernel.ACT_UTIMENS, _kernel.ACT_UNLINK)
+#: The compiled actions: SETATTR's chmod, chown and utimens, UNLINK, RMDIR and RENAME (each when its policy is epall).
+_ACTIONS = {
+    "chmod": _kernel.ACT_CHMOD,
+    "chown": _kernel.ACT_CHOWN,
+    "utimens": _kernel.ACT_UTIMENS,
+    "unlink": _kernel.ACT_UNLINK,
+    "rmdir": _kernel.ACT_RMDIR,
+    "rename": _kernel.ACT_RENAME,
+}
 
 
 class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
@@ -106,14 +113,15 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         self.minor = agreed.minor
         self.passthrough.enable(self.devfd, agreed.passthrough)
         session.configure(agreed.max_write, agreed.minor)
+        self.req.control.counts = self._counts
         self._fast_path()
         self.fs.listeners.append(self._fast_path)
         self.notifier.start(self.devfd)
 
     def _fast_path(self, *_changed) -> None:
-        """Let the compiled loop answer LOOKUP, GETATTR, GETXATTR, SETATTR and
-        UNLINK while the config has the plain shape it implements: a first-found
-        search, epall actions, and attributes reported as the branch's lstat
+        """Let the compiled loop answer LOOKUP, GETATTR, GETXATTR, SETATTR,
+        UNLINK, RMDIR and RENAME while the config has the plain shape it
+        implements: a first-found search, epall actions, and attributes reported as the branch's lstat
         gives them (no symlink following, symlinkify or uid/gid/umask
         overrides). Otherwise Python answers them. Called again after every
         config change."""
@@ -130,7 +138,6 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
             return
         entry, attr, negative = self.req.timeouts()
         branches = self.fs.snap.branches
-        epall = [cfg.policy(func) == "epall" for func in ("chmod", "chown", "utimens", "unlink")]
         self.session.set_fast(
             [os.fsencode(b.path) for b in branches],
             [b.mode == "RO" for b in branches],
@@ -138,13 +145,18 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
             entry,
             attr,
             negative,
-            actions=sum(bit for bit, on in zip(_ACTIONS, epall) if on),
+            actions=sum(bit for func, bit in _ACTIONS.items() if cfg.policy(func) == "epall"),
             getxattr=cfg["xattr"] == "passthrough" and cfg.policy("getxattr") == "ff",
             capability=cfg["security-capability"],
             posix_acl=cfg["posix-acl"],
             creds_fixed=not ugid.acts_as_caller(),
             pid_bound=cfg["proxy-ioprio"],
         )
+
+    def _counts(self) -> dict[str, tuple[int, int]]:
+        """Requests served per opcode name: (answered compiled, answered by Python)."""
+        assert self.session is not None
+        return {_opname(op): n for op, n in self.session.counts().items()}
 
     def serve(self, workers: int) -> None:
         """Run ``workers`` threads, one per (cloned) fd, until the mount goes away."""
@@ -226,3 +238,10 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
     @staticmethod
     def _enosys(h, body):
         raise OSError(errno.ENOSYS, "not implemented")
+
+
+def _opname(op: int) -> str:
+    try:
+        return Op(op).name
+    except ValueError:  # one this session does not decode (answered ENOSYS)
+        return str(op)
