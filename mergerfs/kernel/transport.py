@@ -53,6 +53,7 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         self.debug = False
         self.session = None
         self.minor = 0
+        self.request_kib = 0  # the largest READ/WRITE agreed at INIT (KiB): readahead's default
         self.passthrough = Passthrough()
         # The opcode table: each opcode answered here and its handler (in
         # entries.py, files.py, dirs.py or xattrs.py); any other gets ENOSYS.
@@ -111,6 +112,7 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         session.trace = self.debug = any(o.partition("=")[0] == "debug" for o in opts)
         agreed = negotiate(self.devfd, self.cfg)
         self.minor = agreed.minor
+        self.request_kib = agreed.max_write // 1024
         self.passthrough.enable(self.devfd, agreed.passthrough)
         session.configure(agreed.max_write, agreed.minor)
         self.req.control.counts = self._counts
