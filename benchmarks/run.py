@@ -825,7 +825,10 @@ def write_markdown(path, args, R, png_name, elapsed, sets):
             t, _gm = set_table(s, R, names)
             L += [*t, ""]
         if any(k[0] == s for k in R["requests"]):
-            L += ["Our requests per round, answered in C / by Python (`user.mergerfs.requests`; Python's largest first):", ""]
+            L += [
+                "Our requests per round, answered in C / by Python (`user.mergerfs.requests`; largest first):",
+                "",
+            ]
             L += ["| workload | in C | by Python |", "|---|---|---|"]
             for w in names:
                 q = R["requests"].get((s, w))
