@@ -168,6 +168,14 @@ class Pool:
         except (OSError, IndexError, ValueError):
             return None
 
+    def requests(self):
+        """Our daemon's requests so far, {opcode: (answered in C, by Python)}; {} elsewhere."""
+        try:
+            text = os.getxattr(os.path.join(self.mnt, ".mergerfs"), "user.mergerfs.requests").decode()
+        except OSError:
+            return {}
+        return {op: (int(c), int(py)) for op, c, py in (line.split() for line in text.splitlines())}
+
     def close(self):
         if self.proc is None or (self.proc.returncode is not None and not is_mounted(self.mnt)):
             return
@@ -187,6 +195,9 @@ class Pool:
 
 class Native:
     name, proc = "native", None
+
+    def requests(self):
+        return {}
 
     def __init__(self, path):
         self.mnt = path
@@ -659,6 +670,7 @@ def run_set(setname, args, ctx, base, logdir, R):
             run = WORKLOADS[w][1]
             times = {t.name: [] for t in targets}
             cpu = {p.name: [] for p in pools}
+            python: dict[str, list[int]] = {}  # ours: opcode -> [answered in C, by Python], all rounds
             failed = None
             for rnd in range(args.reps):
                 k = rnd % len(targets)
@@ -667,6 +679,7 @@ def run_set(setname, args, ctx, base, logdir, R):
                         dead = [LABEL[p.name] for p in pools if not p.alive()]
                         raise RuntimeError(f"daemon gone: {', '.join(dead)}")
                     c0 = t.cpu_s()
+                    q0 = t.requests()
                     try:
                         times[t.name].append(run(t.mnt, ctx))
                     except Exception as e:  # noqa: BLE001 - a failed workload is reported in the results
@@ -674,6 +687,13 @@ def run_set(setname, args, ctx, base, logdir, R):
                         break
                     if c0 is not None:
                         cpu[t.name].append(t.cpu_s() - c0)
+                    if q0:  # ours: which requests still took the GIL (the workload's own)
+                        q1 = t.requests()
+                        for op, (c, py) in q1.items():
+                            c_, py_ = q0.get(op, (0, 0))
+                            acc = python.setdefault(op, [0, 0])
+                            acc[0] += c - c_
+                            acc[1] += py - py_
                 if failed:
                     break
             if failed:
@@ -683,6 +703,7 @@ def run_set(setname, args, ctx, base, logdir, R):
             med = {k: statistics.median(v) for k, v in times.items()}
             R["times"][(setname, w)] = med
             R["cpu"][(setname, w)] = {k: sum(v) / len(v) for k, v in cpu.items() if v}
+            R["requests"][(setname, w)] = {op: (c // args.reps, py // args.reps) for op, (c, py) in python.items()}
             print(
                 f"[{setname}] {w:13} "
                 + "  ".join(f"{LABEL[k]} {med[k]:7.3f}s" for k in ("ours", "deb", "up", "native"))
@@ -803,6 +824,21 @@ def write_markdown(path, args, R, png_name, elapsed, sets):
         if any(k[0] == s for k in list(R["times"]) + list(R["failed"])):
             t, _gm = set_table(s, R, names)
             L += [*t, ""]
+        if any(k[0] == s for k in R["requests"]):
+            L += [
+                "Our requests per round, answered in C / by Python (`user.mergerfs.requests`; largest first):",
+                "",
+            ]
+            L += ["| workload | in C | by Python |", "|---|---|---|"]
+            for w in names:
+                q = R["requests"].get((s, w))
+                if not q:
+                    continue
+                order = sorted(q.items(), key=lambda kv: (-kv[1][1], -kv[1][0]))
+                inc = ", ".join(f"{op} {c}" for op, (c, _) in sorted(q.items(), key=lambda kv: -kv[1][0]) if c)
+                byp = ", ".join(f"{op} {py}" for op, (_, py) in order if py)
+                L.append(f"| {w} | {inc or '—'} | {byp or '—'} |")
+            L.append("")
         if any(k[0] == s for k in list(R["rss"]) + list(R["rss_end"])):
             L += [
                 (
@@ -884,7 +920,7 @@ def main():
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, interrupt)
 
-    R = {"times": {}, "cpu": {}, "rss": {}, "rss_end": {}, "failed": {}, "commit": git_commit()}
+    R = {"times": {}, "cpu": {}, "rss": {}, "rss_end": {}, "failed": {}, "requests": {}, "commit": git_commit()}
     t0 = time.perf_counter()
     base = tempfile.mkdtemp(prefix="mfsbench-")
     logdir = os.path.join(base, "logs")

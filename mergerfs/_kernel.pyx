@@ -6,13 +6,15 @@ Each worker thread owns one (cloned) ``/dev/fuse`` fd and one request buffer,
 reused for every request and its reply. READ, WRITE and FLUSH of an open file
 are answered here from the handle table (kernel fh -> branch fd) with the GIL
 released for the whole request; so are FORGET/BATCH_FORGET, and LOOKUP and
-GETATTR of a known nodeid while the config allows the plain case (first-found
-search, no symlink following or attribute overrides): the node table
+GETATTR of a known nodeid, and SETATTR/UNLINK/RMDIR/RENAME under epall, while
+the config allows the plain case (first-found search, no symlink following or
+attribute overrides): the node table
 (:mod:`mergerfs._nodes`), a branch search with lstat and inodecalc, all in C.
 OPENDIR, READDIR, RELEASEDIR and FSYNCDIR of the plain case are answered here
 too (``_dirs.pxi``): directory handles of their own (a tagged fh), each holding
 its merged listing as packed dirent records, over local filesystems only (a
-compiled listing has no deadline for a hung branch). Every other request, and every case the C path does not recognise, is handed,
+compiled listing has no deadline for a hung branch). Every other request, and
+every case the C path does not recognise, is handed,
 as bytes, to the Python session (:mod:`mergerfs.kernel.transport`), which decides and
 replies. The handle table is changed only under the GIL (open/release run in
 Python) and read without it: the kernel sends no READ/WRITE on a handle after
@@ -30,7 +32,7 @@ from posix.time cimport timespec
 from posix.types cimport time_t
 
 from mergerfs._fastpath cimport _calc
-from mergerfs._nodes cimport Node, NodeTable, stamp, pthread_mutex_t, pthread_mutex_init, pthread_mutex_lock, \
+from mergerfs._nodes cimport Node, NodeTable, PathSlot, stamp, pthread_mutex_t, pthread_mutex_init, pthread_mutex_lock, \
     pthread_mutex_unlock, pthread_mutex_destroy
 
 cdef object logging, os, log  # module globals the C code reaches directly
@@ -50,6 +52,12 @@ cdef extern from "<sys/ioctl.h>" nogil:
 
 cdef extern from "<string.h>" nogil:
     size_t strnlen(const char *s, size_t maxlen)
+
+cdef extern from *:
+    """
+    #define MFS_COUNT(p) ((void)__atomic_fetch_add((p), 1, __ATOMIC_RELAXED))
+    """
+    void MFS_COUNT(uint64_t *p) noexcept nogil
 
 cdef extern from "<sys/stat.h>" nogil:
     cdef struct stat_t "stat":
@@ -207,6 +215,7 @@ cdef unsigned long IOC_BACKING_CLOSE = 0x4004E502  # _IOW(229, 2, uint32_t)
 
 cdef enum:
     MAX_SLOTS = 1 << 20  # handles open at once (virtual memory only until used)
+    MAX_OPCODE = 64      # the counters' size: every opcode of 7.45 is below
 
 cdef struct write_reply:
     fuse_out_header h
@@ -237,6 +246,7 @@ cdef class Session:
     cdef public bint trace  # every request to ``slow`` (-d): no C path
     cdef readonly NodeTable table
     cdef FastConfig *fast  # NULL: LOOKUP/GETATTR go to Python
+    cdef uint64_t answered[2][MAX_OPCODE]  # requests per opcode: [0] compiled, [1] Python
     cdef pthread_mutex_t fast_mu
     cdef DirTable *dirs  # the C directory handles (_dirs.pxi)
 
@@ -330,6 +340,15 @@ cdef class Session:
         self.bufsize = max(<size_t>(1 << 13), IN_HDR + sizeof(fuse_write_in) + max_write + 4096)
         self.write_in_size = sizeof(fuse_write_in) if minor >= 9 else 24
 
+    def counts(self):
+        """Requests served so far: {opcode: (answered compiled, answered by Python)}."""
+        cdef int op
+        cdef dict out = {}
+        for op in range(MAX_OPCODE):
+            if self.answered[0][op] or self.answered[1][op]:
+                out[op] = (self.answered[0][op], self.answered[1][op])
+        return out
+
     # ------------------------------------------------------------ handles
     def add(self, uint64_t pyfh, int fd, int backing=0):
         """A new kernel fh for request-layer handle ``pyfh`` (``fd`` -1: no C path)."""
@@ -385,9 +404,15 @@ cdef class Session:
                         if err == EINTR or err == EAGAIN or err == ENOENT:
                             continue  # ENOENT: the request was interrupted before we read it
                         break
-                    if n < <ssize_t>IN_HDR or self._hot(&caller, fd, buf, n):
+                    if n < <ssize_t>IN_HDR:
                         continue
                     h = (<fuse_in_header *>buf)[0]
+                    if self._hot(&caller, fd, buf, n):
+                        if h.opcode < MAX_OPCODE:
+                            MFS_COUNT(&self.answered[0][h.opcode])
+                        continue
+                    if h.opcode < MAX_OPCODE:
+                        MFS_COUNT(&self.answered[1][h.opcode])
                     with gil:
                         try:
                             n = self._python(buf, n)
@@ -434,6 +459,10 @@ cdef class Session:
             return _setattr(self, w, fd, buf)
         if h.opcode == FUSE_UNLINK:
             return _unlink(self, w, fd, buf, n)
+        if h.opcode == FUSE_RMDIR:
+            return _rmdir(self, w, fd, buf, n)
+        if h.opcode == FUSE_RENAME:
+            return _rename(self, w, fd, buf, n)
         if h.opcode == FUSE_GETXATTR and n > <ssize_t>(IN_HDR + 8):
             return _getxattr(self, w, fd, buf, n)
         if h.opcode == FUSE_READ:
@@ -524,4 +553,5 @@ cdef void _reply_error(int fd, uint64_t unique, int err) noexcept nogil:
 
 include "_wire.pxi"
 include "_metadata.pxi"
+include "_removes.pxi"
 include "_dirs.pxi"

@@ -390,6 +390,7 @@ cdef extern from "<sys/stat.h>" nogil:
 cdef extern from "<unistd.h>" nogil:
     int lchown(const char *path, unsigned int owner, unsigned int group)
     int c_unlink "unlink"(const char *path)
+    int c_rmdir "rmdir"(const char *path)
 
 cdef extern from "<fcntl.h>" nogil:
     int AT_FDCWD
@@ -439,6 +440,26 @@ cpdef enum:
     ACT_CHOWN = 2
     ACT_UTIMENS = 4
     ACT_UNLINK = 8
+    ACT_RMDIR = 16
+    ACT_RENAME = 32
+
+
+cdef int _eligible(FastConfig *c, int i, const char *rel, size_t rellen, char *full, stat_t *st) noexcept nogil:
+    """The action filter for branch ``i`` (as Python's): 1 if it holds ``rel``
+    (its lstat in ``st``, its path in ``full``) and may be written (mode and
+    mount); 0 if not; -1 for anything Python must judge."""
+    cdef char root[PATH_MAX]
+    cdef statvfs_t vfs
+    if c.readonly[i]:
+        return 0
+    # is it here, then is its filesystem writable
+    if not _on_branch(c, i, rel, rellen, full) or not _on_branch(c, i, b"/", 1, root):
+        return -1
+    if c_lstat(full, st) != 0:
+        return 0 if errno == ENOENT else -1
+    if c_statvfs(root, &vfs) != 0:
+        return -1
+    return 0 if vfs.f_flag & ST_RDONLY else 1
 
 
 cdef void _times(const fuse_setattr_in *a, timespec *times) noexcept nogil:
@@ -464,33 +485,22 @@ cdef bint _act(FastConfig *c, const char *rel, size_t rellen, int op, const fuse
     plain "not here" returns False with nothing changed, and Python does the
     whole request and judges the errors."""
     cdef char full[PATH_MAX]
-    cdef char root[PATH_MAX]
     cdef stat_t st
-    cdef statvfs_t vfs
     cdef timespec times[2]
     cdef int i
     cdef int rc
+    cdef int here
     cdef int done = 0
     for i in range(c.nbranches):
-        if c.readonly[i]:
-            continue
-        # as the action filter: is it here, then is its filesystem writable
-        if not _on_branch(c, i, rel, rellen, full) or not _on_branch(c, i, b"/", 1, root):
-            if done:
-                continue
-            return False
-        if c_lstat(full, &st) != 0:
-            if errno == ENOENT or done:
-                continue
-            return False
-        if c_statvfs(root, &vfs) != 0:
-            if done:
-                continue
-            return False
-        if vfs.f_flag & ST_RDONLY:
+        here = _eligible(c, i, rel, rellen, full, &st)
+        if here <= 0:
+            if here < 0 and not done:
+                return False
             continue
         if op == ACT_UNLINK:
             rc = c_unlink(full)
+        elif op == ACT_RMDIR:
+            rc = c_rmdir(full)
         elif op == ACT_CHMOD:
             rc = c_chmod(full, a.mode & 0o7777)
         elif op == ACT_CHOWN:
@@ -550,29 +560,4 @@ cdef bint _setattr(Session s, Caller *w, int fd, char *buf) noexcept nogil:
     _saw(s.table, h.nodeid, &st)
     _fill_attr_c(&out.a.attr, h.nodeid, &st)
     _reply(fd, h.unique, &out, sizeof(out))
-    return True
-
-
-cdef bint _unlink(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept nogil:
-    cdef fuse_in_header *h = <fuse_in_header *>buf
-    cdef const char *name = buf + IN_HDR
-    cdef size_t namelen = strnlen(name, <size_t>(n - IN_HDR))
-    cdef char rel[PATH_MAX]
-    cdef ssize_t rellen
-    cdef bint ok = False
-    if namelen == 0 or namelen >= <size_t>(n - IN_HDR):
-        return False
-    cdef FastConfig *c = _acquire(s)
-    if c == NULL:
-        return False
-    if c.actions & ACT_UNLINK:
-        rellen = _relpath(s.table, h.nodeid, name, namelen, rel, NULL)
-        ok = rellen > 0 and _as_caller(c, w, h) and _act(c, rel, <size_t>rellen, ACT_UNLINK, NULL)
-    _release(s, c)
-    if not ok:
-        return False
-    s.table.lock()
-    s.table._unbind(rel)  # the name no longer names its node (which keeps it for open fds)
-    s.table.unlock()
-    _reply_error(fd, h.unique, 0)
     return True

@@ -71,6 +71,7 @@ cdef class NodeTable(NodeMaps):
 
     cdef void _make_newest_and_count(self, Node *n, const char *path) noexcept nogil
     cdef int _renamed(self, const char *old, const char *new) except -1
+    cdef bint _rename_node(self, const char *old, const char *new) noexcept nogil
     cdef int _move_below(self, const char *old, const char *new) except -1
     cdef uint64_t remember_c(self, uint64_t ino, const char *path, bint has_ident, uint64_t dev,
                              uint64_t st_ino, bint isdir, bint may_replace, bint *replaced) noexcept nogil

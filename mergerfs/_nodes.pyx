@@ -469,18 +469,23 @@ cdef class NodeTable(NodeMaps):
             self.unlock()
 
     cdef int _renamed(self, const char *old, const char *new) except -1:
+        if self._rename_node(old, new):
+            self._move_below(old, new)
+        return 0
+
+    cdef bint _rename_node(self, const char *old, const char *new) noexcept nogil:
+        """Point the node named ``old`` at ``new`` (the lock held): True if it is a
+        directory, whose names below still have to move (:meth:`_move_below`)."""
         cdef PathSlot *s = self._find(old)
         cdef Node *n
         if s == NULL:
             self._unbind(new)  # whatever was at the target is gone
-            return 0
+            return False
         n = s.node
         self._del_slot(s)
         _rename_name(n, old, new)
         self._bind(n, new)
-        if n.isdir:
-            self._move_below(old, new)
-        return 0
+        return n.isdir != 0
 
     cdef int _move_below(self, const char *old, const char *new) except -1:
         """Every name under directory ``old/`` now starts with ``new/``."""

@@ -30,9 +30,13 @@ def readahead_files(dev: str) -> list[str]:
     return [disk] if os.path.exists(disk) else []
 
 
-def set_readahead(kib: int, mountpoint: str, branch_paths: list[str]) -> list[str]:
-    """Write ``kib`` to the pool's and the branches' ``read_ahead_kb`` (0: leave them).
-    Returns the files written; problems are logged, never raised."""
+def set_readahead(kib: int, mountpoint: str, branch_paths: list[str], pool_default: int = 0) -> list[str]:
+    """Write ``kib`` to the pool's and the branches' ``read_ahead_kb``; with 0,
+    ``pool_default`` to the pool's alone (the transport's request size: the
+    kernel's own 128 KiB window would cut 1 MiB READs into eight), and leave
+    the branches. Returns the files written; problems are logged, never raised."""
+    if kib <= 0:
+        kib, branch_paths = pool_default, []
     if kib <= 0:
         return []
     devs: list[str] = []

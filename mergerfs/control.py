@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from collections.abc import Callable
 
 from mergerfs import COMPAT_VERSION, options
 from mergerfs.branches import check_runtime, expand_specs, format_branches, parse_branches
@@ -24,6 +25,9 @@ COMMANDS = ("cmd.gc", "cmd.gc1", "cmd.invalidate-all-nodes")
 #: Read-only, not listed (listxattr stays the reference's): branches creates now
 #: leave out, one ``PATH: REASON`` per line (see :meth:`Control.unavailable`).
 UNAVAILABLE = "branches-unavailable"
+#: Read-only key (ours): the requests served so far, ``OPCODE COMPILED PYTHON`` per
+#: line: how many each path answered (the kernel session; the llfuse transport has none).
+REQUESTS = "requests"
 XATTR_SIZE_MAX = 65536  # the kernel's limit: a longer value could never be read back
 
 
@@ -32,6 +36,8 @@ class Control:
         self.fs = fs
         self._invalidate_all = invalidate_all or (lambda: None)
         self._lock = threading.Lock()  # one reconfiguration at a time
+        #: the transport's request counts ({opcode name: (compiled, Python)}), if it keeps them
+        self.counts: Callable[[], dict[str, tuple[int, int]]] | None = None
 
     # ------------------------------------------------------------- the file
     def listxattr(self) -> list[str]:
@@ -51,6 +57,8 @@ class Control:
             return os.fsencode(cfg.mountpoint or "")
         if key == UNAVAILABLE:
             return "".join(f"{p}: {why}\n" for p, why in self.unavailable().items()).encode("utf-8", "surrogateescape")
+        if key == REQUESTS and self.counts is not None:
+            return "".join(f"{op} {c} {py}\n" for op, (c, py) in sorted(self.counts().items())).encode()
         if key in COMMANDS:
             raise oserror(errno.ENODATA)
         try:
@@ -71,7 +79,7 @@ class Control:
             if key == "cmd.invalidate-all-nodes":
                 self._invalidate_all()
             return  # gc: Python's allocator needs no nudging
-        if key in ("version", "pid", "mount", UNAVAILABLE):
+        if key in ("version", "pid", "mount", UNAVAILABLE, REQUESTS):
             raise oserror(errno.EROFS)
         try:
             opt = options.lookup(key)

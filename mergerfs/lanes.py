@@ -37,6 +37,16 @@ class _Job:
         self.key = ""
 
 
+class _Running:
+    """A call running in its caller's thread (:meth:`Lanes.direct`): what
+    :meth:`_Lane.stalled` reads of it."""
+
+    __slots__ = ("started", "timeout")
+
+    def __init__(self, started: float, timeout: float) -> None:
+        self.started, self.timeout = started, timeout
+
+
 class _Lane:
     """One branch's worker threads and queue."""
 
@@ -48,7 +58,7 @@ class _Lane:
         self.queue: deque[_Job] = deque()
         self.idle = 0
         self.threads = 0
-        self.running: set[_Job] = set()
+        self.running: set[_Job | _Running] = set()
         self.last_done = 0.0
         self.stalled_logged = False
 
@@ -152,11 +162,10 @@ class Lanes:
         unless the branch is stalled (:class:`Stalled` at once). A call that hangs
         here blocks its caller, but marks the branch stalled after ``timeout`` for
         everyone else, lanes included."""
-        job = _Job(fn, args, None, timeout)
+        job = _Running(time.monotonic(), timeout)
         with self._lock:
             lane = self._lane(key)
-            job.started = time.monotonic()
-            if lane.stalled(job.started):
+            if lane.running and lane.stalled(job.started):
                 raise Stalled(key)
             lane.running.add(job)
         try:

@@ -316,10 +316,14 @@ def _serve(cfg, notify, debug: bool = False, foreground: bool = False) -> int:
         return 1
     transport.req.table.never_forget = cfg["never-forget-nodes"]
 
+    def readahead(c) -> None:
+        paths = [b.path for b in fs.snap.branches]
+        bdi.set_readahead(c["readahead"], mnt, paths, pool_default=getattr(transport, "request_kib", 0))
+
     def follow(old, new) -> None:
         """What lives outside the snapshot follows runtime changes."""
         if (old["readahead"], old["branches"]) != (new["readahead"], new["branches"]):
-            bdi.set_readahead(new["readahead"], mnt, [b.path for b in fs.snap.branches])
+            readahead(new)
         if [old[k] for k in ("log.file", "debug", "log-level")] != [new[k] for k in ("log.file", "debug", "log-level")]:
             _setup_logging(foreground, _log_level(new, debug), new["log.file"])
 
@@ -343,7 +347,7 @@ def _serve(cfg, notify, debug: bool = False, foreground: bool = False) -> int:
     # readahead once the kernel's INIT is answered: INIT sets the pool's bdi itself
     threading.Thread(
         target=_report_ready,
-        args=(mnt, notify, t, lambda: bdi.set_readahead(cfg["readahead"], mnt, [b.path for b in fs.snap.branches])),
+        args=(mnt, notify, t, lambda: readahead(cfg)),
         daemon=True,
     ).start()
 

@@ -319,7 +319,8 @@ _OPTION_LIST = [
         "readahead",
         Kind("KIB|SIZE", _readahead),
         0,
-        "read_ahead_kb of the pool and of each branch's block device, if > 0 (SIZE with a suffix: bytes)",
+        "read_ahead_kb of the pool and of each branch's block device, if > 0 (SIZE with a suffix: bytes); "
+        "0: the pool's follows fuse-msg-size (kernel session), the branches' are left",
     ),
     _o(
         "never-forget-nodes",

@@ -16,6 +16,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, NamedTuple
 
+from mergerfs import _fastpath
 from mergerfs.lanes import Lanes, Stalled
 
 if TYPE_CHECKING:
@@ -125,6 +126,8 @@ class Probe:
         """Whether branch root ``path``, now on device ``dev``, lost its filesystem
         (logged once when that changes)."""
         origin = self._origin.get(path)
+        if origin is not None and dev == origin[0] and path not in self._gone:
+            return False  # the common case: unchanged, no lock
         if origin is None:
             try:
                 origin = _origin_of(path, dev)
@@ -169,17 +172,11 @@ class Probe:
             return sorted(self._gone)
 
     # -- space
-    def fsinfo(
-        self, path: str, stale_ok: bool = False, inline: bool = False
-    ) -> tuple[os.stat_result, os.statvfs_result]:
+    def fsinfo(self, path: str, stale_ok: bool = False) -> tuple[os.stat_result, os.statvfs_result]:
         """(stat, statvfs) of ``path`` within :data:`STATFS_TIMEOUT`; with
-        ``stale_ok`` a stalled branch answers its last known facts. ``inline``:
-        ask in the calling thread (see :meth:`Lanes.direct`)."""
+        ``stale_ok`` a stalled branch answers its last known facts."""
         try:
-            if inline:
-                facts = self.lanes.direct(path, STATFS_TIMEOUT, _fsinfo, path)
-            else:
-                facts = self.lanes.call(path, STATFS_TIMEOUT, _fsinfo, path)
+            facts = self.lanes.call(path, STATFS_TIMEOUT, _fsinfo, path)
         except Stalled:
             if stale_ok:
                 with self._lock:
@@ -211,13 +208,16 @@ class Probe:
                 hit = self._cache.get(branch.path)
             if hit and now - hit[0] < self.ttl:
                 return hit[1]
-        st, vfs = self.fsinfo(branch.path, inline=True)
+        # in the calling thread (see Lanes.direct): the policies' hot path
+        dev, available, used, total, readonly = self.lanes.direct(
+            branch.path, STATFS_TIMEOUT, _fastpath.space, branch.path
+        )
         info = SpaceInfo(
-            vfs.f_bavail * vfs.f_frsize,
-            (vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize,
-            vfs.f_blocks * vfs.f_frsize,
-            bool(vfs.f_flag & os.ST_RDONLY) or branch.path in self._marked_ro,
-            self.check_gone(branch.path, st.st_dev),
+            available,
+            used,
+            total,
+            readonly or branch.path in self._marked_ro,
+            self.check_gone(branch.path, dev),
         )
         if self.ttl > 0:
             with self._lock:

@@ -28,8 +28,15 @@ from mergerfs.requests import Requests
 
 log = logging.getLogger("mergerfs")
 
-#: The compiled actions: SETATTR's chmod, chown and utimens, and UNLINK (each when its policy is epall).
-_ACTIONS = (_kernel.ACT_CHMOD, _kernel.ACT_CHOWN, _kernel.ACT_UTIMENS, _kernel.ACT_UNLINK)
+#: The compiled actions: SETATTR's chmod, chown and utimens, UNLINK, RMDIR and RENAME (each when its policy is epall).
+_ACTIONS = {
+    "chmod": _kernel.ACT_CHMOD,
+    "chown": _kernel.ACT_CHOWN,
+    "utimens": _kernel.ACT_UTIMENS,
+    "unlink": _kernel.ACT_UNLINK,
+    "rmdir": _kernel.ACT_RMDIR,
+    "rename": _kernel.ACT_RENAME,
+}
 
 
 class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
@@ -46,6 +53,7 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         self.debug = False
         self.session = None
         self.minor = 0
+        self.request_kib = 0  # the largest READ/WRITE agreed at INIT (KiB): readahead's default
         self.passthrough = Passthrough()
         # The opcode table: each opcode answered here and its handler (in
         # entries.py, files.py, dirs.py or xattrs.py); any other gets ENOSYS.
@@ -104,19 +112,22 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         session.trace = self.debug = any(o.partition("=")[0] == "debug" for o in opts)
         agreed = negotiate(self.devfd, self.cfg)
         self.minor = agreed.minor
+        self.request_kib = agreed.max_write // 1024
         self.passthrough.enable(self.devfd, agreed.passthrough)
         session.configure(agreed.max_write, agreed.minor)
+        self.req.control.counts = self._counts
         self._fast_path()
         self.fs.listeners.append(self._fast_path)
         self.notifier.start(self.devfd)
 
     def _fast_path(self, *_changed) -> None:
         """Let the compiled loop answer LOOKUP, GETATTR, GETXATTR, SETATTR,
-        UNLINK and the listings (OPENDIR, READDIR) while the config has the
-        plain shape it implements: a first-found search, epall actions,
-        attributes reported as the branch's lstat gives them (no symlink
-        following, symlinkify or uid/gid/umask overrides) and no READDIRPLUS.
-        Otherwise Python answers them. Called again after every config change."""
+        UNLINK, RMDIR, RENAME and the listings (OPENDIR, READDIR) while the
+        config has the plain shape it implements: a first-found search, epall
+        actions, attributes reported as the branch's lstat gives them (no
+        symlink following, symlinkify or uid/gid/umask overrides) and no
+        READDIRPLUS. Otherwise Python answers them. Called again after every
+        config change."""
         assert self.session is not None
         cfg = self.fs.snap.cfg
         plain = (
@@ -130,7 +141,6 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
             return
         entry, attr, negative = self.req.timeouts()
         branches = self.fs.snap.branches
-        epall = [cfg.policy(func) == "epall" for func in ("chmod", "chown", "utimens", "unlink")]
         self.session.set_fast(
             [os.fsencode(b.path) for b in branches],
             [b.mode == "RO" for b in branches],
@@ -138,7 +148,7 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
             entry,
             attr,
             negative,
-            actions=sum(bit for bit, on in zip(_ACTIONS, epall) if on),
+            actions=sum(bit for func, bit in _ACTIONS.items() if cfg.policy(func) == "epall"),
             getxattr=cfg["xattr"] == "passthrough" and cfg.policy("getxattr") == "ff",
             capability=cfg["security-capability"],
             posix_acl=cfg["posix-acl"],
@@ -150,6 +160,11 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
             root_devs=None if cfg["readdirplus"] else mounts.local_devs([b.path for b in branches]),
             dir_flags=FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE if cfg["cache.readdir"] else 0,
         )
+
+    def _counts(self) -> dict[str, tuple[int, int]]:
+        """Requests served per opcode name: (answered compiled, answered by Python)."""
+        assert self.session is not None
+        return {_opname(op): n for op, n in self.session.counts().items()}
 
     def serve(self, workers: int) -> None:
         """Run ``workers`` threads, one per (cloned) fd, until the mount goes away."""
@@ -233,3 +248,10 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
     @staticmethod
     def _enosys(h, body):
         raise OSError(errno.ENOSYS, "not implemented")
+
+
+def _opname(op: int) -> str:
+    try:
+        return Op(op).name
+    except ValueError:  # one this session does not decode (answered ENOSYS)
+        return str(op)

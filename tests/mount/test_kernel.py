@@ -17,7 +17,7 @@ import pytest
 
 from mergerfs import _fastpath
 
-from .helpers import REPO, is_llfuse, is_reference
+from .helpers import REPO, is_llfuse, is_reference, mountinfo, wait_until
 from .nsutil import kill_leftovers
 
 pytestmark = pytest.mark.skipif(is_reference() or is_llfuse(), reason="the kernel session's features")
@@ -418,3 +418,24 @@ def test_direct_io_allow_mmap(mount_pool, allow):
             mapped = False
             assert e.errno == errno.ENODEV
     assert mapped == allow
+
+
+@pytest.mark.parametrize(("msg_size", "kib"), [("", 1024), ("fuse-msg-size=64", 256)])
+def test_pool_readahead_follows_the_request_size(mount_pool, msg_size, kib):
+    """Without readahead=, the pool's read_ahead_kb is the agreed request size:
+    the kernel's 128 KiB default window would cut each 1 MiB READ into eight."""
+    p = mount_pool(1, options=msg_size)
+    with open(p.branch_path(0, "f"), "wb") as f:
+        f.write(os.urandom(4 * MIB))
+    ra = f"/sys/class/bdi/{mountinfo(p.mnt)['dev']}/read_ahead_kb"
+
+    def value() -> int:
+        with open(ra) as f:
+            return int(f.read())
+
+    assert wait_until(lambda: value() == kib, 3), value()
+    with requests_seen(p.mnt) as seen, open(p.path("f"), "rb") as f:
+        while f.read(MIB):
+            pass
+    # the window ramps up and readahead reads ahead in halves: about two READs per window
+    assert seen.count(READ) <= 2 * (4 * MIB // (kib * 1024)) + 2, seen.count(READ)

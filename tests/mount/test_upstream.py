@@ -351,6 +351,10 @@ def test_readahead_sets_pool_and_branch_devices(tmp_path, impl):
                     for path in (pool_ra, loop_ra):
                         with open(path) as f:
                             assert f.read().strip() == "256", path
+                    # 0: the pool's back to the request size (1 MiB), the branch's left alone
+                    os.setxattr(os.path.join(mnt, ".mergerfs"), P + "readahead", b"0")
+                    assert ra(pool_ra) == "1024"
+                    assert ra(loop_ra) == "256"
         finally:
             subprocess.run(["umount", "-l", str(disk)], check=False)
     finally:

@@ -1,0 +1,225 @@
+# The requests that remove or move a name, answered without the GIL (included
+# by _kernel.pyx after _metadata.pxi): UNLINK and RMDIR under epall, and
+# RENAME of a file under epall whose new parent is already on every branch
+# that holds the source. As in _metadata.pxi, anything else returns False
+# with nothing changed, and the Python session answers it.
+
+cdef extern from "<dirent.h>" nogil:
+    ctypedef struct DIR:
+        pass
+    struct dirent:
+        char d_name[256]
+    DIR *opendir(const char *name)
+    dirent *readdir(DIR *dirp)
+    int closedir(DIR *dirp)
+
+cdef extern from "<stdio.h>" nogil:
+    int c_rename "rename"(const char *old, const char *new)
+
+cdef struct fuse_rename_in:
+    uint64_t newdir
+
+cdef enum:
+    FUSE_RMDIR = 11
+    FUSE_RENAME = 12
+
+
+cdef ssize_t _child(Session s, uint64_t parent, const char *name, size_t room, char *rel) noexcept nogil:
+    """``parent``'s relpath joined with the NUL-terminated ``name`` (at most
+    ``room`` bytes) into ``rel``: its length, or -1 (no name, unknown parent,
+    too long)."""
+    cdef size_t namelen = strnlen(name, room)
+    if namelen == 0 or namelen >= room:
+        return -1
+    return _relpath(s.table, parent, name, namelen, rel, NULL)
+
+
+cdef bint _forget_name(Session s, const char *rel) noexcept nogil:
+    s.table.lock()
+    s.table._unbind(rel)  # the name no longer names its node (which keeps it for open fds)
+    s.table.unlock()
+    return True
+
+
+cdef bint _unlink(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept nogil:
+    cdef fuse_in_header *h = <fuse_in_header *>buf
+    cdef char rel[PATH_MAX]
+    cdef ssize_t rellen
+    cdef bint ok = False
+    cdef FastConfig *c = _acquire(s)
+    if c == NULL:
+        return False
+    if c.actions & ACT_UNLINK:
+        rellen = _child(s, h.nodeid, buf + IN_HDR, <size_t>(n - IN_HDR), rel)
+        ok = rellen > 0 and _as_caller(c, w, h) and _act(c, rel, <size_t>rellen, ACT_UNLINK, NULL)
+    _release(s, c)
+    if not ok:
+        return False
+    _forget_name(s, rel)
+    _reply_error(fd, h.unique, 0)
+    return True
+
+
+cdef bint _empty_everywhere(FastConfig *c, const char *rel, size_t rellen) noexcept nogil:
+    """Whether every branch RMDIR would act on holds ``rel`` as an empty
+    directory, or not as a directory at all (Python refuses ENOTEMPTY if any
+    copy has entries: removing only the empty ones would report success while
+    the directory is still there). False also for anything unusual."""
+    cdef char full[PATH_MAX]
+    cdef stat_t st
+    cdef DIR *d
+    cdef dirent *e
+    cdef int i
+    cdef int here
+    cdef bint empty
+    for i in range(c.nbranches):
+        here = _eligible(c, i, rel, rellen, full, &st)
+        if here < 0:
+            return False
+        if here == 0 or not S_ISDIR(st.st_mode):
+            continue
+        d = opendir(full)
+        if d == NULL:
+            return False
+        empty = True
+        while empty:
+            e = readdir(d)
+            if e == NULL:
+                break
+            empty = e.d_name[0] == 46 and (e.d_name[1] == 0 or (e.d_name[1] == 46 and e.d_name[2] == 0))  # . ..
+        closedir(d)
+        if not empty:
+            return False
+    return True
+
+
+cdef bint _rmdir(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept nogil:
+    cdef fuse_in_header *h = <fuse_in_header *>buf
+    cdef char rel[PATH_MAX]
+    cdef ssize_t rellen
+    cdef bint ok = False
+    cdef FastConfig *c = _acquire(s)
+    if c == NULL:
+        return False
+    if c.actions & ACT_RMDIR:
+        rellen = _child(s, h.nodeid, buf + IN_HDR, <size_t>(n - IN_HDR), rel)
+        ok = (rellen > 0 and _as_caller(c, w, h) and _empty_everywhere(c, rel, <size_t>rellen)
+              and _act(c, rel, <size_t>rellen, ACT_RMDIR, NULL))
+    _release(s, c)
+    if not ok:
+        return False
+    _forget_name(s, rel)
+    _reply_error(fd, h.unique, 0)
+    return True
+
+
+cdef void _remove_quietly(const char *path) noexcept nogil:
+    """Remove a file or an empty directory if it is there (as clone.remove_quietly)."""
+    cdef stat_t st
+    if c_lstat(path, &st) != 0:
+        return
+    if S_ISDIR(st.st_mode):
+        c_rmdir(path)
+    else:
+        c_unlink(path)
+
+
+cdef bint _parent_on(FastConfig *c, int i, const char *rel, size_t rellen) noexcept nogil:
+    """Whether ``rel``'s parent directory is on branch ``i`` (a rename can land there as is)."""
+    cdef char parent[PATH_MAX]
+    cdef char full[PATH_MAX]
+    cdef stat_t st
+    cdef size_t plen = rellen
+    while plen > 0 and rel[plen - 1] != 47:  # "/"
+        plen -= 1
+    if plen <= 1:
+        return True  # the branch root
+    memcpy(parent, rel, plen - 1)
+    parent[plen - 1] = 0
+    return _on_branch(c, i, parent, plen - 1, full) and c_lstat(full, &st) == 0 and S_ISDIR(st.st_mode)
+
+
+cdef bint _rename_all(FastConfig *c, const char *old, size_t oldlen, const char *new, size_t newlen) noexcept nogil:
+    """epall rename of a non-directory: on every branch that holds ``old`` and
+    may be written (the sources); then, as Python does, ``new`` removed where
+    ``old`` was not (an older ``new`` there would shadow the moved file) and
+    ``old`` removed where its rename failed. Any success wins. Before the first
+    change, anything Python must decide (no source, a directory, a new parent
+    missing on a source: cloning it or EXDEV is a create-policy decision, a
+    failed rename: its errno, rename-exdev) returns False."""
+    cdef char fold[PATH_MAX]
+    cdef char fnew[PATH_MAX]
+    cdef stat_t st
+    cdef int here[64]
+    cdef int i
+    cdef int sources = 0
+    cdef int done = 0
+    if c.nbranches > 64:
+        return False
+    for i in range(c.nbranches):  # decide everything before the first change
+        here[i] = _eligible(c, i, old, oldlen, fold, &st)
+        if here[i] < 0 or (here[i] and (S_ISDIR(st.st_mode) or not _parent_on(c, i, new, newlen))):
+            return False
+        if not _on_branch(c, i, new, newlen, fnew):
+            return False
+        sources += here[i]
+    if sources == 0:
+        return False
+    for i in range(c.nbranches):
+        if not here[i]:
+            continue
+        _on_branch(c, i, old, oldlen, fold)
+        _on_branch(c, i, new, newlen, fnew)
+        if c_rename(fold, fnew) == 0:
+            done += 1
+        elif not done:
+            return False  # nothing changed yet: Python judges this branch's errno
+        else:
+            here[i] = -1  # failed after a success: its old name goes
+    for i in range(c.nbranches):
+        if here[i] == 1:
+            continue
+        if here[i] == 0:
+            _on_branch(c, i, new, newlen, fnew)
+            _remove_quietly(fnew)
+        else:
+            _on_branch(c, i, old, oldlen, fold)
+            _remove_quietly(fold)
+    return True
+
+
+cdef bint _rename(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept nogil:
+    cdef fuse_in_header *h = <fuse_in_header *>buf
+    cdef const char *oldname = buf + IN_HDR + sizeof(fuse_rename_in)
+    cdef size_t room = <size_t>(n - IN_HDR) - sizeof(fuse_rename_in)
+    cdef size_t oldsize
+    cdef char old[PATH_MAX]
+    cdef char new[PATH_MAX]
+    cdef ssize_t oldlen
+    cdef ssize_t newlen = -1
+    cdef PathSlot *held
+    cdef bint ok = False
+    if n <= <ssize_t>(IN_HDR + sizeof(fuse_rename_in)):
+        return False
+    cdef FastConfig *c = _acquire(s)
+    if c == NULL:
+        return False
+    oldlen = _child(s, h.nodeid, oldname, room, old)
+    if oldlen > 0:
+        oldsize = strnlen(oldname, room) + 1
+        newlen = _child(s, (<fuse_rename_in *>(buf + IN_HDR)).newdir, oldname + oldsize, room - oldsize, new)
+    if (c.actions & ACT_RENAME and oldlen > 0 and newlen > 0 and _as_caller(c, w, h)
+            and not _is_control(old + 1, <size_t>oldlen - 1) and not _is_control(new + 1, <size_t>newlen - 1)):
+        s.table.lock()
+        held = s.table._find(old)
+        ok = held == NULL or not held.node.isdir  # a directory's names below move too: Python's
+        s.table.unlock()
+        ok = ok and _rename_all(c, old, <size_t>oldlen, new, <size_t>newlen)
+    _release(s, c)
+    if not ok:
+        return False
+    s.table.lock()
+    s.table._rename_node(old, new)  # not a directory (checked above; the kernel holds both parents)
+    s.table.unlock()
+    _reply_error(fd, h.unique, 0)
+    return True
