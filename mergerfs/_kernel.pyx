@@ -157,8 +157,10 @@ cdef enum:
     FUSE_GETATTR = 3
     FUSE_SETATTR = 4
     FUSE_UNLINK = 10
+    FUSE_OPEN = 14
     FUSE_READ = 15
     FUSE_WRITE = 16
+    FUSE_RELEASE = 18
     FUSE_GETXATTR = 22
     FUSE_FLUSH = 25
     FUSE_INTERRUPT = 36
@@ -213,6 +215,11 @@ cdef enum:
     MAX_SLOTS = 1 << 20  # handles open at once (virtual memory only until used)
     MAX_OPCODE = 64      # the counters' size: every opcode of 7.45 is below
 
+cdef enum:
+    SLOT_PYTHON = 0
+    SLOT_C = 1
+    SLOT_ADOPTING = 2
+
 cdef struct write_reply:
     fuse_out_header h
     fuse_write_out w
@@ -220,7 +227,13 @@ cdef struct write_reply:
 cdef struct Slot:
     int fd          # branch fd answered in C; -1: the Python session answers
     int backing     # 1: this open uses its inode's passthrough backing (kernel/files.py holds the id)
-    uint64_t pyfh   # the request layer's handle number
+    uint64_t pyfh   # the request layer's handle number (0 while C owns the open)
+    # an open the compiled OPEN made (_files.pxi) and its RELEASE closes, until Python adopts it
+    uint8_t owner   # SLOT_PYTHON, SLOT_C or SLOT_ADOPTING
+    int branch      # SLOT_C: the branch's index in cfg
+    uint32_t flags  # SLOT_C: the open's flags
+    uint64_t nodeid  # SLOT_C: the node it counts as an open handle of
+    FastConfig *cfg  # SLOT_C: the config it was opened under (a reference)
 
 
 cdef class Session:
@@ -244,11 +257,15 @@ cdef class Session:
     cdef FastConfig *fast  # NULL: LOOKUP/GETATTR go to Python
     cdef uint64_t answered[2][MAX_OPCODE]  # requests per opcode: [0] compiled, [1] Python
     cdef pthread_mutex_t fast_mu
+    cdef pthread_mutex_t slots_mu  # allocating, freeing and handing over slots
+    cdef readonly uint64_t c_opens  # OPENs and RELEASEs answered in C (counted under slots_mu)
+    cdef readonly uint64_t c_releases
 
     def __cinit__(self, int devfd, NodeTable table):
         self.devfd = devfd
         self.table = table
         pthread_mutex_init(&self.fast_mu, NULL)
+        pthread_mutex_init(&self.slots_mu, NULL)
         self.bufsize = 1 << 17
         self.write_in_size = sizeof(fuse_write_in)
         self.slots = <Slot *>calloc(MAX_SLOTS, sizeof(Slot))
@@ -266,11 +283,13 @@ cdef class Session:
 
     def set_fast(self, branches, readonly=(), int calc=0, uint64_t entry=0, uint64_t attr=0,
                  uint64_t negative=0, int actions=0, bint getxattr=False, bint capability=False,
-                 bint posix_acl=False, bint creds_fixed=False, bint pid_bound=False):
+                 bint posix_acl=False, bint creds_fixed=False, bint pid_bound=False, opens=None):
         """Let the C path answer LOOKUP/GETATTR over ``branches`` (their roots as
         bytes, in order; ``readonly``: which have mode RO) with this inodecalc
         code and these cache timeouts, SETATTR of the ``actions`` (ACT_* bits)
-        whose policy is epall, GETXATTR if ``getxattr``; None: none of it."""
+        whose policy is epall, GETXATTR if ``getxattr``, OPEN/RELEASE if
+        ``opens`` (fopen_rd, fopen_wr, fopen_keep, dropcache, link_cow: see
+        FastConfig); None: none of it."""
         cdef FastConfig *c = NULL
         cdef FastConfig *old
         cdef bytes b
@@ -309,6 +328,9 @@ cdef class Session:
             c.posix_acl = posix_acl
             c.creds_fixed = creds_fixed
             c.pid_bound = pid_bound
+            if opens is not None:
+                c.opens = True
+                c.fopen_rd, c.fopen_wr, c.fopen_keep, c.dropcache, c.link_cow = opens
         pthread_mutex_lock(&self.fast_mu)
         old = self.fast
         self.fast = c
@@ -331,38 +353,138 @@ cdef class Session:
         return out
 
     # ------------------------------------------------------------ handles
-    def add(self, uint64_t pyfh, int fd, int backing=0):
-        """A new kernel fh for request-layer handle ``pyfh`` (``fd`` -1: no C path)."""
-        cdef uint32_t i
+    cdef uint32_t _alloc(self) noexcept nogil:
+        """A free slot (slots_mu held); 0 if the table is full."""
+        cdef uint32_t i = 0
         if self.nfree:
             self.nfree -= 1
             i = self.free_slots[self.nfree]
         elif self.next_slot < MAX_SLOTS:
             i = self.next_slot
             self.next_slot += 1
-        else:
+        return i
+
+    cdef void _free(self, uint64_t fh) noexcept nogil:
+        """Slot ``fh`` is free again (slots_mu held)."""
+        memset(&self.slots[fh], 0, sizeof(Slot))
+        self.slots[fh].fd = -1
+        self.free_slots[self.nfree] = <uint32_t>fh
+        self.nfree += 1
+
+    def add(self, uint64_t pyfh, int fd, int backing=0):
+        """A new kernel fh for request-layer handle ``pyfh`` (``fd`` -1: no C path)."""
+        cdef uint32_t i
+        pthread_mutex_lock(&self.slots_mu)
+        i = self._alloc()
+        if i:
+            self.slots[i].fd = fd
+            self.slots[i].backing = backing
+            self.slots[i].pyfh = pyfh
+            self.slots[i].owner = SLOT_PYTHON
+        pthread_mutex_unlock(&self.slots_mu)
+        if not i:
             raise OSError(23, "too many open files in the pool")  # ENFILE
-        self.slots[i].fd = fd
-        self.slots[i].backing = backing
-        self.slots[i].pyfh = pyfh
         return i
 
     def pyfh(self, uint64_t fh):
-        """The request-layer handle of kernel fh ``fh`` (0 if none)."""
+        """The request-layer handle of kernel fh ``fh`` (0 if none, or the open is C's: see claim)."""
         if fh == 0 or fh >= self.next_slot:
             return 0
         return self.slots[fh].pyfh
 
     def remove(self, uint64_t fh):
         """Free kernel fh ``fh``: (request-layer handle, passthrough backing id)."""
-        if fh == 0 or fh >= self.next_slot or self.slots[fh].pyfh == 0:
-            return 0, 0
-        cdef tuple out = (self.slots[fh].pyfh, self.slots[fh].backing)
-        self.slots[fh].fd = -1
-        self.slots[fh].pyfh = 0
-        self.slots[fh].backing = 0
-        self.free_slots[self.nfree] = <uint32_t>fh
-        self.nfree += 1
+        cdef tuple out = (0, 0)
+        if fh == 0 or fh >= self.next_slot:
+            return out
+        pthread_mutex_lock(&self.slots_mu)
+        if self.slots[fh].owner == SLOT_PYTHON and self.slots[fh].pyfh != 0:
+            out = (self.slots[fh].pyfh, self.slots[fh].backing)
+            self._free(fh)
+        pthread_mutex_unlock(&self.slots_mu)
+        return out
+
+    def claim(self, uint64_t fh):
+        """Take over the C-owned open ``fh`` (adoption, kernel/base.py): (fd,
+        nodeid, branch root, flags), the slot now waiting for its Python
+        handle (``adopted``); None if ``fh`` is not a C-owned open (a C
+        RELEASE took it first, or it is Python's). Its RELEASE is no longer
+        answered in C."""
+        cdef Slot *sl
+        cdef FastConfig *c = NULL
+        cdef int fd = -1
+        cdef int branch = 0
+        cdef uint32_t flags = 0
+        cdef uint64_t nodeid = 0
+        if fh == 0 or fh >= self.next_slot:
+            return None
+        pthread_mutex_lock(&self.slots_mu)  # no Python object made while held
+        sl = &self.slots[fh]
+        if sl.owner == SLOT_C:
+            sl.owner = SLOT_ADOPTING
+            c = sl.cfg
+            sl.cfg = NULL
+            fd, branch, flags, nodeid = sl.fd, sl.branch, sl.flags, sl.nodeid
+        pthread_mutex_unlock(&self.slots_mu)
+        if c == NULL:
+            return None
+        cdef bytes root = PyBytes_FromStringAndSize(c.branches[branch], <Py_ssize_t>c.lens[branch]) or b"/"
+        _release(self, c)  # the reference the open held
+        return fd, nodeid, root, flags
+
+    def adopted(self, uint64_t fh, uint64_t pyfh):
+        """Claimed ``fh`` now belongs to request-layer handle ``pyfh`` (the node
+        table counts it among the Python handles); 0: the adoption failed and
+        the fd is closed, the slot freed."""
+        cdef uint64_t nodeid = 0
+        cdef int fd = -1
+        pthread_mutex_lock(&self.slots_mu)
+        if self.slots[fh].owner == SLOT_ADOPTING:
+            nodeid = self.slots[fh].nodeid
+            if pyfh:
+                self.slots[fh].owner = SLOT_PYTHON
+                self.slots[fh].pyfh = pyfh
+                self.slots[fh].nodeid = 0
+            else:
+                fd = self.slots[fh].fd
+                self._free(fh)
+        pthread_mutex_unlock(&self.slots_mu)
+        if nodeid:
+            if fd >= 0:
+                c_close(fd)
+            _drop_c_fh(self.table, nodeid)  # the C count; a Python one replaced it
+
+    def c_fhs(self, nodeid=None, root=None):
+        """The kernel fhs whose open C owns now, of node ``nodeid`` and/or on branch ``root`` (bytes)."""
+        cdef list out = []
+        cdef uint64_t i
+        cdef size_t k
+        cdef size_t count = 0
+        cdef bint by_node = nodeid is not None
+        cdef uint64_t node = nodeid if by_node else 0
+        cdef bytes r = None if root is None else (b"" if root == b"/" else root)
+        cdef const char *rp = NULL if r is None else PyBytes_AS_STRING(r)
+        cdef size_t rlen = 0 if r is None else <size_t>len(r)
+        cdef FastConfig *c
+        cdef uint64_t *found = <uint64_t *>malloc(sizeof(uint64_t) * self.next_slot)
+        if found == NULL:
+            raise MemoryError()
+        pthread_mutex_lock(&self.slots_mu)  # no Python object made while held
+        i = 0
+        while i + 1 < self.next_slot:
+            i += 1
+            if self.slots[i].owner != SLOT_C or (by_node and self.slots[i].nodeid != node):
+                continue
+            c = self.slots[i].cfg
+            k = <size_t>self.slots[i].branch
+            if rp != NULL and (c.lens[k] != rlen or memcmp(c.branches[k], rp, rlen) != 0):
+                continue
+            found[count] = i
+            count += 1
+        pthread_mutex_unlock(&self.slots_mu)
+        for k in range(count):
+            out.append(found[k])
+        free(found)
         return out
 
     # ------------------------------------------------------------ the loop
@@ -452,6 +574,10 @@ cdef class Session:
             return self._write(fd, buf, n, h.unique)
         if h.opcode == FUSE_FLUSH:
             return self._flush(fd, buf, h.unique)
+        if h.opcode == FUSE_OPEN:
+            return _open(self, w, fd, buf, n)
+        if h.opcode == FUSE_RELEASE:
+            return _release_fh(self, fd, buf, n)
         return False
 
     cdef inline int _fd(self, uint64_t fh) noexcept nogil:
@@ -533,3 +659,4 @@ cdef void _reply_error(int fd, uint64_t unique, int err) noexcept nogil:
 include "_wire.pxi"
 include "_metadata.pxi"
 include "_removes.pxi"
+include "_files.pxi"

@@ -21,6 +21,12 @@ cdef struct FastConfig:
     bint posix_acl      # system.posix_acl_* are read from the branch (posix-acl=true)
     bint creds_fixed    # the daemon cannot switch identity: every caller is served as itself
     bint pid_bound      # proxy-ioprio: credentials are per calling thread, not per user
+    bint opens          # OPEN/RELEASE here (_files.pxi): open policy ff, no passthrough, nullrw...
+    bint link_cow       # a write open may have to break a hard link first (Python)
+    bint dropcache      # dropcacheonclose
+    uint32_t fopen_rd   # the open reply's FOPEN_* flags for a read-only open,
+    uint32_t fopen_wr   # for a write open,
+    uint32_t fopen_keep  # and added when the file did not change behind the kernel's back
 
 
 cdef struct Caller:

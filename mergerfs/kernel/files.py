@@ -163,7 +163,9 @@ class FileHandlers(Base):
     def _release(self, h, body):
         (fh,) = struct.unpack_from("<Q", body)
         assert self.session is not None
-        pyfh, passthrough = self.session.remove(fh)
+        self._pyfh(fh)  # a C-owned open the compiled RELEASE left (-o debug): adopted, then released here
+        with self._adopt_lock:
+            pyfh, passthrough = self.session.remove(fh)
         if not pyfh:
             raise OSError(errno.EBADF, "unknown handle")
         self.passthrough.release(h.nodeid, bool(passthrough))

@@ -63,6 +63,11 @@ class FileRequests(Core):
             self.notifier.inval_inode(inode)
         return decision
 
+    def adopt(self, inode: int, fd: int, root: str, flags: int) -> int:
+        """The fh of a Python handle for branch fd ``fd`` (on branch ``root``, opened
+        with ``flags``) that a transport opened of ``inode`` itself."""
+        return self._new_fh(inode, self.fs.adopt(fd, root, self.rel(inode), flags))
+
     def fd(self, fh: int) -> int:
         """The branch fd behind an open file (for a transport's own data path)."""
         h = self.handle(fh)
