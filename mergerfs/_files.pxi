@@ -187,3 +187,27 @@ cdef bint _release_fh(Session s, int fd, char *buf, ssize_t n) noexcept nogil:
     _release(s, opened)
     _reply_error(fd, h.unique, 0)
     return True
+
+
+cdef bint _getattr_fh(Session s, int fd, char *buf) noexcept nogil:
+    """GETATTR naming an open file: the fstat of its branch fd, as Python's
+    getattr on a handle (the kernel pins the fh for the request: no RELEASE
+    closes the fd meanwhile)."""
+    cdef fuse_in_header *h = <fuse_in_header *>buf
+    cdef int bfd = s._fd((<fuse_getattr_in *>(buf + IN_HDR)).fh)
+    cdef stat_t st
+    cdef attr_reply out
+    if bfd < 0:
+        return False
+    cdef FastConfig *c = _acquire(s)
+    if c == NULL:
+        return False
+    memset(&out, 0, sizeof(out))
+    out.a.attr_valid = c.attr_valid
+    _release(s, c)
+    if c_fstat(bfd, &st) != 0:
+        return False
+    _saw(s.table, h.nodeid, &st)
+    _fill_attr_c(&out.a.attr, h.nodeid, &st)
+    _reply(fd, h.unique, &out, sizeof(out))
+    return True

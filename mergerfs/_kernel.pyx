@@ -161,6 +161,7 @@ cdef enum:
     FUSE_READ = 15
     FUSE_WRITE = 16
     FUSE_RELEASE = 18
+    FUSE_RELEASEDIR = 29
     FUSE_GETXATTR = 22
     FUSE_FLUSH = 25
     FUSE_INTERRUPT = 36
@@ -523,7 +524,8 @@ cdef class Session:
                             log.exception("request dispatch failed")
                             n = 0
                     if h.uid != NO_UID and h.opcode != FUSE_FORGET and h.opcode != FUSE_BATCH_FORGET \
-                            and h.opcode != FUSE_INTERRUPT:  # Python switched to this caller
+                            and h.opcode != FUSE_INTERRUPT and h.opcode != FUSE_RELEASE \
+                            and h.opcode != FUSE_RELEASEDIR:  # Python switched to this caller (NO_CALLER)
                         _carry(&caller, &h)
                     if n > 0:  # the reply, written without the GIL
                         c_write(fd, buf, <size_t>n)

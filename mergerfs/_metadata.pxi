@@ -279,7 +279,7 @@ cdef bint _getattr(Session s, Caller *w, int fd, char *buf) noexcept nogil:
     cdef int found = -1
     cdef attr_reply out
     if g.getattr_flags & FUSE_GETATTR_FH:
-        return False  # an open file: its fd is the truth (Python)
+        return _getattr_fh(s, fd, buf)  # an open file: its fd is the truth (_files.pxi)
     cdef FastConfig *c = _acquire(s)
     if c == NULL:
         return False

@@ -28,6 +28,7 @@ from mergerfs.kernel.protocol import (
     Op,
     cstr,
 )
+from mergerfs.ops.io import IOCTLS
 from mergerfs.requests import DIRECT, KEEP
 
 log = logging.getLogger("mergerfs")
@@ -194,5 +195,7 @@ class FileHandlers(Base):
         fh, flags, cmd, _, in_size, out_size = struct.unpack_from("<QIIQII", body)
         if flags & (1 << 4):  # FUSE_IOCTL_DIR
             raise OSError(errno.ENOTTY, "no directory ioctls")
+        if cmd not in IOCTLS:  # e.g. isatty's TCGETS on every Python open(): no handle needed (nor adopted)
+            raise OSError(errno.ENOTTY, "inappropriate ioctl")
         result, out = self.req.ioctl(self._pyfh(fh), cmd, body[32 : 32 + in_size], out_size)
         return struct.pack("<iIII", result, 0, 0, 0) + out

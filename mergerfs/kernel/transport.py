@@ -27,6 +27,7 @@ from mergerfs.kernel.protocol import (
     FOPEN_NOFLUSH,
     FOPEN_PARALLEL_DIRECT_WRITES,
     IN_HEADER,
+    NO_CALLER,
     NO_REPLY,
     Op,
     Request,
@@ -257,7 +258,7 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         try:
             # every request with a caller, answered or not: the compiled loop
             # takes this thread's identity to be the last such request's
-            if h.uid != 0xFFFFFFFF and h.opcode not in NO_REPLY:
+            if h.uid != 0xFFFFFFFF and h.opcode not in NO_CALLER:
                 ugid.switch(h.uid, h.gid, h.pid)
             payload = handler(h, data[IN_HEADER.size :])
         except OSError as e:

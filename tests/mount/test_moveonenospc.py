@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 
 import pytest
 
 from .branchfs import MiB, is_reference, pool, tmpfs_branches, where
+from .helpers import wait_until
 
 pytestmark = pytest.mark.mount
 
@@ -121,3 +123,31 @@ def test_moveonenospc_nowhere_to_go(br):
     with pool(spec, f"{BASE},moveonenospc=true") as m:
         assert_write_hits_enospc(prepare(m, br))
     assert where(br, "f") == [0]
+
+
+def test_moveonenospc_switches_compiled_opens(br, tmp_path):
+    """Both handles opened by the kernel session's compiled OPEN (one worker that
+    just answered a Python request as this caller; the counters it logs at
+    unmount prove it): the ENOSPC write adopts the writer, the move adopts the
+    reader first and switches it with the writer, so the reader sees data the
+    original never held."""
+    if is_reference():
+        pytest.skip("the kernel session's compiled OPEN")
+    log = tmp_path / "daemon.log"
+    with pool(br, f"{BASE},moveonenospc=true,threads=1,log-level=debug,log.file={log}") as m:
+        p = prepare(m, br)
+        os.listxattr(m)  # answered by Python: the one worker now acts as this caller
+        fd = os.open(p, os.O_RDWR)
+        rd = os.open(p, os.O_RDONLY)
+        try:
+            n = write_past_capacity(fd)
+            os.fsync(fd)
+            assert os.pread(rd, len(CHUNK), 4 + n - len(CHUNK)) == CHUNK  # past the small branch's 4 MiB
+            assert os.fstat(rd).st_size == 4 + n
+        finally:
+            os.close(fd)
+            os.close(rd)
+    assert where(br, "f") == [1]
+    assert wait_until(lambda: "opens answered in C" in log.read_text(), 10)
+    counts = re.search(r"opens answered in C: (\d+), their releases: (\d+)", log.read_text())
+    assert counts and (int(counts[1]), int(counts[2])) == (2, 0), log.read_text()
