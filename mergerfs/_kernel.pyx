@@ -12,9 +12,14 @@ attribute overrides): the node table
 (:mod:`mergerfs._nodes`), a branch search with lstat and inodecalc, all in C.
 Every other request, and every case the C path does not recognise, is handed,
 as bytes, to the Python session (:mod:`mergerfs.kernel.transport`), which decides and
-replies. The handle table is changed only under the GIL (open/release run in
-Python) and read without it: the kernel sends no READ/WRITE on a handle after
-RELEASE.
+replies. OPEN and RELEASE of the plain case are answered here too (``_files.pxi``):
+such an open is C-owned (its slot holds the fd, branch, flags and nodeid, and
+Python has no handle for it) until a Python request needs its handle and adopts
+it (``claim``/``adopted``, driven by kernel/base.py). The handle table is changed
+under ``slots_mu`` (allocation, release, adoption: by the C OPEN/RELEASE without
+the GIL and by Python's open/release with it; nothing Python runs while it is
+held) and read without it: the kernel sends no READ/WRITE on a handle after
+RELEASE, nor a RELEASE while a request on the handle is in flight.
 Protocol facts: FUSE 7.45 (declared here, not taken from the installed header).
 """
 
