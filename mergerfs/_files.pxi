@@ -18,6 +18,10 @@ cdef extern from "<fcntl.h>" nogil:
 cdef extern from "<sys/stat.h>" nogil:
     int c_fstat "fstat"(int fd, stat_t *buf)
 
+cdef extern from * nogil:
+    uint64_t __atomic_fetch_add(uint64_t *p, uint64_t v, int order)
+    int __ATOMIC_RELAXED
+
 cdef struct fuse_open_in:
     uint32_t flags
     uint32_t open_flags
@@ -84,6 +88,54 @@ cdef void _drop_c_fh(NodeTable t, uint64_t nodeid) noexcept nogil:
     t.unlock()
 
 
+cdef uint32_t _own(Session s, FastConfig *c, int bfd, int at, uint64_t nodeid, uint32_t flags) noexcept nogil:
+    """Slot the open ``bfd`` as C-owned, keeping the reference to ``c`` (0: table full)."""
+    cdef uint32_t i
+    pthread_mutex_lock(&s.slots_mu)
+    i = s._alloc()
+    if i:
+        s.slots[i].fd = bfd
+        s.slots[i].backing = 0
+        s.slots[i].pyfh = 0
+        s.slots[i].owner = SLOT_C
+        s.slots[i].branch = at
+        s.slots[i].flags = flags
+        s.slots[i].nodeid = nodeid
+        s.slots[i].cfg = c  # until RELEASE or adoption
+    pthread_mutex_unlock(&s.slots_mu)
+    return i
+
+
+cdef uint32_t _add_c(Session s, int bfd, uint64_t nodeid, const char *root, size_t rootlen,
+                     uint32_t flags) noexcept nogil:
+    """Session.add_c: an open Python made (CREATE) becomes C-owned."""
+    cdef int at = -1
+    cdef int k
+    cdef uint32_t i
+    cdef Node *n
+    cdef FastConfig *c = _acquire(s)
+    if c == NULL:
+        return 0
+    if c.opens:
+        for k in range(c.nbranches):
+            if c.lens[k] == rootlen and memcmp(c.branches[k], root, rootlen) == 0:
+                at = k
+                break
+    if at >= 0:
+        s.table.lock()
+        n = s.table.node(nodeid)
+        if n != NULL:
+            n.nfh += 1
+        s.table.unlock()
+        if n != NULL:
+            i = _own(s, c, bfd, at, nodeid, flags)
+            if i:
+                return i
+            _drop_c_fh(s.table, nodeid)
+    _release(s, c)
+    return 0
+
+
 cdef bint _open(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept nogil:
     cdef fuse_in_header *h = <fuse_in_header *>buf
     cdef fuse_open_in *o = <fuse_open_in *>(buf + IN_HDR)
@@ -124,25 +176,14 @@ cdef bint _open(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept nog
         c_close(bfd)
         _release(s, c)
         return False
-    pthread_mutex_lock(&s.slots_mu)
-    i = s._alloc()
-    if i:
-        s.slots[i].fd = bfd
-        s.slots[i].backing = 0
-        s.slots[i].pyfh = 0
-        s.slots[i].owner = SLOT_C
-        s.slots[i].branch = at
-        s.slots[i].flags = o.flags
-        s.slots[i].nodeid = h.nodeid
-        s.slots[i].cfg = c  # keeps the reference _acquire took, until RELEASE or adoption
-        s.c_opens += 1
-    pthread_mutex_unlock(&s.slots_mu)
+    i = _own(s, c, bfd, at, h.nodeid, o.flags)  # keeps the reference _acquire took
     if not i:
         c_close(bfd)
         _drop_c_fh(s.table, h.nodeid)
         _release(s, c)
         _reply_error(fd, h.unique, 23)  # ENFILE
         return True
+    __atomic_fetch_add(&s.c_opens, 1, __ATOMIC_RELAXED)
     oflags = c.fopen_rd if rdonly else c.fopen_wr
     if not changed[0]:
         oflags |= c.fopen_keep

@@ -410,6 +410,13 @@ cdef class Session:
         pthread_mutex_unlock(&self.slots_mu)
         return out
 
+    def add_c(self, int fd, uint64_t nodeid, bytes root, uint32_t flags):
+        """Hand open branch fd ``fd`` (of ``nodeid``, on branch ``root``, opened
+        with ``flags``) to the C path as if the compiled OPEN had made it: its
+        kernel fh, or 0 (nothing changed) if the config does not let C own opens now."""
+        cdef bytes r = b"" if root == b"/" else root
+        return _add_c(self, fd, nodeid, PyBytes_AS_STRING(r), <size_t>len(r), flags)
+
     def claim(self, uint64_t fh):
         """Take over the C-owned open ``fh`` (adoption, kernel/base.py): (fd,
         nodeid, branch root, flags), the slot now waiting for its Python

@@ -23,6 +23,11 @@ class OpenOps(Core):
         fd = os.open(path, (flags & ~OPEN_STRIP) | os.O_CLOEXEC)
         return self._register(Handle(fd, b, relpath, flags))
 
+    def disown(self, h: Handle) -> None:
+        """Forget ``h`` without closing its fd: the kernel session's compiled loop owns it now."""
+        with self._handles_lock:
+            self.handles.pop(h.fd, None)
+
     def adopt(self, fd: int, root: str, relpath: str, flags: int) -> Handle:
         """The handle of branch fd ``fd`` that the kernel session opened itself
         (its compiled open, as :meth:`open` would) on branch ``root``."""

@@ -134,7 +134,7 @@ def test_adopted_handle_fd_ops(mount_pool, tmp_path, native):
     """fstat/ftruncate/fsync/fallocate/lseek on a C-opened fd: its release is Python's."""
     p, log = _mount(mount_pool, tmp_path)
     compare(lambda: _adopted_fd_ops(p.mnt), lambda: _adopted_fd_ops(native))
-    assert _c_counts(p, log) == (1, 0)
+    assert _c_counts(p, log) == (1, 1)  # the RELEASE in C: the CREATE's
 
 
 def _unlinked(root: str) -> tuple:
@@ -155,7 +155,7 @@ def test_unlinked_while_open(mount_pool, tmp_path, native):
     """The fstat of a C-opened, unlinked file borrows its handle (adopted): its fd is the truth."""
     p, log = _mount(mount_pool, tmp_path)
     compare(lambda: _unlinked(p.mnt), lambda: _unlinked(native))
-    assert _c_counts(p, log) == (1, 0)
+    assert _c_counts(p, log) == (1, 1)  # the RELEASE in C: the CREATE's
 
 
 def test_many_opens_of_one_file(mount_pool, tmp_path):
@@ -179,7 +179,28 @@ def test_many_opens_of_one_file(mount_pool, tmp_path):
             left = order[k + 1]
             assert os.pread(fds[left], 2, 2 * i) == b"%02d" % i
     assert _read(path)[:40] == b"".join(b"%02d" % i for i in range(20))
-    assert _c_counts(p, log) == (21, 19)  # the 21st: the read above
+    assert _c_counts(p, log) == (21, 20)  # the 21st open: the read above; one more release: the CREATE's
+
+
+def test_created_files_released_in_c(mount_pool, tmp_path, native):
+    """CREATE stays Python's (its create policy), then hands the open to the C
+    path: its RELEASE is answered in C, unless a request adopted it (fsync)."""
+
+    def scenario(root: str) -> tuple:
+        out = []
+        for i in range(5):
+            fd = os.open(os.path.join(root, f"n{i}"), os.O_CREAT | os.O_RDWR | os.O_EXCL, 0o640)
+            os.write(fd, b"data%d" % i)
+            if i == 4:
+                os.fsync(fd)
+            out.append((os.pread(fd, 10, 0), stat.S_IMODE(os.fstat(fd).st_mode)))
+            os.close(fd)
+        out.append(sorted(os.listdir(root)))
+        return tuple(out)
+
+    p, log = _mount(mount_pool, tmp_path)
+    compare(lambda: scenario(p.mnt), lambda: scenario(native))
+    assert _c_counts(p, log) == (0, 4)
 
 
 def test_open_by_another_user(tmp_path):

@@ -338,6 +338,17 @@ def test_adopt_gives_a_transport_open_a_handle(mkenv):
     assert err_of(os.fstat, fd) == errno.EBADF  # closed with the handle
 
 
+def test_disown_leaves_the_fd_open(mkenv):
+    """A transport that takes an open over: Python forgets the handle, the fd stays open."""
+    e = mkenv()
+    fh, f, _, _ = e.req.create(ROOT, b"f", 0o644, os.O_RDWR)
+    fd = e.req.fd(fh)
+    assert e.req.disown(fh)
+    assert err_of(e.req.read, fh, 0, 1) == errno.EBADF and not e.req.table.has_fh(f)
+    assert fd not in e.p.fs.handles
+    os.close(fd)  # still open: the transport's to close
+
+
 def test_open_errors(mkenv):
     e = mkenv()
     e.p.put(0, "/d", None)
