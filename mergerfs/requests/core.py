@@ -155,7 +155,7 @@ class Core:
     def _open_handle(self, inode: int):
         """Some open handle of ``inode`` (or None), kept open for the block: a
         RELEASE may race with a GETATTR that was not sent through that fh."""
-        if self.adopt_open is not None and self.table.any_fh(inode) is None:
+        if self.adopt_open is not None and self.table.any_fh(inode) is None and self.table.has_fh(inode):
             self.adopt_open(inode)  # only the transport's own (compiled) opens: one gets a Python handle
         with self._fh_lock:
             fh = self.table.any_fh(inode)
