@@ -18,10 +18,6 @@ cdef extern from "<fcntl.h>" nogil:
 cdef extern from "<sys/stat.h>" nogil:
     int c_fstat "fstat"(int fd, stat_t *buf)
 
-cdef extern from * nogil:
-    uint64_t __atomic_fetch_add(uint64_t *p, uint64_t v, int order)
-    int __ATOMIC_RELAXED
-
 cdef struct fuse_open_in:
     uint32_t flags
     uint32_t open_flags
@@ -183,7 +179,6 @@ cdef bint _open(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept nog
         _release(s, c)
         _reply_error(fd, h.unique, 23)  # ENFILE
         return True
-    __atomic_fetch_add(&s.c_opens, 1, __ATOMIC_RELAXED)
     oflags = c.fopen_rd if rdonly else c.fopen_wr
     if not changed[0]:
         oflags |= c.fopen_keep
@@ -213,7 +208,6 @@ cdef bint _release_fh(Session s, int fd, char *buf, ssize_t n) noexcept nogil:
         nodeid = s.slots[fh].nodeid
         opened = s.slots[fh].cfg
         s._free(fh)
-        s.c_releases += 1
     pthread_mutex_unlock(&s.slots_mu)
     if opened == NULL:
         return False  # Python's open (or being adopted): Python's release

@@ -18,8 +18,6 @@ class Session:
     slow: Callable[[bytes], bytes | None]
     trace: bool
     table: NodeTable
-    c_opens: int
-    c_releases: int
     def __new__(cls, devfd: int, table: NodeTable) -> Self: ...
     def set_fast(
         self,

@@ -264,8 +264,6 @@ cdef class Session:
     cdef uint64_t answered[2][MAX_OPCODE]  # requests per opcode: [0] compiled, [1] Python
     cdef pthread_mutex_t fast_mu
     cdef pthread_mutex_t slots_mu  # allocating, freeing and handing over slots
-    cdef readonly uint64_t c_opens  # OPENs and RELEASEs answered in C (counted under slots_mu)
-    cdef readonly uint64_t c_releases
 
     def __cinit__(self, int devfd, NodeTable table):
         self.devfd = devfd

@@ -231,8 +231,6 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
             raise errors[0]
 
     def close(self) -> None:
-        if self.session is not None:
-            log.debug("opens answered in C: %d, their releases: %d", self.session.c_opens, self.session.c_releases)
         self.notifier.stop()
         # Only our own mount: after lazy-umount-mountpoint another pool may sit there.
         if self.devfd >= 0 and self.device and mounted_device(self.mnt) == self.device:

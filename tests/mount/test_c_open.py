@@ -1,46 +1,41 @@
 """The compiled OPEN and RELEASE (mergerfs/_files.pxi): the plain case answered
 without Python, an open adopted by Python when a request needs its handle
-(fstat of an unlinked file, ftruncate, fsync, fallocate, lseek), compared with
-a native directory.
+(fstat of an unlinked file, ftruncate, fsync, fallocate, lseek), a CREATE's
+open handed to C, compared with a native directory.
 
 One worker thread (``threads=1``): after any request Python answers, the worker
 acts as that caller and the next OPEN of the same caller takes the C path.
-The daemon logs how many OPENs and RELEASEs it answered in C when it unmounts
-(``log-level=debug``): each test reads those counters, so it fails if the
-opens it means went through Python (or, for adoption, if the release did not)."""
+Each test reads the request counts (``user.mergerfs.requests``): it fails if
+the opens it means went through Python (or, for adoption, if the release did
+not)."""
 
 from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
 import stat
 import tempfile
 
 import pytest
 
-from .helpers import compare, is_llfuse, is_reference, mount, pid_alive, unmount, wait_until
+from .helpers import compare, is_llfuse, is_reference, mount, unmount
+from .test_compiled import counts, served
 
 pytestmark = pytest.mark.skipif(is_reference() or is_llfuse(), reason="the kernel session's compiled OPEN")
 
-OPTS = "threads=1,cache.files=partial,cache.attr=0,cache.entry=0,category.create=ff,log-level=debug"
+OPTS = "threads=1,cache.files=partial,cache.attr=0,cache.entry=0,category.create=ff"
 
 
-def _mount(mount_pool, tmp_path, n=2, layout=None, extra=""):
-    log = tmp_path / f"daemon{random.randrange(1 << 30)}.log"
-    p = mount_pool(n=n, options=f"{OPTS},log.file={log}{extra}", layout=layout)
-    return p, log
+def _mount(mount_pool, n=2, layout=None):
+    p = mount_pool(n=n, options=OPTS, layout=layout)
+    return p, counts(p.mnt)
 
 
-def _c_counts(p, log) -> tuple[int, int]:
-    """Unmount ``p``: (OPENs, RELEASEs) its daemon answered in C."""
-    unmount(p.mnt)
-    assert p.pid and wait_until(lambda: not pid_alive(p.pid), 10)
-    text = log.read_text()
-    m = re.search(r"opens answered in C: (\d+), their releases: (\d+)", text)
-    assert m, text
-    return int(m[1]), int(m[2])
+def _c_counts(mnt: str, before: dict, opens: int, releases: int) -> tuple[int, int]:
+    """(OPENs, RELEASEs) answered in C since ``before``, once ``opens`` OPENs
+    and ``releases`` RELEASEs were answered at all (a RELEASE comes late)."""
+    return served(mnt, before, "OPEN", opens)[0], served(mnt, before, "RELEASE", releases)[0]
 
 
 def _read(path: str) -> bytes:
@@ -53,16 +48,16 @@ def _warm(root: str) -> None:
     os.listxattr(root)
 
 
-def test_open_read_first_found(mount_pool, tmp_path):
+def test_open_read_first_found(mount_pool):
     layout = [{"a": b"A0", "d/c": b"C0"}, {"a": b"A1", "b": b"B1", "d/c": b"C1", "e/f": b"F1"}]
-    p, log = _mount(mount_pool, tmp_path, layout=layout)
+    p, before = _mount(mount_pool, layout=layout)
     _warm(p.mnt)
     got = {}
     for rel in ("a", "b", "d/c", "e/f"):
         with open(p.path(rel), "rb") as f:
             got[rel] = f.read()
     assert got == {"a": b"A0", "b": b"B1", "d/c": b"C0", "e/f": b"F1"}
-    assert _c_counts(p, log) == (4, 4)
+    assert _c_counts(p.mnt, before, 4, 4) == (4, 4)
 
 
 def _flag_semantics(root: str) -> tuple:
@@ -99,11 +94,11 @@ def _flag_semantics(root: str) -> tuple:
     return tuple(out)
 
 
-def test_open_flags_as_native(mount_pool, tmp_path, native):
-    p, log = _mount(mount_pool, tmp_path)
+def test_open_flags_as_native(mount_pool, native):
+    p, before = _mount(mount_pool)
     compare(lambda: _flag_semantics(p.mnt), lambda: _flag_semantics(native))
-    opens, releases = _c_counts(p, log)
-    assert opens >= 4 and releases >= 4, (opens, releases)
+    opens, releases = _c_counts(p.mnt, before, 6, 7)  # and the CREATE's release
+    assert opens >= 4 and releases >= 5, (opens, releases)
 
 
 def _adopted_fd_ops(root: str) -> tuple:
@@ -130,11 +125,11 @@ def _adopted_fd_ops(root: str) -> tuple:
         os.close(fd)
 
 
-def test_adopted_handle_fd_ops(mount_pool, tmp_path, native):
+def test_adopted_handle_fd_ops(mount_pool, native):
     """fstat/ftruncate/fsync/fallocate/lseek on a C-opened fd: its release is Python's."""
-    p, log = _mount(mount_pool, tmp_path)
+    p, before = _mount(mount_pool)
     compare(lambda: _adopted_fd_ops(p.mnt), lambda: _adopted_fd_ops(native))
-    assert _c_counts(p, log) == (1, 1)  # the RELEASE in C: the CREATE's
+    assert _c_counts(p.mnt, before, 1, 2) == (1, 1)  # the RELEASE in C: the CREATE's
 
 
 def _unlinked(root: str) -> tuple:
@@ -151,18 +146,18 @@ def _unlinked(root: str) -> tuple:
         os.close(fd)
 
 
-def test_unlinked_while_open(mount_pool, tmp_path, native):
+def test_unlinked_while_open(mount_pool, native):
     """The fstat of a C-opened, unlinked file borrows its handle (adopted): its fd is the truth."""
-    p, log = _mount(mount_pool, tmp_path)
+    p, before = _mount(mount_pool)
     compare(lambda: _unlinked(p.mnt), lambda: _unlinked(native))
-    assert _c_counts(p, log) == (1, 1)  # the RELEASE in C: the CREATE's
+    assert _c_counts(p.mnt, before, 1, 2) == (1, 1)  # the RELEASE in C: the CREATE's
 
 
-def test_many_opens_of_one_file(mount_pool, tmp_path):
+def test_many_opens_of_one_file(mount_pool):
     """20 opens of one file released in random order, two of them adopted on
     the way (fsync): the rest close in C, the data stays consistent, the node
     lives until the last one."""
-    p, log = _mount(mount_pool, tmp_path)
+    p, before = _mount(mount_pool)
     path = p.path("f")
     with open(path, "wb") as f:
         f.write(b"0" * 100)
@@ -179,10 +174,11 @@ def test_many_opens_of_one_file(mount_pool, tmp_path):
             left = order[k + 1]
             assert os.pread(fds[left], 2, 2 * i) == b"%02d" % i
     assert _read(path)[:40] == b"".join(b"%02d" % i for i in range(20))
-    assert _c_counts(p, log) == (21, 20)  # the 21st open: the read above; one more release: the CREATE's
+    # the 21st open: the read above; one more release: the CREATE's
+    assert _c_counts(p.mnt, before, 21, 22) == (21, 20)
 
 
-def test_created_files_released_in_c(mount_pool, tmp_path, native):
+def test_created_files_released_in_c(mount_pool, native):
     """CREATE stays Python's (its create policy), then hands the open to the C
     path: its RELEASE is answered in C, unless a request adopted it (fsync)."""
 
@@ -198,12 +194,12 @@ def test_created_files_released_in_c(mount_pool, tmp_path, native):
         out.append(sorted(os.listdir(root)))
         return tuple(out)
 
-    p, log = _mount(mount_pool, tmp_path)
+    p, before = _mount(mount_pool)
     compare(lambda: scenario(p.mnt), lambda: scenario(native))
-    assert _c_counts(p, log) == (0, 4)
+    assert _c_counts(p.mnt, before, 0, 5) == (0, 4)
 
 
-def test_open_by_another_user(tmp_path):
+def test_open_by_another_user():
     """A user's open is checked as that user (the worker acts as its caller; the
     kernel checks no permissions here): a 0600 root file refused, a 0644 one
     readable but not writable, the user's own file writable; as natively."""
@@ -212,11 +208,10 @@ def test_open_by_another_user(tmp_path):
         os.chmod(base, 0o755)
         for d in ("b1", "b2", "mnt", "native"):
             os.mkdir(os.path.join(base, d))
-        log = os.path.join(base, "daemon.log")
         p = mount(
             [os.path.join(base, "b1"), os.path.join(base, "b2")],
             os.path.join(base, "mnt"),
-            f"{OPTS},log.file={log},allow_other,kernel-permissions-check=false",
+            f"{OPTS},allow_other,kernel-permissions-check=false",
         )
         try:
             for root in (p.mnt, os.path.join(base, "native")):
@@ -226,15 +221,15 @@ def test_open_by_another_user(tmp_path):
                         fh.write(name.encode())
                     os.chmod(f, mode)
                     os.chown(f, uid, uid)
+            before = counts(p.mnt)
             pool_out = _as_user(p.mnt)
             native_out = _as_user(os.path.join(base, "native"))
             assert pool_out == native_out
             assert pool_out == [13, b"public", 13, b"mine!"], pool_out
+            # the user's opens: two refused (their errno answered in C), three that succeed
+            assert served(p.mnt, before, "OPEN", 5) == (5, 0)
         finally:
             unmount(p.mnt)
-        assert p.pid and wait_until(lambda: not pid_alive(p.pid), 10)
-        m = re.search(r"opens answered in C: (\d+)", _read(log).decode())
-        assert m and int(m[1]) == 3, m  # the user's three that succeed (root only creates)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
 
 import pytest
 
 from .branchfs import MiB, is_reference, pool, tmpfs_branches, where
-from .helpers import wait_until
+from .test_compiled import counts, served
 
 pytestmark = pytest.mark.mount
 
@@ -125,18 +124,18 @@ def test_moveonenospc_nowhere_to_go(br):
     assert where(br, "f") == [0]
 
 
-def test_moveonenospc_switches_compiled_opens(br, tmp_path):
+def test_moveonenospc_switches_compiled_opens(br):
     """Both handles opened by the kernel session's compiled OPEN (one worker that
-    just answered a Python request as this caller; the counters it logs at
-    unmount prove it): the ENOSPC write adopts the writer, the move adopts the
-    reader first and switches it with the writer, so the reader sees data the
-    original never held."""
+    just answered a Python request as this caller; the request counts prove
+    it): the ENOSPC write adopts the writer, the move adopts the reader first
+    and switches it with the writer, so the reader sees data the original
+    never held."""
     if is_reference():
         pytest.skip("the kernel session's compiled OPEN")
-    log = tmp_path / "daemon.log"
-    with pool(br, f"{BASE},moveonenospc=true,threads=1,log-level=debug,log.file={log}") as m:
+    with pool(br, f"{BASE},moveonenospc=true,threads=1") as m:
         p = prepare(m, br)
-        os.listxattr(m)  # answered by Python: the one worker now acts as this caller
+        served(m, {}, "RELEASE", 1)  # the CREATE's release (sent late) counted before the baseline
+        before = counts(m)  # answered by Python: the one worker now acts as this caller
         fd = os.open(p, os.O_RDWR)
         rd = os.open(p, os.O_RDONLY)
         try:
@@ -147,8 +146,6 @@ def test_moveonenospc_switches_compiled_opens(br, tmp_path):
         finally:
             os.close(fd)
             os.close(rd)
+        assert served(m, before, "OPEN", 2) == (2, 0)
+        assert served(m, before, "RELEASE", 2) == (0, 2)  # both adopted: released by Python
     assert where(br, "f") == [1]
-    assert wait_until(lambda: "opens answered in C" in log.read_text(), 10)
-    counts = re.search(r"opens answered in C: (\d+), their releases: (\d+)", log.read_text())
-    # both opens in C, both adopted: the one RELEASE in C is the CREATE's (prepare)
-    assert counts and (int(counts[1]), int(counts[2])) == (2, 1), log.read_text()
