@@ -13,14 +13,7 @@
 # numbers, ".", ".." and the root's hidden names left out, errors, the root's
 # error entry) is what ops/readdir.py produces.
 
-cdef extern from "<fcntl.h>" nogil:
-    int c_open "open"(const char *path, int flags, ...)
-    int O_RDONLY
-    int O_DIRECTORY
-    int O_CLOEXEC
-
 cdef extern from "<sys/stat.h>" nogil:
-    int c_fstat "fstat"(int fd, stat_t *buf)
     int c_stat "stat"(const char *path, stat_t *buf)
     int c_fstatat "fstatat"(int dirfd, const char *path, stat_t *buf, int flags)
     int c_fchmod "fchmod"(int fd, unsigned int mode)
@@ -40,10 +33,6 @@ cdef extern from "<sys/syscall.h>" nogil:
 from libc.errno cimport EBADF, ENOMEM, ENOTDIR, ENAMETOOLONG
 
 cdef enum:
-    FUSE_OPENDIR = 27
-    FUSE_READDIR = 28
-    FUSE_RELEASEDIR = 29
-    FUSE_FSYNCDIR = 30
     GETDENTS_BUF = 1 << 16
     DT_DIR = 4
 
@@ -54,21 +43,6 @@ cdef uint64_t C_DIR_TAG = 1ULL << DIR_FH_BIT
 
 #: ops/core.ERROR_ENTRY: the root's only entry while no branch root is a directory.
 cdef const char *ERROR_ENTRY = b"error: no valid mergerfs branch found, check config"
-
-cdef struct fuse_open_out:
-    uint64_t fh
-    uint32_t open_flags
-    int32_t backing_id
-
-cdef struct open_reply:
-    fuse_out_header h
-    fuse_open_out o
-
-cdef struct fuse_release_in:
-    uint64_t fh
-    uint32_t flags
-    uint32_t release_flags
-    uint64_t lock_owner
 
 cdef struct linux_dirent64:  # what getdents64 returns, d_name at offset 19
     uint64_t d_ino

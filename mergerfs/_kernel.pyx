@@ -16,9 +16,14 @@ its merged listing as packed dirent records, over local filesystems only (a
 compiled listing has no deadline for a hung branch). Every other request, and
 every case the C path does not recognise, is handed,
 as bytes, to the Python session (:mod:`mergerfs.kernel.transport`), which decides and
-replies. The handle table is changed only under the GIL (open/release run in
-Python) and read without it: the kernel sends no READ/WRITE on a handle after
-RELEASE.
+replies. OPEN and RELEASE of the plain case are answered here too (``_files.pxi``):
+such an open is C-owned (its slot holds the fd, branch, flags and nodeid, and
+Python has no handle for it) until a Python request needs its handle and adopts
+it (``claim``/``adopted``, driven by kernel/base.py). The handle table is changed
+under ``slots_mu`` (allocation, release, adoption: by the C OPEN/RELEASE without
+the GIL and by Python's open/release with it; nothing Python runs while it is
+held) and read without it: the kernel sends no READ/WRITE on a handle after
+RELEASE, nor a RELEASE while a request on the handle is in flight.
 Protocol facts: FUSE 7.45 (declared here, not taken from the installed header).
 """
 
@@ -75,6 +80,11 @@ cdef extern from "<sys/stat.h>" nogil:
         timespec st_mtim
         timespec st_ctim
     int c_lstat "lstat"(const char *path, stat_t *buf)
+    int c_fstat "fstat"(int fd, stat_t *buf)
+
+cdef extern from "<fcntl.h>" nogil:
+    int c_open "open"(const char *path, int flags, ...)
+    int O_CREAT, O_EXCL, O_NOCTTY, O_DIRECT, O_CLOEXEC, O_ACCMODE, O_RDONLY, O_DIRECTORY
 
 cdef extern from "<sys/xattr.h>" nogil:
     ssize_t lgetxattr(const char *path, const char *name, void *value, size_t size)
@@ -155,16 +165,43 @@ cdef struct fuse_getattr_in:
     uint32_t dummy
     uint64_t fh
 
+cdef struct fuse_open_in:
+    uint32_t flags
+    uint32_t open_flags
+
+cdef struct fuse_open_out:
+    uint64_t fh
+    uint32_t open_flags
+    int32_t backing_id
+
+cdef struct open_reply:
+    fuse_out_header h
+    fuse_open_out o
+
+cdef struct fuse_release_in:  # RELEASE and RELEASEDIR
+    uint64_t fh
+    uint32_t flags
+    uint32_t release_flags
+    uint64_t lock_owner
+
 cdef enum:
     FUSE_LOOKUP = 1
     FUSE_FORGET = 2
     FUSE_GETATTR = 3
     FUSE_SETATTR = 4
     FUSE_UNLINK = 10
+    FUSE_RMDIR = 11
+    FUSE_RENAME = 12
+    FUSE_OPEN = 14
     FUSE_READ = 15
     FUSE_WRITE = 16
+    FUSE_RELEASE = 18
     FUSE_GETXATTR = 22
     FUSE_FLUSH = 25
+    FUSE_OPENDIR = 27
+    FUSE_READDIR = 28
+    FUSE_RELEASEDIR = 29
+    FUSE_FSYNCDIR = 30
     FUSE_INTERRUPT = 36
     FUSE_BATCH_FORGET = 42
     FUSE_GETATTR_FH = 1
@@ -217,6 +254,11 @@ cdef enum:
     MAX_SLOTS = 1 << 20  # handles open at once (virtual memory only until used)
     MAX_OPCODE = 64      # the counters' size: every opcode of 7.45 is below
 
+cdef enum:
+    SLOT_PYTHON = 0
+    SLOT_C = 1
+    SLOT_ADOPTING = 2
+
 cdef struct write_reply:
     fuse_out_header h
     fuse_write_out w
@@ -224,7 +266,13 @@ cdef struct write_reply:
 cdef struct Slot:
     int fd          # branch fd answered in C; -1: the Python session answers
     int backing     # 1: this open uses its inode's passthrough backing (kernel/files.py holds the id)
-    uint64_t pyfh   # the request layer's handle number
+    uint64_t pyfh   # the request layer's handle number (0 while C owns the open)
+    # an open the compiled OPEN made (_files.pxi) and its RELEASE closes, until Python adopts it
+    uint8_t owner   # SLOT_PYTHON, SLOT_C or SLOT_ADOPTING
+    int branch      # SLOT_C: the branch's index in cfg
+    uint32_t flags  # SLOT_C: the open's flags
+    uint64_t nodeid  # SLOT_C: the node it counts as an open handle of
+    FastConfig *cfg  # SLOT_C: the config it was opened under (a reference)
 
 
 cdef class Session:
@@ -249,11 +297,13 @@ cdef class Session:
     cdef uint64_t answered[2][MAX_OPCODE]  # requests per opcode: [0] compiled, [1] Python
     cdef pthread_mutex_t fast_mu
     cdef DirTable *dirs  # the C directory handles (_dirs.pxi)
+    cdef pthread_mutex_t slots_mu  # allocating, freeing and handing over slots
 
     def __cinit__(self, int devfd, NodeTable table):
         self.devfd = devfd
         self.table = table
         pthread_mutex_init(&self.fast_mu, NULL)
+        pthread_mutex_init(&self.slots_mu, NULL)
         self.bufsize = 1 << 17
         self.write_in_size = sizeof(fuse_write_in)
         self.slots = <Slot *>calloc(MAX_SLOTS, sizeof(Slot))
@@ -274,13 +324,15 @@ cdef class Session:
     def set_fast(self, branches, readonly=(), int calc=0, uint64_t entry=0, uint64_t attr=0,
                  uint64_t negative=0, int actions=0, bint getxattr=False, bint capability=False,
                  bint posix_acl=False, bint creds_fixed=False, bint pid_bound=False, root_devs=None,
-                 uint32_t dir_flags=0):
+                 uint32_t dir_flags=0, opens=None):
         """Let the C path answer LOOKUP/GETATTR over ``branches`` (their roots as
         bytes, in order; ``readonly``: which have mode RO) with this inodecalc
         code and these cache timeouts, SETATTR of the ``actions`` (ACT_* bits)
         whose policy is epall, GETXATTR if ``getxattr``, OPENDIR/READDIR if
         ``root_devs`` (each branch root's st_dev while they are local
-        filesystems; opened with ``dir_flags``); None: none of it."""
+        filesystems; opened with ``dir_flags``), OPEN/RELEASE if ``opens``
+        (fopen_rd, fopen_wr, fopen_keep, dropcache, link_cow: see FastConfig);
+        None: none of it."""
         cdef FastConfig *c = NULL
         cdef FastConfig *old
         cdef bytes b
@@ -328,6 +380,9 @@ cdef class Session:
                     c.root_devs[i] = root_devs[i]
                 c.readdir = True
             c.dir_flags = dir_flags
+            if opens is not None:
+                c.opens = True
+                c.fopen_rd, c.fopen_wr, c.fopen_keep, c.dropcache, c.link_cow = opens
         pthread_mutex_lock(&self.fast_mu)
         old = self.fast
         self.fast = c
@@ -350,38 +405,147 @@ cdef class Session:
         return out
 
     # ------------------------------------------------------------ handles
-    def add(self, uint64_t pyfh, int fd, int backing=0):
-        """A new kernel fh for request-layer handle ``pyfh`` (``fd`` -1: no C path)."""
-        cdef uint32_t i
+    cdef uint32_t _alloc(self) noexcept nogil:
+        """A free slot (slots_mu held); 0 if the table is full."""
+        cdef uint32_t i = 0
         if self.nfree:
             self.nfree -= 1
             i = self.free_slots[self.nfree]
         elif self.next_slot < MAX_SLOTS:
             i = self.next_slot
             self.next_slot += 1
-        else:
+        return i
+
+    cdef void _free(self, uint64_t fh) noexcept nogil:
+        """Slot ``fh`` is free again (slots_mu held)."""
+        memset(&self.slots[fh], 0, sizeof(Slot))
+        self.slots[fh].fd = -1
+        self.free_slots[self.nfree] = <uint32_t>fh
+        self.nfree += 1
+
+    def add(self, uint64_t pyfh, int fd, int backing=0):
+        """A new kernel fh for request-layer handle ``pyfh`` (``fd`` -1: no C path)."""
+        cdef uint32_t i
+        pthread_mutex_lock(&self.slots_mu)
+        i = self._alloc()
+        if i:
+            self.slots[i].fd = fd
+            self.slots[i].backing = backing
+            self.slots[i].pyfh = pyfh
+            self.slots[i].owner = SLOT_PYTHON
+        pthread_mutex_unlock(&self.slots_mu)
+        if not i:
             raise OSError(23, "too many open files in the pool")  # ENFILE
-        self.slots[i].fd = fd
-        self.slots[i].backing = backing
-        self.slots[i].pyfh = pyfh
         return i
 
     def pyfh(self, uint64_t fh):
-        """The request-layer handle of kernel fh ``fh`` (0 if none)."""
+        """The request-layer handle of kernel fh ``fh`` (0 if none, or the open is C's: see claim)."""
         if fh == 0 or fh >= self.next_slot:
             return 0
         return self.slots[fh].pyfh
 
     def remove(self, uint64_t fh):
         """Free kernel fh ``fh``: (request-layer handle, passthrough backing id)."""
-        if fh == 0 or fh >= self.next_slot or self.slots[fh].pyfh == 0:
-            return 0, 0
-        cdef tuple out = (self.slots[fh].pyfh, self.slots[fh].backing)
-        self.slots[fh].fd = -1
-        self.slots[fh].pyfh = 0
-        self.slots[fh].backing = 0
-        self.free_slots[self.nfree] = <uint32_t>fh
-        self.nfree += 1
+        cdef tuple out = (0, 0)
+        if fh == 0 or fh >= self.next_slot:
+            return out
+        pthread_mutex_lock(&self.slots_mu)
+        if self.slots[fh].owner == SLOT_PYTHON and self.slots[fh].pyfh != 0:
+            out = (self.slots[fh].pyfh, self.slots[fh].backing)
+            self._free(fh)
+        pthread_mutex_unlock(&self.slots_mu)
+        return out
+
+    def add_c(self, int fd, uint64_t nodeid, bytes root, uint32_t flags):
+        """Hand open branch fd ``fd`` (of ``nodeid``, on branch ``root``, opened
+        with ``flags``) to the C path as if the compiled OPEN had made it: its
+        kernel fh, or 0 (nothing changed) if the config does not let C own opens now."""
+        cdef bytes r = b"" if root == b"/" else root
+        if self.trace:
+            return 0  # -d: every request through Python
+        return _add_c(self, fd, nodeid, PyBytes_AS_STRING(r), <size_t>len(r), flags)
+
+    def claim(self, uint64_t fh):
+        """Take over the C-owned open ``fh`` (adoption, kernel/base.py): (fd,
+        nodeid, branch root, flags), the slot now waiting for its Python
+        handle (``adopted``); None if ``fh`` is not a C-owned open (a C
+        RELEASE took it first, or it is Python's). Its RELEASE is no longer
+        answered in C."""
+        cdef Slot *sl
+        cdef FastConfig *c = NULL
+        cdef int fd = -1
+        cdef int branch = 0
+        cdef uint32_t flags = 0
+        cdef uint64_t nodeid = 0
+        if fh == 0 or fh >= self.next_slot:
+            return None
+        pthread_mutex_lock(&self.slots_mu)  # no Python object made while held
+        sl = &self.slots[fh]
+        if sl.owner == SLOT_C:
+            sl.owner = SLOT_ADOPTING
+            c = sl.cfg
+            sl.cfg = NULL
+            fd, branch, flags, nodeid = sl.fd, sl.branch, sl.flags, sl.nodeid
+        pthread_mutex_unlock(&self.slots_mu)
+        if c == NULL:
+            return None
+        cdef bytes root = PyBytes_FromStringAndSize(c.branches[branch], <Py_ssize_t>c.lens[branch]) or b"/"
+        _release(self, c)  # the reference the open held
+        return fd, nodeid, root, flags
+
+    def adopted(self, uint64_t fh, uint64_t pyfh):
+        """Claimed ``fh`` now belongs to request-layer handle ``pyfh`` (the node
+        table counts it among the Python handles); 0: the adoption failed and
+        the fd is closed, the slot freed."""
+        cdef uint64_t nodeid = 0
+        cdef int fd = -1
+        pthread_mutex_lock(&self.slots_mu)
+        if self.slots[fh].owner == SLOT_ADOPTING:
+            nodeid = self.slots[fh].nodeid
+            if pyfh:
+                self.slots[fh].owner = SLOT_PYTHON
+                self.slots[fh].pyfh = pyfh
+                self.slots[fh].nodeid = 0
+            else:
+                fd = self.slots[fh].fd
+                self._free(fh)
+        pthread_mutex_unlock(&self.slots_mu)
+        if nodeid:
+            if fd >= 0:
+                c_close(fd)
+            _drop_c_fh(self.table, nodeid)  # the C count; a Python one replaced it
+
+    def c_fhs(self, nodeid=None, root=None):
+        """The kernel fhs whose open C owns now, of node ``nodeid`` and/or on branch ``root`` (bytes)."""
+        cdef list out = []
+        cdef uint64_t i
+        cdef size_t k
+        cdef size_t count = 0
+        cdef bint by_node = nodeid is not None
+        cdef uint64_t node = nodeid if by_node else 0
+        cdef bytes r = None if root is None else (b"" if root == b"/" else root)
+        cdef const char *rp = NULL if r is None else PyBytes_AS_STRING(r)
+        cdef size_t rlen = 0 if r is None else <size_t>len(r)
+        cdef FastConfig *c
+        cdef uint64_t *found = <uint64_t *>malloc(sizeof(uint64_t) * self.next_slot)
+        if found == NULL:
+            raise MemoryError()
+        pthread_mutex_lock(&self.slots_mu)  # no Python object made while held
+        i = 0
+        while i + 1 < self.next_slot:
+            i += 1
+            if self.slots[i].owner != SLOT_C or (by_node and self.slots[i].nodeid != node):
+                continue
+            c = self.slots[i].cfg
+            k = <size_t>self.slots[i].branch
+            if rp != NULL and (c.lens[k] != rlen or memcmp(c.branches[k], rp, rlen) != 0):
+                continue
+            found[count] = i
+            count += 1
+        pthread_mutex_unlock(&self.slots_mu)
+        for k in range(count):
+            out.append(found[k])
+        free(found)
         return out
 
     # ------------------------------------------------------------ the loop
@@ -420,7 +584,8 @@ cdef class Session:
                             log.exception("request dispatch failed")
                             n = 0
                     if h.uid != NO_UID and h.opcode != FUSE_FORGET and h.opcode != FUSE_BATCH_FORGET \
-                            and h.opcode != FUSE_INTERRUPT:  # Python switched to this caller
+                            and h.opcode != FUSE_INTERRUPT and h.opcode != FUSE_RELEASE \
+                            and h.opcode != FUSE_RELEASEDIR:  # Python switched to this caller (NO_CALLER)
                         _carry(&caller, &h)
                     if n > 0:  # the reply, written without the GIL
                         c_write(fd, buf, <size_t>n)
@@ -473,6 +638,10 @@ cdef class Session:
             return self._flush(fd, buf, h.unique)
         if FUSE_OPENDIR <= h.opcode <= FUSE_FSYNCDIR:
             return _dirs_hot(self, w, fd, buf, n)
+        if h.opcode == FUSE_OPEN:
+            return _open(self, w, fd, buf, n)
+        if h.opcode == FUSE_RELEASE:
+            return _release_fh(self, fd, buf, n)
         return False
 
     cdef inline int _fd(self, uint64_t fh) noexcept nogil:
@@ -555,3 +724,4 @@ include "_wire.pxi"
 include "_metadata.pxi"
 include "_removes.pxi"
 include "_dirs.pxi"
+include "_files.pxi"

@@ -24,6 +24,12 @@ cdef struct FastConfig:
     bint readdir        # OPENDIR/READDIR here too (_dirs.pxi): plain listings, no READDIRPLUS
     uint64_t *root_devs # with readdir: each branch root's st_dev (on a local filesystem) when set
     uint32_t dir_flags  # OPENDIR's open flags (cache.readdir: FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE)
+    bint opens          # OPEN/RELEASE here (_files.pxi): open policy ff, no passthrough, nullrw...
+    bint link_cow       # a write open may have to break a hard link first (Python)
+    bint dropcache      # dropcacheonclose
+    uint32_t fopen_rd   # the open reply's FOPEN_* flags for a read-only open,
+    uint32_t fopen_wr   # for a write open,
+    uint32_t fopen_keep  # and added when the file did not change behind the kernel's back
 
 
 cdef struct Caller:
@@ -277,7 +283,7 @@ cdef bint _getattr(Session s, Caller *w, int fd, char *buf) noexcept nogil:
     cdef int found = -1
     cdef attr_reply out
     if g.getattr_flags & FUSE_GETATTR_FH:
-        return False  # an open file: its fd is the truth (Python)
+        return _getattr_fh(s, fd, buf)  # an open file: its fd is the truth (_files.pxi)
     cdef FastConfig *c = _acquire(s)
     if c == NULL:
         return False

@@ -19,7 +19,7 @@ cdef struct Node:
     char *path          # newest name (a relpath, NUL-terminated, owned)
     char **links        # older names of a hard-linked file, newest first (owned), or NULL
     uint32_t nlinks
-    uint32_t nfh        # open handles (they keep the node after its last FORGET)
+    uint32_t nfh        # open handles, Python's and the compiled OPEN's (they keep the node after its last FORGET)
     uint8_t has_ident
     uint8_t isdir
     uint8_t has_seen
@@ -67,7 +67,7 @@ cdef class NodeMaps:
 
 cdef class NodeTable(NodeMaps):
     cdef public bint never_forget
-    cdef dict fhs           # nodeid -> set of open fh numbers (Python's; counted in Node.nfh)
+    cdef dict fhs           # nodeid -> set of open fh numbers (Python's only; all are counted in Node.nfh)
 
     cdef void _make_newest_and_count(self, Node *n, const char *path) noexcept nogil
     cdef int _renamed(self, const char *old, const char *new) except -1

@@ -540,12 +540,20 @@ cdef class NodeTable(NodeMaps):
         self.unlock()
 
     def any_fh(self, uint64_t nodeid):
-        """Some open handle of ``nodeid``, or None."""
+        """Some open Python handle of ``nodeid``, or None."""
         cdef object held = self.fhs.get(nodeid)
         return next(iter(held)) if held else None
 
     def has_fh(self, uint64_t nodeid) -> bool:
-        return nodeid in self.fhs
+        """Whether ``nodeid`` is open: by Python (any_fh names one) or by the
+        kernel session's compiled OPEN (counted in Node.nfh only)."""
+        if nodeid in self.fhs:
+            return True
+        self.lock()
+        cdef Node *n = self.node(nodeid)
+        cdef bint open_ = n != NULL and n.nfh > 0
+        self.unlock()
+        return open_
 
 
 cdef inline bytes _enc(str relpath):

@@ -19,10 +19,6 @@ cdef extern from "<stdio.h>" nogil:
 cdef struct fuse_rename_in:
     uint64_t newdir
 
-cdef enum:
-    FUSE_RMDIR = 11
-    FUSE_RENAME = 12
-
 
 cdef ssize_t _child(Session s, uint64_t parent, const char *name, size_t room, char *rel) noexcept nogil:
     """``parent``'s relpath joined with the NUL-terminated ``name`` (at most

@@ -28,6 +28,7 @@ from mergerfs.kernel.protocol import (
     Op,
     cstr,
 )
+from mergerfs.ops.io import IOCTLS
 from mergerfs.requests import DIRECT, KEEP
 
 log = logging.getLogger("mergerfs")
@@ -110,8 +111,10 @@ class Passthrough:
 class FileHandlers(Base):
     passthrough: Passthrough
 
-    def _opened(self, nodeid: int, pyfh: int, cache: int, flags: int) -> bytes:
-        """Register an open file with the compiled loop; the open reply."""
+    def _opened(self, nodeid: int, pyfh: int, cache: int, flags: int, hand_over: bool = False) -> bytes:
+        """Register an open file with the compiled loop; the open reply.
+        ``hand_over``: the compiled loop owns it from now on if the config is
+        plain (its RELEASE is answered in C; see _hand_over)."""
         assert self.session is not None
         cfg = self.fs.snap.cfg
         fd = -1 if cfg["nullrw"] else self.req.fd(pyfh)
@@ -122,6 +125,10 @@ class FileHandlers(Base):
         flush = cfg["flush-on-close"]
         if flush == "never" or (flush == "opened-for-write" and flags & os.O_ACCMODE == os.O_RDONLY):
             oflags |= FOPEN_NOFLUSH
+        if hand_over and fd >= 0 and self.passthrough.modes is None:
+            fh = self._hand_over(nodeid, pyfh)
+            if fh:
+                return OPEN_OUT.pack(fh, oflags, 0)
         backing = self.passthrough.acquire(nodeid, fd, flags) if fd >= 0 else 0
         if backing:
             oflags = (oflags & ~(FOPEN_DIRECT_IO | FOPEN_KEEP_CACHE)) | FOPEN_PASSTHROUGH
@@ -133,6 +140,20 @@ class FileHandlers(Base):
             raise
         return OPEN_OUT.pack(fh, oflags, backing)
 
+    def _hand_over(self, nodeid: int, pyfh: int) -> int:
+        """Make Python's open ``pyfh`` a C-owned one, as if the compiled OPEN had
+        made it: its kernel fh, or 0 if the C path cannot take it now (the
+        config is not plain; it stays Python's). Under ``_adopt_lock``: no
+        adoption sees the slot before Python has let the handle go."""
+        assert self.session is not None
+        h = self.req.handle(pyfh)
+        with self._adopt_lock:
+            fh = self.session.add_c(h.fd, nodeid, os.fsencode(h.branch.path), h.flags)
+            if fh and not self.req.disown(pyfh):  # borrowed meanwhile: Python's after all
+                self.session.claim(fh)
+                self.session.adopted(fh, pyfh)
+        return fh
+
     def _open(self, h, body):
         flags, open_flags = struct.unpack_from("<II", body)
         pyfh, cache = self.req.open(h.nodeid, flags, h.pid)
@@ -143,7 +164,8 @@ class FileHandlers(Base):
     def _create(self, h, body):
         flags, mode, _, _ = struct.unpack_from("<IIII", body)
         pyfh, ino, st, cache = self.req.create(h.nodeid, cstr(body, 16)[0], mode, flags, h.pid)
-        return self._entry_out(ino, st) + self._opened(ino, pyfh, cache, flags)
+        # the create policy is Python's decision, the open file then is as any other
+        return self._entry_out(ino, st) + self._opened(ino, pyfh, cache, flags, hand_over=True)
 
     def _read(self, h, body):
         fh, off, size = struct.unpack_from("<QQI", body)
@@ -163,7 +185,9 @@ class FileHandlers(Base):
     def _release(self, h, body):
         (fh,) = struct.unpack_from("<Q", body)
         assert self.session is not None
-        pyfh, passthrough = self.session.remove(fh)
+        self._pyfh(fh)  # a C-owned open the compiled RELEASE left (-o debug): adopted, then released here
+        with self._adopt_lock:
+            pyfh, passthrough = self.session.remove(fh)
         if not pyfh:
             raise OSError(errno.EBADF, "unknown handle")
         self.passthrough.release(h.nodeid, bool(passthrough))
@@ -192,5 +216,7 @@ class FileHandlers(Base):
         fh, flags, cmd, _, in_size, out_size = struct.unpack_from("<QIIQII", body)
         if flags & (1 << 4):  # FUSE_IOCTL_DIR
             raise OSError(errno.ENOTTY, "no directory ioctls")
+        if cmd not in IOCTLS:  # e.g. isatty's TCGETS on every Python open(): no handle needed (nor adopted)
+            raise OSError(errno.ENOTTY, "inappropriate ioctl")
         result, out = self.req.ioctl(self._pyfh(fh), cmd, body[32 : 32 + in_size], out_size)
         return struct.pack("<iIII", result, 0, 0, 0) + out

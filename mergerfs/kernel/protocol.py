@@ -86,6 +86,10 @@ class Op(enum.IntEnum):
 
 #: Requests the kernel expects no reply to.
 NO_REPLY = frozenset({Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT})
+#: Requests answered without acting as their caller: a release only closes (and
+#: is often sent late, from whichever task dropped the file), so it must not make
+#: a worker stop acting as the caller it served last (the compiled path's _as_caller).
+NO_CALLER = NO_REPLY | {Op.RELEASE, Op.RELEASEDIR}
 
 
 def cstr(body: bytes, start: int = 0) -> tuple[bytes, int]:

@@ -21,7 +21,19 @@ from mergerfs.kernel.entries import EntryHandlers
 from mergerfs.kernel.files import FileHandlers, Passthrough
 from mergerfs.kernel.negotiate import negotiate
 from mergerfs.kernel.notifier import Notifier
-from mergerfs.kernel.protocol import FOPEN_CACHE_DIR, FOPEN_KEEP_CACHE, IN_HEADER, NO_REPLY, Op, Request, frame
+from mergerfs.kernel.protocol import (
+    FOPEN_CACHE_DIR,
+    FOPEN_DIRECT_IO,
+    FOPEN_KEEP_CACHE,
+    FOPEN_NOFLUSH,
+    FOPEN_PARALLEL_DIRECT_WRITES,
+    IN_HEADER,
+    NO_CALLER,
+    NO_REPLY,
+    Op,
+    Request,
+    frame,
+)
 from mergerfs.kernel.xattrs import XattrHandlers
 from mergerfs.lifecycle import mounted_device, unmount
 from mergerfs.requests import Requests
@@ -55,6 +67,7 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         self.minor = 0
         self.request_kib = 0  # the largest READ/WRITE agreed at INIT (KiB): readahead's default
         self.passthrough = Passthrough()
+        self._adopt_lock = threading.Lock()
         # The opcode table: each opcode answered here and its handler (in
         # entries.py, files.py, dirs.py or xattrs.py); any other gets ENOSYS.
         self._handlers = {
@@ -108,6 +121,9 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         self.devfd = mounting.mount(mnt, opts)
         self.device = mounted_device(mnt)
         self.session = session = _kernel.Session(self.devfd, self.req.table)
+        # the compiled OPEN's handles get Python ones when Python needs them
+        self.req.adopt_open = self._adopt_open
+        self.fs.adopt_branch = self._adopt_branch
         session.slow = self.dispatch
         session.trace = self.debug = any(o.partition("=")[0] == "debug" for o in opts)
         agreed = negotiate(self.devfd, self.cfg)
@@ -159,12 +175,38 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
             # It is the same whatever func.readdir says (how branches are read).
             root_devs=None if cfg["readdirplus"] else mounts.local_devs([b.path for b in branches]),
             dir_flags=FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE if cfg["cache.readdir"] else 0,
+            opens=self._c_opens(cfg),
         )
 
     def _counts(self) -> dict[str, tuple[int, int]]:
         """Requests served per opcode name: (answered compiled, answered by Python)."""
         assert self.session is not None
         return {_opname(op): n for op, n in self.session.counts().items()}
+
+    def _c_opens(self, cfg) -> tuple[int, int, int, bool, bool] | None:
+        """The compiled OPEN's part of the fast config (see set_fast), or None
+        while an open is a decision Python makes: a search policy other than
+        ff, passthrough, nullrw, per-process caching (the caller's name), cache
+        invalidation by notification. The FOPEN flags are what _opened replies."""
+        mode = cfg["cache.files"]
+        if (
+            cfg.policy("open") != "ff"
+            or self.passthrough.modes is not None
+            or cfg["nullrw"]
+            or mode == "per-process"
+            or self.req.cache_by_notify
+        ):
+            return None
+        rd = wr = 0
+        if mode == "off":
+            rd = wr = FOPEN_DIRECT_IO | (FOPEN_PARALLEL_DIRECT_WRITES if cfg["parallel-direct-writes"] else 0)
+        flush = cfg["flush-on-close"]
+        if flush in ("never", "opened-for-write"):
+            rd |= FOPEN_NOFLUSH
+        if flush == "never":
+            wr |= FOPEN_NOFLUSH
+        keep = FOPEN_KEEP_CACHE if mode in ("full", "auto-full") else 0
+        return rd, wr, keep, bool(cfg["dropcacheonclose"]), bool(cfg["link-cow"])
 
     def serve(self, workers: int) -> None:
         """Run ``workers`` threads, one per (cloned) fd, until the mount goes away."""
@@ -223,7 +265,7 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         try:
             # every request with a caller, answered or not: the compiled loop
             # takes this thread's identity to be the last such request's
-            if h.uid != 0xFFFFFFFF and h.opcode not in NO_REPLY:
+            if h.uid != 0xFFFFFFFF and h.opcode not in NO_CALLER:
                 ugid.switch(h.uid, h.gid, h.pid)
             payload = handler(h, data[IN_HEADER.size :])
         except OSError as e:

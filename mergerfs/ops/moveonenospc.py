@@ -20,6 +20,11 @@ T = TypeVar("T")
 
 
 class MoveOps(Core):
+    #: Set by a transport that opens files itself (the kernel session's compiled
+    #: OPEN): gives every such open on a branch root a registered Python handle,
+    #: so the move switches them with the rest.
+    adopt_branch: Callable[[str], None] | None = None
+
     def _moved(self, h: Handle, err: OSError, cfg, again: Callable[[], T]) -> T:
         """``again()`` once the file has moved, if ``err`` says its branch is full
         and ``moveonenospc`` is on; otherwise ``err`` stands."""
@@ -33,6 +38,8 @@ class MoveOps(Core):
     def _move(self, h: Handle, policy: str) -> None:
         """Copy the file to a branch with room, switch every open handle of it
         to the copy (same fd numbers via dup2), drop the original."""
+        if self.adopt_branch is not None:
+            self.adopt_branch(h.branch.path)
         snap = self.snap
         rel = h.relpath
         origin = h.branch.path  # h.branch changes below, with every other handle of the file

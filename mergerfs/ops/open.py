@@ -7,6 +7,7 @@ import os
 import stat as S
 import threading
 
+from mergerfs.branches import Branch
 from mergerfs.clone import clonefile
 from mergerfs.ops.core import OPEN_STRIP, Core, Handle
 from mergerfs.probe import RequestProbe
@@ -20,6 +21,17 @@ class OpenOps(Core):
         if snap.cfg["link-cow"] and (flags & os.O_ACCMODE) != os.O_RDONLY and S.S_ISREG(st.st_mode) and st.st_nlink > 1:
             _break_link(path, st)
         fd = os.open(path, (flags & ~OPEN_STRIP) | os.O_CLOEXEC)
+        return self._register(Handle(fd, b, relpath, flags))
+
+    def disown(self, h: Handle) -> None:
+        """Forget ``h`` without closing its fd: the kernel session's compiled loop owns it now."""
+        with self._handles_lock:
+            self.handles.pop(h.fd, None)
+
+    def adopt(self, fd: int, root: str, relpath: str, flags: int) -> Handle:
+        """The handle of branch fd ``fd`` that the kernel session opened itself
+        (its compiled open, as :meth:`open` would) on branch ``root``."""
+        b = next((b for b in self.snap.branches if b.path == root), None) or Branch(root)
         return self._register(Handle(fd, b, relpath, flags))
 
 

@@ -8,6 +8,7 @@ import itertools
 import os
 import stat as S
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Protocol
 
@@ -51,6 +52,10 @@ def process_name(pid: int) -> str:
 class Core:
     """The tables every group of requests shares: inodes, open handles, the
     control file; and the helpers that keep them."""
+
+    #: Set by a transport that opens files itself (the kernel session's compiled
+    #: OPEN): gives one such open of a nodeid a Python handle (see _open_handle).
+    adopt_open: Callable[[int], None] | None = None
 
     def __init__(
         self, fs: fs_mod.FileSystem, notifier: Notifier, *, auto_inval: bool = False, cache_by_notify: bool = False
@@ -150,6 +155,8 @@ class Core:
     def _open_handle(self, inode: int):
         """Some open handle of ``inode`` (or None), kept open for the block: a
         RELEASE may race with a GETATTR that was not sent through that fh."""
+        if self.adopt_open is not None and self.table.any_fh(inode) is None and self.table.has_fh(inode):
+            self.adopt_open(inode)  # only the transport's own (compiled) opens: one gets a Python handle
         with self._fh_lock:
             fh = self.table.any_fh(inode)
             h = self._files.get(fh, (0, None))[1] if fh is not None else None

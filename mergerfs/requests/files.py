@@ -63,6 +63,23 @@ class FileRequests(Core):
             self.notifier.inval_inode(inode)
         return decision
 
+    def adopt(self, inode: int, fd: int, root: str, flags: int) -> int:
+        """The fh of a Python handle for branch fd ``fd`` (on branch ``root``, opened
+        with ``flags``) that a transport opened of ``inode`` itself."""
+        return self._new_fh(inode, self.fs.adopt(fd, root, self.rel(inode), flags))
+
+    def disown(self, fh: int) -> bool:
+        """Forget open file ``fh`` without closing it: its transport answers it
+        itself from now on. False (nothing changed) while a request borrows it."""
+        with self._fh_lock:
+            if fh in self._borrowed:
+                return False
+            ino, h = self._file(fh)
+            del self._files[fh]
+        self.table.drop_fh(ino, fh)
+        self.fs.disown(h)
+        return True
+
     def fd(self, fh: int) -> int:
         """The branch fd behind an open file (for a transport's own data path)."""
         h = self.handle(fh)

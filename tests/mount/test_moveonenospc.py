@@ -13,6 +13,8 @@ import stat
 import pytest
 
 from .branchfs import MiB, is_reference, pool, tmpfs_branches, where
+from .helpers import is_llfuse
+from .test_compiled import counts, served
 
 pytestmark = pytest.mark.mount
 
@@ -121,3 +123,30 @@ def test_moveonenospc_nowhere_to_go(br):
     with pool(spec, f"{BASE},moveonenospc=true") as m:
         assert_write_hits_enospc(prepare(m, br))
     assert where(br, "f") == [0]
+
+
+def test_moveonenospc_switches_compiled_opens(br):
+    """Both handles opened by the kernel session's compiled OPEN (one worker that
+    just answered a Python request as this caller; the request counts prove
+    it): the ENOSPC write adopts the writer, the move adopts the reader first
+    and switches it with the writer, so the reader sees data the original
+    never held."""
+    if is_reference() or is_llfuse():
+        pytest.skip("the kernel session's compiled OPEN")
+    with pool(br, f"{BASE},moveonenospc=true,threads=1") as m:
+        p = prepare(m, br)
+        served(m, {}, "RELEASE", 1)  # the CREATE's release (sent late) counted before the baseline
+        before = counts(m)  # answered by Python: the one worker now acts as this caller
+        fd = os.open(p, os.O_RDWR)
+        rd = os.open(p, os.O_RDONLY)
+        try:
+            n = write_past_capacity(fd)
+            os.fsync(fd)
+            assert os.pread(rd, len(CHUNK), 4 + n - len(CHUNK)) == CHUNK  # past the small branch's 4 MiB
+            assert os.fstat(rd).st_size == 4 + n
+        finally:
+            os.close(fd)
+            os.close(rd)
+        assert served(m, before, "OPEN", 2) == (2, 0)
+        assert served(m, before, "RELEASE", 2) == (0, 2)  # both adopted: released by Python
+    assert where(br, "f") == [1]

@@ -238,6 +238,24 @@ def test_open_reads_the_branch_file_and_o_trunc_truncates(mkpool):
     assert slurp(p.b(1, "/f")) == b"new"
 
 
+def test_adopt_and_disown_a_transports_own_open(mkpool):
+    """A branch fd the kernel session opened itself becomes a registered Handle
+    (its branch found by root; moveonenospc sees it), and disown forgets one
+    without closing its fd."""
+    p = mkpool()
+    p.put(1, "/f", b"hello")
+    fd = os.open(p.b(1, "/f"), os.O_RDWR | os.O_CLOEXEC)
+    h = p.fs.adopt(fd, p.fs.snap.branches[1].path, "/f", os.O_RDWR)
+    assert h.branch == p.fs.snap.branches[1] and p.fs.handles[fd] is h
+    assert p.fs.read(h, 0, 10) == b"hello"
+    p.fs.disown(h)
+    assert fd not in p.fs.handles and os.pread(fd, 5, 0) == b"hello"
+    gone = p.fs.adopt(fd, "/no/such/branch", "/f", os.O_RDWR)  # a branch the config has dropped since
+    assert gone.branch.path == "/no/such/branch"
+    p.fs.release(gone)
+    assert fd not in p.fs.handles
+
+
 @pytest.mark.parametrize(
     "rel,flags",
     [

@@ -321,6 +321,34 @@ def test_release_closes_and_a_released_fh_is_ebadf(mkenv):
     assert err_of(e.req.fd, 12345) == errno.EBADF
 
 
+def test_adopt_gives_a_transport_open_a_handle(mkenv):
+    """A file a transport opened itself (the compiled OPEN) gets a Python handle:
+    the branch it was opened on, I/O and release as any open, and the inode
+    counts it among its open handles until then."""
+    e = mkenv()
+    e.p.put(1, "/f", b"abc")
+    f = e.look("/f")
+    fd = os.open(e.p.b(1, "/f"), os.O_RDWR | os.O_CLOEXEC)
+    fh = e.req.adopt(f, fd, e.p.branches[1], os.O_RDWR)
+    assert e.req.handle(fh).branch.path == e.p.branches[1]
+    assert e.req.fd(fh) == fd and e.req.read(fh, 0, 10) == b"abc"
+    assert e.req.table.has_fh(f) and e.req.table.any_fh(f) == fh
+    e.req.release(fh)
+    assert not e.req.table.has_fh(f)
+    assert err_of(os.fstat, fd) == errno.EBADF  # closed with the handle
+
+
+def test_disown_leaves_the_fd_open(mkenv):
+    """A transport that takes an open over: Python forgets the handle, the fd stays open."""
+    e = mkenv()
+    fh, f, _, _ = e.req.create(ROOT, b"f", 0o644, os.O_RDWR)
+    fd = e.req.fd(fh)
+    assert e.req.disown(fh)
+    assert err_of(e.req.read, fh, 0, 1) == errno.EBADF and not e.req.table.has_fh(f)
+    assert fd not in e.p.fs.handles
+    os.close(fd)  # still open: the transport's to close
+
+
 def test_open_errors(mkenv):
     e = mkenv()
     e.p.put(0, "/d", None)

@@ -1,0 +1,224 @@
+# OPEN and RELEASE of the plain case without the GIL (included by _kernel.pyx
+# after _metadata.pxi). The compiled OPEN searches first-found, opens the branch
+# file as the caller, counts the open in the node table and gives it a slot it
+# owns (SLOT_C): READ/WRITE/FLUSH use its fd as any other's, and its RELEASE
+# closes it here. Nothing in Python knows of such an open until a Python request
+# needs its handle: then kernel/base.py adopts it (Session.claim/adopted), the
+# slot becomes Python's and so does its RELEASE. Anything the C path does not
+# recognise (an open Python must decide: link-cow, passthrough, kill-suidgid,
+# per-process caching; a search error; not a regular file) returns False,
+# untouched, and the Python session answers it.
+
+cdef extern from "<fcntl.h>" nogil:
+    int posix_fadvise(int fd, off_t offset, off_t length, int advice)
+    int POSIX_FADV_DONTNEED
+
+cdef enum:
+    FUSE_OPEN_KILL_SUIDGID = 1  # fuse_open_in.open_flags: an O_TRUNC open without CAP_FSETID
+
+
+cdef int _search_at(FastConfig *c, const char *rel, size_t rellen, stat_t *st, char *full) noexcept nogil:
+    """First-found as _search, answering the branch's index (>= 0); -ENOENT if
+    no branch holds ``rel``, -1 for anything Python must judge."""
+    cdef int i
+    for i in range(c.nbranches):
+        if not _on_branch(c, i, rel, rellen, full):
+            return -1
+        if c_lstat(full, st) == 0:
+            return i
+        if errno != ENOENT:
+            return -1
+    return -ENOENT
+
+
+cdef bint _opened_c(NodeTable t, uint64_t nodeid, uint64_t seen, bint *changed) noexcept nogil:
+    """Count a C-owned open of ``nodeid`` (Node.nfh; the Python fh set holds only
+    Python's) and record what the kernel now has of it, as the request layer's
+    _freshen: ``changed`` if the file changed since the kernel last saw it.
+    False if the node is gone."""
+    cdef Node *n
+    t.lock()
+    n = t.node(nodeid)
+    if n != NULL:
+        changed[0] = not n.has_seen or n.seen != seen
+        n.seen = seen
+        n.has_seen = 1
+        n.nfh += 1
+    t.unlock()
+    return n != NULL
+
+
+cdef void _drop_c_fh(NodeTable t, uint64_t nodeid) noexcept nogil:
+    """A C-owned open of ``nodeid`` is gone (closed, or a Python handle replaced it)."""
+    cdef Node *n
+    t.lock()
+    n = t.node(nodeid)
+    if n != NULL and n.nfh > 0:
+        n.nfh -= 1
+        if n.nlookup <= 0 and n.nfh == 0 and not t.never_forget:
+            t._drop(n)
+    t.unlock()
+
+
+cdef uint32_t _own(Session s, FastConfig *c, int bfd, int at, uint64_t nodeid, uint32_t flags) noexcept nogil:
+    """Slot the open ``bfd`` as C-owned, keeping the reference to ``c`` (0: table full)."""
+    cdef uint32_t i
+    pthread_mutex_lock(&s.slots_mu)
+    i = s._alloc()
+    if i:
+        s.slots[i].fd = bfd
+        s.slots[i].backing = 0
+        s.slots[i].pyfh = 0
+        s.slots[i].owner = SLOT_C
+        s.slots[i].branch = at
+        s.slots[i].flags = flags
+        s.slots[i].nodeid = nodeid
+        s.slots[i].cfg = c  # until RELEASE or adoption
+    pthread_mutex_unlock(&s.slots_mu)
+    return i
+
+
+cdef uint32_t _add_c(Session s, int bfd, uint64_t nodeid, const char *root, size_t rootlen,
+                     uint32_t flags) noexcept nogil:
+    """Session.add_c: an open Python made (CREATE) becomes C-owned."""
+    cdef int at = -1
+    cdef int k
+    cdef uint32_t i
+    cdef Node *n
+    cdef FastConfig *c = _acquire(s)
+    if c == NULL:
+        return 0
+    if c.opens:
+        for k in range(c.nbranches):
+            if c.lens[k] == rootlen and memcmp(c.branches[k], root, rootlen) == 0:
+                at = k
+                break
+    if at >= 0:
+        s.table.lock()
+        n = s.table.node(nodeid)
+        if n != NULL:
+            n.nfh += 1
+        s.table.unlock()
+        if n != NULL:
+            i = _own(s, c, bfd, at, nodeid, flags)
+            if i:
+                return i
+            _drop_c_fh(s.table, nodeid)
+    _release(s, c)
+    return 0
+
+
+cdef bint _open(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept nogil:
+    cdef fuse_in_header *h = <fuse_in_header *>buf
+    cdef fuse_open_in *o = <fuse_open_in *>(buf + IN_HDR)
+    cdef char rel[PATH_MAX]
+    cdef char full[PATH_MAX]
+    cdef ssize_t rellen
+    cdef stat_t st
+    cdef int at = -1
+    cdef int bfd
+    cdef int err
+    cdef uint32_t i
+    cdef uint32_t oflags
+    cdef bint changed[1]  # out-parameter of _opened_c
+    cdef bint rdonly
+    cdef open_reply out
+    if n < <ssize_t>(IN_HDR + sizeof(fuse_open_in)) or o.open_flags & FUSE_OPEN_KILL_SUIDGID:
+        return False
+    cdef FastConfig *c = _acquire(s)
+    if c == NULL:
+        return False
+    rdonly = (<int>o.flags & O_ACCMODE) == O_RDONLY
+    if c.opens and not (c.link_cow and not rdonly) and _as_caller(c, w, h):
+        rellen = _relpath(s.table, h.nodeid, NULL, 0, rel, NULL)
+        if rellen > 0:
+            at = _search_at(c, rel, <size_t>rellen, &st, full)
+    if at < 0 or not S_ISREG(st.st_mode):
+        _release(s, c)
+        return False
+    bfd = c_open(full, (<int>o.flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_DIRECT)) | O_CLOEXEC)
+    if bfd < 0:
+        err = errno
+        _release(s, c)
+        _reply_error(fd, h.unique, err)
+        return True
+    if c_fstat(bfd, &st) != 0 or not _opened_c(
+            s.table, h.nodeid, stamp(<uint64_t>st.st_size, <int64_t>st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec),
+            changed):
+        c_close(bfd)
+        _release(s, c)
+        return False
+    i = _own(s, c, bfd, at, h.nodeid, o.flags)  # keeps the reference _acquire took
+    if not i:
+        c_close(bfd)
+        _drop_c_fh(s.table, h.nodeid)
+        _release(s, c)
+        _reply_error(fd, h.unique, 23)  # ENFILE
+        return True
+    oflags = c.fopen_rd if rdonly else c.fopen_wr
+    if not changed[0]:
+        oflags |= c.fopen_keep
+    memset(&out, 0, sizeof(out))
+    out.o.fh = i
+    out.o.open_flags = oflags
+    _reply(fd, h.unique, &out, sizeof(out))
+    return True
+
+
+cdef bint _release_fh(Session s, int fd, char *buf, ssize_t n) noexcept nogil:
+    cdef fuse_in_header *h = <fuse_in_header *>buf
+    cdef uint64_t fh
+    cdef int bfd = -1
+    cdef uint64_t nodeid = 0
+    cdef FastConfig *opened = NULL
+    cdef FastConfig *c
+    cdef bint drop
+    if n < <ssize_t>(IN_HDR + sizeof(fuse_release_in)):
+        return False
+    fh = (<fuse_release_in *>(buf + IN_HDR)).fh
+    if fh == 0 or fh >= s.next_slot:
+        return False
+    pthread_mutex_lock(&s.slots_mu)
+    if s.slots[fh].owner == SLOT_C:
+        bfd = s.slots[fh].fd
+        nodeid = s.slots[fh].nodeid
+        opened = s.slots[fh].cfg
+        s._free(fh)
+    pthread_mutex_unlock(&s.slots_mu)
+    if opened == NULL:
+        return False  # Python's open (or being adopted): Python's release
+    c = _acquire(s)  # dropcacheonclose as it is now
+    drop = c.dropcache if c != NULL else opened.dropcache
+    if c != NULL:
+        _release(s, c)
+    if drop:
+        posix_fadvise(bfd, 0, 0, POSIX_FADV_DONTNEED)
+    c_close(bfd)
+    _drop_c_fh(s.table, nodeid)
+    _release(s, opened)
+    _reply_error(fd, h.unique, 0)
+    return True
+
+
+cdef bint _getattr_fh(Session s, int fd, char *buf) noexcept nogil:
+    """GETATTR naming an open file: the fstat of its branch fd, as Python's
+    getattr on a handle (the kernel pins the fh for the request: no RELEASE
+    closes the fd meanwhile)."""
+    cdef fuse_in_header *h = <fuse_in_header *>buf
+    cdef int bfd = s._fd((<fuse_getattr_in *>(buf + IN_HDR)).fh)
+    cdef stat_t st
+    cdef attr_reply out
+    if bfd < 0:
+        return False
+    cdef FastConfig *c = _acquire(s)
+    if c == NULL:
+        return False
+    memset(&out, 0, sizeof(out))
+    out.a.attr_valid = c.attr_valid
+    _release(s, c)
+    if c_fstat(bfd, &st) != 0:
+        return False
+    _saw(s.table, h.nodeid, &st)
+    _fill_attr_c(&out.a.attr, h.nodeid, &st)
+    _reply(fd, h.unique, &out, sizeof(out))
+    return True
