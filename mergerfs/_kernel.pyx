@@ -29,7 +29,7 @@ Protocol facts: FUSE 7.45 (declared here, not taken from the installed header).
 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.string cimport memcmp, memcpy, memset, strlen
-from libc.errno cimport errno, EINTR, EAGAIN, ENOENT, ENODEV, ENOSPC, EDQUOT
+from libc.errno cimport errno, EINTR, EAGAIN, ENOENT, ENODEV, ENOSPC, EDQUOT, EPERM
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport malloc, free, calloc, realloc
 from posix.types cimport off_t
@@ -84,7 +84,7 @@ cdef extern from "<sys/stat.h>" nogil:
 
 cdef extern from "<fcntl.h>" nogil:
     int c_open "open"(const char *path, int flags, ...)
-    int O_CREAT, O_EXCL, O_NOCTTY, O_DIRECT, O_CLOEXEC, O_ACCMODE, O_RDONLY, O_DIRECTORY
+    int O_CREAT, O_EXCL, O_NOCTTY, O_DIRECT, O_CLOEXEC, O_ACCMODE, O_RDONLY, O_RDWR, O_DIRECTORY
 
 cdef extern from "<sys/xattr.h>" nogil:
     ssize_t lgetxattr(const char *path, const char *name, void *value, size_t size)
@@ -263,15 +263,20 @@ cdef struct write_reply:
     fuse_out_header h
     fuse_write_out w
 
+cdef enum:  # Slot.pt: how an open counts in its node's passthrough share (_files.pxi)
+    PT_NONE = 0    # not at all (no passthrough in the session, no fd, or no node)
+    PT_CACHED = 1  # an open without passthrough (Node.ncached)
+    PT_SHARED = 2  # an open on the node's backing (Node.npass)
+
 cdef struct Slot:
     int fd          # branch fd answered in C; -1: the Python session answers
-    int backing     # 1: this open uses its inode's passthrough backing (kernel/files.py holds the id)
+    uint8_t pt      # PT_NONE, PT_CACHED or PT_SHARED (released with the slot, whoever owns it)
     uint64_t pyfh   # the request layer's handle number (0 while C owns the open)
     # an open the compiled OPEN made (_files.pxi) and its RELEASE closes, until Python adopts it
     uint8_t owner   # SLOT_PYTHON, SLOT_C or SLOT_ADOPTING
     int branch      # SLOT_C: the branch's index in cfg
     uint32_t flags  # SLOT_C: the open's flags
-    uint64_t nodeid  # SLOT_C: the node it counts as an open handle of
+    uint64_t nodeid  # the node it counts as an open handle of (0: a Python open with no fd)
     FastConfig *cfg  # SLOT_C: the config it was opened under (a reference)
 
 
@@ -298,12 +303,21 @@ cdef class Session:
     cdef pthread_mutex_t fast_mu
     cdef DirTable *dirs  # the C directory handles (_dirs.pxi)
     cdef pthread_mutex_t slots_mu  # allocating, freeing and handing over slots
+    # passthrough (_files.pxi): every open is counted in its node's share while
+    # pt_on (INIT agreed it); pt_modes: the O_ACCMODE values (as bits 1 << mode)
+    # that get a new backing (0 once the kernel refused one with EPERM). pt_mu
+    # guards pt_modes and the nodes' backing/npass/ncached; taken before the
+    # node table's mutex, never with the GIL wanted.
+    cdef bint pt_on
+    cdef uint32_t pt_modes
+    cdef pthread_mutex_t pt_mu
 
     def __cinit__(self, int devfd, NodeTable table):
         self.devfd = devfd
         self.table = table
         pthread_mutex_init(&self.fast_mu, NULL)
         pthread_mutex_init(&self.slots_mu, NULL)
+        pthread_mutex_init(&self.pt_mu, NULL)
         self.bufsize = 1 << 17
         self.write_in_size = sizeof(fuse_write_in)
         self.slots = <Slot *>calloc(MAX_SLOTS, sizeof(Slot))
@@ -423,20 +437,44 @@ cdef class Session:
         self.free_slots[self.nfree] = <uint32_t>fh
         self.nfree += 1
 
-    def add(self, uint64_t pyfh, int fd, int backing=0):
-        """A new kernel fh for request-layer handle ``pyfh`` (``fd`` -1: no C path)."""
+    def passthrough(self, modes):
+        """After INIT: ``modes``, the O_ACCMODE values whose opens get passthrough
+        (None: the kernel agreed to none). Set before any open."""
+        cdef uint32_t bits = 0
+        cdef object m
+        for m in modes or ():
+            bits |= (<uint32_t>1) << (<uint32_t>m & 3)
+        pthread_mutex_lock(&self.pt_mu)
+        self.pt_on = modes is not None
+        self.pt_modes = bits
+        pthread_mutex_unlock(&self.pt_mu)
+
+    def add(self, uint64_t pyfh, int fd, uint64_t nodeid, uint32_t flags, uint32_t open_flags):
+        """A new kernel fh for request-layer handle ``pyfh``, an open of
+        ``nodeid`` with ``flags`` (``fd``: its branch fd; -1: no C path, no
+        passthrough): the OPEN reply's fuse_open_out, ``open_flags`` (FOPEN_*)
+        with passthrough's when the open gets its node's backing."""
         cdef uint32_t i
+        cdef uint8_t pt[1]  # out-parameter of _pt_acquire
+        cdef int32_t backing = 0
+        pt[0] = PT_NONE
+        if fd >= 0:
+            with nogil:  # it may wait for another open registering a backing
+                backing = _pt_acquire(self, nodeid, fd, flags, pt)
         pthread_mutex_lock(&self.slots_mu)
         i = self._alloc()
         if i:
             self.slots[i].fd = fd
-            self.slots[i].backing = backing
+            self.slots[i].pt = pt[0]
             self.slots[i].pyfh = pyfh
+            self.slots[i].nodeid = nodeid
             self.slots[i].owner = SLOT_PYTHON
         pthread_mutex_unlock(&self.slots_mu)
         if not i:
+            with nogil:
+                _pt_release(self, nodeid, pt[0])
             raise OSError(23, "too many open files in the pool")  # ENFILE
-        return i
+        return _open_out(i, open_flags, backing)
 
     def pyfh(self, uint64_t fh):
         """The request-layer handle of kernel fh ``fh`` (0 if none, or the open is C's: see claim)."""
@@ -445,25 +483,38 @@ cdef class Session:
         return self.slots[fh].pyfh
 
     def remove(self, uint64_t fh):
-        """Free kernel fh ``fh``: (request-layer handle, passthrough backing id)."""
-        cdef tuple out = (0, 0)
+        """Free kernel fh ``fh`` (its passthrough share released): its
+        request-layer handle (0: none, or not Python's)."""
+        cdef uint64_t pyfh = 0
+        cdef uint64_t nodeid = 0
+        cdef uint8_t pt = PT_NONE
         if fh == 0 or fh >= self.next_slot:
-            return out
+            return 0
         pthread_mutex_lock(&self.slots_mu)
         if self.slots[fh].owner == SLOT_PYTHON and self.slots[fh].pyfh != 0:
-            out = (self.slots[fh].pyfh, self.slots[fh].backing)
+            pyfh, pt, nodeid = self.slots[fh].pyfh, self.slots[fh].pt, self.slots[fh].nodeid
             self._free(fh)
         pthread_mutex_unlock(&self.slots_mu)
-        return out
+        if pt != PT_NONE:
+            with nogil:
+                _pt_release(self, nodeid, pt)
+        return pyfh
 
-    def add_c(self, int fd, uint64_t nodeid, bytes root, uint32_t flags):
+    def add_c(self, int fd, uint64_t nodeid, bytes root, uint32_t flags, uint32_t open_flags):
         """Hand open branch fd ``fd`` (of ``nodeid``, on branch ``root``, opened
-        with ``flags``) to the C path as if the compiled OPEN had made it: its
-        kernel fh, or 0 (nothing changed) if the config does not let C own opens now."""
+        with ``flags``) to the C path as if the compiled OPEN had made it
+        (passthrough decided as there): (its kernel fh, the OPEN reply's
+        fuse_open_out as ``add`` gives it), or (0, b"") with nothing changed
+        if the config does not let C own opens now."""
         cdef bytes r = b"" if root == b"/" else root
+        cdef int32_t backing[1]  # out-parameter of _add_c
+        cdef uint32_t i
         if self.trace:
-            return 0  # -d: every request through Python
-        return _add_c(self, fd, nodeid, PyBytes_AS_STRING(r), <size_t>len(r), flags)
+            return 0, b""  # -d: every request through Python
+        i = _add_c(self, fd, nodeid, PyBytes_AS_STRING(r), <size_t>len(r), flags, backing)
+        if not i:
+            return 0, b""
+        return i, _open_out(i, open_flags, backing[0])
 
     def claim(self, uint64_t fh):
         """Take over the C-owned open ``fh`` (adoption, kernel/base.py): (fd,
@@ -499,20 +550,24 @@ cdef class Session:
         the fd is closed, the slot freed."""
         cdef uint64_t nodeid = 0
         cdef int fd = -1
+        cdef uint8_t pt = PT_NONE
         pthread_mutex_lock(&self.slots_mu)
         if self.slots[fh].owner == SLOT_ADOPTING:
             nodeid = self.slots[fh].nodeid
-            if pyfh:
+            if pyfh:  # its passthrough share goes with it: Python's RELEASE releases it (remove)
                 self.slots[fh].owner = SLOT_PYTHON
                 self.slots[fh].pyfh = pyfh
-                self.slots[fh].nodeid = 0
             else:
                 fd = self.slots[fh].fd
+                pt = self.slots[fh].pt
                 self._free(fh)
         pthread_mutex_unlock(&self.slots_mu)
         if nodeid:
             if fd >= 0:
                 c_close(fd)
+            if pt != PT_NONE:
+                with nogil:
+                    _pt_release(self, nodeid, pt)
             _drop_c_fh(self.table, nodeid)  # the C count; a Python one replaced it
 
     def c_fhs(self, nodeid=None, root=None):

@@ -1,4 +1,4 @@
-from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
 
 cdef extern from "<pthread.h>" nogil:
@@ -20,6 +20,11 @@ cdef struct Node:
     char **links        # older names of a hard-linked file, newest first (owned), or NULL
     uint32_t nlinks
     uint32_t nfh        # open handles, Python's and the compiled OPEN's (they keep the node after its last FORGET)
+    # Passthrough (guarded by the kernel session's pt_mu, not the table's mutex;
+    # the node lives while they count, each open being counted in nfh too):
+    int32_t backing     # the backing id every passthrough open of the node shares (0: none)
+    uint32_t npass      # opens using it: the last one released closes it
+    uint32_t ncached    # opens without passthrough: while any, no open gets one
     uint8_t has_ident
     uint8_t isdir
     uint8_t has_seen

@@ -17,23 +17,22 @@ def clone_fd(int devfd):
     return fd
 
 
-def backing_open(int devfd, int fd):
-    """Register branch ``fd`` for passthrough: its backing id (EPERM as non-root)."""
+cdef int32_t _backing_open(int devfd, int fd) noexcept nogil:
+    """Register branch ``fd`` for passthrough: its backing id (> 0), or -errno
+    (EPERM as non-root)."""
     cdef fuse_backing_map m
     m.fd = fd
     m.flags = 0
     m.padding = 0
     cdef int rv = c_ioctl(devfd, IOC_BACKING_OPEN, &m)
-    if rv < 0:
-        raise OSError(errno, os.strerror(errno))
-    return rv
+    return rv if rv > 0 else -errno
 
 
-def backing_close(int devfd, int backing):
+cdef int _backing_close(int devfd, int32_t backing) noexcept nogil:
+    """Unregister a backing id: 0, or -errno."""
     cdef uint32_t b[1]  # the ioctl reads it through its address
     b[0] = <uint32_t>backing
-    if c_ioctl(devfd, IOC_BACKING_CLOSE, b) != 0:
-        raise OSError(errno, os.strerror(errno))
+    return -errno if c_ioctl(devfd, IOC_BACKING_CLOSE, b) != 0 else 0
 
 
 def mount(source, target, fstype, unsigned long flags, data):

@@ -18,7 +18,7 @@ from mergerfs import _kernel, inodes, mounts, ugid
 from mergerfs.kernel import mount as mounting
 from mergerfs.kernel.dirs import DirHandlers
 from mergerfs.kernel.entries import EntryHandlers
-from mergerfs.kernel.files import FileHandlers, Passthrough
+from mergerfs.kernel.files import FileHandlers
 from mergerfs.kernel.negotiate import negotiate
 from mergerfs.kernel.notifier import Notifier
 from mergerfs.kernel.protocol import (
@@ -66,7 +66,6 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         self.session = None
         self.minor = 0
         self.request_kib = 0  # the largest READ/WRITE agreed at INIT (KiB): readahead's default
-        self.passthrough = Passthrough()
         self._adopt_lock = threading.Lock()
         # The opcode table: each opcode answered here and its handler (in
         # entries.py, files.py, dirs.py or xattrs.py); any other gets ENOSYS.
@@ -129,7 +128,7 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         agreed = negotiate(self.devfd, self.cfg)
         self.minor = agreed.minor
         self.request_kib = agreed.max_write // 1024
-        self.passthrough.enable(self.devfd, agreed.passthrough)
+        session.passthrough(agreed.passthrough)
         session.configure(agreed.max_write, agreed.minor)
         self.req.control.counts = self._counts
         self._fast_path()
@@ -186,12 +185,12 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
     def _c_opens(self, cfg) -> tuple[int, int, int, bool, bool] | None:
         """The compiled OPEN's part of the fast config (see set_fast), or None
         while an open is a decision Python makes: a search policy other than
-        ff, passthrough, nullrw, per-process caching (the caller's name), cache
-        invalidation by notification. The FOPEN flags are what _opened replies."""
+        ff, nullrw, per-process caching (the caller's name), cache invalidation
+        by notification. The FOPEN flags are what _opened replies (passthrough:
+        decided per open in C for both)."""
         mode = cfg["cache.files"]
         if (
             cfg.policy("open") != "ff"
-            or self.passthrough.modes is not None
             or cfg["nullrw"]
             or mode == "per-process"
             or self.req.cache_by_notify
