@@ -28,6 +28,7 @@ from mergerfs.kernel.protocol import (
 from mergerfs.ops.io import IOCTLS
 from mergerfs.requests import DIRECT, KEEP
 
+
 class FileHandlers(Base):
     def _opened(self, nodeid: int, pyfh: int, cache: int, flags: int, hand_over: bool = False) -> bytes:
         """Register an open file with the compiled loop, which decides its

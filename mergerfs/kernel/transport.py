@@ -189,12 +189,7 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         by notification. The FOPEN flags are what _opened replies (passthrough:
         decided per open in C for both)."""
         mode = cfg["cache.files"]
-        if (
-            cfg.policy("open") != "ff"
-            or cfg["nullrw"]
-            or mode == "per-process"
-            or self.req.cache_by_notify
-        ):
+        if cfg.policy("open") != "ff" or cfg["nullrw"] or mode == "per-process" or self.req.cache_by_notify:
             return None
         rd = wr = 0
         if mode == "off":

@@ -130,10 +130,9 @@ def test_opens_share_the_backing_and_the_last_release_closes_it(mount_pool):
     assert served(p.mnt, before, "OPEN", len(fds)) == (len(fds), 0)
     assert _io(seen) == 0, seen
     # a new open after the last release gets a new backing
-    with requests_seen(p.mnt) as seen:
-        with open(p.path("prog"), "rb") as f:
-            assert f.read() == data
-            assert _exec_busy(prog)
+    with requests_seen(p.mnt) as seen, open(p.path("prog"), "rb") as f:
+        assert f.read() == data
+        assert _exec_busy(prog)
     assert _io(seen) == 0, seen
 
 
