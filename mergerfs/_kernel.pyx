@@ -16,10 +16,13 @@ its merged listing as packed dirent records, over local filesystems only (a
 compiled listing has no deadline for a hung branch). Every other request, and
 every case the C path does not recognise, is handed,
 as bytes, to the Python session (:mod:`mergerfs.kernel.transport`), which decides and
-replies. OPEN and RELEASE of the plain case are answered here too (``_files.pxi``):
-such an open is C-owned (its slot holds the fd, branch, flags and nodeid, and
-Python has no handle for it) until a Python request needs its handle and adopts
-it (``claim``/``adopted``, driven by kernel/base.py). The handle table is changed
+replies. OPEN and RELEASE of the plain case are answered here too (``_files.pxi``),
+passthrough included: such an open is C-owned (its slot holds the fd, branch,
+flags, nodeid and passthrough share, and Python has no handle for it) until a
+Python request needs its handle and adopts it (``claim``/``adopted``, driven by
+kernel/base.py). Passthrough's per-inode backing id is decided and released
+here for every open, Python's too (``add``/``add_c``/``remove``): one set of
+rules, kept in the node table's nodes under ``pt_mu``. The handle table is changed
 under ``slots_mu`` (allocation, release, adoption: by the C OPEN/RELEASE without
 the GIL and by Python's open/release with it; nothing Python runs while it is
 held) and read without it: the kernel sends no READ/WRITE on a handle after
@@ -507,11 +510,14 @@ cdef class Session:
         fuse_open_out as ``add`` gives it), or (0, b"") with nothing changed
         if the config does not let C own opens now."""
         cdef bytes r = b"" if root == b"/" else root
+        cdef const char *rp = PyBytes_AS_STRING(r)
+        cdef size_t rlen = <size_t>len(r)
         cdef int32_t backing[1]  # out-parameter of _add_c
         cdef uint32_t i
         if self.trace:
             return 0, b""  # -d: every request through Python
-        i = _add_c(self, fd, nodeid, PyBytes_AS_STRING(r), <size_t>len(r), flags, backing)
+        with nogil:  # it may wait for another open registering a backing
+            i = _add_c(self, fd, nodeid, rp, rlen, flags, backing)
         if not i:
             return 0, b""
         return i, _open_out(i, open_flags, backing[0])

@@ -24,7 +24,7 @@ cdef struct FastConfig:
     bint readdir        # OPENDIR/READDIR here too (_dirs.pxi): plain listings, no READDIRPLUS
     uint64_t *root_devs # with readdir: each branch root's st_dev (on a local filesystem) when set
     uint32_t dir_flags  # OPENDIR's open flags (cache.readdir: FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE)
-    bint opens          # OPEN/RELEASE here (_files.pxi): open policy ff, no passthrough, nullrw...
+    bint opens          # OPEN/RELEASE here (_files.pxi): open policy ff, no nullrw, per-process caching...
     bint link_cow       # a write open may have to break a hard link first (Python)
     bint dropcache      # dropcacheonclose
     uint32_t fopen_rd   # the open reply's FOPEN_* flags for a read-only open,
