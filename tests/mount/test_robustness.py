@@ -16,12 +16,12 @@ pytestmark = pytest.mark.mount
 INJECT = textwrap.dedent("""
     import sys
     from mergerfs import fs
-    real = fs.FileSystem.open
-    def open(self, relpath, flags):
+    real = fs.FileSystem.create
+    def create(self, relpath, flags, mode):
         if relpath.endswith("boom"):
             raise ZeroDivisionError("injected bug")
-        return real(self, relpath, flags)
-    fs.FileSystem.open = open
+        return real(self, relpath, flags, mode)
+    fs.FileSystem.create = create
     from mergerfs.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
@@ -33,7 +33,6 @@ def test_handler_bug_is_eio_and_mount_survives(tmp_path):
     mnt = tmp_path / "mnt"
     b.mkdir()
     mnt.mkdir()
-    (b / "boom").write_text("x")
     (b / "fine").write_text("ok")
     log_path = tmp_path / "log"
     with open(log_path, "w") as log:
@@ -42,9 +41,9 @@ def test_handler_bug_is_eio_and_mount_survives(tmp_path):
         )
     try:
         assert wait_until(lambda: is_pool_mounted(str(mnt)), 20)
-        for _ in range(3):
+        for _ in range(3):  # CREATE: a Python request whatever the config (its policy)
             with pytest.raises(OSError) as e:
-                (mnt / "boom").read_text()
+                (mnt / "boom").write_text("x")
             assert e.value.errno == errno.EIO
         assert (mnt / "fine").read_text() == "ok"
         (mnt / "new").write_text("still writable")
