@@ -226,8 +226,11 @@ def test_open_by_another_user():
             native_out = _as_user(os.path.join(base, "native"))
             assert pool_out == native_out
             assert pool_out == [13, b"public", 13, b"mine!"], pool_out
-            # the user's opens: two refused (their errno answered in C), three that succeed
-            assert served(p.mnt, before, "OPEN", 5) == (5, 0)
+            # the user's opens: two refused (their errno answered in C), three that succeed;
+            # on a loaded machine one may find the worker's record of the caller a second
+            # old (then Python answers it and switches again)
+            compiled, python = served(p.mnt, before, "OPEN", 5)
+            assert compiled + python == 5 and compiled >= 4, (compiled, python)
         finally:
             unmount(p.mnt)
     finally:
