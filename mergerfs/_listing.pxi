@@ -5,15 +5,6 @@
 # inodecalc of _fastpath, as ops/readdir.py gives them.
 
 
-cdef uint64_t _name_hash(const char *name, size_t n) noexcept nogil:
-    cdef uint64_t v = 0xcbf29ce484222325ULL
-    cdef size_t i
-    for i in range(n):
-        v ^= <uint8_t>name[i]
-        v *= 0x100000001b3ULL
-    return v ^ (v >> 29)
-
-
 cdef inline fuse_dirent *_rec(DirList *d, size_t i) noexcept nogil:
     """Record ``i``; its name follows it."""
     return <fuse_dirent *>(d.recs + d.offs[i])
@@ -22,7 +13,7 @@ cdef inline fuse_dirent *_rec(DirList *d, size_t i) noexcept nogil:
 cdef uint32_t *_hash_slot(DirList *d, const char *name, size_t n) noexcept nogil:
     """The slot holding ``name``, or the empty slot where it goes."""
     cdef size_t mask = d.hcap - 1
-    cdef size_t k = <size_t>_name_hash(name, n) & mask
+    cdef size_t k = <size_t>_path_hash(name, n) & mask
     cdef fuse_dirent *r
     while d.hash[k]:
         r = _rec(d, d.hash[k] - 1)
