@@ -39,7 +39,7 @@ from posix.types cimport off_t
 from posix.time cimport timespec
 from posix.types cimport time_t
 
-from mergerfs._fastpath cimport _calc
+from mergerfs._fastpath cimport _calc, _path_hash
 from mergerfs._nodes cimport Node, NodeTable, PathSlot, stamp, pthread_mutex_t, pthread_mutex_init, pthread_mutex_lock, \
     pthread_mutex_unlock, pthread_mutex_destroy
 
@@ -785,4 +785,5 @@ include "_wire.pxi"
 include "_metadata.pxi"
 include "_removes.pxi"
 include "_dirs.pxi"
+include "_listing.pxi"
 include "_files.pxi"

@@ -18,7 +18,7 @@ from libc.stdint cimport uint8_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, strcmp, strlen, strncmp
 
-from mergerfs._fastpath cimport _calc
+from mergerfs._fastpath cimport _path_hash
 
 cdef object errno  # a module global the C code reaches directly
 import errno
@@ -31,11 +31,6 @@ include "_names.pxi"
 cdef enum:
     ROOT = 1
     MIN_CAP = 64
-    CALC_PATH = 1  # _fastpath's code for a path hash
-
-
-cdef inline uint64_t _path_hash(const char *p, size_t n) noexcept nogil:
-    return _calc(CALC_PATH, <const uint8_t *>p, n, NULL, 0, 0, 0, 0)
 
 
 cdef inline size_t _slot_of(uint64_t nodeid, size_t cap) noexcept nogil:

@@ -1,0 +1,193 @@
+# Included by _kernel.pyx after _dirs.pxi: building a C directory handle's
+# merged listing. Each branch's directory is read with getdents64, each name
+# kept once (first branch wins, an open-addressing set of the names), and
+# packed as the fuse_dirent records READDIR copies out; the numbers are the
+# inodecalc of _fastpath, as ops/readdir.py gives them.
+
+
+cdef inline fuse_dirent *_rec(DirList *d, size_t i) noexcept nogil:
+    """Record ``i``; its name follows it."""
+    return <fuse_dirent *>(d.recs + d.offs[i])
+
+
+cdef uint32_t *_hash_slot(DirList *d, const char *name, size_t n) noexcept nogil:
+    """The slot holding ``name``, or the empty slot where it goes."""
+    cdef size_t mask = d.hcap - 1
+    cdef size_t k = <size_t>_path_hash(name, n) & mask
+    cdef fuse_dirent *r
+    while d.hash[k]:
+        r = _rec(d, d.hash[k] - 1)
+        if r.namelen == n and memcmp(<char *>(r + 1), name, n) == 0:
+            break
+        k = (k + 1) & mask
+    return &d.hash[k]
+
+
+cdef bint _hash_grow(DirList *d) noexcept nogil:
+    """Keep the table at most half full (rehashing every record)."""
+    cdef size_t cap = d.hcap * 2 if d.hcap else 1024
+    cdef uint32_t *t = <uint32_t *>calloc(cap, sizeof(uint32_t))
+    cdef size_t i
+    cdef fuse_dirent *r
+    if t == NULL:
+        return False
+    free(d.hash)
+    d.hash = t
+    d.hcap = cap
+    for i in range(d.count):
+        r = _rec(d, i)
+        _hash_slot(d, <char *>(r + 1), r.namelen)[0] = <uint32_t>(i + 1)
+    return True
+
+
+cdef int _add(DirList *d, const char *name, size_t n, uint32_t dtype, uint64_t ino, uint32_t *slot) noexcept nogil:
+    """Append one record (and its name to the table, at ``slot`` if given): 0 or ENOMEM."""
+    cdef size_t rec = (sizeof(fuse_dirent) + n + 7) & ~(<size_t>7)
+    cdef size_t cap
+    cdef char *p
+    cdef size_t *o
+    cdef fuse_dirent *r
+    if d.used + rec > d.cap:
+        cap = d.cap * 2 if d.cap else 1 << 16
+        while cap < d.used + rec:
+            cap *= 2
+        p = <char *>realloc(d.recs, cap)
+        if p == NULL:
+            return ENOMEM
+        d.recs = p
+        d.cap = cap
+    if d.count + 2 > d.ocap:
+        cap = d.ocap * 2 if d.ocap else 1024
+        o = <size_t *>realloc(d.offs, cap * sizeof(size_t))
+        if o == NULL:
+            return ENOMEM
+        d.offs = o
+        d.ocap = cap
+    if d.count >= 0xFFFFFFF0U:
+        return ENOMEM
+    r = <fuse_dirent *>(d.recs + d.used)
+    r.ino = ino
+    r.off = d.count + 1  # the cookie: the index of the next record (as pack_dirents numbers them)
+    r.namelen = <uint32_t>n
+    r.type = dtype
+    memcpy(d.recs + d.used + sizeof(fuse_dirent), name, n)
+    memset(d.recs + d.used + sizeof(fuse_dirent) + n, 0, rec - sizeof(fuse_dirent) - n)
+    d.offs[d.count] = d.used
+    d.used += rec
+    d.count += 1
+    d.offs[d.count] = d.used
+    if slot != NULL:
+        slot[0] = <uint32_t>d.count
+    return 0
+
+
+cdef bint _hidden_at_root(const char *name, size_t n) noexcept nogil:
+    """ops/readdir._HIDDEN: the control file and rename-exdev's parking directory."""
+    return (n == 9 and memcmp(name, b".mergerfs", 9) == 0) or (
+        n == 22 and memcmp(name, b".mergerfs_rename_exdev", 22) == 0)
+
+
+cdef int _list_branch(FastConfig *c, DirList *d, int bfd, char *scratch) noexcept nogil:
+    """Append the names of one branch's directory (``bfd``) not listed yet: 0,
+    -1 (its fstat failed: errno) or -2 (out of memory). A read error ends this
+    branch's listing, as libc's readdir() does for readdir_merge."""
+    cdef stat_t st
+    cdef stat_t est
+    cdef long got
+    cdef long pos
+    cdef linux_dirent64 *ent
+    cdef uint32_t dtype
+    cdef const char *name
+    cdef size_t n
+    cdef uint32_t *slot
+    cdef bint root = d.rellen == 1
+    if c_fstat(bfd, &st) != 0:
+        return -1
+    while True:
+        got = c_syscall(SYS_getdents64, bfd, scratch, <unsigned int>GETDENTS_BUF)
+        if got <= 0:
+            return 0
+        pos = 0
+        while pos < got:
+            ent = <linux_dirent64 *>(scratch + pos)  # the kernel aligns them to 8 bytes
+            dtype = ent.d_type
+            name = ent.d_name
+            pos += ent.d_reclen
+            n = strnlen(name, <size_t>ent.d_reclen - 19)
+            if name[0] == 46 and (n == 1 or (n == 2 and name[1] == 46)):  # "." and ".."
+                continue
+            if root and _hidden_at_root(name, n):
+                continue
+            if (d.count + 1) * 2 > d.hcap and not _hash_grow(d):
+                return -2
+            slot = _hash_slot(d, name, n)
+            if slot[0]:
+                continue  # an earlier branch's
+            if dtype == 0:  # DT_UNKNOWN (some filesystems): ask the branch; gone meanwhile: left out
+                if c_fstatat(bfd, name, &est, AT_SYMLINK_NOFOLLOW) != 0:
+                    continue
+                dtype = (est.st_mode & 0o170000) >> 12
+            if _add(d, name, n, dtype, _calc(c.calc, <const uint8_t *>d.prefix, d.plen, <const uint8_t *>name, n,
+                                             dtype == DT_DIR, st.st_dev, ent.d_ino), slot) != 0:
+                return -2
+
+
+cdef bint _any_branch_root(FastConfig *c) noexcept nogil:
+    cdef stat_t st
+    cdef int i
+    for i in range(c.nbranches):
+        if c_stat(_root(c, i), &st) == 0 and S_ISDIR(st.st_mode):
+            return True
+    return False
+
+
+cdef int _list(FastConfig *c, DirList *d) noexcept nogil:
+    """The merged listing anew: each branch's directory in order, each name once
+    (the first branch's), none of the root's hidden names. 0, or the first
+    branch's error when no branch could be listed (ops/readdir.ReaddirOps._list)."""
+    cdef char full[PATH_MAX]
+    cdef char *scratch
+    cdef int first_err = 0
+    cdef bint any_listed = False
+    cdef int i
+    cdef int bfd
+    cdef int rv
+    d.used = 0
+    d.count = 0
+    d.listed = False
+    if d.hash != NULL:
+        memset(d.hash, 0, d.hcap * sizeof(uint32_t))
+    if d.offs == NULL:
+        d.offs = <size_t *>malloc(1024 * sizeof(size_t))
+        d.ocap = 1024
+    scratch = <char *>malloc(GETDENTS_BUF)
+    if scratch == NULL or d.offs == NULL:
+        free(scratch)
+        return ENOMEM
+    d.offs[0] = 0
+    for i in range(c.nbranches):
+        if not _on_branch(c, i, d.rel, d.rellen, full):
+            first_err = first_err or ENAMETOOLONG
+            continue
+        bfd = c_open(full, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if bfd < 0:
+            first_err = first_err or errno
+            continue
+        rv = _list_branch(c, d, bfd, scratch)
+        if rv == -1:
+            first_err = first_err or errno
+        c_close(bfd)
+        if rv == -2:
+            free(scratch)
+            return ENOMEM
+        if rv != 0:
+            continue
+        any_listed = True
+    free(scratch)
+    if not any_listed:
+        if d.rellen == 1 and not _any_branch_root(c):
+            _add(d, ERROR_ENTRY, strlen(ERROR_ENTRY), 0o100000 >> 12, 2, NULL)
+        else:
+            return first_err or ENOENT
+    d.listed = True
+    return 0
