@@ -117,12 +117,17 @@ cdef inline bint _same_object(const Facts *f, const stat_t *st) noexcept nogil:
 cdef ssize_t _relpath(NodeTable t, uint64_t nodeid, const char *name, size_t namelen, char *out,
                       Facts *facts) noexcept nogil:
     """``nodeid``'s relpath (joined with ``name`` if given) into ``out`` (PATH_MAX):
-    its length, or -1 (unknown nodeid, too long). ``facts``, if given: the node's."""
+    its length, or -1 (unknown nodeid, too long, or a name no path has: Python's).
+    ``facts``, if given: the node's. A name starting with "//" is a placeholder
+    (an unnamed O_TMPFILE file, fs.UNNAMED; the table's exchange name): a branch
+    search would collapse the "//" and might find a real file."""
     cdef Node *n
     cdef size_t plen
     cdef ssize_t rv = -1
     t.lock()
     n = t.node(nodeid)
+    if n != NULL and n.path[0] == 47 and n.path[1] == 47:  # "//"
+        n = NULL
     if n != NULL and facts != NULL:
         facts.nfh = n.nfh
         facts.has_ident = n.has_ident

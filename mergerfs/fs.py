@@ -19,10 +19,12 @@ from mergerfs.ops.attrs import AttrOps
 from mergerfs.ops.core import (
     ERROR_ENTRY,
     EXDEV_DIR,
+    UNNAMED,
     DirHandle,
     Handle,
     Snapshot,
     dirname,
+    is_unnamed,
     join,
     synthetic_stat,
 )
@@ -44,6 +46,7 @@ __all__ = [
     "IOCTLS",
     "RENAME_EXCHANGE",
     "RENAME_NOREPLACE",
+    "UNNAMED",
     "DirHandle",
     "FileSystem",
     "Handle",
@@ -51,6 +54,7 @@ __all__ = [
     "Snapshot",
     "copy_xattrs",
     "dirname",
+    "is_unnamed",
     "join",
     "synthetic_stat",
 ]

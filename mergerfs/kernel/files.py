@@ -83,6 +83,13 @@ class FileHandlers(Base):
         # the create policy is Python's decision, the open file then is as any other
         return self._entry_out(ino, st) + self._opened(ino, pyfh, cache, flags, hand_over=True)
 
+    def _tmpfile(self, h, body):
+        # fuse_create_in as CREATE's; the name after it is the kernel's placeholder ("/")
+        flags, mode, _, _ = struct.unpack_from("<IIII", body)
+        pyfh, ino, st, cache = self.req.tmpfile(h.nodeid, mode, flags, h.pid)
+        # no name the compiled paths could search for: its opens stay Python's
+        return self._entry_out(ino, st) + self._opened(ino, pyfh, cache, flags)
+
     def _read(self, h, body):
         fh, off, size = struct.unpack_from("<QQI", body)
         return self.req.read(self._pyfh(fh), off, size)

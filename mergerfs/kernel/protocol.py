@@ -81,6 +81,7 @@ class Op(enum.IntEnum):
     LSEEK = 46
     COPY_FILE_RANGE = 47
     SYNCFS = 50
+    TMPFILE = 51
     COPY_FILE_RANGE_64 = 53
 
 

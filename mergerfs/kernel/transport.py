@@ -102,6 +102,7 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
             Op.FSYNCDIR: self._fsyncdir,
             Op.ACCESS: self._access,
             Op.CREATE: self._create,
+            Op.TMPFILE: self._tmpfile,
             Op.INTERRUPT: self._ignore,
             Op.DESTROY: self._empty,
             Op.IOCTL: self._ioctl,

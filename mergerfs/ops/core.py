@@ -35,6 +35,15 @@ ERROR_ENTRY = "error: no valid mergerfs branch found, check config"
 EXDEV_DIR = ".mergerfs_rename_exdev"
 #: Flags of an open that mean nothing (or harm) on the branch file.
 OPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
+#: What an unnamed file (``O_TMPFILE``, not linked yet) is called until a link
+#: names it: ``UNNAMED`` + a number. No relpath starts with "//" (the compiled
+#: paths hand any such node to Python), and nothing searches the branches for it.
+UNNAMED = "//tmpfile/"
+
+
+def is_unnamed(relpath: str) -> bool:
+    """``relpath`` is an unnamed file's placeholder (see :data:`UNNAMED`)."""
+    return relpath.startswith(UNNAMED)
 
 
 def dirname(relpath: str) -> str:
@@ -136,13 +145,15 @@ class Core:
                 return b, st
         raise oserror(probe.why_missing(relpath))
 
-    def _creating(self, snap: Snapshot, func: str, relpath: str, attempt) -> list:
-        """Run ``attempt(branch, probe)`` on each branch the create policy picks.
+    def _creating(self, snap: Snapshot, func: str, relpath: str, attempt, parent: str | None = None) -> list:
+        """Run ``attempt(branch, probe)`` on each branch the create policy picks
+        for ``relpath``'s directory (``parent``, if given: O_TMPFILE's has no name in it).
 
         A branch that answers EROFS is marked read-only and the policy re-run
         once, as the reference does for filesystems remounted read-only.
         """
-        parent = dirname(relpath)
+        if parent is None:
+            parent = dirname(relpath)
         for retry in (False, True):
             probe = RequestProbe(self.probe)
             targets = self._select(snap, func, parent, probe)

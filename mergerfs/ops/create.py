@@ -1,5 +1,6 @@
 """create, mkdir, mknod, symlink: the create functions, on each branch the
-policy picks (create: the first), the parent directories cloned there first."""
+policy picks (create: the first), the parent directories cloned there first;
+tmpfile, an unnamed file (O_TMPFILE) where create's policy puts a file."""
 
 from __future__ import annotations
 
@@ -28,6 +29,20 @@ class CreateOps(Core):
             return Handle(fd, b, relpath, flags)
 
         return self._register(self._creating(snap, "create", relpath, attempt)[0])
+
+    def tmpfile(self, dirpath: str, flags: int, mode: int, name: str) -> Handle:
+        """An unnamed file (O_TMPFILE) in directory ``dirpath`` on the branch the
+        policy of ``create`` picks for it (the directory cloned there first), as
+        the caller; its handle's relpath is ``name``, an :data:`~mergerfs.ops.core.UNNAMED`
+        placeholder, until :meth:`~mergerfs.ops.link.LinkOps.link_unnamed`. A
+        branch filesystem without O_TMPFILE answers its own error (EOPNOTSUPP)."""
+        kept = flags & ~(OPEN_STRIP | os.O_TRUNC | os.O_TMPFILE)  # O_TMPFILE holds O_DIRECTORY
+
+        def attempt(b: Branch, probe) -> Handle:
+            fd = os.open(b.full(dirpath), kept | (flags & os.O_EXCL) | os.O_TMPFILE | os.O_CLOEXEC, mode)
+            return Handle(fd, b, name, kept)
+
+        return self._register(self._creating(self.snap, "create", name, attempt, parent=dirpath)[0])
 
     def mkdir(self, relpath: str, mode: int) -> None:
         self._creating(self.snap, "mkdir", relpath, lambda b, p: os.mkdir(b.full(relpath), mode))

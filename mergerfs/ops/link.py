@@ -1,4 +1,5 @@
-"""link: on every branch holding the source; ``link-exdev`` for what cannot."""
+"""link: on every branch holding the source; ``link-exdev`` for what cannot;
+the first name of an unnamed file (O_TMPFILE), on its own branch."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import errno
 import os
 
 from mergerfs import policies
-from mergerfs.errors import Aggregate
-from mergerfs.ops.core import dirname
+from mergerfs.errors import Aggregate, oserror
+from mergerfs.ops.core import Handle, dirname
 from mergerfs.ops.create import CreateOps
 from mergerfs.probe import RequestProbe
 
@@ -40,3 +41,23 @@ class LinkOps(CreateOps):
                 target = self._mountpoint() + old
             return self.symlink(target, new)
         agg.raise_if_failed()
+
+    def link_unnamed(self, h: Handle, new: str) -> None:
+        """Give the unnamed file open as ``h`` its first name ``new``: on the
+        branch it lives on, through its fd (linkat of ``/proc/self/fd/N`` with
+        AT_SYMLINK_FOLLOW, as the caller), the new parent placed there as link
+        places it (path-preserving create policy: EXDEV unless it would pick that
+        branch). ``link-exdev`` does not apply: there is no name to point a
+        symlink at. The kernel refuses a file opened O_EXCL itself (ENOENT)."""
+        snap = self.snap
+        cfg = snap.cfg
+        b = next((x for x in snap.branches if x.path == h.branch.path), h.branch)
+        if b.mode == "RO":  # link's action policy leaves it out
+            raise oserror(errno.EROFS)
+        probe = RequestProbe(self.probe)
+        preserve = cfg.policy("create") in policies.PATH_PRESERVING and not cfg["ignorepponrename"]
+        self._place_on(snap, probe, b, dirname(new), preserve, "link")
+        # linkat(AT_SYMLINK_FOLLOW): os.link calls plain link(2) (which links the
+        # /proc symlink itself: EXDEV) unless a dir fd is given; an absolute
+        # source path ignores it.
+        os.link(f"/proc/self/fd/{h.fd}", b.full(new), src_dir_fd=h.fd, follow_symlinks=True)

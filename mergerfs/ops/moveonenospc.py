@@ -12,7 +12,7 @@ from typing import TypeVar
 from mergerfs import policies, ugid
 from mergerfs.clone import clonefile, remove_quietly
 from mergerfs.errors import oserror
-from mergerfs.ops.core import OPEN_STRIP, Core, Handle, dirname, join
+from mergerfs.ops.core import OPEN_STRIP, Core, Handle, dirname, is_unnamed, join
 from mergerfs.probe import RequestProbe
 
 log = logging.getLogger("mergerfs")
@@ -29,8 +29,8 @@ class MoveOps(Core):
         """``again()`` once the file has moved, if ``err`` says its branch is full
         and ``moveonenospc`` is on; otherwise ``err`` stands."""
         policy = _moveonenospc_policy(cfg["moveonenospc"])
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT) or policy is None:
-            raise err
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT) or policy is None or is_unnamed(h.relpath):
+            raise err  # (an unnamed file, O_TMPFILE: no name to copy it to)
         with h.lock:
             self._move(h, policy)
         return again()

@@ -23,6 +23,12 @@ class OpenOps(Core):
         fd = os.open(path, (flags & ~OPEN_STRIP) | os.O_CLOEXEC)
         return self._register(Handle(fd, b, relpath, flags))
 
+    def reopen(self, h: Handle, flags: int) -> Handle:
+        """Another open of the file ``h`` holds (an unnamed one, O_TMPFILE, that
+        the kernel reopens through /proc/self/fd): through ``h``'s fd, as the caller."""
+        fd = os.open(f"/proc/self/fd/{h.fd}", (flags & ~OPEN_STRIP) | os.O_CLOEXEC)
+        return self._register(Handle(fd, h.branch, h.relpath, flags))
+
     def disown(self, h: Handle) -> None:
         """Forget ``h`` without closing its fd: the kernel session's compiled loop owns it now."""
         with self._handles_lock:

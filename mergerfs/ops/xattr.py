@@ -7,7 +7,7 @@ import errno
 import os
 
 from mergerfs.errors import oserror
-from mergerfs.ops.core import Core
+from mergerfs.ops.core import Core, Handle
 from mergerfs.probe import RequestProbe
 
 
@@ -36,6 +36,26 @@ class XattrOps(Core):
     def removexattr(self, relpath: str, name: str) -> None:
         self._xattr_gate(self.snap.cfg, name)
         self._acting(self.snap, "removexattr", relpath, lambda p: os.removexattr(p, name, follow_symlinks=False))
+
+    # An unnamed file's (O_TMPFILE, not linked): on its open fd, as the path forms
+    # would on the one branch it lives on.
+    def fgetxattr(self, h: Handle, name: str) -> bytes:
+        self._xattr_gate(self.snap.cfg, name)
+        return os.getxattr(h.fd, name)
+
+    def flistxattr(self, h: Handle) -> list[str]:
+        mode = self.snap.cfg["xattr"]
+        if mode == "nosys":
+            raise oserror(errno.ENOSYS)
+        return [] if mode == "noattr" else os.listxattr(h.fd)
+
+    def fsetxattr(self, h: Handle, name: str, value: bytes, flags: int = 0) -> None:
+        self._xattr_gate(self.snap.cfg, name)
+        os.setxattr(h.fd, name, value, flags)
+
+    def fremovexattr(self, h: Handle, name: str) -> None:
+        self._xattr_gate(self.snap.cfg, name)
+        os.removexattr(h.fd, name)
 
     @staticmethod
     def _xattr_gate(cfg, name: str) -> None:

@@ -75,9 +75,19 @@ class Core:
         # kernel pinning it, so its release defers the close to the last borrower
         self._borrowed: dict[int, int] = {}
         self._closing: dict[int, fs_mod.Handle | fs_mod.DirHandle] = {}
+        self._unnamed_ids = itertools.count(1)  # unnamed files' placeholders (fs.UNNAMED)
 
     def rel(self, ino: int) -> str:
-        return self.table.relpath(ino)
+        """``ino``'s path in the pool; ENOENT for an unnamed file (O_TMPFILE,
+        not linked: only its open handles reach it)."""
+        return self._named(self.table.relpath(ino))
+
+    @staticmethod
+    def _named(relpath: str) -> str:
+        """``relpath`` if it is a path; ENOENT for an unnamed file's placeholder."""
+        if fs_mod.is_unnamed(relpath):
+            raise oserror(errno.ENOENT)
+        return relpath
 
     def child(self, parent: int, name: bytes) -> str:
         return fs_mod.join(self.rel(parent), os.fsdecode(name))
@@ -107,10 +117,14 @@ class Core:
             },
         )
 
-    def _entry(self, relpath: str, st: os.stat_result) -> tuple[int, os.stat_result]:
-        """Reply to a lookup-like request: count the kernel's reference."""
+    def _entry(self, relpath: str, st: os.stat_result, ino: int | None = None) -> tuple[int, os.stat_result]:
+        """Reply to a lookup-like request: count the kernel's reference. ``ino``:
+        the nodeid the object already has (an unnamed file getting its name)."""
         ino, replaced = self.table.remember(
-            self.fs.inode_of(relpath, st), relpath, inodes.identity(st.st_dev, st.st_ino), S.S_ISDIR(st.st_mode)
+            self.fs.inode_of(relpath, st) if ino is None else ino,
+            relpath,
+            inodes.identity(st.st_dev, st.st_ino),
+            S.S_ISDIR(st.st_mode),
         )
         if replaced:
             self.notifier.inval_inode(ino)

@@ -47,7 +47,7 @@ class DirRequests(Core):
 
     def statfs(self, inode: int) -> dict:
         relpath = "/" if inode in (inodes.ROOT, CONTROL_INO) else self.table.get_path(inode, "/")
-        return self.fs.statfs(relpath)
+        return self.fs.statfs("/" if fs_mod.is_unnamed(relpath) else relpath)
 
     def syncfs(self) -> None:
         self.fs.syncfs()

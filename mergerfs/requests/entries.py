@@ -41,10 +41,10 @@ class EntryRequests(Core):
         elif self.table.has_fh(inode):
             with self._open_handle(inode) as h:
                 # An open file is the kernel's inode even if its path was unlinked
-                # or renamed over: its fd is the truth.
-                st = self.fs.fgetattr(h) if h is not None else self.fs.getattr(path)
+                # or renamed over (or it has none yet: O_TMPFILE): its fd is the truth.
+                st = self.fs.fgetattr(h) if h is not None else self.fs.getattr(self._named(path))
         else:  # the common case, without the borrowing
-            st = self.fs.getattr(path)
+            st = self.fs.getattr(self._named(path))
         self._saw(inode, st)
         return self.attr(st)
 
@@ -170,7 +170,9 @@ class EntryRequests(Core):
     def link(self, inode: int, new_parent: int, new_name: bytes) -> tuple[int, os.stat_result, bool]:
         """(nodeid, attributes, cacheable) of the new name."""
         new = self.child(new_parent, new_name)
-        old = self.rel(inode)
+        old = self.table.relpath(inode)
+        if fs_mod.is_unnamed(old):
+            return (*self._name_unnamed(inode, new), True)
         self.fs.link(old, new)
         st = self.fs.getattr(new)
         if not S.S_ISLNK(st.st_mode) or S.S_ISLNK(self.fs.getattr(old).st_mode):
@@ -179,6 +181,27 @@ class EntryRequests(Core):
         # source's type (else EIO), so answer with the source, uncached; the
         # next lookup of the new name finds the symlink.
         return (*self._lookup_entry(old), False)
+
+    def _name_unnamed(self, inode: int, new: str) -> tuple[int, os.stat_result]:
+        """LINK of an unnamed file (O_TMPFILE): the first name of the branch file,
+        through one of its open handles. The node keeps its nodeid (the kernel
+        links its own inode) and gives up its placeholder; its handles are the
+        file's at ``new`` from now on (moveonenospc finds them by that name)."""
+        with self._open_handle(inode) as h:
+            if not isinstance(h, fs_mod.Handle):
+                raise oserror(errno.ENOENT)  # closed meanwhile: nothing left to link
+            placeholder = h.relpath
+            self.fs.link_unnamed(h, new)
+            st = self.fs.fgetattr(h)
+        ino, st = self._entry(new, st, ino=inode)
+        if not fs_mod.is_unnamed(placeholder):  # another link named it meanwhile
+            return ino, st
+        self.table.unlinked(placeholder)
+        with self._fh_lock:
+            for node, x in self._files.values():
+                if node == inode and isinstance(x, fs_mod.Handle) and x.relpath == placeholder:
+                    x.relpath = new
+        return ino, st
 
     def unlink(self, parent: int, name: bytes) -> None:
         rel = self.child(parent, name)

@@ -26,6 +26,21 @@ class FileRequests(Core):
         cache = DIRECT if self._cache_mode(pid) == "off" else KEEP
         return self._new_fh(ino, h), ino, st, cache
 
+    def tmpfile(self, parent: int, mode: int, flags: int, pid: int = 0) -> tuple[int, int, os.stat_result, int]:
+        """(fh, nodeid, attributes, cache decision) of a new unnamed file
+        (O_TMPFILE) in directory ``parent``. Its node is named by a placeholder
+        (:data:`~mergerfs.fs.UNNAMED`) that no path search sees: until a link
+        names it (:meth:`link`), its open handles are the only way to it."""
+        name = f"{fs_mod.UNNAMED}{next(self._unnamed_ids)}"
+        h = self.fs.tmpfile(self.rel(parent), flags, mode, name)
+        try:
+            ino, st = self._entry(name, self.fs.fgetattr(h))
+        except BaseException:
+            self.fs.release(h)
+            raise
+        cache = DIRECT if self._cache_mode(pid) == "off" else KEEP
+        return self._new_fh(ino, h), ino, st, cache
+
     def _cache_mode(self, pid: int) -> str:
         cfg = self.fs.snap.cfg
         mode = cfg["cache.files"]
@@ -38,7 +53,14 @@ class FileRequests(Core):
         """(fh, cache decision) of an opened file."""
         if inode == CONTROL_INO:
             raise oserror(errno.EACCES) if flags & os.O_ACCMODE else oserror(errno.EOPNOTSUPP)
-        h = self.fs.open(self.rel(inode), flags)
+        relpath = self.table.relpath(inode)
+        if fs_mod.is_unnamed(relpath):  # an unnamed file reopened (/proc/self/fd/N): through an open fd
+            with self._open_handle(inode) as src:
+                if not isinstance(src, fs_mod.Handle):
+                    raise oserror(errno.ENOENT)
+                h = self.fs.reopen(src, flags)
+        else:
+            h = self.fs.open(relpath, flags)
         try:
             cache = self._freshen(inode, h, self._cache_mode(pid))
         except BaseException:
@@ -102,11 +124,16 @@ class FileRequests(Core):
         self.fs.flush(self.handle(fh))
 
     def release(self, fh: int) -> None:
+        held = self._files.get(fh, (0, None))[1]
         ino, h = self._forget_fh(fh)
         if self.cache_by_notify and self.fs.snap.cfg["cache.files"] == "off":
             self.notifier.inval_inode(ino)
         if h is not None:
             self._close(h)
+        if isinstance(held, fs_mod.Handle) and fs_mod.is_unnamed(held.relpath) and not self.table.has_fh(ino):
+            # The last open of a file never named: gone, as an unlinked file (its
+            # node forgets its identity: the branch reuses the inode number).
+            self.table.unlinked(held.relpath)
 
     def fsync(self, fh: int, datasync: bool) -> None:
         self.fs.fsync(self.handle(fh), datasync)
