@@ -28,8 +28,10 @@ from mergerfs.fs import FileSystem
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+_libc.linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 AT_FDCWD = -100
+AT_SYMLINK_FOLLOW = 0x400
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 
@@ -43,6 +45,12 @@ def _check(rc: int) -> None:
 def renameat2(old: str, new: str, flags: int) -> None:
     """The native oracle's renameat2(2), straight from libc."""
     _check(_libc.renameat2(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new), flags))
+
+
+def link_fd(fd: int, new: str) -> None:
+    """linkat(AT_FDCWD, "/proc/self/fd/FD", AT_FDCWD, new, AT_SYMLINK_FOLLOW): an
+    O_TMPFILE file's name, as tools give it (os.link would call link(2))."""
+    _check(_libc.linkat(AT_FDCWD, f"/proc/self/fd/{fd}".encode(), AT_FDCWD, os.fsencode(new), AT_SYMLINK_FOLLOW))
 
 
 def fallocate(fd: int, mode: int, off: int, length: int) -> None:

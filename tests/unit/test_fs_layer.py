@@ -32,6 +32,7 @@ from poolkit import (
     err_of,
     fallocate,
     fd_count,
+    link_fd,
     opened,
     outcome,
     renameat2,
@@ -41,7 +42,7 @@ from poolkit import (
     touch,
 )
 
-from mergerfs.fs import DirHandle, Handle, dirname, join, synthetic_stat
+from mergerfs.fs import UNNAMED, DirHandle, Handle, dirname, join, synthetic_stat
 
 USER, GROUP = 4242, 4343  # an unprivileged caller (not in the user database)
 FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_NOATIME_FL = 0x80086601, 0x40086602, 0x80
@@ -822,6 +823,80 @@ def test_link_matches_native(mkpool):
     assert p.fs.getattr("/d/c").st_ino == p.fs.getattr("/a").st_ino
     assert pool_tree(p) == _tree(p.native)
     assert stale_copies(p) == []
+
+
+# ------------------------------------------------------------------ tmpfile
+def test_tmpfile_is_unnamed_until_linked_on_its_own_branch(mkpool):
+    p = mkpool(3, "category.create=ff")
+    p.put(1, "/d", None)
+    h = p.fs.tmpfile("/d", os.O_RDWR, 0o640, UNNAMED + "1")
+    try:
+        assert h.branch.path == p.b(0) and h.relpath == UNNAMED + "1"
+        assert p.where("/d") == [0, 1] and os.listdir(p.b(0, "/d")) == []  # the directory cloned, nothing named
+        assert p.fs.write(h, 0, b"tmp") == 3
+        st = p.fs.fgetattr(h)
+        assert st.st_nlink == 0 and S.S_IMODE(st.st_mode) == 0o640 and st.st_size == 3
+        again = p.fs.reopen(h, os.O_RDONLY)  # as the kernel reopens /proc/self/fd/N
+        try:
+            assert p.fs.read(again, 0, 10) == b"tmp"
+        finally:
+            p.fs.release(again)
+        p.fs.fsetxattr(h, "user.k", b"v", 0)
+        assert p.fs.fgetxattr(h, "user.k") == b"v" and "user.k" in p.fs.flistxattr(h)
+        p.fs.fremovexattr(h, "user.k")
+        assert err_of(p.fs.fgetxattr, h, "user.k") == errno.ENODATA
+        p.fs.link_unnamed(h, "/d/named")
+        assert p.where("/d/named") == [0] and p.content("/d/named") == b"tmp"
+        assert p.fs.fgetattr(h).st_nlink == 1
+    finally:
+        p.fs.release(h)
+
+
+def test_tmpfile_errors_and_placement_as_native(mkpool):
+    base = mkpool(2)
+    p = mkpool(branches=[base.b(0) + "=NC", base.b(1)], options="category.create=ff")
+    h = p.fs.tmpfile("/", os.O_RDWR | os.O_EXCL, 0o600, UNNAMED + "1")
+    fd = os.open(p.n(), os.O_TMPFILE | os.O_RDWR | os.O_EXCL, 0o600)
+    try:
+        assert h.branch.path == base.b(1)  # NC: left out by the create policy
+        native = err_of(link_fd, fd, p.n("/x"))
+        assert err_of(p.fs.link_unnamed, h, "/x") == native == errno.ENOENT  # O_EXCL: never linkable
+    finally:
+        os.close(fd)
+        p.fs.release(h)
+    native = err_of(os.open, p.n("/missing"), os.O_TMPFILE | os.O_RDWR, 0o600)
+    assert err_of(p.fs.tmpfile, "/missing", os.O_RDWR, 0o600, UNNAMED + "2") == native == errno.ENOENT
+    assert os.listdir(base.b(0)) == os.listdir(base.b(1)) == []
+    p = mkpool(branches=[base.b(0) + "=RO", base.b(1)], options="category.create=ff")
+    h = p.fs.tmpfile("/", os.O_RDWR, 0o600, UNNAMED + "3")
+    try:
+        assert h.branch.path == base.b(1)
+    finally:
+        p.fs.release(h)
+
+
+def test_tmpfile_link_places_the_name_as_link_does(mkpool):
+    p = mkpool(2, "category.create=epff")
+    p.put(0, "/a", None)
+    p.put(1, "/b", None)
+    h = p.fs.tmpfile("/a", os.O_RDWR, 0o644, UNNAMED + "1")
+    try:
+        assert h.branch.path == p.b(0)
+        p.put(0, "/a/f", b"f")
+        # path preserving: /b is not where the policy would create: EXDEV, as link's
+        assert err_of(p.fs.link_unnamed, h, "/b/x") == err_of(p.fs.link, "/a/f", "/b/x") == errno.EXDEV
+        p.fs.link_unnamed(h, "/a/x")
+        assert p.where("/a/x") == [0]
+    finally:
+        p.fs.release(h)
+    p = mkpool(2, "category.create=ff")
+    p.put(1, "/b", None)
+    h = p.fs.tmpfile("/", os.O_RDWR, 0o644, UNNAMED + "1")
+    try:
+        p.fs.link_unnamed(h, "/b/x")  # not path preserving: /b cloned onto the file's branch
+        assert p.where("/b/x") == [0] and p.where("/b") == [0, 1]
+    finally:
+        p.fs.release(h)
 
 
 @pytest.mark.parametrize("mode", ["passthrough", "rel-symlink", "abs-base-symlink", "abs-pool-symlink"])

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 from poolkit import RENAME_EXCHANGE, Pool, as_user, err_of, fd_count, outcome, slurp
 
+from mergerfs import fs as fs_mod
 from mergerfs.requests import DIRECT, DROP, KEEP, Requests
 
 ROOT = 1  # FUSE_ROOT_ID
@@ -197,6 +198,48 @@ def test_create_mkdir_mknod_symlink_answer_the_new_entry(mkenv):
     assert S.S_ISFIFO(st.st_mode) and e.req.rel(fifo) == "/d/p"
     ln, st = e.req.symlink(d, b"l", b"../f")
     assert S.S_ISLNK(st.st_mode) and e.req.readlink(ln) == b"../f"
+
+
+def test_tmpfile_is_a_node_without_a_name_until_linked(mkenv):
+    e = mkenv(3, "category.create=ff")
+    fh, ino, st, cache = e.req.tmpfile(ROOT, 0o600, os.O_RDWR)
+    try:
+        assert S.S_ISREG(st.st_mode) and st.st_nlink == 0 and cache == DIRECT
+        placeholder = e.req.table.relpath(ino)
+        assert fs_mod.is_unnamed(placeholder)
+        assert err_of(e.req.rel, ino) == errno.ENOENT  # no path search ever looks for it
+        e.p.put(0, placeholder, b"impostor")  # what a search of "//tmpfile/N" would find
+        assert e.req.write(fh, 0, b"hello") == 5
+        assert e.req.getattr(ino).st_size == 5  # no fh named: its open handle answers
+        assert e.req.setattr(ino, None, size=2).st_size == 2
+        e.req.setxattr(ino, b"user.k", b"v")
+        assert e.req.getxattr(ino, b"user.k") == b"v" and b"user.k" in e.req.listxattr(ino)
+        e.req.removexattr(ino, b"user.k")
+        again, _ = e.req.open(ino, os.O_RDONLY)  # /proc/self/fd/N reopened
+        try:
+            assert e.req.read(again, 0, 10) == b"he"
+        finally:
+            e.req.release(again)
+        assert e.req.statfs(ino)["f_blocks"] == e.req.statfs(ROOT)["f_blocks"]  # the pool's, never the impostor's
+        new, st, cacheable = e.req.link(ino, ROOT, b"named")
+        assert (new, cacheable) == (ino, True) and st.st_nlink == 1
+        assert e.req.rel(ino) == "/named" and e.look("/named") == ino
+        assert e.p.where("/named") == [0] and e.p.content("/named") == b"he"
+    finally:
+        e.req.release(fh)
+    assert e.req.getattr(ino).st_size == 2  # named: found by its path
+
+
+def test_tmpfile_closed_unnamed_leaves_nothing(mkenv):
+    e = mkenv(2, "category.create=ff")
+    fh, ino, _, _ = e.req.tmpfile(ROOT, 0o600, os.O_RDWR)
+    e.req.write(fh, 0, b"gone")
+    e.req.release(fh)
+    assert err_of(e.req.getattr, ino) == errno.ENOENT  # the kernel still holds it until FORGET
+    assert err_of(e.req.link, ino, ROOT, b"late") == errno.ENOENT
+    assert [os.listdir(e.p.b(i)) for i in range(2)] == [[], []]
+    e.req.forget(ino, 1)
+    assert err_of(e.req.getattr, ino) == errno.ESTALE
 
 
 def test_unlink_rmdir_and_what_the_nodes_then_answer(mkenv):
