@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import errno
 import os
 import shutil
 import subprocess
@@ -60,6 +61,16 @@ def run():
         s = os.stat(p); return (s.st_mode, s.st_uid)
     if op == "getxattr":
         return os.getxattr(p, "user.k")
+    if op == "tmpfile":  # an unnamed file, then its name (a dir fd makes os.link use linkat)
+        fd = os.open(p, os.O_TMPFILE | os.O_RDWR, 0o640)
+        try:
+            os.write(fd, b"t")
+            os.link("/proc/self/fd/%d" % fd, args[1], src_dir_fd=fd, follow_symlinks=True)
+        finally:
+            os.close(fd)
+        s = os.stat(args[1])
+        with open(args[1], "rb") as f:
+            return (s.st_uid, s.st_gid, s.st_nlink, oct(s.st_mode), f.read())
     raise SystemExit("bad op " + op)
 try:
     print(repr((True, None, run())))
@@ -175,6 +186,19 @@ def test_create_owned_by_user(env):
     [i] = p.where("userdir/f")
     s = os.stat(p.branch_path(i, "userdir/f"))
     assert (s.st_uid, s.st_gid) == (UID, GID)
+
+
+@pytest.mark.parametrize("where, expect", [("userdir", None), ("rootdir", "EACCES")])
+def test_tmpfile_as_user_owned_by_user_or_refused(env, where, expect):
+    p, native = env
+    setup = _user_dir if where == "userdir" else _root_dir
+    ok, err, val = both(p, native, setup, "tmpfile", where, f"{where}/named")
+    assert (ok, errno.errorcode.get(err) if err else None) == (expect is None, expect)
+    if ok:
+        assert val[:3] == (UID, GID, 1) and val[4] == b"t"
+        [i] = p.where(f"{where}/named")
+        s = os.stat(p.branch_path(i, f"{where}/named"))
+        assert (s.st_uid, s.st_gid, s.st_nlink) == (UID, GID, 1)
 
 
 def test_mkdir_owned_by_user(env):
