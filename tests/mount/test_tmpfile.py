@@ -12,7 +12,7 @@ import stat
 
 import pytest
 
-from .helpers import compare, is_llfuse, is_reference
+from .helpers import compare, is_llfuse, is_reference, unmount
 
 pytestmark = pytest.mark.skipif(
     is_reference() or is_llfuse(), reason="the kernel session's FUSE_TMPFILE (libfuse 2 and 2.33.5 have none)"
@@ -232,3 +232,19 @@ def test_tmpfile_placeholder_never_finds_a_real_file(mount_pool):
             assert e.value.errno == errno.ENODATA
     finally:
         os.close(fd)
+
+
+def test_tmpfile_on_a_branch_without_it_answers_its_error(mount_pool, tmp_path):
+    """The picked branch is a filesystem without O_TMPFILE (a pool of ours on
+    llfuse, which has no tmpfile): its EOPNOTSUPP, no other branch tried."""
+    inner = mount_pool(n=1, options="fuse-binding=llfuse")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    p = mount_pool(branches=[inner.mnt, str(plain)], options=OPTS)
+    try:
+        with pytest.raises(OSError) as e:
+            os.close(os.open(p.mnt, os.O_TMPFILE | os.O_RDWR, 0o600))
+        assert e.value.errno == errno.EOPNOTSUPP
+        assert _files(str(plain)) == [] and _files(inner.branches[0]) == []
+    finally:
+        unmount(p.mnt)  # before the pool it stands on
