@@ -14,6 +14,9 @@ from mergerfs.errors import oserror
 from mergerfs.ops.core import ERROR_ENTRY, Core, Snapshot, synthetic_stat
 from mergerfs.probe import RequestProbe
 
+#: The fields of an os.stat_result a rebuilt one loses unless passed by name.
+_STAT_EXTRA = ("st_atime_ns", "st_mtime_ns", "st_ctime_ns", "st_blksize", "st_blocks", "st_rdev")
+
 
 class GetattrOps(Core):
     def getattr(self, relpath: str) -> os.stat_result:
@@ -50,7 +53,8 @@ class GetattrOps(Core):
             fields = list(st)
             fields[0] = S.S_IFLNK | 0o777
             fields[6] = len(os.fsencode(b.join(relpath)))
-            return os.stat_result(fields)
+            # the named-only fields too (ns times, blocks): the kernel's reply encoder reads them
+            return os.stat_result(fields, {k: getattr(st, k) for k in _STAT_EXTRA})
         return st
 
     @staticmethod

@@ -168,6 +168,13 @@ def test_symlinkify_old_files_read_as_links_to_their_branch_path(mkpool):
     st = p.fs.getattr("/old")
     target = p.b(1, "/old")
     assert S.S_ISLNK(st.st_mode) and st.st_size == len(os.fsencode(target))
+    there = os.lstat(target)  # the rest as the file has it (the reply encoders read every field)
+    assert (st.st_mtime_ns, st.st_ctime_ns, st.st_blksize, st.st_blocks) == (
+        there.st_mtime_ns,
+        there.st_ctime_ns,
+        there.st_blksize,
+        there.st_blocks,
+    )
     assert p.fs.readlink("/old") == target
     assert S.S_ISREG(p.fs.getattr("/new").st_mode)
     assert err_of(p.fs.readlink, "/new") == err_of(os.readlink, p.b(1, "/new")) == errno.EINVAL
