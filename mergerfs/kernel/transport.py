@@ -74,6 +74,7 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
             Op.FORGET: self._forget,
             Op.BATCH_FORGET: self._batch_forget,
             Op.GETATTR: self._getattr,
+            Op.STATX: self._statx,
             Op.SETATTR: self._setattr,
             Op.READLINK: self._readlink,
             Op.SYMLINK: self._symlink,
