@@ -137,7 +137,7 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         self.notifier.start(self.devfd)
 
     def _fast_path(self, *_changed) -> None:
-        """Let the compiled loop answer LOOKUP, GETATTR, GETXATTR, SETATTR,
+        """Let the compiled loop answer LOOKUP, GETATTR, STATX, GETXATTR, SETATTR,
         UNLINK, RMDIR, RENAME and the listings (OPENDIR, READDIR) while the
         config has the plain shape it implements: a first-found search, epall
         actions, attributes reported as the branch's lstat gives them (no

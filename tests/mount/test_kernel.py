@@ -20,7 +20,7 @@ from mergerfs import _fastpath
 
 from .helpers import REPO, is_llfuse, is_reference, mountinfo, wait_until
 from .nsutil import kill_leftovers
-from .test_compiled import counts
+from .test_compiled import counts, served
 
 pytestmark = pytest.mark.skipif(is_reference() or is_llfuse(), reason="the kernel session's features")
 READ, WRITE, OPEN = 15, 16, 14
@@ -398,6 +398,7 @@ def test_statx_birth_time_is_the_branch_files(mount_pool, options):
     # utime would turn the file into a link under the kernel's feet)
     os.utime(os.path.join(b1, "made"), (2_000_000, 2_000_000))
     os.utime(b2, (3_000_000, 3_000_000))  # the first branch's root is the newest
+    before = counts(p.mnt)
     where = dict(_STATX_WHERE)
     follow = {}
     if "newest" in options:
@@ -420,6 +421,8 @@ def test_statx_birth_time_is_the_branch_files(mount_pool, options):
         ), rel
         if "symlinkify" not in options and "umask" not in options:
             assert (pool["mode"], pool["size"]) == (native["mode"], native["size"]), rel
+    compiled, _ = served(p.mnt, before, "STATX", len(where))
+    assert (compiled > 0) == (options == ""), compiled  # C answers the plain case only (_metadata.pxi)
     if "uid" in options:
         assert (statx(p.mnt)["uid"], statx(p.mnt)["gid"]) == (12345, 54321)
     if "symlinkify" in options:
