@@ -230,3 +230,38 @@ def kill_quietly(pid: int | None) -> None:
             os.kill(pid, 9)
         except ProcessLookupError:
             pass
+
+
+# -- the kernel session's request counts ------------------------------------
+
+
+def counts(mnt: str) -> dict[str, tuple[int, int]]:
+    """{opcode name: (answered compiled, answered by Python)} of our pool at ``mnt``
+    (``user.mergerfs.requests``)."""
+    text = os.getxattr(os.path.join(mnt, ".mergerfs"), "user.mergerfs.requests").decode()
+    out = {}
+    for line in text.splitlines():
+        op, c, py = line.split()
+        out[op] = (int(c), int(py))
+    return out
+
+
+def served(mnt: str, before: dict, op: str, at_least: int) -> tuple[int, int]:
+    """How many ``op`` requests each path answered since ``before`` (counted just
+    after the reply is sent: waits until ``at_least`` show, or a second)."""
+    got = [(0, 0)]
+
+    def enough() -> bool:
+        c0, p0 = before.get(op, (0, 0))
+        c1, p1 = counts(mnt).get(op, (0, 0))
+        got[0] = (c1 - c0, p1 - p0)
+        return sum(got[0]) >= at_least
+
+    wait_until(enough, 1.0)
+    return got[0]
+
+
+def warm_caller(root: str) -> None:
+    """A request Python answers as this caller (LISTXATTR): the worker now acts
+    as it, so the compiled path takes this caller's next requests (for a second)."""
+    os.listxattr(root)

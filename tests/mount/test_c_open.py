@@ -19,8 +19,7 @@ import tempfile
 
 import pytest
 
-from .helpers import compare, is_llfuse, is_reference, mount, unmount
-from .test_compiled import counts, served
+from .helpers import compare, counts, is_llfuse, is_reference, mount, served, unmount, warm_caller
 
 pytestmark = pytest.mark.skipif(is_reference() or is_llfuse(), reason="the kernel session's compiled OPEN")
 
@@ -43,15 +42,10 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
-def _warm(root: str) -> None:
-    """A request Python answers as this caller (LISTXATTR): the worker now acts as it."""
-    os.listxattr(root)
-
-
 def test_open_read_first_found(mount_pool):
     layout = [{"a": b"A0", "d/c": b"C0"}, {"a": b"A1", "b": b"B1", "d/c": b"C1", "e/f": b"F1"}]
     p, before = _mount(mount_pool, layout=layout)
-    _warm(p.mnt)
+    warm_caller(p.mnt)
     got = {}
     for rel in ("a", "b", "d/c", "e/f"):
         with open(p.path(rel), "rb") as f:
@@ -65,7 +59,7 @@ def _flag_semantics(root: str) -> tuple:
     with open(p, "wb") as f:
         f.write(b"0123456789")
     out = []
-    _warm(root)
+    warm_caller(root)
     fd = os.open(p, os.O_RDWR)
     out.append(os.pread(fd, 4, 3))
     os.pwrite(fd, b"ab", 1)
@@ -105,7 +99,7 @@ def _adopted_fd_ops(root: str) -> tuple:
     p = os.path.join(root, "f")
     with open(p, "wb") as f:
         f.write(b"x" * 5000)
-    _warm(root)
+    warm_caller(root)
     fd = os.open(p, os.O_RDWR)
     try:
         out = [os.fstat(fd).st_size]
@@ -136,7 +130,7 @@ def _unlinked(root: str) -> tuple:
     p = os.path.join(root, "f")
     with open(p, "wb") as f:
         f.write(b"hello world")
-    _warm(root)
+    warm_caller(root)
     fd = os.open(p, os.O_RDONLY)
     try:
         os.unlink(p)
@@ -161,7 +155,7 @@ def test_many_opens_of_one_file(mount_pool):
     path = p.path("f")
     with open(path, "wb") as f:
         f.write(b"0" * 100)
-    _warm(p.mnt)
+    warm_caller(p.mnt)
     fds = [os.open(path, os.O_RDWR) for _ in range(20)]
     os.fsync(fds[3])
     os.fsync(fds[11])
@@ -251,18 +245,18 @@ def _as_user(root: str) -> list:
             for name, flags in (("secret", os.O_RDONLY), ("public", os.O_RDONLY), ("public", os.O_WRONLY)):
                 # before each open: an asynchronous RELEASE of root's files, answered by
                 # Python, may have made the worker act as root again meanwhile
-                _warm(root)
+                warm_caller(root)
                 try:
                     fd = os.open(os.path.join(root, name), flags)
                     out.append(os.read(fd, 10))
                     os.close(fd)
                 except OSError as e:
                     out.append(e.errno)
-            _warm(root)
+            warm_caller(root)
             fd = os.open(os.path.join(root, "mine"), os.O_WRONLY | os.O_APPEND)
             os.write(fd, b"!")
             os.close(fd)
-            _warm(root)
+            warm_caller(root)
             with open(os.path.join(root, "mine"), "rb") as f:
                 out.append(f.read())
             os.write(w, repr(out).encode())

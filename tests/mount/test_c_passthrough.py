@@ -22,8 +22,7 @@ import subprocess
 
 import pytest
 
-from .helpers import is_llfuse, is_reference, wait_until
-from .test_compiled import counts, served
+from .helpers import counts, is_llfuse, is_reference, served, wait_until, warm_caller
 from .test_kernel import READ, WRITE, requests_seen
 
 pytestmark = pytest.mark.skipif(is_reference() or is_llfuse(), reason="the kernel session's compiled OPEN")
@@ -36,15 +35,10 @@ def _mount(mount_pool, io: str = "rw"):
     return p, counts(p.mnt)
 
 
-def _warm(root: str) -> None:
-    """A request Python answers as this caller (LISTXATTR): the worker now acts as it."""
-    os.listxattr(root)
-
-
 def _open(p, rel: str, flags: int) -> int:
     """An open the compiled OPEN answers: the worker's record of its caller is
     fresh (it lasts a second: a loaded machine may let an older one expire)."""
-    _warm(p.mnt)
+    warm_caller(p.mnt)
     return os.open(p.path(rel), flags)
 
 
@@ -89,7 +83,7 @@ def test_passthrough_opens_answered_in_c(mount_pool):
         with open(p.branch_path(i % 2, f"f{i}"), "wb") as f:
             f.write(b"%d" % i * 1000)
     _drop_caches()
-    _warm(p.mnt)
+    warm_caller(p.mnt)
     with requests_seen(p.mnt) as seen:
         got = []
         for i in range(10):
@@ -117,7 +111,7 @@ def test_opens_share_the_backing_and_the_last_release_closes_it(mount_pool):
     p, before = _mount(mount_pool)
     prog, data = _program(p, "prog")
     _drop_caches()
-    _warm(p.mnt)
+    warm_caller(p.mnt)
     modes = [os.O_RDONLY, os.O_WRONLY, os.O_RDWR] * 4
     with requests_seen(p.mnt) as seen:
         fds = [_open(p, "prog", m) for m in modes]
@@ -153,7 +147,7 @@ def test_inode_open_without_passthrough_stays_normal(mount_pool):
     gets passthrough, and a write open meanwhile shares it."""
     p, before = _mount(mount_pool, "ro")
     prog, data = _program(p, "prog")
-    _warm(p.mnt)
+    warm_caller(p.mnt)
     with requests_seen(p.mnt) as seen:
         w = _open(p, "prog", os.O_WRONLY)
         os.pwrite(w, data[:1], 0)
@@ -165,7 +159,7 @@ def test_inode_open_without_passthrough_stays_normal(mount_pool):
     assert READ in seen and WRITE in seen, seen
     assert served(p.mnt, before, "RELEASE", 2) == (2, 0)
     _drop_caches()
-    _warm(p.mnt)
+    warm_caller(p.mnt)
     with requests_seen(p.mnt) as seen:
         r = _open(p, "prog", os.O_RDONLY)
         w = _open(p, "prog", os.O_WRONLY)
@@ -189,7 +183,7 @@ def test_adopted_passthrough_open(mount_pool):
     with open(p.branch_path(0, "f"), "wb") as f:
         f.write(b"x" * 5000)
     _drop_caches()
-    _warm(p.mnt)
+    warm_caller(p.mnt)
     with requests_seen(p.mnt) as seen:
         fd = _open(p, "f", os.O_RDWR)
         assert os.fstat(fd).st_size == 5000
@@ -217,7 +211,7 @@ def test_created_files_passthrough_released_in_c(mount_pool):
     handed to C: its RELEASE is answered in C and its writes never reach the
     daemon."""
     p, before = _mount(mount_pool)
-    _warm(p.mnt)
+    warm_caller(p.mnt)
     with requests_seen(p.mnt) as seen:
         for i in range(10):
             with open(p.path(f"n{i}"), "wb") as f:

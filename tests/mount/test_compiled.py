@@ -9,35 +9,10 @@ import os
 
 import pytest
 
-from .helpers import err_of, get, is_llfuse, is_reference, put, wait_until
+from .helpers import counts, err_of, get, is_llfuse, is_reference, put, served
 
 pytestmark = pytest.mark.skipif(is_reference() or is_llfuse(), reason="the kernel session's request counts")
 N = 24  # requests per check: a worker's first request of a caller goes to Python
-
-
-def counts(mnt: str) -> dict[str, tuple[int, int]]:
-    """{opcode name: (answered compiled, answered by Python)} of the pool at ``mnt``."""
-    text = os.getxattr(os.path.join(mnt, ".mergerfs"), "user.mergerfs.requests").decode()
-    out = {}
-    for line in text.splitlines():
-        op, c, py = line.split()
-        out[op] = (int(c), int(py))
-    return out
-
-
-def served(mnt: str, before: dict, op: str, at_least: int) -> tuple[int, int]:
-    """How many ``op`` requests each path answered since ``before`` (counted just
-    after the reply is sent: waits until ``at_least`` show, or a second)."""
-    got = [(0, 0)]
-
-    def enough() -> bool:
-        c0, p0 = before.get(op, (0, 0))
-        c1, p1 = counts(mnt).get(op, (0, 0))
-        got[0] = (c1 - c0, p1 - p0)
-        return sum(got[0]) >= at_least
-
-    wait_until(enough, 1.0)
-    return got[0]
 
 
 def test_requests_key_is_read_only_and_counts(pool):

@@ -18,9 +18,8 @@ import pytest
 
 from mergerfs import _fastpath
 
-from .helpers import REPO, is_llfuse, is_reference, mountinfo, wait_until
+from .helpers import REPO, counts, is_llfuse, is_reference, mountinfo, served, wait_until
 from .nsutil import kill_leftovers
-from .test_compiled import counts, served
 
 pytestmark = pytest.mark.skipif(is_reference() or is_llfuse(), reason="the kernel session's features")
 READ, WRITE, OPEN = 15, 16, 14

@@ -13,8 +13,7 @@ import stat
 import pytest
 
 from .branchfs import MiB, is_reference, pool, tmpfs_branches, where
-from .helpers import is_llfuse
-from .test_compiled import counts, served
+from .helpers import counts, is_llfuse, served
 
 pytestmark = pytest.mark.mount
 
