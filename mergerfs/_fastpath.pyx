@@ -12,7 +12,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from libc.errno cimport errno, EINTR
-from libc.stdint cimport uint64_t, uint8_t
+from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t, uint8_t
 from posix.types cimport off_t, uid_t, gid_t
 
 cdef object os  # a module global the C code reaches directly
@@ -401,3 +401,72 @@ def space(path):
         raise OSError(err, os.strerror(err), path)
     return (st.st_dev, vfs.f_bavail * vfs.f_frsize, (vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize,
             vfs.f_blocks * vfs.f_frsize, bool(vfs.f_flag & ST_RDONLY))
+
+
+cdef extern from "<sys/stat.h>" nogil:
+    struct statx_timestamp:
+        int64_t tv_sec
+        uint32_t tv_nsec
+    struct statx_t "statx":
+        uint32_t stx_mask
+        uint32_t stx_blksize
+        uint64_t stx_attributes
+        uint32_t stx_nlink
+        uint32_t stx_uid
+        uint32_t stx_gid
+        uint16_t stx_mode
+        uint64_t stx_ino
+        uint64_t stx_size
+        uint64_t stx_blocks
+        uint64_t stx_attributes_mask
+        statx_timestamp stx_atime
+        statx_timestamp stx_btime
+        statx_timestamp stx_ctime
+        statx_timestamp stx_mtime
+        uint32_t stx_rdev_major
+        uint32_t stx_rdev_minor
+        uint32_t stx_dev_major
+        uint32_t stx_dev_minor
+    int c_statx "statx"(int dirfd, const char *path, int flags, unsigned int mask, statx_t *buf)
+
+cdef extern from "<fcntl.h>" nogil:
+    int AT_EMPTY_PATH
+
+
+cdef object _ns(statx_timestamp t):
+    """A statx time in ns, as a Python int (no overflow for any tv_sec)."""
+    return (<object>t.tv_sec) * 1000000000 + t.tv_nsec
+
+
+def statx(target, int flags, unsigned int mask):
+    """statx(2), which Python 3.11's os lacks (the birth time is only there).
+
+    ``target``: a path, or an open fd (``AT_EMPTY_PATH``, as os.stat takes an
+    fd). ``(mask, blksize, attributes, nlink, uid, gid, mode, ino, size,
+    blocks, attributes_mask, atime_ns, btime_ns, ctime_ns, mtime_ns,
+    rdev_major, rdev_minor, dev_major, dev_minor)``, struct statx's order."""
+    cdef int at = AT_FDCWD
+    cdef bint isfd = isinstance(target, int)
+    cdef bytes b = b""
+    cdef const char *c
+    cdef statx_t sx
+    cdef int rv
+    cdef int err = 0
+    if isfd:
+        at = target
+        flags |= AT_EMPTY_PATH
+    else:
+        b = os.fsencode(target)
+        if b"\0" in b:
+            raise ValueError("embedded null byte")
+    c = b
+    with nogil:
+        rv = c_statx(at, c, flags, mask, &sx)
+        if rv != 0:
+            err = errno
+    if rv != 0:
+        raise OSError(err, os.strerror(err)) if isfd else OSError(err, os.strerror(err), target)
+    return (sx.stx_mask, sx.stx_blksize, sx.stx_attributes, sx.stx_nlink, sx.stx_uid, sx.stx_gid, sx.stx_mode,
+            sx.stx_ino, sx.stx_size, sx.stx_blocks, sx.stx_attributes_mask, _ns(sx.stx_atime), _ns(sx.stx_btime),
+            _ns(sx.stx_ctime), _ns(sx.stx_mtime), sx.stx_rdev_major, sx.stx_rdev_minor, sx.stx_dev_major,
+            sx.stx_dev_minor)

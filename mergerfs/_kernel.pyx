@@ -168,6 +168,13 @@ cdef struct fuse_getattr_in:
     uint32_t dummy
     uint64_t fh
 
+cdef struct fuse_statx_in:
+    uint32_t getattr_flags
+    uint32_t reserved
+    uint64_t fh
+    uint32_t sx_flags
+    uint32_t sx_mask
+
 cdef struct fuse_open_in:
     uint32_t flags
     uint32_t open_flags
@@ -207,6 +214,7 @@ cdef enum:
     FUSE_FSYNCDIR = 30
     FUSE_INTERRUPT = 36
     FUSE_BATCH_FORGET = 42
+    FUSE_STATX = 52
     FUSE_GETATTR_FH = 1
     IN_HDR = 40   # sizeof(fuse_in_header)
     OUT_HDR = 16  # sizeof(fuse_out_header)
@@ -679,6 +687,8 @@ cdef class Session:
             return _lookup(self, w, fd, buf, n)
         if h.opcode == FUSE_GETATTR and n >= <ssize_t>(IN_HDR + sizeof(fuse_getattr_in)):
             return _getattr(self, w, fd, buf)
+        if h.opcode == FUSE_STATX and n >= <ssize_t>(IN_HDR + sizeof(fuse_statx_in)):
+            return _statx(self, w, fd, buf)
         if h.opcode == FUSE_FORGET or h.opcode == FUSE_BATCH_FORGET:
             return _forget(self, buf, n)
         if h.opcode == FUSE_SETATTR and n >= <ssize_t>(IN_HDR + sizeof(fuse_setattr_in)):

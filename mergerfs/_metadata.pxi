@@ -1,5 +1,5 @@
 # The metadata requests the session answers without the GIL (included by
-# _kernel.pyx after Session): FORGET/BATCH_FORGET, and LOOKUP/GETATTR/GETXATTR
+# _kernel.pyx after Session): FORGET/BATCH_FORGET, and LOOKUP/GETATTR/STATX/GETXATTR
 # of the plain case, a first-found search of the branches with lstat. Anything else
 # (an error other than ENOENT, a path longer than PATH_MAX, an open file, the
 # control file, "." and "..", a name the root answers specially) returns
@@ -309,6 +309,144 @@ cdef bint _getattr(Session s, Caller *w, int fd, char *buf) noexcept nogil:
     return True
 
 
+# STATX: GETATTR's search, then statx(2) of the branch path for the birth time
+# (ops/getattr.py statx is the same for every configuration).
+cdef extern from "<sys/stat.h>" nogil:
+    struct statx_timestamp:
+        int64_t tv_sec
+        uint32_t tv_nsec
+    struct statx_t "statx":
+        uint32_t stx_mask
+        uint32_t stx_blksize
+        uint64_t stx_attributes
+        uint32_t stx_nlink
+        uint32_t stx_uid
+        uint32_t stx_gid
+        uint16_t stx_mode
+        uint64_t stx_ino
+        uint64_t stx_size
+        uint64_t stx_blocks
+        uint64_t stx_attributes_mask
+        statx_timestamp stx_atime
+        statx_timestamp stx_btime
+        statx_timestamp stx_ctime
+        statx_timestamp stx_mtime
+        uint32_t stx_rdev_major
+        uint32_t stx_rdev_minor
+        uint32_t stx_dev_major
+        uint32_t stx_dev_minor
+    int c_statx "statx"(int dirfd, const char *path, int flags, unsigned int mask, statx_t *buf)
+
+cdef extern from "<fcntl.h>" nogil:
+    int AT_FDCWD
+    int AT_SYMLINK_NOFOLLOW
+
+cdef extern from "<sys/sysmacros.h>" nogil:
+    unsigned long long makedev(unsigned int major, unsigned int minor)
+
+cdef enum:
+    STATX_CARRIED = 0xFFF          # STATX_BASIC_STATS | STATX_BTIME: what fuse_statx carries
+    STATX_SYNC_TYPE = 0x6000       # AT_STATX_FORCE_SYNC | AT_STATX_DONT_SYNC
+    STATX_BRANCH_ONLY = 0x202000   # STATX_ATTR_MOUNT_ROOT | STATX_ATTR_DAX: the branch's mount, not ours
+
+cdef struct fuse_sx_time:
+    int64_t tv_sec
+    uint32_t tv_nsec
+    int32_t reserved
+
+cdef struct fuse_statx:
+    uint32_t mask
+    uint32_t blksize
+    uint64_t attributes
+    uint32_t nlink
+    uint32_t uid
+    uint32_t gid
+    uint16_t mode
+    uint16_t spare0
+    uint64_t ino
+    uint64_t size
+    uint64_t blocks
+    uint64_t attributes_mask
+    fuse_sx_time atime
+    fuse_sx_time btime
+    fuse_sx_time ctime
+    fuse_sx_time mtime
+    uint32_t rdev_major
+    uint32_t rdev_minor
+    uint32_t dev_major
+    uint32_t dev_minor
+    uint64_t spare2[14]
+
+cdef struct statx_reply:
+    fuse_out_header h
+    uint64_t attr_valid
+    uint32_t attr_valid_nsec
+    uint32_t flags
+    uint64_t spare[2]
+    fuse_statx sx
+
+
+cdef inline void _sx_time(fuse_sx_time *t, const statx_timestamp *x) noexcept nogil:
+    t.tv_sec = x.tv_sec
+    t.tv_nsec = x.tv_nsec
+
+
+cdef bint _statx(Session s, Caller *w, int fd, char *buf) noexcept nogil:
+    """STATX of the plain case: GETATTR's first-found search, then statx(2) of
+    that branch path (no symlink followed), the inode number the nodeid, as
+    kernel/entries.py answers it. Anything else (an fh, an open file whose path
+    moved on, a miss, an error, the file replaced between the two calls) is Python's."""
+    cdef fuse_in_header *h = <fuse_in_header *>buf
+    cdef fuse_statx_in *g = <fuse_statx_in *>(buf + IN_HDR)
+    cdef char rel[PATH_MAX]
+    cdef char full[PATH_MAX]
+    cdef ssize_t rellen
+    cdef stat_t st
+    cdef statx_t x
+    cdef int found = -1
+    cdef uint64_t attr_valid
+    cdef statx_reply out
+    if g.getattr_flags & FUSE_GETATTR_FH:
+        return False
+    cdef FastConfig *c = _acquire(s)
+    if c == NULL:
+        return False
+    cdef Facts facts
+    rellen = _relpath(s.table, h.nodeid, NULL, 0, rel, &facts)
+    if rellen > 0 and _as_caller(c, w, h):
+        found = _search(c, rel, <size_t>rellen, &st, full)
+    attr_valid = c.attr_valid
+    _release(s, c)
+    if found != 0 or not _same_object(&facts, &st):
+        return False
+    if c_statx(AT_FDCWD, full, AT_SYMLINK_NOFOLLOW | <int>(g.sx_flags & STATX_SYNC_TYPE), STATX_CARRIED, &x) != 0:
+        return False
+    if x.stx_ino != st.st_ino or makedev(x.stx_dev_major, x.stx_dev_minor) != st.st_dev:
+        return False  # replaced between the lstat and the statx
+    _saw(s.table, h.nodeid, &st)
+    memset(&out, 0, sizeof(out))
+    out.attr_valid = attr_valid
+    out.sx.mask = x.stx_mask & STATX_CARRIED
+    out.sx.blksize = x.stx_blksize
+    out.sx.attributes = x.stx_attributes & ~(<uint64_t>STATX_BRANCH_ONLY)
+    out.sx.nlink = x.stx_nlink
+    out.sx.uid = x.stx_uid
+    out.sx.gid = x.stx_gid
+    out.sx.mode = x.stx_mode
+    out.sx.ino = h.nodeid
+    out.sx.size = x.stx_size
+    out.sx.blocks = x.stx_blocks
+    out.sx.attributes_mask = x.stx_attributes_mask & ~(<uint64_t>STATX_BRANCH_ONLY)
+    _sx_time(&out.sx.atime, &x.stx_atime)
+    _sx_time(&out.sx.btime, &x.stx_btime)
+    _sx_time(&out.sx.ctime, &x.stx_ctime)
+    _sx_time(&out.sx.mtime, &x.stx_mtime)
+    out.sx.rdev_major = x.stx_rdev_major
+    out.sx.rdev_minor = x.stx_rdev_minor
+    _reply(fd, h.unique, &out, sizeof(out))
+    return True
+
+
 cdef bint _forget(Session s, char *buf, ssize_t n) noexcept nogil:
     cdef fuse_in_header *h = <fuse_in_header *>buf
     cdef fuse_batch_forget_in *b
@@ -402,10 +540,6 @@ cdef extern from "<unistd.h>" nogil:
     int lchown(const char *path, unsigned int owner, unsigned int group)
     int c_unlink "unlink"(const char *path)
     int c_rmdir "rmdir"(const char *path)
-
-cdef extern from "<fcntl.h>" nogil:
-    int AT_FDCWD
-    int AT_SYMLINK_NOFOLLOW
 
 cdef extern from "<sys/statvfs.h>" nogil:
     cdef struct statvfs_t "statvfs":

@@ -29,7 +29,7 @@ from mergerfs.ops.core import (
     synthetic_stat,
 )
 from mergerfs.ops.create import CreateOps
-from mergerfs.ops.getattr import GetattrOps
+from mergerfs.ops.getattr import GetattrOps, Statx
 from mergerfs.ops.io import IOCTLS, IoOps
 from mergerfs.ops.link import LinkOps
 from mergerfs.ops.open import OpenOps
@@ -52,6 +52,7 @@ __all__ = [
     "Handle",
     "RequestProbe",
     "Snapshot",
+    "Statx",
     "copy_xattrs",
     "dirname",
     "is_unnamed",

@@ -7,7 +7,7 @@ releases that lock for the whole request (so requests run concurrently and a
 slow disk blocks only its own request) after switching the worker thread to
 the caller's identity. An unexpected exception is a bug: logged with its
 traceback, answered EIO, and the mount stays up. libfuse 2's limits (128 KiB
-requests, no direct_io per open, no inode for statfs, no fallocate/lseek/...)
+requests, no direct_io per open, no inode for statfs, no fallocate/lseek/statx/...)
 are listed in docs/DIFFERENCES.md.
 """
 

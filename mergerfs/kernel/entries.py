@@ -1,16 +1,18 @@
 """Handlers of the requests on names and attributes: lookup and forget,
-getattr/setattr/access/readlink, and creating, removing, renaming and linking
+getattr/statx/setattr/access/readlink, and creating, removing, renaming and linking
 names (an open file's creation is in :mod:`~mergerfs.kernel.files`)."""
 
 from __future__ import annotations
 
 import errno
+import os
 import struct
 import time
 
 from mergerfs import _kernel
 from mergerfs.kernel.base import Base
 from mergerfs.kernel.protocol import (
+    ATTR_OUT,
     ENTRY_OUT,
     FATTR_ATIME,
     FATTR_ATIME_NOW,
@@ -22,10 +24,30 @@ from mergerfs.kernel.protocol import (
     FATTR_MTIME_NOW,
     FATTR_SIZE,
     FATTR_UID,
+    GETATTR_FH,
     SETATTR_IN,
+    STATX_IN,
+    STATX_OUT,
+    Op,
     cstr,
     rdev_decode,
 )
+from mergerfs.ops.getattr import STATX_BASIC_STATS, STATX_CARRIED, Statx
+
+#: statx attributes that describe the branch's mount, not the pool's: STATX_ATTR_MOUNT_ROOT, STATX_ATTR_DAX.
+_BRANCH_ONLY = 0x2000 | 0x200000
+
+
+def _attr_statx(attr_out: bytes) -> Statx:
+    """A fuse_attr_out (the compiled open directory's fstat) as a statx answer without birth time."""
+    (_, _, ino, size, blocks, atime, mtime, ctime, atns, mtns, ctns, mode, nlink, uid, gid, rdev, blksize, _) = (
+        ATTR_OUT.unpack(attr_out)
+    )
+    dev = rdev_decode(rdev)
+    ns = 1_000_000_000
+    head = (STATX_BASIC_STATS, blksize, 0, nlink, uid, gid, mode, ino, size, blocks, 0)
+    times = (atime * ns + atns, 0, ctime * ns + ctns, mtime * ns + mtns)  # no btime
+    return Statx(*head, *times, os.major(dev), os.minor(dev), 0, 0)
 
 
 class EntryHandlers(Base):
@@ -50,15 +72,56 @@ class EntryHandlers(Base):
     def _getattr(self, h, body):
         flags, _, fh = struct.unpack_from("<IIQ", body)
         try:
-            return self._attr_out(h.nodeid, self.req.getattr(h.nodeid, self._pyfh(fh) if flags & 1 else None))
+            return self._attr_out(h.nodeid, self.req.getattr(h.nodeid, self._pyfh(fh) if flags & GETATTR_FH else None))
         except FileNotFoundError:
             return self._on_open_dir(h, body)
 
-    def _on_open_dir(self, h, body):
+    def _statx(self, h, body):
+        """FUSE_STATX: what GETATTR would say plus the birth time. The kernel asks
+        only when a statx(2) wants STATX_BTIME; an ENOSYS here would make it stop
+        asking for the rest of the mount."""
+        flags, _, fh, sx_flags, _ = STATX_IN.unpack_from(body)
+        try:
+            sx = self.req.statx(h.nodeid, self._pyfh(fh) if flags & GETATTR_FH else None, sx_flags)
+        except FileNotFoundError:  # a removed directory a compiled handle holds open: its fstat
+            sx = _attr_statx(self._on_open_dir(h, bytes(16), Op.GETATTR))
+        return self._statx_out(h.nodeid, sx)
+
+    def _statx_out(self, ino: int, sx: Statx) -> bytes:
+        """fuse_statx_out. The inode number is the nodeid, as GETATTR reports it;
+        the mask claims only what FUSE carries (the basic stats, btime);
+        st_dev is the kernel's own (the pool's), so dev is left 0."""
+        times: list[int] = []
+        for ns in (sx.atime_ns, sx.btime_ns, sx.ctime_ns, sx.mtime_ns):
+            times.extend(divmod(ns, 1_000_000_000))
+        return STATX_OUT.pack(
+            self.req.timeouts()[1],
+            0,
+            0,
+            sx.mask & STATX_CARRIED,
+            sx.blksize,
+            sx.attributes & ~_BRANCH_ONLY,
+            sx.nlink,
+            sx.uid & 0xFFFFFFFF,
+            sx.gid & 0xFFFFFFFF,
+            sx.mode & 0xFFFF,
+            ino,
+            sx.size,
+            sx.blocks,
+            sx.attributes_mask & ~_BRANCH_ONLY,
+            *times,
+            sx.rdev_major,
+            sx.rdev_minor,
+            0,
+            0,
+        )
+
+    def _on_open_dir(self, h, body, opcode: int | None = None):
         """A directory removed while the compiled session holds it open: its
-        handle's fd answers (as a Python DirHandle's would); else ENOENT."""
+        handle's fd answers (as a Python DirHandle's would); else ENOENT.
+        ``opcode``: the request to answer as (GETATTR for a STATX)."""
         assert self.session is not None
-        reply = _kernel.dir_attr(self.session, h.opcode, h.nodeid, body, self.req.timeouts()[1])
+        reply = _kernel.dir_attr(self.session, opcode or h.opcode, h.nodeid, body, self.req.timeouts()[1])
         if reply is None:
             raise OSError(errno.ENOENT, "no such file or directory")
         return reply

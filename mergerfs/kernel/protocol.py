@@ -18,6 +18,12 @@ KSTATFS = struct.Struct("<QQQQQIIII24x")
 DIRENT = struct.Struct("<QQII")
 INIT_OUT = struct.Struct("<IIIIHHIIHHIIH22x")
 SETATTR_IN = struct.Struct("<IIQQQQQQIIIIIIII")
+ATTR_OUT = struct.Struct("<QI4xQQQqqqIIIIIIIIII")  # attr_valid attr_valid_nsec, fuse_attr (times signed)
+STATX_IN = struct.Struct("<IIQII")  # getattr_flags reserved fh sx_flags sx_mask
+# fuse_statx_out: attr_valid attr_valid_nsec flags spare[2], then fuse_statx: mask blksize
+# attributes nlink uid gid mode ino size blocks attributes_mask, atime btime ctime mtime
+# (fuse_sx_time: sec nsec), rdev major minor, dev major minor, spare
+STATX_OUT = struct.Struct("<QII16xIIQIIIH2xQQQQ" + "qI4x" * 4 + "IIII112x")
 
 # init flags (fuse_init_in.flags | flags2 << 32)
 ASYNC_READ, POSIX_LOCKS, ATOMIC_O_TRUNC, EXPORT_SUPPORT = 1 << 0, 1 << 1, 1 << 3, 1 << 4
@@ -34,6 +40,7 @@ FATTR_ATIME, FATTR_MTIME, FATTR_FH, FATTR_ATIME_NOW, FATTR_MTIME_NOW = 16, 32, 6
 FATTR_KILL_SUIDGID = 2048
 WRITE_KILL_SUIDGID = 4  # fuse_write_in.write_flags
 OPEN_KILL_SUIDGID = 1  # fuse_open_in.open_flags
+GETATTR_FH = 1  # fuse_getattr_in/fuse_statx_in.getattr_flags: fh names an open file
 NOTIFY_INVAL_INODE = 2
 PAGE = 4096
 
@@ -82,6 +89,7 @@ class Op(enum.IntEnum):
     COPY_FILE_RANGE = 47
     SYNCFS = 50
     TMPFILE = 51
+    STATX = 52
     COPY_FILE_RANGE_64 = 53
 
 

@@ -74,6 +74,7 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
             Op.FORGET: self._forget,
             Op.BATCH_FORGET: self._batch_forget,
             Op.GETATTR: self._getattr,
+            Op.STATX: self._statx,
             Op.SETATTR: self._setattr,
             Op.READLINK: self._readlink,
             Op.SYMLINK: self._symlink,
@@ -137,7 +138,7 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         self.notifier.start(self.devfd)
 
     def _fast_path(self, *_changed) -> None:
-        """Let the compiled loop answer LOOKUP, GETATTR, GETXATTR, SETATTR,
+        """Let the compiled loop answer LOOKUP, GETATTR, STATX, GETXATTR, SETATTR,
         UNLINK, RMDIR, RENAME and the listings (OPENDIR, READDIR) while the
         config has the plain shape it implements: a first-found search, epall
         actions, attributes reported as the branch's lstat gives them (no

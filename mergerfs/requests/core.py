@@ -117,6 +117,17 @@ class Core:
             },
         )
 
+    def attrx(self, sx: fs_mod.Statx) -> fs_mod.Statx:
+        """:meth:`attr` for a statx answer: the same owner and mode as stat reports."""
+        if self.force is None:
+            return sx
+        uid, gid, umask = self.force
+        return sx._replace(
+            mode=sx.mode if umask is None else S.S_IFMT(sx.mode) | (0o777 & ~umask),
+            uid=sx.uid if uid is None else uid,
+            gid=sx.gid if gid is None else gid,
+        )
+
     def _entry(self, relpath: str, st: os.stat_result, ino: int | None = None) -> tuple[int, os.stat_result]:
         """Reply to a lookup-like request: count the kernel's reference. ``ino``:
         the nodeid the object already has (an unnamed file getting its name)."""
@@ -131,7 +142,7 @@ class Core:
         self._saw(ino, st)
         return ino, self.attr(st)
 
-    def _saw(self, ino: int, st: os.stat_result, ours: bool = False) -> None:
+    def _saw(self, ino: int, st: os.stat_result | fs_mod.Statx, ours: bool = False) -> None:
         """Record the (size, mtime) the kernel now has for a regular file; if it
         changed behind the kernel's back, drop the kernel's cached pages."""
         if not S.S_ISREG(st.st_mode):

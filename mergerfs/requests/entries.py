@@ -1,4 +1,4 @@
-"""Requests on names and attributes: lookup and forget, getattr/setattr
+"""Requests on names and attributes: lookup and forget, getattr/statx/setattr
 (setuid/setgid dropped as the kernel would), access/readlink, and creating,
 removing, renaming and linking names (creating an open file is in
 :mod:`~mergerfs.requests.files`)."""
@@ -8,10 +8,14 @@ from __future__ import annotations
 import errno
 import os
 import stat as S
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from mergerfs import control as control_mod, fs as fs_mod, inodes, ugid
 from mergerfs.errors import oserror
 from mergerfs.requests.core import CONTROL_INO, Core
+
+T = TypeVar("T")
 
 
 class EntryRequests(Core):
@@ -34,19 +38,33 @@ class EntryRequests(Core):
     def getattr(self, inode: int, fh: int | None = None) -> os.stat_result:
         if inode == CONTROL_INO:
             return self.control_attr()
+        st = self._described(inode, fh, self.fs.fgetattr, self.fs.getattr)
+        self._saw(inode, st)
+        return self.attr(st)
+
+    def statx(self, inode: int, fh: int | None = None, sync: int = 0) -> fs_mod.Statx:
+        """getattr with the birth time (FUSE_STATX): the same file (open handle
+        or path), the same uid/gid/umask overrides. ``sync``: the caller's
+        AT_STATX_*_SYNC flags."""
+        if inode == CONTROL_INO:
+            return fs_mod.Statx.of_stat(self.control_attr())
+        sx = self._described(inode, fh, lambda h: self.fs.fstatx(h, sync), lambda path: self.fs.statx(path, sync))
+        self._saw(inode, sx)
+        return self.attrx(sx)
+
+    def _described(self, inode: int, fh: int | None, of_handle: Callable[[Any], T], of_path: Callable[[str], T]) -> T:
+        """``of_handle`` of the open file the kernel names (``fh``) or of any
+        open handle of ``inode``, else ``of_path`` of its relpath."""
         path = self.table.relpath(inode)
         h = self._files.get(fh, (0, None))[1] if fh is not None else None
         if isinstance(h, fs_mod.Handle):  # the kernel pins an fh it names
-            st = self.fs.fgetattr(h)
-        elif self.table.has_fh(inode):
+            return of_handle(h)
+        if self.table.has_fh(inode):
             with self._open_handle(inode) as h:
                 # An open file is the kernel's inode even if its path was unlinked
                 # or renamed over (or it has none yet: O_TMPFILE): its fd is the truth.
-                st = self.fs.fgetattr(h) if h is not None else self.fs.getattr(self._named(path))
-        else:  # the common case, without the borrowing
-            st = self.fs.getattr(self._named(path))
-        self._saw(inode, st)
-        return self.attr(st)
+                return of_handle(h) if h is not None else of_path(self._named(path))
+        return of_path(self._named(path))  # the common case, without the borrowing
 
     def setattr(
         self,

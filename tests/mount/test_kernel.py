@@ -1,7 +1,7 @@
 """The kernel session's own promises: passthrough proven by the kernel's request
 tracepoint, the non-root mount through fusermount3 and its passthrough
 fallback, and the ops libfuse 2 never delivered (fallocate, rename2, lseek,
-copy_file_range, inode-flag ioctls, syncfs), each compared with native."""
+copy_file_range, inode-flag ioctls, syncfs, statx), each compared with native."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import stat
 import subprocess
 import sys
 import tempfile
@@ -17,7 +18,7 @@ import pytest
 
 from mergerfs import _fastpath
 
-from .helpers import REPO, is_llfuse, is_reference, mountinfo, wait_until
+from .helpers import REPO, counts, is_llfuse, is_reference, mountinfo, served, wait_until
 from .nsutil import kill_leftovers
 
 pytestmark = pytest.mark.skipif(is_reference() or is_llfuse(), reason="the kernel session's features")
@@ -282,6 +283,198 @@ def test_inode_flags_ioctl_and_syncfs(mount_pool, native):
 
     pool_res, native_res = _both(p.mnt, native, run)
     assert pool_res == native_res
+
+
+# statx(2) through libc (ctypes), not through our compiled module: the oracle must not be our code.
+STATX_BASIC_STATS, STATX_BTIME = 0x7FF, 0x800
+AT_FDCWD, AT_SYMLINK_NOFOLLOW, AT_EMPTY_PATH = -100, 0x100, 0x1000
+
+
+class _Time(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_int64), ("nsec", ctypes.c_uint32), ("reserved", ctypes.c_int32)]
+
+
+class _Statx(ctypes.Structure):
+    _fields_ = [
+        ("mask", ctypes.c_uint32),
+        ("blksize", ctypes.c_uint32),
+        ("attributes", ctypes.c_uint64),
+        ("nlink", ctypes.c_uint32),
+        ("uid", ctypes.c_uint32),
+        ("gid", ctypes.c_uint32),
+        ("mode", ctypes.c_uint16),
+        ("spare0", ctypes.c_uint16),
+        ("ino", ctypes.c_uint64),
+        ("size", ctypes.c_uint64),
+        ("blocks", ctypes.c_uint64),
+        ("attributes_mask", ctypes.c_uint64),
+        ("atime", _Time),
+        ("btime", _Time),
+        ("ctime", _Time),
+        ("mtime", _Time),
+        ("rdev_major", ctypes.c_uint32),
+        ("rdev_minor", ctypes.c_uint32),
+        ("dev_major", ctypes.c_uint32),
+        ("dev_minor", ctypes.c_uint32),
+        ("spare", ctypes.c_uint64 * 14),
+    ]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.POINTER(_Statx)]
+
+
+def statx(target: str | int, flags: int = AT_SYMLINK_NOFOLLOW) -> dict:
+    """statx(2) asking for the basic stats and the birth time, of a path or an
+    open fd; the fields as a dict, times in ns, btime None when not reported."""
+    buf = _Statx()
+    mask = STATX_BASIC_STATS | STATX_BTIME
+    if isinstance(target, int):
+        rv = _libc.statx(target, b"", flags | AT_EMPTY_PATH, mask, ctypes.byref(buf))
+    else:
+        rv = _libc.statx(AT_FDCWD, os.fsencode(target), flags, mask, ctypes.byref(buf))
+    if rv != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), target)
+    out = {k: getattr(buf, k) for k in ("mask", "nlink", "uid", "gid", "mode", "ino", "size", "blocks")}
+    for k in ("atime", "ctime", "mtime", "btime"):
+        t = getattr(buf, k)
+        out[k] = t.sec * 1_000_000_000 + t.nsec
+    if not buf.mask & STATX_BTIME:
+        out["btime"] = None
+    return out
+
+
+#: rel -> index of the branch whose file each pool name shows (func.getattr=ff).
+_STATX_WHERE = {
+    "": 0,
+    "f": 0,
+    "d": 1,
+    "old": 1,
+    "lf": 1,
+    "ld": 1,
+    "dangling": 0,
+    "only2": 1,
+    "made": 0,
+}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        "",
+        "func.getattr=newest",
+        "follow-symlinks=all",
+        "symlinkify=true,symlinkify-timeout=3600",
+        "uid=12345,gid=54321,umask=0027",
+    ],
+)
+def test_statx_birth_time_is_the_branch_files(mount_pool, options):
+    """statx(STATX_BTIME) of pool names (root, files, a directory, symlinks, a
+    name on the second branch only, a file made through the pool) reports the
+    birth time, mtime and size of the branch file stat reports, and inode, owner
+    and mode as stat of the pool path does (the kernel used to answer from
+    GETATTR: no birth time at all)."""
+    base = "minfreespace=0,category.create=ff,cache.attr=0,cache.entry=0"
+    p = mount_pool(n=2, options=base + ("," + options if options else ""))
+    b1, b2 = p.branches
+    with open(os.path.join(b1, "f"), "wb") as f:
+        f.write(b"first")
+    os.utime(os.path.join(b1, "f"), (1000, 1000))
+    with open(os.path.join(b2, "f"), "wb") as f:
+        f.write(b"second!")
+    os.mkdir(os.path.join(b2, "d"))
+    for name in ("old", "only2"):
+        with open(os.path.join(b2, name), "wb") as f:
+            f.write(name.encode())
+    os.utime(os.path.join(b2, "old"), (1_000_000, 1_000_000))
+    os.symlink("f", os.path.join(b2, "lf"))
+    os.symlink("d", os.path.join(b2, "ld"))
+    os.symlink("nowhere", os.path.join(b1, "dangling"))
+    with open(p.path("made"), "wb") as f:
+        f.write(b"made here")
+    # mtime apart from the birth time (on the branch: with symlinkify the pool's own
+    # utime would turn the file into a link under the kernel's feet)
+    os.utime(os.path.join(b1, "made"), (2_000_000, 2_000_000))
+    os.utime(b2, (3_000_000, 3_000_000))  # the first branch's root is the newest
+    before = counts(p.mnt)
+    where = dict(_STATX_WHERE)
+    follow = {}
+    if "newest" in options:
+        where["f"] = 1
+    if "follow-symlinks" in options:
+        follow = {"lf": "f", "ld": "d"}
+    for rel, i in where.items():
+        pool = statx(p.path(rel))
+        st = os.lstat(p.path(rel))
+        native = statx(os.path.join(p.branches[i], follow.get(rel, rel)))
+        assert pool["btime"] is not None and native["btime"] is not None, rel
+        assert (pool["btime"], pool["mtime"], pool["nlink"]) == (native["btime"], native["mtime"], native["nlink"]), rel
+        assert (pool["ino"], pool["uid"], pool["gid"], pool["mode"], pool["size"], pool["mtime"]) == (
+            st.st_ino,
+            st.st_uid,
+            st.st_gid,
+            st.st_mode,
+            st.st_size,
+            st.st_mtime_ns,
+        ), rel
+        if "symlinkify" not in options and "umask" not in options:
+            assert (pool["mode"], pool["size"]) == (native["mode"], native["size"]), rel
+    compiled, _ = served(p.mnt, before, "STATX", len(where))
+    assert (compiled > 0) == (options == ""), compiled  # C answers the plain case only (_metadata.pxi)
+    if "uid" in options:
+        assert (statx(p.mnt)["uid"], statx(p.mnt)["gid"]) == (12345, 54321)
+    if "symlinkify" in options:
+        assert stat.S_ISLNK(statx(p.path("old"))["mode"]) and stat.S_ISREG(statx(p.path("only2"))["mode"])
+
+
+def test_statx_of_open_and_unlinked_files(mount_pool, native):
+    """statx of an open fd (AT_EMPTY_PATH), before and after its name is gone,
+    as on a native directory: the open file answers, with its birth time."""
+    p = mount_pool(n=2, options="minfreespace=0,category.create=ff")
+
+    def run(root):
+        path = os.path.join(root, "f")
+        with open(path, "wb") as f:
+            f.write(b"x" * 100)
+        born = statx(os.path.join(p.branches[0], "f") if root == p.mnt else path)["btime"]
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            before = statx(fd)
+            os.unlink(path)
+            after = statx(fd)
+            ino = os.fstat(fd).st_ino
+        finally:
+            os.close(fd)
+        assert before["btime"] == after["btime"] == born is not None
+        assert (before["ino"], after["ino"]) == (ino, ino)
+        return before["nlink"], after["nlink"], after["size"], stat.S_IFMT(after["mode"])
+
+    pool_res, native_res = _both(p.mnt, native, run)
+    assert pool_res == native_res == ("ok", (1, 0, 100, stat.S_IFREG))
+
+
+def test_statx_errors_match_native(mount_pool, native):
+    """Missing names and a file used as a directory fail as natively; a file
+    removed behind the pool's back while the kernel still trusts its entry
+    reaches the daemon as STATX and fails ENOENT, as natively."""
+    p = mount_pool(n=2, options="minfreespace=0,category.create=ff,cache.entry=60,cache.attr=0")
+    for root in (p.mnt, native):
+        with open(os.path.join(root, "f"), "wb"):
+            pass
+        with open(os.path.join(root, "g"), "wb"):
+            pass
+    for rel in ("missing", "f/x", "missing/x"):
+        assert (
+            _both(p.mnt, native, lambda root, rel=rel: statx(os.path.join(root, rel)))
+            == [("err", errno.errorcode[errno.ENOTDIR if rel == "f/x" else errno.ENOENT])] * 2
+        )
+    assert statx(p.path("g"))["btime"] is not None  # the kernel now holds g's entry
+    before = counts(p.mnt).get("STATX", (0, 0))
+    os.unlink(os.path.join(p.branches[0], "g"))
+    os.unlink(os.path.join(native, "g"))
+    assert _both(p.mnt, native, lambda root: statx(os.path.join(root, "g"))) == [("err", "ENOENT")] * 2
+    assert counts(p.mnt)["STATX"][1] > before[1]  # answered by the daemon, in Python
 
 
 def test_readdirplus_100k_entries(mount_pool):

@@ -12,6 +12,8 @@ import stat
 
 import pytest
 
+from mergerfs import _fastpath
+
 from .helpers import compare, is_llfuse, is_reference, unmount
 
 pytestmark = pytest.mark.skipif(
@@ -22,6 +24,13 @@ OPTS = "cache.files=off,cache.attr=0,cache.entry=0,cache.negative_entry=0,catego
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
 AT_FDCWD, AT_EMPTY_PATH, AT_SYMLINK_FOLLOW = -100, 0x1000, 0x400
+STATX_MASK, STATX_BTIME = 0xFFF, 0x800  # basic stats and the birth time (FUSE_STATX)
+
+
+def _statx(target: str | int) -> tuple:
+    """(nlink, size, birth time reported) by statx(2)."""
+    sx = _fastpath.statx(target, 0, STATX_MASK)
+    return sx[3], sx[8], bool(sx[0] & STATX_BTIME and sx[12])
 
 
 def _link(fd: int, dst: str, how: str) -> None:
@@ -46,6 +55,7 @@ def _tmpfile_then_link(root: str, how: str) -> tuple:
         os.write(fd, b"hello tmpfile")
         unnamed = os.fstat(fd)
         by_path = os.stat(f"/proc/self/fd/{fd}")  # no fh: GETATTR of the node alone
+        sx = (_statx(fd), _statx(f"/proc/self/fd/{fd}"))  # STATX, with and without the fh
         back = os.pread(fd, 100, 0)
         listed = sorted(os.listdir(root))
         dst = os.path.join(root, "named")
@@ -62,6 +72,7 @@ def _tmpfile_then_link(root: str, how: str) -> tuple:
             listed,
             (stat.filemode(unnamed.st_mode), unnamed.st_nlink, unnamed.st_size),
             (by_path.st_nlink, by_path.st_size),
+            sx,
             (linked.st_nlink, st.st_nlink, st.st_ino == linked.st_ino, stat.filemode(st.st_mode)),
             content,
             after,
@@ -227,6 +238,7 @@ def test_tmpfile_placeholder_never_finds_a_real_file(mount_pool):
         for _ in range(20):  # on every worker, acting as this caller or not
             st = os.stat(f"/proc/self/fd/{fd}")
             assert (st.st_size, st.st_nlink) == (4, 0)
+            assert _statx(f"/proc/self/fd/{fd}")[:2] == (0, 4)
             with pytest.raises(OSError) as e:
                 os.getxattr(f"/proc/self/fd/{fd}", "user.who")
             assert e.value.errno == errno.ENODATA

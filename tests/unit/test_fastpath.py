@@ -200,3 +200,50 @@ def test_listings_merge_first_branch_wins(listings, hide):
                 )
     got = _fastpath.readdir_inodes(listings, b"/d", devs, inodes.mode_code("devino-hash"), hidden)
     assert got == want
+
+
+def test_statx_matches_os_stat(tmp_path):
+    """statx(2) by path (not following a symlink, or following it) and by fd:
+    the fields os.stat knows agree, and the birth time is there (tmp is ext4/tmpfs)."""
+    f = tmp_path / "f"
+    f.write_bytes(b"x" * 5000)
+    os.utime(f, ns=(1_500_000_000_123_456_789, 1_600_000_000_987_654_321))
+    os.symlink("f", tmp_path / "l")
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        for target, flags, st in (
+            (str(f), 0x100, os.lstat(f)),
+            (os.fsencode(tmp_path / "l"), 0x100, os.lstat(tmp_path / "l")),
+            (str(tmp_path / "l"), 0, os.stat(f)),
+            (fd, 0, os.fstat(fd)),
+            (str(tmp_path), 0, os.stat(tmp_path)),
+        ):
+            sx = _fastpath.statx(target, flags, 0xFFF)  # STATX_BASIC_STATS | STATX_BTIME
+            (mask, blksize, _, nlink, uid, gid, mode, ino, size, blocks, _, atime, btime, ctime, mtime) = sx[:15]
+            assert mask & 0x7FF == 0x7FF and mask & 0x800, target
+            assert (blksize, nlink, uid, gid, mode, ino, size, blocks) == (
+                st.st_blksize,
+                st.st_nlink,
+                st.st_uid,
+                st.st_gid,
+                st.st_mode,
+                st.st_ino,
+                st.st_size,
+                st.st_blocks,
+            ), target
+            assert (atime, ctime, mtime) == (st.st_atime_ns, st.st_ctime_ns, st.st_mtime_ns), target
+            assert 0 < btime <= ctime, target
+            assert os.makedev(sx[17], sx[18]) == st.st_dev and os.makedev(sx[15], sx[16]) == st.st_rdev, target
+    finally:
+        os.close(fd)
+
+
+def test_statx_errors(tmp_path):
+    with pytest.raises(OSError) as e:
+        _fastpath.statx(str(tmp_path / "missing"), 0, 0xFFF)
+    assert e.value.errno == errno.ENOENT and e.value.filename == str(tmp_path / "missing")
+    with pytest.raises(OSError) as e:
+        _fastpath.statx(-1, 0, 0xFFF)
+    assert e.value.errno == errno.EBADF
+    with pytest.raises(ValueError):
+        _fastpath.statx("a\0b", 0, 0xFFF)

@@ -42,6 +42,7 @@ from poolkit import (
     touch,
 )
 
+from mergerfs import _fastpath
 from mergerfs.fs import UNNAMED, DirHandle, Handle, dirname, join, synthetic_stat
 
 USER, GROUP = 4242, 4343  # an unprivileged caller (not in the user database)
@@ -169,9 +170,105 @@ def test_symlinkify_old_files_read_as_links_to_their_branch_path(mkpool):
     st = p.fs.getattr("/old")
     target = p.b(1, "/old")
     assert S.S_ISLNK(st.st_mode) and st.st_size == len(os.fsencode(target))
+    there = os.lstat(target)  # the rest as the file has it (the reply encoders read every field)
+    assert (st.st_mtime_ns, st.st_ctime_ns, st.st_blksize, st.st_blocks) == (
+        there.st_mtime_ns,
+        there.st_ctime_ns,
+        there.st_blksize,
+        there.st_blocks,
+    )
     assert p.fs.readlink("/old") == target
     assert S.S_ISREG(p.fs.getattr("/new").st_mode)
     assert err_of(p.fs.readlink, "/new") == err_of(os.readlink, p.b(1, "/new")) == errno.EINVAL
+
+
+# ----------------------------------------------------------------- statx
+STATX_BTIME = 0x800
+
+
+def _statx_layout(p: Pool) -> None:
+    """A file on both branches (the second newer and longer), a directory, a
+    file old enough to be symlinkified, symlinks to each kind and a dangling one."""
+    p.put(0, "/f", b"first")
+    p.put(1, "/f", b"second!")
+    os.utime(p.b(0, "/f"), (1000, 1000))
+    p.put(1, "/d", None)
+    p.put(1, "/old", b"old data")
+    os.utime(p.b(1, "/old"), (time.time() - 7200, time.time() - 7200))
+    os.symlink("d", p.b(1, "/ld"))
+    os.symlink("f", p.b(1, "/lf"))
+    os.symlink("nowhere", p.b(0, "/dangling"))
+
+
+def _branch_statx(p: Pool, st: os.stat_result) -> tuple[int, ...]:
+    """statx(2) of the branch file (the path itself or where it points) getattr reported as ``st``."""
+    for b in p.branches:
+        for rel in ("/f", "/d", "/old", "/ld", "/lf", "/dangling", "/"):
+            path = b + ("" if rel == "/" else rel)
+            for look, flags in ((os.lstat, 0x100), (os.stat, 0)):  # AT_SYMLINK_NOFOLLOW, or follow
+                try:
+                    there = look(path)
+                except OSError:
+                    continue
+                if (there.st_dev, there.st_ino) == (st.st_dev, st.st_ino):
+                    return _fastpath.statx(path, flags, 0xFFF)
+    raise AssertionError("no branch file has this identity")
+
+
+@pytest.mark.parametrize(
+    "options", ["", "func.getattr=newest", "follow-symlinks=all", "symlinkify=true,symlinkify-timeout=3600"]
+)
+def test_statx_agrees_with_getattr_and_adds_the_birth_time(mkpool, options):
+    """statx reports what getattr reports (same branch, follow-symlinks,
+    symlinkify), plus the birth time of that very branch file."""
+    p = mkpool(options=options)
+    _statx_layout(p)
+    for rel in ("/", "/f", "/d", "/old", "/ld", "/lf", "/dangling"):
+        st, sx = p.fs.getattr(rel), p.fs.statx(rel)
+        assert (sx.mode, sx.nlink, sx.uid, sx.gid, sx.size, sx.blocks, sx.ino, sx.blksize) == (
+            st.st_mode,
+            st.st_nlink,
+            st.st_uid,
+            st.st_gid,
+            st.st_size,
+            st.st_blocks,
+            st.st_ino,
+            st.st_blksize,
+        ), rel
+        assert (sx.atime_ns, sx.mtime_ns, sx.ctime_ns) == (st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns), rel
+        assert os.makedev(sx.dev_major, sx.dev_minor) == st.st_dev, rel
+        assert sx.mask & STATX_BTIME and sx.btime_ns == _branch_statx(p, st)[12], rel
+    if "symlinkify" not in options:  # (f is old enough to read as a link)
+        assert p.fs.statx("/f").size == (7 if "newest" in options else 5)
+
+
+@pytest.mark.parametrize("rel", ["/missing", "/f/x", "/d/missing/x", "/d/" + "n" * 256])
+def test_statx_errors_match_native(mkpool, rel):
+    p = mkpool()
+    p.both("/f", b"x", (1,))
+    p.both("/d/f", b"y", (0, 1))
+    assert err_of(p.fs.statx, rel) == err_of(os.lstat, p.n(rel)) != 0
+
+
+def test_statx_of_synthetic_entries_claims_no_birth_time(mkpool, tmp_path):
+    p = mkpool(branches=[str(tmp_path / "gone1")])
+    sx = p.fs.statx("/")
+    assert S.S_ISDIR(sx.mode) and not sx.mask & STATX_BTIME and sx.mask & 0x7FF == 0x7FF
+    assert err_of(p.fs.statx, "/other") == errno.ENOENT
+
+
+def test_fstatx_is_the_open_file_even_unlinked(mkpool):
+    p = mkpool()
+    p.put(1, "/f", b"data")
+    born = _fastpath.statx(p.b(1, "/f"), 0, 0xFFF)[12]
+    h = p.fs.open("/f", os.O_RDONLY)
+    try:
+        os.unlink(p.b(1, "/f"))
+        sx = p.fs.fstatx(h)
+        assert (sx.btime_ns, sx.nlink, sx.size, sx.mask & STATX_BTIME) == (born, 0, 4, STATX_BTIME)
+        assert (sx.ino, sx.mtime_ns) == (os.fstat(h.fd).st_ino, os.fstat(h.fd).st_mtime_ns)
+    finally:
+        p.fs.release(h)
 
 
 def test_inode_of_matches_readdir_numbers(mkpool):

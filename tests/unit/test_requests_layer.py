@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 from poolkit import RENAME_EXCHANGE, Pool, as_user, err_of, fd_count, outcome, slurp
 
-from mergerfs import fs as fs_mod
+from mergerfs import _fastpath, fs as fs_mod
 from mergerfs.requests import DIRECT, DROP, KEEP, Requests
 
 ROOT = 1  # FUSE_ROOT_ID
@@ -286,6 +286,36 @@ def test_forced_owner_and_mode_options(mkenv):
     assert (st.st_uid, st.st_gid, S.S_IMODE(st.st_mode), S.S_ISREG(st.st_mode)) == (1234, 2345, 0o750, True)
     assert e.req.getattr(ROOT).st_uid == 1234
     assert os.lstat(e.p.b(0, "/f")).st_uid == 0  # reported only
+
+
+def test_statx_reports_what_getattr_reports(mkenv):
+    """statx (FUSE_STATX) of a path, of the control file, of an open fh and of an
+    inode whose open file lost its name: getattr's answer (overrides included)
+    plus the birth time of the branch file."""
+    e = mkenv(options="uid=1234,gid=2345,umask=027")
+    e.p.put(1, "/f", b"data")
+    born = _fastpath.statx(e.p.b(1, "/f"), 0, 0xFFF)[12]
+    f = e.look("/f")
+
+    def same(sx, st) -> None:
+        assert (sx.mode, sx.size, sx.nlink, sx.uid, sx.gid, sx.mtime_ns) == ident(st)
+
+    sx = e.req.statx(f)
+    same(sx, e.req.getattr(f))
+    assert (sx.uid, sx.gid, S.S_IMODE(sx.mode), sx.btime_ns, sx.mask & 0x800) == (1234, 2345, 0o750, born, 0x800)
+    assert e.req.attrx(e.p.fs.statx("/f")) == sx
+    cx = e.req.statx(e.control)
+    assert (cx.mode, cx.size, cx.nlink, cx.uid, cx.gid) == ident(e.req.getattr(e.control))[:5]  # times: "now"
+    assert not cx.mask & 0x800
+    fh, _ = e.req.open(f, os.O_RDONLY)
+    try:
+        same(e.req.statx(f, fh), e.req.getattr(f, fh))
+        os.unlink(e.p.b(1, "/f"))
+        gone = e.req.statx(f)  # no fh named: the open handle of the inode answers
+        assert (gone.btime_ns, gone.nlink) == (born, 0)
+    finally:
+        e.req.release(fh)
+    assert err_of(e.req.statx, f) == errno.ENOENT
 
 
 def test_timeouts_come_from_the_config(mkenv):
