@@ -637,7 +637,7 @@ cdef void _reply_error(int fd, uint64_t unique, int err) noexcept nogil:
 
 include "_wire.pxi"
 include "_metadata.pxi"
-include "_removes.pxi"
+include "_actions.pxi"
 include "_dirs.pxi"
 include "_listing.pxi"
 include "_files.pxi"

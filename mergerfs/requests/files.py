@@ -17,14 +17,7 @@ class FileRequests(Core):
     ) -> tuple[int, int, os.stat_result, int]:
         """(fh, nodeid, attributes, cache decision) of a newly created file."""
         rel = self.child(parent, name)
-        h = self.fs.create(rel, flags, mode)
-        try:
-            ino, st = self._entry(rel, self.fs.fgetattr(h))
-        except BaseException:
-            self.fs.release(h)
-            raise
-        cache = DIRECT if self._cache_mode(pid) == "off" else KEEP
-        return self._new_fh(ino, h), ino, st, cache
+        return self._created(rel, self.fs.create(rel, flags, mode), pid)
 
     def tmpfile(self, parent: int, mode: int, flags: int, pid: int = 0) -> tuple[int, int, os.stat_result, int]:
         """(fh, nodeid, attributes, cache decision) of a new unnamed file
@@ -32,7 +25,11 @@ class FileRequests(Core):
         (:data:`~mergerfs.fs.UNNAMED`) that no path search sees: until a link
         names it (:meth:`link`), its open handles are the only way to it."""
         name = f"{fs_mod.UNNAMED}{next(self._unnamed_ids)}"
-        h = self.fs.tmpfile(self.rel(parent), flags, mode, name)
+        return self._created(name, self.fs.tmpfile(self.rel(parent), flags, mode, name), pid)
+
+    def _created(self, name: str, h: fs_mod.Handle, pid: int) -> tuple[int, int, os.stat_result, int]:
+        """A new file's open ``h`` under node name ``name``: counted as a lookup
+        and an open (closed again if that fails)."""
         try:
             ino, st = self._entry(name, self.fs.fgetattr(h))
         except BaseException:

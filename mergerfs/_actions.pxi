@@ -1,8 +1,189 @@
-# The requests that remove or move a name, answered without the GIL (included
-# by _kernel.pyx after _metadata.pxi): UNLINK and RMDIR under epall, and
-# RENAME of a file under epall whose new parent is already on every branch
-# that holds the source. As in _metadata.pxi, anything else returns False
-# with nothing changed, and the Python session answers it.
+# The action-category requests the session answers without the GIL (included
+# by _kernel.pyx after _metadata.pxi), for the funcs whose policy is epall:
+# SETATTR by path (chmod, chown, utimens), UNLINK, RMDIR, and RENAME of a file
+# whose new parent is already on every branch that holds the source. One
+# action filter (_eligible, as Python's), any success wins (as Python's
+# Aggregate). As in _metadata.pxi, anything else returns False with nothing
+# changed, and the Python session answers it.
+
+cdef extern from "<sys/stat.h>" nogil:
+    int c_chmod "chmod"(const char *path, unsigned int mode)
+    int utimensat(int dirfd, const char *path, const timespec *times, int flags)
+    bint S_ISLNK(unsigned int mode)
+    long UTIME_NOW
+    long UTIME_OMIT
+
+cdef extern from "<unistd.h>" nogil:
+    int lchown(const char *path, unsigned int owner, unsigned int group)
+    int c_unlink "unlink"(const char *path)
+    int c_rmdir "rmdir"(const char *path)
+
+cdef extern from "<sys/statvfs.h>" nogil:
+    cdef struct statvfs_t "statvfs":
+        unsigned long f_flag
+    int c_statvfs "statvfs"(const char *path, statvfs_t *buf)
+    unsigned long ST_RDONLY
+
+cdef struct fuse_setattr_in:
+    uint32_t valid
+    uint32_t padding
+    uint64_t fh
+    uint64_t size
+    uint64_t lock_owner
+    uint64_t atime
+    uint64_t mtime
+    uint64_t ctime
+    uint32_t atimensec
+    uint32_t mtimensec
+    uint32_t ctimensec
+    uint32_t mode
+    uint32_t unused4
+    uint32_t uid
+    uint32_t gid
+    uint32_t unused5
+
+cdef enum:
+    FATTR_MODE = 1
+    FATTR_UID = 2
+    FATTR_GID = 4
+    FATTR_ATIME = 16
+    FATTR_MTIME = 32
+    FATTR_ATIME_NOW = 128
+    FATTR_MTIME_NOW = 256
+    FATTR_CTIME = 1024
+    FATTR_KILL_SUIDGID = 2048
+    # what the compiled SETATTR does: no fh, no size (truncate), the rest by path
+    FATTR_PLAIN = FATTR_MODE | FATTR_UID | FATTR_GID | FATTR_ATIME | FATTR_MTIME | FATTR_ATIME_NOW \
+        | FATTR_MTIME_NOW | FATTR_CTIME | FATTR_KILL_SUIDGID
+
+cpdef enum:
+    # FastConfig.actions: these funcs' action policy is epall (set_fast's ``actions``)
+    ACT_CHMOD = 1
+    ACT_CHOWN = 2
+    ACT_UTIMENS = 4
+    ACT_UNLINK = 8
+    ACT_RMDIR = 16
+    ACT_RENAME = 32
+
+
+cdef int _eligible(FastConfig *c, int i, const char *rel, size_t rellen, char *full, stat_t *st) noexcept nogil:
+    """The action filter for branch ``i`` (as Python's): 1 if it holds ``rel``
+    (its lstat in ``st``, its path in ``full``) and may be written (mode and
+    mount); 0 if not; -1 for anything Python must judge."""
+    cdef char root[PATH_MAX]
+    cdef statvfs_t vfs
+    if c.readonly[i]:
+        return 0
+    # is it here, then is its filesystem writable
+    if not _on_branch(c, i, rel, rellen, full) or not _on_branch(c, i, b"/", 1, root):
+        return -1
+    if c_lstat(full, st) != 0:
+        return 0 if errno == ENOENT else -1
+    if c_statvfs(root, &vfs) != 0:
+        return -1
+    return 0 if vfs.f_flag & ST_RDONLY else 1
+
+
+cdef void _times(const fuse_setattr_in *a, timespec *times) noexcept nogil:
+    """SETATTR's atime/mtime as utimensat's pair (UTIME_OMIT, UTIME_NOW)."""
+    times[0].tv_sec = <long>a.atime
+    times[0].tv_nsec = a.atimensec
+    times[1].tv_sec = <long>a.mtime
+    times[1].tv_nsec = a.mtimensec
+    if not a.valid & FATTR_ATIME:
+        times[0].tv_nsec = UTIME_OMIT
+    elif a.valid & FATTR_ATIME_NOW:
+        times[0].tv_nsec = UTIME_NOW
+    if not a.valid & FATTR_MTIME:
+        times[1].tv_nsec = UTIME_OMIT
+    elif a.valid & FATTR_MTIME_NOW:
+        times[1].tv_nsec = UTIME_NOW
+
+
+cdef bint _act(FastConfig *c, const char *rel, size_t rellen, int op, const fuse_setattr_in *a) noexcept nogil:
+    """epall: apply ``op`` on every branch holding ``rel`` that is not read-only
+    (by mode or mount). Any success wins (as Python's Aggregate): True once one
+    branch succeeded, whatever the others answer. Before that, anything but a
+    plain "not here" returns False with nothing changed, and Python does the
+    whole request and judges the errors."""
+    cdef char full[PATH_MAX]
+    cdef stat_t st
+    cdef timespec times[2]
+    cdef int i
+    cdef int rc
+    cdef int here
+    cdef int done = 0
+    for i in range(c.nbranches):
+        here = _eligible(c, i, rel, rellen, full, &st)
+        if here <= 0:
+            if here < 0 and not done:
+                return False
+            continue
+        if op == ACT_UNLINK:
+            rc = c_unlink(full)
+        elif op == ACT_RMDIR:
+            rc = c_rmdir(full)
+        elif op == ACT_CHMOD:
+            rc = c_chmod(full, a.mode & 0o7777)
+        elif op == ACT_CHOWN:
+            rc = lchown(full, a.uid if a.valid & FATTR_UID else <unsigned int>-1,
+                        a.gid if a.valid & FATTR_GID else <unsigned int>-1)
+        else:
+            _times(a, times)
+            rc = utimensat(AT_FDCWD, full, times, AT_SYMLINK_NOFOLLOW)
+        if rc != 0:
+            if done:
+                continue
+            return False
+        done += 1
+    return done > 0
+
+
+cdef bint _setattr(Session s, Caller *w, int fd, char *buf) noexcept nogil:
+    cdef fuse_in_header *h = <fuse_in_header *>buf
+    cdef fuse_setattr_in *a = <fuse_setattr_in *>(buf + IN_HDR)
+    cdef char rel[PATH_MAX]
+    cdef char full[PATH_MAX]
+    cdef ssize_t rellen
+    cdef stat_t st
+    cdef Facts facts
+    cdef bint ok = False
+    cdef int found = -1
+    cdef unsigned int mode
+    cdef attr_reply out
+    if a.valid & ~(<uint32_t>FATTR_PLAIN):
+        return False
+    cdef FastConfig *c = _acquire(s)
+    if c == NULL:
+        return False
+    rellen = _relpath(s.table, h.nodeid, NULL, 0, rel, &facts)
+    if rellen > 0 and _as_caller(c, w, h):
+        found = _search(c, rel, <size_t>rellen, &st, full)
+    if found == 0 and _same_object(&facts, &st) and not (S_ISLNK(st.st_mode) and a.valid & FATTR_MODE):
+        ok = True
+        if a.valid & FATTR_MODE:
+            ok = c.actions & ACT_CHMOD and _act(c, rel, <size_t>rellen, ACT_CHMOD, a)
+        if ok and a.valid & (FATTR_UID | FATTR_GID):
+            ok = c.actions & ACT_CHOWN and _act(c, rel, <size_t>rellen, ACT_CHOWN, a)
+        if ok and a.valid & (FATTR_ATIME | FATTR_MTIME):
+            ok = c.actions & ACT_UTIMENS and _act(c, rel, <size_t>rellen, ACT_UTIMENS, a)
+        ok = ok and _search(c, rel, <size_t>rellen, &st, full) == 0
+    memset(&out, 0, sizeof(out))
+    out.a.attr_valid = c.attr_valid
+    _release(s, c)
+    if found == ENOENT:  # removed: an open C directory handle of it still answers
+        return _answer_open_dir(s, fd, buf, IN_HDR + sizeof(fuse_setattr_in), out.a.attr_valid)
+    if not ok:
+        return False
+    mode = st.st_mode
+    if a.valid & FATTR_KILL_SUIDGID and not a.valid & FATTR_MODE and S_ISREG(mode) and (
+            mode & 0o4000 or (mode & 0o2000 and mode & 0o10)):
+        return False  # setuid/setgid to drop as native would: Python (its chown already stands)
+    _saw(s.table, h.nodeid, &st)
+    _fill_attr_c(&out.a.attr, h.nodeid, &st)
+    _reply(fd, h.unique, &out, sizeof(out))
+    return True
+
 
 cdef extern from "<dirent.h>" nogil:
     ctypedef struct DIR:
