@@ -24,12 +24,6 @@ cdef extern from "<unistd.h>" nogil:
     int c_fsync "fsync"(int fd)
     int c_fdatasync "fdatasync"(int fd)
 
-cdef extern from "<unistd.h>" nogil:
-    long c_syscall "syscall"(long number, ...)
-
-cdef extern from "<sys/syscall.h>" nogil:
-    long SYS_getdents64
-
 from libc.errno cimport EBADF, ENOMEM, ENOTDIR, ENAMETOOLONG
 
 cdef enum:

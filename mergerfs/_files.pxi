@@ -20,17 +20,8 @@ cdef extern from "<fcntl.h>" nogil:
 cdef extern from "<stdio.h>" nogil:
     int snprintf(char *s, size_t n, const char *fmt, ...)
 
-cdef extern from "<unistd.h>" nogil:
-    long syscall(long number, ...)
-
-cdef extern from "<sys/syscall.h>" nogil:
-    long SYS_setfsuid
-
 cdef enum:
     FUSE_OPEN_KILL_SUIDGID = 1  # fuse_open_in.open_flags: an O_TRUNC open without CAP_FSETID
-    FOPEN_DIRECT_IO = 1 << 0
-    FOPEN_KEEP_CACHE = 1 << 1
-    FOPEN_PASSTHROUGH = 1 << 7
 
 
 # ---------------------------------------------------------------- passthrough
@@ -156,20 +147,6 @@ cdef bytes _open_out(uint32_t fh, uint32_t oflags, int32_t backing):
     o.open_flags = _pt_flags(oflags, backing)
     o.backing_id = backing
     return PyBytes_FromStringAndSize(<char *>&o, sizeof(o))
-
-
-cdef int _search_at(FastConfig *c, const char *rel, size_t rellen, stat_t *st, char *full) noexcept nogil:
-    """First-found as _search, answering the branch's index (>= 0); -ENOENT if
-    no branch holds ``rel``, -1 for anything Python must judge."""
-    cdef int i
-    for i in range(c.nbranches):
-        if not _on_branch(c, i, rel, rellen, full):
-            return -1
-        if c_lstat(full, st) == 0:
-            return i
-        if errno != ENOENT:
-            return -1
-    return -ENOENT
 
 
 cdef bint _opened_c(NodeTable t, uint64_t nodeid, uint64_t seen, bint *changed) noexcept nogil:

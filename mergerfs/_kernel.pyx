@@ -52,6 +52,11 @@ cdef extern from "<unistd.h>" nogil:
     ssize_t c_write "write"(int fd, const void *buf, size_t count)
     int c_dup "dup"(int fd)
     int c_close "close"(int fd)
+    long syscall(long number, ...)
+
+cdef extern from "<sys/syscall.h>" nogil:
+    long SYS_getdents64
+    long SYS_setfsuid
 
 include "_io.pxi"
 

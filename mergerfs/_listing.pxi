@@ -104,7 +104,7 @@ cdef int _list_branch(FastConfig *c, DirList *d, int bfd, char *scratch) noexcep
     if c_fstat(bfd, &st) != 0:
         return -1
     while True:
-        got = c_syscall(SYS_getdents64, bfd, scratch, <unsigned int>GETDENTS_BUF)
+        got = syscall(SYS_getdents64, bfd, scratch, <unsigned int>GETDENTS_BUF)
         if got <= 0:
             return 0
         pos = 0

@@ -165,19 +165,25 @@ cdef bint _on_branch(FastConfig *c, int i, const char *rel, size_t rellen, char 
     return True
 
 
-cdef int _search(FastConfig *c, const char *rel, size_t rellen, stat_t *st, char *full) noexcept nogil:
-    """First-found: 0, the lstat of ``rel`` on the first branch holding it and
-    its full path in ``full`` (PATH_MAX); ENOENT if none holds it; -1 for
-    anything Python must judge."""
+cdef int _search_at(FastConfig *c, const char *rel, size_t rellen, stat_t *st, char *full) noexcept nogil:
+    """First-found: the index (>= 0) of the first branch holding ``rel``, its
+    lstat in ``st`` and its full path in ``full`` (PATH_MAX); -ENOENT if none
+    holds it; -1 for anything Python must judge."""
     cdef int i
     for i in range(c.nbranches):
         if not _on_branch(c, i, rel, rellen, full):
             return -1
         if c_lstat(full, st) == 0:
-            return 0
+            return i
         if errno != ENOENT:
             return -1
-    return ENOENT
+    return -ENOENT
+
+
+cdef inline int _search(FastConfig *c, const char *rel, size_t rellen, stat_t *st, char *full) noexcept nogil:
+    """_search_at without the index: 0 (found), ENOENT, or -1."""
+    cdef int at = _search_at(c, rel, rellen, st, full)
+    return 0 if at >= 0 else (ENOENT if at == -ENOENT else -1)
 
 
 cdef void _fill_attr_c(fuse_attr *a, uint64_t ino, const stat_t *st) noexcept nogil:

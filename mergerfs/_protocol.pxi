@@ -84,6 +84,11 @@ cdef struct fuse_open_out:
     uint32_t open_flags
     int32_t backing_id
 
+cdef enum:  # fuse_open_out.open_flags the compiled opens set
+    FOPEN_DIRECT_IO = 1 << 0
+    FOPEN_KEEP_CACHE = 1 << 1
+    FOPEN_PASSTHROUGH = 1 << 7
+
 cdef struct open_reply:
     fuse_out_header h
     fuse_open_out o

@@ -19,6 +19,12 @@ from mergerfs.kernel.protocol import DIRENT, ENTRY_OUT, FOPEN_CACHE_DIR, FOPEN_K
 C_DIR = 1 << _kernel.DIR_FH_BIT
 
 
+def dir_open_flags(cfg) -> int:
+    """OPENDIR's FOPEN flags (the compiled OPENDIR gets them from here too):
+    ``cache.readdir`` lets the kernel keep a listing."""
+    return FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE if cfg["cache.readdir"] else 0
+
+
 class DirHandlers(Base):
     def _c_dir(self, h, body):
         """A request on a C directory handle, answered by the compiled code as this caller."""
@@ -27,8 +33,7 @@ class DirHandlers(Base):
 
     def _opendir(self, h, body):
         fh = self.req.opendir(h.nodeid)
-        oflags = FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE if self.fs.snap.cfg["cache.readdir"] else 0
-        return OPEN_OUT.pack(fh, oflags, 0)
+        return OPEN_OUT.pack(fh, dir_open_flags(self.fs.snap.cfg), 0)
 
     def _readdir(self, h, body):
         fh, off, size = struct.unpack_from("<QQI", body)

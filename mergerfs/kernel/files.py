@@ -29,6 +29,20 @@ from mergerfs.ops.io import IOCTLS
 from mergerfs.requests import DIRECT, KEEP
 
 
+def open_flags(cfg, cache: int, rdonly: bool) -> int:
+    """An open reply's FOPEN flags for the open's cache decision (DIRECT, KEEP or
+    DROP) and access mode, before passthrough (decided in C per open). The
+    compiled OPEN gets its flags from here too (transport._c_opens)."""
+    if cache == DIRECT:
+        oflags = FOPEN_DIRECT_IO | (FOPEN_PARALLEL_DIRECT_WRITES if cfg["parallel-direct-writes"] else 0)
+    else:
+        oflags = FOPEN_KEEP_CACHE if cache == KEEP else 0
+    flush = cfg["flush-on-close"]
+    if flush == "never" or (flush == "opened-for-write" and rdonly):
+        oflags |= FOPEN_NOFLUSH
+    return oflags
+
+
 class FileHandlers(Base):
     def _opened(self, nodeid: int, pyfh: int, cache: int, flags: int, hand_over: bool = False) -> bytes:
         """Register an open file with the compiled loop, which decides its
@@ -38,13 +52,7 @@ class FileHandlers(Base):
         assert self.session is not None
         cfg = self.fs.snap.cfg
         fd = -1 if cfg["nullrw"] else self.req.fd(pyfh)
-        if cache == DIRECT:
-            oflags = FOPEN_DIRECT_IO | (FOPEN_PARALLEL_DIRECT_WRITES if cfg["parallel-direct-writes"] else 0)
-        else:
-            oflags = FOPEN_KEEP_CACHE if cache == KEEP else 0
-        flush = cfg["flush-on-close"]
-        if flush == "never" or (flush == "opened-for-write" and flags & os.O_ACCMODE == os.O_RDONLY):
-            oflags |= FOPEN_NOFLUSH
+        oflags = open_flags(cfg, cache, flags & os.O_ACCMODE == os.O_RDONLY)
         if hand_over and fd >= 0:
             out = self._hand_over(nodeid, pyfh, oflags)
             if out:

@@ -16,17 +16,13 @@ import threading
 
 from mergerfs import _kernel, inodes, mounts, ugid
 from mergerfs.kernel import mount as mounting
-from mergerfs.kernel.dirs import DirHandlers
+from mergerfs.kernel.dirs import DirHandlers, dir_open_flags
 from mergerfs.kernel.entries import EntryHandlers
-from mergerfs.kernel.files import FileHandlers
+from mergerfs.kernel.files import FileHandlers, open_flags
 from mergerfs.kernel.negotiate import negotiate
 from mergerfs.kernel.notifier import Notifier
 from mergerfs.kernel.protocol import (
-    FOPEN_CACHE_DIR,
-    FOPEN_DIRECT_IO,
     FOPEN_KEEP_CACHE,
-    FOPEN_NOFLUSH,
-    FOPEN_PARALLEL_DIRECT_WRITES,
     IN_HEADER,
     NO_CALLER,
     NO_REPLY,
@@ -36,7 +32,7 @@ from mergerfs.kernel.protocol import (
 )
 from mergerfs.kernel.xattrs import XattrHandlers
 from mergerfs.lifecycle import mounted_device, unmount
-from mergerfs.requests import Requests
+from mergerfs.requests import DIRECT, DROP, Requests
 
 log = logging.getLogger("mergerfs")
 
@@ -175,7 +171,7 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
             # network branch keeps ops/readdir.py's lanes), and not with READDIRPLUS.
             # It is the same whatever func.readdir says (how branches are read).
             root_devs=None if cfg["readdirplus"] else mounts.local_devs([b.path for b in branches]),
-            dir_flags=FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE if cfg["cache.readdir"] else 0,
+            dir_flags=dir_open_flags(cfg),
             opens=self._c_opens(cfg),
         )
 
@@ -193,14 +189,10 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         mode = cfg["cache.files"]
         if cfg.policy("open") != "ff" or cfg["nullrw"] or mode == "per-process" or self.req.cache_by_notify:
             return None
-        rd = wr = 0
-        if mode == "off":
-            rd = wr = FOPEN_DIRECT_IO | (FOPEN_PARALLEL_DIRECT_WRITES if cfg["parallel-direct-writes"] else 0)
-        flush = cfg["flush-on-close"]
-        if flush in ("never", "opened-for-write"):
-            rd |= FOPEN_NOFLUSH
-        if flush == "never":
-            wr |= FOPEN_NOFLUSH
+        # as requests/files.py _freshen decides: DIRECT under off, else KEEP only
+        # while the file did not change behind the kernel's back (C adds ``keep``)
+        base = DIRECT if mode == "off" else DROP
+        rd, wr = open_flags(cfg, base, True), open_flags(cfg, base, False)
         keep = FOPEN_KEEP_CACHE if mode in ("full", "auto-full") else 0
         return rd, wr, keep, bool(cfg["dropcacheonclose"]), bool(cfg["link-cow"])
 
