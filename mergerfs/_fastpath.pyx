@@ -378,6 +378,19 @@ cdef extern from "<sys/statvfs.h>" nogil:
     unsigned long ST_RDONLY
 
 
+cdef int space_of(const char *path, Space *out) noexcept nogil:
+    cdef stat st
+    cdef statvfs_t vfs
+    if c_stat(path, &st) != 0 or c_statvfs(path, &vfs) != 0:
+        return errno
+    out.dev = st.st_dev
+    out.available = <uint64_t>vfs.f_bavail * vfs.f_frsize
+    out.used = <uint64_t>(vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize
+    out.total = <uint64_t>vfs.f_blocks * vfs.f_frsize
+    out.readonly = (vfs.f_flag & ST_RDONLY) != 0
+    return 0
+
+
 def space(path):
     """``(st_dev, available, used, total, read-only)`` of the filesystem at
     ``path`` (bytes: f_bavail, f_blocks - f_bfree, f_blocks times f_frsize):
@@ -385,22 +398,15 @@ def space(path):
     (os.stat + os.statvfs build two result objects to read five numbers)."""
     cdef bytes b = os.fsencode(path)
     cdef const char *c = b
-    cdef stat st
-    cdef statvfs_t vfs
-    cdef int rv
-    cdef int err = 0
+    cdef Space sp = Space(0, 0, 0, 0, False)
+    cdef int err
     if b"\0" in b:  # a hostile branches= value: no such path
         raise OSError(2, os.strerror(2), path)
     with nogil:
-        rv = c_stat(c, &st)
-        if rv == 0:
-            rv = c_statvfs(c, &vfs)
-        if rv != 0:
-            err = errno
-    if rv != 0:
+        err = space_of(c, &sp)
+    if err:
         raise OSError(err, os.strerror(err), path)
-    return (st.st_dev, vfs.f_bavail * vfs.f_frsize, (vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize,
-            vfs.f_blocks * vfs.f_frsize, bool(vfs.f_flag & ST_RDONLY))
+    return (sp.dev, sp.available, sp.used, sp.total, bool(sp.readonly))
 
 
 cdef extern from "<sys/stat.h>" nogil:

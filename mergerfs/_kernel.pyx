@@ -60,6 +60,49 @@ cdef extern from "<sys/syscall.h>" nogil:
 
 include "_io.pxi"
 
+cdef extern from "<fcntl.h>" nogil:
+    int _fcntl "fcntl"(int fd, int cmd, ...)
+    int F_GETFL, F_SETFL, O_NONBLOCK
+
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
+cdef extern from "<time.h>" nogil:
+    int clock_gettime(int clk, timespec *ts)
+    int CLOCK_MONOTONIC
+    int CLOCK_MONOTONIC_COARSE
+
+
+cdef ssize_t _await(int fd, char *buf, size_t size, int64_t poll_ns, int fl, bint *polling) noexcept nogil:
+    """Read the next request into ``buf``: its size, or -1 with errno. With
+    ``poll_ns``, keep reading without sleeping for up to that long first (the
+    fd O_NONBLOCK; ``polling`` tracks it, ``fl`` its flags without): a worker
+    already on a CPU answers at once, where a sleeping one costs the caller a
+    wakeup of the daemon (tens of microseconds on a VM) per request. Between
+    reads the CPU is offered to anything else runnable (sched_yield)."""
+    cdef timespec ts
+    cdef int64_t start
+    cdef ssize_t n = -1
+    if poll_ns > 0:
+        if not polling[0]:
+            _fcntl(fd, F_SETFL, fl | O_NONBLOCK)
+            polling[0] = True
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        start = <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+        while True:
+            n = c_read(fd, buf, size)
+            if n >= 0 or errno != EAGAIN:
+                return n
+            clock_gettime(CLOCK_MONOTONIC, &ts)
+            if <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec - start > poll_ns:
+                break
+            sched_yield()
+    if polling[0]:
+        _fcntl(fd, F_SETFL, fl)
+        polling[0] = False
+    return c_read(fd, buf, size)
+
+
 cdef extern from "<sys/ioctl.h>" nogil:
     int c_ioctl "ioctl"(int fd, unsigned long request, ...)
 
@@ -69,8 +112,10 @@ cdef extern from "<string.h>" nogil:
 cdef extern from *:
     """
     #define MFS_COUNT(p) ((void)__atomic_fetch_add((p), 1, __ATOMIC_RELAXED))
+    #define MFS_LOAD(p) __atomic_load_n((p), __ATOMIC_RELAXED)
     """
     void MFS_COUNT(uint64_t *p) noexcept nogil
+    uint64_t MFS_LOAD(uint64_t *p) noexcept nogil
 
 cdef extern from "<sys/stat.h>" nogil:
     cdef struct stat_t "stat":
@@ -156,6 +201,9 @@ cdef class Session:
     cdef uint32_t nfree
     cdef uint32_t next_slot
     cdef public object slow
+    cdef public object inval  # inval(nodeid): queue the kernel's invalidation of a nodeid (any thread)
+    cdef public int64_t busy_poll_ns  # how long the polling worker reads on without sleeping (0: never)
+    cdef uint64_t by_others  # requests the other workers got: the poller's sign of concurrent callers
     cdef public bint trace  # every request to ``slow`` (-d): no C path
     cdef readonly NodeTable table
     cdef FastConfig *fast  # NULL: LOOKUP/GETATTR go to Python
@@ -198,14 +246,17 @@ cdef class Session:
     def set_fast(self, branches, readonly=(), int calc=0, uint64_t entry=0, uint64_t attr=0,
                  uint64_t negative=0, int actions=0, bint getxattr=False, bint capability=False,
                  bint posix_acl=False, bint creds_fixed=False, bint pid_bound=False, root_devs=None,
-                 uint32_t dir_flags=0, opens=None):
+                 bint readdir=False, uint32_t dir_flags=0, opens=None, creatable=(), minfree=(),
+                 int create=0, int mkdir=0):
         """Let the C path answer LOOKUP/GETATTR over ``branches`` (their roots as
         bytes, in order; ``readonly``: which have mode RO) with this inodecalc
         code and these cache timeouts, SETATTR of the ``actions`` (ACT_* bits)
-        whose policy is epall, GETXATTR if ``getxattr``, OPENDIR/READDIR if
-        ``root_devs`` (each branch root's st_dev while they are local
-        filesystems; opened with ``dir_flags``), OPEN/RELEASE if ``opens``
-        (fopen_rd, fopen_wr, fopen_keep, dropcache, link_cow: see FastConfig);
+        whose policy is epall, GETXATTR if ``getxattr``; with ``root_devs``
+        (each branch root's st_dev while they are local filesystems) OPENDIR/READDIR
+        if ``readdir`` (opened with ``dir_flags``); OPEN/RELEASE if ``opens``
+        (fopen_rd, fopen_wr, fopen_keep, dropcache, link_cow: see FastConfig),
+        and with both CREATE and MKDIR by the ``create``/``mkdir`` PICK_* codes
+        (``creatable``: branch mode RW; ``minfree``: minfreespace, per branch);
         None: none of it."""
         cdef FastConfig *c = NULL
         cdef FastConfig *old
@@ -220,7 +271,10 @@ cdef class Session:
             c.branches = <char **>calloc(count, sizeof(char *))
             c.lens = <size_t *>calloc(count, sizeof(size_t))
             c.readonly = <bint *>calloc(count, sizeof(bint))
-            if c.branches == NULL or c.lens == NULL or c.readonly == NULL:
+            c.creatable = <bint *>calloc(count, sizeof(bint))
+            c.minfree = <uint64_t *>calloc(count, sizeof(uint64_t))
+            if c.branches == NULL or c.lens == NULL or c.readonly == NULL or c.creatable == NULL \
+                    or c.minfree == NULL:
                 _free_config(c)
                 raise MemoryError()
             for i, b in enumerate(branches):
@@ -234,6 +288,8 @@ cdef class Session:
                 memcpy(c.branches[i], <const char *>b, blen + 1)
                 c.lens[i] = blen
                 c.readonly[i] = i < len(readonly) and readonly[i]
+                c.creatable[i] = i < len(creatable) and creatable[i]
+                c.minfree[i] = minfree[i] if i < len(minfree) else 0
                 c.nbranches = i + 1
             c.calc = calc
             c.actions = actions
@@ -252,7 +308,10 @@ cdef class Session:
                     raise MemoryError()
                 for i in range(c.nbranches):
                     c.root_devs[i] = root_devs[i]
-                c.readdir = True
+                c.readdir = readdir
+                if opens is not None:
+                    c.create_pick = create
+                c.mkdir_pick = mkdir
             c.dir_flags = dir_flags
             if opens is not None:
                 c.opens = True
@@ -467,20 +526,37 @@ cdef class Session:
         return out
 
     # ------------------------------------------------------------ the loop
-    def serve(self, int fd):
-        """Answer requests on ``fd`` until the connection ends (unmount: ENODEV)."""
+    def serve(self, int fd, bint poller=False):
+        """Answer requests on ``fd`` until the connection ends (unmount: ENODEV).
+        The ``poller`` (one worker, on an fd of its own) waits for the next
+        request polling for ``busy_poll_ns`` before it sleeps (_await), unless
+        the other workers got requests while it answered its last one: callers
+        run concurrently then, every worker has work and the CPU a poll would
+        take is theirs. (A request another worker gets while the poller polls
+        is only a race the woken sleeper won.)"""
         cdef char *buf = <char *>malloc(self.bufsize)
+        cdef int fl = _fcntl(fd, F_GETFL, 0) & ~O_NONBLOCK
+        cdef bint polling = False
+        cdef uint64_t others_seen = 0
         cdef ssize_t n
         cdef int err = 0
         cdef Caller caller
         cdef fuse_in_header h
         memset(&caller, 0, sizeof(caller))
+        caller.rng = <uint64_t>_now_ns() ^ <uint64_t>(<size_t>&caller)
         if buf == NULL:
             raise MemoryError()
         try:
             with nogil:
                 while True:
-                    n = c_read(fd, buf, self.bufsize)
+                    if poller:
+                        n = _await(fd, buf, self.bufsize, self.busy_poll_ns if MFS_LOAD(
+                            &self.by_others) == others_seen else 0, fl, &polling)
+                        others_seen = MFS_LOAD(&self.by_others)  # from here until the next wait
+                    else:
+                        n = _await(fd, buf, self.bufsize, 0, fl, &polling)
+                        if n > 0:
+                            MFS_COUNT(&self.by_others)
                     if n < 0:
                         err = errno
                         if err == EINTR or err == EAGAIN or err == ENOENT:
@@ -562,6 +638,10 @@ cdef class Session:
             return _open(self, w, fd, buf, n)
         if h.opcode == FUSE_RELEASE:
             return _release_fh(self, fd, buf, n)
+        if h.opcode == FUSE_CREATE:
+            return _create(self, w, fd, buf, n)
+        if h.opcode == FUSE_MKDIR:
+            return _mkdir(self, w, fd, buf, n)
         return False
 
     cdef inline int _fd(self, uint64_t fh) noexcept nogil:
@@ -646,3 +726,4 @@ include "_actions.pxi"
 include "_dirs.pxi"
 include "_listing.pxi"
 include "_files.pxi"
+include "_create.pxi"

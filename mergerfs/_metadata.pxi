@@ -22,7 +22,7 @@ cdef struct FastConfig:
     bint creds_fixed    # the daemon cannot switch identity: every caller is served as itself
     bint pid_bound      # proxy-ioprio: credentials are per calling thread, not per user
     bint readdir        # OPENDIR/READDIR here too (_dirs.pxi): plain listings, no READDIRPLUS
-    uint64_t *root_devs # with readdir: each branch root's st_dev (on a local filesystem) when set
+    uint64_t *root_devs # each branch root's st_dev when set, if all are local filesystems (else NULL)
     uint32_t dir_flags  # OPENDIR's open flags (cache.readdir: FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE)
     bint opens          # OPEN/RELEASE here (_files.pxi): open policy ff, no nullrw, per-process caching...
     bint link_cow       # a write open may have to break a hard link first (Python)
@@ -30,6 +30,10 @@ cdef struct FastConfig:
     uint32_t fopen_rd   # the open reply's FOPEN_* flags for a read-only open,
     uint32_t fopen_wr   # for a write open,
     uint32_t fopen_keep  # and added when the file did not change behind the kernel's back
+    int create_pick     # CREATE here (_create.pxi, with opens and root_devs): PICK_* of func.create, 0: Python
+    int mkdir_pick      # MKDIR likewise, func.mkdir's
+    bint *creatable     # branch mode RW (RO and NC take no new entries)
+    uint64_t *minfree   # each branch's minfreespace (bytes)
 
 
 cdef struct Caller:
@@ -38,11 +42,7 @@ cdef struct Caller:
     uint32_t pid
     int64_t since       # when they were set (ns): a caller's groups are re-read after a second, as ugid does
     bint valid
-
-
-cdef extern from "<time.h>" nogil:
-    int clock_gettime(int clk, timespec *ts)
-    int CLOCK_MONOTONIC_COARSE
+    uint64_t rng        # the worker's random state (the random create policies)
 
 
 cdef inline int64_t _now_ns() noexcept nogil:
@@ -68,6 +68,8 @@ cdef void _free_config(FastConfig *c) noexcept nogil:
     free(c.lens)
     free(c.readonly)
     free(c.root_devs)
+    free(c.creatable)
+    free(c.minfree)
     free(c)
 
 

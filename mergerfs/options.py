@@ -347,6 +347,13 @@ _OPTION_LIST = [
         key="fuse_msg_size",
     ),
     _o(
+        "fuse-busy-poll",
+        Kind("MICROSECONDS", ranged(0, 1000000)),
+        200,
+        "extension: how long one worker keeps polling for the next request before it sleeps "
+        "(microseconds, 0: off; kernel session, 2+ CPUs)",
+    ),
+    _o(
         "fuse-binding",
         _enum("kernel", "llfuse"),
         "kernel",

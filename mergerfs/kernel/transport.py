@@ -46,6 +46,18 @@ _ACTIONS = {
     "rename": _kernel.ACT_RENAME,
 }
 
+#: The create policies the compiled CREATE and MKDIR pick by (_create.pxi): their pick and filter.
+_PICKS = {
+    "ff": _kernel.PICK_FIRST,
+    "mfs": _kernel.PICK_MOST_FREE,
+    "lfs": _kernel.PICK_LEAST_FREE,
+    "lus": _kernel.PICK_LEAST_USED,
+    "lup": _kernel.PICK_LEAST_USED_PCT,
+    "pfrd": _kernel.PICK_WEIGHTED,
+    "rand": _kernel.PICK_RANDOM,
+}
+_PICKS.update({"ep" + name: pick | _kernel.PICK_EP for name, pick in _PICKS.items()})
+
 
 class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
     """Mount, serve until unmounted, close: the shape lifecycle.py drives."""
@@ -122,6 +134,7 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         self.req.adopt_open = self._adopt_open
         self.fs.adopt_branch = self._adopt_branch
         session.slow = self.dispatch
+        session.inval = self.notifier.inval_inode
         session.trace = self.debug = any(o.partition("=")[0] == "debug" for o in opts)
         agreed = negotiate(self.devfd, self.cfg)
         self.minor = agreed.minor
@@ -130,16 +143,19 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         session.configure(agreed.max_write, agreed.minor)
         self.req.control.counts = self._counts
         self._fast_path()
-        self.fs.listeners.append(self._fast_path)
+        self._busy_poll()
+        self.fs.listeners += [self._fast_path, self._busy_poll]
         self.notifier.start(self.devfd)
 
     def _fast_path(self, *_changed) -> None:
         """Let the compiled loop answer LOOKUP, GETATTR, STATX, GETXATTR, SETATTR,
-        UNLINK, RMDIR, RENAME and the listings (OPENDIR, READDIR) while the
-        config has the plain shape it implements: a first-found search, epall
-        actions, attributes reported as the branch's lstat gives them (no
-        symlink following, symlinkify or uid/gid/umask overrides) and no
-        READDIRPLUS. Otherwise Python answers them. Called again after every
+        UNLINK, RMDIR, RENAME, the listings (OPENDIR, READDIR), OPEN and
+        RELEASE, CREATE and MKDIR while the config has the plain shape it
+        implements: a first-found search, epall actions, attributes reported
+        as the branch's lstat gives them (no symlink following, symlinkify or
+        uid/gid/umask overrides), no READDIRPLUS for listings and a
+        single-branch create policy (_PICKS) over local branches for
+        CREATE/MKDIR. Otherwise Python answers them. Called again after every
         config change."""
         assert self.session is not None
         cfg = self.fs.snap.cfg
@@ -167,13 +183,27 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
             posix_acl=cfg["posix-acl"],
             creds_fixed=not ugid.acts_as_caller(),
             pid_bound=cfg["proxy-ioprio"],
-            # A compiled listing has no deadline: only over local filesystems (a
-            # network branch keeps ops/readdir.py's lanes), and not with READDIRPLUS.
-            # It is the same whatever func.readdir says (how branches are read).
-            root_devs=None if cfg["readdirplus"] else mounts.local_devs([b.path for b in branches]),
+            # A compiled listing or create has no deadline: only over local
+            # filesystems (a network branch keeps the lanes of ops/readdir.py and
+            # probe.py). A listing is the same whatever func.readdir says (how
+            # branches are read).
+            root_devs=mounts.local_devs([b.path for b in branches]),
+            readdir=not cfg["readdirplus"],
             dir_flags=dir_open_flags(cfg),
             opens=self._c_opens(cfg),
+            creatable=[b.mode == "RW" for b in branches],
+            minfree=[b.minfreespace for b in branches],
+            # nfsopenhack changes a create's mode: Python's
+            create=_PICKS.get(cfg.policy("create"), 0) if cfg["nfsopenhack"] == "off" else 0,
+            mkdir=_PICKS.get(cfg.policy("mkdir"), 0),
         )
+
+    def _busy_poll(self, *_changed) -> None:
+        """fuse-busy-poll: the polling worker's budget. Not on a single CPU,
+        where polling would only keep the caller from running."""
+        assert self.session is not None
+        cpus = len(os.sched_getaffinity(0))
+        self.session.busy_poll_ns = self.fs.snap.cfg["fuse-busy-poll"] * 1000 if cpus >= 2 else 0
 
     def _counts(self) -> dict[str, tuple[int, int]]:
         """Requests served per opcode name: (answered compiled, answered by Python)."""
@@ -208,9 +238,13 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
                 fds.append(self.devfd)  # no /dev/fuse access (fusermount): share the fd
         errors: list[BaseException] = []
 
+        # one worker polls (fuse-busy-poll), on an fd of its own: a shared one
+        # would make every worker's read non-blocking
+        poller = fds[-1] if len(set(fds)) == len(fds) else -1
+
         def work(fd: int) -> None:
             try:
-                session.serve(fd)
+                session.serve(fd, fd == poller)
             except OSError as e:
                 if e.errno not in (errno.ENODEV, errno.EBADF):
                     errors.append(e)

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from .branchfs import err_of, fill, is_reference, pool, remount_ro, tmpfs_branches, where
+from .helpers import counts, is_llfuse, served, warm_caller
 
 pytestmark = pytest.mark.mount
 
@@ -130,6 +131,39 @@ def test_create_parent_on_some(br, policy):
             assert where(br, "p") == list(range(len(br)))
         else:
             assert where(br, "p/d") == EP_FILE[policy]
+
+
+#: The create policies our kernel session answers CREATE/MKDIR for in C
+#: (mergerfs/_create.pxi) that choose by space: where they must land.
+COMPILED = sorted(p for p in {*ROOT_FILE, *EP_FILE} if p not in ("all", "epall") and "msp" not in p)
+
+
+@pytest.mark.skipif(is_reference() or is_llfuse(), reason="our kernel session's compiled CREATE and MKDIR")
+@pytest.mark.parametrize("policy", COMPILED)
+def test_compiled_create_places_as_the_policy(br, policy):
+    """The compiled CREATE and MKDIR land where the policy modules put them (the
+    parent everywhere for ff/mfs/lfs/lus/lup, on some branches for the ep
+    forms), as the caller, and answer without Python once the worker acts as
+    the caller (the first request of a caller on each of the two workers is Python's)."""
+    ep = policy.startswith("ep")
+    if ep:
+        mkdirs_on(br, EP_PARENT, "p")
+    parent = "p" if ep else ""
+    with pool(br, f"{BASE},threads=1,category.create={policy}") as m:
+        before = counts(m)
+        warm_caller(m)
+        for k in range(6):
+            touch(os.path.join(m, parent, f"f{k}"), b"x" * k)
+        for k in range(4):
+            os.mkdir(os.path.join(m, parent, f"d{k}"), 0o750)
+        creates, mkdirs = served(m, before, "CREATE", 6), served(m, before, "MKDIR", 4)
+        sizes = [os.stat(os.path.join(m, parent, f"f{k}")).st_size for k in range(6)]
+    want = (EP_FILE if ep else ROOT_FILE)[policy]
+    assert [where(br, os.path.join(parent, f"f{k}")) for k in range(6)] == [want] * 6
+    assert [where(br, os.path.join(parent, f"d{k}")) for k in range(4)] == [want] * 4
+    assert sizes == list(range(6))
+    assert stat.S_IMODE(os.stat(os.path.join(br[want[0]], parent, "d0")).st_mode) == 0o750 & ~os.umask(os.umask(0))
+    assert creates[0] >= 4 and mkdirs[0] >= 2, (creates, mkdirs)
 
 
 @pytest.mark.parametrize(

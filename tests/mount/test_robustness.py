@@ -16,12 +16,12 @@ pytestmark = pytest.mark.mount
 INJECT = textwrap.dedent("""
     import sys
     from mergerfs import fs
-    real = fs.FileSystem.create
-    def create(self, relpath, flags, mode):
+    real = fs.FileSystem.symlink
+    def symlink(self, target, relpath):
         if relpath.endswith("boom"):
             raise ZeroDivisionError("injected bug")
-        return real(self, relpath, flags, mode)
-    fs.FileSystem.create = create
+        return real(self, target, relpath)
+    fs.FileSystem.symlink = symlink
     from mergerfs.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
@@ -41,9 +41,9 @@ def test_handler_bug_is_eio_and_mount_survives(tmp_path):
         )
     try:
         assert wait_until(lambda: is_pool_mounted(str(mnt)), 20)
-        for _ in range(3):  # CREATE: a Python request whatever the config (its policy)
+        for _ in range(3):  # SYMLINK: a Python request whatever the config
             with pytest.raises(OSError) as e:
-                (mnt / "boom").write_text("x")
+                os.symlink("target", mnt / "boom")
             assert e.value.errno == errno.EIO
         assert (mnt / "fine").read_text() == "ok"
         (mnt / "new").write_text("still writable")

@@ -93,6 +93,7 @@ SPEC_MORE = {
     "handle-killpriv-v2": ("true", ["true", "false"]),
     "flush-on-close": ("opened-for-write", ["never", "always", "opened-for-write"]),
     "fuse-binding": ("kernel", ["kernel", "llfuse"]),  # extension: the transport
+    "fuse-busy-poll": ("200", ["0", "50", "1000000"]),  # extension: polling for the next request (µs)
 }
 #: In the option table without a spec default: accepted for compatibility, or not values.
 UNSPECIFIED = {"mountpoint", "config", "readdirplus", "log.metrics"}
@@ -502,11 +503,12 @@ def test_control_keys_cover_the_spec():
 
 # ------------------------------------------------------------- round trips
 SIZES = st.integers(0, 2**64 - 1)
-#: 2.42's numeric options with their own ranges (as stored)
-NUMERIC_2_42 = {
+#: numeric options with their own ranges (as stored): 2.42's, and our fuse-busy-poll
+NUMERIC_RANGED = {
     "scheduling-priority": st.integers(-20, 19),
     "readahead": st.integers(0, 2**64 - 1),
     "fuse-msg-size": st.integers(1, 65535),
+    "fuse-busy-poll": st.integers(0, 1000000),
 }
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, database=None)
 
@@ -536,8 +538,8 @@ def test_format_parses_back(name, data):
         value = data.draw(SIZES)
     elif kind is options.POLICY:
         value = data.draw(st.sampled_from(policies.NAMES))
-    elif name in NUMERIC_2_42:
-        value = data.draw(NUMERIC_2_42[name])
+    elif name in NUMERIC_RANGED:
+        value = data.draw(NUMERIC_RANGED[name])
     elif name == "log.file":
         value = data.draw(st.sampled_from(["", "/var/log/mergerfs.log", "/tmp/a b"]))
     elif name == "func.readdir":
