@@ -88,7 +88,8 @@ class FileHandlers(Base):
     def _create(self, h, body):
         flags, mode, _, _ = struct.unpack_from("<IIII", body)
         pyfh, ino, st, cache = self.req.create(h.nodeid, cstr(body, 16)[0], mode, flags, h.pid)
-        # the create policy is Python's decision, the open file then is as any other
+        # a create policy the compiled CREATE does not pick by (_create.pxi);
+        # the open file then is as any other
         return self._entry_out(ino, st) + self._opened(ino, pyfh, cache, flags, hand_over=True)
 
     def _tmpfile(self, h, body):

@@ -173,8 +173,9 @@ def test_many_opens_of_one_file(mount_pool):
 
 
 def test_created_files_released_in_c(mount_pool, native):
-    """CREATE stays Python's (its create policy), then hands the open to the C
-    path: its RELEASE is answered in C, unless a request adopted it (fsync)."""
+    """A new file's open is the C path's whoever answered the CREATE (C for ff,
+    Python handing its open over otherwise: test_c_passthrough covers both):
+    its RELEASE is answered in C, unless a request adopted it (fsync)."""
 
     def scenario(root: str) -> tuple:
         out = []
