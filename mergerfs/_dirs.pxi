@@ -68,7 +68,7 @@ cdef struct DirList:
     size_t *offs        # offs[i]: where record i starts; offs[count] == used
     size_t count
     size_t ocap
-    uint32_t *hash      # open addressing over the names: record index + 1, 0 empty
+    uint64_t *hash      # open addressing over the names: (tag << 32) | record index + 1, 0 empty
     size_t hcap
     bint listed
 

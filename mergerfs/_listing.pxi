@@ -10,38 +10,51 @@ cdef inline fuse_dirent *_rec(DirList *d, size_t i) noexcept nogil:
     return <fuse_dirent *>(d.recs + d.offs[i])
 
 
-cdef uint32_t *_hash_slot(DirList *d, const char *name, size_t n) noexcept nogil:
-    """The slot holding ``name``, or the empty slot where it goes."""
+cdef uint64_t *_hash_slot(DirList *d, const char *name, size_t n, uint64_t tag) noexcept nogil:
+    """The slot holding ``name`` (``tag``: the top half of its hash), or the
+    empty slot where it goes. A slot keeps the tag beside the record index, so
+    a probe past another name reads no record unless their tags agree."""
     cdef size_t mask = d.hcap - 1
-    cdef size_t k = <size_t>_path_hash(name, n) & mask
+    cdef size_t k = <size_t>tag & mask
+    cdef uint64_t e
     cdef fuse_dirent *r
     while d.hash[k]:
-        r = _rec(d, d.hash[k] - 1)
-        if r.namelen == n and memcmp(<char *>(r + 1), name, n) == 0:
-            break
+        e = d.hash[k]
+        if e >> 32 == tag:
+            r = _rec(d, (e & 0xFFFFFFFFULL) - 1)
+            if r.namelen == n and memcmp(<char *>(r + 1), name, n) == 0:
+                break
         k = (k + 1) & mask
     return &d.hash[k]
 
 
+cdef inline uint64_t _name_tag(const char *name, size_t n) noexcept nogil:
+    return _path_hash(name, n) >> 32
+
+
 cdef bint _hash_grow(DirList *d) noexcept nogil:
-    """Keep the table at most half full (rehashing every record)."""
+    """Keep the table at most half full (every slot moved by its tag: no name hashed again)."""
     cdef size_t cap = d.hcap * 2 if d.hcap else 1024
-    cdef uint32_t *t = <uint32_t *>calloc(cap, sizeof(uint32_t))
-    cdef size_t i
-    cdef fuse_dirent *r
+    cdef uint64_t *t = <uint64_t *>calloc(cap, sizeof(uint64_t))
+    cdef size_t i, k
+    cdef size_t mask = cap - 1
     if t == NULL:
         return False
+    for i in range(d.hcap):
+        if d.hash[i]:
+            k = <size_t>(d.hash[i] >> 32) & mask
+            while t[k]:
+                k = (k + 1) & mask
+            t[k] = d.hash[i]
     free(d.hash)
     d.hash = t
     d.hcap = cap
-    for i in range(d.count):
-        r = _rec(d, i)
-        _hash_slot(d, <char *>(r + 1), r.namelen)[0] = <uint32_t>(i + 1)
     return True
 
 
-cdef int _add(DirList *d, const char *name, size_t n, uint32_t dtype, uint64_t ino, uint32_t *slot) noexcept nogil:
-    """Append one record (and its name to the table, at ``slot`` if given): 0 or ENOMEM."""
+cdef int _add(DirList *d, const char *name, size_t n, uint32_t dtype, uint64_t ino, uint64_t *slot,
+              uint64_t tag) noexcept nogil:
+    """Append one record (and its name to the table, at ``slot`` with its ``tag``, if given): 0 or ENOMEM."""
     cdef size_t rec = (sizeof(fuse_dirent) + n + 7) & ~(<size_t>7)
     cdef size_t cap
     cdef char *p
@@ -77,7 +90,7 @@ cdef int _add(DirList *d, const char *name, size_t n, uint32_t dtype, uint64_t i
     d.count += 1
     d.offs[d.count] = d.used
     if slot != NULL:
-        slot[0] = <uint32_t>d.count
+        slot[0] = (tag << 32) | <uint64_t>d.count
     return 0
 
 
@@ -99,7 +112,8 @@ cdef int _list_branch(FastConfig *c, DirList *d, int bfd, char *scratch) noexcep
     cdef uint32_t dtype
     cdef const char *name
     cdef size_t n
-    cdef uint32_t *slot
+    cdef uint64_t *slot
+    cdef uint64_t tag
     cdef bint root = d.rellen == 1
     if c_fstat(bfd, &st) != 0:
         return -1
@@ -120,7 +134,8 @@ cdef int _list_branch(FastConfig *c, DirList *d, int bfd, char *scratch) noexcep
                 continue
             if (d.count + 1) * 2 > d.hcap and not _hash_grow(d):
                 return -2
-            slot = _hash_slot(d, name, n)
+            tag = _name_tag(name, n)
+            slot = _hash_slot(d, name, n, tag)
             if slot[0]:
                 continue  # an earlier branch's
             if dtype == 0:  # DT_UNKNOWN (some filesystems): ask the branch; gone meanwhile: left out
@@ -128,7 +143,7 @@ cdef int _list_branch(FastConfig *c, DirList *d, int bfd, char *scratch) noexcep
                     continue
                 dtype = (est.st_mode & 0o170000) >> 12
             if _add(d, name, n, dtype, _calc(c.calc, <const uint8_t *>d.prefix, d.plen, <const uint8_t *>name, n,
-                                             dtype == DT_DIR, st.st_dev, ent.d_ino), slot) != 0:
+                                             dtype == DT_DIR, st.st_dev, ent.d_ino), slot, tag) != 0:
                 return -2
 
 
@@ -156,7 +171,7 @@ cdef int _list(FastConfig *c, DirList *d) noexcept nogil:
     d.count = 0
     d.listed = False
     if d.hash != NULL:
-        memset(d.hash, 0, d.hcap * sizeof(uint32_t))
+        memset(d.hash, 0, d.hcap * sizeof(uint64_t))
     if d.offs == NULL:
         d.offs = <size_t *>malloc(1024 * sizeof(size_t))
         d.ocap = 1024
@@ -186,7 +201,7 @@ cdef int _list(FastConfig *c, DirList *d) noexcept nogil:
     free(scratch)
     if not any_listed:
         if d.rellen == 1 and not _any_branch_root(c):
-            _add(d, ERROR_ENTRY, strlen(ERROR_ENTRY), 0o100000 >> 12, 2, NULL)
+            _add(d, ERROR_ENTRY, strlen(ERROR_ENTRY), 0o100000 >> 12, 2, NULL, 0)
         else:
             return first_err or ENOENT
     d.listed = True
