@@ -20,7 +20,10 @@ replies. OPEN and RELEASE of the plain case are answered here too (``_files.pxi`
 passthrough included: such an open is C-owned (its slot holds the fd, branch,
 flags, nodeid and passthrough share, and Python has no handle for it) until a
 Python request needs its handle and adopts it (``claim``/``adopted``, driven by
-kernel/base.py). Passthrough's per-inode backing id is decided and released
+kernel/base.py). CREATE and MKDIR are answered here too when the create policy
+picks one branch by space or chance (``_create.pxi``). One worker polls for the
+next request before it sleeps (``fuse-busy-poll``, ``_await``). Passthrough's
+per-inode backing id is decided and released
 here for every open, Python's too (``add``/``add_c``/``remove``): one set of
 rules, kept in the node table's nodes under ``pt_mu``. The handle table is changed
 under ``slots_mu`` (allocation, release, adoption: by the C OPEN/RELEASE without
