@@ -18,11 +18,7 @@ cdef extern from "<unistd.h>" nogil:
     int c_unlink "unlink"(const char *path)
     int c_rmdir "rmdir"(const char *path)
 
-cdef extern from "<sys/statvfs.h>" nogil:
-    cdef struct statvfs_t "statvfs":
-        unsigned long f_flag
-    int c_statvfs "statvfs"(const char *path, statvfs_t *buf)
-    unsigned long ST_RDONLY
+from mergerfs._fastpath cimport statvfs_t, c_statvfs, ST_RDONLY
 
 cdef struct fuse_setattr_in:
     uint32_t valid
@@ -70,16 +66,15 @@ cdef int _eligible(FastConfig *c, int i, const char *rel, size_t rellen, char *f
     """The action filter for branch ``i`` (as Python's): 1 if it holds ``rel``
     (its lstat in ``st``, its path in ``full``) and may be written (mode and
     mount); 0 if not; -1 for anything Python must judge."""
-    cdef char root[PATH_MAX]
     cdef statvfs_t vfs
     if c.readonly[i]:
         return 0
     # is it here, then is its filesystem writable
-    if not _on_branch(c, i, rel, rellen, full) or not _on_branch(c, i, b"/", 1, root):
+    if not _on_branch(c, i, rel, rellen, full):
         return -1
     if c_lstat(full, st) != 0:
         return 0 if errno == ENOENT else -1
-    if c_statvfs(root, &vfs) != 0:
+    if c_statvfs(_root(c, i), &vfs) != 0:
         return -1
     return 0 if vfs.f_flag & ST_RDONLY else 1
 
@@ -146,9 +141,8 @@ cdef bint _setattr(Session s, Caller *w, int fd, char *buf) noexcept nogil:
     cdef char full[PATH_MAX]
     cdef ssize_t rellen
     cdef stat_t st
-    cdef Facts facts
     cdef bint ok = False
-    cdef int found = -1
+    cdef int found
     cdef unsigned int mode
     cdef attr_reply out
     if a.valid & ~(<uint32_t>FATTR_PLAIN):
@@ -156,10 +150,8 @@ cdef bint _setattr(Session s, Caller *w, int fd, char *buf) noexcept nogil:
     cdef FastConfig *c = _acquire(s)
     if c == NULL:
         return False
-    rellen = _relpath(s.table, h.nodeid, NULL, 0, rel, &facts)
-    if rellen > 0 and _as_caller(c, w, h):
-        found = _search(c, rel, <size_t>rellen, &st, full)
-    if found == 0 and _same_object(&facts, &st) and not (S_ISLNK(st.st_mode) and a.valid & FATTR_MODE):
+    found = _node_search(s, c, w, h, rel, &rellen, &st, full)
+    if found == 0 and not (S_ISLNK(st.st_mode) and a.valid & FATTR_MODE):
         ok = True
         if a.valid & FATTR_MODE:
             ok = c.actions & ACT_CHMOD and _act(c, rel, <size_t>rellen, ACT_CHMOD, a)
@@ -306,14 +298,12 @@ cdef bint _parent_on(FastConfig *c, int i, const char *rel, size_t rellen) noexc
     cdef char parent[PATH_MAX]
     cdef char full[PATH_MAX]
     cdef stat_t st
-    cdef size_t plen = rellen
-    while plen > 0 and rel[plen - 1] != 47:  # "/"
-        plen -= 1
-    if plen <= 1:
+    cdef size_t plen = _parent_len(rel, rellen)
+    if plen == 1:
         return True  # the branch root
-    memcpy(parent, rel, plen - 1)
-    parent[plen - 1] = 0
-    return _on_branch(c, i, parent, plen - 1, full) and c_lstat(full, &st) == 0 and S_ISDIR(st.st_mode)
+    memcpy(parent, rel, plen)
+    parent[plen] = 0
+    return _on_branch(c, i, parent, plen, full) and c_lstat(full, &st) == 0 and S_ISDIR(st.st_mode)
 
 
 cdef bint _rename_all(FastConfig *c, const char *old, size_t oldlen, const char *new, size_t newlen) noexcept nogil:

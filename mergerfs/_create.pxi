@@ -144,24 +144,21 @@ cdef int _pick(FastConfig *c, Caller *w, int code, const char *parent, size_t pl
 
 
 cdef int _new_entry(Session s, FastConfig *c, Caller *w, const fuse_in_header *h, const char *name,
-                   size_t namelen, int code, char *rel, char *full) noexcept nogil:
-    """The new entry's relpath in ``rel`` and the picked branch's path of it in
-    ``full``: the branch index (>= 0), or -1 (Python's: see the top)."""
+                   size_t room, int code, char *rel, char *full) noexcept nogil:
+    """The new entry (the NUL-terminated ``name``, at most ``room`` bytes, in
+    the directory ``h`` names): its relpath in ``rel`` and the picked branch's
+    path of it in ``full``; the branch index (>= 0), or -1 (Python's: see the top)."""
     cdef char parent[PATH_MAX]
     cdef ssize_t rellen
     cdef size_t plen
     cdef int at
     cdef stat_t st
-    if code == 0 or c.root_devs == NULL or namelen == 0 or (h.nodeid == ROOT_ID and _is_control(name, namelen)):
+    if code == 0 or c.root_devs == NULL or not _as_caller(c, w, h):
         return -1
-    if not _as_caller(c, w, h):
+    rellen = _child(s, h.nodeid, name, room, rel)
+    if rellen <= 0 or _is_control(rel + 1, <size_t>rellen - 1):
         return -1
-    rellen = _relpath(s.table, h.nodeid, name, namelen, rel, NULL)
-    if rellen <= 0:
-        return -1
-    plen = <size_t>rellen - namelen - 1
-    if plen == 0:
-        plen = 1  # the root: "/"
+    plen = _parent_len(rel, <size_t>rellen)
     memcpy(parent, rel, plen)
     parent[plen] = 0
     at = _pick(c, w, code, parent, plen, full)
@@ -202,9 +199,6 @@ cdef void _inval_inode(Session s, uint64_t nodeid) noexcept with gil:
 cdef bint _create(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept nogil:
     cdef fuse_in_header *h = <fuse_in_header *>buf
     cdef fuse_create_in *ci = <fuse_create_in *>(buf + IN_HDR)
-    cdef const char *name = buf + IN_HDR + sizeof(fuse_create_in)
-    cdef size_t room = <size_t>(n - IN_HDR - <ssize_t>sizeof(fuse_create_in))
-    cdef size_t namelen
     cdef char rel[PATH_MAX]
     cdef char full[PATH_MAX]
     cdef ssize_t rellen
@@ -218,13 +212,11 @@ cdef bint _create(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept n
     cdef create_reply out
     if n <= <ssize_t>(IN_HDR + sizeof(fuse_create_in)):
         return False
-    namelen = strnlen(name, room)
-    if namelen >= room:
-        return False
     cdef FastConfig *c = _acquire(s)
     if c == NULL:
         return False
-    at = _new_entry(s, c, w, h, name, namelen, c.create_pick, rel, full)
+    at = _new_entry(s, c, w, h, buf + IN_HDR + sizeof(fuse_create_in), <size_t>n - IN_HDR - sizeof(fuse_create_in),
+                    c.create_pick, rel, full)
     if at < 0:
         _release(s, c)
         return False
@@ -275,9 +267,6 @@ cdef bint _create(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept n
 cdef bint _mkdir(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept nogil:
     cdef fuse_in_header *h = <fuse_in_header *>buf
     cdef fuse_mkdir_in *mi = <fuse_mkdir_in *>(buf + IN_HDR)
-    cdef const char *name = buf + IN_HDR + sizeof(fuse_mkdir_in)
-    cdef size_t room = <size_t>(n - IN_HDR - <ssize_t>sizeof(fuse_mkdir_in))
-    cdef size_t namelen
     cdef char rel[PATH_MAX]
     cdef char full[PATH_MAX]
     cdef ssize_t rellen
@@ -287,13 +276,11 @@ cdef bint _mkdir(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept no
     cdef entry_reply out
     if n <= <ssize_t>(IN_HDR + sizeof(fuse_mkdir_in)):
         return False
-    namelen = strnlen(name, room)
-    if namelen >= room:
-        return False
     cdef FastConfig *c = _acquire(s)
     if c == NULL:
         return False
-    at = _new_entry(s, c, w, h, name, namelen, c.mkdir_pick, rel, full)
+    at = _new_entry(s, c, w, h, buf + IN_HDR + sizeof(fuse_mkdir_in), <size_t>n - IN_HDR - sizeof(fuse_mkdir_in),
+                    c.mkdir_pick, rel, full)
     if at < 0 or c_mkdir(full, mi.mode) != 0:
         _release(s, c)
         return False

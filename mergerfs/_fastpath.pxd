@@ -1,4 +1,4 @@
-from libc.stdint cimport uint8_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 
 # The inodecalc rule, shared with the compiled session and node table.
@@ -23,3 +23,41 @@ cdef struct Space:
 # One stat and one statvfs of ``path``: 0, or the errno. The create policies'
 # facts, for Python (space) and the compiled CREATE/MKDIR alike.
 cdef int space_of(const char *path, Space *out) noexcept nogil
+
+
+# The system records both compiled modules read (declared once).
+cdef extern from "<sys/statvfs.h>" nogil:
+    struct statvfs_t "statvfs":
+        unsigned long f_frsize
+        unsigned long f_blocks
+        unsigned long f_bfree
+        unsigned long f_bavail
+        unsigned long f_flag
+    int c_statvfs "statvfs"(const char *path, statvfs_t *buf)
+    unsigned long ST_RDONLY
+
+cdef extern from "<sys/stat.h>" nogil:
+    struct statx_timestamp:
+        int64_t tv_sec
+        uint32_t tv_nsec
+    struct statx_t "statx":
+        uint32_t stx_mask
+        uint32_t stx_blksize
+        uint64_t stx_attributes
+        uint32_t stx_nlink
+        uint32_t stx_uid
+        uint32_t stx_gid
+        uint16_t stx_mode
+        uint64_t stx_ino
+        uint64_t stx_size
+        uint64_t stx_blocks
+        uint64_t stx_attributes_mask
+        statx_timestamp stx_atime
+        statx_timestamp stx_btime
+        statx_timestamp stx_ctime
+        statx_timestamp stx_mtime
+        uint32_t stx_rdev_major
+        uint32_t stx_rdev_minor
+        uint32_t stx_dev_major
+        uint32_t stx_dev_minor
+    int c_statx "statx"(int dirfd, const char *path, int flags, unsigned int mask, statx_t *buf)

@@ -367,17 +367,6 @@ def ioprio_set(int prio):
     return syscall(SYS_ioprio_set, 1, 0, prio) == 0
 
 
-cdef extern from "<sys/statvfs.h>" nogil:
-    struct statvfs_t "statvfs":
-        unsigned long f_frsize
-        unsigned long f_blocks
-        unsigned long f_bfree
-        unsigned long f_bavail
-        unsigned long f_flag
-    int c_statvfs "statvfs"(const char *path, statvfs_t *buf)
-    unsigned long ST_RDONLY
-
-
 cdef int space_of(const char *path, Space *out) noexcept nogil:
     cdef stat st
     cdef statvfs_t vfs
@@ -408,32 +397,6 @@ def space(path):
         raise OSError(err, os.strerror(err), path)
     return (sp.dev, sp.available, sp.used, sp.total, bool(sp.readonly))
 
-
-cdef extern from "<sys/stat.h>" nogil:
-    struct statx_timestamp:
-        int64_t tv_sec
-        uint32_t tv_nsec
-    struct statx_t "statx":
-        uint32_t stx_mask
-        uint32_t stx_blksize
-        uint64_t stx_attributes
-        uint32_t stx_nlink
-        uint32_t stx_uid
-        uint32_t stx_gid
-        uint16_t stx_mode
-        uint64_t stx_ino
-        uint64_t stx_size
-        uint64_t stx_blocks
-        uint64_t stx_attributes_mask
-        statx_timestamp stx_atime
-        statx_timestamp stx_btime
-        statx_timestamp stx_ctime
-        statx_timestamp stx_mtime
-        uint32_t stx_rdev_major
-        uint32_t stx_rdev_minor
-        uint32_t stx_dev_major
-        uint32_t stx_dev_minor
-    int c_statx "statx"(int dirfd, const char *path, int flags, unsigned int mask, statx_t *buf)
 
 cdef extern from "<fcntl.h>" nogil:
     int AT_EMPTY_PATH

@@ -76,6 +76,12 @@ cdef extern from "<time.h>" nogil:
     int CLOCK_MONOTONIC_COARSE
 
 
+cdef inline int64_t _clock_ns(int clk) noexcept nogil:
+    cdef timespec ts
+    clock_gettime(clk, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
 cdef ssize_t _await(int fd, char *buf, size_t size, int64_t poll_ns, int fl, bint *polling) noexcept nogil:
     """Read the next request into ``buf``: its size, or -1 with errno. With
     ``poll_ns``, keep reading without sleeping for up to that long first (the
@@ -83,21 +89,18 @@ cdef ssize_t _await(int fd, char *buf, size_t size, int64_t poll_ns, int fl, bin
     already on a CPU answers at once, where a sleeping one costs the caller a
     wakeup of the daemon (tens of microseconds on a VM) per request. Between
     reads the CPU is offered to anything else runnable (sched_yield)."""
-    cdef timespec ts
     cdef int64_t start
     cdef ssize_t n = -1
     if poll_ns > 0:
         if not polling[0]:
             _fcntl(fd, F_SETFL, fl | O_NONBLOCK)
             polling[0] = True
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        start = <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+        start = _clock_ns(CLOCK_MONOTONIC)
         while True:
             n = c_read(fd, buf, size)
             if n >= 0 or errno != EAGAIN:
                 return n
-            clock_gettime(CLOCK_MONOTONIC, &ts)
-            if <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec - start > poll_ns:
+            if _clock_ns(CLOCK_MONOTONIC) - start > poll_ns:
                 break
             sched_yield()
     if polling[0]:
@@ -546,7 +549,7 @@ cdef class Session:
         cdef Caller caller
         cdef fuse_in_header h
         memset(&caller, 0, sizeof(caller))
-        caller.rng = <uint64_t>_now_ns() ^ <uint64_t>(<size_t>&caller)
+        caller.rng = <uint64_t>_clock_ns(CLOCK_MONOTONIC) ^ <uint64_t>(<size_t>&caller)
         if buf == NULL:
             raise MemoryError()
         try:

@@ -45,18 +45,12 @@ cdef struct Caller:
     uint64_t rng        # the worker's random state (the random create policies)
 
 
-cdef inline int64_t _now_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
-    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
-
-
 cdef inline void _carry(Caller *w, const fuse_in_header *h) noexcept nogil:
     """This worker now acts as ``h``'s caller."""
     w.uid = h.uid
     w.gid = h.gid
     w.pid = h.pid
-    w.since = _now_ns()
+    w.since = _clock_ns(CLOCK_MONOTONIC_COARSE)
     w.valid = True
 
 
@@ -100,7 +94,7 @@ cdef bint _as_caller(FastConfig *c, const Caller *w, const fuse_in_header *h) no
         return True
     return w.valid and h.uid != NO_UID and w.uid == h.uid and w.gid == h.gid and (
         w.pid == h.pid or (h.uid == 0 and h.gid == 0 and not c.pid_bound)
-    ) and _now_ns() - w.since < 1000000000
+    ) and _clock_ns(CLOCK_MONOTONIC_COARSE) - w.since < 1000000000
 
 
 cdef struct Facts:
@@ -153,6 +147,13 @@ cdef ssize_t _relpath(NodeTable t, uint64_t nodeid, const char *name, size_t nam
     return rv
 
 
+cdef inline size_t _parent_len(const char *rel, size_t rellen) noexcept nogil:
+    """How much of ``rel`` is its parent's relpath (1: the root, "/")."""
+    while rellen > 0 and rel[rellen - 1] != 47:  # "/"
+        rellen -= 1
+    return rellen - 1 if rellen > 1 else 1
+
+
 cdef bint _on_branch(FastConfig *c, int i, const char *rel, size_t rellen, char *full) noexcept nogil:
     """``rel`` on branch ``i`` as a path in ``full`` (PATH_MAX); for "/" the
     branch root itself, as given (no trailing "/"). False if it does not fit."""
@@ -186,6 +187,22 @@ cdef inline int _search(FastConfig *c, const char *rel, size_t rellen, stat_t *s
     """_search_at without the index: 0 (found), ENOENT, or -1."""
     cdef int at = _search_at(c, rel, rellen, st, full)
     return 0 if at >= 0 else (ENOENT if at == -ENOENT else -1)
+
+
+cdef int _node_search(Session s, FastConfig *c, Caller *w, const fuse_in_header *h, char *rel,
+                      ssize_t *rellen, stat_t *st, char *full) noexcept nogil:
+    """GETATTR's first-found search for the node ``h`` names, as its caller: 0
+    (found, and the very object the node knows), ENOENT (on no branch), or -1
+    (Python's). Its relpath in ``rel``/``rellen``."""
+    cdef Facts facts
+    cdef int found
+    rellen[0] = _relpath(s.table, h.nodeid, NULL, 0, rel, &facts)
+    if rellen[0] <= 0 or not _as_caller(c, w, h):
+        return -1
+    found = _search(c, rel, <size_t>rellen[0], st, full)
+    if found == 0 and not _same_object(&facts, st):
+        return -1
+    return found
 
 
 cdef void _fill_attr_c(fuse_attr *a, uint64_t ino, const stat_t *st) noexcept nogil:
@@ -293,23 +310,20 @@ cdef bint _getattr(Session s, Caller *w, int fd, char *buf) noexcept nogil:
     cdef char full[PATH_MAX]
     cdef ssize_t rellen
     cdef stat_t st
-    cdef int found = -1
+    cdef int found
     cdef attr_reply out
     if g.getattr_flags & FUSE_GETATTR_FH:
         return _getattr_fh(s, fd, buf)  # an open file: its fd is the truth (_files.pxi)
     cdef FastConfig *c = _acquire(s)
     if c == NULL:
         return False
-    cdef Facts facts
-    rellen = _relpath(s.table, h.nodeid, NULL, 0, rel, &facts)
-    if rellen > 0 and _as_caller(c, w, h):
-        found = _search(c, rel, <size_t>rellen, &st, full)
+    found = _node_search(s, c, w, h, rel, &rellen, &st, full)
     memset(&out, 0, sizeof(out))
     out.a.attr_valid = c.attr_valid
     _release(s, c)
     if found == ENOENT:  # removed: an open C directory handle of it still answers
         return _answer_open_dir(s, fd, buf, IN_HDR + sizeof(fuse_getattr_in), out.a.attr_valid)
-    if found != 0 or not _same_object(&facts, &st):
+    if found != 0:
         return False
     _saw(s.table, h.nodeid, &st)
     _fill_attr_c(&out.a.attr, h.nodeid, &st)
@@ -319,31 +333,7 @@ cdef bint _getattr(Session s, Caller *w, int fd, char *buf) noexcept nogil:
 
 # STATX: GETATTR's search, then statx(2) of the branch path for the birth time
 # (ops/getattr.py statx is the same for every configuration).
-cdef extern from "<sys/stat.h>" nogil:
-    struct statx_timestamp:
-        int64_t tv_sec
-        uint32_t tv_nsec
-    struct statx_t "statx":
-        uint32_t stx_mask
-        uint32_t stx_blksize
-        uint64_t stx_attributes
-        uint32_t stx_nlink
-        uint32_t stx_uid
-        uint32_t stx_gid
-        uint16_t stx_mode
-        uint64_t stx_ino
-        uint64_t stx_size
-        uint64_t stx_blocks
-        uint64_t stx_attributes_mask
-        statx_timestamp stx_atime
-        statx_timestamp stx_btime
-        statx_timestamp stx_ctime
-        statx_timestamp stx_mtime
-        uint32_t stx_rdev_major
-        uint32_t stx_rdev_minor
-        uint32_t stx_dev_major
-        uint32_t stx_dev_minor
-    int c_statx "statx"(int dirfd, const char *path, int flags, unsigned int mask, statx_t *buf)
+from mergerfs._fastpath cimport statx_t, statx_timestamp, c_statx
 
 cdef extern from "<fcntl.h>" nogil:
     int AT_FDCWD
@@ -411,7 +401,7 @@ cdef bint _statx(Session s, Caller *w, int fd, char *buf) noexcept nogil:
     cdef ssize_t rellen
     cdef stat_t st
     cdef statx_t x
-    cdef int found = -1
+    cdef int found
     cdef uint64_t attr_valid
     cdef statx_reply out
     if g.getattr_flags & FUSE_GETATTR_FH:
@@ -419,13 +409,10 @@ cdef bint _statx(Session s, Caller *w, int fd, char *buf) noexcept nogil:
     cdef FastConfig *c = _acquire(s)
     if c == NULL:
         return False
-    cdef Facts facts
-    rellen = _relpath(s.table, h.nodeid, NULL, 0, rel, &facts)
-    if rellen > 0 and _as_caller(c, w, h):
-        found = _search(c, rel, <size_t>rellen, &st, full)
+    found = _node_search(s, c, w, h, rel, &rellen, &st, full)
     attr_valid = c.attr_valid
     _release(s, c)
-    if found != 0 or not _same_object(&facts, &st):
+    if found != 0:
         return False
     if c_statx(AT_FDCWD, full, AT_SYMLINK_NOFOLLOW | <int>(g.sx_flags & STATX_SYNC_TYPE), STATX_CARRIED, &x) != 0:
         return False
