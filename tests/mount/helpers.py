@@ -248,7 +248,8 @@ def counts(mnt: str) -> dict[str, tuple[int, int]]:
 
 def served(mnt: str, before: dict, op: str, at_least: int) -> tuple[int, int]:
     """How many ``op`` requests each path answered since ``before`` (counted just
-    after the reply is sent: waits until ``at_least`` show, or a second)."""
+    after the reply is sent: waits until ``at_least`` show, or five seconds: a
+    RELEASE is sent after close() returns, later still on a loaded machine)."""
     got = [(0, 0)]
 
     def enough() -> bool:
@@ -257,7 +258,7 @@ def served(mnt: str, before: dict, op: str, at_least: int) -> tuple[int, int]:
         got[0] = (c1 - c0, p1 - p0)
         return sum(got[0]) >= at_least
 
-    wait_until(enough, 1.0)
+    wait_until(enough, 5.0)
     return got[0]
 
 
