@@ -16,6 +16,13 @@ from collections import deque
 
 log = logging.getLogger("mergerfs")
 
+#: Per thread, the Event the request it serves is interrupted by (the kernel's
+#: INTERRUPT: its caller got a signal), or None: a wait on a lane then ends at
+#: once with EINTR instead of at its deadline.
+serving = threading.local()
+#: How often a waiting caller looks at its interrupt flag (seconds).
+_INTERRUPT_CHECK = 0.05
+
 
 class Stalled(OSError):
     """A branch did not answer within its deadline (a hung network filesystem)."""
@@ -113,12 +120,15 @@ class Lanes:
             except Stalled as e:
                 submitted.append(e)
         out: list[object] = []
-        for job in submitted:
+        for i, job in enumerate(submitted):
             if isinstance(job, Stalled):
                 out.append(job)
                 continue
             try:
                 out.append(self.result(job, deadline))
+            except InterruptedError:  # the whole request ends: the rest are not waited for
+                self._cancel(j for j in submitted[i + 1 :] if isinstance(j, _Job))
+                raise
             except Exception as e:  # noqa: BLE001 - handed to the caller
                 out.append(e)
         return out
@@ -144,18 +154,31 @@ class Lanes:
 
     def result(self, job: _Job, deadline: float):
         """Wait for a submitted job until ``deadline`` (monotonic); its result, or
-        its exception, or :class:`Stalled` (the job is then dropped unrun if still queued)."""
+        its exception, or :class:`Stalled` (the job is then dropped unrun if still queued);
+        InterruptedError as soon as the request this thread serves is interrupted (:data:`serving`)."""
         done = job.done
         assert done is not None
-        if not done.wait(max(0.0, deadline - time.monotonic())):
-            with self._lock:
-                job.cancelled = True
-                self._lane(job.key).stalled(time.monotonic())  # logs it once
-            if not done.is_set():
-                raise Stalled(job.key)
+        interrupt = getattr(serving, "interrupt", None)
+        while not done.wait(max(0.0, min(deadline - time.monotonic(), _INTERRUPT_CHECK))):
+            if interrupt is not None and interrupt.is_set():
+                self._cancel((job,))
+                raise InterruptedError(errno.EINTR, "interrupted by its caller")
+            if time.monotonic() >= deadline:
+                with self._lock:
+                    job.cancelled = True
+                    self._lane(job.key).stalled(time.monotonic())  # logs it once
+                if not done.is_set():
+                    raise Stalled(job.key)
+                break
         if job.error is not None:
             raise job.error
         return job.result
+
+    def _cancel(self, jobs) -> None:
+        """Drop jobs nobody waits for any more: still queued, they never run."""
+        with self._lock:
+            for job in jobs:
+                job.cancelled = True
 
     def direct(self, key: str, timeout: float, fn, *args):
         """Run ``fn`` in the calling thread (no hand-off: the policies' hot path),

@@ -11,10 +11,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import struct
 import sys
 import threading
 
-from mergerfs import _kernel, inodes, mounts, ugid
+from mergerfs import _kernel, inodes, lanes, mounts, ugid
 from mergerfs.kernel import mount as mounting
 from mergerfs.kernel.dirs import DirHandlers, dir_open_flags
 from mergerfs.kernel.entries import EntryHandlers
@@ -35,6 +36,12 @@ from mergerfs.lifecycle import mounted_device, unmount
 from mergerfs.requests import DIRECT, DROP, Requests
 
 log = logging.getLogger("mergerfs")
+
+#: fuse_interrupt_in: the unique of the interrupted request.
+_UNIQUE = struct.Struct("<Q")
+#: How many interrupts for requests Python has not seen are kept (the latest;
+#: a unique is never reused, so an old one only takes room).
+_EARLY_KEPT = 256
 
 #: The compiled actions: SETATTR's chmod, chown and utimens, UNLINK, RMDIR and RENAME (each when its policy is epall).
 _ACTIONS = {
@@ -75,6 +82,12 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         self.minor = 0
         self.request_kib = 0  # the largest READ/WRITE agreed at INIT (KiB): readahead's default
         self._adopt_lock = threading.Lock()
+        # INTERRUPT's bookkeeping: the requests Python is answering (unique ->
+        # the Event lanes.py waits watch) and interrupts that named a request
+        # not (yet) here, oldest first (_interrupt)
+        self._serving: dict[int, threading.Event] = {}
+        self._early: dict[int, None] = {}
+        self._serving_lock = threading.Lock()
         # The opcode table: each opcode answered here and its handler (in
         # entries.py, files.py, dirs.py or xattrs.py); any other gets ENOSYS.
         self._handlers = {
@@ -112,7 +125,7 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
             Op.ACCESS: self._access,
             Op.CREATE: self._create,
             Op.TMPFILE: self._tmpfile,
-            Op.INTERRUPT: self._ignore,
+            Op.INTERRUPT: self._interrupt,
             Op.DESTROY: self._empty,
             Op.IOCTL: self._ioctl,
             Op.FALLOCATE: self._fallocate,
@@ -284,6 +297,13 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         handler = self._handlers.get(h.opcode, self._enosys)
         if log.isEnabledFor(logging.DEBUG):  # which requests the compiled loop left to Python
             log.debug("python: opcode %d, nodeid %d, pid %d", h.opcode, h.nodeid, h.pid)
+        interrupt = None
+        if h.opcode not in NO_REPLY:
+            interrupt = lanes.serving.interrupt = threading.Event()
+            with self._serving_lock:
+                self._serving[h.unique] = interrupt
+                if self._early.pop(h.unique, None) is not None:
+                    interrupt.set()
         try:
             # every request with a caller, answered or not: the compiled loop
             # takes this thread's identity to be the last such request's
@@ -299,11 +319,30 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
             if h.opcode in NO_REPLY:
                 return None
             return frame(h.unique, 0, payload or b"")
+        finally:
+            if interrupt is not None:
+                lanes.serving.interrupt = None
+                with self._serving_lock:
+                    del self._serving[h.unique]
         return None if h.opcode in NO_REPLY else frame(h.unique, -err)
 
-    @staticmethod
-    def _ignore(h, body):
-        return None
+    def _interrupt(self, h, body):
+        """INTERRUPT: the caller of request ``unique`` got a signal. A request
+        Python answers that waits on a lane (a listing or statfs of a network
+        branch) then ends with EINTR at once, not at its deadline; one answered
+        in C, or already answered, needs nothing. The kernel only interrupts a
+        request a worker has read, so one not here yet may be about to be: the
+        interrupt is kept for it (the latest _EARLY_KEPT). No reply (an error would tell
+        the kernel to stop sending interrupts)."""
+        (unique,) = _UNIQUE.unpack_from(body)
+        with self._serving_lock:
+            interrupt = self._serving.get(unique)
+            if interrupt is not None:
+                interrupt.set()
+                return
+            self._early[unique] = None
+            if len(self._early) > _EARLY_KEPT:  # the oldest: answered in C long ago
+                del self._early[next(iter(self._early))]
 
     @staticmethod
     def _empty(h, body):

@@ -42,8 +42,9 @@ class ReaddirOps(Core):
         rel = dh.relpath
         try:
             listings, devs = self._list(branches, rel)
-        except OSError:
-            if rel == "/" and not self._any_branch_root(snap):
+        except OSError as e:
+            # (interrupted: no answer but EINTR, and no further branch call)
+            if rel == "/" and not isinstance(e, InterruptedError) and not self._any_branch_root(snap):
                 return [(os.fsencode(ERROR_ENTRY), S.S_IFREG >> 12, 2)]
             raise
         hidden = _HIDDEN if rel == "/" else ()

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -25,7 +26,17 @@ import time
 import pytest
 
 from .branchfs import MiB, avail, pool, tmpfs_branches, where
-from .helpers import cmd_env, daemon_pid, err_of, get as _get, is_reference, pid_alive, put as _put, wait_until
+from .helpers import (
+    cmd_env,
+    daemon_pid,
+    err_of,
+    get as _get,
+    is_llfuse,
+    is_reference,
+    pid_alive,
+    put as _put,
+    wait_until,
+)
 from .remote import remotes, tools_missing
 
 pytestmark = pytest.mark.skipif(tools_missing() is not None, reason=str(tools_missing()))
@@ -252,6 +263,46 @@ def test_hung_remote_leaves_local_requests_answering():
         assert "unavailable: not answering" in status[1], status
         # resumed: the remote is listed again, without a remount
         assert wait_until(lambda: sorted(os.listdir(os.path.join(mnt, "local"))) == ["f", "r"], 5, 0.1)
+
+
+@pytest.mark.xfail(
+    condition=is_reference(),
+    strict=True,
+    reason="the references ignore INTERRUPT (2.33.5 lists without a deadline: ls waits for the server)",
+)
+@pytest.mark.skipif(is_llfuse(), reason="llfuse does not deliver INTERRUPT (DIFFERENCES.md)")
+def test_interrupted_listing_of_a_hung_remote_ends_at_once():
+    """``ls`` blocked in a listing the pool waits on a hung remote for (up to the
+    listing's 5 s deadline) gets SIGINT: the kernel sends INTERRUPT, the pool
+    answers the listing EINTR at once and ``ls`` dies of its signal, as it would
+    on a local directory. Without the interrupt it would live until the
+    deadline. The pool serves on and lists the remote again once it answers."""
+    with local_and_sshfs("minfreespace=1M,category.create=mfs", keepalive=False) as (mnt, local, remote):
+        os.makedirs(os.path.join(local, "local"))
+        _put(os.path.join(local, "local", "f"), b"local")
+        os.makedirs(os.path.join(remote.served, "local"))
+        _put(os.path.join(remote.served, "local", "r"), b"remote")
+        pid = daemon_pid(mnt)
+        remote.server.pause()
+        try:
+            ls = subprocess.Popen(["ls", os.path.join(mnt, "local")], stdout=subprocess.DEVNULL)
+            try:
+                time.sleep(0.5)  # ls is in getdents now: the listing waits on the remote
+                assert ls.poll() is None, "the listing did not wait on the hung remote"
+                t0 = time.monotonic()
+                ls.send_signal(signal.SIGINT)
+                ls.wait(timeout=10)
+                took = time.monotonic() - t0
+            finally:
+                if ls.poll() is None:
+                    ls.kill()
+                    ls.wait()
+        finally:
+            remote.server.resume()
+        assert ls.returncode == -signal.SIGINT
+        assert took < 2.0, f"ls lived {took:.1f} s after SIGINT: the listing ran to its deadline"
+        assert pid_alive(pid) and daemon_pid(mnt) == pid
+        assert wait_until(lambda: sorted(os.listdir(os.path.join(mnt, "local"))) == ["f", "r"], 10, 0.1)
 
 
 @pytest.mark.xfail(

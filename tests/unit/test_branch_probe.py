@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from mergerfs import lanes as lanes_mod
 from mergerfs.branches import Branch
 from mergerfs.lanes import Lanes, Stalled
 from mergerfs.probe import Probe
@@ -48,6 +49,28 @@ def test_stalled_branch_times_out_then_fails_fast_then_recovers():
             time.sleep(0.02)
     else:
         pytest.fail("the branch never came back")
+
+
+def test_interrupted_wait_ends_at_once_and_drops_the_queued_rest():
+    """The request a thread serves is interrupted (the kernel's INTERRUPT sets
+    its Event): its wait on a hung lane ends with EINTR well before the
+    deadline, and a job of it still queued never runs."""
+    lanes = Lanes(width=1)
+    release = threading.Event()
+    ran: list[str] = []
+    interrupt = lanes_mod.serving.interrupt = threading.Event()
+    try:
+        threading.Timer(0.2, interrupt.set).start()
+        t0 = time.monotonic()
+        with pytest.raises(InterruptedError) as e:
+            lanes.calls([("/hung", release.wait, (5,)), ("/hung", ran.append, ("queued",))], 5.0)
+        assert e.value.errno == errno.EINTR
+        assert 0.15 < time.monotonic() - t0 < 1.0
+    finally:
+        lanes_mod.serving.interrupt = None
+        release.set()
+    assert lanes.call("/hung", 1.0, lambda: "next") == "next"  # the lane's one thread is free again
+    assert ran == []
 
 
 def test_direct_call_that_hangs_marks_the_branch_stalled():
