@@ -10,7 +10,7 @@ import queue
 import struct
 import threading
 
-from mergerfs.kernel.protocol import NOTIFY_INVAL_INODE, frame
+from mergerfs.kernel.protocol import NOTIFY_INC_EPOCH, NOTIFY_INVAL_INODE, frame
 
 
 class Notifier:
@@ -27,16 +27,22 @@ class Notifier:
     def inval_inode(self, ino: int) -> None:
         """Queue the invalidation of ``ino``'s cached pages and attributes (any thread)."""
         if self.fd >= 0:
-            self._queue.put(ino)
+            self._queue.put(frame(0, NOTIFY_INVAL_INODE, struct.pack("<Qqq", ino, 0, 0)))
+
+    def inc_epoch(self) -> None:
+        """Queue the invalidation of every cached name, found or not found
+        (each is looked up again at its next use; any thread, protocol 7.44)."""
+        if self.fd >= 0:
+            self._queue.put(frame(0, NOTIFY_INC_EPOCH))
 
     def stop(self) -> None:
         if self._thread is not None:
             self._queue.put(None)
 
     def _run(self) -> None:
-        while (ino := self._queue.get()) is not None:
+        while (message := self._queue.get()) is not None:
             try:
-                os.write(self.fd, frame(0, NOTIFY_INVAL_INODE, struct.pack("<Qqq", ino, 0, 0)))
+                os.write(self.fd, message)
             except OSError as e:  # ENOENT: the kernel does not hold it any more
                 if e.errno in (errno.ENODEV, errno.EBADF):
                     return

@@ -41,7 +41,7 @@ FATTR_KILL_SUIDGID = 2048
 WRITE_KILL_SUIDGID = 4  # fuse_write_in.write_flags
 OPEN_KILL_SUIDGID = 1  # fuse_open_in.open_flags
 GETATTR_FH = 1  # fuse_getattr_in/fuse_statx_in.getattr_flags: fh names an open file
-NOTIFY_INVAL_INODE = 2
+NOTIFY_INVAL_INODE, NOTIFY_INC_EPOCH = 2, 8  # notification codes (INC_EPOCH: protocol 7.44)
 PAGE = 4096
 
 

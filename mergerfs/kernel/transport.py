@@ -81,6 +81,7 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         self.session = None
         self.minor = 0
         self.request_kib = 0  # the largest READ/WRITE agreed at INIT (KiB): readahead's default
+        self._branch_paths: tuple[str, ...] = ()  # the branches the kernel's caches were filled from
         self._adopt_lock = threading.Lock()
         # INTERRUPT's bookkeeping: the requests Python is answering (unique ->
         # the Event lanes.py waits watch) and interrupts that named a request
@@ -157,7 +158,8 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         self.req.control.counts = self._counts
         self._fast_path()
         self._busy_poll()
-        self.fs.listeners += [self._fast_path, self._busy_poll]
+        self._branch_paths = tuple(b.path for b in self.fs.snap.branches)
+        self.fs.listeners += [self._fast_path, self._busy_poll, self._follow_branches]
         self.notifier.start(self.devfd)
 
     def _fast_path(self, *_changed) -> None:
@@ -210,6 +212,21 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
             create=_PICKS.get(cfg.policy("create"), 0) if cfg["nfsopenhack"] == "off" else 0,
             mkdir=_PICKS.get(cfg.policy("mkdir"), 0),
         )
+
+    def _follow_branches(self, *_changed) -> None:
+        """A new branch list (the control file, SIGUSR1's re-expanded globs)
+        changes what names are and what they show: the kernel drops every
+        cached name, found or not found (INC_EPOCH, protocol 7.44; older
+        kernels keep them until cache.entry / cache.negative-entry run out),
+        and every node's attributes and pages, so the pool shows the new
+        branches at once."""
+        paths = tuple(b.path for b in self.fs.snap.branches)
+        if paths == self._branch_paths:
+            return
+        self._branch_paths = paths
+        if self.minor >= 44:
+            self.notifier.inc_epoch()
+        self.req.invalidate_all()
 
     def _busy_poll(self, *_changed) -> None:
         """fuse-busy-poll: the polling worker's budget. Not on a single CPU,

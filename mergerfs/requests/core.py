@@ -65,7 +65,7 @@ class Core:
         self.auto_inval = auto_inval
         self.cache_by_notify = cache_by_notify
         self.table = inodes.InodeTable()
-        self.control = control_mod.Control(fs, self._invalidate_all)
+        self.control = control_mod.Control(fs, self.invalidate_all)
         self.force = forced_attrs(fs.snap.cfg.fuse_options)
         self._fh_lock = threading.Lock()
         self._fh_ids = itertools.count(1)
@@ -161,7 +161,8 @@ class Core:
     def control_attr(self) -> os.stat_result:
         return self.attr(fs_mod.synthetic_stat(S.S_IFREG | 0o444))
 
-    def _invalidate_all(self) -> None:
+    def invalidate_all(self) -> None:
+        """Drop the kernel's attributes and pages of every node it holds but the root."""
         for ino in self.table.nodeids():
             if ino != inodes.ROOT:
                 self.notifier.inval_inode(ino)

@@ -18,7 +18,7 @@ import threading
 import pytest
 
 from .branchfs import pool as pool_of
-from .helpers import REFERENCE, is_reference, pool_cmd
+from .helpers import REFERENCE, is_llfuse, is_reference, pool_cmd
 
 P = "user.mergerfs."
 # the 2.33.5 daemon dies on an unknown policy name written to these
@@ -270,3 +270,50 @@ def test_branch_changes_while_a_file_is_open(mount_pool, tmp_path, drop_own):
     for slot, i in last.items():
         assert data[slot * 4096 : (slot + 1) * 4096] == (b"%08d" % i) * 512
     assert os.getxattr(ctl(p.mnt), P + "branches") == orig
+
+
+def _seen(mnt: str) -> dict[str, object]:
+    """What a user sees of the names the branch-change test uses: each name's
+    size or errno, and the root listing."""
+    out: dict[str, object] = {"listing": sorted(os.listdir(mnt))}
+    for name in ("only-b", "new-on-a", "both"):
+        try:
+            out[name] = os.stat(os.path.join(mnt, name)).st_size
+        except OSError as e:
+            out[name] = e.errno
+    return out
+
+
+@pytest.mark.xfail(
+    condition=is_reference(),
+    strict=True,
+    reason="the references keep the kernel's cached names and attributes after a branch change",
+)
+@pytest.mark.skipif(is_llfuse(), reason="llfuse: no INC_EPOCH notification (DIFFERENCES.md)")
+def test_branch_change_shows_at_once_despite_long_caches(tmp_path):
+    """With names and attributes cached for 60 s, a name cached as found that
+    only the removed branch had, a name cached as missing that appeared on the
+    remaining one, and a name whose first-found branch changed all show as a
+    fresh mount of the new branch list shows them, at once after the change
+    (INC_EPOCH and inval_inode; a stale view would last the minute)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (b / "only-b").write_bytes(b"b" * 3)
+    (b / "both").write_bytes(b"b" * 5)
+    (a / "both").write_bytes(b"a" * 7)
+    caching = "cache.entry=60,cache.attr=60,cache.negative_entry=60,cache.files=off"
+    with pool_of([str(b), str(a)], caching) as mnt:
+        before = _seen(mnt)
+        assert before["only-b"] == 3 and before["new-on-a"] == errno.ENOENT and before["both"] == 5
+        (a / "new-on-a").write_bytes(b"n")
+        cached = _seen(mnt)  # the listing is read anew; the names' answers are cached:
+        assert {k: v for k, v in cached.items() if k != "listing"} == {
+            k: v for k, v in before.items() if k != "listing"
+        }
+        assert try_set(mnt, P + "branches", str(a).encode()) == 0
+        after = _seen(mnt)
+    with pool_of([str(a)], caching) as fresh:
+        expected = _seen(fresh)
+    assert expected == {"listing": ["both", "new-on-a"], "only-b": errno.ENOENT, "new-on-a": 1, "both": 7}
+    assert after == expected
