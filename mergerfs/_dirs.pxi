@@ -3,8 +3,9 @@
 # a first-found search, READDIRPLUS off). The C handles live in their own fh
 # space (DIR_TAG set), so they never meet Python's dir handle numbers; each
 # holds its directory's merged listing as packed fuse_dirent records, read
-# anew at offset 0 as ops/readdir.py does, and the directory on the first branch
-# holding it, opened as the caller (ops/core.DirHandle's fd).
+# anew at offset 0 as ops/readdir.py does (or the kept copy of the last one,
+# while no branch's directory changed: _listing.pxi), and the directory on the
+# first branch holding it, opened as the caller (ops/core.DirHandle's fd).
 #
 # What differs from the Python path: no lane and no deadline. Each branch is
 # listed inline by the worker (as the C LOOKUP's lstat already touches it), so
@@ -29,6 +30,7 @@ from libc.errno cimport EBADF, ENOMEM, ENOTDIR, ENAMETOOLONG
 cdef enum:
     GETDENTS_BUF = 1 << 16
     DT_DIR = 4
+    LISTED_MAX = 16  # listings the cache keeps (_listing.pxi)
 
 cpdef enum:
     # the bit that marks a kernel fh as a C directory handle (Python's fh numbers never reach it)
@@ -71,6 +73,31 @@ cdef struct DirList:
     uint64_t *hash      # open addressing over the names: (tag << 32) | record index + 1, 0 empty
     size_t hcap
     bint listed
+    bint complete       # every branch was read to its end or has no such directory (_listing.pxi)
+
+
+cdef struct BranchDir:  # one branch's directory as a listing found it (_listing.pxi)
+    int err             # 0, or why it is not there (lstat's errno)
+    uint64_t dev
+    uint64_t ino
+    int64_t mtime
+    int64_t ctime
+
+
+cdef struct Listed:     # a merged listing kept for the next OPENDIR of its directory (_listing.pxi)
+    char *rel           # NULL: a free entry
+    size_t rellen
+    uint32_t uid        # listed as this caller
+    uint32_t gid
+    uint64_t groups     # (its supplementary groups' hash, _groups_key)
+    uint64_t gen        # under this config (FastConfig.gen)
+    BranchDir *dirs     # each branch's directory when it was listed (nbranches of them)
+    int nbranches
+    char *recs
+    size_t used
+    size_t *offs
+    size_t count
+    uint64_t last       # when it was last used (DirTable.clock)
 
 
 cdef struct DirTable:
@@ -80,12 +107,17 @@ cdef struct DirTable:
     uint32_t nfree
     uint32_t next       # slots[0:next] have been handed out
     uint32_t cap
+    pthread_mutex_t cmu  # the listing cache (_listing.pxi):
+    Listed cache[LISTED_MAX]
+    size_t cache_bytes
+    uint64_t clock
 
 
 cdef DirTable *_dirs_new() noexcept nogil:
     cdef DirTable *t = <DirTable *>calloc(1, sizeof(DirTable))
     if t != NULL:
         pthread_mutex_init(&t.mu, NULL)
+        pthread_mutex_init(&t.cmu, NULL)
     return t
 
 
@@ -107,6 +139,7 @@ cdef void _dirs_free(Session s) noexcept nogil:
     """Session dealloc: every handle still open (before the session's own config is freed)."""
     cdef DirTable *t = s.dirs
     cdef uint32_t i
+    cdef int k
     if t == NULL:
         return
     for i in range(t.next):
@@ -114,7 +147,10 @@ cdef void _dirs_free(Session s) noexcept nogil:
             _dirlist_free(s, t.slots[i])
     free(t.slots)
     free(t.free)
+    for k in range(LISTED_MAX):
+        _listed_free(t, &t.cache[k])
     pthread_mutex_destroy(&t.mu)
+    pthread_mutex_destroy(&t.cmu)
     free(t)
     s.dirs = NULL
 
@@ -332,7 +368,7 @@ cdef size_t _dir_answer(Session s, const Caller *w, char *buf, ssize_t n) noexce
                 _dirs_done(s, d)
                 return 0
             c = _dir_config(s, d)
-            err = _list(c, d)
+            err = _list_or_cached(s, c, d, h.uid, h.gid)
             _release(s, c)
         if err == 0 and off < d.count:
             if size > s.bufsize - OUT_HDR:
@@ -478,10 +514,11 @@ cdef bint _dirs_hot(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept
     return True
 
 
-def dir_request(Session s, uint32_t opcode, bytes body):
+def dir_request(Session s, uint32_t opcode, bytes body, uint32_t uid, uint32_t gid):
     """A request on a C directory handle that reached Python (the worker did not
     act as its caller yet; Python has switched to it): answered here, in this
-    thread. The reply's payload, or OSError."""
+    thread, as caller ``uid``/``gid`` (whose kept listing it may use). The
+    reply's payload, or OSError."""
     cdef char *buf = <char *>malloc(s.bufsize)
     cdef size_t blen = <size_t>len(body)
     cdef size_t size
@@ -491,6 +528,8 @@ def dir_request(Session s, uint32_t opcode, bytes body):
     try:
         memset(buf, 0, IN_HDR)
         (<fuse_in_header *>buf).opcode = opcode
+        (<fuse_in_header *>buf).uid = uid
+        (<fuse_in_header *>buf).gid = gid
         if blen > s.bufsize - IN_HDR:
             blen = s.bufsize - IN_HDR
         memcpy(buf + IN_HDR, PyBytes_AS_STRING(body), blen)

@@ -59,6 +59,7 @@ cdef extern from "<unistd.h>" nogil:
 
 cdef extern from "<sys/syscall.h>" nogil:
     long SYS_getdents64
+    long SYS_getgroups
     long SYS_setfsuid
 
 include "_io.pxi"
@@ -73,6 +74,7 @@ cdef extern from "<sched.h>" nogil:
 cdef extern from "<time.h>" nogil:
     int clock_gettime(int clk, timespec *ts)
     int CLOCK_MONOTONIC
+    int CLOCK_REALTIME
     int CLOCK_MONOTONIC_COARSE
 
 
@@ -215,6 +217,7 @@ cdef class Session:
     cdef FastConfig *fast  # NULL: LOOKUP/GETATTR go to Python
     cdef uint64_t answered[2][MAX_OPCODE]  # requests per opcode: [0] compiled, [1] Python
     cdef pthread_mutex_t fast_mu
+    cdef uint64_t fast_gen  # configs made so far (FastConfig.gen)
     cdef DirTable *dirs  # the C directory handles (_dirs.pxi)
     cdef pthread_mutex_t slots_mu  # allocating, freeing and handing over slots
     # passthrough (_files.pxi): every open is counted in its node's share while
@@ -298,6 +301,8 @@ cdef class Session:
                 c.minfree[i] = minfree[i] if i < len(minfree) else 0
                 c.nbranches = i + 1
             c.calc = calc
+            self.fast_gen += 1
+            c.gen = self.fast_gen
             c.actions = actions
             c.entry_valid = entry
             c.attr_valid = attr

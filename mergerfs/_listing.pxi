@@ -3,6 +3,15 @@
 # kept once (first branch wins, an open-addressing set of the names), and
 # packed as the fuse_dirent records READDIR copies out; the numbers are the
 # inodecalc of _fastpath, as ops/readdir.py gives them.
+#
+# The last listings are kept (DirTable.cache) and given to the next listing of
+# the same directory by the same caller under the same config, if no branch's
+# directory changed in between: each is stat'ed, and any entry created,
+# removed or renamed in it moves its ctime. A listing is kept only when every
+# directory's ctime was over LISTED_QUIET_NS old before it was read, so a
+# change after it gets a different ctime even where timestamps are coarse
+# (jiffies, or seconds on ext2/3 and FAT). A hit costs a stat per branch and a
+# copy instead of reading every branch's directory again.
 
 
 cdef inline fuse_dirent *_rec(DirList *d, size_t i) noexcept nogil:
@@ -120,6 +129,8 @@ cdef int _list_branch(FastConfig *c, DirList *d, int bfd, char *scratch) noexcep
     while True:
         got = syscall(SYS_getdents64, bfd, scratch, <unsigned int>GETDENTS_BUF)
         if got <= 0:
+            if got < 0:
+                d.complete = False
             return 0
         pos = 0
         while pos < got:
@@ -170,6 +181,7 @@ cdef int _list(FastConfig *c, DirList *d) noexcept nogil:
     d.used = 0
     d.count = 0
     d.listed = False
+    d.complete = True
     if d.hash != NULL:
         memset(d.hash, 0, d.hcap * sizeof(uint64_t))
     if d.offs == NULL:
@@ -183,14 +195,17 @@ cdef int _list(FastConfig *c, DirList *d) noexcept nogil:
     for i in range(c.nbranches):
         if not _on_branch(c, i, d.rel, d.rellen, full):
             first_err = first_err or ENAMETOOLONG
+            d.complete = False
             continue
         bfd = c_open(full, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if bfd < 0:
             first_err = first_err or errno
+            d.complete = d.complete and (errno == ENOENT or errno == ENOTDIR)
             continue
         rv = _list_branch(c, d, bfd, scratch)
         if rv == -1:
             first_err = first_err or errno
+            d.complete = False
         c_close(bfd)
         if rv == -2:
             free(scratch)
@@ -206,3 +221,204 @@ cdef int _list(FastConfig *c, DirList *d) noexcept nogil:
             return first_err or ENOENT
     d.listed = True
     return 0
+
+
+cdef enum:
+    LISTED_BYTES = 2 << 20  # the records (and their offsets) the cache holds at most
+cdef int64_t LISTED_QUIET_NS = 5000000000
+
+
+cdef inline int64_t _ts_ns(timespec t) noexcept nogil:
+    return <int64_t>t.tv_sec * 1000000000 + t.tv_nsec
+
+
+cdef bint _dir_facts(FastConfig *c, DirList *d, BranchDir *out, int64_t *newest) noexcept nogil:
+    """Each branch's directory of ``d`` as it is now (stat: the listing's open
+    follows symlinks too), and the newest of their ctimes and mtimes. False if
+    one cannot be told: an error other than its absence, or a directory on
+    another filesystem than its branch root's (a mount inside a branch, maybe
+    one whose ctimes do not follow its entries: only the roots' filesystems
+    are known to be local ones, mounts.LOCAL_FSTYPES)."""
+    cdef char full[PATH_MAX]
+    cdef stat_t st
+    cdef int i
+    newest[0] = 0
+    for i in range(c.nbranches):
+        memset(&out[i], 0, sizeof(BranchDir))
+        if not _on_branch(c, i, d.rel, d.rellen, full):
+            return False
+        if c_stat(full, &st) != 0:
+            if errno != ENOENT and errno != ENOTDIR:
+                return False
+            out[i].err = errno
+            continue
+        if c.root_devs == NULL or st.st_dev != c.root_devs[i]:
+            return False
+        out[i].dev = st.st_dev
+        out[i].ino = st.st_ino
+        out[i].mtime = _ts_ns(st.st_mtim)
+        out[i].ctime = _ts_ns(st.st_ctim)
+        newest[0] = max(newest[0], out[i].mtime, out[i].ctime)
+    return True
+
+
+cdef bint _same_dirs(const BranchDir *a, const BranchDir *b, int n) noexcept nogil:
+    cdef int i
+    for i in range(n):
+        if a[i].err != b[i].err or a[i].dev != b[i].dev or a[i].ino != b[i].ino \
+                or a[i].mtime != b[i].mtime or a[i].ctime != b[i].ctime:
+            return False
+    return True
+
+
+cdef inline size_t _listed_size(const Listed *e) noexcept nogil:
+    return e.used + (e.count + 1) * sizeof(size_t)
+
+
+cdef void _listed_free(DirTable *t, Listed *e) noexcept nogil:
+    if e.rel == NULL:
+        return
+    t.cache_bytes -= _listed_size(e)
+    free(e.rel)
+    free(e.dirs)
+    free(e.recs)
+    free(e.offs)
+    memset(e, 0, sizeof(Listed))
+
+
+cdef bint _groups_key(uint64_t *key) noexcept nogil:
+    """A hash of this thread's supplementary groups (the caller's, as ugid set
+    them with a raw syscall: they are per thread); False if unknown."""
+    cdef uint32_t groups[256]
+    cdef long n = syscall(SYS_getgroups, 256, groups)
+    if n < 0:
+        return False
+    key[0] = _path_hash(<const char *>groups, <size_t>n * sizeof(uint32_t)) ^ <uint64_t>n
+    return True
+
+
+cdef Listed *_listed_find(DirTable *t, FastConfig *c, DirList *d, uint32_t uid, uint32_t gid,
+                          uint64_t groups) noexcept nogil:
+    """The kept listing of ``d``'s directory for this caller and config (under t.cmu), or NULL."""
+    cdef int i
+    cdef Listed *e
+    for i in range(LISTED_MAX):
+        e = &t.cache[i]
+        if e.rel != NULL and e.gen == c.gen and e.uid == uid and e.gid == gid and e.groups == groups \
+                and e.rellen == d.rellen and memcmp(e.rel, d.rel, d.rellen) == 0:
+            return e
+    return NULL
+
+
+cdef bint _listed_take(DirTable *t, FastConfig *c, DirList *d, uint32_t uid, uint32_t gid, uint64_t groups,
+                       const BranchDir *now) noexcept nogil:
+    """Copy the kept listing into ``d`` if no branch's directory changed since
+    it was read: True. A changed one is dropped."""
+    cdef Listed *e
+    cdef char *p
+    cdef size_t *o
+    cdef bint hit = False
+    pthread_mutex_lock(&t.cmu)
+    e = _listed_find(t, c, d, uid, gid, groups)
+    if e != NULL and not _same_dirs(e.dirs, now, c.nbranches):
+        _listed_free(t, e)
+    elif e != NULL:
+        if d.cap < e.used:
+            p = <char *>realloc(d.recs, e.used)
+            if p != NULL:
+                d.recs = p
+                d.cap = e.used
+        if d.ocap < e.count + 1:
+            o = <size_t *>realloc(d.offs, (e.count + 1) * sizeof(size_t))
+            if o != NULL:
+                d.offs = o
+                d.ocap = e.count + 1
+        if d.cap >= e.used and d.ocap >= e.count + 1:
+            memcpy(d.recs, e.recs, e.used)
+            memcpy(d.offs, e.offs, (e.count + 1) * sizeof(size_t))
+            d.used = e.used
+            d.count = e.count
+            d.listed = d.complete = True
+            t.clock += 1
+            e.last = t.clock
+            hit = True
+    pthread_mutex_unlock(&t.cmu)
+    return hit
+
+
+cdef void _listed_put(DirTable *t, FastConfig *c, DirList *d, uint32_t uid, uint32_t gid, uint64_t groups,
+                      const BranchDir *facts) noexcept nogil:
+    """Keep a copy of ``d``'s fresh listing, evicting the least recently used."""
+    cdef size_t size = d.used + (d.count + 1) * sizeof(size_t)
+    cdef Listed *e
+    cdef Listed *free_e = NULL
+    cdef int i
+    if size > LISTED_BYTES // 2:
+        return
+    pthread_mutex_lock(&t.cmu)
+    e = _listed_find(t, c, d, uid, gid, groups)
+    if e != NULL:
+        _listed_free(t, e)
+    while True:
+        free_e = NULL
+        e = NULL  # the least recently used
+        for i in range(LISTED_MAX):
+            if t.cache[i].rel == NULL:
+                free_e = &t.cache[i] if free_e == NULL else free_e
+            elif e == NULL or t.cache[i].last < e.last:
+                e = &t.cache[i]
+        if (free_e != NULL and t.cache_bytes + size <= LISTED_BYTES) or e == NULL:
+            break
+        _listed_free(t, e)
+    if free_e == NULL:
+        pthread_mutex_unlock(&t.cmu)
+        return
+    e = free_e
+    e.rel = <char *>malloc(d.rellen)
+    e.dirs = <BranchDir *>malloc(c.nbranches * sizeof(BranchDir))
+    e.recs = <char *>malloc(d.used if d.used else 1)
+    e.offs = <size_t *>malloc((d.count + 1) * sizeof(size_t))
+    if e.rel == NULL or e.dirs == NULL or e.recs == NULL or e.offs == NULL:
+        free(e.rel)
+        free(e.dirs)
+        free(e.recs)
+        free(e.offs)
+        memset(e, 0, sizeof(Listed))
+        pthread_mutex_unlock(&t.cmu)
+        return
+    memcpy(e.rel, d.rel, d.rellen)
+    e.rellen = d.rellen
+    e.uid = uid
+    e.gid = gid
+    e.groups = groups
+    e.gen = c.gen
+    memcpy(e.dirs, facts, c.nbranches * sizeof(BranchDir))
+    e.nbranches = c.nbranches
+    memcpy(e.recs, d.recs, d.used)
+    memcpy(e.offs, d.offs, (d.count + 1) * sizeof(size_t))
+    e.used = d.used
+    e.count = d.count
+    t.clock += 1
+    e.last = t.clock
+    t.cache_bytes += size
+    pthread_mutex_unlock(&t.cmu)
+
+
+cdef int _list_or_cached(Session s, FastConfig *c, DirList *d, uint32_t uid, uint32_t gid) noexcept nogil:
+    """``d``'s merged listing anew (_list), or the kept one while it is still
+    what _list would read; a complete listing of quiet directories is kept,
+    for this caller (uid, gid and groups: what it may read) and config."""
+    cdef int64_t start = _clock_ns(CLOCK_REALTIME)
+    cdef int64_t newest = 0
+    cdef uint64_t groups = 0
+    cdef BranchDir *facts = <BranchDir *>malloc(max(c.nbranches, 1) * sizeof(BranchDir))
+    cdef bint known = facts != NULL and _groups_key(&groups) and _dir_facts(c, d, facts, &newest)
+    cdef int err
+    if known and _listed_take(s.dirs, c, d, uid, gid, groups, facts):
+        free(facts)
+        return 0
+    err = _list(c, d)
+    if err == 0 and known and d.complete and newest <= start - LISTED_QUIET_NS:
+        _listed_put(s.dirs, c, d, uid, gid, groups, facts)
+    free(facts)
+    return err

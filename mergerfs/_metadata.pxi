@@ -7,6 +7,7 @@
 
 cdef struct FastConfig:
     int refs            # workers using it now; freed when 0 and replaced
+    uint64_t gen        # which set_fast made it (listings cached under it: _listing.pxi)
     int nbranches
     char **branches     # branch roots in order ("" for "/")
     size_t *lens

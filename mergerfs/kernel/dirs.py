@@ -29,7 +29,7 @@ class DirHandlers(Base):
     def _c_dir(self, h, body):
         """A request on a C directory handle, answered by the compiled code as this caller."""
         assert self.session is not None
-        return _kernel.dir_request(self.session, h.opcode, body)
+        return _kernel.dir_request(self.session, h.opcode, body, h.uid, h.gid)
 
     def _opendir(self, h, body):
         fh = self.req.opendir(h.nodeid)

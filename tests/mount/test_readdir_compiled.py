@@ -14,10 +14,12 @@ import errno
 import os
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 import pytest
 
@@ -355,6 +357,140 @@ def test_reader_whose_worker_serves_another_caller():
                 assert proc.stdout.readline().split() == ["a", "b"]
             finally:
                 proc.kill()
+    finally:
+        unmount(p.mnt)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# -- kept listings (_listing.pxi) ---------------------------------------------
+
+QUIET = 5.5  # over _listing.pxi's LISTED_QUIET_NS: a directory this old is kept once listed
+IN_ACCESS = 0x1  # inotify: a directory was read (getdents), what a kept listing does not do
+
+
+class _Reads:
+    """inotify IN_ACCESS on directories: which of them were read (listed) since the last take()."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self.fd >= 0
+        self.wd = {libc.inotify_add_watch(self.fd, os.fsencode(p), IN_ACCESS): p for p in paths}
+        assert all(w >= 0 for w in self.wd)
+
+    def take(self) -> set[str]:
+        out = set()
+        try:
+            data = os.read(self.fd, 1 << 16)
+        except BlockingIOError:
+            return out
+        pos = 0
+        while pos < len(data):
+            wd, mask, _, length = struct.unpack_from("iIII", data, pos)
+            pos += 16 + length
+            if mask & IN_ACCESS and wd in self.wd:
+                out.add(self.wd[wd])
+        return out
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+#: One directory per kind of change (_change), each applied while its listing is kept.
+_CHANGES = ("created", "removed", "renamed", "retyped", "appeared", "vanished", "via-pool", "unchanged")
+
+
+def _change(kind: str, p, b: list[str]) -> None:
+    """Change directory ``kind`` as its name says (on the branches ``b`` directly, or through pool ``p``)."""
+    if kind == "created":
+        open(os.path.join(b[1], kind, "new"), "w").close()
+    elif kind == "removed":
+        os.unlink(os.path.join(b[0], kind, "x0"))
+    elif kind == "renamed":
+        os.rename(os.path.join(b[1], kind, "y1"), os.path.join(b[1], kind, "z1"))
+    elif kind == "retyped":  # a file becomes a directory: same name, another d_type
+        os.unlink(os.path.join(b[0], kind, "x1"))
+        os.mkdir(os.path.join(b[0], kind, "x1"))
+    elif kind == "appeared":  # on a branch that had no such directory
+        os.mkdir(os.path.join(b[2], kind))
+        os.mkfifo(os.path.join(b[2], kind, "w"))
+    elif kind == "vanished":
+        shutil.rmtree(os.path.join(b[1], kind))
+    elif kind == "via-pool":
+        os.rename(p.path(f"{kind}/x2"), p.path(f"{kind}/moved"))
+
+
+def _kept_layout() -> list[dict[str, bytes | None]]:
+    first: dict[str, bytes | None] = {}
+    second: dict[str, bytes | None] = {}
+    for d in _CHANGES:
+        first[d + "/"] = None
+        second[d + "/"] = None
+        for i in range(3):
+            first[f"{d}/x{i}"] = b"x" * i
+            second[f"{d}/y{i}"] = b""
+        second[f"{d}/x0"] = b"shadowed"  # the first branch's x0 wins
+    return [first, second, {}]
+
+
+def test_kept_listing_is_used_until_a_branch_directory_changes(mount_pool):
+    """A directory unchanged for over 5 s is read once, and its merged listing
+    kept: listing it again reads no branch directory (inotify sees no read)
+    and gives what the Python path reads from the branches. Each kind of change
+    (a name created, removed, renamed or changing type on a branch directly,
+    the directory appearing on or vanishing from a branch, a rename through
+    the pool) makes the next listing read the branches again and show it."""
+    c = mount_pool(n=3, options=OPTS, layout=_kept_layout())
+    py = mount_pool(options=PYTHON_PATH, branches=c.branches)
+    time.sleep(QUIET)
+    for d in _CHANGES:  # read, and kept (the first request after the pause may be Python's: twice)
+        assert list_path(c.path(d)) == list_path(c.path(d)) == list_path(py.path(d)), d
+    dirs = [os.path.join(b, d) for b in c.branches for d in _CHANGES if os.path.isdir(os.path.join(b, d))]
+    reads = _Reads(dirs)
+    try:
+        kept = {d: list_path(c.path(d)) for d in _CHANGES}
+        assert reads.take() == set(), "a kept listing read its branch directories"
+        for d in _CHANGES:
+            _change(d, c, c.branches)
+        for d in _CHANGES:
+            got = list_path(c.path(d))
+            read = reads.take()
+            assert got == list_path(py.path(d)), d
+            assert {name: dtype for name, dtype, _ in got} == _union(c.branches, d), d
+            reads.take()  # the Python path's and the oracle's own reads
+            if d == "unchanged":
+                assert got == kept[d] and read == set()
+            else:
+                assert got != kept[d] and read, d
+    finally:
+        reads.close()
+
+
+def test_kept_listing_is_per_caller():
+    """Root's kept listing is not another user's: the user lists the directory
+    as itself, without the branch it may not read."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch users")
+    base = tempfile.mkdtemp(prefix="mfsdirs-", dir="/tmp")
+    os.chmod(base, 0o755)
+    branches = [os.path.join(base, f"b{i}") for i in range(3)]
+    for i, b in enumerate(branches):
+        os.makedirs(os.path.join(b, "d"))
+        open(os.path.join(b, "d", "abc"[i]), "w").close()
+        os.chmod(b, 0o755)
+        os.chmod(os.path.join(b, "d"), 0o700 if i == 2 else 0o755)  # the last: not the user's
+    p = mount(branches, os.path.join(base, "mnt"), OPTS)
+    try:
+        time.sleep(QUIET)
+        for _ in range(3):
+            assert sorted(os.listdir(p.path("d"))) == ["a", "b", "c"]  # root's, kept
+        r = subprocess.run(
+            [USER_PY, "-c", "import os, sys; print(' '.join(sorted(os.listdir(sys.argv[1]))))", p.path("d")],
+            capture_output=True,
+            text=True,
+            preexec_fn=as_user(65534, 65534),
+            timeout=30,
+        )
+        assert r.stdout.split() == ["a", "b"], r.stderr
     finally:
         unmount(p.mnt)
         shutil.rmtree(base, ignore_errors=True)

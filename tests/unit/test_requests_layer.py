@@ -732,6 +732,9 @@ def test_invalidate_all_nodes_command(mkenv):
     d, f = e.look("/d"), e.look("/d/f")
     e.req.setxattr(e.control, b"user.mergerfs.cmd.invalidate-all-nodes", b"1")
     assert sorted(e.notifier.inval) == sorted([d, f])
+    e.notifier.inval.clear()
+    e.req.invalidate_all()  # as the kernel transport does after a branch change
+    assert sorted(e.notifier.inval) == sorted([d, f])
     e.req.setxattr(e.control, b"user.mergerfs.cmd.gc", b"1")  # accepted, nothing to do
     assert err_of(e.req.getxattr, e.control, b"user.mergerfs.cmd.gc") == errno.ENODATA
 
