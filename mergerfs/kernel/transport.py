@@ -349,8 +349,8 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         branch) then ends with EINTR at once, not at its deadline; one answered
         in C, or already answered, needs nothing. The kernel only interrupts a
         request a worker has read, so one not here yet may be about to be: the
-        interrupt is kept for it (the latest _EARLY_KEPT). No reply (an error would tell
-        the kernel to stop sending interrupts)."""
+        interrupt is kept for it (the latest _EARLY_KEPT). No reply (an error
+        would tell the kernel to stop sending interrupts)."""
         (unique,) = _UNIQUE.unpack_from(body)
         with self._serving_lock:
             interrupt = self._serving.get(unique)

@@ -9,6 +9,7 @@ gets, and a compiled listing sends it none."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -324,11 +325,10 @@ print(" ".join(sorted(os.listdir(fd))), flush=True)
 """
 
 
-def test_reader_whose_worker_serves_another_caller():
-    """A user opens the directory (the compiled OPENDIR, acting as that user)
-    and reads it after root's requests moved the only worker to root: the
-    READDIR goes through Python, which switches to the user and lets the
-    compiled code answer it; a branch the user may not read is left out."""
+@contextlib.contextmanager
+def _user_and_root_pool():
+    """A pool of three branches whose ``d`` holds ``a``, ``b`` and ``c`` (one
+    each), the last not readable by user 65534; root only (switching users)."""
     if os.geteuid() != 0:
         pytest.skip("needs root to switch users")
     base = tempfile.mkdtemp(prefix="mfsdirs-", dir="/tmp")
@@ -341,25 +341,36 @@ def test_reader_whose_worker_serves_another_caller():
         os.chmod(os.path.join(b, "d"), 0o700 if i == 2 else 0o755)  # the last: not the user's
     p = mount(branches, os.path.join(base, "mnt"), OPTS)
     try:
-        with subprocess.Popen(
+        yield p
+    finally:
+        unmount(p.mnt)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_reader_whose_worker_serves_another_caller():
+    """A user opens the directory (the compiled OPENDIR, acting as that user)
+    and reads it after root's requests moved the only worker to root: the
+    READDIR goes through Python, which switches to the user and lets the
+    compiled code answer it; a branch the user may not read is left out."""
+    with (
+        _user_and_root_pool() as p,
+        subprocess.Popen(
             [USER_PY, "-c", USER, p.path("d")],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             preexec_fn=as_user(65534, 65534),
-        ) as proc:
-            assert proc.stdout is not None and proc.stdin is not None
-            try:
-                assert proc.stdout.readline().strip() == "open"
-                assert sorted(os.listdir(p.path("d"))) == ["a", "b", "c"]  # root's listing, on the same worker
-                proc.stdin.write("\n")
-                proc.stdin.flush()
-                assert proc.stdout.readline().split() == ["a", "b"]
-            finally:
-                proc.kill()
-    finally:
-        unmount(p.mnt)
-        shutil.rmtree(base, ignore_errors=True)
+        ) as proc,
+    ):
+        assert proc.stdout is not None and proc.stdin is not None
+        try:
+            assert proc.stdout.readline().strip() == "open"
+            assert sorted(os.listdir(p.path("d"))) == ["a", "b", "c"]  # root's listing, on the same worker
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().split() == ["a", "b"]
+        finally:
+            proc.kill()
 
 
 # -- kept listings (_listing.pxi) ---------------------------------------------
@@ -468,18 +479,7 @@ def test_kept_listing_is_used_until_a_branch_directory_changes(mount_pool):
 def test_kept_listing_is_per_caller():
     """Root's kept listing is not another user's: the user lists the directory
     as itself, without the branch it may not read."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to switch users")
-    base = tempfile.mkdtemp(prefix="mfsdirs-", dir="/tmp")
-    os.chmod(base, 0o755)
-    branches = [os.path.join(base, f"b{i}") for i in range(3)]
-    for i, b in enumerate(branches):
-        os.makedirs(os.path.join(b, "d"))
-        open(os.path.join(b, "d", "abc"[i]), "w").close()
-        os.chmod(b, 0o755)
-        os.chmod(os.path.join(b, "d"), 0o700 if i == 2 else 0o755)  # the last: not the user's
-    p = mount(branches, os.path.join(base, "mnt"), OPTS)
-    try:
+    with _user_and_root_pool() as p:
         time.sleep(QUIET)
         for _ in range(3):
             assert sorted(os.listdir(p.path("d"))) == ["a", "b", "c"]  # root's, kept
@@ -491,6 +491,3 @@ def test_kept_listing_is_per_caller():
             timeout=30,
         )
         assert r.stdout.split() == ["a", "b"], r.stderr
-    finally:
-        unmount(p.mnt)
-        shutil.rmtree(base, ignore_errors=True)

@@ -142,6 +142,14 @@ def _record(timings: dict) -> None:
             f.write(json.dumps(timings) + "\n")
 
 
+def _local_dir_on_both(local: str, remote) -> None:
+    """``local/`` on both branches: ``f`` on the local one, ``r`` on the remote."""
+    os.makedirs(os.path.join(local, "local"))
+    _put(os.path.join(local, "local", "f"), b"local")
+    os.makedirs(os.path.join(remote.served, "local"))
+    _put(os.path.join(remote.served, "local", "r"), b"remote")
+
+
 def _local_ops(mnt: str) -> dict[str, tuple[float | None, str]]:
     """stat and cat of a file of the local branch, df of the pool, ls of a local directory."""
     return {
@@ -222,10 +230,7 @@ def test_hung_remote_leaves_local_requests_answering():
     out at once (df counts its last known size) until it answers again.
     Latencies are appended to the file ``MERGERFS_REMOTE_TIMINGS`` names, if set."""
     with local_and_sshfs("minfreespace=1M,category.create=mfs", keepalive=False) as (mnt, local, remote):
-        os.makedirs(os.path.join(local, "local"))
-        _put(os.path.join(local, "local", "f"), b"local")
-        os.makedirs(os.path.join(remote.served, "local"))
-        _put(os.path.join(remote.served, "local", "r"), b"remote")
+        _local_dir_on_both(local, remote)
         healthy = _local_ops(mnt)
         assert healthy["ls"][1].split() == ["f", "r"]
         remote.server.pause()
@@ -278,10 +283,7 @@ def test_interrupted_listing_of_a_hung_remote_ends_at_once():
     on a local directory. Without the interrupt it would live until the
     deadline. The pool serves on and lists the remote again once it answers."""
     with local_and_sshfs("minfreespace=1M,category.create=mfs", keepalive=False) as (mnt, local, remote):
-        os.makedirs(os.path.join(local, "local"))
-        _put(os.path.join(local, "local", "f"), b"local")
-        os.makedirs(os.path.join(remote.served, "local"))
-        _put(os.path.join(remote.served, "local", "r"), b"remote")
+        _local_dir_on_both(local, remote)
         pid = daemon_pid(mnt)
         remote.server.pause()
         try:
