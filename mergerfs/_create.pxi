@@ -234,7 +234,7 @@ cdef bint _create(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept n
         return True
     nodeid = _remember_new(s, c, rel, <size_t>rellen, &st)
     if nodeid == 0 or not _opened_c(
-            s.table, nodeid, stamp(<uint64_t>st.st_size, <int64_t>st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec),
+            s.table, nodeid, stamp(<uint64_t>st.st_size, _ts_ns(st.st_mtim)),
             changed):
         c_close(bfd)
         _release(s, c)

@@ -269,7 +269,7 @@ cdef bint _open(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept nog
         _reply_error(fd, h.unique, err)
         return True
     if c_fstat(bfd, &st) != 0 or not _opened_c(
-            s.table, h.nodeid, stamp(<uint64_t>st.st_size, <int64_t>st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec),
+            s.table, h.nodeid, stamp(<uint64_t>st.st_size, _ts_ns(st.st_mtim)),
             changed):
         c_close(bfd)
         _release(s, c)

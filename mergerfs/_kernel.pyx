@@ -78,10 +78,14 @@ cdef extern from "<time.h>" nogil:
     int CLOCK_MONOTONIC_COARSE
 
 
+cdef inline int64_t _ts_ns(timespec t) noexcept nogil:
+    return <int64_t>t.tv_sec * 1000000000 + t.tv_nsec
+
+
 cdef inline int64_t _clock_ns(int clk) noexcept nogil:
     cdef timespec ts
     clock_gettime(clk, &ts)
-    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+    return _ts_ns(ts)
 
 
 cdef ssize_t _await(int fd, char *buf, size_t size, int64_t poll_ns, int fl, bint *polling) noexcept nogil:

@@ -228,10 +228,6 @@ cdef enum:
 cdef int64_t LISTED_QUIET_NS = 5000000000
 
 
-cdef inline int64_t _ts_ns(timespec t) noexcept nogil:
-    return <int64_t>t.tv_sec * 1000000000 + t.tv_nsec
-
-
 cdef bint _dir_facts(FastConfig *c, DirList *d, BranchDir *out, int64_t *newest) noexcept nogil:
     """Each branch's directory of ``d`` as it is now (stat: the listing's open
     follows symlinks too), and the newest of their ctimes and mtimes. False if
@@ -271,14 +267,15 @@ cdef bint _same_dirs(const BranchDir *a, const BranchDir *b, int n) noexcept nog
     return True
 
 
-cdef inline size_t _listed_size(const Listed *e) noexcept nogil:
-    return e.used + (e.count + 1) * sizeof(size_t)
+cdef inline size_t _records_size(size_t used, size_t count) noexcept nogil:
+    """What a listing of ``count`` records in ``used`` bytes takes in the cache (records and offsets)."""
+    return used + (count + 1) * sizeof(size_t)
 
 
 cdef void _listed_free(DirTable *t, Listed *e) noexcept nogil:
     if e.rel == NULL:
         return
-    t.cache_bytes -= _listed_size(e)
+    t.cache_bytes -= _records_size(e.used, e.count)
     free(e.rel)
     free(e.dirs)
     free(e.recs)
@@ -349,7 +346,7 @@ cdef bint _listed_take(DirTable *t, FastConfig *c, DirList *d, uint32_t uid, uin
 cdef void _listed_put(DirTable *t, FastConfig *c, DirList *d, uint32_t uid, uint32_t gid, uint64_t groups,
                       const BranchDir *facts) noexcept nogil:
     """Keep a copy of ``d``'s fresh listing, evicting the least recently used."""
-    cdef size_t size = d.used + (d.count + 1) * sizeof(size_t)
+    cdef size_t size = _records_size(d.used, d.count)
     cdef Listed *e
     cdef Listed *free_e = NULL
     cdef int i

@@ -238,7 +238,7 @@ cdef void _saw(NodeTable t, uint64_t nodeid, const stat_t *st) noexcept nogil:
     t.lock()
     n = t.node(nodeid)
     if n != NULL:
-        n.seen = stamp(<uint64_t>st.st_size, <int64_t>st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec)
+        n.seen = stamp(<uint64_t>st.st_size, _ts_ns(st.st_mtim))
         n.has_seen = 1
     t.unlock()
 
