@@ -19,6 +19,7 @@ import os
 import random
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -213,6 +214,8 @@ def test_created_files_passthrough_released_in_c(mount_pool, policy):
     (``ff``: the compiled create policies) or Python did (``newest``) and
     handed its open over."""
     p = mount_pool(n=2, options=f"{OPTS},passthrough.io=rw,category.create={policy}")
+    old = time.time() - 3600  # newest picks the first branch: the second's root is older
+    os.utime(p.branches[1], (old, old))
     before = counts(p.mnt)
     warm_caller(p.mnt)
     with requests_seen(p.mnt) as seen:
