@@ -534,6 +534,16 @@ cdef class NodeTable(NodeMaps):
                 self._drop(n)
         self.unlock()
 
+    def ident(self, uint64_t nodeid):
+        """The identity ``nodeid`` was last looked up with (inodes.identity), or None."""
+        cdef object out = None
+        self.lock()
+        cdef Node *n = self.node(nodeid)
+        if n != NULL and n.has_ident:
+            out = (<object>n.dev << 64) | n.ino
+        self.unlock()
+        return out
+
     def any_fh(self, uint64_t nodeid):
         """Some open Python handle of ``nodeid``, or None."""
         cdef object held = self.fhs.get(nodeid)

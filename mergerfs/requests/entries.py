@@ -60,11 +60,32 @@ class EntryRequests(Core):
         if isinstance(h, fs_mod.Handle):  # the kernel pins an fh it names
             return of_handle(h)
         if self.table.has_fh(inode):
+            if self.table.any_fh(inode) is None:  # compiled opens only: none adopted while
+                by_path = self._same_object(inode, path, of_path)  # the path names their object
+                if by_path is not None:
+                    return by_path
             with self._open_handle(inode) as h:
                 # An open file is the kernel's inode even if its path was unlinked
                 # or renamed over (or it has none yet: O_TMPFILE): its fd is the truth.
                 return of_handle(h) if h is not None else of_path(self._named(path))
         return of_path(self._named(path))  # the common case, without the borrowing
+
+    def _same_object(self, inode: int, path: str, of_path: Callable[[str], T]) -> T | None:
+        """``of_path`` of ``inode``'s relpath while it names the object the node was
+        looked up as (as the compiled GETATTR answers), else None."""
+        ident = self.table.ident(inode)
+        if ident is None or fs_mod.is_unnamed(path):
+            return None
+        try:
+            got = of_path(path)
+        except OSError:
+            return None
+        st: Any = got
+        if isinstance(st, fs_mod.Statx):
+            same = inodes.identity(os.makedev(st.dev_major, st.dev_minor), st.ino) == ident
+        else:
+            same = inodes.identity(st.st_dev, st.st_ino) == ident
+        return got if same else None
 
     def setattr(
         self,

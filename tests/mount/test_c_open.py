@@ -16,6 +16,7 @@ import random
 import shutil
 import stat
 import tempfile
+import time
 
 import pytest
 
@@ -170,6 +171,33 @@ def test_many_opens_of_one_file(mount_pool):
     assert _read(path)[:40] == b"".join(b"%02d" % i for i in range(20))
     # the 21st open: the read above; one more release: the CREATE's
     assert _c_counts(p.mnt, before, 21, 22) == (21, 20)
+
+
+def test_stat_answered_by_python_leaves_c_opens_alone(mount_pool, native):
+    """An fstat (a GETATTR without fh) that Python answers, here because the
+    worker's record of the caller is over a second old, answers by path while
+    the path names the open file, as the C path does: it adopts no C open (its
+    RELEASE stays C's). Once the name is gone, the open's fd is the truth."""
+
+    def scenario(root: str) -> tuple:
+        fds = []
+        for name in ("named", "unlinked"):
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(name.encode())
+            warm_caller(root)
+            fds.append(os.open(os.path.join(root, name), os.O_RDONLY))
+        try:
+            os.unlink(os.path.join(root, "unlinked"))
+            time.sleep(1.1)
+            return [(st.st_size, st.st_nlink) for st in map(os.fstat, fds)]
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    p, before = _mount(mount_pool)
+    compare(lambda: scenario(p.mnt), lambda: scenario(native))
+    # in C: both CREATEs' releases and the named file's; the unlinked one's open was adopted
+    assert _c_counts(p.mnt, before, 2, 4) == (2, 3)
 
 
 def test_created_files_released_in_c(mount_pool, native):
