@@ -49,12 +49,18 @@ $(VENV)/.built: $(VENV)/.stamp setup.py $(wildcard mergerfs/*.pyx mergerfs/*.pxd
 build: venv $(VENV)/.built
 
 # The whole suite runs on the default kernel session; the llfuse transport
-# (fuse-binding=llfuse) runs the parity, lifecycle and control tests again.
+# (fuse-binding=llfuse) runs the parity, lifecycle and control tests again, and
+# the kernel session over io_uring (the fuse module's enable_uring set for the
+# run, restored after) the tests of each kind of request and of its life.
 LLFUSE_TESTS := tests/mount/test_parity.py tests/mount/test_lifecycle.py \
 	tests/mount/test_control_keys.py tests/mount/test_xattr_control.py tests/mount/test_statfs.py
+URING_TESTS := tests/mount/test_parity.py tests/mount/test_lifecycle.py tests/mount/test_c_open.py \
+	tests/mount/test_compiled.py tests/mount/test_readdir_compiled.py tests/mount/test_fsx.py \
+	tests/mount/test_remote.py tests/mount/test_control_keys.py tests/mount/test_c_passthrough.py
 test: build lint
 	$(VPY) -m pytest
 	MERGERFS_CMD="python -m mergerfs -o fuse-binding=llfuse" $(VPY) -m pytest -q $(LLFUSE_TESTS)
+	MERGERFS_IO_URING=1 $(VPY) -m pytest -q $(URING_TESTS)
 
 # Style, format, types (mypy: [tool.mypy] in pyproject.toml) and the compiled
 # modules' stubs against the built modules (stubtest, hence `build`).

@@ -474,7 +474,7 @@ cdef bint _answer_open_dir(Session s, int fd, char *buf, size_t n, uint64_t attr
     cdef size_t size = _open_dir_attr(s, buf, <ssize_t>n, attr_valid)
     if size == 0:
         return False
-    c_write(fd, buf, size)
+    _send(fd, buf, size)
     return True
 
 
@@ -510,7 +510,7 @@ cdef bint _dirs_hot(Session s, Caller *w, int fd, char *buf, ssize_t n) noexcept
     size = _dir_answer(s, w, buf, n)
     if size == 0:
         return False
-    c_write(fd, buf, size)
+    _send(fd, buf, size)
     return True
 
 

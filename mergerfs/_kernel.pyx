@@ -34,8 +34,8 @@ Protocol facts: FUSE 7.45 (declared here, not taken from the installed header).
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
-from libc.string cimport memcmp, memcpy, memset, strlen
-from libc.errno cimport errno, EINTR, EAGAIN, ENOENT, ENODEV, ENOSPC, EDQUOT, EPERM
+from libc.string cimport memcmp, memcpy, memmove, memset, strlen
+from libc.errno cimport errno, EINTR, EAGAIN, ENOENT, ENODEV, ENOSPC, EDQUOT, EPERM, EIO, ENOMEM, ENOTCONN
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport malloc, free, calloc, realloc
 from posix.types cimport off_t
@@ -220,6 +220,7 @@ cdef class Session:
     cdef readonly NodeTable table
     cdef FastConfig *fast  # NULL: LOOKUP/GETATTR go to Python
     cdef uint64_t answered[2][MAX_OPCODE]  # requests per opcode: [0] compiled, [1] Python
+    cdef uint64_t came[2]  # requests per way in: [0] over io_uring (_ring.pxi), [1] read()
     cdef pthread_mutex_t fast_mu
     cdef uint64_t fast_gen  # configs made so far (FastConfig.gen)
     cdef DirTable *dirs  # the C directory handles (_dirs.pxi)
@@ -351,6 +352,10 @@ cdef class Session:
             if self.answered[0][op] or self.answered[1][op]:
                 out[op] = (self.answered[0][op], self.answered[1][op])
         return out
+
+    def ways_in(self):
+        """Requests so far (INIT aside) that came (over io_uring, through read())."""
+        return MFS_LOAD(&self.came[0]), MFS_LOAD(&self.came[1])
 
     # ------------------------------------------------------------ handles
     cdef uint32_t _alloc(self) noexcept nogil:
@@ -556,7 +561,6 @@ cdef class Session:
         cdef ssize_t n
         cdef int err = 0
         cdef Caller caller
-        cdef fuse_in_header h
         memset(&caller, 0, sizeof(caller))
         caller.rng = <uint64_t>_clock_ns(CLOCK_MONOTONIC) ^ <uint64_t>(<size_t>&caller)
         if buf == NULL:
@@ -577,31 +581,49 @@ cdef class Session:
                         if err == EINTR or err == EAGAIN or err == ENOENT:
                             continue  # ENOENT: the request was interrupted before we read it
                         break
-                    if n < <ssize_t>IN_HDR:
-                        continue
-                    h = (<fuse_in_header *>buf)[0]
-                    if self._hot(&caller, fd, buf, n):
-                        if h.opcode < MAX_OPCODE:
-                            MFS_COUNT(&self.answered[0][h.opcode])
-                        continue
-                    if h.opcode < MAX_OPCODE:
-                        MFS_COUNT(&self.answered[1][h.opcode])
-                    with gil:
-                        try:
-                            n = self._python(buf, n)
-                        except BaseException:  # a bug of the session: logged, the worker goes on
-                            log.exception("request dispatch failed")
-                            n = 0
-                    if h.uid != NO_UID and h.opcode != FUSE_FORGET and h.opcode != FUSE_BATCH_FORGET \
-                            and h.opcode != FUSE_INTERRUPT and h.opcode != FUSE_RELEASE \
-                            and h.opcode != FUSE_RELEASEDIR:  # Python switched to this caller (NO_CALLER)
-                        _carry(&caller, &h)
-                    if n > 0:  # the reply, written without the GIL
-                        c_write(fd, buf, <size_t>n)
+                    if n >= <ssize_t>IN_HDR:
+                        MFS_COUNT(&self.came[1])
+                        self._answer(&caller, fd, buf, n)
         finally:
             free(buf)
         if err != ENODEV:
             raise OSError(err, os.strerror(err))
+
+    def serve_ring(self, int qid, int depth, bint poller=False):
+        """Answer requests of queue ``qid`` over io_uring (``_ring.pxi``) with
+        ``depth`` entries until the connection ends; a ``poller`` polls for the
+        next one (``busy_poll_ns``) before it sleeps."""
+        cdef Caller caller
+        cdef int err
+        memset(&caller, 0, sizeof(caller))
+        caller.rng = <uint64_t>_clock_ns(CLOCK_MONOTONIC) ^ <uint64_t>(<size_t>&caller)
+        with nogil:
+            err = _ring_serve(self, <uint16_t>qid, depth, poller, &caller)
+        if err:
+            raise OSError(err, os.strerror(err))
+
+    cdef void _answer(self, Caller *w, int fd, char *buf, ssize_t n) noexcept nogil:
+        """One request (``n`` bytes in ``buf``, reused for its reply): in C if
+        it can be, else by the Python session; the reply sent to ``fd``."""
+        cdef fuse_in_header h = (<fuse_in_header *>buf)[0]
+        if self._hot(w, fd, buf, n):
+            if h.opcode < MAX_OPCODE:
+                MFS_COUNT(&self.answered[0][h.opcode])
+            return
+        if h.opcode < MAX_OPCODE:
+            MFS_COUNT(&self.answered[1][h.opcode])
+        with gil:
+            try:
+                n = self._python(buf, n)
+            except BaseException:  # a bug of the session: logged, the worker goes on
+                log.exception("request dispatch failed")
+                n = 0
+        if h.uid != NO_UID and h.opcode != FUSE_FORGET and h.opcode != FUSE_BATCH_FORGET \
+                and h.opcode != FUSE_INTERRUPT and h.opcode != FUSE_RELEASE \
+                and h.opcode != FUSE_RELEASEDIR:  # Python switched to this caller (NO_CALLER)
+            _carry(w, &h)
+        if n > 0:  # the reply, written without the GIL
+            _send(fd, buf, <size_t>n)
 
     cdef ssize_t _python(self, char *buf, ssize_t n) except -1:
         """Hand the request to the Python session; its reply is copied back
@@ -724,7 +746,7 @@ cdef void _reply(int fd, uint64_t unique, void *msg, size_t size) noexcept nogil
     o.len = <uint32_t>size
     o.error = 0
     o.unique = unique
-    c_write(fd, msg, size)
+    _send(fd, msg, size)
 
 
 cdef void _reply_error(int fd, uint64_t unique, int err) noexcept nogil:
@@ -732,7 +754,7 @@ cdef void _reply_error(int fd, uint64_t unique, int err) noexcept nogil:
     o.len = OUT_HDR
     o.error = -err
     o.unique = unique
-    c_write(fd, &o, OUT_HDR)
+    _send(fd, &o, OUT_HDR)
 
 
 include "_wire.pxi"
@@ -742,3 +764,4 @@ include "_dirs.pxi"
 include "_listing.pxi"
 include "_files.pxi"
 include "_create.pxi"
+include "_ring.pxi"

@@ -354,6 +354,14 @@ _OPTION_LIST = [
         "(microseconds, 0: off; kernel session, 2+ CPUs)",
     ),
     _o(
+        "fuse-io-uring",
+        BOOL,
+        True,
+        "extension: take requests over io_uring when the kernel offers it (kernel >= 6.14 with the fuse "
+        "module's enable_uring parameter set; kernel session)",
+        runtime=False,
+    ),
+    _o(
         "fuse-binding",
         _enum("kernel", "llfuse"),
         "kernel",

@@ -9,6 +9,7 @@ import os
 import struct
 from typing import NamedTuple
 
+from mergerfs import _kernel
 from mergerfs.kernel.protocol import (
     ASYNC_DIO,
     ASYNC_READ,
@@ -26,6 +27,7 @@ from mergerfs.kernel.protocol import (
     KERNEL_MINOR,
     KERNEL_VERSION,
     MAX_PAGES,
+    OVER_IO_URING,
     PAGE,
     PARALLEL_DIROPS,
     PASSTHROUGH,
@@ -52,6 +54,7 @@ class Negotiated(NamedTuple):
     minor: int  # the protocol minor both sides speak
     max_write: int
     passthrough: frozenset[int] | None  # O_ACCMODE values passed through, None: no passthrough
+    uring: bool  # requests come over io_uring (kernel/ring workers), but INIT, FORGET and INTERRUPT
 
 
 def negotiate(devfd: int, cfg) -> Negotiated:
@@ -90,6 +93,10 @@ def negotiate(devfd: int, cfg) -> Negotiated:
         want |= PASSTHROUGH
     elif cfg["cache.writeback"]:
         want |= WRITEBACK_CACHE  # the kernel refuses both at once
+    if cfg["fuse-io-uring"] and flags & OVER_IO_URING and _kernel.ring_possible():
+        # asked only when rings can be made here: once agreed, the kernel holds
+        # every request until each CPU's queue has an entry registered
+        want |= OVER_IO_URING
     got = want & flags
     agreed = min(minor, KERNEL_MINOR)
     passthrough = None
@@ -115,7 +122,7 @@ def negotiate(devfd: int, cfg) -> Negotiated:
     )
     send(devfd, frame(h.unique, 0, out if agreed >= 23 else out[:24]))
     log.debug("INIT: kernel %d.%d offered %#x, negotiated %#x, max_write %d", major, minor, flags, got, max_write)
-    return Negotiated(agreed, max_write, passthrough)
+    return Negotiated(agreed, max_write, passthrough, bool(got & OVER_IO_URING))
 
 
 def _max_pages_limit() -> int:

@@ -1,6 +1,7 @@
 """Cache invalidations to the kernel, written by one thread of their own: a
 notification can block until the kernel is done with the inode, and no request
-handler may wait on that. Nothing else writes notifications."""
+handler may wait on that (INC_EPOCH, which waits on none, is written at once).
+Nothing else writes notifications."""
 
 from __future__ import annotations
 
@@ -30,10 +31,16 @@ class Notifier:
             self._queue.put(frame(0, NOTIFY_INVAL_INODE, struct.pack("<Qqq", ino, 0, 0)))
 
     def inc_epoch(self) -> None:
-        """Queue the invalidation of every cached name, found or not found
-        (each is looked up again at its next use; any thread, protocol 7.44)."""
+        """Invalidate every cached name, found or not found (each is looked up
+        again at its next use; any thread, protocol 7.44). Written at once, not
+        queued: it waits on no inode, and the reply to the request that changed
+        the branches must not overtake it (a ring worker answers on its caller's
+        CPU before this thread would run)."""
         if self.fd >= 0:
-            self._queue.put(frame(0, NOTIFY_INC_EPOCH))
+            try:
+                os.write(self.fd, frame(0, NOTIFY_INC_EPOCH))
+            except OSError:  # ENODEV: unmounted meanwhile
+                pass
 
     def stop(self) -> None:
         if self._thread is not None:

@@ -42,6 +42,9 @@ _UNIQUE = struct.Struct("<Q")
 #: How many interrupts for requests Python has not seen are kept (the latest;
 #: a unique is never reused, so an old one only takes room).
 _EARLY_KEPT = 256
+#: Entries per ring worker: while it answers one, the kernel fills the next (4 KiB O_DIRECT
+#: reads, one pinned worker per queue: 1.6x legacy with 1 entry, 2.1x with 2, 1.9x with 8).
+RING_DEPTH = 2
 
 #: The compiled actions: SETATTR's chmod, chown and utimens, UNLINK, RMDIR and RENAME (each when its policy is epall).
 _ACTIONS = {
@@ -81,6 +84,7 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         self.session = None
         self.minor = 0
         self.request_kib = 0  # the largest READ/WRITE agreed at INIT (KiB): readahead's default
+        self.uring = False  # INIT agreed FUSE over io_uring: serve() runs ring workers
         self._branch_paths: tuple[str, ...] = ()  # the branches the kernel's caches were filled from
         self._adopt_lock = threading.Lock()
         # INTERRUPT's bookkeeping: the requests Python is answering (unique ->
@@ -153,6 +157,7 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         agreed = negotiate(self.devfd, self.cfg)
         self.minor = agreed.minor
         self.request_kib = agreed.max_write // 1024
+        self.uring = agreed.uring
         session.passthrough(agreed.passthrough)
         session.configure(agreed.max_write, agreed.minor)
         self.req.control.counts = self._counts
@@ -236,9 +241,12 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         self.session.busy_poll_ns = self.fs.snap.cfg["fuse-busy-poll"] * 1000 if cpus >= 2 else 0
 
     def _counts(self) -> dict[str, tuple[int, int]]:
-        """Requests served per opcode name: (answered compiled, answered by Python)."""
+        """Requests served per opcode name: (answered compiled, answered by Python);
+        and "io_uring": how many came (over io_uring, through read())."""
         assert self.session is not None
-        return {_opname(op): n for op, n in self.session.counts().items()}
+        out = {_opname(op): n for op, n in self.session.counts().items()}
+        out["io_uring"] = self.session.ways_in()
+        return out
 
     def _c_opens(self, cfg) -> tuple[int, int, int, bool, bool] | None:
         """The compiled OPEN's part of the fast config (see set_fast), or None
@@ -257,9 +265,16 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
         return rd, wr, keep, bool(cfg["dropcacheonclose"]), bool(cfg["link-cow"])
 
     def serve(self, workers: int) -> None:
-        """Run ``workers`` threads, one per (cloned) fd, until the mount goes away."""
+        """Run ``workers`` threads, one per (cloned) fd, until the mount goes away.
+        Over io_uring: ``workers`` ring workers spread over the queues (at least
+        one each) and one reading /dev/fuse (INIT's successors that do not take
+        the ring: FORGET, INTERRUPT)."""
         assert self.session is not None
         session = self.session
+        rings: list[threading.Thread] = []
+        if self.uring:
+            rings = self._ring_workers(workers)
+            workers = 1
         fds = [self.devfd]
         for _ in range(workers - 1):
             try:
@@ -270,7 +285,7 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
 
         # one worker polls (fuse-busy-poll), on an fd of its own: a shared one
         # would make every worker's read non-blocking
-        poller = fds[-1] if len(set(fds)) == len(fds) else -1
+        poller = fds[-1] if len(set(fds)) == len(fds) and not rings else -1
 
         def work(fd: int) -> None:
             try:
@@ -284,10 +299,45 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
             t.start()
         for t in threads:
             t.join()
+        for t in rings:  # each entry ends with ENOTCONN at unmount; a stuck one keeps no daemon alive
+            t.join(5.0)
         for fd in set(fds) - {self.devfd}:
             os.close(fd)
         if errors:
             raise errors[0]
+
+    def _ring_workers(self, workers: int) -> list[threading.Thread]:
+        """Started ring workers: ``workers`` spread over the queues, one queue
+        per possible CPU (the kernel queues a request on its caller's CPU's),
+        each worker pinned to its queue's CPU with RING_DEPTH entries, the
+        first of each queue polling (fuse-busy-poll). A worker
+        whose ring cannot be set up unmounts: the kernel would wait for its
+        queue forever."""
+        assert self.session is not None
+        session = self.session
+        queues = possible_cpus()
+        count = max(workers, len(queues))
+
+        def work(qid: int, poller: bool) -> None:
+            try:  # unpinned: seqread 0.72 and smallfiles 0.74 of 2.33.5's speed where pinned ran 1.17 / 1.27
+                os.sched_setaffinity(0, {qid})
+            except OSError:
+                pass  # not an allowed CPU here: the requests still come, from afar
+            try:
+                session.serve_ring(qid, RING_DEPTH, poller)
+            except BaseException:  # its queue would hold its CPU's requests forever
+                log.exception("io_uring queue %d failed: unmounting", qid)
+                unmount(self.mnt)
+
+        rings = [
+            threading.Thread(
+                target=work, args=(queues[i % len(queues)], i < len(queues)), name=f"fuse-ring-{i}", daemon=True
+            )
+            for i in range(count)
+        ]
+        for t in rings:
+            t.start()
+        return rings
 
     def close(self) -> None:
         self.notifier.stop()
@@ -368,6 +418,20 @@ class KernelTransport(EntryHandlers, FileHandlers, DirHandlers, XattrHandlers):
     @staticmethod
     def _enosys(h, body):
         raise OSError(errno.ENOSYS, "not implemented")
+
+
+def possible_cpus() -> list[int]:
+    """The CPUs this kernel may ever run (its FUSE queues: one per possible CPU)."""
+    try:
+        with open("/sys/devices/system/cpu/possible") as f:
+            text = f.read().strip()
+    except OSError:
+        return list(range(os.cpu_count() or 1))
+    cpus: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.extend(range(int(first), int(last or first) + 1))
+    return cpus
 
 
 def _opname(op: int) -> str:

@@ -14,7 +14,17 @@ import pytest
 
 from mergerfs import mounts
 
-from .helpers import FSTYPE, Pool, abort_connection, daemon_pid, mount, pid_alive, unmount, wait_until
+from .helpers import (
+    FSTYPE,
+    Pool,
+    abort_connection,
+    daemon_pid,
+    mount,
+    pid_alive,
+    set_enable_uring,
+    unmount,
+    wait_until,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 _STARTED: set[int] = set()  # daemon PIDs this session started
@@ -82,8 +92,20 @@ def _pytest_root() -> str:
     return f"/tmp/pytest-of-{os.environ.get('USER') or os.getuid()}"
 
 
+#: enable_uring before this session set it (MERGERFS_IO_URING=1: the suite's io_uring tier)
+_URING_BEFORE: list[str] = []
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Sweep pools left by earlier, killed runs (dead daemons or abandoned basetemps)."""
+    """Sweep pools left by earlier, killed runs (dead daemons or abandoned basetemps).
+    With MERGERFS_IO_URING=1, have the kernel offer FUSE over io_uring for the
+    session (restored at its end): our pools then take requests over it."""
+    if os.environ.get("MERGERFS_IO_URING") == "1":
+        before = set_enable_uring("Y")
+        if before is None:
+            print("MERGERFS_IO_URING=1: this kernel has no fuse enable_uring: the tier runs over /dev/fuse")
+        else:
+            _URING_BEFORE.append(before)
     roots = {_pytest_root(), "/tmp/pytest-of-root"}
 
     def stale(mnt: str) -> bool:
@@ -114,6 +136,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+    for before in _URING_BEFORE:
+        set_enable_uring(before)
 
 
 def _populate(branch: str, layout: dict[str, bytes | None]) -> None:

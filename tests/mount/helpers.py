@@ -262,6 +262,24 @@ def served(mnt: str, before: dict, op: str, at_least: int) -> tuple[int, int]:
     return got[0]
 
 
+ENABLE_URING = "/sys/module/fuse/parameters/enable_uring"
+
+
+def set_enable_uring(value: str) -> str | None:
+    """Set the fuse module's ``enable_uring`` ("Y" or "N": whether the kernel
+    offers FUSE over io_uring at INIT): the value before, or None if this
+    kernel has no such parameter (< 6.14) or it cannot be set."""
+    try:
+        with open(ENABLE_URING) as f:
+            before = f.read().strip()
+        if before != value:
+            with open(ENABLE_URING, "w") as f:
+                f.write(value)
+    except OSError:
+        return None
+    return before
+
+
 def warm_caller(root: str) -> None:
     """A request Python answers as this caller (LISTXATTR): the worker now acts
     as it, so the compiled path takes this caller's next requests (for a second)."""

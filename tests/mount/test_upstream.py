@@ -145,7 +145,7 @@ def test_signals_leave_the_pool_serving(tmp_path, impl, sig):
 # -- the control file in 2.42's format ----------------------------------------------
 
 #: Our extensions, listed by us only.
-OURS_ONLY = {P + "log-level", P + "fuse-binding", P + "fuse-busy-poll"}
+OURS_ONLY = {P + "log-level", P + "fuse-binding", P + "fuse-busy-poll", P + "fuse-io-uring"}
 #: Read back differently, on purpose (docs/DIFFERENCES.md).
 VALUE_DIFFERS = {
     P + "version",

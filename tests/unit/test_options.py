@@ -94,6 +94,7 @@ SPEC_MORE = {
     "flush-on-close": ("opened-for-write", ["never", "always", "opened-for-write"]),
     "fuse-binding": ("kernel", ["kernel", "llfuse"]),  # extension: the transport
     "fuse-busy-poll": ("200", ["0", "50", "1000000"]),  # extension: polling for the next request (µs)
+    "fuse-io-uring": ("true", ["true", "false"]),  # extension: requests over io_uring when offered
 }
 #: In the option table without a spec default: accepted for compatibility, or not values.
 UNSPECIFIED = {"mountpoint", "config", "readdirplus", "log.metrics"}
