@@ -851,18 +851,22 @@ def write_markdown(path, args, R, png_name, elapsed, sets):
             L += [*t, ""]
         if any(k[0] == s for k in R["requests"]):
             L += [
-                "Our requests per round, answered in C / by Python (`user.mergerfs.requests`; largest first):",
+                (
+                    "Our requests per round, answered in C / by Python (`user.mergerfs.requests`; largest "
+                    "first), and how many came over io_uring / through read() of `/dev/fuse`:"
+                ),
                 "",
             ]
-            L += ["| workload | in C | by Python |", "|---|---|---|"]
+            L += ["| workload | in C | by Python | io_uring / read() |", "|---|---|---|---:|"]
             for w in names:
-                q = R["requests"].get((s, w))
+                q = dict(R["requests"].get((s, w)) or {})
                 if not q:
                     continue
+                ring, read = q.pop("io_uring", (0, 0))
                 order = sorted(q.items(), key=lambda kv: (-kv[1][1], -kv[1][0]))
                 inc = ", ".join(f"{op} {c}" for op, (c, _) in sorted(q.items(), key=lambda kv: -kv[1][0]) if c)
                 byp = ", ".join(f"{op} {py}" for op, (_, py) in order if py)
-                L.append(f"| {w} | {inc or '—'} | {byp or '—'} |")
+                L.append(f"| {w} | {inc or '—'} | {byp or '—'} | {ring} / {read} |")
             L.append("")
         if any(k[0] == s for k in list(R["rss"]) + list(R["rss_end"])):
             L += [
