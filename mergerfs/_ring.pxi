@@ -313,6 +313,10 @@ cdef int _ring_serve(Session s, uint16_t qid, int depth, bint poller, Caller *ca
                 _reply_error(RING_FD, h.unique, EIO)
             mfs_set_cur(NULL)
             mfs_ring_fuse(&r, s.devfd, RING_CMD_COMMIT_AND_FETCH, NULL, tag, qid, commit_id)
+    if live > 0:
+        # the kernel may still hold entries registered with these buffers (the
+        # caller unmounts, which ends them): they and the ring are left as they are
+        return err
     mfs_ring_close(&r)
     if mems != NULL:
         for i in range(depth):
