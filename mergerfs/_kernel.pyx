@@ -22,7 +22,11 @@ flags, nodeid and passthrough share, and Python has no handle for it) until a
 Python request needs its handle and adopts it (``claim``/``adopted``, driven by
 kernel/base.py). CREATE and MKDIR are answered here too when the create policy
 picks one branch by space or chance (``_create.pxi``). One worker polls for the
-next request before it sleeps (``fuse-busy-poll``, ``_await``). Passthrough's
+next request before it sleeps (``fuse-busy-poll``, ``_await``). When INIT
+agreed FUSE over io_uring, ring workers take the requests instead
+(``_ring.pxi``: ``serve_ring``), answered by the same ``_answer`` and replied
+through the same ``_send``; a ``/dev/fuse`` worker stays for FORGET and
+INTERRUPT. Passthrough's
 per-inode backing id is decided and released
 here for every open, Python's too (``add``/``add_c``/``remove``): one set of
 rules, kept in the node table's nodes under ``pt_mu``. The handle table is changed
