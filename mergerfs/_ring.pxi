@@ -185,7 +185,8 @@ cdef enum:
     RING_IN_OUT = 0         # its parts' offsets
     RING_OP_IN = 128
     RING_OP_IN_SZ = 128
-    RING_ENT = 256          # struct fuse_uring_ent_in_out: flags, commit_id, payload_sz
+    RING_COMMIT_ID = 264    # struct fuse_uring_ent_in_out (at 256: flags, commit_id, payload_sz)
+    RING_PAYLOAD_SZ = 272
     RING_CMD_REGISTER = 1
     RING_CMD_COMMIT_AND_FETCH = 2
     HEADROOM = 256          # in front of each payload: the request put back together
@@ -204,7 +205,7 @@ cdef void _send(int fd, const void *msg, size_t size) noexcept nogil:
     body = <const char *>msg + OUT_HDR
     if body != cur.payload and size > OUT_HDR:
         memmove(cur.payload, body, size - OUT_HDR)
-    (<uint32_t *>(cur.hdr + RING_ENT + 16))[0] = <uint32_t>(size - OUT_HDR)
+    (<uint32_t *>(cur.hdr + RING_PAYLOAD_SZ))[0] = <uint32_t>(size - OUT_HDR)
     cur.replied = 1
 
 
@@ -294,8 +295,8 @@ cdef int _ring_serve(Session s, uint16_t qid, int depth, bint poller, Caller *ca
             hdr = hdrs + <size_t>i * RING_HDR
             payload = mems[i] + HEADROOM
             memcpy(&h, hdr + RING_IN_OUT, IN_HDR)
-            commit_id = (<uint64_t *>(hdr + RING_ENT + 8))[0]
-            psz = (<uint32_t *>(hdr + RING_ENT + 16))[0]
+            commit_id = (<uint64_t *>(hdr + RING_COMMIT_ID))[0]
+            psz = (<uint32_t *>(hdr + RING_PAYLOAD_SZ))[0]
             oplen = <ssize_t>h.len - IN_HDR - <ssize_t>psz
             cur.hdr = hdr
             cur.payload = payload

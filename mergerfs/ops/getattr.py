@@ -76,10 +76,19 @@ class Statx(NamedTuple):
             os.minor(st.st_dev),
         )
 
-    # a stat_result's names for what the page-cache stamp reads (inodes.stamp)
+    # a stat_result's names for what the page-cache stamp (inodes.stamp) and
+    # the identity of a file (inodes.identity) read
     @property
     def st_mode(self) -> int:
         return self.mode
+
+    @property
+    def st_dev(self) -> int:
+        return os.makedev(self.dev_major, self.dev_minor)
+
+    @property
+    def st_ino(self) -> int:
+        return self.ino
 
     @property
     def st_size(self) -> int:

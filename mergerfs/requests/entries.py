@@ -74,18 +74,14 @@ class EntryRequests(Core):
         """``of_path`` of ``inode``'s relpath while it names the object the node was
         looked up as (as the compiled GETATTR answers), else None."""
         ident = self.table.ident(inode)
-        if ident is None or fs_mod.is_unnamed(path):
+        if ident is None:
             return None
         try:
-            got = of_path(path)
-        except OSError:
+            got = of_path(self._named(path))
+        except OSError:  # gone, or unnamed (O_TMPFILE)
             return None
-        st: Any = got
-        if isinstance(st, fs_mod.Statx):
-            same = inodes.identity(os.makedev(st.dev_major, st.dev_minor), st.ino) == ident
-        else:
-            same = inodes.identity(st.st_dev, st.st_ino) == ident
-        return got if same else None
+        st: Any = got  # an os.stat_result or a Statx
+        return got if inodes.identity(st.st_dev, st.st_ino) == ident else None
 
     def setattr(
         self,
